@@ -1,0 +1,69 @@
+//! The one error type of the key store, with its contract.
+//!
+//! No variant ever carries key material, plaintext or the master key: only
+//! record kinds, key names and static reasons.
+use crate::store::RecordKind;
+
+/// Errors of the key store.
+///
+/// Contract for [`crate::KeyStore`] implementations: a failed write leaves
+/// the store as it was (no half-written record); `Conflict` means the
+/// expected revision did not match and nothing was written; `Backend` means
+/// the outcome is unknown only for the one record named by the call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The record does not exist.
+    #[error("{kind} {name:?} not found")]
+    NotFound {
+        /// Record kind.
+        kind: RecordKind,
+        /// Record name.
+        name: String,
+    },
+    /// A conditional write found another revision (or an existing record
+    /// where none was expected). Nothing was written.
+    #[error("{kind} {name:?} was changed concurrently (revision conflict)")]
+    Conflict {
+        /// Record kind.
+        kind: RecordKind,
+        /// Record name.
+        name: String,
+    },
+    /// A stored record failed its integrity check or could not be decoded:
+    /// it was corrupted, tampered with, copied from another name, or sealed
+    /// under an unknown master key.
+    #[error("{kind} {name:?} is corrupt: {reason}")]
+    Corrupt {
+        /// Record kind.
+        kind: RecordKind,
+        /// Record name.
+        name: String,
+        /// What failed (static text, never data).
+        reason: &'static str,
+    },
+    /// A key name outside 1-128 characters of `[A-Za-z0-9._-]`.
+    #[error("invalid key name: {0}")]
+    InvalidName(&'static str),
+    /// The operation is not allowed in the ring's current state.
+    #[error("{0}")]
+    Precondition(String),
+    /// The master key could not be loaded or is malformed.
+    #[error("master key: {0}")]
+    MasterKey(String),
+    /// The storage backend failed (I/O error, lock held by another process).
+    #[error("storage backend: {0}")]
+    Backend(String),
+}
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Error::Backend(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Backend(e.to_string())
+    }
+}

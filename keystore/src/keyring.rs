@@ -1,0 +1,383 @@
+//! Versioned key rings and their stored record format.
+//!
+//! A key ring is one record: its name, algorithm, policy, and every
+//! version with its state, timestamps, counters and (unless destroyed)
+//! material. One record per ring keeps each change atomic under a single
+//! compare-and-swap.
+//!
+//! Record plaintext, format 1: the byte `1`, then the postcard encoding of
+//! [`RingRecordV1`]. The plaintext is built in a zeroizing buffer and only
+//! ever leaves this module sealed.
+use crate::error::Error;
+use crate::name::KeyName;
+use crate::secret::{KeyMaterial, KEY_LEN};
+use crate::store::{RecordKind, Revision};
+use crate::UnixTime;
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+const RECORD_V1: u8 = 1;
+
+/// The algorithm of a key ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Algorithm {
+    /// AES-256-GCM with per-message derived keys.
+    Aes256Gcm,
+}
+
+/// State of one key version (NIST SP 800-57 life cycle).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VersionState {
+    /// The primary version: encrypts and decrypts.
+    Active,
+    /// Decrypts only.
+    DecryptOnly,
+    /// Neither; reversible.
+    Disabled,
+    /// Will be destroyed at the version's `destroy_at`.
+    ScheduledForDestruction,
+    /// Material zeroized and removed; metadata kept.
+    Destroyed,
+}
+
+impl VersionState {
+    /// Upper-case name as used in the API and in error messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionState::Active => "ACTIVE",
+            VersionState::DecryptOnly => "DECRYPT_ONLY",
+            VersionState::Disabled => "DISABLED",
+            VersionState::ScheduledForDestruction => "SCHEDULED_FOR_DESTRUCTION",
+            VersionState::Destroyed => "DESTROYED",
+        }
+    }
+}
+
+/// Per-key policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyPolicy {
+    /// Rotate when the primary version is this many seconds old.
+    pub rotation_period_secs: Option<u64>,
+    /// Rotate before a version encrypts more than this many messages.
+    pub max_encryptions_per_version: Option<u64>,
+    /// Versions below this never decrypt.
+    pub min_decryption_version: u32,
+    /// Versions below this never encrypt.
+    pub min_encryption_version: u32,
+    /// Whether the whole key may be scheduled for deletion.
+    pub deletion_allowed: bool,
+}
+
+/// One version of a key ring.
+#[derive(Debug, Clone)]
+pub struct KeyVersion {
+    /// 1-based, dense: version `n` is `versions[n - 1]`.
+    pub version: u32,
+    /// Life-cycle state.
+    pub state: VersionState,
+    /// When it was created.
+    pub created_at: UnixTime,
+    /// When a scheduled destruction takes effect.
+    pub destroy_at: Option<UnixTime>,
+    /// Encryptions reserved durably for this version (an upper bound of
+    /// those performed).
+    pub encryptions_reserved: u64,
+    /// Decryptions recorded (best effort, persisted periodically).
+    pub decryptions: u64,
+    /// Last use (encrypt or decrypt), persisted periodically.
+    pub last_used_at: Option<UnixTime>,
+    /// The key material; `None` once destroyed.
+    pub material: Option<KeyMaterial>,
+}
+
+/// Why a rotation happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RotationReason {
+    /// An operator asked for it.
+    Manual,
+    /// The rotation period elapsed.
+    Scheduled,
+    /// The per-version encryption limit was reached.
+    Usage,
+}
+
+/// A rotation, kept in the ring's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationEvent {
+    /// When.
+    pub at: UnixTime,
+    /// Previous primary.
+    pub from_version: u32,
+    /// New primary.
+    pub to_version: u32,
+    /// Why.
+    pub reason: RotationReason,
+}
+
+/// A versioned key ring.
+#[derive(Debug, Clone)]
+pub struct KeyRing {
+    /// Its name.
+    pub name: KeyName,
+    /// Its algorithm.
+    pub algorithm: Algorithm,
+    /// When it was created.
+    pub created_at: UnixTime,
+    /// The version that encrypts.
+    pub primary: u32,
+    /// Every version, dense from 1.
+    pub versions: Vec<KeyVersion>,
+    /// Policy.
+    pub policy: KeyPolicy,
+    /// When the scheduler next rotates it (persisted so a restart keeps it).
+    pub next_rotation_at: Option<UnixTime>,
+    /// When the whole key is to be deleted, if scheduled.
+    pub delete_at: Option<UnixTime>,
+    /// Most recent rotations (bounded).
+    pub rotations: Vec<RotationEvent>,
+    /// The store revision this ring was read at (`None` if never stored).
+    pub revision: Option<Revision>,
+}
+
+/// How many rotation events a ring keeps.
+pub const MAX_ROTATION_EVENTS: usize = 64;
+
+impl KeyRing {
+    /// A new ring with one fresh ACTIVE version.
+    pub fn new(name: KeyName, algorithm: Algorithm, policy: KeyPolicy, now: UnixTime) -> Self {
+        let mut ring = KeyRing {
+            name,
+            algorithm,
+            created_at: now,
+            primary: 1,
+            versions: vec![KeyVersion::fresh(1, now)],
+            policy,
+            next_rotation_at: None,
+            delete_at: None,
+            rotations: Vec::new(),
+            revision: None,
+        };
+        ring.next_rotation_at = ring.compute_next_rotation();
+        ring
+    }
+
+    /// The version `v`, if it exists.
+    pub fn version(&self, v: u32) -> Option<&KeyVersion> {
+        self.versions.get((v as usize).checked_sub(1)?)
+    }
+
+    /// The primary version.
+    pub fn primary_version(&self) -> Option<&KeyVersion> {
+        self.version(self.primary)
+    }
+
+    /// When the primary is due for scheduled rotation.
+    pub fn compute_next_rotation(&self) -> Option<UnixTime> {
+        let period = self.policy.rotation_period_secs?;
+        let created = self.primary_version()?.created_at;
+        Some(created.saturating_add(i64::try_from(period).unwrap_or(i64::MAX)))
+    }
+
+    /// Adds a fresh version, makes it primary, and demotes the old primary
+    /// to DECRYPT_ONLY. Returns the new version number.
+    pub fn rotate(&mut self, now: UnixTime, reason: RotationReason) -> Result<u32, Error> {
+        let old = self.primary;
+        let next = u32::try_from(self.versions.len())
+            .ok()
+            .and_then(|n| n.checked_add(1))
+            .ok_or_else(|| Error::Precondition("key ring has too many versions".into()))?;
+        if let Some(v) = self.versions.get_mut((old as usize).wrapping_sub(1)) {
+            if v.state == VersionState::Active {
+                v.state = VersionState::DecryptOnly;
+            }
+        }
+        self.versions.push(KeyVersion::fresh(next, now));
+        self.primary = next;
+        self.next_rotation_at = self.compute_next_rotation();
+        self.rotations.push(RotationEvent { at: now, from_version: old, to_version: next, reason });
+        if self.rotations.len() > MAX_ROTATION_EVENTS {
+            let excess = self.rotations.len() - MAX_ROTATION_EVENTS;
+            self.rotations.drain(..excess);
+        }
+        Ok(next)
+    }
+
+    /// Encodes the ring as record plaintext (zeroizing buffer).
+    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let rec = RingRecordV1 {
+            algorithm: self.algorithm,
+            created_at: self.created_at,
+            primary: self.primary,
+            versions: self
+                .versions
+                .iter()
+                .map(|v| VersionRecordV1 {
+                    version: v.version,
+                    state: v.state as u8,
+                    created_at: v.created_at,
+                    destroy_at: v.destroy_at,
+                    encryptions_reserved: v.encryptions_reserved,
+                    decryptions: v.decryptions,
+                    last_used_at: v.last_used_at,
+                    material: v.material.as_ref().map(|m| *m.expose_secret()),
+                })
+                .collect(),
+            policy: self.policy.clone(),
+            next_rotation_at: self.next_rotation_at,
+            delete_at: self.delete_at,
+            rotations: self.rotations.clone(),
+        };
+        // Size the buffer up front so postcard never reallocates (a
+        // reallocation would leave an unzeroized copy of key material).
+        let mut cap = 512 + self.versions.len() * 128 + self.rotations.len() * 40;
+        loop {
+            let mut buf = Zeroizing::new(vec![0u8; cap]);
+            if let Some(first) = buf.first_mut() {
+                *first = RECORD_V1;
+            }
+            let used = match buf.get_mut(1..) {
+                Some(tail) => postcard::to_slice(&rec, tail).map(|s| s.len()),
+                None => Err(postcard::Error::SerializeBufferFull),
+            };
+            match used {
+                Ok(n) => {
+                    buf.truncate(1 + n);
+                    return buf;
+                }
+                Err(_) => cap *= 2,
+            }
+        }
+    }
+
+    /// Decodes record plaintext for the ring `name`.
+    pub fn decode(name: &KeyName, plain: &[u8], revision: Revision) -> Result<Self, Error> {
+        let corrupt = |reason| Error::Corrupt { kind: RecordKind::KeyRing, name: name.to_string(), reason };
+        let (&format, body) = plain.split_first().ok_or_else(|| corrupt("empty record"))?;
+        if format != RECORD_V1 {
+            return Err(corrupt("unknown key ring record format"));
+        }
+        let rec: RingRecordV1 = postcard::from_bytes(body).map_err(|_| corrupt("key ring record does not decode"))?;
+        let mut versions = Vec::with_capacity(rec.versions.len());
+        for (i, v) in rec.versions.iter().enumerate() {
+            if v.version as usize != i + 1 {
+                return Err(corrupt("key ring versions are not dense"));
+            }
+            let state = match v.state {
+                0 => VersionState::Active,
+                1 => VersionState::DecryptOnly,
+                2 => VersionState::Disabled,
+                3 => VersionState::ScheduledForDestruction,
+                4 => VersionState::Destroyed,
+                _ => return Err(corrupt("unknown version state")),
+            };
+            versions.push(KeyVersion {
+                version: v.version,
+                state,
+                created_at: v.created_at,
+                destroy_at: v.destroy_at,
+                encryptions_reserved: v.encryptions_reserved,
+                decryptions: v.decryptions,
+                last_used_at: v.last_used_at,
+                material: v.material.as_ref().map(KeyMaterial::from_bytes),
+            });
+        }
+        if rec.primary == 0 || rec.primary as usize > versions.len() {
+            return Err(corrupt("primary version does not exist"));
+        }
+        Ok(KeyRing {
+            name: name.clone(),
+            algorithm: rec.algorithm,
+            created_at: rec.created_at,
+            primary: rec.primary,
+            versions,
+            policy: rec.policy.clone(),
+            next_rotation_at: rec.next_rotation_at,
+            delete_at: rec.delete_at,
+            rotations: rec.rotations.clone(),
+            revision: Some(revision),
+        })
+    }
+}
+
+impl KeyVersion {
+    fn fresh(version: u32, now: UnixTime) -> Self {
+        KeyVersion {
+            version,
+            state: VersionState::Active,
+            created_at: now,
+            destroy_at: None,
+            encryptions_reserved: 0,
+            decryptions: 0,
+            last_used_at: None,
+            material: Some(KeyMaterial::generate()),
+        }
+    }
+}
+
+/// Stored form of a ring (format 1). Zeroized on drop because it holds
+/// copies of key material while being encoded or decoded.
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+struct RingRecordV1 {
+    #[zeroize(skip)]
+    algorithm: Algorithm,
+    created_at: i64,
+    primary: u32,
+    versions: Vec<VersionRecordV1>,
+    #[zeroize(skip)]
+    policy: KeyPolicy,
+    next_rotation_at: Option<i64>,
+    delete_at: Option<i64>,
+    #[zeroize(skip)]
+    rotations: Vec<RotationEvent>,
+}
+
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+struct VersionRecordV1 {
+    version: u32,
+    state: u8,
+    created_at: i64,
+    destroy_at: Option<i64>,
+    encryptions_reserved: u64,
+    decryptions: u64,
+    last_used_at: Option<i64>,
+    material: Option<[u8; KEY_LEN]>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let name = KeyName::parse("k").unwrap();
+        let mut ring = KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 100);
+        ring.rotate(200, RotationReason::Manual).unwrap();
+        let enc = ring.encode();
+        let back = KeyRing::decode(&name, &enc, Revision(3)).unwrap();
+        assert_eq!(back.primary, 2);
+        assert_eq!(back.versions.len(), 2);
+        assert_eq!(back.versions[0].state, VersionState::DecryptOnly);
+        assert_eq!(back.versions[1].state, VersionState::Active);
+        assert_eq!(
+            back.versions[0].material.as_ref().unwrap().expose_secret(),
+            ring.versions[0].material.as_ref().unwrap().expose_secret()
+        );
+        assert_eq!(back.rotations.len(), 1);
+        for n in 0..enc.len() {
+            let _ = KeyRing::decode(&name, &enc[..n], Revision(1)); // never panics
+        }
+    }
+
+    #[test]
+    fn large_ring_encodes() {
+        let name = KeyName::parse("big").unwrap();
+        let mut ring = KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 1);
+        for t in 0..1000 {
+            ring.rotate(t, RotationReason::Scheduled).unwrap();
+        }
+        let back = KeyRing::decode(&name, &ring.encode(), Revision(1)).unwrap();
+        assert_eq!(back.versions.len(), 1001);
+        assert_eq!(back.rotations.len(), MAX_ROTATION_EVENTS);
+    }
+}

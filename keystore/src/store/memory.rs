@@ -1,0 +1,92 @@
+//! In-memory reference backend: the contract in its simplest form, run
+//! through the same conformance suite as the sled backend.
+use super::{Entry, KeyStore, RecordKind, Revision};
+use crate::Error;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// A [`KeyStore`] in a `BTreeMap`; nothing survives the process.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    /// (kind tag, name) → (revision, value).
+    records: Mutex<BTreeMap<(u8, String), (u64, Vec<u8>)>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, BTreeMap<(u8, String), (u64, Vec<u8>)>>, Error> {
+        self.records.lock().map_err(|_| Error::Backend("memory store lock poisoned".into()))
+    }
+
+    /// Test hook: the raw values, to check that nothing is stored in clear.
+    pub fn raw_values(&self) -> Vec<Vec<u8>> {
+        self.lock().map(|m| m.values().map(|(_, v)| v.clone()).collect()).unwrap_or_default()
+    }
+}
+
+impl KeyStore for MemoryStore {
+    fn get(&self, kind: RecordKind, name: &str) -> Result<Option<Entry>, Error> {
+        Ok(self
+            .lock()?
+            .get(&(kind.tag(), name.to_owned()))
+            .map(|(rev, v)| Entry { revision: Revision(*rev), value: v.clone() }))
+    }
+
+    fn put(&self, kind: RecordKind, name: &str, expected: Option<Revision>, value: &[u8]) -> Result<Revision, Error> {
+        let mut m = self.lock()?;
+        let key = (kind.tag(), name.to_owned());
+        let next = match (m.get(&key), expected) {
+            (None, None) => 1,
+            (Some(_), None) => return Err(Error::Conflict { kind, name: name.into() }),
+            (None, Some(_)) => return Err(Error::NotFound { kind, name: name.into() }),
+            (Some((rev, _)), Some(exp)) if *rev == exp.0 => rev + 1,
+            (Some(_), Some(_)) => return Err(Error::Conflict { kind, name: name.into() }),
+        };
+        m.insert(key, (next, value.to_vec()));
+        Ok(Revision(next))
+    }
+
+    fn delete(&self, kind: RecordKind, name: &str, expected: Revision) -> Result<(), Error> {
+        let mut m = self.lock()?;
+        let key = (kind.tag(), name.to_owned());
+        match m.get(&key) {
+            None => Err(Error::NotFound { kind, name: name.into() }),
+            Some((rev, _)) if *rev == expected.0 => {
+                m.remove(&key);
+                Ok(())
+            }
+            Some(_) => Err(Error::Conflict { kind, name: name.into() }),
+        }
+    }
+
+    fn list(&self, kind: RecordKind, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error> {
+        let m = self.lock()?;
+        Ok(m.range((kind.tag(), prefix.to_owned())..)
+            .take_while(|((t, n), _)| *t == kind.tag() && n.starts_with(prefix))
+            .filter(|((_, n), _)| after.is_none_or(|a| n.as_str() > a))
+            .take(limit)
+            .map(|((_, n), _)| n.clone())
+            .collect())
+    }
+
+    fn for_each(&self, kind: RecordKind, f: &mut dyn FnMut(&str, Entry) -> Result<(), Error>) -> Result<(), Error> {
+        let snapshot: Vec<(String, u64, Vec<u8>)> = self
+            .lock()?
+            .iter()
+            .filter(|((t, _), _)| *t == kind.tag())
+            .map(|((_, n), (r, v))| (n.clone(), *r, v.clone()))
+            .collect();
+        for (n, r, v) in snapshot {
+            f(&n, Entry { revision: Revision(r), value: v })?;
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}

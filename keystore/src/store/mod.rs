@@ -1,0 +1,96 @@
+//! The raw storage contract: named, revisioned, opaque (already sealed)
+//! records, with conditional writes.
+//!
+//! Writes are compare-and-swap on a record revision, so that several
+//! daemons can share one store and a replicated backend on an existing
+//! distributed engine (etcd transactions, for instance) can implement the
+//! same trait. Values reaching a backend are always sealed by
+//! [`crate::Sealer`]: a backend never sees key material in clear.
+use crate::Error;
+use std::fmt;
+
+pub mod memory;
+pub mod sled_store;
+
+/// What a record holds. The tag is part of the storage key and of the
+/// sealing AAD, so records cannot move between kinds unnoticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum RecordKind {
+    /// A key ring: versions, their material, states and policy.
+    KeyRing,
+    /// Store-wide metadata (format version, master key id).
+    Meta,
+    /// Sealed secrets of other subsystems (audit key, officer TOTP secrets).
+    Secret,
+}
+
+impl RecordKind {
+    /// The byte that prefixes this kind's records.
+    pub fn tag(self) -> u8 {
+        match self {
+            RecordKind::KeyRing => b'k',
+            RecordKind::Meta => b'm',
+            RecordKind::Secret => b's',
+        }
+    }
+}
+
+impl fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RecordKind::KeyRing => "key ring",
+            RecordKind::Meta => "metadata record",
+            RecordKind::Secret => "secret record",
+        })
+    }
+}
+
+/// A record's revision: 1 when created, incremented by every write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Revision(pub u64);
+
+/// A stored record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The record's current revision.
+    pub revision: Revision,
+    /// The (sealed) value.
+    pub value: Vec<u8>,
+}
+
+/// Storage for sealed records.
+///
+/// # Contract
+/// - `put` with `expected = None` creates the record and fails with
+///   [`Error::Conflict`] if it exists; with `Some(rev)` it replaces the
+///   record only if its revision is `rev`, else `Conflict` (or
+///   [`Error::NotFound`] if it is gone). It returns the new revision.
+/// - A write that returned `Ok` is durable: it survives a crash or power
+///   loss of the host. A write that returned `Err` changed nothing.
+/// - `delete` removes the record only at revision `expected`.
+/// - `list` returns names of one kind in byte order, strictly after
+///   `after`, starting with `prefix`, at most `limit`.
+/// - Backends never panic on any stored byte string.
+pub trait KeyStore: Send + Sync + 'static {
+    /// Reads a record.
+    fn get(&self, kind: RecordKind, name: &str) -> Result<Option<Entry>, Error>;
+    /// Conditionally writes a record (see the contract).
+    fn put(&self, kind: RecordKind, name: &str, expected: Option<Revision>, value: &[u8]) -> Result<Revision, Error>;
+    /// Conditionally deletes a record.
+    fn delete(&self, kind: RecordKind, name: &str, expected: Revision) -> Result<(), Error>;
+    /// Lists names (see the contract).
+    fn list(&self, kind: RecordKind, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error>;
+    /// Calls `f` on every record of `kind`, in name order.
+    fn for_each(&self, kind: RecordKind, f: &mut dyn FnMut(&str, Entry) -> Result<(), Error>) -> Result<(), Error>;
+    /// Makes every write so far durable (used at shutdown).
+    fn sync(&self) -> Result<(), Error>;
+}
+
+/// Storage key: kind tag followed by the name.
+pub(crate) fn storage_key(kind: RecordKind, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(kind.tag());
+    k.extend_from_slice(name.as_bytes());
+    k
+}
