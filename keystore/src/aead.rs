@@ -74,7 +74,8 @@ pub fn self_test() -> Result<(), &'static str> {
     if buf != want {
         return Err("AES-256-GCM known-answer test produced the wrong ciphertext");
     }
-    open(&key, &iv, &aad, &mut buf).map_err(|_| "AES-256-GCM known-answer test failed to decrypt")?;
+    open(&key, &iv, &aad, &mut buf)
+        .map_err(|_| "AES-256-GCM known-answer test failed to decrypt")?;
     if buf != dec(PT)? {
         return Err("AES-256-GCM known-answer test decrypted to the wrong plaintext");
     }

@@ -195,7 +195,12 @@ impl KeyRing {
         self.versions.push(KeyVersion::fresh(next, now));
         self.primary = next;
         self.next_rotation_at = self.compute_next_rotation();
-        self.rotations.push(RotationEvent { at: now, from_version: old, to_version: next, reason });
+        self.rotations.push(RotationEvent {
+            at: now,
+            from_version: old,
+            to_version: next,
+            reason,
+        });
         if self.rotations.len() > MAX_ROTATION_EVENTS {
             let excess = self.rotations.len() - MAX_ROTATION_EVENTS;
             self.rotations.drain(..excess);
@@ -252,12 +257,17 @@ impl KeyRing {
 
     /// Decodes record plaintext for the ring `name`.
     pub fn decode(name: &KeyName, plain: &[u8], revision: Revision) -> Result<Self, Error> {
-        let corrupt = |reason| Error::Corrupt { kind: RecordKind::KeyRing, name: name.to_string(), reason };
+        let corrupt = |reason| Error::Corrupt {
+            kind: RecordKind::KeyRing,
+            name: name.to_string(),
+            reason,
+        };
         let (&format, body) = plain.split_first().ok_or_else(|| corrupt("empty record"))?;
         if format != RECORD_V1 {
             return Err(corrupt("unknown key ring record format"));
         }
-        let rec: RingRecordV1 = postcard::from_bytes(body).map_err(|_| corrupt("key ring record does not decode"))?;
+        let rec: RingRecordV1 =
+            postcard::from_bytes(body).map_err(|_| corrupt("key ring record does not decode"))?;
         let mut versions = Vec::with_capacity(rec.versions.len());
         for (i, v) in rec.versions.iter().enumerate() {
             if v.version as usize != i + 1 {
@@ -351,7 +361,12 @@ mod tests {
     #[test]
     fn encode_decode_round_trip() {
         let name = KeyName::parse("k").unwrap();
-        let mut ring = KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 100);
+        let mut ring = KeyRing::new(
+            name.clone(),
+            Algorithm::Aes256Gcm,
+            KeyPolicy::default(),
+            100,
+        );
         ring.rotate(200, RotationReason::Manual).unwrap();
         let enc = ring.encode();
         let back = KeyRing::decode(&name, &enc, Revision(3)).unwrap();

@@ -69,8 +69,12 @@ impl RingStore {
 
     /// Stores a new ring; `Conflict` if the name is taken.
     pub fn create(&self, mut ring: KeyRing) -> Result<KeyRing, Error> {
-        let sealed = self.sealer.seal(RecordKind::KeyRing, ring.name.as_str(), &ring.encode());
-        let rev = self.store.put(RecordKind::KeyRing, ring.name.as_str(), None, &sealed)?;
+        let sealed = self
+            .sealer
+            .seal(RecordKind::KeyRing, ring.name.as_str(), &ring.encode());
+        let rev = self
+            .store
+            .put(RecordKind::KeyRing, ring.name.as_str(), None, &sealed)?;
         ring.revision = Some(rev);
         Ok(ring)
     }
@@ -80,7 +84,9 @@ impl RingStore {
         let Some(entry) = self.store.get(RecordKind::KeyRing, name.as_str())? else {
             return Ok(None);
         };
-        let plain = self.sealer.open(RecordKind::KeyRing, name.as_str(), &entry.value)?;
+        let plain = self
+            .sealer
+            .open(RecordKind::KeyRing, name.as_str(), &entry.value)?;
         KeyRing::decode(name, &plain, entry.revision).map(Some)
     }
 
@@ -93,12 +99,18 @@ impl RingStore {
         mut f: impl FnMut(&mut KeyRing) -> Result<T, Error>,
     ) -> Result<(KeyRing, T), Error> {
         for _ in 0..MAX_CAS_RETRIES {
-            let mut ring = self
-                .get(name)?
-                .ok_or_else(|| Error::NotFound { kind: RecordKind::KeyRing, name: name.to_string() })?;
+            let mut ring = self.get(name)?.ok_or_else(|| Error::NotFound {
+                kind: RecordKind::KeyRing,
+                name: name.to_string(),
+            })?;
             let out = f(&mut ring)?;
-            let sealed = self.sealer.seal(RecordKind::KeyRing, name.as_str(), &ring.encode());
-            match self.store.put(RecordKind::KeyRing, name.as_str(), ring.revision, &sealed) {
+            let sealed = self
+                .sealer
+                .seal(RecordKind::KeyRing, name.as_str(), &ring.encode());
+            match self
+                .store
+                .put(RecordKind::KeyRing, name.as_str(), ring.revision, &sealed)
+            {
                 Ok(rev) => {
                     ring.revision = Some(rev);
                     return Ok((ring, out));
@@ -107,11 +119,19 @@ impl RingStore {
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::Conflict { kind: RecordKind::KeyRing, name: name.to_string() })
+        Err(Error::Conflict {
+            kind: RecordKind::KeyRing,
+            name: name.to_string(),
+        })
     }
 
     /// Lists ring names.
-    pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error> {
+    pub fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, Error> {
         self.store.list(RecordKind::KeyRing, prefix, after, limit)
     }
 
@@ -119,17 +139,21 @@ impl RingStore {
     /// open or decode are returned, not fatal.
     pub fn load_all(&self, mut f: impl FnMut(KeyRing)) -> Result<Vec<LoadFailure>, Error> {
         let mut failures = Vec::new();
-        self.store.for_each(RecordKind::KeyRing, &mut |name, entry| {
-            let ring = KeyName::parse(name).and_then(|n| {
-                let plain = self.sealer.open(RecordKind::KeyRing, name, &entry.value)?;
-                KeyRing::decode(&n, &plain, entry.revision)
-            });
-            match ring {
-                Ok(r) => f(r),
-                Err(error) => failures.push(LoadFailure { name: name.to_owned(), error }),
-            }
-            Ok(())
-        })?;
+        self.store
+            .for_each(RecordKind::KeyRing, &mut |name, entry| {
+                let ring = KeyName::parse(name).and_then(|n| {
+                    let plain = self.sealer.open(RecordKind::KeyRing, name, &entry.value)?;
+                    KeyRing::decode(&n, &plain, entry.revision)
+                });
+                match ring {
+                    Ok(r) => f(r),
+                    Err(error) => failures.push(LoadFailure {
+                        name: name.to_owned(),
+                        error,
+                    }),
+                }
+                Ok(())
+            })?;
         Ok(failures)
     }
 }

@@ -56,7 +56,11 @@ impl Sealer {
     /// A sealer using `current` for new records.
     pub fn new(current: MasterKey) -> Self {
         let current_id = key_id(&current);
-        Sealer { current, current_id, previous: Vec::new() }
+        Sealer {
+            current,
+            current_id,
+            previous: Vec::new(),
+        }
     }
 
     /// Also accepts records sealed under `older` when opening.
@@ -103,8 +107,17 @@ impl Sealer {
     }
 
     /// Opens the record (`kind`, `name`); any mismatch is `Corrupt`.
-    pub fn open(&self, kind: RecordKind, name: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
-        let corrupt = |reason| Error::Corrupt { kind, name: name.to_owned(), reason };
+    pub fn open(
+        &self,
+        kind: RecordKind,
+        name: &str,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let corrupt = |reason| Error::Corrupt {
+            kind,
+            name: name.to_owned(),
+            reason,
+        };
         if sealed.len() < HEADER_LEN + NONCE_LEN + aead::TAG_LEN {
             return Err(corrupt("sealed record is truncated"));
         }
@@ -124,8 +137,13 @@ impl Sealer {
         let mut nonce_arr = [0u8; NONCE_LEN];
         nonce_arr.copy_from_slice(nonce);
         let mut buf = Zeroizing::new(body.to_vec());
-        aead::open(key.expose_secret(), &nonce_arr, &Self::aad(kind, name, header), &mut buf)
-            .map_err(|_| corrupt("integrity check failed (tampered, moved, or wrong master key)"))?;
+        aead::open(
+            key.expose_secret(),
+            &nonce_arr,
+            &Self::aad(kind, name, header),
+            &mut buf,
+        )
+        .map_err(|_| corrupt("integrity check failed (tampered, moved, or wrong master key)"))?;
         Ok(buf)
     }
 }
@@ -138,9 +156,18 @@ mod tests {
     fn seal_open_and_bindings() {
         let s = Sealer::new(MasterKey::from_bytes(&[7; 32]));
         let sealed = s.seal(RecordKind::KeyRing, "a", b"hello");
-        assert_eq!(&s.open(RecordKind::KeyRing, "a", &sealed).unwrap()[..], b"hello");
-        assert!(matches!(s.open(RecordKind::KeyRing, "b", &sealed), Err(Error::Corrupt { .. })));
-        assert!(matches!(s.open(RecordKind::Meta, "a", &sealed), Err(Error::Corrupt { .. })));
+        assert_eq!(
+            &s.open(RecordKind::KeyRing, "a", &sealed).unwrap()[..],
+            b"hello"
+        );
+        assert!(matches!(
+            s.open(RecordKind::KeyRing, "b", &sealed),
+            Err(Error::Corrupt { .. })
+        ));
+        assert!(matches!(
+            s.open(RecordKind::Meta, "a", &sealed),
+            Err(Error::Corrupt { .. })
+        ));
         for i in 0..sealed.len() {
             let mut t = sealed.clone();
             t[i] ^= 0x40;
@@ -151,7 +178,8 @@ mod tests {
         }
         let other = Sealer::new(MasterKey::from_bytes(&[8; 32]));
         assert!(other.open(RecordKind::KeyRing, "a", &sealed).is_err());
-        let both = Sealer::new(MasterKey::from_bytes(&[8; 32])).with_previous(MasterKey::from_bytes(&[7; 32]));
+        let both = Sealer::new(MasterKey::from_bytes(&[8; 32]))
+            .with_previous(MasterKey::from_bytes(&[7; 32]));
         assert!(both.open(RecordKind::KeyRing, "a", &sealed).is_ok());
         assert!(!both.is_current(&sealed));
     }

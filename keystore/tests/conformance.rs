@@ -13,14 +13,23 @@ fn suite(s: &dyn KeyStore) {
     assert_eq!(s.get(k, "a").unwrap().unwrap().value, b"v1");
     assert_eq!(s.get(k, "a").unwrap().unwrap().revision, r1);
     // create again conflicts and changes nothing
-    assert!(matches!(s.put(k, "a", None, b"x"), Err(Error::Conflict { .. })));
+    assert!(matches!(
+        s.put(k, "a", None, b"x"),
+        Err(Error::Conflict { .. })
+    ));
     assert_eq!(s.get(k, "a").unwrap().unwrap().value, b"v1");
     // conditional replace
     let r2 = s.put(k, "a", Some(r1), b"v2").unwrap();
     assert!(r2 > r1);
-    assert!(matches!(s.put(k, "a", Some(r1), b"stale"), Err(Error::Conflict { .. })));
+    assert!(matches!(
+        s.put(k, "a", Some(r1), b"stale"),
+        Err(Error::Conflict { .. })
+    ));
     assert_eq!(s.get(k, "a").unwrap().unwrap().value, b"v2");
-    assert!(matches!(s.put(k, "missing", Some(r1), b"x"), Err(Error::NotFound { .. })));
+    assert!(matches!(
+        s.put(k, "missing", Some(r1), b"x"),
+        Err(Error::NotFound { .. })
+    ));
     // kinds are separate namespaces
     assert!(s.get(RecordKind::Meta, "a").unwrap().is_none());
     s.put(RecordKind::Meta, "a", None, b"meta").unwrap();
@@ -29,7 +38,10 @@ fn suite(s: &dyn KeyStore) {
     for n in ["b1", "b2", "b3", "c"] {
         s.put(k, n, None, n.as_bytes()).unwrap();
     }
-    assert_eq!(s.list(k, "", None, 100).unwrap(), vec!["a", "b1", "b2", "b3", "c"]);
+    assert_eq!(
+        s.list(k, "", None, 100).unwrap(),
+        vec!["a", "b1", "b2", "b3", "c"]
+    );
     assert_eq!(s.list(k, "b", None, 2).unwrap(), vec!["b1", "b2"]);
     assert_eq!(s.list(k, "b", Some("b2"), 2).unwrap(), vec!["b3"]);
     assert_eq!(s.list(k, "", Some("b3"), 10).unwrap(), vec!["c"]);
@@ -44,7 +56,10 @@ fn suite(s: &dyn KeyStore) {
     assert_eq!(seen, vec!["a", "b1", "b2", "b3", "c"]);
     // conditional delete
     let rc = s.get(k, "c").unwrap().unwrap().revision;
-    assert!(matches!(s.delete(k, "c", Revision(rc.0 + 7)), Err(Error::Conflict { .. })));
+    assert!(matches!(
+        s.delete(k, "c", Revision(rc.0 + 7)),
+        Err(Error::Conflict { .. })
+    ));
     s.delete(k, "c", rc).unwrap();
     assert!(s.get(k, "c").unwrap().is_none());
     assert!(matches!(s.delete(k, "c", rc), Err(Error::NotFound { .. })));
@@ -54,7 +69,8 @@ fn suite(s: &dyn KeyStore) {
 }
 
 fn concurrent_cas(s: Arc<dyn KeyStore>) {
-    s.put(RecordKind::KeyRing, "ctr", None, &0u64.to_be_bytes()).unwrap();
+    s.put(RecordKind::KeyRing, "ctr", None, &0u64.to_be_bytes())
+        .unwrap();
     let threads: Vec<_> = (0..4)
         .map(|_| {
             let s = s.clone();
@@ -63,7 +79,14 @@ fn concurrent_cas(s: Arc<dyn KeyStore>) {
                     loop {
                         let e = s.get(RecordKind::KeyRing, "ctr").unwrap().unwrap();
                         let n = u64::from_be_bytes(e.value.try_into().unwrap()) + 1;
-                        if s.put(RecordKind::KeyRing, "ctr", Some(e.revision), &n.to_be_bytes()).is_ok() {
+                        if s.put(
+                            RecordKind::KeyRing,
+                            "ctr",
+                            Some(e.revision),
+                            &n.to_be_bytes(),
+                        )
+                        .is_ok()
+                        {
                             break;
                         }
                     }
@@ -75,7 +98,11 @@ fn concurrent_cas(s: Arc<dyn KeyStore>) {
         t.join().unwrap();
     }
     let e = s.get(RecordKind::KeyRing, "ctr").unwrap().unwrap();
-    assert_eq!(u64::from_be_bytes(e.value.try_into().unwrap()), 100, "no lost update");
+    assert_eq!(
+        u64::from_be_bytes(e.value.try_into().unwrap()),
+        100,
+        "no lost update"
+    );
 }
 
 #[test]
@@ -101,7 +128,10 @@ fn sled_persists_across_reopen() {
         s.put(RecordKind::KeyRing, "k", None, b"persist").unwrap();
     }
     let s = SledStore::open(&p).unwrap();
-    assert_eq!(s.get(RecordKind::KeyRing, "k").unwrap().unwrap().value, b"persist");
+    assert_eq!(
+        s.get(RecordKind::KeyRing, "k").unwrap().unwrap().value,
+        b"persist"
+    );
 }
 
 fn ring_store(store: Arc<dyn KeyStore>, mk: [u8; 32]) -> Result<RingStore, Error> {
@@ -118,32 +148,62 @@ fn rings_are_sealed_and_tamper_is_data_loss() {
         let rings = ring_store(store.clone(), [9; 32]).unwrap();
         let name = KeyName::parse("payments").unwrap();
         let ring = rings
-            .create(KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 1))
+            .create(KeyRing::new(
+                name.clone(),
+                Algorithm::Aes256Gcm,
+                KeyPolicy::default(),
+                1,
+            ))
             .unwrap();
         material = *ring.versions[0].material.as_ref().unwrap().expose_secret();
-        rings.create(KeyRing::new(KeyName::parse("other").unwrap(), Algorithm::Aes256Gcm, KeyPolicy::default(), 1)).unwrap();
-        let (ring, v) = rings.update(&name, |r| r.rotate(5, RotationReason::Manual)).unwrap();
+        rings
+            .create(KeyRing::new(
+                KeyName::parse("other").unwrap(),
+                Algorithm::Aes256Gcm,
+                KeyPolicy::default(),
+                1,
+            ))
+            .unwrap();
+        let (ring, v) = rings
+            .update(&name, |r| r.rotate(5, RotationReason::Manual))
+            .unwrap();
         assert_eq!((v, ring.primary), (2, 2));
         assert!(matches!(
-            rings.create(KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 1)),
+            rings.create(KeyRing::new(
+                name.clone(),
+                Algorithm::Aes256Gcm,
+                KeyPolicy::default(),
+                1
+            )),
             Err(Error::Conflict { .. })
         ));
         // copy the sealed "payments" record over "other": detected as corrupt
         let e = store.get(RecordKind::KeyRing, "payments").unwrap().unwrap();
         let o = store.get(RecordKind::KeyRing, "other").unwrap().unwrap();
-        store.put(RecordKind::KeyRing, "other", Some(o.revision), &e.value).unwrap();
+        store
+            .put(RecordKind::KeyRing, "other", Some(o.revision), &e.value)
+            .unwrap();
         let other = KeyName::parse("other").unwrap();
         assert!(matches!(rings.get(&other), Err(Error::Corrupt { .. })));
         // a flipped byte is detected, naming the key
         let mut bad = e.value.clone();
         let mid = bad.len() / 2;
         bad[mid] ^= 1;
-        store.put(RecordKind::KeyRing, "payments", Some(e.revision), &bad).unwrap();
+        store
+            .put(RecordKind::KeyRing, "payments", Some(e.revision), &bad)
+            .unwrap();
         let err = rings.get(&name).unwrap_err();
         assert!(err.to_string().contains("payments"), "{err}");
         // restore it; other keys keep working
         let cur = store.get(RecordKind::KeyRing, "payments").unwrap().unwrap();
-        store.put(RecordKind::KeyRing, "payments", Some(cur.revision), &e.value).unwrap();
+        store
+            .put(
+                RecordKind::KeyRing,
+                "payments",
+                Some(cur.revision),
+                &e.value,
+            )
+            .unwrap();
         let mut good = vec![];
         let failures = rings.load_all(|r| good.push(r.name.to_string())).unwrap();
         assert_eq!(good, vec!["payments"]);
@@ -154,11 +214,18 @@ fn rings_are_sealed_and_tamper_is_data_loss() {
     // no key material in clear anywhere in the store's files
     for entry in walk(&p) {
         let bytes = std::fs::read(&entry).unwrap();
-        assert!(!bytes.windows(32).any(|w| w == material), "material in clear in {}", entry.display());
+        assert!(
+            !bytes.windows(32).any(|w| w == material),
+            "material in clear in {}",
+            entry.display()
+        );
     }
     // the wrong master key is refused at open
     let store: Arc<dyn KeyStore> = Arc::new(SledStore::open(&p).unwrap());
-    assert!(matches!(ring_store(store, [1; 32]), Err(Error::MasterKey(_))));
+    assert!(matches!(
+        ring_store(store, [1; 32]),
+        Err(Error::MasterKey(_))
+    ));
 }
 
 fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {

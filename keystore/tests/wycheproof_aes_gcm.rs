@@ -7,7 +7,10 @@ use serde_json::Value;
 
 #[test]
 fn wycheproof_aes_256_gcm() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/wycheproof/aes_gcm_test.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/data/wycheproof/aes_gcm_test.json"
+    );
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let (mut valid, mut invalid) = (0, 0);
     for group in doc["testGroups"].as_array().unwrap() {
@@ -27,18 +30,25 @@ fn wycheproof_aes_256_gcm() {
                     let mut buf = msg.clone();
                     aead::seal(&key, &iv, &aad, &mut buf);
                     assert_eq!(buf, expected, "tcId {id}: ciphertext");
-                    aead::open(&key, &iv, &aad, &mut buf).unwrap_or_else(|_| panic!("tcId {id}: open"));
+                    aead::open(&key, &iv, &aad, &mut buf)
+                        .unwrap_or_else(|_| panic!("tcId {id}: open"));
                     assert_eq!(buf, msg, "tcId {id}: plaintext");
                     valid += 1;
                 }
                 _ => {
                     let mut buf = expected.clone();
-                    assert!(aead::open(&key, &iv, &aad, &mut buf).is_err(), "tcId {id} must be rejected");
+                    assert!(
+                        aead::open(&key, &iv, &aad, &mut buf).is_err(),
+                        "tcId {id} must be rejected"
+                    );
                     assert!(buf.is_empty(), "tcId {id}: no plaintext released");
                     invalid += 1;
                 }
             }
         }
     }
-    assert!(valid > 20 && invalid > 10, "ran {valid} valid / {invalid} invalid cases");
+    assert!(
+        valid > 20 && invalid > 10,
+        "ran {valid} valid / {invalid} invalid cases"
+    );
 }

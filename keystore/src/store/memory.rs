@@ -5,11 +5,13 @@ use crate::Error;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+/// (kind tag, name) → (revision, value).
+type Records = BTreeMap<(u8, String), (u64, Vec<u8>)>;
+
 /// A [`KeyStore`] in a `BTreeMap`; nothing survives the process.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    /// (kind tag, name) → (revision, value).
-    records: Mutex<BTreeMap<(u8, String), (u64, Vec<u8>)>>,
+    records: Mutex<Records>,
 }
 
 impl MemoryStore {
@@ -18,13 +20,17 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, BTreeMap<(u8, String), (u64, Vec<u8>)>>, Error> {
-        self.records.lock().map_err(|_| Error::Backend("memory store lock poisoned".into()))
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Records>, Error> {
+        self.records
+            .lock()
+            .map_err(|_| Error::Backend("memory store lock poisoned".into()))
     }
 
     /// Test hook: the raw values, to check that nothing is stored in clear.
     pub fn raw_values(&self) -> Vec<Vec<u8>> {
-        self.lock().map(|m| m.values().map(|(_, v)| v.clone()).collect()).unwrap_or_default()
+        self.lock()
+            .map(|m| m.values().map(|(_, v)| v.clone()).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -33,18 +39,42 @@ impl KeyStore for MemoryStore {
         Ok(self
             .lock()?
             .get(&(kind.tag(), name.to_owned()))
-            .map(|(rev, v)| Entry { revision: Revision(*rev), value: v.clone() }))
+            .map(|(rev, v)| Entry {
+                revision: Revision(*rev),
+                value: v.clone(),
+            }))
     }
 
-    fn put(&self, kind: RecordKind, name: &str, expected: Option<Revision>, value: &[u8]) -> Result<Revision, Error> {
+    fn put(
+        &self,
+        kind: RecordKind,
+        name: &str,
+        expected: Option<Revision>,
+        value: &[u8],
+    ) -> Result<Revision, Error> {
         let mut m = self.lock()?;
         let key = (kind.tag(), name.to_owned());
         let next = match (m.get(&key), expected) {
             (None, None) => 1,
-            (Some(_), None) => return Err(Error::Conflict { kind, name: name.into() }),
-            (None, Some(_)) => return Err(Error::NotFound { kind, name: name.into() }),
+            (Some(_), None) => {
+                return Err(Error::Conflict {
+                    kind,
+                    name: name.into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(Error::NotFound {
+                    kind,
+                    name: name.into(),
+                })
+            }
             (Some((rev, _)), Some(exp)) if *rev == exp.0 => rev + 1,
-            (Some(_), Some(_)) => return Err(Error::Conflict { kind, name: name.into() }),
+            (Some(_), Some(_)) => {
+                return Err(Error::Conflict {
+                    kind,
+                    name: name.into(),
+                })
+            }
         };
         m.insert(key, (next, value.to_vec()));
         Ok(Revision(next))
@@ -54,16 +84,28 @@ impl KeyStore for MemoryStore {
         let mut m = self.lock()?;
         let key = (kind.tag(), name.to_owned());
         match m.get(&key) {
-            None => Err(Error::NotFound { kind, name: name.into() }),
+            None => Err(Error::NotFound {
+                kind,
+                name: name.into(),
+            }),
             Some((rev, _)) if *rev == expected.0 => {
                 m.remove(&key);
                 Ok(())
             }
-            Some(_) => Err(Error::Conflict { kind, name: name.into() }),
+            Some(_) => Err(Error::Conflict {
+                kind,
+                name: name.into(),
+            }),
         }
     }
 
-    fn list(&self, kind: RecordKind, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error> {
+    fn list(
+        &self,
+        kind: RecordKind,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, Error> {
         let m = self.lock()?;
         Ok(m.range((kind.tag(), prefix.to_owned())..)
             .take_while(|((t, n), _)| *t == kind.tag() && n.starts_with(prefix))
@@ -73,7 +115,11 @@ impl KeyStore for MemoryStore {
             .collect())
     }
 
-    fn for_each(&self, kind: RecordKind, f: &mut dyn FnMut(&str, Entry) -> Result<(), Error>) -> Result<(), Error> {
+    fn for_each(
+        &self,
+        kind: RecordKind,
+        f: &mut dyn FnMut(&str, Entry) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         let snapshot: Vec<(String, u64, Vec<u8>)> = self
             .lock()?
             .iter()
@@ -81,7 +127,13 @@ impl KeyStore for MemoryStore {
             .map(|((_, n), (r, v))| (n.clone(), *r, v.clone()))
             .collect();
         for (n, r, v) in snapshot {
-            f(&n, Entry { revision: Revision(r), value: v })?;
+            f(
+                &n,
+                Entry {
+                    revision: Revision(r),
+                    value: v,
+                },
+            )?;
         }
         Ok(())
     }

@@ -49,19 +49,30 @@ impl SledStore {
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| Error::Backend(format!("cannot open store at {}: {e}", path.display())))?;
-        let store = SledStore { db, path: path.to_owned(), sync_lock: Mutex::new(()) };
+        let store = SledStore {
+            db,
+            path: path.to_owned(),
+            sync_lock: Mutex::new(()),
+        };
         store.sync()?;
         Ok(store)
     }
 
     fn decode(kind: RecordKind, name: &str, raw: &[u8]) -> Result<Entry, Error> {
         if raw.len() < 8 {
-            return Err(Error::Corrupt { kind, name: name.to_owned(), reason: "stored value shorter than its revision" });
+            return Err(Error::Corrupt {
+                kind,
+                name: name.to_owned(),
+                reason: "stored value shorter than its revision",
+            });
         }
         let (rev, value) = raw.split_at(8);
         let mut r = [0u8; 8];
         r.copy_from_slice(rev);
-        Ok(Entry { revision: Revision(u64::from_be_bytes(r)), value: value.to_vec() })
+        Ok(Entry {
+            revision: Revision(u64::from_be_bytes(r)),
+            value: value.to_vec(),
+        })
     }
 
     fn encode(rev: u64, value: &[u8]) -> Vec<u8> {
@@ -92,45 +103,85 @@ impl KeyStore for SledStore {
         }
     }
 
-    fn put(&self, kind: RecordKind, name: &str, expected: Option<Revision>, value: &[u8]) -> Result<Revision, Error> {
+    fn put(
+        &self,
+        kind: RecordKind,
+        name: &str,
+        expected: Option<Revision>,
+        value: &[u8],
+    ) -> Result<Revision, Error> {
         let key = storage_key(kind, name);
         let current = self.db.get(&key)?;
         let (old, next) = match (current, expected) {
             (None, None) => (None, 1),
-            (Some(_), None) => return Err(Error::Conflict { kind, name: name.into() }),
-            (None, Some(_)) => return Err(Error::NotFound { kind, name: name.into() }),
+            (Some(_), None) => {
+                return Err(Error::Conflict {
+                    kind,
+                    name: name.into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(Error::NotFound {
+                    kind,
+                    name: name.into(),
+                })
+            }
             (Some(raw), Some(exp)) => {
                 let e = Self::decode(kind, name, &raw)?;
                 if e.revision != exp {
-                    return Err(Error::Conflict { kind, name: name.into() });
+                    return Err(Error::Conflict {
+                        kind,
+                        name: name.into(),
+                    });
                 }
                 (Some(raw), exp.0 + 1)
             }
         };
-        match self.db.compare_and_swap(&key, old, Some(Self::encode(next, value)))? {
+        match self
+            .db
+            .compare_and_swap(&key, old, Some(Self::encode(next, value)))?
+        {
             Ok(()) => {
                 self.sync()?;
                 Ok(Revision(next))
             }
-            Err(_) => Err(Error::Conflict { kind, name: name.into() }),
+            Err(_) => Err(Error::Conflict {
+                kind,
+                name: name.into(),
+            }),
         }
     }
 
     fn delete(&self, kind: RecordKind, name: &str, expected: Revision) -> Result<(), Error> {
         let key = storage_key(kind, name);
         let Some(raw) = self.db.get(&key)? else {
-            return Err(Error::NotFound { kind, name: name.into() });
+            return Err(Error::NotFound {
+                kind,
+                name: name.into(),
+            });
         };
         if Self::decode(kind, name, &raw)?.revision != expected {
-            return Err(Error::Conflict { kind, name: name.into() });
+            return Err(Error::Conflict {
+                kind,
+                name: name.into(),
+            });
         }
         match self.db.compare_and_swap(&key, Some(raw), None::<Vec<u8>>)? {
             Ok(()) => self.sync(),
-            Err(_) => Err(Error::Conflict { kind, name: name.into() }),
+            Err(_) => Err(Error::Conflict {
+                kind,
+                name: name.into(),
+            }),
         }
     }
 
-    fn list(&self, kind: RecordKind, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error> {
+    fn list(
+        &self,
+        kind: RecordKind,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, Error> {
         let start = match after {
             Some(a) if a >= prefix => {
                 let mut k = storage_key(kind, a);
@@ -157,7 +208,11 @@ impl KeyStore for SledStore {
         Ok(out)
     }
 
-    fn for_each(&self, kind: RecordKind, f: &mut dyn FnMut(&str, Entry) -> Result<(), Error>) -> Result<(), Error> {
+    fn for_each(
+        &self,
+        kind: RecordKind,
+        f: &mut dyn FnMut(&str, Entry) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         for item in self.db.scan_prefix([kind.tag()]) {
             let (k, v) = item?;
             let name = Self::name_of(&k).unwrap_or_default();
@@ -167,7 +222,10 @@ impl KeyStore for SledStore {
     }
 
     fn sync(&self) -> Result<(), Error> {
-        let _guard = self.sync_lock.lock().map_err(|_| Error::Backend("sync lock poisoned".into()))?;
+        let _guard = self
+            .sync_lock
+            .lock()
+            .map_err(|_| Error::Backend("sync lock poisoned".into()))?;
         self.db.flush()?;
         Self::fsync_path(&self.path.join("db"))?;
         Self::fsync_path(&self.path.join("conf"))?;

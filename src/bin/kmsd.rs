@@ -1,0 +1,149 @@
+//! `kmsd`: the daemon. Parses flags, sets up logging, calls the server.
+#![forbid(unsafe_code)]
+use clap::{Parser, Subcommand};
+use kmsd::config::{Config, LogFormat};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "kmsd",
+    version,
+    about = "Isolated encryption and key-management daemon"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve with a configuration file.
+    Serve {
+        /// TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Embedded dev setup: creates (or reuses) a dev CA, certificates, master
+    /// key and store under DIR, and serves on DIR/kmsd.sock and 127.0.0.1:7443.
+    Dev {
+        /// State directory.
+        #[arg(long, default_value = "kmsd-dev")]
+        dir: PathBuf,
+        /// TCP listener (loopback or private only).
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        tcp: SocketAddr,
+        /// Serve on the Unix socket only.
+        #[arg(long)]
+        no_tcp: bool,
+    },
+    /// Write a new random 32-byte master key file (mode 0600; never overwrites).
+    Init {
+        /// Where to write it.
+        #[arg(long)]
+        master_key: PathBuf,
+    },
+    /// Validate a configuration file and report every problem.
+    CheckConfig {
+        /// TOML configuration.
+        file: PathBuf,
+    },
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KMSD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("kmsd: {msg}");
+    ExitCode::FAILURE
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (config, dev) = match cli.cmd {
+        Cmd::Init { master_key } => {
+            return match kmsd_keystore::MasterKey::create_file(&master_key) {
+                Ok(_) => {
+                    println!(
+                        "wrote a new master key to {} (mode 0600)",
+                        master_key.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            };
+        }
+        Cmd::CheckConfig { file } => {
+            return match Config::load(&file) {
+                Ok(_) => {
+                    println!("{}: OK", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            };
+        }
+        Cmd::Serve { config } => match Config::load(&config) {
+            Ok(c) => (c, None),
+            Err(e) => return fail(e),
+        },
+        Cmd::Dev { dir, tcp, no_tcp } => match kmsd::dev::setup(&dir, (!no_tcp).then_some(tcp)) {
+            Ok((c, paths)) => (c, Some(paths)),
+            Err(e) => return fail(e),
+        },
+    };
+    init_tracing(config.log.format);
+    if let Some(p) = &dev {
+        println!(
+            "# kmsd dev setup in {} (DEV ONLY: dev CA and keys on disk)",
+            p.dir.display()
+        );
+        println!("export KMSD_ADDR=unix:{}", p.socket.display());
+        println!("export KMSD_CA={}", p.ca.display());
+        println!("export KMSD_CERT={}", p.client_cert.display());
+        println!("export KMSD_KEY={}", p.client_key.display());
+        if let Some(tcp) = config.listen.tcp.first() {
+            println!("# or over TCP: export KMSD_ADDR={tcp}");
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("tokio runtime: {e}")),
+    };
+    match rt.block_on(kmsd::server::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "kmsd failed");
+            fail(e)
+        }
+    }
+}

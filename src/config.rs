@@ -1,0 +1,283 @@
+//! Typed configuration, read from TOML. Unknown fields are rejected.
+//! Secrets are only ever referenced by file path, never inline.
+//! Relative paths are resolved against the configuration file's directory.
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Dev mode: relaxes minimum periods (rotation, destruction) so
+    /// behaviour can be watched. Never set in production.
+    #[serde(default)]
+    pub dev_mode: bool,
+    /// Where to listen.
+    pub listen: Listen,
+    /// Server certificate and client CA.
+    pub tls: Tls,
+    /// Key store.
+    pub store: Store,
+    /// Abuse limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Logging.
+    #[serde(default)]
+    pub log: Log,
+}
+
+/// Listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// Unix socket path (the default transport).
+    pub unix: Option<PathBuf>,
+    /// TCP addresses; each must be loopback or private.
+    #[serde(default)]
+    pub tcp: Vec<SocketAddr>,
+}
+
+/// TLS files (PEM).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// Server certificate chain.
+    pub cert: PathBuf,
+    /// Server private key.
+    pub key: PathBuf,
+    /// CA that client certificates must chain to.
+    pub client_ca: PathBuf,
+}
+
+/// Key store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Store {
+    /// sled database directory.
+    pub path: PathBuf,
+    /// Master key file (32 raw bytes or 64 hex digits). Default:
+    /// `$CREDENTIALS_DIRECTORY/master-key` (a systemd credential).
+    pub master_key: Option<PathBuf>,
+}
+
+/// Abuse limits, each with a safe default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest gRPC message accepted, in bytes (default 4 MiB).
+    pub max_message_bytes: usize,
+    /// Concurrent connections, over all listeners (default 1024).
+    pub max_connections: usize,
+    /// A TLS handshake must finish within this (default 10 s).
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Each request must finish within this (default 30 s).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Concurrent requests (HTTP/2 streams) per connection (default 256).
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 4 * 1024 * 1024,
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_streams: 256,
+        }
+    }
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// A configuration problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// Parser message (with line and column).
+        message: String,
+    },
+    /// A semantic problem.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let mut cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve(base);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Makes relative paths relative to `base`.
+    pub fn resolve(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(u) = self.listen.unix.as_mut() {
+            fix(u);
+        }
+        fix(&mut self.tls.cert);
+        fix(&mut self.tls.key);
+        fix(&mut self.tls.client_ca);
+        fix(&mut self.store.path);
+        if let Some(m) = self.store.master_key.as_mut() {
+            fix(m);
+        }
+    }
+
+    /// Checks what types cannot: at least one listener, internal-only TCP
+    /// addresses, sane limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.unix.is_none() && self.listen.tcp.is_empty() {
+            return Err(ConfigError::Invalid(
+                "listen: configure a unix socket or a tcp address".into(),
+            ));
+        }
+        for addr in &self.listen.tcp {
+            check_internal(addr)?;
+        }
+        if self.limits.max_message_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "limits.max_message_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.limits.max_connections == 0 || self.limits.max_concurrent_streams == 0 {
+            return Err(ConfigError::Invalid(
+                "limits: connection and stream limits must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The master key path: configured, or the systemd credential.
+    pub fn master_key_path(&self) -> Result<PathBuf, ConfigError> {
+        if let Some(p) = &self.store.master_key {
+            return Ok(p.clone());
+        }
+        match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => Ok(PathBuf::from(dir).join("master-key")),
+            None => Err(ConfigError::Invalid(
+                "store.master_key is not set and $CREDENTIALS_DIRECTORY is not set (no systemd credential)".into(),
+            )),
+        }
+    }
+}
+
+/// Whether `ip` is loopback or in a private range: 127/8, ::1, 10/8,
+/// 172.16/12, 192.168/16, fc00::/7.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal(IpAddr::V4(v4));
+            }
+            v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00
+        }
+    }
+}
+
+/// Refuses any TCP bind address that is not internal (including the
+/// unspecified `0.0.0.0` / `::`, which would bind public interfaces).
+pub fn check_internal(addr: &SocketAddr) -> Result<(), ConfigError> {
+    if is_internal(addr.ip()) {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "refusing to listen on {addr}: only loopback and private addresses are allowed \
+             (127.0.0.0/8, ::1, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fc00::/7)"
+        )))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_addresses() {
+        for ok in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "::1",
+            "fd00::1",
+            "fc00::5",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(is_internal(ok.parse().unwrap()), "{ok}");
+        }
+        for bad in [
+            "0.0.0.0",
+            "8.8.8.8",
+            "172.32.0.1",
+            "192.169.0.1",
+            "169.254.1.1",
+            "::",
+            "2001:db8::1",
+            "fe80::1",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(!is_internal(bad.parse().unwrap()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn example_config_parses_and_unknown_fields_are_rejected() {
+        let example = include_str!("../kmsd.example.toml");
+        let cfg: Config = toml::from_str(example).unwrap();
+        cfg.validate().unwrap();
+        let bad = format!("{example}\nsurprise = 1\n");
+        assert!(toml::from_str::<Config>(&bad).is_err());
+    }
+}

@@ -1,0 +1,226 @@
+//! The ciphertext envelope, format 1.
+//!
+//! ```text
+//! [0]       format = 0x01
+//! [1]       algorithm = 0x01 (AES-256-GCM, HKDF-SHA256 per-message key)
+//! [2..6]    key version, u32 big-endian
+//! [6..22]   salt, 128 bits, random
+//! [22..34]  nonce, 96 bits, random
+//! [34..]    AES-256-GCM ciphertext || 128-bit tag
+//! ```
+//! Each message is encrypted under its own key,
+//! `HKDF-SHA256(ikm = version key, salt = salt, info = "kmsd v1 aes-256-gcm message key")`,
+//! so a version key is never itself used for AES-GCM and no key
+//! approaches the 2^32 random-nonce bound of NIST SP 800-38D (the
+//! construction KES, AWS KMS and X-AES-GCM use). The AEAD's associated data
+//! is `"kmsd ciphertext v1\0" || bytes[0..6] || u32-BE len(key name) ||
+//! key name || caller's associated data`: a ciphertext moved to another
+//! key, version or context fails to authenticate.
+use crate::error::Error;
+use hkdf::Hkdf;
+use kmsd_keystore::aead::{self, NONCE_LEN, TAG_LEN};
+use kmsd_keystore::KeyMaterial;
+use rand::RngCore;
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+/// Envelope format byte.
+pub const FORMAT_V1: u8 = 1;
+/// Algorithm byte for AES-256-GCM with HKDF-SHA256 message keys.
+pub const ALG_AES256GCM_HKDF: u8 = 1;
+/// Salt length.
+pub const SALT_LEN: usize = 16;
+/// Header length (format, algorithm, version).
+pub const HEADER_LEN: usize = 6;
+/// Bytes an envelope adds to the plaintext.
+pub const OVERHEAD: usize = HEADER_LEN + SALT_LEN + NONCE_LEN + TAG_LEN;
+
+const KDF_INFO: &[u8] = b"kmsd v1 aes-256-gcm message key";
+const AAD_LABEL: &[u8] = b"kmsd ciphertext v1\0";
+
+/// The parsed, not yet authenticated, header of an envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The key version named by the envelope.
+    pub version: u32,
+}
+
+/// Reads the header, rejecting anything that is not a format-1 envelope.
+pub fn parse_header(ciphertext: &[u8]) -> Result<Header, Error> {
+    let Some(&format) = ciphertext.first() else {
+        return Err(Error::MalformedCiphertext("empty"));
+    };
+    if format != FORMAT_V1 {
+        return Err(Error::MalformedCiphertext("unknown format version"));
+    }
+    if ciphertext.len() < OVERHEAD {
+        return Err(Error::MalformedCiphertext("truncated"));
+    }
+    if ciphertext.get(1) != Some(&ALG_AES256GCM_HKDF) {
+        return Err(Error::MalformedCiphertext("unknown algorithm"));
+    }
+    let mut v = [0u8; 4];
+    v.copy_from_slice(&ciphertext[2..6]);
+    let version = u32::from_be_bytes(v);
+    if version == 0 {
+        return Err(Error::MalformedCiphertext("key version 0"));
+    }
+    Ok(Header { version })
+}
+
+fn message_key(key: &KeyMaterial, salt: &[u8]) -> Zeroizing<[u8; 32]> {
+    let mut okm = Zeroizing::new([0u8; 32]);
+    // 32 bytes is far below HKDF-SHA256's 8160-byte output limit.
+    let _ = Hkdf::<Sha256>::new(Some(salt), key.expose_secret()).expand(KDF_INFO, okm.as_mut());
+    okm
+}
+
+fn aad(header: &[u8], key_name: &str, associated_data: &[u8]) -> Vec<u8> {
+    let mut a = Vec::with_capacity(
+        AAD_LABEL.len() + HEADER_LEN + 4 + key_name.len() + associated_data.len(),
+    );
+    a.extend_from_slice(AAD_LABEL);
+    a.extend_from_slice(header);
+    a.extend_from_slice(&(key_name.len() as u32).to_be_bytes());
+    a.extend_from_slice(key_name.as_bytes());
+    a.extend_from_slice(associated_data);
+    a
+}
+
+/// Encrypts under `key` (version `version` of ring `key_name`) with a
+/// fresh random salt and nonce from the OS CSPRNG.
+pub fn encrypt(
+    key: &KeyMaterial,
+    key_name: &str,
+    version: u32,
+    plaintext: &[u8],
+    associated_data: &[u8],
+) -> Vec<u8> {
+    let mut salt = [0u8; SALT_LEN];
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    encrypt_with(
+        key,
+        key_name,
+        version,
+        plaintext,
+        associated_data,
+        &salt,
+        &nonce,
+    )
+}
+
+/// Encrypts with a given salt and nonce. Only for known-answer tests and
+/// golden files: reusing a salt and nonce pair is catastrophic.
+#[doc(hidden)]
+pub fn encrypt_with(
+    key: &KeyMaterial,
+    key_name: &str,
+    version: u32,
+    plaintext: &[u8],
+    associated_data: &[u8],
+    salt: &[u8; SALT_LEN],
+    nonce: &[u8; NONCE_LEN],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
+    out.push(FORMAT_V1);
+    out.push(ALG_AES256GCM_HKDF);
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(salt);
+    out.extend_from_slice(nonce);
+    let aad = aad(&out[..HEADER_LEN], key_name, associated_data);
+    let mk = message_key(key, salt);
+    let body_start = out.len();
+    out.extend_from_slice(plaintext);
+    let mut body = out.split_off(body_start);
+    aead::seal(&mk, nonce, &aad, &mut body);
+    out.append(&mut body);
+    out
+}
+
+/// Decrypts an envelope whose header was already parsed and whose version
+/// key is `key`.
+pub fn decrypt(
+    key: &KeyMaterial,
+    key_name: &str,
+    ciphertext: &[u8],
+    associated_data: &[u8],
+) -> Result<Vec<u8>, Error> {
+    parse_header(ciphertext)?;
+    let (header, rest) = ciphertext.split_at(HEADER_LEN);
+    let (salt, rest) = rest.split_at(SALT_LEN);
+    let (nonce, body) = rest.split_at(NONCE_LEN);
+    let mut n = [0u8; NONCE_LEN];
+    n.copy_from_slice(nonce);
+    let mk = message_key(key, salt);
+    let mut buf = body.to_vec();
+    aead::open(&mk, &n, &aad(header, key_name, associated_data), &mut buf)
+        .map_err(|_| Error::DecryptionFailed)?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_bindings() {
+        let k = KeyMaterial::from_bytes(&[3; 32]);
+        let ct = encrypt(&k, "a", 2, b"secret", b"ctx");
+        assert_eq!(ct.len(), OVERHEAD + 6);
+        assert_eq!(parse_header(&ct).unwrap().version, 2);
+        assert_eq!(decrypt(&k, "a", &ct, b"ctx").unwrap(), b"secret");
+        assert!(matches!(
+            decrypt(&k, "b", &ct, b"ctx"),
+            Err(Error::DecryptionFailed)
+        ));
+        assert!(matches!(
+            decrypt(&k, "a", &ct, b"other"),
+            Err(Error::DecryptionFailed)
+        ));
+        assert!(matches!(
+            decrypt(&KeyMaterial::from_bytes(&[4; 32]), "a", &ct, b"ctx"),
+            Err(Error::DecryptionFailed)
+        ));
+        let mut moved = ct.clone();
+        moved[5] = 3; // claims another version
+        assert!(matches!(
+            decrypt(&k, "a", &moved, b"ctx"),
+            Err(Error::DecryptionFailed)
+        ));
+        for i in HEADER_LEN..ct.len() {
+            let mut t = ct.clone();
+            t[i] ^= 0x80;
+            assert!(
+                matches!(decrypt(&k, "a", &t, b"ctx"), Err(Error::DecryptionFailed)),
+                "flip at {i}"
+            );
+        }
+        for n in 0..OVERHEAD {
+            assert!(matches!(
+                decrypt(&k, "a", &ct[..n], b"ctx"),
+                Err(Error::MalformedCiphertext(_))
+            ));
+        }
+        let mut fmt = ct.clone();
+        fmt[0] = 2;
+        assert!(matches!(
+            parse_header(&fmt),
+            Err(Error::MalformedCiphertext("unknown format version"))
+        ));
+    }
+
+    #[test]
+    fn fresh_salt_and_nonce_each_time() {
+        let k = KeyMaterial::from_bytes(&[3; 32]);
+        let a = encrypt(&k, "a", 1, b"same", b"");
+        let b = encrypt(&k, "a", 1, b"same", b"");
+        assert_ne!(
+            a[HEADER_LEN..HEADER_LEN + SALT_LEN],
+            b[HEADER_LEN..HEADER_LEN + SALT_LEN]
+        );
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,207 @@
+//! The embedded dev setup: a dev CA, server and client certificates, a
+//! random master key and a configuration under one directory, created on
+//! first start and reused afterwards (so keys survive restarts).
+//!
+//! Also used by the integration tests to make real certificates.
+use crate::config::{Config, Limits, Listen, Log, Store, Tls};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A dev setup problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DevError(pub String);
+
+fn e(context: &str, err: impl std::fmt::Display) -> DevError {
+    DevError(format!("{context}: {err}"))
+}
+
+/// A certificate authority able to issue certificates.
+pub struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ca")
+    }
+}
+
+/// An issued certificate and its private key, PEM.
+pub struct Issued {
+    /// Certificate PEM.
+    pub cert_pem: String,
+    /// Private key PEM (secret).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Issued([key redacted])")
+    }
+}
+
+impl Ca {
+    /// A new self-signed CA.
+    pub fn new(common_name: &str) -> Result<Self, DevError> {
+        let key = KeyPair::generate().map_err(|x| e("CA key", x))?;
+        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(|x| e("CA params", x))?;
+        p.distinguished_name.push(DnType::CommonName, common_name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = p.self_signed(&key).map_err(|x| e("CA certificate", x))?;
+        Ok(Ca { cert, key })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// Issues a server certificate for DNS names and IP addresses.
+    pub fn issue_server(
+        &self,
+        names: &[&str],
+        ips: &[std::net::IpAddr],
+    ) -> Result<Issued, DevError> {
+        let mut sans: Vec<SanType> = Vec::new();
+        for n in names {
+            sans.push(SanType::DnsName(
+                (*n).try_into().map_err(|x| e("server name", x))?,
+            ));
+        }
+        sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        self.issue("kmsd server", sans, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// Issues a client certificate, with a URI SAN (e.g. a SPIFFE ID) if given.
+    pub fn issue_client(&self, common_name: &str, uri: Option<&str>) -> Result<Issued, DevError> {
+        let mut sans = Vec::new();
+        if let Some(u) = uri {
+            sans.push(SanType::URI(u.try_into().map_err(|x| e("client URI", x))?));
+        }
+        self.issue(common_name, sans, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn issue(
+        &self,
+        cn: &str,
+        sans: Vec<SanType>,
+        eku: ExtendedKeyUsagePurpose,
+    ) -> Result<Issued, DevError> {
+        let key = KeyPair::generate().map_err(|x| e("key", x))?;
+        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(|x| e("params", x))?;
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.subject_alt_names = sans;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![eku];
+        let cert = p
+            .signed_by(&key, &self.cert, &self.key)
+            .map_err(|x| e("signing", x))?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// Writes a file with mode 0600 (keys) or 0644.
+pub fn write_file(path: &Path, content: &[u8], secret: bool) -> Result<(), DevError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(path)
+        .map_err(|x| e(&format!("creating {}", path.display()), x))?;
+    f.write_all(content)
+        .map_err(|x| e(&format!("writing {}", path.display()), x))
+}
+
+/// The dev client identity (URI SAN of the dev client certificate).
+pub const DEV_CLIENT_ID: &str = "spiffe://kmsd.dev/client";
+
+/// The files of a dev setup.
+#[derive(Debug, Clone)]
+pub struct DevPaths {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Unix socket.
+    pub socket: PathBuf,
+    /// CA certificate.
+    pub ca: PathBuf,
+    /// Client certificate.
+    pub client_cert: PathBuf,
+    /// Client key.
+    pub client_key: PathBuf,
+}
+
+/// Creates (on first run) or reuses the dev setup in `dir`, returning the
+/// configuration to serve with. `tcp` is the TCP listener (loopback).
+pub fn setup(dir: &Path, tcp: Option<SocketAddr>) -> Result<(Config, DevPaths), DevError> {
+    std::fs::create_dir_all(dir).map_err(|x| e(&format!("creating {}", dir.display()), x))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|x| e("chmod", x))?;
+    }
+    let dir = dir.canonicalize().map_err(|x| e("dev dir", x))?;
+    let p = |n: &str| dir.join(n);
+    if !p("ca.pem").exists() || !p("server.pem").exists() || !p("client.pem").exists() {
+        let ca = Ca::new("kmsd dev CA")?;
+        let server = ca.issue_server(
+            &["localhost", "kmsd.dev"],
+            &[
+                "127.0.0.1".parse().map_err(|x| e("ip", x))?,
+                "::1".parse().map_err(|x| e("ip", x))?,
+            ],
+        )?;
+        let client = ca.issue_client("kmsd dev client", Some(DEV_CLIENT_ID))?;
+        write_file(&p("ca.pem"), ca.cert_pem().as_bytes(), false)?;
+        write_file(&p("server.pem"), server.cert_pem.as_bytes(), false)?;
+        write_file(&p("server.key"), server.key_pem.as_bytes(), true)?;
+        write_file(&p("client.pem"), client.cert_pem.as_bytes(), false)?;
+        write_file(&p("client.key"), client.key_pem.as_bytes(), true)?;
+    }
+    if !p("master-key").exists() {
+        kmsd_keystore::MasterKey::create_file(&p("master-key")).map_err(|x| e("master key", x))?;
+    }
+    let config = Config {
+        dev_mode: true,
+        listen: Listen {
+            unix: Some(p("kmsd.sock")),
+            tcp: tcp.into_iter().collect(),
+        },
+        tls: Tls {
+            cert: p("server.pem"),
+            key: p("server.key"),
+            client_ca: p("ca.pem"),
+        },
+        store: Store {
+            path: p("store"),
+            master_key: Some(p("master-key")),
+        },
+        limits: Limits::default(),
+        log: Log::default(),
+    };
+    config.validate().map_err(|x| e("dev config", x))?;
+    let paths = DevPaths {
+        socket: p("kmsd.sock"),
+        ca: p("ca.pem"),
+        client_cert: p("client.pem"),
+        client_key: p("client.key"),
+        dir,
+    };
+    Ok((config, paths))
+}

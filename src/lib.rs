@@ -1,0 +1,41 @@
+//! kmsd: an isolated encryption and key-management daemon.
+//!
+//! # Layout
+//! - [`config`]: the typed TOML configuration (`deny_unknown_fields`).
+//! - [`crypto`]: the ciphertext envelope (format 1) over the keystore's
+//!   AES-256-GCM core, with per-message derived keys.
+//! - [`keys`]: key rings in memory (zeroizing, cached so the data path
+//!   never reads the store) and their administration through the store.
+//! - [`tls`]: rustls server configuration, client identities, and the
+//!   accept loop with connection cap and handshake timeout.
+//! - [`service`]: the gRPC services (`kmsd.v1.Crypto`, `kmsd.v1.Keys`).
+//! - [`server`]: start-up (self-test, master key, store, listeners) and
+//!   graceful shutdown.
+//! - [`client`]: the mTLS gRPC client used by `kmsctl`, tests and benches.
+//! - [`dev`]: the embedded dev setup (dev CA, certificates, master key).
+//! - [`error`]: the daemon's error type and its one mapping to gRPC status.
+//!
+//! Dependencies point one way: server → service → keys, crypto → keystore.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod config;
+pub mod crypto;
+pub mod dev;
+pub mod error;
+pub mod keys;
+pub mod server;
+pub mod service;
+pub mod tls;
+
+/// Generated protobuf and gRPC code for `kmsd.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("kmsd.v1");
+
+    /// Encoded file descriptor set, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/kmsd_descriptor.bin"));
+}
+
+pub use error::Error;
