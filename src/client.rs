@@ -65,23 +65,17 @@ pub async fn connect(s: &ClientSettings) -> Result<Channel, ClientError> {
 }
 
 /// Connects with an already built TLS configuration.
-pub async fn connect_with(
-    s: &ClientSettings,
-    cfg: Arc<ClientConfig>,
-) -> Result<Channel, ClientError> {
+pub async fn connect_with(s: &ClientSettings, cfg: Arc<ClientConfig>) -> Result<Channel, ClientError> {
     let (target, default_name) = match s.addr.strip_prefix("unix:") {
         Some(p) => (Target::Unix(PathBuf::from(p)), "localhost".to_owned()),
         None => {
             let host = s.addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(&s.addr);
-            (
-                Target::Tcp(s.addr.clone()),
-                host.trim_matches(['[', ']']).to_owned(),
-            )
+            (Target::Tcp(s.addr.clone()), host.trim_matches(['[', ']']).to_owned())
         }
     };
     let name = s.server_name.clone().unwrap_or(default_name);
-    let server_name = ServerName::try_from(name.clone())
-        .map_err(|_| ClientError(format!("invalid server name {name:?}")))?;
+    let server_name =
+        ServerName::try_from(name.clone()).map_err(|_| ClientError(format!("invalid server name {name:?}")))?;
     let target = Arc::new(target);
     let connector = tower::service_fn(move |_: Uri| {
         let (cfg, target, server_name) = (cfg.clone(), target.clone(), server_name.clone());
@@ -101,13 +95,7 @@ pub async fn connect_with(
     Endpoint::from_static("http://kmsd")
         .connect_with_connector(connector)
         .await
-        .map_err(|e| {
-            ClientError(format!(
-                "cannot connect to {}: {}",
-                s.addr,
-                source_chain(&e)
-            ))
-        })
+        .map_err(|e| ClientError(format!("cannot connect to {}: {}", s.addr, source_chain(&e))))
 }
 
 /// An error and its causes on one line.

@@ -76,9 +76,7 @@ fn message_key(key: &KeyMaterial, salt: &[u8]) -> Zeroizing<[u8; 32]> {
 }
 
 fn aad(header: &[u8], key_name: &str, associated_data: &[u8]) -> Vec<u8> {
-    let mut a = Vec::with_capacity(
-        AAD_LABEL.len() + HEADER_LEN + 4 + key_name.len() + associated_data.len(),
-    );
+    let mut a = Vec::with_capacity(AAD_LABEL.len() + HEADER_LEN + 4 + key_name.len() + associated_data.len());
     a.extend_from_slice(AAD_LABEL);
     a.extend_from_slice(header);
     a.extend_from_slice(&(key_name.len() as u32).to_be_bytes());
@@ -89,26 +87,12 @@ fn aad(header: &[u8], key_name: &str, associated_data: &[u8]) -> Vec<u8> {
 
 /// Encrypts under `key` (version `version` of ring `key_name`) with a
 /// fresh random salt and nonce from the OS CSPRNG.
-pub fn encrypt(
-    key: &KeyMaterial,
-    key_name: &str,
-    version: u32,
-    plaintext: &[u8],
-    associated_data: &[u8],
-) -> Vec<u8> {
+pub fn encrypt(key: &KeyMaterial, key_name: &str, version: u32, plaintext: &[u8], associated_data: &[u8]) -> Vec<u8> {
     let mut salt = [0u8; SALT_LEN];
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut salt);
     rand::rngs::OsRng.fill_bytes(&mut nonce);
-    encrypt_with(
-        key,
-        key_name,
-        version,
-        plaintext,
-        associated_data,
-        &salt,
-        &nonce,
-    )
+    encrypt_with(key, key_name, version, plaintext, associated_data, &salt, &nonce)
 }
 
 /// Encrypts with a given salt and nonce. Only for known-answer tests and
@@ -141,12 +125,7 @@ pub fn encrypt_with(
 
 /// Decrypts an envelope whose header was already parsed and whose version
 /// key is `key`.
-pub fn decrypt(
-    key: &KeyMaterial,
-    key_name: &str,
-    ciphertext: &[u8],
-    associated_data: &[u8],
-) -> Result<Vec<u8>, Error> {
+pub fn decrypt(key: &KeyMaterial, key_name: &str, ciphertext: &[u8], associated_data: &[u8]) -> Result<Vec<u8>, Error> {
     parse_header(ciphertext)?;
     let (header, rest) = ciphertext.split_at(HEADER_LEN);
     let (salt, rest) = rest.split_at(SALT_LEN);
@@ -155,8 +134,7 @@ pub fn decrypt(
     n.copy_from_slice(nonce);
     let mk = message_key(key, salt);
     let mut buf = body.to_vec();
-    aead::open(&mk, &n, &aad(header, key_name, associated_data), &mut buf)
-        .map_err(|_| Error::DecryptionFailed)?;
+    aead::open(&mk, &n, &aad(header, key_name, associated_data), &mut buf).map_err(|_| Error::DecryptionFailed)?;
     Ok(buf)
 }
 
@@ -172,24 +150,15 @@ mod tests {
         assert_eq!(ct.len(), OVERHEAD + 6);
         assert_eq!(parse_header(&ct).unwrap().version, 2);
         assert_eq!(decrypt(&k, "a", &ct, b"ctx").unwrap(), b"secret");
-        assert!(matches!(
-            decrypt(&k, "b", &ct, b"ctx"),
-            Err(Error::DecryptionFailed)
-        ));
-        assert!(matches!(
-            decrypt(&k, "a", &ct, b"other"),
-            Err(Error::DecryptionFailed)
-        ));
+        assert!(matches!(decrypt(&k, "b", &ct, b"ctx"), Err(Error::DecryptionFailed)));
+        assert!(matches!(decrypt(&k, "a", &ct, b"other"), Err(Error::DecryptionFailed)));
         assert!(matches!(
             decrypt(&KeyMaterial::from_bytes(&[4; 32]), "a", &ct, b"ctx"),
             Err(Error::DecryptionFailed)
         ));
         let mut moved = ct.clone();
         moved[5] = 3; // claims another version
-        assert!(matches!(
-            decrypt(&k, "a", &moved, b"ctx"),
-            Err(Error::DecryptionFailed)
-        ));
+        assert!(matches!(decrypt(&k, "a", &moved, b"ctx"), Err(Error::DecryptionFailed)));
         for i in HEADER_LEN..ct.len() {
             let mut t = ct.clone();
             t[i] ^= 0x80;

@@ -5,8 +5,7 @@
 //! Also used by the integration tests to make real certificates.
 use crate::config::{Config, Limits, Listen, Log, Store, Tls};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -68,16 +67,10 @@ impl Ca {
     }
 
     /// Issues a server certificate for DNS names and IP addresses.
-    pub fn issue_server(
-        &self,
-        names: &[&str],
-        ips: &[std::net::IpAddr],
-    ) -> Result<Issued, DevError> {
+    pub fn issue_server(&self, names: &[&str], ips: &[std::net::IpAddr]) -> Result<Issued, DevError> {
         let mut sans: Vec<SanType> = Vec::new();
         for n in names {
-            sans.push(SanType::DnsName(
-                (*n).try_into().map_err(|x| e("server name", x))?,
-            ));
+            sans.push(SanType::DnsName((*n).try_into().map_err(|x| e("server name", x))?));
         }
         sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         self.issue("kmsd server", sans, ExtendedKeyUsagePurpose::ServerAuth)
@@ -92,21 +85,14 @@ impl Ca {
         self.issue(common_name, sans, ExtendedKeyUsagePurpose::ClientAuth)
     }
 
-    fn issue(
-        &self,
-        cn: &str,
-        sans: Vec<SanType>,
-        eku: ExtendedKeyUsagePurpose,
-    ) -> Result<Issued, DevError> {
+    fn issue(&self, cn: &str, sans: Vec<SanType>, eku: ExtendedKeyUsagePurpose) -> Result<Issued, DevError> {
         let key = KeyPair::generate().map_err(|x| e("key", x))?;
         let mut p = CertificateParams::new(Vec::<String>::new()).map_err(|x| e("params", x))?;
         p.distinguished_name.push(DnType::CommonName, cn);
         p.subject_alt_names = sans;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![eku];
-        let cert = p
-            .signed_by(&key, &self.cert, &self.key)
-            .map_err(|x| e("signing", x))?;
+        let cert = p.signed_by(&key, &self.cert, &self.key).map_err(|x| e("signing", x))?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -153,8 +139,7 @@ pub fn setup(dir: &Path, tcp: Option<SocketAddr>) -> Result<(Config, DevPaths), 
     std::fs::create_dir_all(dir).map_err(|x| e(&format!("creating {}", dir.display()), x))?;
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|x| e("chmod", x))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|x| e("chmod", x))?;
     }
     let dir = dir.canonicalize().map_err(|x| e("dev dir", x))?;
     let p = |n: &str| dir.join(n);

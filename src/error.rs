@@ -75,9 +75,9 @@ impl From<Error> for tonic::Status {
             Error::InvalidArgument(_) | Error::MalformedCiphertext(_) | Error::DecryptionFailed => {
                 Code::InvalidArgument
             }
-            Error::VersionUnusable { .. }
-            | Error::VersionBelowMinimum { .. }
-            | Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::VersionUnusable { .. } | Error::VersionBelowMinimum { .. } | Error::FailedPrecondition(_) => {
+                Code::FailedPrecondition
+            }
             Error::TooLarge(_) => Code::ResourceExhausted,
             Error::Corrupt(_) => Code::DataLoss,
             Error::StoreUnavailable => Code::Unavailable,

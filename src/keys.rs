@@ -53,6 +53,9 @@ impl CachedRing {
 pub struct Keys {
     rings: RingStore,
     cache: DashMap<String, Arc<CachedRing>>,
+    /// Rings whose stored record failed its integrity check at load: they
+    /// answer DATA_LOSS (not NOT_FOUND) until repaired or restored.
+    corrupt: DashMap<String, ()>,
     clock: Arc<dyn Clock>,
 }
 
@@ -76,18 +79,18 @@ impl Keys {
     /// fail their integrity check are logged and left out; the rest serve.
     pub fn load(rings: RingStore, clock: Arc<dyn Clock>) -> Result<Self, Error> {
         let cache = DashMap::new();
+        let corrupt = DashMap::new();
         let failures = rings.load_all(|ring| {
-            cache.insert(
-                ring.name.to_string(),
-                Arc::new(CachedRing::from_ring(&ring)),
-            );
+            cache.insert(ring.name.to_string(), Arc::new(CachedRing::from_ring(&ring)));
         })?;
         for f in failures {
             tracing::error!(key = %f.name, error = %f.error, "key ring not loaded");
+            corrupt.insert(f.name, ());
         }
         Ok(Keys {
             rings,
             cache,
+            corrupt,
             clock,
         })
     }
@@ -108,6 +111,9 @@ impl Keys {
         }
         // Validate before reporting, so a bad name is INVALID_ARGUMENT.
         KeyName::parse(name)?;
+        if self.corrupt.contains_key(name) {
+            return Err(Error::Corrupt(name.to_owned()));
+        }
         Err(Error::KeyNotFound(name.to_owned()))
     }
 
@@ -126,10 +132,7 @@ impl Keys {
     fn install(&self, ring: &KeyRing) -> Arc<CachedRing> {
         let snap = Arc::new(CachedRing::from_ring(ring));
         // Never replace a newer snapshot with an older one.
-        let mut entry = self
-            .cache
-            .entry(ring.name.to_string())
-            .or_insert_with(|| snap.clone());
+        let mut entry = self.cache.entry(ring.name.to_string()).or_insert_with(|| snap.clone());
         if entry.versions.len() <= snap.versions.len() {
             *entry = snap.clone();
         }
@@ -137,17 +140,10 @@ impl Keys {
     }
 
     /// Encrypts under the ring's primary version.
-    pub fn encrypt(
-        &self,
-        name: &str,
-        plaintext: &[u8],
-        associated_data: &[u8],
-    ) -> Result<Encrypted, Error> {
+    pub fn encrypt(&self, name: &str, plaintext: &[u8], associated_data: &[u8]) -> Result<Encrypted, Error> {
         let ring = self.cached(name)?;
         let version = ring.primary;
-        let v = ring
-            .version(version)
-            .ok_or_else(|| Error::Corrupt(name.to_owned()))?;
+        let v = ring.version(version).ok_or_else(|| Error::Corrupt(name.to_owned()))?;
         let material = match (v.state, &v.material) {
             (VersionState::Active, Some(m)) => m,
             (state, _) => {
@@ -160,19 +156,11 @@ impl Keys {
             }
         };
         let ciphertext = crypto::encrypt(material, name, version, plaintext, associated_data);
-        Ok(Encrypted {
-            ciphertext,
-            version,
-        })
+        Ok(Encrypted { ciphertext, version })
     }
 
     /// Decrypts an envelope; returns the plaintext and the version used.
-    pub fn decrypt(
-        &self,
-        name: &str,
-        ciphertext: &[u8],
-        associated_data: &[u8],
-    ) -> Result<(Vec<u8>, u32), Error> {
+    pub fn decrypt(&self, name: &str, ciphertext: &[u8], associated_data: &[u8]) -> Result<(Vec<u8>, u32), Error> {
         let header = crypto::parse_header(ciphertext)?;
         let mut ring = self.cached(name)?;
         if ring.version(header.version).is_none() {
@@ -205,14 +193,9 @@ impl Keys {
                 })
             }
         };
-        let plaintext =
-            crypto::decrypt(material, name, ciphertext, associated_data).inspect_err(|_| {
-                tracing::info!(
-                    key = name,
-                    version = header.version,
-                    "ciphertext failed authentication"
-                );
-            })?;
+        let plaintext = crypto::decrypt(material, name, ciphertext, associated_data).inspect_err(|_| {
+            tracing::info!(key = name, version = header.version, "ciphertext failed authentication");
+        })?;
         Ok((plaintext, header.version))
     }
 
@@ -231,9 +214,7 @@ impl Keys {
     /// Reads a ring's metadata from the store.
     pub fn get(&self, name: &str) -> Result<KeyRing, Error> {
         let key = KeyName::parse(name)?;
-        self.rings
-            .get(&key)?
-            .ok_or_else(|| Error::KeyNotFound(name.to_owned()))
+        self.rings.get(&key)?.ok_or_else(|| Error::KeyNotFound(name.to_owned()))
     }
 
     /// Adds a version and makes it primary. Durable when it returns.
@@ -247,12 +228,7 @@ impl Keys {
     }
 
     /// Lists key names.
-    pub fn list(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<String>, Error> {
+    pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error> {
         Ok(self.rings.list(prefix, after, limit)?)
     }
 

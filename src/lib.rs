@@ -34,8 +34,7 @@ pub mod proto {
     tonic::include_proto!("kmsd.v1");
 
     /// Encoded file descriptor set, for gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/kmsd_descriptor.bin"));
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kmsd_descriptor.bin"));
 }
 
 pub use error::Error;

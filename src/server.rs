@@ -31,8 +31,7 @@ pub fn open_keys(config: &Config) -> Result<Arc<Keys>, StartError> {
     let mk_path = config.master_key_path().map_err(|e| err("master key", e))?;
     let master = MasterKey::load(&mk_path).map_err(|e| err("master key", e))?;
     tracing::info!(sealer = %Sealer::new(MasterKey::from_bytes(master.expose_secret())).key_id_hex(), "master key loaded");
-    let store: Arc<dyn KeyStore> =
-        Arc::new(SledStore::open(&config.store.path).map_err(|e| err("key store", e))?);
+    let store: Arc<dyn KeyStore> = Arc::new(SledStore::open(&config.store.path).map_err(|e| err("key store", e))?);
     let rings = RingStore::open(store, Sealer::new(master)).map_err(|e| err("key store", e))?;
     let keys = Keys::load(rings, Arc::new(SystemClock)).map_err(|e| err("loading key rings", e))?;
     Ok(Arc::new(keys))
@@ -43,13 +42,9 @@ pub fn open_keys(config: &Config) -> Result<Arc<Keys>, StartError> {
 fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(StartError(format!(
-                "{} is in use by another process",
-                path.display()
-            )));
+            return Err(StartError(format!("{} is in use by another process", path.display())));
         }
-        std::fs::remove_file(path)
-            .map_err(|e| err(&format!("removing stale socket {}", path.display()), e))?;
+        std::fs::remove_file(path).map_err(|e| err(&format!("removing stale socket {}", path.display()), e))?;
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| err(&format!("creating {}", dir.display()), e))?;
@@ -82,10 +77,7 @@ fn map_size_status<B>(mut resp: http::Response<B>) -> http::Response<B> {
 }
 
 /// Runs the daemon until `shutdown` completes.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), StartError> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
     kmsd_keystore::aead::self_test()
         .map_err(|e| StartError(format!("AEAD self-test failed, refusing to start: {e}")))?;
     tracing::info!("AEAD self-test passed");
@@ -183,14 +175,11 @@ pub async fn run(
 
     tracing::info!("kmsd ready");
     let result = server
-        .serve_with_incoming_shutdown(
-            ReceiverStream::new(conn_rx).map(Ok::<_, std::io::Error>),
-            async move {
-                shutdown.await;
-                tracing::info!("shutting down: no new connections; finishing in-flight calls");
-                let _ = stop_tx.send(true);
-            },
-        )
+        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx).map(Ok::<_, std::io::Error>), async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections; finishing in-flight calls");
+            let _ = stop_tx.send(true);
+        })
         .await;
     if let Some(path) = &config.listen.unix {
         let _ = std::fs::remove_file(path);

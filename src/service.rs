@@ -52,10 +52,7 @@ pub struct CryptoService {
 
 #[tonic::async_trait]
 impl proto::crypto_server::Crypto for CryptoService {
-    async fn encrypt(
-        &self,
-        req: Request<proto::EncryptRequest>,
-    ) -> Result<Response<proto::EncryptResponse>, Status> {
+    async fn encrypt(&self, req: Request<proto::EncryptRequest>) -> Result<Response<proto::EncryptResponse>, Status> {
         let started = Instant::now();
         let peer = identity(&req)?;
         let r = req.into_inner();
@@ -67,19 +64,13 @@ impl proto::crypto_server::Crypto for CryptoService {
         }))
     }
 
-    async fn decrypt(
-        &self,
-        req: Request<proto::DecryptRequest>,
-    ) -> Result<Response<proto::DecryptResponse>, Status> {
+    async fn decrypt(&self, req: Request<proto::DecryptRequest>) -> Result<Response<proto::DecryptResponse>, Status> {
         let started = Instant::now();
         let peer = identity(&req)?;
         let r = req.into_inner();
         let result = self.keys.decrypt(&r.key, &r.ciphertext, &r.associated_data);
         let (plaintext, key_version) = finish(&peer, "decrypt", &r.key, started, result)?;
-        Ok(Response::new(proto::DecryptResponse {
-            plaintext,
-            key_version,
-        }))
+        Ok(Response::new(proto::DecryptResponse { plaintext, key_version }))
     }
 }
 
@@ -124,9 +115,7 @@ const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
 /// Runs blocking store work (fsync) off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or(Err(Error::StoreUnavailable))
@@ -134,10 +123,7 @@ async fn blocking<T: Send + 'static>(
 
 #[tonic::async_trait]
 impl proto::keys_server::Keys for KeysService {
-    async fn create_key(
-        &self,
-        req: Request<proto::CreateKeyRequest>,
-    ) -> Result<Response<proto::KeyInfo>, Status> {
+    async fn create_key(&self, req: Request<proto::CreateKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
         let started = Instant::now();
         let peer = identity(&req)?;
         let r = req.into_inner();
@@ -146,9 +132,7 @@ impl proto::keys_server::Keys for KeysService {
         let result = if r.algorithm != proto::Algorithm::Unspecified as i32
             && r.algorithm != proto::Algorithm::Aes256Gcm as i32
         {
-            Err(Error::InvalidArgument(
-                "unsupported algorithm; only AES_256_GCM".into(),
-            ))
+            Err(Error::InvalidArgument("unsupported algorithm; only AES_256_GCM".into()))
         } else {
             blocking(move || keys.create(&name, KeyPolicy::default())).await
         };
@@ -156,10 +140,7 @@ impl proto::keys_server::Keys for KeysService {
         Ok(Response::new(key_info(&ring)))
     }
 
-    async fn get_key(
-        &self,
-        req: Request<proto::GetKeyRequest>,
-    ) -> Result<Response<proto::KeyInfo>, Status> {
+    async fn get_key(&self, req: Request<proto::GetKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
         let started = Instant::now();
         let peer = identity(&req)?;
         let r = req.into_inner();
@@ -201,16 +182,10 @@ impl proto::keys_server::Keys for KeysService {
             Some(last) if names.len() == limit => hex::encode(last),
             _ => String::new(),
         };
-        Ok(Response::new(proto::ListKeysResponse {
-            names,
-            next_page_token,
-        }))
+        Ok(Response::new(proto::ListKeysResponse { names, next_page_token }))
     }
 
-    async fn rotate_key(
-        &self,
-        req: Request<proto::RotateKeyRequest>,
-    ) -> Result<Response<proto::KeyInfo>, Status> {
+    async fn rotate_key(&self, req: Request<proto::RotateKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
         let started = Instant::now();
         let peer = identity(&req)?;
         let r = req.into_inner();

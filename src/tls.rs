@@ -32,12 +32,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Reads all certificates of a PEM file.
 pub fn load_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| {
-            TlsError(format!(
-                "cannot read certificates from {}: {e}",
-                path.display()
-            ))
-        })?
+        .map_err(|e| TlsError(format!("cannot read certificates from {}: {e}", path.display())))?
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError(format!("bad certificate PEM in {}: {e}", path.display())))?;
     if certs.is_empty() {
@@ -48,8 +43,7 @@ pub fn load_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>
 
 /// Reads a PEM private key. The error never contains key bytes.
 pub fn load_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| TlsError(format!("cannot read private key {}: {e}", path.display())))
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError(format!("cannot read private key {}: {e}", path.display())))
 }
 
 /// Builds the server configuration: TLS 1.3 only, ALPN h2, client
@@ -103,16 +97,12 @@ impl PeerIdentity {
         let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
         let spki = cert.tbs_certificate.subject_pki.raw;
         let spki_sha256 = format!("sha256:{}", hex::encode(Sha256::digest(spki)));
-        let uri_san = cert
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .and_then(|san| {
-                san.value.general_names.iter().find_map(|n| match n {
-                    x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
-                    _ => None,
-                })
-            });
+        let uri_san = cert.subject_alternative_name().ok().flatten().and_then(|san| {
+            san.value.general_names.iter().find_map(|n| match n {
+                x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+                _ => None,
+            })
+        });
         Some(PeerIdentity {
             spki_sha256,
             uri_san,
@@ -139,21 +129,13 @@ macro_rules! delegate {
 }
 
 impl AsyncRead for RawStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         delegate!(self, s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
 impl AsyncWrite for RawStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         delegate!(self, s => Pin::new(s).poll_write(cx, buf))
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -193,21 +175,13 @@ impl tonic::transport::server::Connected for Conn {
 }
 
 impl AsyncRead for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().tls).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().tls).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -310,10 +284,7 @@ mod tests {
         let cert = params.self_signed(&key).unwrap();
         let id = PeerIdentity::from_cert(cert.der(), "unix".into()).unwrap();
         assert_eq!(id.id(), "spiffe://bank.internal/payments");
-        let expected = format!(
-            "sha256:{}",
-            hex::encode(Sha256::digest(key.public_key_der()))
-        );
+        let expected = format!("sha256:{}", hex::encode(Sha256::digest(key.public_key_der())));
         assert_eq!(id.spki_sha256, expected);
 
         let plain = rcgen::CertificateParams::new(vec!["x".to_string()])

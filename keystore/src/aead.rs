@@ -31,12 +31,7 @@ pub fn seal(key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u
 
 /// Verifies and decrypts `buf` (ciphertext followed by the tag) in place,
 /// leaving the plaintext. On failure `buf` is cleared.
-pub fn open(
-    key: &[u8; 32],
-    nonce: &[u8; NONCE_LEN],
-    aad: &[u8],
-    buf: &mut Vec<u8>,
-) -> Result<(), AuthError> {
+pub fn open(key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u8>) -> Result<(), AuthError> {
     let Some(ct_len) = buf.len().checked_sub(TAG_LEN) else {
         buf.clear();
         return Err(AuthError);
@@ -74,8 +69,7 @@ pub fn self_test() -> Result<(), &'static str> {
     if buf != want {
         return Err("AES-256-GCM known-answer test produced the wrong ciphertext");
     }
-    open(&key, &iv, &aad, &mut buf)
-        .map_err(|_| "AES-256-GCM known-answer test failed to decrypt")?;
+    open(&key, &iv, &aad, &mut buf).map_err(|_| "AES-256-GCM known-answer test failed to decrypt")?;
     if buf != dec(PT)? {
         return Err("AES-256-GCM known-answer test decrypted to the wrong plaintext");
     }

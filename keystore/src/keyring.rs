@@ -266,8 +266,7 @@ impl KeyRing {
         if format != RECORD_V1 {
             return Err(corrupt("unknown key ring record format"));
         }
-        let rec: RingRecordV1 =
-            postcard::from_bytes(body).map_err(|_| corrupt("key ring record does not decode"))?;
+        let rec: RingRecordV1 = postcard::from_bytes(body).map_err(|_| corrupt("key ring record does not decode"))?;
         let mut versions = Vec::with_capacity(rec.versions.len());
         for (i, v) in rec.versions.iter().enumerate() {
             if v.version as usize != i + 1 {
@@ -361,12 +360,7 @@ mod tests {
     #[test]
     fn encode_decode_round_trip() {
         let name = KeyName::parse("k").unwrap();
-        let mut ring = KeyRing::new(
-            name.clone(),
-            Algorithm::Aes256Gcm,
-            KeyPolicy::default(),
-            100,
-        );
+        let mut ring = KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 100);
         ring.rotate(200, RotationReason::Manual).unwrap();
         let enc = ring.encode();
         let back = KeyRing::decode(&name, &enc, Revision(3)).unwrap();

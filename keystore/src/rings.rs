@@ -72,9 +72,7 @@ impl RingStore {
         let sealed = self
             .sealer
             .seal(RecordKind::KeyRing, ring.name.as_str(), &ring.encode());
-        let rev = self
-            .store
-            .put(RecordKind::KeyRing, ring.name.as_str(), None, &sealed)?;
+        let rev = self.store.put(RecordKind::KeyRing, ring.name.as_str(), None, &sealed)?;
         ring.revision = Some(rev);
         Ok(ring)
     }
@@ -84,9 +82,7 @@ impl RingStore {
         let Some(entry) = self.store.get(RecordKind::KeyRing, name.as_str())? else {
             return Ok(None);
         };
-        let plain = self
-            .sealer
-            .open(RecordKind::KeyRing, name.as_str(), &entry.value)?;
+        let plain = self.sealer.open(RecordKind::KeyRing, name.as_str(), &entry.value)?;
         KeyRing::decode(name, &plain, entry.revision).map(Some)
     }
 
@@ -104,9 +100,7 @@ impl RingStore {
                 name: name.to_string(),
             })?;
             let out = f(&mut ring)?;
-            let sealed = self
-                .sealer
-                .seal(RecordKind::KeyRing, name.as_str(), &ring.encode());
+            let sealed = self.sealer.seal(RecordKind::KeyRing, name.as_str(), &ring.encode());
             match self
                 .store
                 .put(RecordKind::KeyRing, name.as_str(), ring.revision, &sealed)
@@ -126,12 +120,7 @@ impl RingStore {
     }
 
     /// Lists ring names.
-    pub fn list(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<String>, Error> {
+    pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error> {
         self.store.list(RecordKind::KeyRing, prefix, after, limit)
     }
 
@@ -139,21 +128,20 @@ impl RingStore {
     /// open or decode are returned, not fatal.
     pub fn load_all(&self, mut f: impl FnMut(KeyRing)) -> Result<Vec<LoadFailure>, Error> {
         let mut failures = Vec::new();
-        self.store
-            .for_each(RecordKind::KeyRing, &mut |name, entry| {
-                let ring = KeyName::parse(name).and_then(|n| {
-                    let plain = self.sealer.open(RecordKind::KeyRing, name, &entry.value)?;
-                    KeyRing::decode(&n, &plain, entry.revision)
-                });
-                match ring {
-                    Ok(r) => f(r),
-                    Err(error) => failures.push(LoadFailure {
-                        name: name.to_owned(),
-                        error,
-                    }),
-                }
-                Ok(())
-            })?;
+        self.store.for_each(RecordKind::KeyRing, &mut |name, entry| {
+            let ring = KeyName::parse(name).and_then(|n| {
+                let plain = self.sealer.open(RecordKind::KeyRing, name, &entry.value)?;
+                KeyRing::decode(&n, &plain, entry.revision)
+            });
+            match ring {
+                Ok(r) => f(r),
+                Err(error) => failures.push(LoadFailure {
+                    name: name.to_owned(),
+                    error,
+                }),
+            }
+            Ok(())
+        })?;
         Ok(failures)
     }
 }

@@ -107,12 +107,7 @@ impl Sealer {
     }
 
     /// Opens the record (`kind`, `name`); any mismatch is `Corrupt`.
-    pub fn open(
-        &self,
-        kind: RecordKind,
-        name: &str,
-        sealed: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+    pub fn open(&self, kind: RecordKind, name: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
         let corrupt = |reason| Error::Corrupt {
             kind,
             name: name.to_owned(),
@@ -156,10 +151,7 @@ mod tests {
     fn seal_open_and_bindings() {
         let s = Sealer::new(MasterKey::from_bytes(&[7; 32]));
         let sealed = s.seal(RecordKind::KeyRing, "a", b"hello");
-        assert_eq!(
-            &s.open(RecordKind::KeyRing, "a", &sealed).unwrap()[..],
-            b"hello"
-        );
+        assert_eq!(&s.open(RecordKind::KeyRing, "a", &sealed).unwrap()[..], b"hello");
         assert!(matches!(
             s.open(RecordKind::KeyRing, "b", &sealed),
             Err(Error::Corrupt { .. })
@@ -178,8 +170,7 @@ mod tests {
         }
         let other = Sealer::new(MasterKey::from_bytes(&[8; 32]));
         assert!(other.open(RecordKind::KeyRing, "a", &sealed).is_err());
-        let both = Sealer::new(MasterKey::from_bytes(&[8; 32]))
-            .with_previous(MasterKey::from_bytes(&[7; 32]));
+        let both = Sealer::new(MasterKey::from_bytes(&[8; 32])).with_previous(MasterKey::from_bytes(&[7; 32]));
         assert!(both.open(RecordKind::KeyRing, "a", &sealed).is_ok());
         assert!(!both.is_current(&sealed));
     }

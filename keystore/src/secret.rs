@@ -73,8 +73,7 @@ impl MasterKey {
     /// The error never contains the file's content.
     pub fn load(path: &Path) -> Result<Self, Error> {
         let raw = zeroize::Zeroizing::new(
-            std::fs::read(path)
-                .map_err(|e| Error::MasterKey(format!("cannot read {}: {e}", path.display())))?,
+            std::fs::read(path).map_err(|e| Error::MasterKey(format!("cannot read {}: {e}", path.display())))?,
         );
         let mut bytes = zeroize::Zeroizing::new([0u8; KEY_LEN]);
         if raw.len() == KEY_LEN {
@@ -126,16 +125,10 @@ mod tests {
     fn debug_prints_no_bytes() {
         let k = KeyMaterial::from_bytes(&[0xAB; 32]);
         let d = format!("{k:?}");
-        assert!(
-            !d.contains("171") && !d.to_lowercase().contains("ab"),
-            "{d}"
-        );
+        assert!(!d.contains("171") && !d.to_lowercase().contains("ab"), "{d}");
         let m = MasterKey::from_bytes(&[0xCD; 32]);
         let d = format!("{m:?}");
-        assert!(
-            !d.contains("205") && !d.to_lowercase().contains("cd"),
-            "{d}"
-        );
+        assert!(!d.contains("205") && !d.to_lowercase().contains("cd"), "{d}");
     }
 
     #[test]
@@ -148,10 +141,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
+            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         }
         assert!(MasterKey::create_file(&p).is_err(), "never overwrites");
         let hexp = dir.path().join("hex");

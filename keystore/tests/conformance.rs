@@ -13,18 +13,12 @@ fn suite(s: &dyn KeyStore) {
     assert_eq!(s.get(k, "a").unwrap().unwrap().value, b"v1");
     assert_eq!(s.get(k, "a").unwrap().unwrap().revision, r1);
     // create again conflicts and changes nothing
-    assert!(matches!(
-        s.put(k, "a", None, b"x"),
-        Err(Error::Conflict { .. })
-    ));
+    assert!(matches!(s.put(k, "a", None, b"x"), Err(Error::Conflict { .. })));
     assert_eq!(s.get(k, "a").unwrap().unwrap().value, b"v1");
     // conditional replace
     let r2 = s.put(k, "a", Some(r1), b"v2").unwrap();
     assert!(r2 > r1);
-    assert!(matches!(
-        s.put(k, "a", Some(r1), b"stale"),
-        Err(Error::Conflict { .. })
-    ));
+    assert!(matches!(s.put(k, "a", Some(r1), b"stale"), Err(Error::Conflict { .. })));
     assert_eq!(s.get(k, "a").unwrap().unwrap().value, b"v2");
     assert!(matches!(
         s.put(k, "missing", Some(r1), b"x"),
@@ -38,10 +32,7 @@ fn suite(s: &dyn KeyStore) {
     for n in ["b1", "b2", "b3", "c"] {
         s.put(k, n, None, n.as_bytes()).unwrap();
     }
-    assert_eq!(
-        s.list(k, "", None, 100).unwrap(),
-        vec!["a", "b1", "b2", "b3", "c"]
-    );
+    assert_eq!(s.list(k, "", None, 100).unwrap(), vec!["a", "b1", "b2", "b3", "c"]);
     assert_eq!(s.list(k, "b", None, 2).unwrap(), vec!["b1", "b2"]);
     assert_eq!(s.list(k, "b", Some("b2"), 2).unwrap(), vec!["b3"]);
     assert_eq!(s.list(k, "", Some("b3"), 10).unwrap(), vec!["c"]);
@@ -69,8 +60,7 @@ fn suite(s: &dyn KeyStore) {
 }
 
 fn concurrent_cas(s: Arc<dyn KeyStore>) {
-    s.put(RecordKind::KeyRing, "ctr", None, &0u64.to_be_bytes())
-        .unwrap();
+    s.put(RecordKind::KeyRing, "ctr", None, &0u64.to_be_bytes()).unwrap();
     let threads: Vec<_> = (0..4)
         .map(|_| {
             let s = s.clone();
@@ -79,13 +69,8 @@ fn concurrent_cas(s: Arc<dyn KeyStore>) {
                     loop {
                         let e = s.get(RecordKind::KeyRing, "ctr").unwrap().unwrap();
                         let n = u64::from_be_bytes(e.value.try_into().unwrap()) + 1;
-                        if s.put(
-                            RecordKind::KeyRing,
-                            "ctr",
-                            Some(e.revision),
-                            &n.to_be_bytes(),
-                        )
-                        .is_ok()
+                        if s.put(RecordKind::KeyRing, "ctr", Some(e.revision), &n.to_be_bytes())
+                            .is_ok()
                         {
                             break;
                         }
@@ -98,11 +83,7 @@ fn concurrent_cas(s: Arc<dyn KeyStore>) {
         t.join().unwrap();
     }
     let e = s.get(RecordKind::KeyRing, "ctr").unwrap().unwrap();
-    assert_eq!(
-        u64::from_be_bytes(e.value.try_into().unwrap()),
-        100,
-        "no lost update"
-    );
+    assert_eq!(u64::from_be_bytes(e.value.try_into().unwrap()), 100, "no lost update");
 }
 
 #[test]
@@ -128,10 +109,7 @@ fn sled_persists_across_reopen() {
         s.put(RecordKind::KeyRing, "k", None, b"persist").unwrap();
     }
     let s = SledStore::open(&p).unwrap();
-    assert_eq!(
-        s.get(RecordKind::KeyRing, "k").unwrap().unwrap().value,
-        b"persist"
-    );
+    assert_eq!(s.get(RecordKind::KeyRing, "k").unwrap().unwrap().value, b"persist");
 }
 
 fn ring_store(store: Arc<dyn KeyStore>, mk: [u8; 32]) -> Result<RingStore, Error> {
@@ -164,9 +142,7 @@ fn rings_are_sealed_and_tamper_is_data_loss() {
                 1,
             ))
             .unwrap();
-        let (ring, v) = rings
-            .update(&name, |r| r.rotate(5, RotationReason::Manual))
-            .unwrap();
+        let (ring, v) = rings.update(&name, |r| r.rotate(5, RotationReason::Manual)).unwrap();
         assert_eq!((v, ring.primary), (2, 2));
         assert!(matches!(
             rings.create(KeyRing::new(
@@ -197,12 +173,7 @@ fn rings_are_sealed_and_tamper_is_data_loss() {
         // restore it; other keys keep working
         let cur = store.get(RecordKind::KeyRing, "payments").unwrap().unwrap();
         store
-            .put(
-                RecordKind::KeyRing,
-                "payments",
-                Some(cur.revision),
-                &e.value,
-            )
+            .put(RecordKind::KeyRing, "payments", Some(cur.revision), &e.value)
             .unwrap();
         let mut good = vec![];
         let failures = rings.load_all(|r| good.push(r.name.to_string())).unwrap();
@@ -222,10 +193,7 @@ fn rings_are_sealed_and_tamper_is_data_loss() {
     }
     // the wrong master key is refused at open
     let store: Arc<dyn KeyStore> = Arc::new(SledStore::open(&p).unwrap());
-    assert!(matches!(
-        ring_store(store, [1; 32]),
-        Err(Error::MasterKey(_))
-    ));
+    assert!(matches!(ring_store(store, [1; 32]), Err(Error::MasterKey(_))));
 }
 
 fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -30,8 +30,7 @@ fn wycheproof_aes_256_gcm() {
                     let mut buf = msg.clone();
                     aead::seal(&key, &iv, &aad, &mut buf);
                     assert_eq!(buf, expected, "tcId {id}: ciphertext");
-                    aead::open(&key, &iv, &aad, &mut buf)
-                        .unwrap_or_else(|_| panic!("tcId {id}: open"));
+                    aead::open(&key, &iv, &aad, &mut buf).unwrap_or_else(|_| panic!("tcId {id}: open"));
                     assert_eq!(buf, msg, "tcId {id}: plaintext");
                     valid += 1;
                 }

@@ -127,10 +127,7 @@ fn print_key(k: &proto::KeyInfo) {
         let state = proto::VersionState::try_from(v.state)
             .map(|s| s.as_str_name())
             .unwrap_or("UNKNOWN");
-        println!(
-            "version {}: {} created_at={}",
-            v.version, state, v.created_at
-        );
+        println!("version {}: {} created_at={}", v.version, state, v.created_at);
     }
 }
 
@@ -147,10 +144,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             print_key(k.get_ref());
         }
         Cmd::Key(KeyCmd::Show { name }) => {
-            let k = keys
-                .get_key(proto::GetKeyRequest { name })
-                .await
-                .map_err(status_line)?;
+            let k = keys.get_key(proto::GetKeyRequest { name }).await.map_err(status_line)?;
             print_key(k.get_ref());
         }
         Cmd::Key(KeyCmd::Rotate { name }) => {
@@ -219,10 +213,7 @@ async fn run(cli: Cli) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kmsctl: {e}");

@@ -7,11 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "kmsd",
-    version,
-    about = "Isolated encryption and key-management daemon"
-)]
+#[command(name = "kmsd", version, about = "Isolated encryption and key-management daemon")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -66,10 +62,7 @@ fn init_tracing(format: LogFormat) {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {},
@@ -91,10 +84,7 @@ fn main() -> ExitCode {
         Cmd::Init { master_key } => {
             return match kmsd_keystore::MasterKey::create_file(&master_key) {
                 Ok(_) => {
-                    println!(
-                        "wrote a new master key to {} (mode 0600)",
-                        master_key.display()
-                    );
+                    println!("wrote a new master key to {} (mode 0600)", master_key.display());
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
@@ -132,10 +122,7 @@ fn main() -> ExitCode {
             println!("# or over TCP: export KMSD_ADDR={tcp}");
         }
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(format!("tokio runtime: {e}")),
     };

@@ -36,22 +36,13 @@ impl MemoryStore {
 
 impl KeyStore for MemoryStore {
     fn get(&self, kind: RecordKind, name: &str) -> Result<Option<Entry>, Error> {
-        Ok(self
-            .lock()?
-            .get(&(kind.tag(), name.to_owned()))
-            .map(|(rev, v)| Entry {
-                revision: Revision(*rev),
-                value: v.clone(),
-            }))
+        Ok(self.lock()?.get(&(kind.tag(), name.to_owned())).map(|(rev, v)| Entry {
+            revision: Revision(*rev),
+            value: v.clone(),
+        }))
     }
 
-    fn put(
-        &self,
-        kind: RecordKind,
-        name: &str,
-        expected: Option<Revision>,
-        value: &[u8],
-    ) -> Result<Revision, Error> {
+    fn put(&self, kind: RecordKind, name: &str, expected: Option<Revision>, value: &[u8]) -> Result<Revision, Error> {
         let mut m = self.lock()?;
         let key = (kind.tag(), name.to_owned());
         let next = match (m.get(&key), expected) {
@@ -99,13 +90,7 @@ impl KeyStore for MemoryStore {
         }
     }
 
-    fn list(
-        &self,
-        kind: RecordKind,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<String>, Error> {
+    fn list(&self, kind: RecordKind, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error> {
         let m = self.lock()?;
         Ok(m.range((kind.tag(), prefix.to_owned())..)
             .take_while(|((t, n), _)| *t == kind.tag() && n.starts_with(prefix))
@@ -115,11 +100,7 @@ impl KeyStore for MemoryStore {
             .collect())
     }
 
-    fn for_each(
-        &self,
-        kind: RecordKind,
-        f: &mut dyn FnMut(&str, Entry) -> Result<(), Error>,
-    ) -> Result<(), Error> {
+    fn for_each(&self, kind: RecordKind, f: &mut dyn FnMut(&str, Entry) -> Result<(), Error>) -> Result<(), Error> {
         let snapshot: Vec<(String, u64, Vec<u8>)> = self
             .lock()?
             .iter()

@@ -76,29 +76,13 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Reads a record.
     fn get(&self, kind: RecordKind, name: &str) -> Result<Option<Entry>, Error>;
     /// Conditionally writes a record (see the contract).
-    fn put(
-        &self,
-        kind: RecordKind,
-        name: &str,
-        expected: Option<Revision>,
-        value: &[u8],
-    ) -> Result<Revision, Error>;
+    fn put(&self, kind: RecordKind, name: &str, expected: Option<Revision>, value: &[u8]) -> Result<Revision, Error>;
     /// Conditionally deletes a record.
     fn delete(&self, kind: RecordKind, name: &str, expected: Revision) -> Result<(), Error>;
     /// Lists names (see the contract).
-    fn list(
-        &self,
-        kind: RecordKind,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<String>, Error>;
+    fn list(&self, kind: RecordKind, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error>;
     /// Calls `f` on every record of `kind`, in name order.
-    fn for_each(
-        &self,
-        kind: RecordKind,
-        f: &mut dyn FnMut(&str, Entry) -> Result<(), Error>,
-    ) -> Result<(), Error>;
+    fn for_each(&self, kind: RecordKind, f: &mut dyn FnMut(&str, Entry) -> Result<(), Error>) -> Result<(), Error>;
     /// Makes every write so far durable (used at shutdown).
     fn sync(&self) -> Result<(), Error>;
 }

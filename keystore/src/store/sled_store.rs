@@ -103,13 +103,7 @@ impl KeyStore for SledStore {
         }
     }
 
-    fn put(
-        &self,
-        kind: RecordKind,
-        name: &str,
-        expected: Option<Revision>,
-        value: &[u8],
-    ) -> Result<Revision, Error> {
+    fn put(&self, kind: RecordKind, name: &str, expected: Option<Revision>, value: &[u8]) -> Result<Revision, Error> {
         let key = storage_key(kind, name);
         let current = self.db.get(&key)?;
         let (old, next) = match (current, expected) {
@@ -137,10 +131,7 @@ impl KeyStore for SledStore {
                 (Some(raw), exp.0 + 1)
             }
         };
-        match self
-            .db
-            .compare_and_swap(&key, old, Some(Self::encode(next, value)))?
-        {
+        match self.db.compare_and_swap(&key, old, Some(Self::encode(next, value)))? {
             Ok(()) => {
                 self.sync()?;
                 Ok(Revision(next))
@@ -175,13 +166,7 @@ impl KeyStore for SledStore {
         }
     }
 
-    fn list(
-        &self,
-        kind: RecordKind,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<String>, Error> {
+    fn list(&self, kind: RecordKind, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error> {
         let start = match after {
             Some(a) if a >= prefix => {
                 let mut k = storage_key(kind, a);
@@ -208,11 +193,7 @@ impl KeyStore for SledStore {
         Ok(out)
     }
 
-    fn for_each(
-        &self,
-        kind: RecordKind,
-        f: &mut dyn FnMut(&str, Entry) -> Result<(), Error>,
-    ) -> Result<(), Error> {
+    fn for_each(&self, kind: RecordKind, f: &mut dyn FnMut(&str, Entry) -> Result<(), Error>) -> Result<(), Error> {
         for item in self.db.scan_prefix([kind.tag()]) {
             let (k, v) = item?;
             let name = Self::name_of(&k).unwrap_or_default();

@@ -1,0 +1,243 @@
+//! Test harness: starts the real `kmsd` binary with certificates made in
+//! the test, and connects real mTLS gRPC clients to it.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+use kmsd::client::{self, ClientSettings};
+use kmsd::dev::{write_file, Ca};
+use kmsd::proto::{crypto_client::CryptoClient, keys_client::KeysClient};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// Certificates for one test: a CA, a server certificate, and clients.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: Ca,
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let ca = Ca::new("kmsd test CA").unwrap();
+        write_file(&dir.join("ca.pem"), ca.cert_pem().as_bytes(), false).unwrap();
+        let server = ca
+            .issue_server(&["localhost"], &["127.0.0.1".parse().unwrap()])
+            .unwrap();
+        write_file(&dir.join("server.pem"), server.cert_pem.as_bytes(), false).unwrap();
+        write_file(&dir.join("server.key"), server.key_pem.as_bytes(), true).unwrap();
+        let pki = Pki {
+            dir: dir.to_owned(),
+            ca,
+        };
+        pki.client("client", Some("spiffe://test.internal/app"));
+        pki
+    }
+
+    /// Issues a client certificate `NAME.pem` / `NAME.key`.
+    pub fn client(&self, name: &str, uri: Option<&str>) {
+        let c = self.ca.issue_client(name, uri).unwrap();
+        write_file(&self.dir.join(format!("{name}.pem")), c.cert_pem.as_bytes(), false).unwrap();
+        write_file(&self.dir.join(format!("{name}.key")), c.key_pem.as_bytes(), true).unwrap();
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub tcp: Option<String>,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes a config for a daemon in `dir` (certificates from `Pki::new(dir)`).
+pub fn write_config(dir: &Path, tcp: Option<&str>, extra: &str) -> PathBuf {
+    if !dir.join("master-key").exists() {
+        kmsd_keystore::MasterKey::create_file(&dir.join("master-key")).unwrap();
+    }
+    let tcp_line = tcp.map(|t| format!("tcp = [\"{t}\"]")).unwrap_or_default();
+    let cfg = format!(
+        r#"
+dev_mode = true
+[listen]
+unix = "kmsd.sock"
+{tcp_line}
+[tls]
+cert = "server.pem"
+key = "server.key"
+client_ca = "ca.pem"
+[store]
+path = "store"
+master_key = "master-key"
+{extra}
+"#
+    );
+    let path = dir.join("kmsd.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+impl Daemon {
+    /// Starts `kmsd serve` in `dir` (which must hold the PKI) with a TCP
+    /// listener on a free loopback port.
+    pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, "")
+    }
+
+    pub fn start_with(dir: &Path, extra: &str) -> Self {
+        let tcp = format!("127.0.0.1:{}", free_port());
+        let config = write_config(dir, Some(&tcp), extra);
+        let mut d = Daemon {
+            dir: dir.to_owned(),
+            socket: dir.join("kmsd.sock"),
+            tcp: Some(tcp),
+            log: dir.join("kmsd.log"),
+            child: None,
+        };
+        d.spawn(&config);
+        d
+    }
+
+    fn spawn(&mut self, config: &Path) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kmsd"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("KMSD_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("kmsd exited during start-up ({status}); log:\n{}", self.log_text());
+            }
+            if self.log_text().contains("kmsd ready") && std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kmsd did not become ready; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn settings(&self, client: &str, addr: Option<&str>) -> ClientSettings {
+        ClientSettings {
+            addr: addr
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("unix:{}", self.socket.display())),
+            ca: self.dir.join("ca.pem"),
+            cert: self.dir.join(format!("{client}.pem")),
+            key: self.dir.join(format!("{client}.key")),
+            server_name: None,
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        client::connect(&self.settings("client", None)).await.unwrap()
+    }
+
+    pub async fn tcp_channel(&self) -> Channel {
+        client::connect(&self.settings("client", self.tcp.as_deref()))
+            .await
+            .unwrap()
+    }
+
+    pub async fn clients(&self) -> (CryptoClient<Channel>, KeysClient<Channel>) {
+        let ch = self.channel().await;
+        (CryptoClient::new(ch.clone()), KeysClient::new(ch))
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    assert!(status.success(), "kmsd exited with {status}; log:\n{}", self.log_text());
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("kmsd did not stop on SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// SIGKILL, no cleanup (a crash).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again with the same configuration and state.
+    pub fn restart(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_file(&self.socket);
+        self.spawn(&self.dir.join("kmsd.toml"));
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Every file under `p`.
+pub fn walk(p: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
