@@ -60,6 +60,9 @@ pub struct Store {
     /// Master key file (32 raw bytes or 64 hex digits). Default:
     /// `$CREDENTIALS_DIRECTORY/master-key` (a systemd credential).
     pub master_key: Option<PathBuf>,
+    /// The previous master key, only while a `kmsd rekey` is incomplete:
+    /// records still sealed under it open; new ones use `master_key`.
+    pub previous_master_key: Option<PathBuf>,
 }
 
 /// Abuse limits, each with a safe default.
@@ -78,6 +81,8 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Concurrent requests (HTTP/2 streams) per connection (default 256).
     pub max_concurrent_streams: u32,
+    /// Items in one batch call (default 10,000).
+    pub max_batch_items: usize,
 }
 
 impl Default for Limits {
@@ -88,6 +93,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_concurrent_streams: 256,
+            max_batch_items: 10_000,
         }
     }
 }
@@ -167,6 +173,9 @@ impl Config {
         fix(&mut self.tls.client_ca);
         fix(&mut self.store.path);
         if let Some(m) = self.store.master_key.as_mut() {
+            fix(m);
+        }
+        if let Some(m) = self.store.previous_master_key.as_mut() {
             fix(m);
         }
     }

@@ -176,6 +176,7 @@ pub fn setup(dir: &Path, tcp: Option<SocketAddr>) -> Result<(Config, DevPaths), 
         store: Store {
             path: p("store"),
             master_key: Some(p("master-key")),
+            previous_master_key: None,
         },
         limits: Limits::default(),
         log: Log::default(),

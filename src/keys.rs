@@ -6,63 +6,80 @@
 //! proportional to the number of keys. Administrative changes go to the
 //! store first (compare-and-swap, durable), and only then replace the
 //! cached snapshot, so the cache never holds a version the store lacks.
+//!
+//! # Usage counting
+//! Encryptions are counted per version with atomics. Counts are made
+//! durable by *reserving* blocks: before a version may perform encryption
+//! number `n`, a reservation `>= n + 1` must be in the store. After a crash
+//! the daemon resumes counting from the reserved total, so it may
+//! over-count (by less than one block) but never under-count. A version
+//! with `max_encryptions_per_version = L` performs at most `L`
+//! encryptions; when the `L`-th is taken the key is rotated in the
+//! background, and a caller that finds the limit reached rotates it first.
+//!
+//! Decryption counts and last-use times are kept in memory and persisted
+//! by [`Keys::flush_usage`] (periodically and at shutdown): they are for
+//! "is this version still used?" decisions, not for enforcement.
 use crate::crypto;
 use crate::error::Error;
 use dashmap::DashMap;
 use kmsd_keystore::keyring::{KeyPolicy, RotationReason};
-use kmsd_keystore::{Algorithm, Clock, KeyMaterial, KeyName, KeyRing, RingStore, VersionState};
-use std::sync::Arc;
+use kmsd_keystore::{Algorithm, Clock, KeyMaterial, KeyName, KeyRing, Revision, RingStore, UnixTime, VersionState};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Encryptions reserved per durable write.
+pub const RESERVATION_BLOCK: u64 = 16_384;
+
+/// Live usage counters of one version; shared by every snapshot of its
+/// ring, so replacing a snapshot never resets them.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Encryptions taken (including, after a restart, the whole reservation).
+    used: AtomicU64,
+    /// Encryptions durably reserved in the store.
+    reserved: AtomicU64,
+    /// Decryptions since creation (persisted periodically).
+    decryptions: AtomicU64,
+    /// Last encrypt or decrypt, Unix seconds (0 = never).
+    last_used: AtomicI64,
+    /// Whether decryptions/last_used changed since the last flush.
+    dirty: AtomicBool,
+    /// Whether a background reservation is under way.
+    reserving: AtomicBool,
+}
 
 /// One version as the data path sees it.
 struct CachedVersion {
     state: VersionState,
     /// `None` once destroyed.
     material: Option<KeyMaterial>,
+    counters: Arc<Counters>,
 }
 
 /// An immutable snapshot of a ring for the data path.
 struct CachedRing {
+    revision: Option<Revision>,
     primary: u32,
     min_decryption_version: u32,
+    max_encryptions: Option<u64>,
     /// Index `v - 1` holds version `v`.
     versions: Vec<CachedVersion>,
 }
 
 impl CachedRing {
-    fn from_ring(ring: &KeyRing) -> Self {
-        CachedRing {
-            primary: ring.primary,
-            min_decryption_version: ring.policy.min_decryption_version,
-            versions: ring
-                .versions
-                .iter()
-                .map(|v| CachedVersion {
-                    state: v.state,
-                    material: v.material.clone(),
-                })
-                .collect(),
-        }
-    }
-
     fn version(&self, v: u32) -> Option<&CachedVersion> {
         self.versions.get((v as usize).checked_sub(1)?)
     }
 }
 
-/// Key rings: cache plus store.
-pub struct Keys {
-    rings: RingStore,
-    cache: DashMap<String, Arc<CachedRing>>,
-    /// Rings whose stored record failed its integrity check at load: they
-    /// answer DATA_LOSS (not NOT_FOUND) until repaired or restored.
-    corrupt: DashMap<String, ()>,
-    clock: Arc<dyn Clock>,
-}
-
-impl std::fmt::Debug for Keys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Keys({} rings)", self.cache.len())
-    }
+/// What the lock-free fast path of `encrypt` could not do itself.
+enum Slow {
+    /// The reservation is used up: reserve more (a durable write).
+    Reserve(u32),
+    /// The version reached its encryption limit: rotate.
+    Rotate(u32),
 }
 
 /// Result of a successful encryption.
@@ -74,25 +91,104 @@ pub struct Encrypted {
     pub version: u32,
 }
 
+/// Live usage of one version, for `GetKey`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    /// Encryptions counted.
+    pub encryptions: u64,
+    /// Decryptions counted.
+    pub decryptions: u64,
+    /// Last use (0 = never).
+    pub last_used_at: UnixTime,
+}
+
+/// Minimum waiting periods for destruction (production, dev mode).
+pub const MIN_DESTRUCTION_WAIT: (u64, u64) = (86_400, 1);
+/// Default destruction waiting period.
+pub const DEFAULT_DESTRUCTION_WAIT: u64 = 30 * 86_400;
+/// Minimum rotation period (production, dev mode).
+pub const MIN_ROTATION_PERIOD: (u64, u64) = (3_600, 1);
+
+/// Reserves the first block of a fresh primary in the same write that
+/// creates it, so its first encryptions do not wait for a store write.
+fn pre_reserve(r: &mut KeyRing) {
+    let limit = r.policy.max_encryptions_per_version;
+    let primary = r.primary;
+    if let Some(v) = r.version_mut(primary) {
+        if v.encryptions_reserved == 0 {
+            v.encryptions_reserved = limit.map_or(RESERVATION_BLOCK, |l| l.min(RESERVATION_BLOCK));
+        }
+    }
+}
+
+/// Key rings: cache plus store.
+pub struct Keys {
+    rings: RingStore,
+    cache: DashMap<String, Arc<CachedRing>>,
+    /// Rings whose stored record failed its integrity check at load: they
+    /// answer DATA_LOSS (not NOT_FOUND) until repaired or restored.
+    corrupt: DashMap<String, ()>,
+    /// Per-ring locks serialising slow-path writes (reservations, usage
+    /// rotations) so that concurrent callers do one write, not many.
+    write_locks: DashMap<String, Arc<Mutex<()>>>,
+    /// Scheduler deadlines: (time, name), and name → time.
+    schedule: Mutex<Schedule>,
+    /// Wakes the scheduler when an earlier deadline appears.
+    pub schedule_changed: tokio::sync::Notify,
+    clock: Arc<dyn Clock>,
+    /// Dev mode relaxes minimum periods.
+    dev_mode: bool,
+}
+
+#[derive(Default)]
+struct Schedule {
+    queue: BTreeSet<(UnixTime, String)>,
+    by_name: HashMap<String, UnixTime>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keys({} rings)", self.cache.len())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Keys {
     /// Loads every ring from the store into memory. Rings whose records
-    /// fail their integrity check are logged and left out; the rest serve.
-    pub fn load(rings: RingStore, clock: Arc<dyn Clock>) -> Result<Self, Error> {
-        let cache = DashMap::new();
-        let corrupt = DashMap::new();
-        let failures = rings.load_all(|ring| {
-            cache.insert(ring.name.to_string(), Arc::new(CachedRing::from_ring(&ring)));
+    /// fail their integrity check are logged and remembered as corrupt;
+    /// the rest serve.
+    pub fn load(rings: RingStore, clock: Arc<dyn Clock>, dev_mode: bool) -> Result<Self, Error> {
+        let keys = Keys {
+            rings,
+            cache: DashMap::new(),
+            corrupt: DashMap::new(),
+            write_locks: DashMap::new(),
+            schedule: Mutex::new(Schedule::default()),
+            schedule_changed: tokio::sync::Notify::new(),
+            clock,
+            dev_mode,
+        };
+        let failures = keys.rings.load_all(|ring| {
+            keys.install(&ring);
         })?;
         for f in failures {
             tracing::error!(key = %f.name, error = %f.error, "key ring not loaded");
-            corrupt.insert(f.name, ());
+            keys.corrupt.insert(f.name, ());
         }
-        Ok(Keys {
-            rings,
-            cache,
-            corrupt,
-            clock,
-        })
+        Ok(keys)
+    }
+
+    /// The injected clock.
+    pub fn now(&self) -> UnixTime {
+        self.clock.now()
+    }
+
+    /// Whether dev mode is on.
+    pub fn dev_mode(&self) -> bool {
+        self.dev_mode
     }
 
     /// Number of rings in memory.
@@ -129,18 +225,108 @@ impl Keys {
         Ok(self.install(&ring))
     }
 
+    /// Replaces the cached snapshot (keeping live counters) and the
+    /// scheduler's deadline for the ring.
     fn install(&self, ring: &KeyRing) -> Arc<CachedRing> {
-        let snap = Arc::new(CachedRing::from_ring(ring));
-        // Never replace a newer snapshot with an older one.
-        let mut entry = self.cache.entry(ring.name.to_string()).or_insert_with(|| snap.clone());
-        if entry.versions.len() <= snap.versions.len() {
-            *entry = snap.clone();
+        let name = ring.name.to_string();
+        let old = self.cache.get(&name).map(|e| e.value().clone());
+        if let Some(old) = &old {
+            if old.revision > ring.revision {
+                return old.clone(); // never go back to an older revision
+            }
         }
-        entry.clone()
+        let versions = ring
+            .versions
+            .iter()
+            .map(|v| {
+                let counters = old
+                    .as_ref()
+                    .and_then(|o| o.version(v.version))
+                    .map(|cv| cv.counters.clone())
+                    .unwrap_or_else(|| {
+                        Arc::new(Counters {
+                            used: AtomicU64::new(v.encryptions_reserved),
+                            decryptions: AtomicU64::new(v.decryptions),
+                            last_used: AtomicI64::new(v.last_used_at.unwrap_or(0)),
+                            ..Counters::default()
+                        })
+                    });
+                counters.reserved.fetch_max(v.encryptions_reserved, Ordering::AcqRel);
+                CachedVersion {
+                    state: v.state,
+                    material: v.material.clone(),
+                    counters,
+                }
+            })
+            .collect();
+        let snap = Arc::new(CachedRing {
+            revision: ring.revision,
+            primary: ring.primary,
+            min_decryption_version: ring.policy.min_decryption_version,
+            max_encryptions: ring.policy.max_encryptions_per_version,
+            versions,
+        });
+        self.cache.insert(name.clone(), snap.clone());
+        self.corrupt.remove(&name);
+        self.reschedule(&name, ring);
+        snap
+    }
+
+    fn reschedule(&self, name: &str, ring: &KeyRing) {
+        let deadline = [
+            if ring.delete_at.is_none() {
+                ring.next_rotation_at
+            } else {
+                None
+            },
+            ring.next_destruction(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let mut s = lock(&self.schedule);
+        let earliest_before = s.queue.first().map(|(t, _)| *t);
+        if let Some(old) = s.by_name.remove(name) {
+            s.queue.remove(&(old, name.to_owned()));
+        }
+        if let Some(t) = deadline {
+            s.queue.insert((t, name.to_owned()));
+            s.by_name.insert(name.to_owned(), t);
+            if earliest_before.is_none_or(|e| t < e) {
+                drop(s);
+                self.schedule_changed.notify_one();
+            }
+        }
+    }
+
+    /// The earliest scheduled deadline (rotation or destruction).
+    pub fn next_deadline(&self) -> Option<UnixTime> {
+        lock(&self.schedule).queue.first().map(|(t, _)| *t)
+    }
+
+    fn write_lock(&self, name: &str) -> Arc<Mutex<()>> {
+        self.write_locks.entry(name.to_owned()).or_default().clone()
     }
 
     /// Encrypts under the ring's primary version.
-    pub fn encrypt(&self, name: &str, plaintext: &[u8], associated_data: &[u8]) -> Result<Encrypted, Error> {
+    pub fn encrypt(self: &Arc<Self>, name: &str, plaintext: &[u8], associated_data: &[u8]) -> Result<Encrypted, Error> {
+        for _ in 0..8 {
+            match self.try_encrypt(name, plaintext, associated_data)? {
+                Ok(e) => return Ok(e),
+                Err(Slow::Reserve(v)) => self.reserve(name, v)?,
+                Err(Slow::Rotate(v)) => self.rotate_for_usage(name, v)?,
+            }
+        }
+        Err(Error::Conflict(name.to_owned()))
+    }
+
+    /// The lock-free path: takes a counted encryption slot and encrypts.
+    fn try_encrypt(
+        self: &Arc<Self>,
+        name: &str,
+        plaintext: &[u8],
+        associated_data: &[u8],
+    ) -> Result<Result<Encrypted, Slow>, Error> {
         let ring = self.cached(name)?;
         let version = ring.primary;
         let v = ring.version(version).ok_or_else(|| Error::Corrupt(name.to_owned()))?;
@@ -155,8 +341,112 @@ impl Keys {
                 })
             }
         };
+        let c = &v.counters;
+        let mut n = c.used.load(Ordering::Acquire);
+        loop {
+            if ring.max_encryptions.is_some_and(|limit| n >= limit) {
+                return Ok(Err(Slow::Rotate(version)));
+            }
+            if n >= c.reserved.load(Ordering::Acquire) {
+                return Ok(Err(Slow::Reserve(version)));
+            }
+            match c
+                .used
+                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(cur) => n = cur,
+            }
+        }
+        // Slot n is ours. Look ahead: the last allowed slot triggers the usage
+        // rotation, and a half-used reservation triggers the next one, both in
+        // the background so that callers rarely wait for a durable write.
+        if ring.max_encryptions.is_some_and(|limit| n + 1 >= limit) {
+            self.in_background(name, version, true);
+        } else if n + RESERVATION_BLOCK / 2 >= c.reserved.load(Ordering::Acquire)
+            && !c.reserving.swap(true, Ordering::AcqRel)
+        {
+            self.in_background(name, version, false);
+        }
+        c.last_used.store(self.clock.now(), Ordering::Relaxed);
         let ciphertext = crypto::encrypt(material, name, version, plaintext, associated_data);
-        Ok(Encrypted { ciphertext, version })
+        Ok(Ok(Encrypted { ciphertext, version }))
+    }
+
+    fn in_background(self: &Arc<Self>, name: &str, version: u32, rotate: bool) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let this = self.clone();
+        let name = name.to_owned();
+        rt.spawn_blocking(move || {
+            let r = if rotate {
+                this.rotate_for_usage(&name, version)
+            } else {
+                this.reserve(&name, version)
+            };
+            if let Err(e) = r {
+                tracing::warn!(key = %name, version, error = %e, "background key maintenance failed");
+            }
+        });
+    }
+
+    /// Durably reserves the next block of encryptions for `version`.
+    fn reserve(&self, name: &str, version: u32) -> Result<(), Error> {
+        let wl = self.write_lock(name);
+        let _g = lock(&wl);
+        let ring = self.cached(name)?;
+        let Some(v) = ring.version(version) else { return Ok(()) };
+        let c = v.counters.clone();
+        let result = (|| {
+            let used = c.used.load(Ordering::Acquire);
+            let reserved = c.reserved.load(Ordering::Acquire);
+            if used + RESERVATION_BLOCK / 2 < reserved || ring.primary != version {
+                return Ok(()); // someone else reserved meanwhile, or it is no longer primary
+            }
+            let key = KeyName::parse(name)?;
+            let (ring, _) = self.rings.update(&key, |r| {
+                let limit = r.policy.max_encryptions_per_version;
+                let ver = r
+                    .version_mut(version)
+                    .ok_or_else(|| kmsd_keystore::Error::Precondition(format!("no version {version}")))?;
+                let mut target = ver.encryptions_reserved.max(reserved).max(used) + RESERVATION_BLOCK;
+                if let Some(l) = limit {
+                    target = target.min(l);
+                }
+                ver.encryptions_reserved = ver.encryptions_reserved.max(target);
+                Ok(())
+            })?;
+            self.install(&ring);
+            Ok(())
+        })();
+        c.reserving.store(false, Ordering::Release);
+        result
+    }
+
+    /// Rotates because `version` reached its encryption limit, unless
+    /// someone already did.
+    fn rotate_for_usage(&self, name: &str, version: u32) -> Result<(), Error> {
+        let wl = self.write_lock(name);
+        let _g = lock(&wl);
+        if self.cached(name)?.primary != version {
+            return Ok(());
+        }
+        let key = KeyName::parse(name)?;
+        let now = self.clock.now();
+        let (ring, rotated) = self.rings.update(&key, |r| {
+            if r.primary != version {
+                return Ok(None);
+            }
+            let v = r.rotate(now, RotationReason::Usage)?;
+            pre_reserve(r);
+            Ok(Some(v))
+        })?;
+        self.install(&ring);
+        if let Some(to) = rotated {
+            tracing::info!(key = name, from = version, to, reason = "usage", "key rotated");
+        }
+        Ok(())
     }
 
     /// Decrypts an envelope; returns the plaintext and the version used.
@@ -196,19 +486,101 @@ impl Keys {
         let plaintext = crypto::decrypt(material, name, ciphertext, associated_data).inspect_err(|_| {
             tracing::info!(key = name, version = header.version, "ciphertext failed authentication");
         })?;
+        v.counters.decryptions.fetch_add(1, Ordering::Relaxed);
+        v.counters.last_used.store(self.clock.now(), Ordering::Relaxed);
+        v.counters.dirty.store(true, Ordering::Release);
         Ok((plaintext, header.version))
+    }
+
+    /// Live usage of every version of a ring.
+    pub fn usage(&self, name: &str) -> Vec<Usage> {
+        self.cache
+            .get(name)
+            .map(|r| {
+                r.versions
+                    .iter()
+                    .map(|v| Usage {
+                        encryptions: v.counters.used.load(Ordering::Acquire),
+                        decryptions: v.counters.decryptions.load(Ordering::Acquire),
+                        last_used_at: v.counters.last_used.load(Ordering::Acquire),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Persists changed decryption counts and last-use times.
+    pub fn flush_usage(&self) -> Result<usize, Error> {
+        let dirty: Vec<String> = self
+            .cache
+            .iter()
+            .filter(|e| {
+                e.value()
+                    .versions
+                    .iter()
+                    .any(|v| v.counters.dirty.load(Ordering::Acquire))
+            })
+            .map(|e| e.key().clone())
+            .collect();
+        for name in &dirty {
+            let Some(ring) = self.cache.get(name).map(|e| e.value().clone()) else {
+                continue;
+            };
+            let snapshot: Vec<(u64, i64)> = ring
+                .versions
+                .iter()
+                .map(|v| {
+                    v.counters.dirty.store(false, Ordering::Release);
+                    (
+                        v.counters.decryptions.load(Ordering::Acquire),
+                        v.counters.last_used.load(Ordering::Acquire),
+                    )
+                })
+                .collect();
+            let key = KeyName::parse(name)?;
+            let wl = self.write_lock(name);
+            let _g = lock(&wl);
+            let (ring, _) = self.rings.update(&key, |r| {
+                for (ver, (d, t)) in r.versions.iter_mut().zip(&snapshot) {
+                    ver.decryptions = ver.decryptions.max(*d);
+                    if *t > 0 {
+                        ver.last_used_at = Some(ver.last_used_at.unwrap_or(0).max(*t));
+                    }
+                }
+                Ok(())
+            })?;
+            self.install(&ring);
+        }
+        Ok(dirty.len())
     }
 
     /// Creates a ring with one version. Durable when it returns.
     pub fn create(&self, name: &str, policy: KeyPolicy) -> Result<KeyRing, Error> {
         let key = KeyName::parse(name)?;
-        let ring = KeyRing::new(key, Algorithm::Aes256Gcm, policy, self.clock.now());
+        self.check_policy(&policy)?;
+        let mut ring = KeyRing::new(key, Algorithm::Aes256Gcm, policy, self.clock.now());
+        pre_reserve(&mut ring);
         let ring = self.rings.create(ring).map_err(|e| match e {
             kmsd_keystore::Error::Conflict { name, .. } => Error::KeyExists(name),
             other => other.into(),
         })?;
         self.install(&ring);
+        tracing::info!(key = name, "key created");
         Ok(ring)
+    }
+
+    fn check_policy(&self, p: &KeyPolicy) -> Result<(), Error> {
+        let min = if self.dev_mode {
+            MIN_ROTATION_PERIOD.1
+        } else {
+            MIN_ROTATION_PERIOD.0
+        };
+        if p.rotation_period_secs.is_some_and(|s| s < min) {
+            return Err(Error::InvalidArgument(format!(
+                "rotation_period must be at least {min} seconds"
+            )));
+        }
+        Ok(())
     }
 
     /// Reads a ring's metadata from the store.
@@ -217,14 +589,105 @@ impl Keys {
         self.rings.get(&key)?.ok_or_else(|| Error::KeyNotFound(name.to_owned()))
     }
 
+    /// Applies `f` to the stored ring under the ring's write lock, then
+    /// refreshes the cache. Durable when it returns.
+    pub fn modify<T>(
+        &self,
+        name: &str,
+        f: impl FnMut(&mut KeyRing) -> Result<T, kmsd_keystore::Error>,
+    ) -> Result<(KeyRing, T), Error> {
+        let key = KeyName::parse(name)?;
+        let wl = self.write_lock(name);
+        let _g = lock(&wl);
+        let (ring, out) = self.rings.update(&key, f)?;
+        self.install(&ring);
+        Ok((ring, out))
+    }
+
     /// Adds a version and makes it primary. Durable when it returns.
     pub fn rotate(&self, name: &str, reason: RotationReason) -> Result<KeyRing, Error> {
-        let key = KeyName::parse(name)?;
         let now = self.clock.now();
-        let (ring, new_version) = self.rings.update(&key, |r| r.rotate(now, reason))?;
-        self.install(&ring);
+        let (ring, new_version) = self.modify(name, |r| {
+            let v = r.rotate(now, reason)?;
+            pre_reserve(r);
+            Ok(v)
+        })?;
         tracing::info!(key = name, from = new_version - 1, to = new_version, reason = ?reason, "key rotated");
         Ok(ring)
+    }
+
+    /// Replaces a ring's policy.
+    pub fn set_policy(&self, name: &str, policy: KeyPolicy) -> Result<KeyRing, Error> {
+        self.check_policy(&policy)?;
+        Ok(self.modify(name, |r| r.set_policy(policy.clone()))?.0)
+    }
+
+    /// Checks a destruction waiting period against the minimum.
+    pub fn destruction_time(&self, waiting_secs: u64) -> Result<UnixTime, Error> {
+        let wait = if waiting_secs == 0 {
+            DEFAULT_DESTRUCTION_WAIT
+        } else {
+            waiting_secs
+        };
+        let min = if self.dev_mode {
+            MIN_DESTRUCTION_WAIT.1
+        } else {
+            MIN_DESTRUCTION_WAIT.0
+        };
+        if wait < min {
+            return Err(Error::InvalidArgument(format!(
+                "waiting_period must be at least {min} seconds"
+            )));
+        }
+        Ok(self.clock.now().saturating_add(i64::try_from(wait).unwrap_or(i64::MAX)))
+    }
+
+    /// Runs every scheduled action due at `now`: rotations and
+    /// destructions. Returns how many rings changed.
+    pub fn run_due(&self, now: UnixTime) -> Result<usize, Error> {
+        let due: Vec<String> = {
+            let s = lock(&self.schedule);
+            s.queue
+                .iter()
+                .take_while(|(t, _)| *t <= now)
+                .map(|(_, n)| n.clone())
+                .collect()
+        };
+        let mut changed = 0;
+        for name in due {
+            match self.run_scheduled(&name, now) {
+                Ok(true) => changed += 1,
+                Ok(false) => {}
+                Err(e) => tracing::error!(key = %name, error = %e, "scheduled key maintenance failed"),
+            }
+        }
+        Ok(changed)
+    }
+
+    fn run_scheduled(&self, name: &str, now: UnixTime) -> Result<bool, Error> {
+        let current = self.get(name)?;
+        if !current.rotation_due(now) && current.next_destruction().is_none_or(|t| t > now) {
+            self.install(&current); // the deadline moved; refresh the schedule
+            return Ok(false);
+        }
+        let (_, (rotated, destroyed)) = self.modify(name, |r| {
+            let rotated = if r.rotation_due(now) {
+                let from = r.primary;
+                let to = r.rotate(now, RotationReason::Scheduled)?;
+                pre_reserve(r);
+                Some((from, to))
+            } else {
+                None
+            };
+            Ok((rotated, r.destroy_due(now)))
+        })?;
+        if let Some((from, to)) = rotated {
+            tracing::info!(key = name, from, to, reason = "scheduled", "key rotated");
+        }
+        for v in destroyed {
+            tracing::info!(key = name, version = v, "key version destroyed");
+        }
+        Ok(true)
     }
 
     /// Lists key names.
@@ -232,8 +695,42 @@ impl Keys {
         Ok(self.rings.list(prefix, after, limit)?)
     }
 
-    /// Flushes the store (at shutdown).
+    /// Restores a snapshot into this (empty) store and loads its rings.
+    /// Returns (records, key rings).
+    pub fn restore(&self, snapshot: &[u8]) -> Result<(u64, u64), Error> {
+        if !self.cache.is_empty() || !self.corrupt.is_empty() {
+            return Err(Error::FailedPrecondition(
+                "restore needs an empty store (this one has keys)".into(),
+            ));
+        }
+        let records = kmsd_keystore::backup::read_snapshot(snapshot, self.rings.sealer()).map_err(|e| match e {
+            kmsd_keystore::Error::Corrupt { reason, .. } => {
+                Error::InvalidArgument(format!("backup rejected: {reason}"))
+            }
+            other => other.into(),
+        })?;
+        let n = kmsd_keystore::backup::restore_snapshot(self.rings.raw().as_ref(), &records, &mut |_, _| {})?;
+        let mut rings = 0;
+        let failures = self.rings.load_all(|ring| {
+            self.install(&ring);
+            rings += 1;
+        })?;
+        for f in failures {
+            tracing::error!(key = %f.name, error = %f.error, "restored key ring does not load");
+            self.corrupt.insert(f.name, ());
+        }
+        tracing::info!(records = n, keys = rings, "backup restored");
+        Ok((n, rings))
+    }
+
+    /// The underlying ring store (backup).
+    pub fn ring_store(&self) -> &RingStore {
+        &self.rings
+    }
+
+    /// Flushes usage and syncs the store (at shutdown).
     pub fn sync(&self) -> Result<(), Error> {
+        self.flush_usage()?;
         Ok(self.rings.raw().sync()?)
     }
 }

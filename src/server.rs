@@ -26,14 +26,30 @@ fn err(context: &str, e: impl std::fmt::Display) -> StartError {
     StartError(format!("{context}: {e}"))
 }
 
+/// The sealer for `config`: the master key, plus the previous one while a
+/// rekey is incomplete.
+pub fn sealer(config: &Config) -> Result<Sealer, StartError> {
+    let mk_path = config.master_key_path().map_err(|e| err("master key", e))?;
+    let mut sealer = Sealer::new(MasterKey::load(&mk_path).map_err(|e| err("master key", e))?);
+    if let Some(prev) = &config.store.previous_master_key {
+        sealer = sealer.with_previous(MasterKey::load(prev).map_err(|e| err("previous master key", e))?);
+    }
+    tracing::info!(key_id = %sealer.key_id_hex(), "master key loaded");
+    Ok(sealer)
+}
+
+/// Opens the raw store of `config`.
+pub fn open_store(config: &Config) -> Result<Arc<dyn KeyStore>, StartError> {
+    Ok(Arc::new(
+        SledStore::open(&config.store.path).map_err(|e| err("key store", e))?,
+    ))
+}
+
 /// Opens the store described by `config` and loads every key ring.
 pub fn open_keys(config: &Config) -> Result<Arc<Keys>, StartError> {
-    let mk_path = config.master_key_path().map_err(|e| err("master key", e))?;
-    let master = MasterKey::load(&mk_path).map_err(|e| err("master key", e))?;
-    tracing::info!(sealer = %Sealer::new(MasterKey::from_bytes(master.expose_secret())).key_id_hex(), "master key loaded");
-    let store: Arc<dyn KeyStore> = Arc::new(SledStore::open(&config.store.path).map_err(|e| err("key store", e))?);
-    let rings = RingStore::open(store, Sealer::new(master)).map_err(|e| err("key store", e))?;
-    let keys = Keys::load(rings, Arc::new(SystemClock)).map_err(|e| err("loading key rings", e))?;
+    let sealer = sealer(config)?;
+    let rings = RingStore::open(open_store(config)?, sealer).map_err(|e| err("key store", e))?;
+    let keys = Keys::load(rings, Arc::new(SystemClock), config.dev_mode).map_err(|e| err("loading key rings", e))?;
     Ok(Arc::new(keys))
 }
 
@@ -161,9 +177,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .layer(tower::util::MapResponseLayer::new(map_size_status))
         .add_service(
-            proto::crypto_server::CryptoServer::new(CryptoService { keys: keys.clone() })
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max.saturating_add(crate::crypto::OVERHEAD + 64)),
+            proto::crypto_server::CryptoServer::new(CryptoService {
+                keys: keys.clone(),
+                max_batch_items: config.limits.max_batch_items,
+            })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max.saturating_add(crate::crypto::OVERHEAD + 64)),
         )
         .add_service(
             proto::keys_server::KeysServer::new(KeysService { keys: keys.clone() })
@@ -172,6 +191,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         )
         .add_service(health_service)
         .add_service(reflection);
+
+    tokio::spawn(scheduler(keys.clone(), stop_rx.clone()));
+    tokio::spawn(usage_flusher(keys.clone(), stop_rx.clone()));
 
     tracing::info!("kmsd ready");
     let result = server
@@ -194,3 +216,49 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 }
 
 use tokio_stream::StreamExt as _;
+
+/// Runs scheduled rotations and destructions at their second: sleeps
+/// until the earliest deadline (woken early when an earlier one appears),
+/// never longer than `MAX_SLEEP`, so a wall-clock jump is noticed soon.
+async fn scheduler(keys: Arc<Keys>, mut stop: watch::Receiver<bool>) {
+    const MAX_SLEEP: std::time::Duration = std::time::Duration::from_secs(30);
+    loop {
+        let now = keys.now();
+        let k = keys.clone();
+        match tokio::task::spawn_blocking(move || k.run_due(now)).await {
+            Ok(Ok(n)) if n > 0 => tracing::debug!(changed = n, "scheduled key maintenance ran"),
+            Ok(Err(e)) => tracing::error!(error = %e, "scheduler"),
+            _ => {}
+        }
+        let wait = match keys.next_deadline() {
+            Some(t) => {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                let ms = (t.saturating_mul(1000) - now_ms).max(0) as u64;
+                std::time::Duration::from_millis(ms).min(MAX_SLEEP)
+            }
+            None => MAX_SLEEP,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = keys.schedule_changed.notified() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Persists decryption counts and last-use times every minute.
+async fn usage_flusher(keys: Arc<Keys>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+            _ = stop.changed() => return,
+        }
+        let k = keys.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || k.flush_usage()).await {
+            tracing::warn!(error = %e, "persisting usage counters failed");
+        }
+    }
+}

@@ -3,14 +3,16 @@
 //! operation, key, result; never plaintext, ciphertext or key material),
 //! and map errors through the one `From<Error> for Status`.
 use crate::error::Error;
-use crate::keys::Keys;
+use crate::keys::{Keys, Usage};
 use crate::proto;
 use crate::tls::PeerIdentity;
 use kmsd_keystore::keyring::{KeyPolicy, RotationReason};
 use kmsd_keystore::{KeyRing, VersionState};
+use rand::RngCore;
 use std::sync::Arc;
 use std::time::Instant;
 use tonic::{Request, Response, Status};
+use zeroize::Zeroizing;
 
 /// The caller's identity, or `UNAUTHENTICATED` if the connection did not
 /// come through the mTLS acceptor (it always does).
@@ -43,11 +45,81 @@ fn finish<T>(
     }
 }
 
+/// Runs work that may touch the store (fsync) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or(Err(Error::StoreUnavailable))
+}
+
 /// `kmsd.v1.Crypto`.
 #[derive(Debug, Clone)]
 pub struct CryptoService {
     /// The key rings.
     pub keys: Arc<Keys>,
+    /// Most items accepted in one batch call.
+    pub max_batch_items: usize,
+}
+
+fn item_error(e: Error) -> proto::ItemError {
+    let s = Status::from(e);
+    proto::ItemError {
+        code: s.code() as i32,
+        message: s.message().to_owned(),
+    }
+}
+
+impl CryptoService {
+    fn check_batch(&self, n: usize) -> Result<(), Error> {
+        if n > self.max_batch_items {
+            return Err(Error::TooLarge(format!(
+                "batch of {n} items exceeds the limit of {}",
+                self.max_batch_items
+            )));
+        }
+        Ok(())
+    }
+
+    fn rewrap_one(keys: &Arc<Keys>, r: &proto::RewrapRequest) -> Result<proto::RewrapResponse, Error> {
+        let (plaintext, source) = keys.decrypt(&r.key, &r.ciphertext, &r.associated_data)?;
+        let plaintext = Zeroizing::new(plaintext);
+        let e = keys.encrypt(&r.key, &plaintext, &r.associated_data)?;
+        Ok(proto::RewrapResponse {
+            ciphertext: e.ciphertext,
+            key_version: e.version,
+            source_key_version: source,
+        })
+    }
+
+    async fn data_key(
+        &self,
+        req: Request<proto::GenerateDataKeyRequest>,
+        with_plaintext: bool,
+    ) -> Result<Response<proto::GenerateDataKeyResponse>, Status> {
+        let started = Instant::now();
+        let peer = identity(&req)?;
+        let r = req.into_inner();
+        let keys = self.keys.clone();
+        let (key, aad, bits) = (r.key.clone(), r.associated_data, r.bits);
+        let result = blocking(move || {
+            let len = match bits {
+                0 | 256 => 32,
+                192 => 24,
+                128 => 16,
+                _ => return Err(Error::InvalidArgument("bits must be 128, 192 or 256".into())),
+            };
+            let mut dk = Zeroizing::new(vec![0u8; len]);
+            rand::rngs::OsRng.fill_bytes(&mut dk);
+            let e = keys.encrypt(&key, &dk, &aad)?;
+            Ok(proto::GenerateDataKeyResponse {
+                plaintext: if with_plaintext { dk.to_vec() } else { Vec::new() },
+                ciphertext: e.ciphertext,
+                key_version: e.version,
+            })
+        })
+        .await;
+        Ok(Response::new(finish(&peer, "datakey", &r.key, started, result)?))
+    }
 }
 
 #[tonic::async_trait]
@@ -72,6 +144,100 @@ impl proto::crypto_server::Crypto for CryptoService {
         let (plaintext, key_version) = finish(&peer, "decrypt", &r.key, started, result)?;
         Ok(Response::new(proto::DecryptResponse { plaintext, key_version }))
     }
+
+    async fn rewrap(&self, req: Request<proto::RewrapRequest>) -> Result<Response<proto::RewrapResponse>, Status> {
+        let started = Instant::now();
+        let peer = identity(&req)?;
+        let r = req.into_inner();
+        let result = Self::rewrap_one(&self.keys, &r);
+        Ok(Response::new(finish(&peer, "rewrap", &r.key, started, result)?))
+    }
+
+    async fn encrypt_batch(
+        &self,
+        req: Request<proto::EncryptBatchRequest>,
+    ) -> Result<Response<proto::EncryptBatchResponse>, Status> {
+        use proto::encrypt_batch_item::Result as R;
+        let started = Instant::now();
+        let peer = identity(&req)?;
+        let r = req.into_inner();
+        let result = self.check_batch(r.items.len()).map(|()| {
+            r.items
+                .iter()
+                .map(|it| proto::EncryptBatchItem {
+                    result: Some(match self.keys.encrypt(&it.key, &it.plaintext, &it.associated_data) {
+                        Ok(e) => R::Ok(proto::EncryptResponse {
+                            ciphertext: e.ciphertext,
+                            key_version: e.version,
+                        }),
+                        Err(e) => R::Error(item_error(e)),
+                    }),
+                })
+                .collect()
+        });
+        let items = finish(&peer, "encrypt", "(batch)", started, result)?;
+        Ok(Response::new(proto::EncryptBatchResponse { items }))
+    }
+
+    async fn decrypt_batch(
+        &self,
+        req: Request<proto::DecryptBatchRequest>,
+    ) -> Result<Response<proto::DecryptBatchResponse>, Status> {
+        use proto::decrypt_batch_item::Result as R;
+        let started = Instant::now();
+        let peer = identity(&req)?;
+        let r = req.into_inner();
+        let result = self.check_batch(r.items.len()).map(|()| {
+            r.items
+                .iter()
+                .map(|it| proto::DecryptBatchItem {
+                    result: Some(match self.keys.decrypt(&it.key, &it.ciphertext, &it.associated_data) {
+                        Ok((plaintext, key_version)) => R::Ok(proto::DecryptResponse { plaintext, key_version }),
+                        Err(e) => R::Error(item_error(e)),
+                    }),
+                })
+                .collect()
+        });
+        let items = finish(&peer, "decrypt", "(batch)", started, result)?;
+        Ok(Response::new(proto::DecryptBatchResponse { items }))
+    }
+
+    async fn rewrap_batch(
+        &self,
+        req: Request<proto::RewrapBatchRequest>,
+    ) -> Result<Response<proto::RewrapBatchResponse>, Status> {
+        use proto::rewrap_batch_item::Result as R;
+        let started = Instant::now();
+        let peer = identity(&req)?;
+        let r = req.into_inner();
+        let result = self.check_batch(r.items.len()).map(|()| {
+            r.items
+                .iter()
+                .map(|it| proto::RewrapBatchItem {
+                    result: Some(match Self::rewrap_one(&self.keys, it) {
+                        Ok(ok) => R::Ok(ok),
+                        Err(e) => R::Error(item_error(e)),
+                    }),
+                })
+                .collect()
+        });
+        let items = finish(&peer, "rewrap", "(batch)", started, result)?;
+        Ok(Response::new(proto::RewrapBatchResponse { items }))
+    }
+
+    async fn generate_data_key(
+        &self,
+        req: Request<proto::GenerateDataKeyRequest>,
+    ) -> Result<Response<proto::GenerateDataKeyResponse>, Status> {
+        self.data_key(req, true).await
+    }
+
+    async fn generate_data_key_without_plaintext(
+        &self,
+        req: Request<proto::GenerateDataKeyRequest>,
+    ) -> Result<Response<proto::GenerateDataKeyResponse>, Status> {
+        self.data_key(req, false).await
+    }
 }
 
 /// `kmsd.v1.Keys`.
@@ -81,8 +247,43 @@ pub struct KeysService {
     pub keys: Arc<Keys>,
 }
 
+fn policy_to_proto(p: &KeyPolicy) -> proto::KeyPolicy {
+    proto::KeyPolicy {
+        rotation_period_seconds: Some(p.rotation_period_secs.unwrap_or(0)),
+        max_encryptions_per_version: Some(p.max_encryptions_per_version.unwrap_or(0)),
+        min_decryption_version: Some(p.min_decryption_version),
+        min_encryption_version: Some(p.min_encryption_version),
+        deletion_allowed: Some(p.deletion_allowed),
+        manual_rotation_resets_schedule: Some(p.manual_rotation_resets_schedule),
+    }
+}
+
+/// Applies the set fields of `update` to `base` (0 disables a limit).
+pub fn merge_policy(mut base: KeyPolicy, update: Option<&proto::KeyPolicy>) -> KeyPolicy {
+    let Some(u) = update else { return base };
+    if let Some(s) = u.rotation_period_seconds {
+        base.rotation_period_secs = (s > 0).then_some(s);
+    }
+    if let Some(n) = u.max_encryptions_per_version {
+        base.max_encryptions_per_version = (n > 0).then_some(n);
+    }
+    if let Some(v) = u.min_decryption_version {
+        base.min_decryption_version = v;
+    }
+    if let Some(v) = u.min_encryption_version {
+        base.min_encryption_version = v;
+    }
+    if let Some(b) = u.deletion_allowed {
+        base.deletion_allowed = b;
+    }
+    if let Some(b) = u.manual_rotation_resets_schedule {
+        base.manual_rotation_resets_schedule = b;
+    }
+    base
+}
+
 /// Key metadata for the API: never material.
-pub fn key_info(ring: &KeyRing) -> proto::KeyInfo {
+pub fn key_info(ring: &KeyRing, usage: &[Usage]) -> proto::KeyInfo {
     proto::KeyInfo {
         name: ring.name.to_string(),
         algorithm: proto::Algorithm::Aes256Gcm as i32,
@@ -91,12 +292,36 @@ pub fn key_info(ring: &KeyRing) -> proto::KeyInfo {
         versions: ring
             .versions
             .iter()
-            .map(|v| proto::KeyVersionInfo {
-                version: v.version,
-                state: version_state(v.state) as i32,
-                created_at: v.created_at,
+            .map(|v| {
+                let live = usage.get(v.version as usize - 1).copied();
+                proto::KeyVersionInfo {
+                    version: v.version,
+                    state: version_state(v.state) as i32,
+                    created_at: v.created_at,
+                    destroy_at: v.destroy_at.unwrap_or(0),
+                    encryptions: live.map_or(v.encryptions_reserved, |u| u.encryptions),
+                    decryptions: live.map_or(0, |u| u.decryptions).max(v.decryptions),
+                    last_used_at: live.map_or(0, |u| u.last_used_at).max(v.last_used_at.unwrap_or(0)),
+                }
             })
             .collect(),
+        policy: Some(policy_to_proto(&ring.policy)),
+        next_rotation_at: ring.next_rotation_at.unwrap_or(0),
+        rotations: ring
+            .rotations
+            .iter()
+            .map(|e| proto::RotationEvent {
+                at: e.at,
+                from_version: e.from_version,
+                to_version: e.to_version,
+                reason: match e.reason {
+                    RotationReason::Manual => proto::RotationReason::Manual,
+                    RotationReason::Scheduled => proto::RotationReason::Scheduled,
+                    RotationReason::Usage => proto::RotationReason::Usage,
+                } as i32,
+            })
+            .collect(),
+        delete_at: ring.delete_at.unwrap_or(0),
     }
 }
 
@@ -114,41 +339,43 @@ fn version_state(s: VersionState) -> proto::VersionState {
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
-/// Runs blocking store work (fsync) off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or(Err(Error::StoreUnavailable))
+impl KeysService {
+    /// Runs a ring-changing admin operation and answers with the new metadata.
+    async fn admin(
+        &self,
+        peer: &PeerIdentity,
+        op: &'static str,
+        name: String,
+        f: impl FnOnce(&Keys, &str) -> Result<KeyRing, Error> + Send + 'static,
+    ) -> Result<Response<proto::KeyInfo>, Status> {
+        let started = Instant::now();
+        let keys = self.keys.clone();
+        let n = name.clone();
+        let result = blocking(move || f(&keys, &n).map(|ring| key_info(&ring, &keys.usage(&n)))).await;
+        Ok(Response::new(finish(peer, op, &name, started, result)?))
+    }
 }
 
 #[tonic::async_trait]
 impl proto::keys_server::Keys for KeysService {
     async fn create_key(&self, req: Request<proto::CreateKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
-        let started = Instant::now();
         let peer = identity(&req)?;
         let r = req.into_inner();
-        let keys = self.keys.clone();
-        let name = r.name.clone();
-        let result = if r.algorithm != proto::Algorithm::Unspecified as i32
-            && r.algorithm != proto::Algorithm::Aes256Gcm as i32
-        {
-            Err(Error::InvalidArgument("unsupported algorithm; only AES_256_GCM".into()))
-        } else {
-            blocking(move || keys.create(&name, KeyPolicy::default())).await
-        };
-        let ring = finish(&peer, "key.create", &r.name, started, result)?;
-        Ok(Response::new(key_info(&ring)))
+        let algorithm = r.algorithm;
+        let policy = merge_policy(KeyPolicy::default(), r.policy.as_ref());
+        self.admin(&peer, "key.create", r.name, move |keys, name| {
+            if algorithm != proto::Algorithm::Unspecified as i32 && algorithm != proto::Algorithm::Aes256Gcm as i32 {
+                return Err(Error::InvalidArgument("unsupported algorithm; only AES_256_GCM".into()));
+            }
+            keys.create(name, policy)
+        })
+        .await
     }
 
     async fn get_key(&self, req: Request<proto::GetKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
-        let started = Instant::now();
         let peer = identity(&req)?;
-        let r = req.into_inner();
-        let keys = self.keys.clone();
-        let name = r.name.clone();
-        let result = blocking(move || keys.get(&name)).await;
-        let ring = finish(&peer, "key.read", &r.name, started, result)?;
-        Ok(Response::new(key_info(&ring)))
+        self.admin(&peer, "key.read", req.into_inner().name, |keys, name| keys.get(name))
+            .await
     }
 
     async fn list_keys(
@@ -186,13 +413,154 @@ impl proto::keys_server::Keys for KeysService {
     }
 
     async fn rotate_key(&self, req: Request<proto::RotateKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
-        let started = Instant::now();
+        let peer = identity(&req)?;
+        self.admin(&peer, "key.rotate", req.into_inner().name, |keys, name| {
+            keys.rotate(name, RotationReason::Manual)
+        })
+        .await
+    }
+
+    async fn update_key_policy(
+        &self,
+        req: Request<proto::UpdateKeyPolicyRequest>,
+    ) -> Result<Response<proto::KeyInfo>, Status> {
         let peer = identity(&req)?;
         let r = req.into_inner();
+        let update = r.policy;
+        self.admin(&peer, "key.policy", r.name, move |keys, name| {
+            let current = keys.get(name)?;
+            keys.set_policy(name, merge_policy(current.policy.clone(), update.as_ref()))
+        })
+        .await
+    }
+
+    async fn set_version_state(
+        &self,
+        req: Request<proto::SetVersionStateRequest>,
+    ) -> Result<Response<proto::KeyInfo>, Status> {
+        let peer = identity(&req)?;
+        let r = req.into_inner();
+        let (version, state) = (r.version, r.state);
+        self.admin(&peer, "key.version_state", r.name, move |keys, name| {
+            let state = match proto::VersionState::try_from(state) {
+                Ok(proto::VersionState::DecryptOnly) => VersionState::DecryptOnly,
+                Ok(proto::VersionState::Disabled) => VersionState::Disabled,
+                _ => return Err(Error::InvalidArgument("state must be DECRYPT_ONLY or DISABLED".into())),
+            };
+            Ok(keys.modify(name, |r| r.set_version_state(version, state))?.0)
+        })
+        .await
+    }
+
+    async fn schedule_version_destruction(
+        &self,
+        req: Request<proto::ScheduleVersionDestructionRequest>,
+    ) -> Result<Response<proto::KeyInfo>, Status> {
+        let peer = identity(&req)?;
+        let r = req.into_inner();
+        let (version, wait) = (r.version, r.waiting_period_seconds);
+        self.admin(&peer, "key.destroy", r.name, move |keys, name| {
+            let at = keys.destruction_time(wait)?;
+            Ok(keys.modify(name, |r| r.schedule_destruction(version, at))?.0)
+        })
+        .await
+    }
+
+    async fn cancel_version_destruction(
+        &self,
+        req: Request<proto::CancelVersionDestructionRequest>,
+    ) -> Result<Response<proto::KeyInfo>, Status> {
+        let peer = identity(&req)?;
+        let r = req.into_inner();
+        let version = r.version;
+        self.admin(&peer, "key.version_state", r.name, move |keys, name| {
+            Ok(keys.modify(name, |r| r.cancel_destruction(version))?.0)
+        })
+        .await
+    }
+
+    async fn schedule_key_deletion(
+        &self,
+        req: Request<proto::ScheduleKeyDeletionRequest>,
+    ) -> Result<Response<proto::KeyInfo>, Status> {
+        let peer = identity(&req)?;
+        let r = req.into_inner();
+        let wait = r.waiting_period_seconds;
+        self.admin(&peer, "key.destroy", r.name, move |keys, name| {
+            let at = keys.destruction_time(wait)?;
+            Ok(keys.modify(name, |r| r.schedule_deletion(at))?.0)
+        })
+        .await
+    }
+
+    async fn cancel_key_deletion(
+        &self,
+        req: Request<proto::CancelKeyDeletionRequest>,
+    ) -> Result<Response<proto::KeyInfo>, Status> {
+        let peer = identity(&req)?;
+        self.admin(&peer, "key.version_state", req.into_inner().name, |keys, name| {
+            Ok(keys.modify(name, |r| r.cancel_deletion())?.0)
+        })
+        .await
+    }
+
+    type BackupStream = tokio_stream::Iter<std::vec::IntoIter<Result<proto::BackupChunk, Status>>>;
+
+    async fn backup(&self, req: Request<proto::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        let started = Instant::now();
+        let peer = identity(&req)?;
         let keys = self.keys.clone();
-        let name = r.name.clone();
-        let result = blocking(move || keys.rotate(&name, RotationReason::Manual)).await;
-        let ring = finish(&peer, "key.rotate", &r.name, started, result)?;
-        Ok(Response::new(key_info(&ring)))
+        let result = blocking(move || {
+            keys.flush_usage()?;
+            let rings = keys.ring_store();
+            let mut buf = Vec::new();
+            let total =
+                kmsd_keystore::backup::write_snapshot(rings.raw().as_ref(), rings.sealer(), &mut buf, &mut |_, _| {})?;
+            Ok((buf, total))
+        })
+        .await;
+        let (buf, total) = finish(&peer, "backup", "", started, result)?;
+        const CHUNK: usize = 1 << 20;
+        let chunks: Vec<Result<proto::BackupChunk, Status>> = buf
+            .chunks(CHUNK)
+            .enumerate()
+            .map(|(i, c)| {
+                Ok(proto::BackupChunk {
+                    data: c.to_vec(),
+                    total_records: if i == 0 { total } else { 0 },
+                })
+            })
+            .collect();
+        Ok(Response::new(tokio_stream::iter(chunks)))
+    }
+
+    async fn restore(
+        &self,
+        req: Request<tonic::Streaming<proto::RestoreChunk>>,
+    ) -> Result<Response<proto::RestoreResponse>, Status> {
+        let started = Instant::now();
+        let peer = identity(&req)?;
+        let mut stream = req.into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            if bytes.len() + chunk.data.len() > MAX_RESTORE_BYTES {
+                return Err(finish::<()>(
+                    &peer,
+                    "restore",
+                    "",
+                    started,
+                    Err(Error::TooLarge(format!("backup larger than {MAX_RESTORE_BYTES} bytes"))),
+                )
+                .unwrap_err());
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        let keys = self.keys.clone();
+        let result = blocking(move || keys.restore(&bytes)).await;
+        let (records, keys) = finish(&peer, "restore", "", started, result)?;
+        Ok(Response::new(proto::RestoreResponse { records, keys }))
     }
 }
+
+/// Largest snapshot accepted by `Restore` (1 GiB).
+const MAX_RESTORE_BYTES: usize = 1 << 30;

@@ -27,6 +27,7 @@ async fn create(keys: &mut KeysClient<tonic::transport::Channel>, name: &str) ->
     keys.create_key(proto::CreateKeyRequest {
         name: name.into(),
         algorithm: 0,
+        policy: None,
     })
     .await
     .unwrap()
@@ -249,6 +250,7 @@ async fn bad_input_gets_precise_errors_and_the_daemon_keeps_serving() {
             .create_key(proto::CreateKeyRequest {
                 name: bad.into(),
                 algorithm: 0,
+                policy: None,
             })
             .await
             .unwrap_err();
@@ -257,7 +259,8 @@ async fn bad_input_gets_precise_errors_and_the_daemon_keeps_serving() {
     assert_eq!(
         keys.create_key(proto::CreateKeyRequest {
             name: "a".into(),
-            algorithm: 0
+            algorithm: 0,
+            policy: None
         })
         .await
         .unwrap_err()

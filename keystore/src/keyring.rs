@@ -67,6 +67,10 @@ pub struct KeyPolicy {
     pub min_encryption_version: u32,
     /// Whether the whole key may be scheduled for deletion.
     pub deletion_allowed: bool,
+    /// Whether a manual rotation restarts the rotation schedule. Default
+    /// false: an officer's ad-hoc rotation leaves the next scheduled
+    /// rotation where it was, so the schedule stays predictable.
+    pub manual_rotation_resets_schedule: bool,
 }
 
 /// One version of a key ring.
@@ -181,20 +185,35 @@ impl KeyRing {
 
     /// Adds a fresh version, makes it primary, and demotes the old primary
     /// to DECRYPT_ONLY. Returns the new version number.
+    ///
+    /// The next scheduled rotation is `new primary's created_at + period`,
+    /// except after a manual rotation when the policy does not reset the
+    /// schedule (then it stays where it was).
     pub fn rotate(&mut self, now: UnixTime, reason: RotationReason) -> Result<u32, Error> {
+        if self.delete_at.is_some() {
+            return Err(Error::Precondition(format!(
+                "key {:?} is scheduled for deletion",
+                self.name.as_str()
+            )));
+        }
         let old = self.primary;
         let next = u32::try_from(self.versions.len())
             .ok()
             .and_then(|n| n.checked_add(1))
             .ok_or_else(|| Error::Precondition("key ring has too many versions".into()))?;
-        if let Some(v) = self.versions.get_mut((old as usize).wrapping_sub(1)) {
+        if let Some(v) = self.version_mut(old) {
             if v.state == VersionState::Active {
                 v.state = VersionState::DecryptOnly;
             }
         }
         self.versions.push(KeyVersion::fresh(next, now));
         self.primary = next;
-        self.next_rotation_at = self.compute_next_rotation();
+        let keep_schedule = reason == RotationReason::Manual
+            && !self.policy.manual_rotation_resets_schedule
+            && self.next_rotation_at.is_some();
+        if !keep_schedule {
+            self.next_rotation_at = self.compute_next_rotation();
+        }
         self.rotations.push(RotationEvent {
             at: now,
             from_version: old,
@@ -206,6 +225,175 @@ impl KeyRing {
             self.rotations.drain(..excess);
         }
         Ok(next)
+    }
+
+    /// Mutable access to version `v`.
+    pub fn version_mut(&mut self, v: u32) -> Option<&mut KeyVersion> {
+        self.versions.get_mut((v as usize).checked_sub(1)?)
+    }
+
+    fn existing_mut(&mut self, v: u32) -> Result<&mut KeyVersion, Error> {
+        let name = self.name.to_string();
+        self.version_mut(v)
+            .ok_or_else(|| Error::Precondition(format!("key {name:?} has no version {v}")))
+    }
+
+    /// Whether a scheduled rotation is due at `now`.
+    pub fn rotation_due(&self, now: UnixTime) -> bool {
+        self.delete_at.is_none() && self.next_rotation_at.is_some_and(|t| t <= now)
+    }
+
+    /// Moves a non-primary version between DECRYPT_ONLY and DISABLED.
+    pub fn set_version_state(&mut self, v: u32, state: VersionState) -> Result<(), Error> {
+        if !matches!(state, VersionState::DecryptOnly | VersionState::Disabled) {
+            return Err(Error::Precondition(
+                "only DECRYPT_ONLY and DISABLED can be set directly; rotate to make a new ACTIVE version, \
+                 and schedule destruction to destroy one"
+                    .into(),
+            ));
+        }
+        if v == self.primary {
+            return Err(Error::Precondition(format!(
+                "version {v} is the primary; rotate before changing its state"
+            )));
+        }
+        let ver = self.existing_mut(v)?;
+        match ver.state {
+            VersionState::DecryptOnly | VersionState::Disabled => {
+                ver.state = state;
+                Ok(())
+            }
+            other => Err(Error::Precondition(format!(
+                "version {v} is {}; its state cannot be changed",
+                other.as_str()
+            ))),
+        }
+    }
+
+    /// Schedules version `v` for destruction at `at`.
+    pub fn schedule_destruction(&mut self, v: u32, at: UnixTime) -> Result<(), Error> {
+        if v == self.primary && self.delete_at.is_none() {
+            return Err(Error::Precondition(format!(
+                "version {v} is the primary; rotate before destroying it"
+            )));
+        }
+        let ver = self.existing_mut(v)?;
+        match ver.state {
+            VersionState::DecryptOnly | VersionState::Disabled | VersionState::ScheduledForDestruction => {
+                ver.state = VersionState::ScheduledForDestruction;
+                ver.destroy_at = Some(at);
+                Ok(())
+            }
+            other => Err(Error::Precondition(format!("version {v} is {}", other.as_str()))),
+        }
+    }
+
+    /// Cancels a scheduled destruction; the version becomes DISABLED.
+    pub fn cancel_destruction(&mut self, v: u32) -> Result<(), Error> {
+        if self.delete_at.is_some() {
+            return Err(Error::Precondition(
+                "the whole key is scheduled for deletion; cancel that instead".into(),
+            ));
+        }
+        let ver = self.existing_mut(v)?;
+        if ver.state != VersionState::ScheduledForDestruction {
+            return Err(Error::Precondition(format!(
+                "version {v} is {}, not scheduled",
+                ver.state.as_str()
+            )));
+        }
+        ver.state = VersionState::Disabled;
+        ver.destroy_at = None;
+        Ok(())
+    }
+
+    /// Schedules every version for destruction at `at` (whole-key deletion).
+    pub fn schedule_deletion(&mut self, at: UnixTime) -> Result<(), Error> {
+        if !self.policy.deletion_allowed {
+            return Err(Error::Precondition(format!(
+                "key {:?} does not allow deletion (policy deletion_allowed is false)",
+                self.name.as_str()
+            )));
+        }
+        self.delete_at = Some(at);
+        for ver in &mut self.versions {
+            if ver.state != VersionState::Destroyed {
+                ver.state = VersionState::ScheduledForDestruction;
+                ver.destroy_at = Some(at);
+            }
+        }
+        Ok(())
+    }
+
+    /// Cancels a whole-key deletion: the primary is ACTIVE again, the other
+    /// surviving versions DISABLED.
+    pub fn cancel_deletion(&mut self) -> Result<(), Error> {
+        if self.delete_at.take().is_none() {
+            return Err(Error::Precondition("the key is not scheduled for deletion".into()));
+        }
+        let primary = self.primary;
+        for ver in &mut self.versions {
+            if ver.state == VersionState::ScheduledForDestruction {
+                ver.state = if ver.version == primary {
+                    VersionState::Active
+                } else {
+                    VersionState::Disabled
+                };
+                ver.destroy_at = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Destroys versions whose destruction time has come: material
+    /// dropped (zeroized), state DESTROYED, metadata kept. Returns the
+    /// versions destroyed.
+    pub fn destroy_due(&mut self, now: UnixTime) -> Vec<u32> {
+        let mut done = Vec::new();
+        for ver in &mut self.versions {
+            if ver.state == VersionState::ScheduledForDestruction && ver.destroy_at.is_some_and(|t| t <= now) {
+                ver.state = VersionState::Destroyed;
+                ver.material = None; // KeyMaterial zeroizes on drop
+                done.push(ver.version);
+            }
+        }
+        done
+    }
+
+    /// The earliest pending destruction time.
+    pub fn next_destruction(&self) -> Option<UnixTime> {
+        self.versions
+            .iter()
+            .filter(|v| v.state == VersionState::ScheduledForDestruction)
+            .filter_map(|v| v.destroy_at)
+            .min()
+    }
+
+    /// Replaces the policy after checking it against the ring.
+    pub fn set_policy(&mut self, policy: KeyPolicy) -> Result<(), Error> {
+        if policy.min_encryption_version > self.primary {
+            return Err(Error::Precondition(format!(
+                "min_encryption_version {} is above the primary version {}; rotate first",
+                policy.min_encryption_version, self.primary
+            )));
+        }
+        if policy.min_decryption_version > self.primary {
+            return Err(Error::Precondition(format!(
+                "min_decryption_version {} is above the primary version {}",
+                policy.min_decryption_version, self.primary
+            )));
+        }
+        if policy.max_encryptions_per_version == Some(0) || policy.rotation_period_secs == Some(0) {
+            return Err(Error::Precondition(
+                "limits must be positive (omit them to disable)".into(),
+            ));
+        }
+        let period_changed = policy.rotation_period_secs != self.policy.rotation_period_secs;
+        self.policy = policy;
+        if period_changed {
+            self.next_rotation_at = self.compute_next_rotation();
+        }
+        Ok(())
     }
 
     /// Encodes the ring as record plaintext (zeroizing buffer).

@@ -10,6 +10,8 @@
 //! - [`store`]: the [`KeyStore`] trait (raw, conditional writes on a record
 //!   revision) with a sled backend and an in-memory reference backend.
 //! - [`keyring`]: versioned key rings and their record format.
+//! - [`backup`]: integrity-protected snapshots, and rekey under a new
+//!   master key.
 //! - [`rings`]: [`RingStore`], the typed API the daemon uses: key rings
 //!   sealed and stored through any [`KeyStore`].
 //!
@@ -19,6 +21,7 @@
 #![deny(missing_docs)]
 
 pub mod aead;
+pub mod backup;
 pub mod error;
 pub mod keyring;
 pub mod name;

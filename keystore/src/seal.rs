@@ -75,6 +75,17 @@ impl Sealer {
         hex::encode(self.current_id)
     }
 
+    /// A 32-byte subkey of the current master key for another purpose
+    /// (HMAC-SHA256(master, label)); labels must be distinct per purpose.
+    pub fn derive_subkey(&self, label: &[u8]) -> zeroize::Zeroizing<[u8; 32]> {
+        let mut out = zeroize::Zeroizing::new([0u8; 32]);
+        if let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(self.current.expose_secret()) {
+            mac.update(label);
+            out.copy_from_slice(&mac.finalize().into_bytes());
+        }
+        out
+    }
+
     /// Whether `sealed` was sealed under the current master key.
     pub fn is_current(&self, sealed: &[u8]) -> bool {
         sealed.get(1..HEADER_LEN) == Some(&self.current_id[..])

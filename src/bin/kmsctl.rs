@@ -7,6 +7,7 @@ use kmsd::proto;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tokio_stream::StreamExt as _;
 
 #[derive(Parser)]
 #[command(name = "kmsctl", version, about = "Command-line client for kmsd")]
@@ -59,6 +60,78 @@ enum Cmd {
         #[arg(default_value = "-")]
         data: String,
     },
+    /// Re-encrypt a base64 ciphertext under the key's primary version (no plaintext returned).
+    Rewrap {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// Associated data given at encryption.
+        #[arg(long, default_value = "")]
+        aad: String,
+        /// Base64 ciphertext, or - for stdin.
+        #[arg(default_value = "-")]
+        data: String,
+    },
+    /// Generate a data key: prints JSON with the plaintext key (base64) and its wrapped form.
+    Datakey {
+        /// Key that wraps the data key.
+        #[arg(long)]
+        key: String,
+        /// 128, 192 or 256.
+        #[arg(long, default_value_t = 256)]
+        bits: u32,
+        /// Associated data bound to the wrapped key.
+        #[arg(long, default_value = "")]
+        aad: String,
+        /// Return only the wrapped form.
+        #[arg(long)]
+        wrapped_only: bool,
+    },
+    /// Write an integrity-protected snapshot of every key ring to FILE (records stay sealed).
+    Backup {
+        /// Output file (created, mode 0600).
+        file: PathBuf,
+    },
+    /// Restore a snapshot into the daemon's empty store (same master key).
+    Restore {
+        /// Snapshot file from `kmsctl backup`.
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct PolicyArgs {
+    /// Rotate when the primary is this old (e.g. 90d, 12h; 0 disables).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    rotation_period: Option<std::time::Duration>,
+    /// Rotate before a version encrypts more than N messages (0 disables).
+    #[arg(long)]
+    max_encryptions: Option<u64>,
+    /// Versions below this never decrypt.
+    #[arg(long)]
+    min_decryption_version: Option<u32>,
+    /// Versions below this never encrypt.
+    #[arg(long)]
+    min_encryption_version: Option<u32>,
+    /// Whether the whole key may be scheduled for deletion.
+    #[arg(long)]
+    deletion_allowed: Option<bool>,
+    /// Whether a manual rotation restarts the schedule.
+    #[arg(long)]
+    manual_rotation_resets_schedule: Option<bool>,
+}
+
+impl PolicyArgs {
+    fn to_proto(&self) -> proto::KeyPolicy {
+        proto::KeyPolicy {
+            rotation_period_seconds: self.rotation_period.map(|d| d.as_secs()),
+            max_encryptions_per_version: self.max_encryptions,
+            min_decryption_version: self.min_decryption_version,
+            min_encryption_version: self.min_encryption_version,
+            deletion_allowed: self.deletion_allowed,
+            manual_rotation_resets_schedule: self.manual_rotation_resets_schedule,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -67,6 +140,8 @@ enum KeyCmd {
     Create {
         /// Key name.
         name: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// List key names.
     List {
@@ -79,8 +154,59 @@ enum KeyCmd {
         /// Key name.
         name: String,
     },
+    /// Show each version's state and usage (is it still used? safe to retire?).
+    Versions {
+        /// Key name.
+        name: String,
+    },
     /// Add a new version and make it primary.
     Rotate {
+        /// Key name.
+        name: String,
+    },
+    /// Change a key's policy (only the given fields).
+    Policy {
+        /// Key name.
+        name: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Set a non-primary version to decrypt-only or disabled.
+    SetState {
+        /// Key name.
+        name: String,
+        /// Version.
+        version: u32,
+        /// decrypt-only or disabled.
+        state: String,
+    },
+    /// Schedule a version's destruction after a waiting period.
+    DestroyVersion {
+        /// Key name.
+        name: String,
+        /// Version.
+        version: u32,
+        /// Waiting period (default 30d; at least 1d, 1s in dev mode).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<std::time::Duration>,
+    },
+    /// Cancel a scheduled version destruction (the version becomes disabled).
+    CancelDestroy {
+        /// Key name.
+        name: String,
+        /// Version.
+        version: u32,
+    },
+    /// Schedule deletion of the whole key (needs deletion_allowed).
+    Delete {
+        /// Key name.
+        name: String,
+        /// Waiting period (default 30d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<std::time::Duration>,
+    },
+    /// Cancel a scheduled key deletion.
+    CancelDelete {
         /// Key name.
         name: String,
     },
@@ -119,61 +245,191 @@ fn status_line(s: tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
+fn time(t: i64) -> String {
+    if t <= 0 {
+        return "-".into();
+    }
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t as u64)).to_string()
+}
+
+fn state_name(s: i32) -> &'static str {
+    proto::VersionState::try_from(s)
+        .map(|s| s.as_str_name())
+        .unwrap_or("UNKNOWN")
+}
+
 fn print_key(k: &proto::KeyInfo) {
     println!("name: {}", k.name);
     println!("primary_version: {}", k.primary_version);
-    println!("created_at: {}", k.created_at);
-    for v in &k.versions {
-        let state = proto::VersionState::try_from(v.state)
-            .map(|s| s.as_str_name())
-            .unwrap_or("UNKNOWN");
-        println!("version {}: {} created_at={}", v.version, state, v.created_at);
+    println!("created_at: {}", time(k.created_at));
+    println!("next_rotation_at: {}", time(k.next_rotation_at));
+    if k.delete_at > 0 {
+        println!("delete_at: {}", time(k.delete_at));
     }
+    if let Some(p) = &k.policy {
+        println!(
+            "policy: rotation_period={}s max_encryptions_per_version={} min_decryption_version={} \
+             min_encryption_version={} deletion_allowed={} manual_rotation_resets_schedule={}",
+            p.rotation_period_seconds.unwrap_or(0),
+            p.max_encryptions_per_version.unwrap_or(0),
+            p.min_decryption_version.unwrap_or(0),
+            p.min_encryption_version.unwrap_or(0),
+            p.deletion_allowed.unwrap_or(false),
+            p.manual_rotation_resets_schedule.unwrap_or(false)
+        );
+    }
+    for v in &k.versions {
+        println!(
+            "version {}: {} created_at={}",
+            v.version,
+            state_name(v.state),
+            time(v.created_at)
+        );
+    }
+    for e in &k.rotations {
+        let reason = proto::RotationReason::try_from(e.reason)
+            .map(|r| r.as_str_name())
+            .unwrap_or("UNKNOWN");
+        println!(
+            "rotation: {} v{} -> v{} ({reason})",
+            time(e.at),
+            e.from_version,
+            e.to_version
+        );
+    }
+}
+
+fn print_versions(k: &proto::KeyInfo) {
+    println!(
+        "{:>7}  {:<26} {:>12} {:>12}  {:<20} {:<20} {}",
+        "VERSION", "STATE", "ENCRYPTIONS", "DECRYPTIONS", "LAST_USED", "CREATED", "DESTROY_AT"
+    );
+    for v in &k.versions {
+        println!(
+            "{:>7}  {:<26} {:>12} {:>12}  {:<20} {:<20} {}",
+            v.version,
+            state_name(v.state),
+            v.encryptions,
+            v.decryptions,
+            time(v.last_used_at),
+            time(v.created_at),
+            time(v.destroy_at)
+        );
+    }
+}
+
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+fn unb64(text: &[u8]) -> Result<Vec<u8>, String> {
+    base64::engine::general_purpose::STANDARD
+        .decode(String::from_utf8_lossy(text).trim())
+        .map_err(|_| "the ciphertext is not valid base64".to_string())
+}
+
+fn bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})") {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(what.to_owned());
+    pb
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
     let channel = client::connect(&settings(&cli)?).await.map_err(|e| e.0)?;
     let mut keys = proto::keys_client::KeysClient::new(channel.clone());
     let mut crypto = proto::crypto_client::CryptoClient::new(channel);
+    let secs = |d: Option<std::time::Duration>| d.map_or(0, |d| d.as_secs());
     match cli.cmd {
-        Cmd::Key(KeyCmd::Create { name }) => {
-            let k = keys
-                .create_key(proto::CreateKeyRequest { name, algorithm: 0 })
-                .await
-                .map_err(status_line)?;
-            print_key(k.get_ref());
-        }
-        Cmd::Key(KeyCmd::Show { name }) => {
-            let k = keys.get_key(proto::GetKeyRequest { name }).await.map_err(status_line)?;
-            print_key(k.get_ref());
-        }
-        Cmd::Key(KeyCmd::Rotate { name }) => {
-            let k = keys
-                .rotate_key(proto::RotateKeyRequest { name })
-                .await
-                .map_err(status_line)?;
-            print_key(k.get_ref());
-        }
-        Cmd::Key(KeyCmd::List { prefix }) => {
-            let mut page_token = String::new();
-            loop {
-                let r = keys
-                    .list_keys(proto::ListKeysRequest {
-                        page_size: 1000,
-                        page_token,
-                        prefix: prefix.clone(),
+        Cmd::Key(cmd) => {
+            let info = match cmd {
+                KeyCmd::Create { name, policy } => keys
+                    .create_key(proto::CreateKeyRequest {
+                        name,
+                        algorithm: 0,
+                        policy: Some(policy.to_proto()),
+                    })
+                    .await
+                    .map_err(status_line)?,
+                KeyCmd::Show { name } => keys.get_key(proto::GetKeyRequest { name }).await.map_err(status_line)?,
+                KeyCmd::Versions { name } => {
+                    let k = keys.get_key(proto::GetKeyRequest { name }).await.map_err(status_line)?;
+                    print_versions(k.get_ref());
+                    return Ok(());
+                }
+                KeyCmd::Rotate { name } => keys
+                    .rotate_key(proto::RotateKeyRequest { name })
+                    .await
+                    .map_err(status_line)?,
+                KeyCmd::Policy { name, policy } => keys
+                    .update_key_policy(proto::UpdateKeyPolicyRequest {
+                        name,
+                        policy: Some(policy.to_proto()),
+                    })
+                    .await
+                    .map_err(status_line)?,
+                KeyCmd::SetState { name, version, state } => {
+                    let state = match state.to_ascii_lowercase().replace('_', "-").as_str() {
+                        "decrypt-only" => proto::VersionState::DecryptOnly,
+                        "disabled" => proto::VersionState::Disabled,
+                        _ => return Err("state must be decrypt-only or disabled".into()),
+                    };
+                    keys.set_version_state(proto::SetVersionStateRequest {
+                        name,
+                        version,
+                        state: state as i32,
                     })
                     .await
                     .map_err(status_line)?
-                    .into_inner();
-                for n in r.names {
-                    println!("{n}");
                 }
-                if r.next_page_token.is_empty() {
-                    break;
+                KeyCmd::DestroyVersion { name, version, wait } => keys
+                    .schedule_version_destruction(proto::ScheduleVersionDestructionRequest {
+                        name,
+                        version,
+                        waiting_period_seconds: secs(wait),
+                    })
+                    .await
+                    .map_err(status_line)?,
+                KeyCmd::CancelDestroy { name, version } => keys
+                    .cancel_version_destruction(proto::CancelVersionDestructionRequest { name, version })
+                    .await
+                    .map_err(status_line)?,
+                KeyCmd::Delete { name, wait } => keys
+                    .schedule_key_deletion(proto::ScheduleKeyDeletionRequest {
+                        name,
+                        waiting_period_seconds: secs(wait),
+                    })
+                    .await
+                    .map_err(status_line)?,
+                KeyCmd::CancelDelete { name } => keys
+                    .cancel_key_deletion(proto::CancelKeyDeletionRequest { name })
+                    .await
+                    .map_err(status_line)?,
+                KeyCmd::List { prefix } => {
+                    let mut page_token = String::new();
+                    loop {
+                        let r = keys
+                            .list_keys(proto::ListKeysRequest {
+                                page_size: 1000,
+                                page_token,
+                                prefix: prefix.clone(),
+                            })
+                            .await
+                            .map_err(status_line)?
+                            .into_inner();
+                        for n in r.names {
+                            println!("{n}");
+                        }
+                        if r.next_page_token.is_empty() {
+                            return Ok(());
+                        }
+                        page_token = r.next_page_token;
+                    }
                 }
-                page_token = r.next_page_token;
-            }
+            };
+            print_key(info.get_ref());
         }
         Cmd::Encrypt { key, aad, data } => {
             let plaintext = read_input(&data)?;
@@ -185,16 +441,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                 })
                 .await
                 .map_err(status_line)?;
-            println!(
-                "{}",
-                base64::engine::general_purpose::STANDARD.encode(&r.get_ref().ciphertext)
-            );
+            println!("{}", b64(&r.get_ref().ciphertext));
         }
         Cmd::Decrypt { key, aad, data } => {
-            let text = read_input(&data)?;
-            let ciphertext = base64::engine::general_purpose::STANDARD
-                .decode(String::from_utf8_lossy(&text).trim())
-                .map_err(|_| "the ciphertext is not valid base64".to_string())?;
+            let ciphertext = unb64(&read_input(&data)?)?;
             let r = crypto
                 .decrypt(proto::DecryptRequest {
                     key,
@@ -206,6 +456,91 @@ async fn run(cli: Cli) -> Result<(), String> {
             std::io::stdout()
                 .write_all(&r.get_ref().plaintext)
                 .map_err(|e| format!("writing stdout: {e}"))?;
+        }
+        Cmd::Rewrap { key, aad, data } => {
+            let ciphertext = unb64(&read_input(&data)?)?;
+            let r = crypto
+                .rewrap(proto::RewrapRequest {
+                    key,
+                    ciphertext,
+                    associated_data: aad.into_bytes(),
+                })
+                .await
+                .map_err(status_line)?;
+            println!("{}", b64(&r.get_ref().ciphertext));
+        }
+        Cmd::Datakey {
+            key,
+            bits,
+            aad,
+            wrapped_only,
+        } => {
+            let req = proto::GenerateDataKeyRequest {
+                key,
+                bits,
+                associated_data: aad.into_bytes(),
+            };
+            let r = if wrapped_only {
+                crypto.generate_data_key_without_plaintext(req).await
+            } else {
+                crypto.generate_data_key(req).await
+            }
+            .map_err(status_line)?
+            .into_inner();
+            let mut out = serde_json::json!({"ciphertext": b64(&r.ciphertext), "key_version": r.key_version});
+            if !wrapped_only {
+                out["plaintext"] = serde_json::Value::String(b64(&r.plaintext));
+            }
+            println!("{out}");
+        }
+        Cmd::Backup { file } => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut stream = keys
+                .backup(proto::BackupRequest {})
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            let tmp = file.with_extension("partial");
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+            let mut pb: Option<indicatif::ProgressBar> = None;
+            let mut bytes = 0u64;
+            while let Some(chunk) = stream.message().await.map_err(status_line)? {
+                if chunk.total_records > 0 {
+                    pb = Some(bar(chunk.total_records, "backup"));
+                }
+                bytes += chunk.data.len() as u64;
+                f.write_all(&chunk.data)
+                    .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+            }
+            f.sync_all().map_err(|e| format!("syncing {}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, &file).map_err(|e| format!("renaming to {}: {e}", file.display()))?;
+            if let Some(pb) = pb {
+                pb.set_position(pb.length().unwrap_or(0));
+                pb.finish();
+            }
+            eprintln!("wrote {} ({bytes} bytes)", file.display());
+        }
+        Cmd::Restore { file } => {
+            let data = std::fs::read(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+            let pb = bar(data.len() as u64, "upload");
+            let chunks: Vec<proto::RestoreChunk> = data
+                .chunks(1 << 20)
+                .map(|c| proto::RestoreChunk { data: c.to_vec() })
+                .collect();
+            let pbc = pb.clone();
+            let stream = tokio_stream::iter(chunks).map(move |c| {
+                pbc.inc(c.data.len() as u64);
+                c
+            });
+            let r = keys.restore(stream).await.map_err(status_line)?.into_inner();
+            pb.finish();
+            println!("restored {} records ({} keys)", r.records, r.keys);
         }
     }
     Ok(())

@@ -40,6 +40,24 @@ enum Cmd {
         #[arg(long)]
         master_key: PathBuf,
     },
+    /// Re-seal every stored record under a new master key (offline; resumable).
+    /// While it is incomplete, set store.previous_master_key to the old key.
+    Rekey {
+        /// TOML configuration (its master key is the current one).
+        #[arg(long)]
+        config: PathBuf,
+        /// The new master key file (make one with `kmsd init`).
+        #[arg(long)]
+        new_master_key: PathBuf,
+    },
+    /// Restore a snapshot from `kmsctl backup` into an empty store (offline).
+    Restore {
+        /// TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// Snapshot file.
+        file: PathBuf,
+    },
     /// Validate a configuration file and report every problem.
     CheckConfig {
         /// TOML configuration.
@@ -78,6 +96,63 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
+fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})") {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(what.to_owned());
+    pb
+}
+
+fn offline(config: &std::path::Path, f: impl FnOnce(&Config) -> Result<(), String>) -> ExitCode {
+    init_tracing(LogFormat::Text);
+    match Config::load(config).map_err(|e| e.to_string()).and_then(|c| f(&c)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn rekey(cfg: &Config, new_key: &std::path::Path) -> Result<(), String> {
+    use kmsd_keystore::{MasterKey, Sealer};
+    let old = kmsd::server::sealer(cfg).map_err(|e| e.to_string())?;
+    let old_key = MasterKey::load(&cfg.master_key_path().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let new = MasterKey::load(new_key).map_err(|e| e.to_string())?;
+    let mut sealer = Sealer::new(new).with_previous(old_key);
+    if let Some(prev) = &cfg.store.previous_master_key {
+        // resuming: the configured key may already be the new one
+        sealer = sealer.with_previous(MasterKey::load(prev).map_err(|e| e.to_string())?);
+    }
+    let store = kmsd::server::open_store(cfg).map_err(|e| e.to_string())?;
+    let pb = progress(0, "rekey");
+    let (resealed, current) = kmsd_keystore::backup::rekey(store.as_ref(), &sealer, &mut |done, total| {
+        pb.set_length(total);
+        pb.set_position(done);
+    })
+    .map_err(|e| e.to_string())?;
+    pb.finish();
+    println!(
+        "rekey complete: {resealed} records re-sealed, {current} already under the new key (old key id {}, new key id {}).",
+        old.key_id_hex(),
+        sealer.key_id_hex()
+    );
+    println!("Point store.master_key at the new key and remove store.previous_master_key.");
+    Ok(())
+}
+
+fn restore(cfg: &Config, file: &std::path::Path) -> Result<(), String> {
+    let sealer = kmsd::server::sealer(cfg).map_err(|e| e.to_string())?;
+    let store = kmsd::server::open_store(cfg).map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+    let records = kmsd_keystore::backup::read_snapshot(&bytes, &sealer).map_err(|e| format!("backup rejected: {e}"))?;
+    let pb = progress(records.len() as u64, "restore");
+    let n = kmsd_keystore::backup::restore_snapshot(store.as_ref(), &records, &mut |done, _| pb.set_position(done))
+        .map_err(|e| e.to_string())?;
+    pb.finish();
+    println!("restored {n} records from {}", file.display());
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (config, dev) = match cli.cmd {
@@ -90,6 +165,8 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             };
         }
+        Cmd::Rekey { config, new_master_key } => return offline(&config, |cfg| rekey(cfg, &new_master_key)),
+        Cmd::Restore { config, file } => return offline(&config, |cfg| restore(cfg, &file)),
         Cmd::CheckConfig { file } => {
             return match Config::load(&file) {
                 Ok(_) => {
