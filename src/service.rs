@@ -542,21 +542,20 @@ impl proto::keys_server::Keys for KeysService {
         let peer = identity(&req)?;
         let mut stream = req.into_inner();
         let mut bytes = Vec::new();
+        let mut too_large = false;
         while let Some(chunk) = stream.message().await? {
             if bytes.len() + chunk.data.len() > MAX_RESTORE_BYTES {
-                return Err(finish::<()>(
-                    &peer,
-                    "restore",
-                    "",
-                    started,
-                    Err(Error::TooLarge(format!("backup larger than {MAX_RESTORE_BYTES} bytes"))),
-                )
-                .unwrap_err());
+                too_large = true;
+                break;
             }
             bytes.extend_from_slice(&chunk.data);
         }
         let keys = self.keys.clone();
-        let result = blocking(move || keys.restore(&bytes)).await;
+        let result = if too_large {
+            Err(Error::TooLarge(format!("backup larger than {MAX_RESTORE_BYTES} bytes")))
+        } else {
+            blocking(move || keys.restore(&bytes)).await
+        };
         let (records, keys) = finish(&peer, "restore", "", started, result)?;
         Ok(Response::new(proto::RestoreResponse { records, keys }))
     }
