@@ -301,8 +301,8 @@ fn print_key(k: &proto::KeyInfo) {
 
 fn print_versions(k: &proto::KeyInfo) {
     println!(
-        "{:>7}  {:<26} {:>12} {:>12}  {:<20} {:<20} {}",
-        "VERSION", "STATE", "ENCRYPTIONS", "DECRYPTIONS", "LAST_USED", "CREATED", "DESTROY_AT"
+        "{:>7}  {:<26} {:>12} {:>12}  {:<20} {:<20} DESTROY_AT",
+        "VERSION", "STATE", "ENCRYPTIONS", "DECRYPTIONS", "LAST_USED", "CREATED"
     );
     for v in &k.versions {
         println!(
