@@ -228,6 +228,18 @@ impl Keys {
     /// Replaces the cached snapshot (keeping live counters) and the
     /// scheduler's deadline for the ring.
     fn install(&self, ring: &KeyRing) -> Arc<CachedRing> {
+        self.install_with(ring, None)
+    }
+
+    /// Installs a ring whose version `fresh` was just created by this
+    /// process: its count starts at zero. Every other version first seen
+    /// here starts at its durable reservation (it may have been used up to
+    /// that before a crash).
+    fn install_new(&self, ring: &KeyRing, fresh: u32) -> Arc<CachedRing> {
+        self.install_with(ring, Some(fresh))
+    }
+
+    fn install_with(&self, ring: &KeyRing, fresh: Option<u32>) -> Arc<CachedRing> {
         let name = ring.name.to_string();
         let old = self.cache.get(&name).map(|e| e.value().clone());
         if let Some(old) = &old {
@@ -244,8 +256,13 @@ impl Keys {
                     .and_then(|o| o.version(v.version))
                     .map(|cv| cv.counters.clone())
                     .unwrap_or_else(|| {
+                        let used = if fresh == Some(v.version) {
+                            0
+                        } else {
+                            v.encryptions_reserved
+                        };
                         Arc::new(Counters {
-                            used: AtomicU64::new(v.encryptions_reserved),
+                            used: AtomicU64::new(used),
                             decryptions: AtomicU64::new(v.decryptions),
                             last_used: AtomicI64::new(v.last_used_at.unwrap_or(0)),
                             ..Counters::default()
@@ -442,7 +459,10 @@ impl Keys {
             pre_reserve(r);
             Ok(Some(v))
         })?;
-        self.install(&ring);
+        match rotated {
+            Some(to) => self.install_new(&ring, to),
+            None => self.install(&ring),
+        };
         if let Some(to) = rotated {
             tracing::info!(key = name, from = version, to, reason = "usage", "key rotated");
         }
@@ -564,7 +584,7 @@ impl Keys {
             kmsd_keystore::Error::Conflict { name, .. } => Error::KeyExists(name),
             other => other.into(),
         })?;
-        self.install(&ring);
+        self.install_new(&ring, 1);
         tracing::info!(key = name, "key created");
         Ok(ring)
     }
@@ -600,7 +620,8 @@ impl Keys {
         let wl = self.write_lock(name);
         let _g = lock(&wl);
         let (ring, out) = self.rings.update(&key, f)?;
-        self.install(&ring);
+        // A primary this process has not seen was created by `f` here.
+        self.install_new(&ring, ring.primary);
         Ok((ring, out))
     }
 
