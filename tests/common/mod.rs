@@ -211,6 +211,12 @@ impl Daemon {
         self.spawn(&self.dir.join("kmsd.toml"));
     }
 
+    /// Starts again after `stop`/`kill`.
+    pub fn restart_after_stop(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        self.spawn(&self.dir.join("kmsd.toml"));
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
