@@ -26,6 +26,20 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: Log,
+    /// Prometheus metrics.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `unix:/path` or a loopback `host:port`; unset = no metrics listener.
+    pub listen: Option<String>,
+    /// Label per-key series (next rotation) with key names. Off by default:
+    /// key names can be sensitive.
+    pub key_labels: bool,
 }
 
 /// Listeners.
@@ -83,6 +97,9 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// Items in one batch call (default 10,000).
     pub max_batch_items: usize,
+    /// On SIGTERM, in-flight calls get this long to finish (default 10 s).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -94,6 +111,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(30),
             max_concurrent_streams: 256,
             max_batch_items: 10_000,
+            shutdown_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -190,6 +208,22 @@ impl Config {
         }
         for addr in &self.listen.tcp {
             check_internal(addr)?;
+        }
+        if let Some(m) = &self.metrics.listen {
+            if let Some(path) = m.strip_prefix("unix:") {
+                if path.is_empty() {
+                    return Err(ConfigError::Invalid("metrics.listen: empty unix socket path".into()));
+                }
+            } else {
+                let addr: SocketAddr = m.parse().map_err(|_| {
+                    ConfigError::Invalid(format!("metrics.listen: {m:?} is not unix:/path or host:port"))
+                })?;
+                if !addr.ip().is_loopback() {
+                    return Err(ConfigError::Invalid(format!(
+                        "refusing metrics on {addr}: only a Unix socket or a loopback address is allowed"
+                    )));
+                }
+            }
         }
         if self.limits.max_message_bytes < 1024 {
             return Err(ConfigError::Invalid(

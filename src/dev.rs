@@ -180,6 +180,10 @@ pub fn setup(dir: &Path, tcp: Option<SocketAddr>) -> Result<(Config, DevPaths), 
         },
         limits: Limits::default(),
         log: Log::default(),
+        metrics: crate::config::MetricsConfig {
+            listen: Some(format!("unix:{}", p("metrics.sock").display())),
+            key_labels: false,
+        },
     };
     config.validate().map_err(|x| e("dev config", x))?;
     let paths = DevPaths {

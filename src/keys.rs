@@ -138,6 +138,19 @@ pub struct Keys {
     clock: Arc<dyn Clock>,
     /// Dev mode relaxes minimum periods.
     dev_mode: bool,
+    /// Rotations since start, by reason (manual, scheduled, usage).
+    rotations: [AtomicU64; 3],
+}
+
+/// Counts for metrics and status.
+#[derive(Debug, Clone, Default)]
+pub struct KeyStats {
+    /// Key rings.
+    pub keys: u64,
+    /// Versions by state, in `VersionState` order.
+    pub versions_by_state: [u64; 5],
+    /// Rotations since start: manual, scheduled, usage.
+    pub rotations_by_reason: [u64; 3],
 }
 
 #[derive(Default)]
@@ -170,6 +183,7 @@ impl Keys {
             schedule_changed: tokio::sync::Notify::new(),
             clock,
             dev_mode,
+            rotations: Default::default(),
         };
         let failures = keys.rings.load_all(|ring| {
             keys.install(&ring);
@@ -314,6 +328,52 @@ impl Keys {
                 self.schedule_changed.notify_one();
             }
         }
+    }
+
+    /// Counts for metrics and status (walks the cache; not for the data path).
+    pub fn stats(&self) -> KeyStats {
+        let mut s = KeyStats {
+            keys: self.cache.len() as u64,
+            ..KeyStats::default()
+        };
+        for r in self.cache.iter() {
+            for v in &r.value().versions {
+                let i = match v.state {
+                    VersionState::Active => 0,
+                    VersionState::DecryptOnly => 1,
+                    VersionState::Disabled => 2,
+                    VersionState::ScheduledForDestruction => 3,
+                    VersionState::Destroyed => 4,
+                };
+                if let Some(n) = s.versions_by_state.get_mut(i) {
+                    *n += 1;
+                }
+            }
+        }
+        for (out, c) in s.rotations_by_reason.iter_mut().zip(&self.rotations) {
+            *out = c.load(Ordering::Relaxed);
+        }
+        s
+    }
+
+    fn count_rotation(&self, reason: RotationReason) {
+        let i = match reason {
+            RotationReason::Manual => 0,
+            RotationReason::Scheduled => 1,
+            RotationReason::Usage => 2,
+        };
+        if let Some(c) = self.rotations.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Every scheduled deadline, by key.
+    pub fn scheduled(&self) -> Vec<(String, UnixTime)> {
+        lock(&self.schedule)
+            .by_name
+            .iter()
+            .map(|(n, t)| (n.clone(), *t))
+            .collect()
     }
 
     /// The earliest scheduled deadline (rotation or destruction).
@@ -464,6 +524,7 @@ impl Keys {
             None => self.install(&ring),
         };
         if let Some(to) = rotated {
+            self.count_rotation(RotationReason::Usage);
             tracing::info!(key = name, from = version, to, reason = "usage", "key rotated");
         }
         Ok(())
@@ -633,6 +694,7 @@ impl Keys {
             pre_reserve(r);
             Ok(v)
         })?;
+        self.count_rotation(reason);
         tracing::info!(key = name, from = new_version - 1, to = new_version, reason = ?reason, "key rotated");
         Ok(ring)
     }
@@ -703,6 +765,7 @@ impl Keys {
             Ok((rotated, r.destroy_due(now)))
         })?;
         if let Some((from, to)) = rotated {
+            self.count_rotation(RotationReason::Scheduled);
             tracing::info!(key = name, from, to, reason = "scheduled", "key rotated");
         }
         for v in destroyed {

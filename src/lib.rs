@@ -13,10 +13,14 @@
 //!   graceful shutdown.
 //! - [`client`]: the mTLS gRPC client used by `kmsctl`, tests and benches.
 //! - [`dev`]: the embedded dev setup (dev CA, certificates, master key).
+//! - [`metrics`]: Prometheus metrics (atomics; internal-only listener).
+//! - [`notify`]: the systemd notification protocol.
+//! - [`os`]: the one module with `unsafe`: prctl, rlimits, mlock,
+//!   sockets passed by systemd.
 //! - [`error`]: the daemon's error type and its one mapping to gRPC status.
 //!
 //! Dependencies point one way: server → service → keys, crypto → keystore.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod client;
 pub mod config;
@@ -24,6 +28,10 @@ pub mod crypto;
 pub mod dev;
 pub mod error;
 pub mod keys;
+pub mod metrics;
+pub mod metrics_http;
+pub mod notify;
+pub mod os;
 pub mod server;
 pub mod service;
 pub mod tls;

@@ -1,13 +1,19 @@
-//! Start-up and shutdown of the daemon.
+//! Start-up, reload and shutdown of the daemon.
 //!
-//! Order matters: the AEAD self-test runs first, then the master key is
-//! loaded and the store opened and loaded into memory, and only then do
-//! listeners accept connections. Shutdown stops accepting, lets in-flight
-//! calls finish, and syncs the store.
+//! Order matters: the AEAD self-test runs first; then the listeners are
+//! taken (from systemd socket activation, or bound from the config) and
+//! gRPC is served with health NOT_SERVING; then the master key is loaded
+//! and the store opened and loaded into memory; only then do health and
+//! systemd hear READY. SIGHUP reloads the TLS files (new handshakes use
+//! them; established connections keep theirs); a bad file is refused and
+//! the old configuration stays. SIGTERM stops accepting, lets in-flight
+//! calls finish within `limits.shutdown_timeout`, syncs the store and exits.
 use crate::config::Config;
 use crate::keys::Keys;
+use crate::metrics::Metrics;
+use crate::notify::notify;
 use crate::proto;
-use crate::service::{CryptoService, KeysService};
+use crate::service::{CryptoService, KeysService, Shared};
 use crate::tls::{self, Acceptor, RawStream};
 use kmsd_keystore::{KeyStore, MasterKey, RingStore, Sealer, SledStore, SystemClock};
 use std::future::Future;
@@ -16,6 +22,7 @@ use std::sync::{Arc, RwLock};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
 
 /// A start-up failure, with what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +62,7 @@ pub fn open_keys(config: &Config) -> Result<Arc<Keys>, StartError> {
 
 /// Binds the configured Unix socket, replacing a stale socket file but
 /// never one a running daemon still answers on.
-fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {
+fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(StartError(format!("{} is in use by another process", path.display())));
@@ -66,13 +73,9 @@ fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {
         std::fs::create_dir_all(dir).map_err(|e| err(&format!("creating {}", dir.display()), e))?;
     }
     let l = UnixListener::bind(path).map_err(|e| err(&format!("binding {}", path.display()), e))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // Owner and group only: clients are admitted by group membership
-        // (and, always, by their certificate).
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-            .map_err(|e| err(&format!("chmod {}", path.display()), e))?;
-    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| err(&format!("chmod {}", path.display()), e))?;
     Ok(l)
 }
 
@@ -92,85 +95,167 @@ fn map_size_status<B>(mut resp: http::Response<B>) -> http::Response<B> {
     resp
 }
 
-/// Runs the daemon until `shutdown` completes.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
-    kmsd_keystore::aead::self_test()
-        .map_err(|e| StartError(format!("AEAD self-test failed, refusing to start: {e}")))?;
-    tracing::info!("AEAD self-test passed");
-    let keys = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || open_keys(&config))
-            .await
-            .map_err(|e| err("start-up", e))??
-    };
-    tracing::info!(keys = keys.len(), store = %config.store.path.display(), "key store opened");
-    let tls_config = tls::server_config(&config.tls).map_err(|e| err("TLS", e))?;
+/// A listener the gRPC server accepts from.
+enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
 
-    let (conn_tx, conn_rx) = mpsc::channel(128);
-    let acceptor = Acceptor {
-        config: Arc::new(RwLock::new(tls_config)),
-        permits: Arc::new(Semaphore::new(config.limits.max_connections)),
-        limits: config.limits.clone(),
-        out: conn_tx,
-    };
-    let (stop_tx, stop_rx) = watch::channel(false);
-
-    if let Some(path) = &config.listen.unix {
-        let listener = bind_unix(path)?;
-        tracing::info!(socket = %path.display(), "listening (unix, mTLS)");
-        let acceptor = acceptor.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    r = listener.accept() => match r {
-                        Ok((s, _)) => acceptor.admit(RawStream::Unix(s), "unix".into()).await,
-                        Err(e) => { tracing::warn!(error = %e, "accept failed"); tokio::time::sleep(std::time::Duration::from_millis(50)).await; }
-                    }
-                }
+/// Takes listeners from systemd socket activation, or binds the
+/// configured ones. TCP addresses are checked to be internal either way.
+fn listeners(config: &Config) -> Result<Vec<Listener>, StartError> {
+    let passed = crate::os::listen_fds();
+    let mut out = Vec::new();
+    if !passed.is_empty() {
+        for p in passed {
+            if p.unix {
+                let std_l = std::os::unix::net::UnixListener::from(p.fd);
+                std_l.set_nonblocking(true).map_err(|e| err("socket activation", e))?;
+                let l = UnixListener::from_std(std_l).map_err(|e| err("socket activation", e))?;
+                tracing::info!(name = %p.name, "listening on socket-activated Unix socket (mTLS)");
+                out.push(Listener::Unix(l));
+            } else {
+                let std_l = std::net::TcpListener::from(p.fd);
+                let addr = std_l.local_addr().map_err(|e| err("socket activation", e))?;
+                crate::config::check_internal(&addr).map_err(|e| err("socket activation", e))?;
+                std_l.set_nonblocking(true).map_err(|e| err("socket activation", e))?;
+                let l = TcpListener::from_std(std_l).map_err(|e| err("socket activation", e))?;
+                tracing::info!(%addr, name = %p.name, "listening on socket-activated TCP socket (mTLS)");
+                out.push(Listener::Tcp(l));
             }
-        });
+        }
+        return Ok(out);
+    }
+    if let Some(path) = &config.listen.unix {
+        out.push(Listener::Unix(bind_unix(path, 0o660)?));
+        tracing::info!(socket = %path.display(), "listening (unix, mTLS)");
     }
     for addr in &config.listen.tcp {
         crate::config::check_internal(addr).map_err(|e| err("listen", e))?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| err(&format!("binding {addr}"), e))?;
+        let std_l = std::net::TcpListener::bind(addr).map_err(|e| err(&format!("binding {addr}"), e))?;
+        std_l.set_nonblocking(true).map_err(|e| err("listen", e))?;
+        out.push(Listener::Tcp(
+            TcpListener::from_std(std_l).map_err(|e| err("listen", e))?,
+        ));
         tracing::info!(%addr, "listening (tcp, mTLS)");
-        let acceptor = acceptor.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    r = listener.accept() => match r {
-                        Ok((s, peer)) => {
+    }
+    Ok(out)
+}
+
+fn spawn_accept_loop(listener: Listener, acceptor: Acceptor, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.changed() => break,
+                r = async {
+                    match &listener {
+                        Listener::Unix(l) => l.accept().await.map(|(s, _)| (RawStream::Unix(s), "unix".to_string())),
+                        Listener::Tcp(l) => l.accept().await.map(|(s, peer)| {
                             let _ = s.set_nodelay(true);
-                            acceptor.admit(RawStream::Tcp(s), peer.to_string()).await
-                        }
-                        Err(e) => { tracing::warn!(error = %e, "accept failed"); tokio::time::sleep(std::time::Duration::from_millis(50)).await; }
+                            (RawStream::Tcp(s), peer.to_string())
+                        }),
                     }
+                } => r,
+            };
+            match accepted {
+                Ok((s, peer)) => acceptor.admit(s, peer).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             }
-        });
+        }
+    });
+}
+
+/// Signals the daemon reacts to.
+pub struct Signals {
+    /// Completes on SIGTERM/SIGINT.
+    pub shutdown: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Yields on SIGHUP.
+    pub reload: mpsc::Receiver<()>,
+}
+
+impl Signals {
+    /// SIGTERM/SIGINT and SIGHUP from the OS.
+    pub fn from_os() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (tx, rx) = mpsc::channel(4);
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    if tx.send(()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let shutdown = async {
+            match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {},
+                        _ = int.recv() => {},
+                    }
+                }
+                _ => std::future::pending::<()>().await,
+            }
+        };
+        Signals {
+            shutdown: Box::pin(shutdown),
+            reload: rx,
+        }
+    }
+}
+
+/// Runs the daemon until the shutdown signal.
+pub async fn run(config: Config, signals: Signals) -> Result<(), StartError> {
+    notify("STATUS=self-test");
+    kmsd_keystore::aead::self_test()
+        .map_err(|e| StartError(format!("AEAD self-test failed, refusing to start: {e}")))?;
+    tracing::info!("AEAD self-test passed");
+    let tls_config = Arc::new(RwLock::new(tls::server_config(&config.tls).map_err(|e| err("TLS", e))?));
+    let metrics = Arc::new(Metrics::default());
+    let shared = Arc::new(Shared {
+        keys: std::sync::OnceLock::new(),
+        metrics: metrics.clone(),
+    });
+
+    let (conn_tx, conn_rx) = mpsc::channel(128);
+    let acceptor = Acceptor {
+        config: tls_config.clone(),
+        permits: Arc::new(Semaphore::new(config.limits.max_connections)),
+        limits: config.limits.clone(),
+        metrics: metrics.clone(),
+        out: conn_tx,
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    for l in listeners(&config)? {
+        spawn_accept_loop(l, acceptor.clone(), stop_rx.clone());
     }
     drop(acceptor);
+    if let Some(m) = &config.metrics.listen {
+        crate::metrics_http::serve(m, shared.clone(), config.metrics.key_labels, stop_rx.clone())
+            .await
+            .map_err(|e| err("metrics listener", e))?;
+    }
 
     let max = config.limits.max_message_bytes;
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<proto::crypto_server::CryptoServer<CryptoService>>()
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
-    health_reporter
-        .set_serving::<proto::keys_server::KeysServer<KeysService>>()
+    health
+        .set_not_serving::<proto::crypto_server::CryptoServer<CryptoService>>()
+        .await;
+    health
+        .set_not_serving::<proto::keys_server::KeysServer<KeysService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| err("reflection", e))?;
-
     let server = tonic::transport::Server::builder()
         .timeout(config.limits.request_timeout)
         .max_concurrent_streams(config.limits.max_concurrent_streams)
@@ -178,44 +263,131 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .layer(tower::util::MapResponseLayer::new(map_size_status))
         .add_service(
             proto::crypto_server::CryptoServer::new(CryptoService {
-                keys: keys.clone(),
+                shared: shared.clone(),
                 max_batch_items: config.limits.max_batch_items,
             })
             .max_decoding_message_size(max)
             .max_encoding_message_size(max.saturating_add(crate::crypto::OVERHEAD + 64)),
         )
         .add_service(
-            proto::keys_server::KeysServer::new(KeysService { keys: keys.clone() })
+            proto::keys_server::KeysServer::new(KeysService { shared: shared.clone() })
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
         .add_service(health_service)
         .add_service(reflection);
 
+    let (graceful_tx, graceful_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(async move {
+        server
+            .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx).map(Ok::<_, std::io::Error>), async move {
+                let _ = graceful_rx.await;
+            })
+            .await
+    });
+
+    // Load the store while health says NOT_SERVING.
+    notify("STATUS=loading the key store");
+    if config.dev_mode {
+        if let Some(ms) = std::env::var("KMSD_DANGER_DEV_STARTUP_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+    }
+    let keys = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || open_keys(&config))
+            .await
+            .map_err(|e| err("start-up", e))??
+    };
+    tracing::info!(keys = keys.len(), store = %config.store.path.display(), "key store opened");
+    let _ = shared.keys.set(keys.clone());
     tokio::spawn(scheduler(keys.clone(), stop_rx.clone()));
     tokio::spawn(usage_flusher(keys.clone(), stop_rx.clone()));
-
-    tracing::info!("kmsd ready");
-    let result = server
-        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx).map(Ok::<_, std::io::Error>), async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections; finishing in-flight calls");
-            let _ = stop_tx.send(true);
-        })
+    if let Some(interval) = crate::notify::watchdog_interval() {
+        tokio::spawn(watchdog(interval / 2, stop_rx.clone()));
+    }
+    health
+        .set_serving::<proto::crypto_server::CryptoServer<CryptoService>>()
         .await;
+    health
+        .set_serving::<proto::keys_server::KeysServer<KeysService>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let status = format!("serving {} keys", keys.len());
+    notify(&format!("READY=1\nSTATUS={status}"));
+    tracing::info!("kmsd ready");
+
+    let Signals { shutdown, mut reload } = signals;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(()) = reload.recv() => {
+                notify("RELOADING=1\nSTATUS=reloading");
+                match tls::server_config(&config.tls) {
+                    Ok(new) => {
+                        if let Ok(mut cur) = tls_config.write() {
+                            *cur = new;
+                        }
+                        metrics.reloads_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::info!("reloaded TLS certificate, key and client CA");
+                    }
+                    Err(e) => {
+                        metrics.reloads_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::error!(error = %e, "reload refused; the previous TLS configuration stays in force");
+                    }
+                }
+                notify(&format!("READY=1\nSTATUS={status}"));
+            }
+        }
+    }
+
+    notify("STOPPING=1\nSTATUS=stopping");
+    tracing::info!("shutting down: no new connections; finishing in-flight calls");
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let _ = stop_tx.send(true);
+    let _ = graceful_tx.send(());
+    let result = match tokio::time::timeout(config.limits.shutdown_timeout, serving).await {
+        Ok(Ok(r)) => r.map_err(|e| err("gRPC server", e)),
+        Ok(Err(e)) => Err(err("gRPC server task", e)),
+        Err(_) => {
+            tracing::warn!(timeout = ?config.limits.shutdown_timeout, "in-flight calls did not finish in time; closing");
+            Ok(())
+        }
+    };
     if let Some(path) = &config.listen.unix {
-        let _ = std::fs::remove_file(path);
+        if crate::os::listen_fds_were_passed() {
+            // systemd owns the socket file
+        } else {
+            let _ = std::fs::remove_file(path);
+        }
     }
-    let sync = tokio::task::spawn_blocking(move || keys.sync()).await;
-    if !matches!(sync, Ok(Ok(()))) {
-        tracing::error!("final store sync failed");
+    match tokio::task::spawn_blocking(move || keys.sync()).await {
+        Ok(Ok(())) => tracing::info!("store synced"),
+        _ => tracing::error!("final store sync failed"),
     }
-    result.map_err(|e| err("gRPC server", e))?;
+    result?;
     tracing::info!("stopped");
     Ok(())
 }
 
-use tokio_stream::StreamExt as _;
+/// Pings the systemd watchdog.
+async fn watchdog(every: std::time::Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        notify("WATCHDOG=1");
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
 
 /// Runs scheduled rotations and destructions at their second: sleeps
 /// until the earliest deadline (woken early when an earlier one appears),

@@ -4,6 +4,7 @@
 //! and map errors through the one `From<Error> for Status`.
 use crate::error::Error;
 use crate::keys::{Keys, Usage};
+use crate::metrics::Metrics;
 use crate::proto;
 use crate::tls::PeerIdentity;
 use kmsd_keystore::keyring::{KeyPolicy, RotationReason};
@@ -23,24 +24,49 @@ fn identity<T>(req: &Request<T>) -> Result<Arc<PeerIdentity>, Status> {
         .ok_or_else(|| Status::unauthenticated("no verified client certificate"))
 }
 
-/// Logs the outcome of one request and converts the error.
-fn finish<T>(
-    peer: &PeerIdentity,
-    op: &'static str,
-    key: &str,
-    started: Instant,
-    result: Result<T, Error>,
-) -> Result<T, Status> {
-    let micros = started.elapsed().as_micros() as u64;
-    match result {
-        Ok(v) => {
-            tracing::info!(identity = peer.id(), peer = %peer.peer_addr, op, key, code = "OK", micros, "request");
-            Ok(v)
-        }
-        Err(e) => {
-            let status = Status::from(e);
-            tracing::info!(identity = peer.id(), peer = %peer.peer_addr, op, key, code = ?status.code(), error = status.message(), micros, "request");
-            Err(status)
+/// State every service shares: the key rings (set once the store is
+/// loaded; until then calls answer UNAVAILABLE and health NOT_SERVING)
+/// and the metrics.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// The key rings, once loaded.
+    pub keys: std::sync::OnceLock<Arc<Keys>>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    /// The key rings, or UNAVAILABLE while starting.
+    pub fn keys(&self) -> Result<&Arc<Keys>, Status> {
+        self.keys
+            .get()
+            .ok_or_else(|| Status::unavailable("kmsd is starting: the key store is not loaded yet"))
+    }
+
+    /// Logs the outcome of one request, records its metrics, and converts
+    /// the error.
+    pub fn finish<T>(
+        &self,
+        peer: &PeerIdentity,
+        op: &'static str,
+        key: &str,
+        started: Instant,
+        result: Result<T, Error>,
+    ) -> Result<T, Status> {
+        let elapsed = started.elapsed();
+        let micros = elapsed.as_micros() as u64;
+        match result {
+            Ok(v) => {
+                self.metrics.observe(op, tonic::Code::Ok, elapsed);
+                tracing::info!(identity = peer.id(), peer = %peer.peer_addr, op, key, code = "OK", micros, "request");
+                Ok(v)
+            }
+            Err(e) => {
+                let status = Status::from(e);
+                self.metrics.observe(op, status.code(), elapsed);
+                tracing::info!(identity = peer.id(), peer = %peer.peer_addr, op, key, code = ?status.code(), error = status.message(), micros, "request");
+                Err(status)
+            }
         }
     }
 }
@@ -55,8 +81,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send
 /// `kmsd.v1.Crypto`.
 #[derive(Debug, Clone)]
 pub struct CryptoService {
-    /// The key rings.
-    pub keys: Arc<Keys>,
+    /// Shared state.
+    pub shared: Arc<Shared>,
     /// Most items accepted in one batch call.
     pub max_batch_items: usize,
 }
@@ -99,7 +125,7 @@ impl CryptoService {
         let started = Instant::now();
         let peer = identity(&req)?;
         let r = req.into_inner();
-        let keys = self.keys.clone();
+        let keys = self.shared.keys()?.clone();
         let (key, aad, bits) = (r.key.clone(), r.associated_data, r.bits);
         let result = blocking(move || {
             let len = match bits {
@@ -118,7 +144,9 @@ impl CryptoService {
             })
         })
         .await;
-        Ok(Response::new(finish(&peer, "datakey", &r.key, started, result)?))
+        Ok(Response::new(
+            self.shared.finish(&peer, "datakey", &r.key, started, result)?,
+        ))
     }
 }
 
@@ -128,8 +156,8 @@ impl proto::crypto_server::Crypto for CryptoService {
         let started = Instant::now();
         let peer = identity(&req)?;
         let r = req.into_inner();
-        let result = self.keys.encrypt(&r.key, &r.plaintext, &r.associated_data);
-        let e = finish(&peer, "encrypt", &r.key, started, result)?;
+        let result = self.shared.keys()?.encrypt(&r.key, &r.plaintext, &r.associated_data);
+        let e = self.shared.finish(&peer, "encrypt", &r.key, started, result)?;
         Ok(Response::new(proto::EncryptResponse {
             ciphertext: e.ciphertext,
             key_version: e.version,
@@ -140,8 +168,8 @@ impl proto::crypto_server::Crypto for CryptoService {
         let started = Instant::now();
         let peer = identity(&req)?;
         let r = req.into_inner();
-        let result = self.keys.decrypt(&r.key, &r.ciphertext, &r.associated_data);
-        let (plaintext, key_version) = finish(&peer, "decrypt", &r.key, started, result)?;
+        let result = self.shared.keys()?.decrypt(&r.key, &r.ciphertext, &r.associated_data);
+        let (plaintext, key_version) = self.shared.finish(&peer, "decrypt", &r.key, started, result)?;
         Ok(Response::new(proto::DecryptResponse { plaintext, key_version }))
     }
 
@@ -149,8 +177,10 @@ impl proto::crypto_server::Crypto for CryptoService {
         let started = Instant::now();
         let peer = identity(&req)?;
         let r = req.into_inner();
-        let result = Self::rewrap_one(&self.keys, &r);
-        Ok(Response::new(finish(&peer, "rewrap", &r.key, started, result)?))
+        let result = Self::rewrap_one(self.shared.keys()?, &r);
+        Ok(Response::new(
+            self.shared.finish(&peer, "rewrap", &r.key, started, result)?,
+        ))
     }
 
     async fn encrypt_batch(
@@ -161,11 +191,12 @@ impl proto::crypto_server::Crypto for CryptoService {
         let started = Instant::now();
         let peer = identity(&req)?;
         let r = req.into_inner();
+        let keys = self.shared.keys()?;
         let result = self.check_batch(r.items.len()).map(|()| {
             r.items
                 .iter()
                 .map(|it| proto::EncryptBatchItem {
-                    result: Some(match self.keys.encrypt(&it.key, &it.plaintext, &it.associated_data) {
+                    result: Some(match keys.encrypt(&it.key, &it.plaintext, &it.associated_data) {
                         Ok(e) => R::Ok(proto::EncryptResponse {
                             ciphertext: e.ciphertext,
                             key_version: e.version,
@@ -175,7 +206,7 @@ impl proto::crypto_server::Crypto for CryptoService {
                 })
                 .collect()
         });
-        let items = finish(&peer, "encrypt", "(batch)", started, result)?;
+        let items = self.shared.finish(&peer, "encrypt", "(batch)", started, result)?;
         Ok(Response::new(proto::EncryptBatchResponse { items }))
     }
 
@@ -187,18 +218,19 @@ impl proto::crypto_server::Crypto for CryptoService {
         let started = Instant::now();
         let peer = identity(&req)?;
         let r = req.into_inner();
+        let keys = self.shared.keys()?;
         let result = self.check_batch(r.items.len()).map(|()| {
             r.items
                 .iter()
                 .map(|it| proto::DecryptBatchItem {
-                    result: Some(match self.keys.decrypt(&it.key, &it.ciphertext, &it.associated_data) {
+                    result: Some(match keys.decrypt(&it.key, &it.ciphertext, &it.associated_data) {
                         Ok((plaintext, key_version)) => R::Ok(proto::DecryptResponse { plaintext, key_version }),
                         Err(e) => R::Error(item_error(e)),
                     }),
                 })
                 .collect()
         });
-        let items = finish(&peer, "decrypt", "(batch)", started, result)?;
+        let items = self.shared.finish(&peer, "decrypt", "(batch)", started, result)?;
         Ok(Response::new(proto::DecryptBatchResponse { items }))
     }
 
@@ -210,18 +242,19 @@ impl proto::crypto_server::Crypto for CryptoService {
         let started = Instant::now();
         let peer = identity(&req)?;
         let r = req.into_inner();
+        let keys = self.shared.keys()?;
         let result = self.check_batch(r.items.len()).map(|()| {
             r.items
                 .iter()
                 .map(|it| proto::RewrapBatchItem {
-                    result: Some(match Self::rewrap_one(&self.keys, it) {
+                    result: Some(match Self::rewrap_one(keys, it) {
                         Ok(ok) => R::Ok(ok),
                         Err(e) => R::Error(item_error(e)),
                     }),
                 })
                 .collect()
         });
-        let items = finish(&peer, "rewrap", "(batch)", started, result)?;
+        let items = self.shared.finish(&peer, "rewrap", "(batch)", started, result)?;
         Ok(Response::new(proto::RewrapBatchResponse { items }))
     }
 
@@ -243,8 +276,8 @@ impl proto::crypto_server::Crypto for CryptoService {
 /// `kmsd.v1.Keys`.
 #[derive(Debug, Clone)]
 pub struct KeysService {
-    /// The key rings.
-    pub keys: Arc<Keys>,
+    /// Shared state.
+    pub shared: Arc<Shared>,
 }
 
 fn policy_to_proto(p: &KeyPolicy) -> proto::KeyPolicy {
@@ -349,10 +382,10 @@ impl KeysService {
         f: impl FnOnce(&Keys, &str) -> Result<KeyRing, Error> + Send + 'static,
     ) -> Result<Response<proto::KeyInfo>, Status> {
         let started = Instant::now();
-        let keys = self.keys.clone();
+        let keys = self.shared.keys()?.clone();
         let n = name.clone();
         let result = blocking(move || f(&keys, &n).map(|ring| key_info(&ring, &keys.usage(&n)))).await;
-        Ok(Response::new(finish(peer, op, &name, started, result)?))
+        Ok(Response::new(self.shared.finish(peer, op, &name, started, result)?))
     }
 }
 
@@ -398,13 +431,13 @@ impl proto::keys_server::Keys for KeysService {
                 .map(Some)
                 .ok_or_else(|| Error::InvalidArgument("invalid page_token".into()))
         };
-        let keys = self.keys.clone();
+        let keys = self.shared.keys()?.clone();
         let prefix = r.prefix.clone();
         let result = match after {
             Ok(after) => blocking(move || keys.list(&prefix, after.as_deref(), limit)).await,
             Err(e) => Err(e),
         };
-        let names = finish(&peer, "key.read", &r.prefix, started, result)?;
+        let names = self.shared.finish(&peer, "key.read", &r.prefix, started, result)?;
         let next_page_token = match names.last() {
             Some(last) if names.len() == limit => hex::encode(last),
             _ => String::new(),
@@ -509,7 +542,7 @@ impl proto::keys_server::Keys for KeysService {
     async fn backup(&self, req: Request<proto::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
         let started = Instant::now();
         let peer = identity(&req)?;
-        let keys = self.keys.clone();
+        let keys = self.shared.keys()?.clone();
         let result = blocking(move || {
             keys.flush_usage()?;
             let rings = keys.ring_store();
@@ -519,7 +552,7 @@ impl proto::keys_server::Keys for KeysService {
             Ok((buf, total))
         })
         .await;
-        let (buf, total) = finish(&peer, "backup", "", started, result)?;
+        let (buf, total) = self.shared.finish(&peer, "backup", "", started, result)?;
         const CHUNK: usize = 1 << 20;
         let chunks: Vec<Result<proto::BackupChunk, Status>> = buf
             .chunks(CHUNK)
@@ -550,13 +583,13 @@ impl proto::keys_server::Keys for KeysService {
             }
             bytes.extend_from_slice(&chunk.data);
         }
-        let keys = self.keys.clone();
+        let keys = self.shared.keys()?.clone();
         let result = if too_large {
             Err(Error::TooLarge(format!("backup larger than {MAX_RESTORE_BYTES} bytes")))
         } else {
             blocking(move || keys.restore(&bytes)).await
         };
-        let (records, keys) = finish(&peer, "restore", "", started, result)?;
+        let (records, keys) = self.shared.finish(&peer, "restore", "", started, result)?;
         Ok(Response::new(proto::RestoreResponse { records, keys }))
     }
 }

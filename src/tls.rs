@@ -215,6 +215,8 @@ pub struct Acceptor {
     pub permits: Arc<Semaphore>,
     /// Limits (handshake timeout).
     pub limits: Limits,
+    /// Handshake failure counters.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Where authenticated connections go (to the gRPC server).
     pub out: mpsc::Sender<Conn>,
 }
@@ -225,6 +227,9 @@ impl Acceptor {
     /// within the timeout is dropped.
     pub async fn admit(&self, raw: RawStream, peer_addr: String) {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            self.metrics
+                .connections_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(peer = %peer_addr, "connection refused: connection limit reached");
             return;
         };
@@ -238,10 +243,16 @@ impl Acceptor {
             let tls = match tokio::time::timeout(this.limits.handshake_timeout, accept).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
+                    this.metrics
+                        .tls_handshake_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(peer = %peer_addr, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
+                    this.metrics
+                        .tls_handshake_timeouts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(peer = %peer_addr, "TLS handshake timed out; connection dropped");
                     return;
                 }

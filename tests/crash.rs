@@ -38,7 +38,8 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         }
     }
     // (key, plaintext, ciphertext) acknowledged by the daemon
-    let acked: Arc<Mutex<Vec<(String, Vec<u8>, Vec<u8>)>>> = Arc::default();
+    type Acked = Arc<Mutex<Vec<(String, Vec<u8>, Vec<u8>)>>>;
+    let acked: Acked = Arc::default();
     let mut max_count: HashMap<(String, u32), u64> = HashMap::new();
     let mut verified = 0;
     for round in 0..ROUNDS {

@@ -65,9 +65,24 @@ enum Cmd {
     },
 }
 
+/// Logs to journald when started by systemd with its journal connected
+/// (`JOURNAL_STREAM`), else to stderr as text or JSON.
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KMSD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::prelude::*;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("KMSD_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(journald) = tracing_journald::layer() {
+            tracing_subscriber::registry()
+                .with(filter())
+                .with(journald.with_syslog_identifier("kmsd".into()))
+                .init();
+            return;
+        }
+    }
+    let filter = filter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -75,19 +90,6 @@ fn init_tracing(format: LogFormat) {
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
-            }
-        }
-        _ => std::future::pending::<()>().await,
     }
 }
 
@@ -185,7 +187,17 @@ fn main() -> ExitCode {
             Err(e) => return fail(e),
         },
     };
+    let hardening = kmsd::os::harden();
     init_tracing(config.log.format);
+    tracing::info!(
+        non_dumpable = hardening.non_dumpable,
+        no_core_dumps = hardening.no_core,
+        memory_locked = hardening.memory_locked,
+        "process hardening"
+    );
+    if let Some(note) = &hardening.memory_note {
+        tracing::warn!("{note}");
+    }
     if let Some(p) = &dev {
         println!(
             "# kmsd dev setup in {} (DEV ONLY: dev CA and keys on disk)",
@@ -203,7 +215,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(format!("tokio runtime: {e}")),
     };
-    match rt.block_on(kmsd::server::run(config, shutdown_signal())) {
+    match rt.block_on(async { kmsd::server::run(config, kmsd::server::Signals::from_os()).await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "kmsd failed");

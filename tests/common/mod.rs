@@ -48,6 +48,8 @@ pub struct Daemon {
     pub tcp: Option<String>,
     pub log: PathBuf,
     pub child: Option<Child>,
+    /// Where this run's log starts (the log file is appended across restarts).
+    pub log_offset: usize,
 }
 
 pub fn free_port() -> u16 {
@@ -101,12 +103,14 @@ impl Daemon {
             tcp: Some(tcp),
             log: dir.join("kmsd.log"),
             child: None,
+            log_offset: 0,
         };
         d.spawn(&config);
         d
     }
 
     fn spawn(&mut self, config: &Path) {
+        self.log_offset = self.log_text().len();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -130,7 +134,12 @@ impl Daemon {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("kmsd exited during start-up ({status}); log:\n{}", self.log_text());
             }
-            if self.log_text().contains("kmsd ready") && std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+            let fresh = self
+                .log_text()
+                .get(self.log_offset..)
+                .unwrap_or_default()
+                .contains("kmsd ready");
+            if fresh && std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
                 return;
             }
             assert!(

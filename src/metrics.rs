@@ -1,0 +1,262 @@
+//! Prometheus metrics, kept in atomics (no lock on the request path) and
+//! rendered in the text exposition format on a separate, internal-only
+//! listener. Labels never carry secrets; key names appear only when the
+//! operator enables `metrics.key_labels`.
+use crate::keys::Keys;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Operation names used as the `method` label.
+pub const OPS: &[&str] = &[
+    "encrypt",
+    "decrypt",
+    "rewrap",
+    "datakey",
+    "mask",
+    "redact",
+    "tokenize",
+    "detokenize",
+    "key.read",
+    "key.create",
+    "key.rotate",
+    "key.policy",
+    "key.version_state",
+    "key.destroy",
+    "master.rekey",
+    "backup",
+    "restore",
+    "audit.read",
+    "approval",
+    "admin.reload",
+    "other",
+];
+
+/// gRPC status code names, indexed by code.
+const CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// Latency bucket upper bounds, seconds.
+const BUCKETS: [f64; 14] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
+
+/// A fixed-bucket histogram.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    /// Sum in nanoseconds.
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            if let Some(b) = self.buckets.get(i) {
+                b.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (b, n) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
+        );
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Every metric the daemon keeps.
+#[derive(Debug)]
+pub struct Metrics {
+    requests: Vec<[AtomicU64; 17]>,
+    latency: Vec<Histogram>,
+    /// TLS handshakes that failed (bad or missing client certificate, ...).
+    pub tls_handshake_failures: AtomicU64,
+    /// TLS handshakes dropped for taking too long.
+    pub tls_handshake_timeouts: AtomicU64,
+    /// Connections refused at the connection cap.
+    pub connections_refused: AtomicU64,
+    /// Audit record write latency (from enqueue to durable).
+    pub audit_write: Histogram,
+    /// Audit records that could not be written.
+    pub audit_write_failures: AtomicU64,
+    /// Configuration reloads, good and refused.
+    pub reloads_ok: AtomicU64,
+    /// Refused reloads (the old configuration stayed).
+    pub reloads_failed: AtomicU64,
+    /// Start time (Unix seconds).
+    pub started_at: i64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: OPS.iter().map(|_| Default::default()).collect(),
+            latency: OPS.iter().map(|_| Histogram::default()).collect(),
+            tls_handshake_failures: AtomicU64::new(0),
+            tls_handshake_timeouts: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+            audit_write: Histogram::default(),
+            audit_write_failures: AtomicU64::new(0),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            started_at: kmsd_keystore::Clock::now(&kmsd_keystore::SystemClock),
+        }
+    }
+}
+
+fn op_index(op: &str) -> usize {
+    OPS.iter().position(|o| *o == op).unwrap_or(OPS.len() - 1)
+}
+
+impl Metrics {
+    /// Records one finished request.
+    pub fn observe(&self, op: &str, code: tonic::Code, elapsed: std::time::Duration) {
+        let i = op_index(op);
+        if let Some(row) = self.requests.get(i) {
+            if let Some(c) = row.get(code as usize) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Some(h) = self.latency.get(i) {
+            h.observe(elapsed);
+        }
+    }
+
+    /// Renders the text exposition format.
+    pub fn render(&self, keys: Option<&Keys>, key_labels: bool) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        out.push_str(
+            "# HELP kmsd_requests_total Requests by method and gRPC status.\n# TYPE kmsd_requests_total counter\n",
+        );
+        for (op, row) in OPS.iter().zip(&self.requests) {
+            for (code, n) in CODES.iter().zip(row) {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(out, "kmsd_requests_total{{method=\"{op}\",code=\"{code}\"}} {n}");
+                }
+            }
+        }
+        out.push_str("# HELP kmsd_request_duration_seconds Request latency by method.\n# TYPE kmsd_request_duration_seconds histogram\n");
+        for (op, h) in OPS.iter().zip(&self.latency) {
+            if h.count.load(Ordering::Relaxed) > 0 {
+                h.render(&mut out, "kmsd_request_duration_seconds", &format!("method=\"{op}\""));
+            }
+        }
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter(
+            &mut out,
+            "kmsd_tls_handshake_failures_total",
+            "TLS handshakes that failed.",
+            self.tls_handshake_failures.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "kmsd_tls_handshake_timeouts_total",
+            "TLS handshakes dropped after the timeout.",
+            self.tls_handshake_timeouts.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "kmsd_connections_refused_total",
+            "Connections refused at the connection cap.",
+            self.connections_refused.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "kmsd_audit_write_failures_total",
+            "Audit records that could not be written.",
+            self.audit_write_failures.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "kmsd_reloads_total",
+            "Configuration reloads applied.",
+            self.reloads_ok.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "kmsd_reload_failures_total",
+            "Configuration reloads refused.",
+            self.reloads_failed.load(Ordering::Relaxed),
+        );
+        out.push_str("# HELP kmsd_audit_write_seconds Audit record latency until durable.\n# TYPE kmsd_audit_write_seconds histogram\n");
+        self.audit_write.render(&mut out, "kmsd_audit_write_seconds", "");
+        let _ = writeln!(out, "# HELP kmsd_start_time_seconds Start time.\n# TYPE kmsd_start_time_seconds gauge\nkmsd_start_time_seconds {}", self.started_at);
+        let _ = writeln!(
+            out,
+            "# HELP kmsd_ready Whether the daemon is serving.\n# TYPE kmsd_ready gauge\nkmsd_ready {}",
+            u8::from(keys.is_some())
+        );
+        if let Some(keys) = keys {
+            let s = keys.stats();
+            let _ = writeln!(
+                out,
+                "# HELP kmsd_keys Key rings.\n# TYPE kmsd_keys gauge\nkmsd_keys {}",
+                s.keys
+            );
+            out.push_str("# HELP kmsd_key_versions Key versions by state.\n# TYPE kmsd_key_versions gauge\n");
+            for (state, n) in [
+                "ACTIVE",
+                "DECRYPT_ONLY",
+                "DISABLED",
+                "SCHEDULED_FOR_DESTRUCTION",
+                "DESTROYED",
+            ]
+            .iter()
+            .zip(s.versions_by_state)
+            {
+                let _ = writeln!(out, "kmsd_key_versions{{state=\"{state}\"}} {n}");
+            }
+            out.push_str("# HELP kmsd_rotations_total Rotations by reason.\n# TYPE kmsd_rotations_total counter\n");
+            for (reason, n) in ["manual", "scheduled", "usage"].iter().zip(s.rotations_by_reason) {
+                let _ = writeln!(out, "kmsd_rotations_total{{reason=\"{reason}\"}} {n}");
+            }
+            let now = keys.now();
+            out.push_str("# HELP kmsd_next_rotation_seconds Seconds until the next scheduled rotation.\n# TYPE kmsd_next_rotation_seconds gauge\n");
+            if let Some(t) = keys.next_deadline() {
+                let _ = writeln!(out, "kmsd_next_rotation_seconds {}", t - now);
+            }
+            if key_labels {
+                for (name, t) in keys.scheduled() {
+                    let _ = writeln!(out, "kmsd_next_rotation_seconds{{key=\"{name}\"}} {}", t - now);
+                }
+            }
+        }
+        out
+    }
+}

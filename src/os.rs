@@ -1,0 +1,128 @@
+//! The one module that talks to the OS below std, and so the only place
+//! with `unsafe`: process hardening (`prctl`, `setrlimit`, `mlockall`) and
+//! taking over sockets passed by systemd (`LISTEN_FDS`).
+//!
+//! Each `unsafe` block is a single libc call whose arguments are plain
+//! integers or pointers to locals; the safety comment on each says why.
+#![allow(unsafe_code)]
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+/// What process hardening achieved (logged at start).
+#[derive(Debug, Clone, Default)]
+pub struct Hardening {
+    /// `prctl(PR_SET_DUMPABLE, 0)` succeeded: no core dumps, no ptrace by
+    /// same-uid processes, /proc/self/mem unreadable to others.
+    pub non_dumpable: bool,
+    /// `RLIMIT_CORE` is 0.
+    pub no_core: bool,
+    /// All current and future memory is locked (never swapped).
+    pub memory_locked: bool,
+    /// Why memory is not locked, if it is not.
+    pub memory_note: Option<String>,
+}
+
+/// Makes the process non-dumpable, disables core files, and locks memory
+/// if `RLIMIT_MEMLOCK` is unlimited (a smaller limit would make later
+/// allocations fail once reached, so then memory is left unlocked and
+/// the reason reported: run with `LimitMEMLOCK=infinity`, or encrypted swap).
+pub fn harden() -> Hardening {
+    // SAFETY: prctl with integer arguments only; no memory is passed.
+    let non_dumpable = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } == 0;
+    let mut h = Hardening {
+        non_dumpable,
+        ..Hardening::default()
+    };
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `zero` is a valid rlimit that outlives the call.
+    h.no_core = unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) } == 0;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit that outlives the call.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } == 0;
+    if got && lim.rlim_cur == libc::RLIM_INFINITY {
+        // SAFETY: mlockall takes flags only.
+        h.memory_locked = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } == 0;
+        if !h.memory_locked {
+            h.memory_note = Some(format!("mlockall failed: {}", std::io::Error::last_os_error()));
+        }
+    } else {
+        h.memory_note = Some(format!(
+            "RLIMIT_MEMLOCK is {} bytes, not unlimited: memory not locked (set LimitMEMLOCK=infinity)",
+            lim.rlim_cur
+        ));
+    }
+    h
+}
+
+/// A socket passed by the service manager.
+#[derive(Debug)]
+pub struct PassedSocket {
+    /// Its `FileDescriptorName=` (or "unknown").
+    pub name: String,
+    /// The socket.
+    pub fd: OwnedFd,
+    /// Whether it is a Unix socket (else TCP).
+    pub unix: bool,
+}
+
+static PASSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether sockets were taken from systemd (then systemd owns the files).
+pub fn listen_fds_were_passed() -> bool {
+    PASSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// First file descriptor systemd passes.
+const SD_LISTEN_FDS_START: RawFd = 3;
+
+/// Takes the sockets passed through `LISTEN_FDS` / `LISTEN_FDNAMES`, if
+/// they are meant for this process (`LISTEN_PID`), and unsets the
+/// variables so that children do not inherit them.
+pub fn listen_fds() -> Vec<PassedSocket> {
+    let pid_ok = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<RawFd>().ok())
+        .unwrap_or(0);
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .map(|n| n.split(':').map(str::to_owned).collect())
+        .unwrap_or_default();
+    std::env::remove_var("LISTEN_PID");
+    std::env::remove_var("LISTEN_FDS");
+    std::env::remove_var("LISTEN_FDNAMES");
+    if !pid_ok || count <= 0 {
+        return Vec::new();
+    }
+    PASSED.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut out = Vec::new();
+    for i in 0..count.min(64) {
+        let raw = SD_LISTEN_FDS_START + i;
+        // SAFETY: systemd passes `count` open descriptors starting at 3 to
+        // this pid (checked above); each is taken exactly once here.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: fcntl on a descriptor we own, integer arguments only.
+        unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
+        let mut addr: libc::sockaddr_storage = unsafe_zeroed_storage();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: `addr` and `len` are valid, writable locals of the sizes given.
+        let ok = unsafe { libc::getsockname(raw, (&mut addr as *mut libc::sockaddr_storage).cast(), &mut len) } == 0;
+        let unix = ok && i32::from(addr.ss_family) == libc::AF_UNIX;
+        let name = names.get(i as usize).cloned().unwrap_or_else(|| "unknown".into());
+        out.push(PassedSocket { name, fd, unix });
+    }
+    out
+}
+
+fn unsafe_zeroed_storage() -> libc::sockaddr_storage {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
