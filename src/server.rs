@@ -306,9 +306,6 @@ pub async fn run(config: Config, signals: Signals) -> Result<(), StartError> {
     let _ = shared.keys.set(keys.clone());
     tokio::spawn(scheduler(keys.clone(), stop_rx.clone()));
     tokio::spawn(usage_flusher(keys.clone(), stop_rx.clone()));
-    if let Some(interval) = crate::notify::watchdog_interval() {
-        tokio::spawn(watchdog(interval / 2, stop_rx.clone()));
-    }
     health
         .set_serving::<proto::crypto_server::CryptoServer<CryptoService>>()
         .await;
@@ -320,6 +317,9 @@ pub async fn run(config: Config, signals: Signals) -> Result<(), StartError> {
         .await;
     let status = format!("serving {} keys", keys.len());
     notify(&format!("READY=1\nSTATUS={status}"));
+    if let Some(interval) = crate::notify::watchdog_interval() {
+        tokio::spawn(watchdog(interval / 2, stop_rx.clone()));
+    }
     tracing::info!("kmsd ready");
 
     let Signals { shutdown, mut reload } = signals;

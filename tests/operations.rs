@@ -1,0 +1,435 @@
+//! Operating kmsd: socket activation, systemd notifications, SIGHUP
+//! reload, graceful SIGTERM, health, handshake timeout, metrics — against
+//! the real daemon binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod common;
+
+use common::*;
+use kmsd::proto::{self, crypto_client::CryptoClient, keys_client::KeysClient};
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn signal(pid: u32, sig: &str) {
+    assert!(Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success());
+}
+
+async fn create(keys: &mut KeysClient<tonic::transport::Channel>, name: &str) {
+    keys.create_key(proto::CreateKeyRequest {
+        name: name.into(),
+        algorithm: 0,
+        policy: None,
+    })
+    .await
+    .unwrap();
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_activation_with_systemd_socket_activate() {
+    if Command::new("systemd-socket-activate").arg("--help").output().is_err() {
+        assert!(
+            std::env::var_os("KMSD_REQUIRE_SYSTEMD").is_none(),
+            "systemd-socket-activate is required"
+        );
+        eprintln!("SKIPPED: systemd-socket-activate not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    // the config names no listener the daemon could bind itself at this path
+    let config = write_config(dir.path(), None, "");
+    let sock = dir.path().join("activated.sock");
+    let log = std::fs::File::create(dir.path().join("kmsd.log")).unwrap();
+    let mut child = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&sock)
+        .arg("--fdname=grpc")
+        .arg(env!("CARGO_BIN_EXE_kmsd"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_for("the activation socket", || sock.exists());
+    let mut settings = kmsd::client::ClientSettings {
+        addr: format!("unix:{}", sock.display()),
+        ca: dir.path().join("ca.pem"),
+        cert: dir.path().join("client.pem"),
+        key: dir.path().join("client.key"),
+        server_name: None,
+    };
+    // the first connection starts kmsd (systemd-socket-activate execs it on the first connection)
+    let channel = kmsd::client::connect(&settings).await.unwrap();
+    let mut keys = KeysClient::new(channel.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match keys
+            .create_key(proto::CreateKeyRequest {
+                name: "act".into(),
+                algorithm: 0,
+                policy: None,
+            })
+            .await
+        {
+            Ok(_) => break,
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+    let mut crypto = CryptoClient::new(channel);
+    let ct = crypto
+        .encrypt(proto::EncryptRequest {
+            key: "act".into(),
+            plaintext: b"via activation".to_vec(),
+            associated_data: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ciphertext;
+    let pt = crypto
+        .decrypt(proto::DecryptRequest {
+            key: "act".into(),
+            ciphertext: ct,
+            associated_data: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .plaintext;
+    assert_eq!(pt, b"via activation");
+    let log = std::fs::read_to_string(dir.path().join("kmsd.log")).unwrap();
+    assert!(log.contains("socket-activated Unix socket"), "{log}");
+    assert!(
+        !dir.path().join("kmsd.sock").exists(),
+        "the configured path was not bound"
+    );
+    settings.addr = String::new();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_watchdog_reload_and_stopping_reach_the_notify_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    let config = write_config(dir.path(), None, "");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kmsd"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let mut recv_until = |needle: &str, seen: &mut String| {
+        while !seen.contains(needle) {
+            let n = notify
+                .recv(&mut buf)
+                .unwrap_or_else(|_| panic!("no {needle} on NOTIFY_SOCKET; saw {seen}"));
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            seen.push('\n');
+        }
+    };
+    recv_until("READY=1", &mut seen);
+    assert!(seen.contains("STATUS=self-test"), "{seen}");
+    let before_ready = seen.split("READY=1").next().unwrap().to_string();
+    assert!(!before_ready.contains("WATCHDOG=1"), "no watchdog ping before ready");
+    seen.clear();
+    recv_until("WATCHDOG=1", &mut seen);
+    seen.clear();
+    recv_until("WATCHDOG=1", &mut seen); // pings keep coming (every 100 ms)
+    seen.clear();
+    signal(child.id(), "HUP");
+    recv_until("RELOADING=1", &mut seen);
+    recv_until("READY=1", &mut seen);
+    seen.clear();
+    signal(child.id(), "TERM");
+    recv_until("STOPPING=1", &mut seen);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_certificates_without_dropping_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let d = Daemon::start(dir.path());
+    let old_channel = d.channel().await;
+    let mut old_keys = KeysClient::new(old_channel.clone());
+    create(&mut old_keys, "before").await;
+
+    // (1) a bad certificate file is refused; the old one stays in force
+    let good_cert = std::fs::read(dir.path().join("server.pem")).unwrap();
+    std::fs::write(dir.path().join("server.pem"), b"-----BEGIN CERTIFICATE-----\ngarbage\n").unwrap();
+    let offset = d.log_text().len();
+    signal(d.pid(), "HUP");
+    wait_for("refused reload", || d.log_text()[offset..].contains("reload refused"));
+    let mut fresh = KeysClient::new(d.channel().await);
+    fresh
+        .get_key(proto::GetKeyRequest { name: "before".into() })
+        .await
+        .unwrap();
+    std::fs::write(dir.path().join("server.pem"), &good_cert).unwrap();
+
+    // (2) a new server certificate from a new CA: new handshakes use it
+    let new_ca = kmsd::dev::Ca::new("rotated CA").unwrap();
+    let server = new_ca.issue_server(&["localhost"], &[]).unwrap();
+    kmsd::dev::write_file(&dir.path().join("server.pem"), server.cert_pem.as_bytes(), false).unwrap();
+    kmsd::dev::write_file(&dir.path().join("server.key"), server.key_pem.as_bytes(), true).unwrap();
+    let new_ca_path = dir.path().join("new-ca.pem");
+    kmsd::dev::write_file(&new_ca_path, new_ca.cert_pem().as_bytes(), false).unwrap();
+    let offset = d.log_text().len();
+    signal(d.pid(), "HUP");
+    wait_for("reload", || d.log_text()[offset..].contains("reloaded TLS certificate"));
+    // a client trusting only the old CA can no longer complete a new handshake
+    let old_trust = d.settings("client", None);
+    let refused = match kmsd::client::connect(&old_trust).await {
+        Err(_) => true,
+        Ok(ch) => KeysClient::new(ch)
+            .list_keys(proto::ListKeysRequest::default())
+            .await
+            .is_err(),
+    };
+    assert!(refused, "new handshakes must present the new certificate");
+    let mut new_trust = d.settings("client", None);
+    new_trust.ca = new_ca_path;
+    let mut k2 = KeysClient::new(kmsd::client::connect(&new_trust).await.unwrap());
+    k2.get_key(proto::GetKeyRequest { name: "before".into() })
+        .await
+        .unwrap();
+    // the connection established before the reload is still up
+    create(&mut old_keys, "after").await;
+    let _ = pki;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_calls_finish_then_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    let mut d = Daemon::start_with(
+        dir.path(),
+        "[limits]\nmax_message_bytes = 67108864\nmax_batch_items = 100000\n",
+    );
+    let channel = d.channel().await;
+    let mut keys = KeysClient::new(channel.clone());
+    create(&mut keys, "drain").await;
+    let big: Vec<proto::EncryptRequest> = (0..1500)
+        .map(|_| proto::EncryptRequest {
+            key: "drain".into(),
+            plaintext: vec![7u8; 4096],
+            associated_data: vec![],
+        })
+        .collect();
+    let mut calls = vec![];
+    for _ in 0..3 {
+        let mut crypto = CryptoClient::new(channel.clone())
+            .max_decoding_message_size(1 << 27)
+            .max_encoding_message_size(1 << 27);
+        let items = big.clone();
+        calls.push(tokio::spawn(async move {
+            crypto.encrypt_batch(proto::EncryptBatchRequest { items }).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let pid = d.pid();
+    signal(pid, "TERM");
+    for c in calls {
+        let r = c.await.unwrap().expect("in-flight call finished despite SIGTERM");
+        assert_eq!(r.into_inner().items.len(), 1500);
+    }
+    let mut child = d.child.take().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    let log = d.log_text();
+    assert!(
+        log.contains("shutting down") && log.contains("store synced") && log.contains("stopped"),
+        "{log}"
+    );
+    // new connections are refused after shutdown
+    assert!(std::os::unix::net::UnixStream::connect(&d.socket).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_not_serving_until_ready() {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    let config = write_config(dir.path(), None, "");
+    let log = std::fs::File::create(dir.path().join("kmsd.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kmsd"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("KMSD_DANGER_DEV_STARTUP_DELAY_MS", "2000")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let sock = dir.path().join("kmsd.sock");
+    wait_for("socket", || std::os::unix::net::UnixStream::connect(&sock).is_ok());
+    let settings = kmsd::client::ClientSettings {
+        addr: format!("unix:{}", sock.display()),
+        ca: dir.path().join("ca.pem"),
+        cert: dir.path().join("client.pem"),
+        key: dir.path().join("client.key"),
+        server_name: None,
+    };
+    let channel = kmsd::client::connect(&settings).await.unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let check = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    let st = health.check(check("")).await.unwrap().into_inner().status;
+    assert_eq!(st, ServingStatus::NotServing as i32);
+    let st = health.check(check("kmsd.v1.Crypto")).await.unwrap().into_inner().status;
+    assert_eq!(st, ServingStatus::NotServing as i32);
+    let e = KeysClient::new(channel.clone())
+        .list_keys(proto::ListKeysRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = health.check(check("kmsd.v1.Crypto")).await.unwrap().into_inner().status;
+        if st == ServingStatus::Serving as i32 {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    KeysClient::new(channel)
+        .list_keys(proto::ListKeysRequest::default())
+        .await
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    let d = Daemon::start_with(dir.path(), "[limits]\nhandshake_timeout = \"300ms\"\n");
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    // half a ClientHello, then silence
+    s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the daemon closed the connection");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "dropped by the handshake timeout, not the read timeout"
+    );
+    wait_for("log line", || d.log_text().contains("TLS handshake timed out"));
+    // and keeps serving others
+    let (_, mut keys) = d.clients().await;
+    keys.list_keys(proto::ListKeysRequest::default()).await.unwrap();
+}
+
+fn scrape(path: &std::path::Path) -> String {
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: kmsd\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_have_the_expected_series_and_no_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    let metrics = dir.path().join("metrics.sock");
+    let d = Daemon::start_with(
+        dir.path(),
+        &format!("[metrics]\nlisten = \"unix:{}\"\n", metrics.display()),
+    );
+    let (mut crypto, mut keys) = d.clients().await;
+    let marker = b"METRICS-MARKER-SECRET-91f2";
+    create(&mut keys, "customer-pan-key").await;
+    keys.update_key_policy(proto::UpdateKeyPolicyRequest {
+        name: "customer-pan-key".into(),
+        policy: Some(proto::KeyPolicy {
+            rotation_period_seconds: Some(3600),
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+    let ct = crypto
+        .encrypt(proto::EncryptRequest {
+            key: "customer-pan-key".into(),
+            plaintext: marker.to_vec(),
+            associated_data: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ciphertext;
+    let _ = crypto
+        .decrypt(proto::DecryptRequest {
+            key: "customer-pan-key".into(),
+            ciphertext: ct,
+            associated_data: b"bad".to_vec(),
+        })
+        .await;
+    keys.rotate_key(proto::RotateKeyRequest {
+        name: "customer-pan-key".into(),
+    })
+    .await
+    .unwrap();
+    // one failed handshake
+    let _ = std::os::unix::net::UnixStream::connect(&d.socket).map(|mut s| s.write_all(b"not tls at all\r\n\r\n"));
+    let body = wait_scrape(&metrics, "kmsd_tls_handshake_failures_total 1");
+    for series in [
+        "kmsd_requests_total{method=\"encrypt\",code=\"OK\"} 1",
+        "kmsd_requests_total{method=\"decrypt\",code=\"INVALID_ARGUMENT\"} 1",
+        "kmsd_request_duration_seconds_bucket{method=\"encrypt\",le=\"+Inf\"} 1",
+        "kmsd_keys 1",
+        "kmsd_key_versions{state=\"ACTIVE\"} 1",
+        "kmsd_key_versions{state=\"DECRYPT_ONLY\"} 1",
+        "kmsd_rotations_total{reason=\"manual\"} 1",
+        "kmsd_next_rotation_seconds ",
+        "kmsd_audit_write_seconds_count",
+        "kmsd_ready 1",
+    ] {
+        assert!(body.contains(series), "missing {series:?} in\n{body}");
+    }
+    assert!(!body.contains("customer-pan-key"), "key names only with key_labels");
+    assert!(!body.contains(std::str::from_utf8(marker).unwrap()));
+}
+
+fn wait_scrape(path: &std::path::Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = scrape(path);
+        if body.contains(needle) || Instant::now() > deadline {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
