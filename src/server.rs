@@ -274,6 +274,9 @@ pub async fn run(config: Config, signals: Signals) -> Result<(), StartError> {
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
+        .add_service(proto::admin_server::AdminServer::new(crate::service::AdminService {
+            shared: shared.clone(),
+        }))
         .add_service(health_service)
         .add_service(reflection);
 

@@ -596,3 +596,40 @@ impl proto::keys_server::Keys for KeysService {
 
 /// Largest snapshot accepted by `Restore` (1 GiB).
 const MAX_RESTORE_BYTES: usize = 1 << 30;
+
+/// `kmsd.v1.Admin`.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl proto::admin_server::Admin for AdminService {
+    async fn status(&self, req: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
+        let started = Instant::now();
+        let peer = identity(&req)?;
+        let m = &self.shared.metrics;
+        let now = kmsd_keystore::Clock::now(&kmsd_keystore::SystemClock);
+        let mut resp = proto::StatusResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: m.started_at,
+            uptime_seconds: (now - m.started_at).max(0) as u64,
+            ..Default::default()
+        };
+        if let Some(keys) = self.shared.keys.get() {
+            let s = keys.stats();
+            resp.serving = true;
+            resp.keys = s.keys;
+            resp.versions_by_state = s.versions_by_state.to_vec();
+            resp.next_scheduled_at = keys.next_deadline().unwrap_or(0);
+        }
+        Ok(Response::new(self.shared.finish(
+            &peer,
+            "key.read",
+            "",
+            started,
+            Ok(resp),
+        )?))
+    }
+}

@@ -92,6 +92,8 @@ enum Cmd {
         /// Output file (created, mode 0600).
         file: PathBuf,
     },
+    /// Daemon health, version, uptime, key count and next scheduled rotation.
+    Status,
     /// Restore a snapshot into the daemon's empty store (same master key).
     Restore {
         /// Snapshot file from `kmsctl backup`.
@@ -340,7 +342,7 @@ fn bar(total: u64, what: &str) -> indicatif::ProgressBar {
 async fn run(cli: Cli) -> Result<(), String> {
     let channel = client::connect(&settings(&cli)?).await.map_err(|e| e.0)?;
     let mut keys = proto::keys_client::KeysClient::new(channel.clone());
-    let mut crypto = proto::crypto_client::CryptoClient::new(channel);
+    let mut crypto = proto::crypto_client::CryptoClient::new(channel.clone());
     let secs = |d: Option<std::time::Duration>| d.map_or(0, |d| d.as_secs());
     match cli.cmd {
         Cmd::Key(cmd) => {
@@ -525,6 +527,46 @@ async fn run(cli: Cli) -> Result<(), String> {
                 pb.finish();
             }
             eprintln!("wrote {} ({bytes} bytes)", file.display());
+        }
+        Cmd::Status => {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+            let h = health
+                .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            let health_name = tonic_health::pb::health_check_response::ServingStatus::try_from(h.status)
+                .map(|s| s.as_str_name())
+                .unwrap_or("UNKNOWN");
+            let s = proto::admin_client::AdminClient::new(channel.clone())
+                .status(proto::StatusRequest {})
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            println!("health: {health_name}");
+            println!("version: {}", s.version);
+            println!(
+                "uptime: {}",
+                humantime::format_duration(std::time::Duration::from_secs(s.uptime_seconds))
+            );
+            println!("keys: {}", s.keys);
+            let names = [
+                "active",
+                "decrypt_only",
+                "disabled",
+                "scheduled_for_destruction",
+                "destroyed",
+            ];
+            let versions: Vec<String> = names
+                .iter()
+                .zip(&s.versions_by_state)
+                .map(|(n, c)| format!("{n}={c}"))
+                .collect();
+            println!("versions: {}", versions.join(" "));
+            println!("next_scheduled: {}", time(s.next_scheduled_at));
+            if health_name != "SERVING" {
+                return Err(format!("kmsd is {health_name}"));
+            }
         }
         Cmd::Restore { file } => {
             let data = std::fs::read(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;

@@ -199,17 +199,22 @@ fn main() -> ExitCode {
         tracing::warn!("{note}");
     }
     if let Some(p) = &dev {
-        println!(
+        // Never panic on a closed stdout (a parent that read what it needed).
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
             "# kmsd dev setup in {} (DEV ONLY: dev CA and keys on disk)",
             p.dir.display()
         );
-        println!("export KMSD_ADDR=unix:{}", p.socket.display());
-        println!("export KMSD_CA={}", p.ca.display());
-        println!("export KMSD_CERT={}", p.client_cert.display());
-        println!("export KMSD_KEY={}", p.client_key.display());
+        let _ = writeln!(out, "export KMSD_ADDR=unix:{}", p.socket.display());
+        let _ = writeln!(out, "export KMSD_CA={}", p.ca.display());
+        let _ = writeln!(out, "export KMSD_CERT={}", p.client_cert.display());
+        let _ = writeln!(out, "export KMSD_KEY={}", p.client_key.display());
         if let Some(tcp) = config.listen.tcp.first() {
-            println!("# or over TCP: export KMSD_ADDR={tcp}");
+            let _ = writeln!(out, "# or over TCP: export KMSD_ADDR={tcp}");
         }
+        let _ = out.flush();
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
