@@ -199,43 +199,101 @@ impl Config {
     }
 
     /// Checks what types cannot: at least one listener, internal-only TCP
-    /// addresses, sane limits.
+    /// addresses, sane limits. Returns the first problem.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.problems().into_iter().next() {
+            Some(p) => Err(ConfigError::Invalid(p)),
+            None => Ok(()),
+        }
+    }
+
+    /// Every semantic problem of the configuration.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
         if self.listen.unix.is_none() && self.listen.tcp.is_empty() {
-            return Err(ConfigError::Invalid(
-                "listen: configure a unix socket or a tcp address".into(),
-            ));
+            out.push("listen: configure a unix socket or a tcp address".into());
         }
         for addr in &self.listen.tcp {
-            check_internal(addr)?;
+            if let Err(e) = check_internal(addr) {
+                out.push(e.to_string());
+            }
         }
         if let Some(m) = &self.metrics.listen {
-            if let Some(path) = m.strip_prefix("unix:") {
-                if path.is_empty() {
-                    return Err(ConfigError::Invalid("metrics.listen: empty unix socket path".into()));
-                }
-            } else {
-                let addr: SocketAddr = m.parse().map_err(|_| {
-                    ConfigError::Invalid(format!("metrics.listen: {m:?} is not unix:/path or host:port"))
-                })?;
-                if !addr.ip().is_loopback() {
-                    return Err(ConfigError::Invalid(format!(
+            match m.strip_prefix("unix:") {
+                Some("") => out.push("metrics.listen: empty unix socket path".into()),
+                Some(_) => {}
+                None => match m.parse::<SocketAddr>() {
+                    Err(_) => out.push(format!("metrics.listen: {m:?} is not unix:/path or host:port")),
+                    Ok(addr) if !addr.ip().is_loopback() => out.push(format!(
                         "refusing metrics on {addr}: only a Unix socket or a loopback address is allowed"
-                    )));
-                }
+                    )),
+                    Ok(_) => {}
+                },
             }
         }
         if self.limits.max_message_bytes < 1024 {
-            return Err(ConfigError::Invalid(
-                "limits.max_message_bytes must be at least 1024".into(),
-            ));
+            out.push("limits.max_message_bytes must be at least 1024".into());
         }
         if self.limits.max_connections == 0 || self.limits.max_concurrent_streams == 0 {
-            return Err(ConfigError::Invalid(
-                "limits: connection and stream limits must be positive".into(),
-            ));
+            out.push("limits: connection and stream limits must be positive".into());
         }
-        Ok(())
+        if self.limits.max_batch_items == 0 {
+            out.push("limits.max_batch_items must be positive".into());
+        }
+        out
+    }
+
+    /// Checks a configuration file and reports every problem it can find:
+    /// each TOML or schema error with its line (the offending line is set
+    /// aside and parsing goes on), then every semantic problem, then files
+    /// that cannot be read (TLS certificates and keys, master key).
+    pub fn check_file(path: &Path) -> Vec<String> {
+        let mut text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => return vec![format!("cannot read {}: {e}", path.display())],
+        };
+        let mut problems = Vec::new();
+        let cfg = loop {
+            match toml::from_str::<Config>(&text) {
+                Ok(cfg) => break Some(cfg),
+                Err(e) => {
+                    let line = e
+                        .span()
+                        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+                    let msg = e.message().trim().to_owned();
+                    problems.push(match line {
+                        Some(l) => format!("{}:{l}: {msg}", path.display()),
+                        None => format!("{}: {msg}", path.display()),
+                    });
+                    // Set the offending line aside and look for more problems.
+                    let Some(l) = line else { break None };
+                    let mut lines: Vec<&str> = text.lines().collect();
+                    match lines.get_mut(l - 1) {
+                        Some(bad) if !bad.trim_start().starts_with('#') && !bad.trim().is_empty() => *bad = "",
+                        _ => break None,
+                    }
+                    text = lines.join("\n");
+                    if problems.len() > 50 {
+                        break None;
+                    }
+                }
+            }
+        };
+        let Some(mut cfg) = cfg else { return problems };
+        cfg.resolve(path.parent().unwrap_or(Path::new(".")));
+        problems.extend(cfg.problems().into_iter().map(|p| format!("{}: {p}", path.display())));
+        if let Err(e) = crate::tls::server_config(&cfg.tls) {
+            problems.push(format!("{}: tls: {e}", path.display()));
+        }
+        match cfg.master_key_path() {
+            Ok(mk) => {
+                if let Err(e) = kmsd_keystore::MasterKey::load(&mk) {
+                    problems.push(format!("{}: {e}", path.display()));
+                }
+            }
+            Err(e) => problems.push(format!("{}: {e}", path.display())),
+        }
+        problems
     }
 
     /// The master key path: configured, or the systemd credential.
@@ -322,5 +380,23 @@ mod tests {
         cfg.validate().unwrap();
         let bad = format!("{example}\nsurprise = 1\n");
         assert!(toml::from_str::<Config>(&bad).is_err());
+    }
+
+    #[test]
+    fn check_file_reports_every_problem_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.toml");
+        std::fs::write(
+            &p,
+            "[listen]\ntcp = [\"8.8.8.8:1\"]\nbogus = 1\n[tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\ncolour = \"red\"\n[store]\npath = \"s\"\nmaster_key = \"mk\"\n",
+        )
+        .unwrap();
+        let problems = Config::check_file(&p);
+        let all = problems.join("\n");
+        assert!(all.contains("k.toml:3: unknown field `bogus`"), "{all}");
+        assert!(all.contains("k.toml:8: unknown field `colour`"), "{all}");
+        assert!(all.contains("refusing to listen on 8.8.8.8:1"), "{all}");
+        assert!(all.contains("tls:"), "{all}");
+        assert!(all.contains("master key"), "{all}");
     }
 }

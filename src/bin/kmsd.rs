@@ -170,13 +170,15 @@ fn main() -> ExitCode {
         Cmd::Rekey { config, new_master_key } => return offline(&config, |cfg| rekey(cfg, &new_master_key)),
         Cmd::Restore { config, file } => return offline(&config, |cfg| restore(cfg, &file)),
         Cmd::CheckConfig { file } => {
-            return match Config::load(&file) {
-                Ok(_) => {
-                    println!("{}: OK", file.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
-            };
+            let problems = Config::check_file(&file);
+            if problems.is_empty() {
+                println!("{}: OK", file.display());
+                return ExitCode::SUCCESS;
+            }
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            return fail(format!("{} problem(s) found", problems.len()));
         }
         Cmd::Serve { config } => match Config::load(&config) {
             Ok(c) => (c, None),
