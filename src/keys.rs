@@ -573,6 +573,49 @@ impl Keys {
         Ok((plaintext, header.version))
     }
 
+    /// Runs `f` with a version's material, for tokenization: `None` uses
+    /// the primary (which must be ACTIVE, as for encryption); `Some(v)`
+    /// (or `Some(None)` = primary) a version allowed to decrypt.
+    pub fn with_material<T>(
+        &self,
+        name: &str,
+        version: Option<Option<u32>>,
+        f: impl FnOnce(&KeyMaterial, u32) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let ring = self.cached(name)?;
+        let (v, action) = match version {
+            None => (ring.primary, "encryption"),
+            Some(v) => (v.unwrap_or(ring.primary), "decryption"),
+        };
+        let Some(ver) = ring.version(v) else {
+            return Err(Error::InvalidArgument(format!("key {name:?} has no version {v}")));
+        };
+        if action == "decryption" && v < ring.min_decryption_version {
+            return Err(Error::VersionBelowMinimum {
+                key: name.to_owned(),
+                version: v,
+                minimum: ring.min_decryption_version,
+                action,
+            });
+        }
+        let usable = match action {
+            "encryption" => ver.state == VersionState::Active,
+            _ => matches!(ver.state, VersionState::Active | VersionState::DecryptOnly),
+        };
+        match (&ver.material, usable) {
+            (Some(m), true) => {
+                ver.counters.last_used.store(self.clock.now(), Ordering::Relaxed);
+                f(m, v)
+            }
+            _ => Err(Error::VersionUnusable {
+                key: name.to_owned(),
+                version: v,
+                state: ver.state,
+                action,
+            }),
+        }
+    }
+
     /// Live usage of every version of a ring.
     pub fn usage(&self, name: &str) -> Vec<Usage> {
         self.cache

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 /// The caller's identity, or `UNAUTHENTICATED` if the connection did not
 /// come through the mTLS acceptor (it always does).
-fn identity<T>(req: &Request<T>) -> Result<Arc<PeerIdentity>, Status> {
+pub fn identity<T>(req: &Request<T>) -> Result<Arc<PeerIdentity>, Status> {
     req.extensions()
         .get::<Arc<PeerIdentity>>()
         .cloned()
