@@ -13,6 +13,9 @@
 //!   graceful shutdown.
 //! - [`client`]: the mTLS gRPC client used by `kmsctl`, tests and benches.
 //! - [`dev`]: the embedded dev setup (dev CA, certificates, master key).
+//! - [`masking`]: masking, redaction (validator-driven detectors) and
+//!   tokenization (FF1 / AES-GCM-SIV): pure functions shared by the daemon
+//!   and `kmsctl redact`; [`mask_service`] serves them as `kmsd.v1.Mask`.
 //! - [`metrics`]: Prometheus metrics (atomics; internal-only listener).
 //! - [`notify`]: the systemd notification protocol.
 //! - [`os`]: the one module with `unsafe`: prctl, rlimits, mlock,
@@ -28,6 +31,8 @@ pub mod crypto;
 pub mod dev;
 pub mod error;
 pub mod keys;
+pub mod mask_service;
+pub mod masking;
 pub mod metrics;
 pub mod metrics_http;
 pub mod notify;

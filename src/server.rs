@@ -242,15 +242,7 @@ pub async fn run(config: Config, signals: Signals) -> Result<(), StartError> {
 
     let max = config.limits.max_message_bytes;
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
-    health
-        .set_not_serving::<proto::crypto_server::CryptoServer<CryptoService>>()
-        .await;
-    health
-        .set_not_serving::<proto::keys_server::KeysServer<KeysService>>()
-        .await;
+    set_health(&health, tonic_health::ServingStatus::NotServing).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -277,6 +269,11 @@ pub async fn run(config: Config, signals: Signals) -> Result<(), StartError> {
         .add_service(proto::admin_server::AdminServer::new(crate::service::AdminService {
             shared: shared.clone(),
         }))
+        .add_service(
+            proto::mask_server::MaskServer::new(crate::mask_service::MaskService { shared: shared.clone() })
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max.saturating_mul(2)),
+        )
         .add_service(health_service)
         .add_service(reflection);
 
@@ -309,15 +306,7 @@ pub async fn run(config: Config, signals: Signals) -> Result<(), StartError> {
     let _ = shared.keys.set(keys.clone());
     tokio::spawn(scheduler(keys.clone(), stop_rx.clone()));
     tokio::spawn(usage_flusher(keys.clone(), stop_rx.clone()));
-    health
-        .set_serving::<proto::crypto_server::CryptoServer<CryptoService>>()
-        .await;
-    health
-        .set_serving::<proto::keys_server::KeysServer<KeysService>>()
-        .await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    set_health(&health, tonic_health::ServingStatus::Serving).await;
     let status = format!("serving {} keys", keys.len());
     notify(&format!("READY=1\nSTATUS={status}"));
     if let Some(interval) = crate::notify::watchdog_interval() {
@@ -352,9 +341,7 @@ pub async fn run(config: Config, signals: Signals) -> Result<(), StartError> {
 
     notify("STOPPING=1\nSTATUS=stopping");
     tracing::info!("shutting down: no new connections; finishing in-flight calls");
-    health
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
+    set_health(&health, tonic_health::ServingStatus::NotServing).await;
     let _ = stop_tx.send(true);
     let _ = graceful_tx.send(());
     let result = match tokio::time::timeout(config.limits.shutdown_timeout, serving).await {
@@ -379,6 +366,15 @@ pub async fn run(config: Config, signals: Signals) -> Result<(), StartError> {
     result?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every service name health answers for ("" is the whole server).
+const SERVICES: [&str; 5] = ["", "kmsd.v1.Crypto", "kmsd.v1.Keys", "kmsd.v1.Admin", "kmsd.v1.Mask"];
+
+async fn set_health(h: &tonic_health::server::HealthReporter, status: tonic_health::ServingStatus) {
+    for name in SERVICES {
+        h.set_service_status(name, status).await;
+    }
 }
 
 /// Pings the systemd watchdog.

@@ -231,7 +231,7 @@ async fn sigterm_lets_in_flight_calls_finish_then_exits_zero() {
     Pki::new(dir.path());
     let mut d = Daemon::start_with(
         dir.path(),
-        "[limits]\nmax_message_bytes = 67108864\nmax_batch_items = 100000\n",
+        "[limits]\nmax_message_bytes = 67108864\nmax_batch_items = 100000\nshutdown_timeout = \"120s\"\n",
     );
     let channel = d.channel().await;
     let mut keys = KeysClient::new(channel.clone());

@@ -94,6 +94,50 @@ enum Cmd {
     },
     /// Daemon health, version, uptime, key count and next scheduled rotation.
     Status,
+    /// Redact text lines from stdin to stdout, exactly one output line per
+    /// input line. Offline: no daemon needed.
+    Redact {
+        /// Only these kinds (comma-separated, e.g. PAN,IBAN); default all.
+        #[arg(long, value_delimiter = ',')]
+        kinds: Vec<String>,
+    },
+    /// Mask one value of a kind (PAN, IBAN, UK_SORT_CODE, UK_ACCOUNT_NUMBER,
+    /// EMAIL, PHONE, NAME, SECRET, ...). Offline.
+    Mask {
+        /// The kind.
+        #[arg(long)]
+        kind: String,
+        /// PAN only: also keep the 6- or 8-digit BIN.
+        #[arg(long)]
+        keep_bin: Option<u8>,
+        /// The value.
+        value: String,
+    },
+    /// Tokenize a value under a kmsd key (deterministic, reversible).
+    Tokenize {
+        /// Tokenization key name.
+        #[arg(long)]
+        key: String,
+        /// The kind.
+        #[arg(long)]
+        kind: String,
+        /// The value.
+        value: String,
+    },
+    /// Reverse a token.
+    Detokenize {
+        /// Tokenization key name.
+        #[arg(long)]
+        key: String,
+        /// The kind.
+        #[arg(long)]
+        kind: String,
+        /// Key version printed by tokenize (default: primary).
+        #[arg(long, default_value_t = 0)]
+        key_version: u32,
+        /// The token.
+        token: String,
+    },
     /// Restore a snapshot into the daemon's empty store (same master key).
     Restore {
         /// Snapshot file from `kmsctl backup`.
@@ -339,7 +383,77 @@ fn bar(total: u64, what: &str) -> indicatif::ProgressBar {
     pb
 }
 
+fn parse_kind(s: &str) -> Result<kmsd::masking::Kind, String> {
+    s.to_ascii_uppercase()
+        .replace('-', "_")
+        .parse()
+        .map_err(|_| format!("unknown kind {s:?}"))
+}
+
+fn proto_kind(s: &str) -> Result<i32, String> {
+    let k = parse_kind(s)?;
+    proto::DataKind::from_str_name(k.as_str())
+        .map(|k| k as i32)
+        .ok_or_else(|| format!("unknown kind {s:?}"))
+}
+
+/// `kmsctl redact`: one line in, one line out, bytes preserved except the
+/// findings (a line that is not UTF-8 is read lossily).
+fn redact_stdin(kinds: &[String]) -> Result<(), String> {
+    use std::io::BufRead;
+    let kinds = if kinds.is_empty() {
+        None
+    } else {
+        Some(kinds.iter().map(|k| parse_kind(k)).collect::<Result<Vec<_>, _>>()?)
+    };
+    let opts = kmsd::masking::RedactOptions { kinds };
+    let mut input = std::io::BufReader::with_capacity(1 << 16, std::io::stdin().lock());
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let mut line = Vec::with_capacity(4096);
+    loop {
+        line.clear();
+        let n = input
+            .read_until(b'\n', &mut line)
+            .map_err(|e| format!("reading stdin: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        let had_newline = line.last() == Some(&b'\n');
+        if had_newline {
+            line.pop();
+        }
+        let text = String::from_utf8_lossy(&line);
+        let r = kmsd::masking::redact(&text, &opts);
+        out.write_all(r.text.as_bytes())
+            .and_then(|_| out.write_all(b"\n"))
+            .map_err(|e| format!("writing: {e}"))?;
+        if input.buffer().is_empty() {
+            out.flush().map_err(|e| format!("writing: {e}"))?;
+        }
+    }
+    out.flush().map_err(|e| format!("writing: {e}"))
+}
+
 async fn run(cli: Cli) -> Result<(), String> {
+    match &cli.cmd {
+        Cmd::Redact { kinds } => return redact_stdin(kinds),
+        Cmd::Mask { kind, keep_bin, value } => {
+            let m = kmsd::masking::mask(
+                value,
+                parse_kind(kind)?,
+                &kmsd::masking::MaskOptions {
+                    pan_keep_bin: *keep_bin,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            println!("{}", m.masked);
+            if !m.valid {
+                eprintln!("kmsctl: note: the value did not pass its {kind} validator");
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
     let channel = client::connect(&settings(&cli)?).await.map_err(|e| e.0)?;
     let mut keys = proto::keys_client::KeysClient::new(channel.clone());
     let mut crypto = proto::crypto_client::CryptoClient::new(channel.clone());
@@ -567,6 +681,38 @@ async fn run(cli: Cli) -> Result<(), String> {
             if health_name != "SERVING" {
                 return Err(format!("kmsd is {health_name}"));
             }
+        }
+        Cmd::Redact { .. } | Cmd::Mask { .. } => {}
+        Cmd::Tokenize { key, kind, value } => {
+            let r = proto::mask_client::MaskClient::new(channel.clone())
+                .tokenize(proto::TokenizeRequest {
+                    key,
+                    value,
+                    kind: proto_kind(&kind)?,
+                })
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            println!("{}", r.token);
+            eprintln!("key_version: {}", r.key_version);
+        }
+        Cmd::Detokenize {
+            key,
+            kind,
+            key_version,
+            token,
+        } => {
+            let r = proto::mask_client::MaskClient::new(channel.clone())
+                .detokenize(proto::DetokenizeRequest {
+                    key,
+                    token,
+                    kind: proto_kind(&kind)?,
+                    key_version,
+                })
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            println!("{}", r.value);
         }
         Cmd::Restore { file } => {
             let data = std::fs::read(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;
