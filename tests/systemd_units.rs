@@ -14,12 +14,19 @@ fn service_unit_security_rating_is_at_most_1_0() {
     {
         Ok(o) => o,
         Err(_) => {
-            assert!(std::env::var_os("KMSD_REQUIRE_SYSTEMD").is_none(), "systemd-analyze is required");
+            assert!(
+                std::env::var_os("KMSD_REQUIRE_SYSTEMD").is_none(),
+                "systemd-analyze is required"
+            );
             eprintln!("SKIPPED: systemd-analyze not installed");
             return;
         }
     };
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let score: f64 = text
         .lines()
         .find_map(|l| l.split("Overall exposure level for kmsd.service:").nth(1))
