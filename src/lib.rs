@@ -11,6 +11,9 @@
 //! - [`service`]: the gRPC services (`kmsd.v1.Crypto`, `kmsd.v1.Keys`).
 //! - [`server`]: start-up (self-test, master key, store, listeners) and
 //!   graceful shutdown.
+//! - [`authz`]: the policy (identities → roles → allow/deny rules; deny
+//!   wins); [`otp`]: the officer second factor (TOTP); [`audit`]: the
+//!   hash-chained, MAC'd audit trail with group commit.
 //! - [`client`]: the mTLS gRPC client used by `kmsctl`, tests and benches.
 //! - [`dev`]: the embedded dev setup (dev CA, certificates, master key).
 //! - [`masking`]: masking, redaction (validator-driven detectors) and
@@ -25,6 +28,8 @@
 //! Dependencies point one way: server → service → keys, crypto → keystore.
 #![deny(unsafe_code)]
 
+pub mod audit;
+pub mod authz;
 pub mod client;
 pub mod config;
 pub mod crypto;
@@ -37,6 +42,7 @@ pub mod metrics;
 pub mod metrics_http;
 pub mod notify;
 pub mod os;
+pub mod otp;
 pub mod server;
 pub mod service;
 pub mod tls;

@@ -1,0 +1,263 @@
+//! The officer second factor: TOTP (RFC 6238, HMAC-SHA1, 6 digits, 30 s).
+//!
+//! Codes are compared in constant time; each time step is accepted once
+//! per officer (a code for a step at or before the last accepted one is a
+//! replay); one step of clock skew either way is allowed; and after
+//! `max_failures` consecutive bad codes the officer is locked out for
+//! `lockout`. Time is a parameter, so all of it is tested exactly.
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretBox};
+use sha1::Sha1;
+use std::collections::HashMap;
+use subtle::ConstantTimeEq;
+
+/// Step length, seconds.
+pub const STEP: i64 = 30;
+/// Code length.
+pub const DIGITS: u32 = 6;
+
+/// A shared TOTP secret (160 bits). No `Debug` bytes; zeroized on drop.
+pub struct TotpSecret(SecretBox<[u8; 20]>);
+
+impl std::fmt::Debug for TotpSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TotpSecret([REDACTED])")
+    }
+}
+
+impl TotpSecret {
+    /// A fresh secret from the OS CSPRNG.
+    pub fn generate() -> Self {
+        let mut b = Box::new([0u8; 20]);
+        rand::rngs::OsRng.fill_bytes(b.as_mut());
+        TotpSecret(SecretBox::new(b))
+    }
+
+    /// Wraps stored bytes.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        let arr: [u8; 20] = bytes.try_into().ok()?;
+        Some(TotpSecret(SecretBox::new(Box::new(arr))))
+    }
+
+    /// The raw secret (for sealing into the store).
+    pub fn expose_secret(&self) -> &[u8; 20] {
+        self.0.expose_secret()
+    }
+
+    /// RFC 4648 base32 (no padding), as authenticator apps expect.
+    pub fn base32(&self) -> String {
+        base32(self.expose_secret())
+    }
+
+    /// The `otpauth://` URI for enrolment (contains the secret: show it
+    /// once, to the officer).
+    pub fn otpauth_uri(&self, account: &str) -> String {
+        let label: String = account
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        format!(
+            "otpauth://totp/kmsd:{label}?secret={}&issuer=kmsd&algorithm=SHA1&digits={DIGITS}&period={STEP}",
+            self.base32()
+        )
+    }
+}
+
+fn base32(data: &[u8]) -> String {
+    const A: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut out = String::new();
+    let (mut buf, mut bits) = (0u32, 0);
+    for &b in data {
+        buf = (buf << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(A[((buf >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(A[((buf << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+/// The code for `unix_time` with `digits` digits (RFC 6238 / RFC 4226).
+pub fn code_at(secret: &[u8], unix_time: i64, digits: u32) -> u32 {
+    code_for_step(secret, unix_time.div_euclid(STEP), digits)
+}
+
+fn code_for_step(secret: &[u8], step: i64, digits: u32) -> u32 {
+    let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(secret) else {
+        return 0;
+    };
+    mac.update(&step.to_be_bytes());
+    let h = mac.finalize().into_bytes();
+    let off = (h.get(19).copied().unwrap_or(0) & 0x0f) as usize;
+    let word = h
+        .get(off..off + 4)
+        .map(|w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]))
+        .unwrap_or(0);
+    (word & 0x7fff_ffff) % 10u32.pow(digits)
+}
+
+/// The outcome of presenting a code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted (and now used up).
+    Ok,
+    /// No code was presented.
+    Missing,
+    /// Wrong code (counted towards lock-out).
+    Invalid,
+    /// A code already used (or older than one already used).
+    Replayed,
+    /// Too many failures; locked until this Unix time.
+    LockedOut {
+        /// Lock-out end.
+        until: i64,
+    },
+}
+
+#[derive(Debug, Default, Clone)]
+struct OfficerState {
+    last_step: Option<i64>,
+    failures: u32,
+    locked_until: i64,
+}
+
+/// Per-officer verification state (replay and lock-out memory).
+#[derive(Debug)]
+pub struct Verifier {
+    state: HashMap<String, OfficerState>,
+    /// Bad codes in a row before lock-out.
+    pub max_failures: u32,
+    /// Lock-out length, seconds.
+    pub lockout_secs: i64,
+}
+
+impl Verifier {
+    /// A verifier with the given lock-out policy.
+    pub fn new(max_failures: u32, lockout_secs: i64) -> Self {
+        Verifier {
+            state: HashMap::new(),
+            max_failures: max_failures.max(1),
+            lockout_secs,
+        }
+    }
+
+    /// Checks `code` for `identity` at `now`.
+    pub fn verify(&mut self, identity: &str, secret: &TotpSecret, code: Option<&str>, now: i64) -> Outcome {
+        let st = self.state.entry(identity.to_owned()).or_default();
+        if st.locked_until > now {
+            return Outcome::LockedOut { until: st.locked_until };
+        }
+        let Some(code) = code else { return Outcome::Missing };
+        let valid_shape = code.len() == DIGITS as usize && code.bytes().all(|b| b.is_ascii_digit());
+        let step = now.div_euclid(STEP);
+        let mut matched = None;
+        if valid_shape {
+            for s in [step - 1, step, step + 1] {
+                let expected = format!(
+                    "{:0width$}",
+                    code_for_step(secret.expose_secret(), s, DIGITS),
+                    width = DIGITS as usize
+                );
+                // constant-time comparison; every candidate is checked
+                if bool::from(expected.as_bytes().ct_eq(code.as_bytes())) {
+                    matched = Some(s);
+                }
+            }
+        }
+        match matched {
+            Some(s) if st.last_step.is_some_and(|last| s <= last) => Outcome::Replayed,
+            Some(s) => {
+                st.last_step = Some(s);
+                st.failures = 0;
+                Outcome::Ok
+            }
+            None => {
+                st.failures += 1;
+                if st.failures >= self.max_failures {
+                    st.failures = 0;
+                    st.locked_until = now + self.lockout_secs;
+                    return Outcome::LockedOut { until: st.locked_until };
+                }
+                Outcome::Invalid
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc6238_sha1_vectors() {
+        let secret = b"12345678901234567890";
+        for (t, want) in [
+            (59, 94287082),
+            (1111111109, 7081804),
+            (1111111111, 14050471),
+            (1234567890, 89005924),
+            (2000000000, 69279037),
+            (20000000000, 65353130),
+        ] {
+            assert_eq!(code_at(secret, t, 8), want, "t={t}");
+            assert_eq!(code_at(secret, t, 6), want % 1_000_000, "t={t}");
+        }
+    }
+
+    #[test]
+    fn base32_and_uri() {
+        assert_eq!(base32(b"foobar"), "MZXW6YTBOI");
+        let s = TotpSecret::from_slice(b"12345678901234567890").unwrap();
+        assert_eq!(s.base32(), "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ");
+        let uri = s.otpauth_uri("spiffe://bank/alice");
+        assert!(
+            uri.starts_with("otpauth://totp/kmsd:spiffe%3A%2F%2Fbank%2Falice?secret=GEZDGNBV"),
+            "{uri}"
+        );
+        assert!(!format!("{s:?}").contains("GEZ"));
+    }
+
+    #[test]
+    fn verifier_outcomes() {
+        let s = TotpSecret::from_slice(&[7; 20]).unwrap();
+        let code = |t: i64| format!("{:06}", code_at(s.expose_secret(), t, 6));
+        let mut v = Verifier::new(3, 300);
+        let now = 1_800_000_000;
+        assert_eq!(v.verify("a", &s, None, now), Outcome::Missing);
+        assert_eq!(v.verify("a", &s, Some(&code(now)), now), Outcome::Ok);
+        assert_eq!(v.verify("a", &s, Some(&code(now)), now), Outcome::Replayed);
+        assert_eq!(
+            v.verify("a", &s, Some(&code(now - 30)), now),
+            Outcome::Replayed,
+            "older step after a newer one"
+        );
+        // skew of one step ahead is accepted, two is not
+        assert_eq!(v.verify("a", &s, Some(&code(now + 30)), now), Outcome::Ok);
+        assert_eq!(v.verify("b", &s, Some(&code(now + 60)), now), Outcome::Invalid);
+        assert_eq!(
+            v.verify("b", &s, Some(&code(now - 30)), now),
+            Outcome::Ok,
+            "one step behind is accepted"
+        );
+        assert_eq!(v.verify("c", &s, Some("12345"), now), Outcome::Invalid);
+        assert_eq!(v.verify("c", &s, Some("abcdef"), now), Outcome::Invalid);
+        // lock-out after 3 failures, then it expires
+        assert!(
+            matches!(v.verify("c", &s, Some("000000"), now), Outcome::LockedOut { until } if until == now + 300)
+                || code(now) == "000000"
+        );
+        assert!(
+            matches!(v.verify("c", &s, Some(&code(now)), now + 10), Outcome::LockedOut { .. }),
+            "even a good code"
+        );
+        assert_eq!(v.verify("c", &s, Some(&code(now + 301)), now + 301), Outcome::Ok);
+    }
+}
