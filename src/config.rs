@@ -14,6 +14,9 @@ pub struct Config {
     /// behaviour can be watched. Never set in production.
     #[serde(default)]
     pub dev_mode: bool,
+    /// The access policy file (TOML; see `policy.example.toml`). Reloaded
+    /// on SIGHUP; required: without it nobody may do anything.
+    pub policy: PathBuf,
     /// Where to listen.
     pub listen: Listen,
     /// Server certificate and client CA.
@@ -29,6 +32,23 @@ pub struct Config {
     /// Prometheus metrics.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The audit trail.
+    pub audit: AuditConfig,
+}
+
+/// The audit trail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The live audit log (JSON lines, hash-chained, MAC'd).
+    pub path: PathBuf,
+    /// Rotate the log when it reaches this size (default 64 MiB).
+    #[serde(default = "default_rotate_bytes")]
+    pub rotate_bytes: u64,
+}
+
+fn default_rotate_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 /// Prometheus metrics endpoint.
@@ -190,6 +210,8 @@ impl Config {
         fix(&mut self.tls.key);
         fix(&mut self.tls.client_ca);
         fix(&mut self.store.path);
+        fix(&mut self.policy);
+        fix(&mut self.audit.path);
         if let Some(m) = self.store.master_key.as_mut() {
             fix(m);
         }
@@ -282,6 +304,9 @@ impl Config {
         let Some(mut cfg) = cfg else { return problems };
         cfg.resolve(path.parent().unwrap_or(Path::new(".")));
         problems.extend(cfg.problems().into_iter().map(|p| format!("{}: {p}", path.display())));
+        if let Err(e) = crate::authz::Policy::load(&cfg.policy) {
+            problems.push(format!("{}: policy: {e}", path.display()));
+        }
         if let Err(e) = crate::tls::server_config(&cfg.tls) {
             problems.push(format!("{}: tls: {e}", path.display()));
         }
@@ -388,15 +413,16 @@ mod tests {
         let p = dir.path().join("k.toml");
         std::fs::write(
             &p,
-            "[listen]\ntcp = [\"8.8.8.8:1\"]\nbogus = 1\n[tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\ncolour = \"red\"\n[store]\npath = \"s\"\nmaster_key = \"mk\"\n",
+            "policy = \"p.toml\"\n[listen]\ntcp = [\"8.8.8.8:1\"]\nbogus = 1\n[tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\ncolour = \"red\"\n[store]\npath = \"s\"\nmaster_key = \"mk\"\n[audit]\npath = \"a.log\"\n",
         )
         .unwrap();
         let problems = Config::check_file(&p);
         let all = problems.join("\n");
-        assert!(all.contains("k.toml:3: unknown field `bogus`"), "{all}");
-        assert!(all.contains("k.toml:8: unknown field `colour`"), "{all}");
+        assert!(all.contains("k.toml:4: unknown field `bogus`"), "{all}");
+        assert!(all.contains("k.toml:9: unknown field `colour`"), "{all}");
         assert!(all.contains("refusing to listen on 8.8.8.8:1"), "{all}");
         assert!(all.contains("tls:"), "{all}");
         assert!(all.contains("master key"), "{all}");
+        assert!(all.contains("policy"), "{all}");
     }
 }

@@ -117,6 +117,33 @@ pub fn write_file(path: &Path, content: &[u8], secret: bool) -> Result<(), DevEr
 
 /// The dev client identity (URI SAN of the dev client certificate).
 pub const DEV_CLIENT_ID: &str = "spiffe://kmsd.dev/client";
+/// The dev officer identity.
+pub const DEV_OFFICER_ID: &str = "spiffe://kmsd.dev/officer";
+
+/// Enrols the dev officer on first start (opening the store briefly) and
+/// returns its otpauth URI, to be printed at every dev start.
+pub fn dev_officer_totp(config: &Config) -> Result<String, DevError> {
+    let mk = kmsd_keystore::MasterKey::load(&config.master_key_path().map_err(|x| e("master key", x))?)
+        .map_err(|x| e("master key", x))?;
+    let sealer = kmsd_keystore::Sealer::new(mk);
+    let store = kmsd_keystore::SledStore::open(&config.store.path).map_err(|x| e("store", x))?;
+    let name = format!("totp:{DEV_OFFICER_ID}");
+    let existing =
+        kmsd_keystore::KeyStore::get(&store, kmsd_keystore::RecordKind::Secret, &name).map_err(|x| e("store", x))?;
+    let secret = match existing {
+        Some(entry) => {
+            let plain = sealer
+                .open(kmsd_keystore::RecordKind::Secret, &name, &entry.value)
+                .map_err(|x| e("store", x))?;
+            crate::otp::TotpSecret::from_slice(&plain)
+                .ok_or_else(|| DevError("dev officer secret is malformed".into()))?
+        }
+        None => crate::access::enroll(&store, &sealer, DEV_OFFICER_ID, false)
+            .map_err(|x| e("enrolling the dev officer", x))?,
+    };
+    kmsd_keystore::KeyStore::sync(&store).map_err(|x| e("store", x))?;
+    Ok(secret.otpauth_uri(DEV_OFFICER_ID))
+}
 
 /// The files of a dev setup.
 #[derive(Debug, Clone)]
@@ -153,6 +180,9 @@ pub fn setup(dir: &Path, tcp: Option<SocketAddr>) -> Result<(Config, DevPaths), 
             ],
         )?;
         let client = ca.issue_client("kmsd dev client", Some(DEV_CLIENT_ID))?;
+        let officer = ca.issue_client("kmsd dev officer", Some(DEV_OFFICER_ID))?;
+        write_file(&p("officer.pem"), officer.cert_pem.as_bytes(), false)?;
+        write_file(&p("officer.key"), officer.key_pem.as_bytes(), true)?;
         write_file(&p("ca.pem"), ca.cert_pem().as_bytes(), false)?;
         write_file(&p("server.pem"), server.cert_pem.as_bytes(), false)?;
         write_file(&p("server.key"), server.key_pem.as_bytes(), true)?;
@@ -162,8 +192,20 @@ pub fn setup(dir: &Path, tcp: Option<SocketAddr>) -> Result<(Config, DevPaths), 
     if !p("master-key").exists() {
         kmsd_keystore::MasterKey::create_file(&p("master-key")).map_err(|x| e("master key", x))?;
     }
+    if !p("policy.toml").exists() {
+        write_file(
+            &p("policy.toml"),
+            crate::authz::dev_policy(DEV_CLIENT_ID, DEV_OFFICER_ID).as_bytes(),
+            false,
+        )?;
+    }
     let config = Config {
         dev_mode: true,
+        policy: p("policy.toml"),
+        audit: crate::config::AuditConfig {
+            path: p("audit.log"),
+            rotate_bytes: 64 * 1024 * 1024,
+        },
         listen: Listen {
             unix: Some(p("kmsd.sock")),
             tcp: tcp.into_iter().collect(),

@@ -28,6 +28,7 @@
 //! Dependencies point one way: server → service → keys, crypto → keystore.
 #![deny(unsafe_code)]
 
+pub mod access;
 pub mod audit;
 pub mod authz;
 pub mod client;

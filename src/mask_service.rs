@@ -1,13 +1,13 @@
 //! `kmsd.v1.Mask`: masking and redaction (pure functions of
 //! [`crate::masking`], shared with `kmsctl redact`), and tokenization
 //! under ordinary kmsd key rings.
+use crate::authz::Op;
 use crate::error::Error;
 use crate::masking::{self, Kind};
 use crate::proto;
-use crate::service::{identity, Shared};
+use crate::service::Shared;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -100,8 +100,7 @@ fn token_error(e: masking::TokenError) -> Error {
 #[tonic::async_trait]
 impl proto::mask_server::Mask for MaskService {
     async fn mask(&self, req: Request<proto::MaskRequest>) -> Result<Response<proto::MaskResponse>, Status> {
-        let started = Instant::now();
-        let peer = identity(&req)?;
+        let call = self.shared.begin(&req, Op::Mask, None)?;
         let r = req.into_inner();
         let result = kind_from_proto(r.kind).and_then(|kind| {
             let bin = match r.pan_keep_bin {
@@ -116,12 +115,11 @@ impl proto::mask_server::Mask for MaskService {
                 })
                 .map_err(|e| Error::InvalidArgument(e.to_string()))
         });
-        Ok(Response::new(self.shared.finish(&peer, "mask", "", started, result)?))
+        Ok(Response::new(self.shared.finish(&call, result)?))
     }
 
     async fn redact(&self, req: Request<proto::RedactRequest>) -> Result<Response<proto::RedactResponse>, Status> {
-        let started = Instant::now();
-        let peer = identity(&req)?;
+        let call = self.shared.begin(&req, Op::Redact, None)?;
         let r = req.into_inner();
         let result = if r.text.len() > INLINE_REDACT_BYTES {
             tokio::task::spawn_blocking(move || redact(&r))
@@ -130,7 +128,7 @@ impl proto::mask_server::Mask for MaskService {
         } else {
             redact(&r)
         };
-        Ok(Response::new(self.shared.finish(&peer, "redact", "", started, result)?))
+        Ok(Response::new(self.shared.finish(&call, result)?))
     }
 
     type RedactStreamStream = Pin<Box<dyn Stream<Item = Result<proto::RedactResponse, Status>> + Send>>;
@@ -139,8 +137,7 @@ impl proto::mask_server::Mask for MaskService {
         &self,
         req: Request<Streaming<proto::RedactRequest>>,
     ) -> Result<Response<Self::RedactStreamStream>, Status> {
-        let started = Instant::now();
-        let peer = identity(&req)?;
+        let call = self.shared.begin(&req, Op::Redact, None)?;
         let mut inbound = req.into_inner();
         // A small buffer: when the client stops reading, this fills, the
         // task stops reading its input, and HTTP/2 flow control pushes back.
@@ -165,11 +162,11 @@ impl proto::mask_server::Mask for MaskService {
             if let Err(e) = &outcome {
                 let _ = tx.send(Err(e.clone())).await;
             }
+            if let Ok(mut d) = call.detail.lock() {
+                *d = Some(format!("stream lines={lines}"));
+            }
             let _ = shared.finish(
-                &peer,
-                "redact",
-                "(stream)",
-                started,
+                &call,
                 outcome.map_err(|_| Error::InvalidArgument("stream failed".into())),
             );
             tracing::debug!(lines, "redaction stream ended");
@@ -181,8 +178,7 @@ impl proto::mask_server::Mask for MaskService {
         &self,
         req: Request<proto::TokenizeRequest>,
     ) -> Result<Response<proto::TokenizeResponse>, Status> {
-        let started = Instant::now();
-        let peer = identity(&req)?;
+        let call = self.shared.begin(&req, Op::Tokenize, Some(&req.get_ref().key))?;
         let r = req.into_inner();
         let keys = self.shared.keys()?;
         let result = kind_from_proto(r.kind).and_then(|kind| {
@@ -195,17 +191,14 @@ impl proto::mask_server::Mask for MaskService {
                     .map_err(token_error)
             })
         });
-        Ok(Response::new(
-            self.shared.finish(&peer, "tokenize", &r.key, started, result)?,
-        ))
+        Ok(Response::new(self.shared.finish(&call, result)?))
     }
 
     async fn detokenize(
         &self,
         req: Request<proto::DetokenizeRequest>,
     ) -> Result<Response<proto::DetokenizeResponse>, Status> {
-        let started = Instant::now();
-        let peer = identity(&req)?;
+        let call = self.shared.begin(&req, Op::Detokenize, Some(&req.get_ref().key))?;
         let r = req.into_inner();
         let keys = self.shared.keys()?;
         let version = (r.key_version > 0).then_some(r.key_version);
@@ -216,12 +209,6 @@ impl proto::mask_server::Mask for MaskService {
                     .map_err(token_error)
             })
         });
-        Ok(Response::new(self.shared.finish(
-            &peer,
-            "detokenize",
-            &r.key,
-            started,
-            result,
-        )?))
+        Ok(Response::new(self.shared.finish(&call, result)?))
     }
 }

@@ -218,6 +218,7 @@ pub async fn run(config: Config, signals: Signals) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
         keys: std::sync::OnceLock::new(),
+        access: std::sync::OnceLock::new(),
         metrics: metrics.clone(),
     });
 
@@ -303,6 +304,23 @@ pub async fn run(config: Config, signals: Signals) -> Result<(), StartError> {
             .map_err(|e| err("start-up", e))??
     };
     tracing::info!(keys = keys.len(), store = %config.store.path.display(), "key store opened");
+    let access = {
+        let (keys, metrics, config) = (keys.clone(), metrics.clone(), config.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::access::Access::new(
+                config.policy.clone(),
+                config.audit.path.clone(),
+                config.audit.rotate_bytes,
+                &keys,
+                metrics,
+            )
+        })
+        .await
+        .map_err(|e| err("start-up", e))?
+        .map_err(|e| StartError(format!("access control: {e}")))?
+    };
+    let access = Arc::new(access);
+    let _ = shared.access.set(access.clone());
     let _ = shared.keys.set(keys.clone());
     tokio::spawn(scheduler(keys.clone(), stop_rx.clone()));
     tokio::spawn(usage_flusher(keys.clone(), stop_rx.clone()));
@@ -332,6 +350,13 @@ pub async fn run(config: Config, signals: Signals) -> Result<(), StartError> {
                     Err(e) => {
                         metrics.reloads_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::error!(error = %e, "reload refused; the previous TLS configuration stays in force");
+                    }
+                }
+                match access.reload_policy() {
+                    Ok(()) => tracing::info!("reloaded the policy"),
+                    Err(e) => {
+                        metrics.reloads_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::error!(error = %e, "policy reload refused; the previous policy stays in force");
                     }
                 }
                 notify(&format!("READY=1\nSTATUS={status}"));

@@ -1,7 +1,11 @@
-//! The gRPC services. Each handler: take the caller's identity from the
-//! verified certificate, run the operation, log one line (identity,
-//! operation, key, result; never plaintext, ciphertext or key material),
-//! and map errors through the one `From<Error> for Status`.
+//! The gRPC services. Every handler goes through [`Shared::begin`]
+//! (identity from the verified certificate, policy, second factor, durable
+//! intent record for administrative calls) and ends in
+//! [`Shared::finish`] (metrics, one log line and one audit record —
+//! identity, operation, key, result; never plaintext, ciphertext, tokens,
+//! codes or key material — and the one `From<Error> for Status`).
+use crate::access::{Access, Call, PendingOp};
+use crate::authz::Op;
 use crate::error::Error;
 use crate::keys::{Keys, Usage};
 use crate::metrics::Metrics;
@@ -10,7 +14,7 @@ use crate::tls::PeerIdentity;
 use kmsd_keystore::keyring::{KeyPolicy, RotationReason};
 use kmsd_keystore::{KeyRing, VersionState};
 use rand::RngCore;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
@@ -24,50 +28,89 @@ pub fn identity<T>(req: &Request<T>) -> Result<Arc<PeerIdentity>, Status> {
         .ok_or_else(|| Status::unauthenticated("no verified client certificate"))
 }
 
-/// State every service shares: the key rings (set once the store is
-/// loaded; until then calls answer UNAVAILABLE and health NOT_SERVING)
-/// and the metrics.
+/// State every service shares: the key rings and access control (set
+/// once the store is loaded; until then calls answer UNAVAILABLE and
+/// health NOT_SERVING) and the metrics.
 #[derive(Debug, Default)]
 pub struct Shared {
     /// The key rings, once loaded.
-    pub keys: std::sync::OnceLock<Arc<Keys>>,
+    pub keys: OnceLock<Arc<Keys>>,
+    /// Policy, second factor, dual control, audit; once loaded.
+    pub access: OnceLock<Arc<Access>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
 }
 
+const STARTING: &str = "kmsd is starting: the key store is not loaded yet";
+
 impl Shared {
     /// The key rings, or UNAVAILABLE while starting.
     pub fn keys(&self) -> Result<&Arc<Keys>, Status> {
-        self.keys
-            .get()
-            .ok_or_else(|| Status::unavailable("kmsd is starting: the key store is not loaded yet"))
+        self.keys.get().ok_or_else(|| Status::unavailable(STARTING))
     }
 
-    /// Logs the outcome of one request, records its metrics, and converts
-    /// the error.
-    pub fn finish<T>(
-        &self,
-        peer: &PeerIdentity,
-        op: &'static str,
-        key: &str,
-        started: Instant,
-        result: Result<T, Error>,
-    ) -> Result<T, Status> {
-        let elapsed = started.elapsed();
-        let micros = elapsed.as_micros() as u64;
-        match result {
-            Ok(v) => {
-                self.metrics.observe(op, tonic::Code::Ok, elapsed);
-                tracing::info!(identity = peer.id(), peer = %peer.peer_addr, op, key, code = "OK", micros, "request");
-                Ok(v)
-            }
-            Err(e) => {
-                let status = Status::from(e);
-                self.metrics.observe(op, status.code(), elapsed);
-                tracing::info!(identity = peer.id(), peer = %peer.peer_addr, op, key, code = ?status.code(), error = status.message(), micros, "request");
-                Err(status)
-            }
+    /// Access control, or UNAVAILABLE while starting.
+    pub fn access(&self) -> Result<&Arc<Access>, Status> {
+        self.access.get().ok_or_else(|| Status::unavailable(STARTING))
+    }
+
+    /// Starts a call: identity, policy, second factor, and (administrative
+    /// calls) the durable intent record. Refusals are audited.
+    pub fn begin<T>(&self, req: &Request<T>, op: Op, key: Option<&str>) -> Result<Call, Status> {
+        let peer = identity(req)?;
+        let call = Call {
+            peer,
+            op,
+            key: key.map(str::to_owned),
+            request_id: crate::access::request_id(req),
+            started: Instant::now(),
+            version: Default::default(),
+            detail: Mutex::new(None),
+        };
+        let access = self.access()?;
+        let otp = req
+            .metadata()
+            .get(crate::access::OTP_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if let Err(status) = access.authorize(&call, otp) {
+            self.observe(&call, &status);
+            return Err(status);
         }
+        Ok(call)
+    }
+
+    fn observe(&self, call: &Call, status: &Status) {
+        let elapsed = call.started.elapsed();
+        self.metrics.observe(call.op.as_str(), status.code(), elapsed);
+        let (id, op, key) = (call.peer.id(), call.op.as_str(), call.key.as_deref().unwrap_or(""));
+        let micros = elapsed.as_micros() as u64;
+        if status.code() != tonic::Code::Ok || call.op.is_admin() {
+            tracing::info!(identity = id, peer = %call.peer.peer_addr, request_id = %call.request_id, op, key, code = ?status.code(), error = status.message(), micros, "request");
+        } else {
+            tracing::debug!(identity = id, peer = %call.peer.peer_addr, request_id = %call.request_id, op, key, code = "OK", micros, "request");
+        }
+    }
+
+    /// Ends a call: metrics, log line, audit record; converts the error.
+    pub fn finish<T>(&self, call: &Call, result: Result<T, Error>) -> Result<T, Status> {
+        let result = result.map_err(Status::from);
+        let code = result.as_ref().map(|_| tonic::Code::Ok).unwrap_or_else(|s| s.code());
+        let status = match &result {
+            Ok(_) => Status::ok(""),
+            Err(s) => s.clone(),
+        };
+        self.observe(call, &status);
+        if let Some(access) = self.access.get() {
+            access.record_outcome(call, code);
+        }
+        result
+    }
+
+    /// Whether the caller may do `op` on `key` (batch items, list filtering).
+    pub fn allowed(&self, call: &Call, op: Op, key: &str) -> bool {
+        self.access
+            .get()
+            .is_some_and(|a| a.policy().check(call.peer.id(), op, Some(key)).is_ok())
     }
 }
 
@@ -92,6 +135,13 @@ fn item_error(e: Error) -> proto::ItemError {
     proto::ItemError {
         code: s.code() as i32,
         message: s.message().to_owned(),
+    }
+}
+
+fn item_denied(op: Op, key: &str) -> proto::ItemError {
+    proto::ItemError {
+        code: tonic::Code::PermissionDenied as i32,
+        message: format!("permission denied: may not {} on key {key:?}", op.as_str()),
     }
 }
 
@@ -122,11 +172,10 @@ impl CryptoService {
         req: Request<proto::GenerateDataKeyRequest>,
         with_plaintext: bool,
     ) -> Result<Response<proto::GenerateDataKeyResponse>, Status> {
-        let started = Instant::now();
-        let peer = identity(&req)?;
+        let call = self.shared.begin(&req, Op::Datakey, Some(&req.get_ref().key))?;
         let r = req.into_inner();
         let keys = self.shared.keys()?.clone();
-        let (key, aad, bits) = (r.key.clone(), r.associated_data, r.bits);
+        let (key, aad, bits) = (r.key, r.associated_data, r.bits);
         let result = blocking(move || {
             let len = match bits {
                 0 | 256 => 32,
@@ -144,20 +193,29 @@ impl CryptoService {
             })
         })
         .await;
-        Ok(Response::new(
-            self.shared.finish(&peer, "datakey", &r.key, started, result)?,
-        ))
+        if let Ok(r) = &result {
+            call.used_version(r.key_version);
+        }
+        Ok(Response::new(self.shared.finish(&call, result)?))
+    }
+
+    fn batch_detail(call: &Call, n: usize, errors: usize) {
+        if let Ok(mut d) = call.detail.lock() {
+            *d = Some(format!("batch items={n} errors={errors}"));
+        }
     }
 }
 
 #[tonic::async_trait]
 impl proto::crypto_server::Crypto for CryptoService {
     async fn encrypt(&self, req: Request<proto::EncryptRequest>) -> Result<Response<proto::EncryptResponse>, Status> {
-        let started = Instant::now();
-        let peer = identity(&req)?;
+        let call = self.shared.begin(&req, Op::Encrypt, Some(&req.get_ref().key))?;
         let r = req.into_inner();
         let result = self.shared.keys()?.encrypt(&r.key, &r.plaintext, &r.associated_data);
-        let e = self.shared.finish(&peer, "encrypt", &r.key, started, result)?;
+        if let Ok(e) = &result {
+            call.used_version(e.version);
+        }
+        let e = self.shared.finish(&call, result)?;
         Ok(Response::new(proto::EncryptResponse {
             ciphertext: e.ciphertext,
             key_version: e.version,
@@ -165,22 +223,24 @@ impl proto::crypto_server::Crypto for CryptoService {
     }
 
     async fn decrypt(&self, req: Request<proto::DecryptRequest>) -> Result<Response<proto::DecryptResponse>, Status> {
-        let started = Instant::now();
-        let peer = identity(&req)?;
+        let call = self.shared.begin(&req, Op::Decrypt, Some(&req.get_ref().key))?;
         let r = req.into_inner();
         let result = self.shared.keys()?.decrypt(&r.key, &r.ciphertext, &r.associated_data);
-        let (plaintext, key_version) = self.shared.finish(&peer, "decrypt", &r.key, started, result)?;
+        if let Ok((_, v)) = &result {
+            call.used_version(*v);
+        }
+        let (plaintext, key_version) = self.shared.finish(&call, result)?;
         Ok(Response::new(proto::DecryptResponse { plaintext, key_version }))
     }
 
     async fn rewrap(&self, req: Request<proto::RewrapRequest>) -> Result<Response<proto::RewrapResponse>, Status> {
-        let started = Instant::now();
-        let peer = identity(&req)?;
+        let call = self.shared.begin(&req, Op::Rewrap, Some(&req.get_ref().key))?;
         let r = req.into_inner();
         let result = Self::rewrap_one(self.shared.keys()?, &r);
-        Ok(Response::new(
-            self.shared.finish(&peer, "rewrap", &r.key, started, result)?,
-        ))
+        if let Ok(ok) = &result {
+            call.used_version(ok.key_version);
+        }
+        Ok(Response::new(self.shared.finish(&call, result)?))
     }
 
     async fn encrypt_batch(
@@ -188,25 +248,35 @@ impl proto::crypto_server::Crypto for CryptoService {
         req: Request<proto::EncryptBatchRequest>,
     ) -> Result<Response<proto::EncryptBatchResponse>, Status> {
         use proto::encrypt_batch_item::Result as R;
-        let started = Instant::now();
-        let peer = identity(&req)?;
+        let call = self
+            .shared
+            .begin(&req, Op::Encrypt, None)
+            .or_else(|_| self.batch_call(&req, Op::Encrypt))?;
         let r = req.into_inner();
         let keys = self.shared.keys()?;
+        let mut errors = 0;
         let result = self.check_batch(r.items.len()).map(|()| {
             r.items
                 .iter()
-                .map(|it| proto::EncryptBatchItem {
-                    result: Some(match keys.encrypt(&it.key, &it.plaintext, &it.associated_data) {
-                        Ok(e) => R::Ok(proto::EncryptResponse {
-                            ciphertext: e.ciphertext,
-                            key_version: e.version,
-                        }),
-                        Err(e) => R::Error(item_error(e)),
-                    }),
+                .map(|it| {
+                    let res = if !self.shared.allowed(&call, Op::Encrypt, &it.key) {
+                        R::Error(item_denied(Op::Encrypt, &it.key))
+                    } else {
+                        match keys.encrypt(&it.key, &it.plaintext, &it.associated_data) {
+                            Ok(e) => R::Ok(proto::EncryptResponse {
+                                ciphertext: e.ciphertext,
+                                key_version: e.version,
+                            }),
+                            Err(e) => R::Error(item_error(e)),
+                        }
+                    };
+                    errors += usize::from(matches!(res, R::Error(_)));
+                    proto::EncryptBatchItem { result: Some(res) }
                 })
                 .collect()
         });
-        let items = self.shared.finish(&peer, "encrypt", "(batch)", started, result)?;
+        Self::batch_detail(&call, r.items.len(), errors);
+        let items = self.shared.finish(&call, result)?;
         Ok(Response::new(proto::EncryptBatchResponse { items }))
     }
 
@@ -215,22 +285,32 @@ impl proto::crypto_server::Crypto for CryptoService {
         req: Request<proto::DecryptBatchRequest>,
     ) -> Result<Response<proto::DecryptBatchResponse>, Status> {
         use proto::decrypt_batch_item::Result as R;
-        let started = Instant::now();
-        let peer = identity(&req)?;
+        let call = self
+            .shared
+            .begin(&req, Op::Decrypt, None)
+            .or_else(|_| self.batch_call(&req, Op::Decrypt))?;
         let r = req.into_inner();
         let keys = self.shared.keys()?;
+        let mut errors = 0;
         let result = self.check_batch(r.items.len()).map(|()| {
             r.items
                 .iter()
-                .map(|it| proto::DecryptBatchItem {
-                    result: Some(match keys.decrypt(&it.key, &it.ciphertext, &it.associated_data) {
-                        Ok((plaintext, key_version)) => R::Ok(proto::DecryptResponse { plaintext, key_version }),
-                        Err(e) => R::Error(item_error(e)),
-                    }),
+                .map(|it| {
+                    let res = if !self.shared.allowed(&call, Op::Decrypt, &it.key) {
+                        R::Error(item_denied(Op::Decrypt, &it.key))
+                    } else {
+                        match keys.decrypt(&it.key, &it.ciphertext, &it.associated_data) {
+                            Ok((plaintext, key_version)) => R::Ok(proto::DecryptResponse { plaintext, key_version }),
+                            Err(e) => R::Error(item_error(e)),
+                        }
+                    };
+                    errors += usize::from(matches!(res, R::Error(_)));
+                    proto::DecryptBatchItem { result: Some(res) }
                 })
                 .collect()
         });
-        let items = self.shared.finish(&peer, "decrypt", "(batch)", started, result)?;
+        Self::batch_detail(&call, r.items.len(), errors);
+        let items = self.shared.finish(&call, result)?;
         Ok(Response::new(proto::DecryptBatchResponse { items }))
     }
 
@@ -239,22 +319,32 @@ impl proto::crypto_server::Crypto for CryptoService {
         req: Request<proto::RewrapBatchRequest>,
     ) -> Result<Response<proto::RewrapBatchResponse>, Status> {
         use proto::rewrap_batch_item::Result as R;
-        let started = Instant::now();
-        let peer = identity(&req)?;
+        let call = self
+            .shared
+            .begin(&req, Op::Rewrap, None)
+            .or_else(|_| self.batch_call(&req, Op::Rewrap))?;
         let r = req.into_inner();
         let keys = self.shared.keys()?;
+        let mut errors = 0;
         let result = self.check_batch(r.items.len()).map(|()| {
             r.items
                 .iter()
-                .map(|it| proto::RewrapBatchItem {
-                    result: Some(match Self::rewrap_one(keys, it) {
-                        Ok(ok) => R::Ok(ok),
-                        Err(e) => R::Error(item_error(e)),
-                    }),
+                .map(|it| {
+                    let res = if !self.shared.allowed(&call, Op::Rewrap, &it.key) {
+                        R::Error(item_denied(Op::Rewrap, &it.key))
+                    } else {
+                        match Self::rewrap_one(keys, it) {
+                            Ok(ok) => R::Ok(ok),
+                            Err(e) => R::Error(item_error(e)),
+                        }
+                    };
+                    errors += usize::from(matches!(res, R::Error(_)));
+                    proto::RewrapBatchItem { result: Some(res) }
                 })
                 .collect()
         });
-        let items = self.shared.finish(&peer, "rewrap", "(batch)", started, result)?;
+        Self::batch_detail(&call, r.items.len(), errors);
+        let items = self.shared.finish(&call, result)?;
         Ok(Response::new(proto::RewrapBatchResponse { items }))
     }
 
@@ -270,6 +360,24 @@ impl proto::crypto_server::Crypto for CryptoService {
         req: Request<proto::GenerateDataKeyRequest>,
     ) -> Result<Response<proto::GenerateDataKeyResponse>, Status> {
         self.data_key(req, false).await
+    }
+}
+
+impl CryptoService {
+    /// A batch names its keys per item: the call itself only needs the
+    /// caller to be known (each item is then checked against the policy).
+    fn batch_call<T>(&self, req: &Request<T>, op: Op) -> Result<Call, Status> {
+        let peer = identity(req)?;
+        self.shared.access()?;
+        Ok(Call {
+            peer,
+            op,
+            key: Some("(batch)".into()),
+            request_id: crate::access::request_id(req),
+            started: Instant::now(),
+            version: Default::default(),
+            detail: Mutex::new(None),
+        })
     }
 }
 
@@ -372,31 +480,46 @@ fn version_state(s: VersionState) -> proto::VersionState {
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
+/// Largest snapshot accepted by `Restore` (1 GiB).
+const MAX_RESTORE_BYTES: usize = 1 << 30;
+
 impl KeysService {
-    /// Runs a ring-changing admin operation and answers with the new metadata.
+    /// Runs a ring-changing administrative operation off the async
+    /// workers and answers with the new metadata.
     async fn admin(
         &self,
-        peer: &PeerIdentity,
-        op: &'static str,
-        name: String,
+        call: Call,
         f: impl FnOnce(&Keys, &str) -> Result<KeyRing, Error> + Send + 'static,
     ) -> Result<Response<proto::KeyInfo>, Status> {
-        let started = Instant::now();
         let keys = self.shared.keys()?.clone();
-        let n = name.clone();
-        let result = blocking(move || f(&keys, &n).map(|ring| key_info(&ring, &keys.usage(&n)))).await;
-        Ok(Response::new(self.shared.finish(peer, op, &name, started, result)?))
+        let name = call.key.clone().unwrap_or_default();
+        let result = blocking(move || f(&keys, &name).map(|ring| key_info(&ring, &keys.usage(&name)))).await;
+        Ok(Response::new(self.shared.finish(&call, result)?))
+    }
+
+    /// Dual control: creates the pending request (and answers with it), or
+    /// lets DEV ONLY roles through.
+    fn dual(&self, call: &Call, op: PendingOp) -> Result<(), Status> {
+        match self.shared.access()?.dual_control(call, op) {
+            Ok(()) => Ok(()),
+            Err(status) => {
+                let _ = self
+                    .shared
+                    .finish::<()>(call, Err(Error::FailedPrecondition(status.message().to_owned())));
+                Err(status)
+            }
+        }
     }
 }
 
 #[tonic::async_trait]
 impl proto::keys_server::Keys for KeysService {
     async fn create_key(&self, req: Request<proto::CreateKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
-        let peer = identity(&req)?;
+        let call = self.shared.begin(&req, Op::KeyCreate, Some(&req.get_ref().name))?;
         let r = req.into_inner();
         let algorithm = r.algorithm;
         let policy = merge_policy(KeyPolicy::default(), r.policy.as_ref());
-        self.admin(&peer, "key.create", r.name, move |keys, name| {
+        self.admin(call, move |keys, name| {
             if algorithm != proto::Algorithm::Unspecified as i32 && algorithm != proto::Algorithm::Aes256Gcm as i32 {
                 return Err(Error::InvalidArgument("unsupported algorithm; only AES_256_GCM".into()));
             }
@@ -406,17 +529,27 @@ impl proto::keys_server::Keys for KeysService {
     }
 
     async fn get_key(&self, req: Request<proto::GetKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
-        let peer = identity(&req)?;
-        self.admin(&peer, "key.read", req.into_inner().name, |keys, name| keys.get(name))
-            .await
+        let call = self.shared.begin(&req, Op::KeyRead, Some(&req.get_ref().name))?;
+        self.admin(call, |keys, name| keys.get(name)).await
     }
 
     async fn list_keys(
         &self,
         req: Request<proto::ListKeysRequest>,
     ) -> Result<Response<proto::ListKeysResponse>, Status> {
-        let started = Instant::now();
+        // Listing is filtered per name by key.read: a caller sees only the
+        // names it may read, and learns nothing of the others.
         let peer = identity(&req)?;
+        let call = Call {
+            peer,
+            op: Op::KeyRead,
+            key: None,
+            request_id: crate::access::request_id(&req),
+            started: Instant::now(),
+            version: Default::default(),
+            detail: Mutex::new(Some("list".into())),
+        };
+        let access = self.shared.access()?.clone();
         let r = req.into_inner();
         let limit = match r.page_size as usize {
             0 => DEFAULT_PAGE,
@@ -437,44 +570,71 @@ impl proto::keys_server::Keys for KeysService {
             Ok(after) => blocking(move || keys.list(&prefix, after.as_deref(), limit)).await,
             Err(e) => Err(e),
         };
-        let names = self.shared.finish(&peer, "key.read", &r.prefix, started, result)?;
-        let next_page_token = match names.last() {
-            Some(last) if names.len() == limit => hex::encode(last),
+        let raw = self.shared.finish(&call, result)?;
+        let next_page_token = match raw.last() {
+            Some(last) if raw.len() == limit => hex::encode(last),
             _ => String::new(),
         };
+        let policy = access.policy();
+        let names = raw
+            .into_iter()
+            .filter(|n| policy.check(call.peer.id(), Op::KeyRead, Some(n)).is_ok())
+            .collect();
         Ok(Response::new(proto::ListKeysResponse { names, next_page_token }))
     }
 
     async fn rotate_key(&self, req: Request<proto::RotateKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
-        let peer = identity(&req)?;
-        self.admin(&peer, "key.rotate", req.into_inner().name, |keys, name| {
-            keys.rotate(name, RotationReason::Manual)
-        })
-        .await
+        let call = self.shared.begin(&req, Op::KeyRotate, Some(&req.get_ref().name))?;
+        self.admin(call, |keys, name| keys.rotate(name, RotationReason::Manual))
+            .await
     }
 
     async fn update_key_policy(
         &self,
         req: Request<proto::UpdateKeyPolicyRequest>,
     ) -> Result<Response<proto::KeyInfo>, Status> {
-        let peer = identity(&req)?;
+        let call = self.shared.begin(&req, Op::KeyPolicy, Some(&req.get_ref().name))?;
         let r = req.into_inner();
-        let update = r.policy;
-        self.admin(&peer, "key.policy", r.name, move |keys, name| {
-            let current = keys.get(name)?;
-            keys.set_policy(name, merge_policy(current.policy.clone(), update.as_ref()))
+        let keys = self.shared.keys()?.clone();
+        // Raising the minimum decryption version past versions still in
+        // use is irreversible for their ciphertexts: dual control.
+        let current = match blocking({
+            let (keys, name) = (keys.clone(), r.name.clone());
+            move || keys.get(&name)
         })
         .await
+        {
+            Ok(c) => c,
+            Err(e) => return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status()),
+        };
+        let new = merge_policy(current.policy.clone(), r.policy.as_ref());
+        let strands = current.versions.iter().any(|v| {
+            v.version < new.min_decryption_version
+                && v.version >= current.policy.min_decryption_version
+                && matches!(v.state, VersionState::Active | VersionState::DecryptOnly)
+        });
+        if strands {
+            self.dual(
+                &call,
+                PendingOp::SetPolicy {
+                    name: r.name.clone(),
+                    policy: new.clone(),
+                },
+            )?;
+        }
+        self.admin(call, move |keys, name| keys.set_policy(name, new)).await
     }
 
     async fn set_version_state(
         &self,
         req: Request<proto::SetVersionStateRequest>,
     ) -> Result<Response<proto::KeyInfo>, Status> {
-        let peer = identity(&req)?;
+        let call = self
+            .shared
+            .begin(&req, Op::KeyVersionState, Some(&req.get_ref().name))?;
         let r = req.into_inner();
         let (version, state) = (r.version, r.state);
-        self.admin(&peer, "key.version_state", r.name, move |keys, name| {
+        self.admin(call, move |keys, name| {
             let state = match proto::VersionState::try_from(state) {
                 Ok(proto::VersionState::DecryptOnly) => VersionState::DecryptOnly,
                 Ok(proto::VersionState::Disabled) => VersionState::Disabled,
@@ -489,10 +649,19 @@ impl proto::keys_server::Keys for KeysService {
         &self,
         req: Request<proto::ScheduleVersionDestructionRequest>,
     ) -> Result<Response<proto::KeyInfo>, Status> {
-        let peer = identity(&req)?;
+        let call = self.shared.begin(&req, Op::KeyDestroy, Some(&req.get_ref().name))?;
         let r = req.into_inner();
         let (version, wait) = (r.version, r.waiting_period_seconds);
-        self.admin(&peer, "key.destroy", r.name, move |keys, name| {
+        self.shared.keys()?.destruction_time(wait).map_err(Status::from)?;
+        self.dual(
+            &call,
+            PendingOp::DestroyVersion {
+                name: r.name.clone(),
+                version,
+                wait,
+            },
+        )?;
+        self.admin(call, move |keys, name| {
             let at = keys.destruction_time(wait)?;
             Ok(keys.modify(name, |r| r.schedule_destruction(version, at))?.0)
         })
@@ -503,10 +672,11 @@ impl proto::keys_server::Keys for KeysService {
         &self,
         req: Request<proto::CancelVersionDestructionRequest>,
     ) -> Result<Response<proto::KeyInfo>, Status> {
-        let peer = identity(&req)?;
-        let r = req.into_inner();
-        let version = r.version;
-        self.admin(&peer, "key.version_state", r.name, move |keys, name| {
+        let call = self
+            .shared
+            .begin(&req, Op::KeyVersionState, Some(&req.get_ref().name))?;
+        let version = req.get_ref().version;
+        self.admin(call, move |keys, name| {
             Ok(keys.modify(name, |r| r.cancel_destruction(version))?.0)
         })
         .await
@@ -516,10 +686,26 @@ impl proto::keys_server::Keys for KeysService {
         &self,
         req: Request<proto::ScheduleKeyDeletionRequest>,
     ) -> Result<Response<proto::KeyInfo>, Status> {
-        let peer = identity(&req)?;
+        let call = self.shared.begin(&req, Op::KeyDestroy, Some(&req.get_ref().name))?;
         let r = req.into_inner();
         let wait = r.waiting_period_seconds;
-        self.admin(&peer, "key.destroy", r.name, move |keys, name| {
+        self.shared.keys()?.destruction_time(wait).map_err(Status::from)?;
+        let current = self.shared.keys()?.get(&r.name).map_err(Status::from)?;
+        if !current.policy.deletion_allowed {
+            let e = Error::FailedPrecondition(format!(
+                "key {:?} does not allow deletion (policy deletion_allowed is false)",
+                r.name
+            ));
+            return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status());
+        }
+        self.dual(
+            &call,
+            PendingOp::DeleteKey {
+                name: r.name.clone(),
+                wait,
+            },
+        )?;
+        self.admin(call, move |keys, name| {
             let at = keys.destruction_time(wait)?;
             Ok(keys.modify(name, |r| r.schedule_deletion(at))?.0)
         })
@@ -530,18 +716,17 @@ impl proto::keys_server::Keys for KeysService {
         &self,
         req: Request<proto::CancelKeyDeletionRequest>,
     ) -> Result<Response<proto::KeyInfo>, Status> {
-        let peer = identity(&req)?;
-        self.admin(&peer, "key.version_state", req.into_inner().name, |keys, name| {
-            Ok(keys.modify(name, |r| r.cancel_deletion())?.0)
-        })
-        .await
+        let call = self
+            .shared
+            .begin(&req, Op::KeyVersionState, Some(&req.get_ref().name))?;
+        self.admin(call, |keys, name| Ok(keys.modify(name, |r| r.cancel_deletion())?.0))
+            .await
     }
 
     type BackupStream = tokio_stream::Iter<std::vec::IntoIter<Result<proto::BackupChunk, Status>>>;
 
     async fn backup(&self, req: Request<proto::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
-        let started = Instant::now();
-        let peer = identity(&req)?;
+        let call = self.shared.begin(&req, Op::Backup, None)?;
         let keys = self.shared.keys()?.clone();
         let result = blocking(move || {
             keys.flush_usage()?;
@@ -552,7 +737,7 @@ impl proto::keys_server::Keys for KeysService {
             Ok((buf, total))
         })
         .await;
-        let (buf, total) = self.shared.finish(&peer, "backup", "", started, result)?;
+        let (buf, total) = self.shared.finish(&call, result)?;
         const CHUNK: usize = 1 << 20;
         let chunks: Vec<Result<proto::BackupChunk, Status>> = buf
             .chunks(CHUNK)
@@ -571,8 +756,7 @@ impl proto::keys_server::Keys for KeysService {
         &self,
         req: Request<tonic::Streaming<proto::RestoreChunk>>,
     ) -> Result<Response<proto::RestoreResponse>, Status> {
-        let started = Instant::now();
-        let peer = identity(&req)?;
+        let call = self.shared.begin(&req, Op::Restore, None)?;
         let mut stream = req.into_inner();
         let mut bytes = Vec::new();
         let mut too_large = false;
@@ -583,19 +767,32 @@ impl proto::keys_server::Keys for KeysService {
             }
             bytes.extend_from_slice(&chunk.data);
         }
+        if too_large {
+            let e = Error::TooLarge(format!("backup larger than {MAX_RESTORE_BYTES} bytes"));
+            return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status());
+        }
+        let bytes = Arc::new(bytes);
+        self.dual(&call, PendingOp::Restore { bytes: bytes.clone() })?;
         let keys = self.shared.keys()?.clone();
-        let result = if too_large {
-            Err(Error::TooLarge(format!("backup larger than {MAX_RESTORE_BYTES} bytes")))
-        } else {
-            blocking(move || keys.restore(&bytes)).await
-        };
-        let (records, keys) = self.shared.finish(&peer, "restore", "", started, result)?;
+        let result = blocking(move || keys.restore(&bytes)).await;
+        let (records, keys) = self.shared.finish(&call, result)?;
         Ok(Response::new(proto::RestoreResponse { records, keys }))
     }
 }
 
-/// Largest snapshot accepted by `Restore` (1 GiB).
-const MAX_RESTORE_BYTES: usize = 1 << 30;
+/// `Err(status)` of a finished call as a plain `Status`.
+trait ErrStatus {
+    fn unwrap_err_status(self) -> Status;
+}
+
+impl ErrStatus for Result<(), Status> {
+    fn unwrap_err_status(self) -> Status {
+        match self {
+            Ok(()) => Status::internal("unexpected success"),
+            Err(s) => s,
+        }
+    }
+}
 
 /// `kmsd.v1.Admin`.
 #[derive(Debug, Clone)]
@@ -604,11 +801,14 @@ pub struct AdminService {
     pub shared: Arc<Shared>,
 }
 
+/// Largest audit log accepted by `VerifyAudit` (1 GiB).
+const MAX_AUDIT_BYTES: usize = 1 << 30;
+
 #[tonic::async_trait]
 impl proto::admin_server::Admin for AdminService {
     async fn status(&self, req: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
-        let started = Instant::now();
-        let peer = identity(&req)?;
+        // Health-like: any authenticated caller may ask.
+        identity(&req)?;
         let m = &self.shared.metrics;
         let now = kmsd_keystore::Clock::now(&kmsd_keystore::SystemClock);
         let mut resp = proto::StatusResponse {
@@ -624,12 +824,156 @@ impl proto::admin_server::Admin for AdminService {
             resp.versions_by_state = s.versions_by_state.to_vec();
             resp.next_scheduled_at = keys.next_deadline().unwrap_or(0);
         }
-        Ok(Response::new(self.shared.finish(
-            &peer,
-            "key.read",
-            "",
-            started,
-            Ok(resp),
-        )?))
+        Ok(Response::new(resp))
+    }
+
+    async fn reload_policy(
+        &self,
+        req: Request<proto::ReloadPolicyRequest>,
+    ) -> Result<Response<proto::ReloadPolicyResponse>, Status> {
+        let call = self.shared.begin(&req, Op::AdminReload, None)?;
+        let access = self.shared.access()?.clone();
+        let result = access.reload_policy().map_err(|e| {
+            tracing::error!(error = %e, "policy reload refused; the previous policy stays in force");
+            Error::FailedPrecondition(format!(
+                "policy reload refused (the previous policy stays in force): {e}"
+            ))
+        });
+        self.shared.finish(&call, result)?;
+        tracing::info!("policy reloaded");
+        Ok(Response::new(proto::ReloadPolicyResponse {}))
+    }
+
+    async fn enroll_officer(
+        &self,
+        req: Request<proto::EnrollOfficerRequest>,
+    ) -> Result<Response<proto::EnrollOfficerResponse>, Status> {
+        let call = self.shared.begin(&req, Op::OfficerEnroll, None)?;
+        let r = req.into_inner();
+        let access = self.shared.access()?.clone();
+        let keys = self.shared.keys()?.clone();
+        *call.detail.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("officer {}", r.identity));
+        let id = r.identity.clone();
+        let result = blocking(move || {
+            if id.is_empty() || id.len() > 512 {
+                return Err(Error::InvalidArgument("identity must be 1-512 characters".into()));
+            }
+            let secret = crate::access::enroll(access.store().as_ref(), keys.ring_store().sealer(), &id, r.replace)?;
+            let resp = proto::EnrollOfficerResponse {
+                otpauth_uri: secret.otpauth_uri(&id),
+                secret_base32: secret.base32(),
+            };
+            access.remember_officer(&id, secret);
+            Ok(resp)
+        })
+        .await;
+        Ok(Response::new(self.shared.finish(&call, result)?))
+    }
+
+    async fn list_approvals(
+        &self,
+        req: Request<proto::ListApprovalsRequest>,
+    ) -> Result<Response<proto::ListApprovalsResponse>, Status> {
+        let peer = identity(&req)?;
+        let access = self.shared.access()?;
+        // Listing needs the approval right, without a second factor.
+        access
+            .policy()
+            .check(peer.id(), Op::Approval, None)
+            .map_err(|d| Status::permission_denied(d.to_string()))?;
+        let approvals = access
+            .pending()
+            .into_iter()
+            .map(|p| proto::Approval {
+                id: p.id.clone(),
+                operation: p.op.op().as_str().to_owned(),
+                key: p.op.key().unwrap_or_default().to_owned(),
+                requester: p.requester.clone(),
+                description: p.op.describe(),
+                created_at: p.created_at,
+                expires_at: p.expires_at,
+            })
+            .collect();
+        Ok(Response::new(proto::ListApprovalsResponse { approvals }))
+    }
+
+    async fn approve(&self, req: Request<proto::ApproveRequest>) -> Result<Response<proto::ApproveResponse>, Status> {
+        let call = self.shared.begin(&req, Op::Approval, None)?;
+        let access = self.shared.access()?.clone();
+        let pending = match access.take_for_approval(&req.get_ref().id, call.peer.id()) {
+            Ok(p) => p,
+            Err(status) => {
+                let code_err = match status.code() {
+                    tonic::Code::NotFound => Error::KeyNotFound(format!("approval {}", req.get_ref().id)),
+                    _ => Error::FailedPrecondition(status.message().to_owned()),
+                };
+                let _ = self.shared.finish::<()>(&call, Err(code_err));
+                return Err(status);
+            }
+        };
+        *call.detail.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+            "approved request {} by {} for {}: {}",
+            pending.id,
+            call.peer.id(),
+            pending.requester,
+            pending.op.op().as_str()
+        ));
+        let keys = self.shared.keys()?.clone();
+        let op = pending.op.clone();
+        let result = blocking(move || crate::access::execute(&keys, &op)).await;
+        tracing::info!(id = %pending.id, requester = %pending.requester, approver = call.peer.id(), ok = result.is_ok(), "dual-control request approved");
+        let result = self.shared.finish(&call, result)?;
+        Ok(Response::new(proto::ApproveResponse { result }))
+    }
+
+    async fn reject(&self, req: Request<proto::RejectRequest>) -> Result<Response<proto::RejectResponse>, Status> {
+        let call = self.shared.begin(&req, Op::Approval, None)?;
+        let access = self.shared.access()?.clone();
+        let result = access
+            .reject(&req.get_ref().id)
+            .map(|_| ())
+            .map_err(|s| Error::KeyNotFound(format!("approval {}: {}", req.get_ref().id, s.message())));
+        self.shared.finish(&call, result)?;
+        Ok(Response::new(proto::RejectResponse {}))
+    }
+
+    async fn verify_audit(
+        &self,
+        req: Request<tonic::Streaming<proto::AuditChunk>>,
+    ) -> Result<Response<proto::VerifyAuditResponse>, Status> {
+        let call = self.shared.begin(&req, Op::AuditRead, None)?;
+        let mut stream = req.into_inner();
+        let mut bytes = Vec::new();
+        while let Some(c) = stream.message().await? {
+            if bytes.len() + c.data.len() > MAX_AUDIT_BYTES {
+                let e = Error::TooLarge(format!("audit log larger than {MAX_AUDIT_BYTES} bytes"));
+                return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status());
+            }
+            bytes.extend_from_slice(&c.data);
+        }
+        let access = self.shared.access()?.clone();
+        let result = blocking(move || {
+            let text = String::from_utf8_lossy(&bytes);
+            Ok(
+                match crate::audit::verify(&text, access.audit_key(), Some(&access.audit_path)) {
+                    Ok(r) => proto::VerifyAuditResponse {
+                        ok: true,
+                        records: r.records,
+                        first_seq: r.first_seq,
+                        last_seq: r.last_seq,
+                        ..Default::default()
+                    },
+                    Err(b) => proto::VerifyAuditResponse {
+                        ok: false,
+                        broken_line: b.line,
+                        broken_seq: b.seq.unwrap_or(0),
+                        reason: b.reason,
+                        ..Default::default()
+                    },
+                },
+            )
+        })
+        .await;
+        Ok(Response::new(self.shared.finish(&call, result)?))
     }
 }

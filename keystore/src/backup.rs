@@ -139,23 +139,26 @@ pub fn read_snapshot(bytes: &[u8], sealer: &Sealer) -> Result<Vec<SnapshotRecord
     Ok(out)
 }
 
-/// Restores a verified snapshot into an empty store.
+/// Restores a verified snapshot into a store without key rings. Existing
+/// non-key records (the store marker, the restoring daemon's own audit
+/// key) are kept; missing ones (officer enrolments) are restored.
 pub fn restore_snapshot(
     store: &dyn KeyStore,
     records: &[SnapshotRecord],
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, Error> {
-    for kind in [RecordKind::KeyRing, RecordKind::Secret] {
-        if !store.list(kind, "", None, 1)?.is_empty() {
-            return Err(Error::Precondition("restore needs an empty store".into()));
-        }
+    if !store.list(RecordKind::KeyRing, "", None, 1)?.is_empty() {
+        return Err(Error::Precondition(
+            "restore needs an empty store (it has key rings)".into(),
+        ));
     }
     let total = records.len() as u64;
     for (i, r) in records.iter().enumerate() {
         match store.put(r.kind, &r.name, None, &r.value) {
             Ok(_) => {}
-            // the store marker of a freshly opened empty store
-            Err(Error::Conflict { .. }) if r.kind == RecordKind::Meta => {}
+            // The store marker of a freshly opened store, and secrets the
+            // restoring daemon already made (its own audit key) are kept.
+            Err(Error::Conflict { .. }) if r.kind != RecordKind::KeyRing => {}
             Err(e) => return Err(e),
         }
         progress(i as u64 + 1, total);

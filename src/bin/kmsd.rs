@@ -216,6 +216,19 @@ fn main() -> ExitCode {
         if let Some(tcp) = config.listen.tcp.first() {
             let _ = writeln!(out, "# or over TCP: export KMSD_ADDR={tcp}");
         }
+        match kmsd::dev::dev_officer_totp(&config) {
+            Ok(uri) => {
+                let _ = writeln!(
+                    out,
+                    "# dev officer ({}): certificate {}/officer.pem, key {}/officer.key",
+                    kmsd::dev::DEV_OFFICER_ID,
+                    p.dir.display(),
+                    p.dir.display()
+                );
+                let _ = writeln!(out, "# dev officer TOTP (DEV ONLY; add to an authenticator app): {uri}");
+            }
+            Err(e) => return fail(e),
+        }
         let _ = out.flush();
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -60,15 +60,31 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The test client may do everything without a second factor (like the
+/// dev client); tests of access control write their own policy.
+pub const TEST_POLICY: &str = r#"
+[identities]
+"spiffe://test.internal/app" = ["all"]
+[roles.all]
+dev_no_second_factor = true
+allow = [{ ops = ["*"], keys = ["*"] }]
+"#;
+
 /// Writes a config for a daemon in `dir` (certificates from `Pki::new(dir)`).
 pub fn write_config(dir: &Path, tcp: Option<&str>, extra: &str) -> PathBuf {
     if !dir.join("master-key").exists() {
         kmsd_keystore::MasterKey::create_file(&dir.join("master-key")).unwrap();
     }
     let tcp_line = tcp.map(|t| format!("tcp = [\"{t}\"]")).unwrap_or_default();
+    if !dir.join("policy.toml").exists() {
+        std::fs::write(dir.join("policy.toml"), TEST_POLICY).unwrap();
+    }
     let cfg = format!(
         r#"
 dev_mode = true
+policy = "policy.toml"
+[audit]
+path = "audit.log"
 [listen]
 unix = "kmsd.sock"
 {tcp_line}

@@ -1,0 +1,551 @@
+//! Access control for every call: who is calling (from the verified
+//! certificate), whether the policy allows it, the officer's second
+//! factor, dual control for destructive operations, and one audit record
+//! per request.
+//!
+//! Order of checks, and why: the policy decides first (PERMISSION_DENIED,
+//! before any key lookup, so a caller without rights learns nothing about
+//! which keys exist); then an officer's TOTP code (UNAUTHENTICATED); then,
+//! for administrative calls, a durable audit record of the intent — if it
+//! cannot be written the call fails closed (UNAVAILABLE) and nothing is
+//! done. Every call then ends with one audit record of its outcome
+//! (administrative: durable before the answer; data path: group-committed).
+use crate::audit::{AuditHandle, AuditKey, Event};
+use crate::authz::{Op, Policy};
+use crate::error::Error;
+use crate::keys::Keys;
+use crate::otp::{Outcome, TotpSecret, Verifier};
+use crate::tls::PeerIdentity;
+use arc_swap::ArcSwap;
+use kmsd_keystore::{KeyStore, RecordKind, Sealer};
+use rand::RngCore;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tonic::{Code, Request, Status};
+
+/// Request metadata carrying an officer's one-time code.
+pub const OTP_HEADER: &str = "x-kmsd-otp";
+/// Response metadata naming a dual-control request.
+pub const APPROVAL_HEADER: &str = "x-kmsd-approval-id";
+
+/// Record name of an officer's sealed TOTP secret.
+fn totp_record(identity: &str) -> String {
+    format!("totp:{identity}")
+}
+
+/// One call in progress.
+#[derive(Debug)]
+pub struct Call {
+    /// The caller.
+    pub peer: Arc<PeerIdentity>,
+    /// The operation.
+    pub op: Op,
+    /// The key named by the request, if any.
+    pub key: Option<String>,
+    /// Request id (the caller's `x-request-id`, or random).
+    pub request_id: String,
+    /// When the call arrived.
+    pub started: Instant,
+    /// Key version the call used, for the audit record.
+    pub version: std::sync::atomic::AtomicU32,
+    /// Short non-secret detail for the audit record (batch sizes).
+    pub detail: Mutex<Option<String>>,
+}
+
+impl Call {
+    /// Notes the key version used.
+    pub fn used_version(&self, v: u32) {
+        self.version.store(v, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// An operation waiting for a second officer.
+#[derive(Debug, Clone)]
+pub enum PendingOp {
+    /// Schedule a version's destruction.
+    DestroyVersion {
+        /// Key.
+        name: String,
+        /// Version.
+        version: u32,
+        /// Waiting period (seconds, 0 = default).
+        wait: u64,
+    },
+    /// Schedule the whole key's deletion.
+    DeleteKey {
+        /// Key.
+        name: String,
+        /// Waiting period (seconds, 0 = default).
+        wait: u64,
+    },
+    /// Restore a snapshot.
+    Restore {
+        /// The snapshot.
+        bytes: Arc<Vec<u8>>,
+    },
+    /// A policy change that makes versions still in use undecryptable.
+    SetPolicy {
+        /// Key.
+        name: String,
+        /// The new policy.
+        policy: kmsd_keystore::keyring::KeyPolicy,
+    },
+}
+
+impl PendingOp {
+    /// The operation, for policy and audit.
+    pub fn op(&self) -> Op {
+        match self {
+            PendingOp::DestroyVersion { .. } | PendingOp::DeleteKey { .. } => Op::KeyDestroy,
+            PendingOp::Restore { .. } => Op::Restore,
+            PendingOp::SetPolicy { .. } => Op::KeyPolicy,
+        }
+    }
+
+    /// The key concerned.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            PendingOp::DestroyVersion { name, .. }
+            | PendingOp::DeleteKey { name, .. }
+            | PendingOp::SetPolicy { name, .. } => Some(name),
+            PendingOp::Restore { .. } => None,
+        }
+    }
+
+    /// Exactly what will happen, in words.
+    pub fn describe(&self) -> String {
+        let wait = |w: u64| {
+            if w == 0 {
+                "the default 30 days".to_owned()
+            } else {
+                format!("{w} seconds")
+            }
+        };
+        match self {
+            PendingOp::DestroyVersion { name, version, wait: w } => format!(
+                "schedule destruction of version {version} of key {name:?} after {}; its material is then erased",
+                wait(*w)
+            ),
+            PendingOp::DeleteKey { name, wait: w } => {
+                format!("schedule deletion of every version of key {name:?} after {}", wait(*w))
+            }
+            PendingOp::Restore { bytes } => {
+                format!(
+                    "restore a {}-byte backup snapshot into the (empty) key store",
+                    bytes.len()
+                )
+            }
+            PendingOp::SetPolicy { name, policy } => format!(
+                "raise min_decryption_version of key {name:?} to {}, making versions still in use undecryptable",
+                policy.min_decryption_version
+            ),
+        }
+    }
+}
+
+/// A dual-control request.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// Id.
+    pub id: String,
+    /// Who asked.
+    pub requester: String,
+    /// What.
+    pub op: PendingOp,
+    /// Unix time it expires unapproved.
+    pub expires_at: i64,
+    /// Unix time it was made.
+    pub created_at: i64,
+}
+
+/// Access state shared by every service.
+pub struct Access {
+    policy: ArcSwap<Policy>,
+    policy_path: PathBuf,
+    /// The audit trail.
+    pub audit: AuditHandle,
+    audit_key: AuditKey,
+    /// The live audit log path.
+    pub audit_path: PathBuf,
+    verifier: Mutex<Verifier>,
+    totp: Mutex<HashMap<String, Arc<TotpSecret>>>,
+    pending: Mutex<HashMap<String, Pending>>,
+    store: Arc<dyn KeyStore>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Access")
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now() -> i64 {
+    kmsd_keystore::Clock::now(&kmsd_keystore::SystemClock)
+}
+
+/// The audit key, created (and sealed into the store) on first use.
+pub fn audit_key(store: &dyn KeyStore, sealer: &Sealer) -> Result<AuditKey, Error> {
+    for _ in 0..2 {
+        if let Some(e) = store.get(RecordKind::Secret, "audit-key")? {
+            let plain = sealer.open(RecordKind::Secret, "audit-key", &e.value)?;
+            let bytes: [u8; 32] = plain
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::Corrupt("audit-key".into()))?;
+            return Ok(AuditKey::from_bytes(&bytes));
+        }
+        let mut fresh = zeroize::Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(fresh.as_mut());
+        match store.put(
+            RecordKind::Secret,
+            "audit-key",
+            None,
+            &sealer.seal(RecordKind::Secret, "audit-key", fresh.as_ref()),
+        ) {
+            Ok(_) | Err(kmsd_keystore::Error::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::StoreUnavailable)
+}
+
+/// Enrols (or re-enrols) an officer: a fresh TOTP secret sealed into the store.
+pub fn enroll(store: &dyn KeyStore, sealer: &Sealer, identity: &str, replace: bool) -> Result<TotpSecret, Error> {
+    let name = totp_record(identity);
+    let secret = TotpSecret::generate();
+    let sealed = sealer.seal(RecordKind::Secret, &name, secret.expose_secret());
+    let expected = match store.get(RecordKind::Secret, &name)? {
+        Some(_) if !replace => return Err(Error::KeyExists(format!("officer {identity}"))),
+        Some(e) => Some(e.revision),
+        None => None,
+    };
+    store.put(RecordKind::Secret, &name, expected, &sealed)?;
+    Ok(secret)
+}
+
+impl Access {
+    /// Sets up access control: loads the policy, the audit key and every
+    /// officer's TOTP secret, and starts the audit writer.
+    pub fn new(
+        policy_path: PathBuf,
+        audit_path: PathBuf,
+        rotate_bytes: u64,
+        keys: &Keys,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, String> {
+        let policy = Policy::load(&policy_path).map_err(|e| e.to_string())?;
+        if policy.has_dev_roles() {
+            tracing::warn!(policy = %policy_path.display(), "the policy has DEV ONLY roles (dev_no_second_factor): never in production");
+        }
+        let rings = keys.ring_store();
+        let store = rings.raw().clone();
+        let key = audit_key(store.as_ref(), rings.sealer()).map_err(|e| format!("audit key: {e}"))?;
+        let key_copy = audit_key(store.as_ref(), rings.sealer()).map_err(|e| format!("audit key: {e}"))?;
+        let audit = crate::audit::spawn(&audit_path, key_copy, rotate_bytes, metrics).map_err(|e| e.to_string())?;
+        let mut totp = HashMap::new();
+        store
+            .for_each(RecordKind::Secret, &mut |name, entry| {
+                if let Some(id) = name.strip_prefix("totp:") {
+                    let plain = rings.sealer().open(RecordKind::Secret, name, &entry.value)?;
+                    if let Some(s) = TotpSecret::from_slice(&plain) {
+                        totp.insert(id.to_owned(), Arc::new(s));
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| format!("officer secrets: {e}"))?;
+        let s = &policy.settings;
+        let verifier = Verifier::new(s.otp_max_failures, s.otp_lockout.as_secs() as i64);
+        Ok(Access {
+            policy: ArcSwap::from_pointee(policy),
+            policy_path,
+            audit,
+            audit_key: key,
+            audit_path,
+            verifier: Mutex::new(verifier),
+            totp: Mutex::new(totp),
+            pending: Mutex::new(HashMap::new()),
+            store,
+        })
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Re-reads the policy file; a bad file is refused and the old policy
+    /// stays in force.
+    pub fn reload_policy(&self) -> Result<(), String> {
+        let p = Policy::load(&self.policy_path).map_err(|e| e.to_string())?;
+        {
+            let mut v = lock(&self.verifier);
+            v.max_failures = p.settings.otp_max_failures.max(1);
+            v.lockout_secs = p.settings.otp_lockout.as_secs() as i64;
+        }
+        self.policy.store(Arc::new(p));
+        Ok(())
+    }
+
+    /// Remembers a freshly enrolled officer's secret.
+    pub fn remember_officer(&self, identity: &str, secret: TotpSecret) {
+        lock(&self.totp).insert(identity.to_owned(), Arc::new(secret));
+    }
+
+    /// The audit key (to verify logs).
+    pub fn audit_key(&self) -> &AuditKey {
+        &self.audit_key
+    }
+
+    /// The raw store (officer enrolment).
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.store
+    }
+
+    fn event(&self, call: &Call, result: &str, detail: Option<String>) -> Event {
+        let v = call.version.load(std::sync::atomic::Ordering::Relaxed);
+        Event {
+            request_id: call.request_id.clone(),
+            identity: call.peer.id().to_owned(),
+            op: call.op.as_str(),
+            key: call.key.clone(),
+            key_version: (v > 0).then_some(v),
+            result: result.to_owned(),
+            detail,
+            peer: call.peer.peer_addr.clone(),
+            latency_us: call.started.elapsed().as_micros() as u64,
+        }
+    }
+
+    /// Checks policy and second factor for `call` and, for administrative
+    /// operations, writes the durable intent record.
+    pub fn authorize(&self, call: &Call, otp: Option<&str>) -> Result<(), Status> {
+        let policy = self.policy.load();
+        let id = call.peer.id();
+        if let Err(denied) = policy.check(id, call.op, call.key.as_deref()) {
+            self.audit.record(self.event(call, "PERMISSION_DENIED", None));
+            return Err(Status::permission_denied(denied.to_string()));
+        }
+        if policy.needs_second_factor(id, call.op) {
+            self.second_factor(call, otp)?;
+        }
+        if call.op.is_admin() || call.op == Op::AuditRead || call.op == Op::AdminReload {
+            if let Err(e) = self.durable(|| self.audit.record_durable(self.event(call, "STARTED", None))) {
+                tracing::error!(error = %e, "administrative call refused: its audit record cannot be written");
+                return Err(Status::unavailable(format!("{e}; the operation was not performed")));
+            }
+        }
+        Ok(())
+    }
+
+    fn durable<T>(&self, f: impl FnOnce() -> T) -> T {
+        // The handlers run on a multi-threaded runtime (or on a blocking
+        // thread): block_in_place keeps the other tasks moving while the
+        // audit record is fsynced.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+            _ => f(),
+        }
+    }
+
+    fn second_factor(&self, call: &Call, otp: Option<&str>) -> Result<(), Status> {
+        let id = call.peer.id();
+        let Some(secret) = lock(&self.totp).get(id).cloned() else {
+            self.audit
+                .record(self.event(call, "UNAUTHENTICATED", Some("officer not enrolled".into())));
+            return Err(Status::unauthenticated(format!(
+                "{} needs a second factor, but officer {id} has no TOTP secret enrolled (kmsctl officer enroll)",
+                call.op.as_str()
+            )));
+        };
+        let outcome = lock(&self.verifier).verify(id, &secret, otp, now());
+        let (msg, detail) = match outcome {
+            Outcome::Ok => return Ok(()),
+            Outcome::Missing => (
+                format!(
+                    "{} needs a second factor: send a fresh TOTP code in the {OTP_HEADER} metadata (kmsctl --otp)",
+                    call.op.as_str()
+                ),
+                "second factor missing",
+            ),
+            Outcome::Invalid => ("invalid one-time code".to_owned(), "invalid one-time code"),
+            Outcome::Replayed => (
+                "one-time code already used; wait for the next one".to_owned(),
+                "replayed one-time code",
+            ),
+            Outcome::LockedOut { until } => {
+                tracing::warn!(
+                    identity = id,
+                    until,
+                    "officer locked out after repeated bad one-time codes"
+                );
+                (
+                    format!("too many bad one-time codes: officer locked out until {until} (Unix time)"),
+                    "officer locked out",
+                )
+            }
+        };
+        self.audit
+            .record(self.event(call, "UNAUTHENTICATED", Some(detail.into())));
+        Err(Status::unauthenticated(msg))
+    }
+
+    /// Ends a call: the outcome record (durable for administrative calls).
+    pub fn record_outcome(&self, call: &Call, code: Code) {
+        let detail = lock(&call.detail).clone();
+        let ev = self.event(call, code_name(code), detail);
+        if call.op.is_admin() {
+            if let Err(e) = self.durable(|| self.audit.record_durable(ev)) {
+                tracing::error!(error = %e, "the outcome of an administrative call could not be audited");
+            }
+        } else {
+            self.audit.record(ev);
+        }
+    }
+
+    /// Whether `call` must go through a second officer: always, except
+    /// for DEV ONLY roles. A non-officer cannot start one.
+    pub fn dual_control(&self, call: &Call, op: PendingOp) -> Result<(), Status> {
+        let policy = self.policy.load();
+        let id = call.peer.id();
+        if policy.dev_bypass(id) {
+            return Ok(());
+        }
+        if !policy.is_officer(id) {
+            return Err(Status::permission_denied(format!(
+                "{} needs dual control: it must be requested by an officer and approved by another",
+                call.op.as_str()
+            )));
+        }
+        let mut raw = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut raw);
+        let p = Pending {
+            id: hex::encode(raw),
+            requester: id.to_owned(),
+            expires_at: now() + policy.settings.approval_ttl.as_secs() as i64,
+            created_at: now(),
+            op,
+        };
+        let msg = format!(
+            "dual control: request {} created; a second officer must approve it before it runs \
+             (kmsctl approvals approve {}); expires at {} (Unix time): {}",
+            p.id,
+            p.id,
+            p.expires_at,
+            p.op.describe()
+        );
+        *lock(&call.detail) = Some(format!("approval request {} created", p.id));
+        let mut status = Status::failed_precondition(msg);
+        if let Ok(v) = p.id.parse() {
+            status.metadata_mut().insert(APPROVAL_HEADER, v);
+        }
+        lock(&self.pending).insert(p.id.clone(), p);
+        Err(status)
+    }
+
+    /// Pending requests (expired ones are dropped).
+    pub fn pending(&self) -> Vec<Pending> {
+        let mut m = lock(&self.pending);
+        let t = now();
+        m.retain(|_, p| p.expires_at > t);
+        let mut v: Vec<Pending> = m.values().cloned().collect();
+        v.sort_by_key(|p| p.created_at);
+        v
+    }
+
+    /// Takes a pending request for approval by `approver`, who must be an
+    /// officer other than the requester.
+    pub fn take_for_approval(&self, id: &str, approver: &str) -> Result<Pending, Status> {
+        let mut m = lock(&self.pending);
+        let t = now();
+        m.retain(|_, p| p.expires_at > t);
+        let Some(p) = m.get(id) else {
+            return Err(Status::not_found(format!(
+                "no pending approval request {id} (unknown or expired)"
+            )));
+        };
+        if p.requester == approver {
+            return Err(Status::permission_denied(
+                "dual control: the requester cannot approve their own request",
+            ));
+        }
+        if !self.policy.load().is_officer(approver) {
+            return Err(Status::permission_denied("dual control: only an officer can approve"));
+        }
+        m.remove(id).ok_or_else(|| Status::not_found("request vanished"))
+    }
+
+    /// Rejects (drops) a pending request.
+    pub fn reject(&self, id: &str) -> Result<Pending, Status> {
+        lock(&self.pending)
+            .remove(id)
+            .ok_or_else(|| Status::not_found(format!("no pending approval request {id}")))
+    }
+}
+
+/// The canonical name of a gRPC code.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A request id: the caller's `x-request-id` if it is short and plain,
+/// else a random one.
+pub fn request_id<T>(req: &Request<T>) -> String {
+    if let Some(v) = req.metadata().get("x-request-id").and_then(|v| v.to_str().ok()) {
+        if !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) {
+            return v.to_owned();
+        }
+    }
+    let mut raw = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    hex::encode(raw)
+}
+
+/// Executes an approved dual-control operation.
+pub fn execute(keys: &Keys, op: &PendingOp) -> Result<String, Error> {
+    match op {
+        PendingOp::DestroyVersion { name, version, wait } => {
+            let at = keys.destruction_time(*wait)?;
+            let v = *version;
+            keys.modify(name, |r| r.schedule_destruction(v, at))?;
+            Ok(format!("version {v} of key {name:?} will be destroyed at {at}"))
+        }
+        PendingOp::DeleteKey { name, wait } => {
+            let at = keys.destruction_time(*wait)?;
+            keys.modify(name, |r| r.schedule_deletion(at))?;
+            Ok(format!("key {name:?} will be deleted at {at}"))
+        }
+        PendingOp::Restore { bytes } => {
+            let (records, rings) = keys.restore(bytes)?;
+            Ok(format!("restored {records} records ({rings} keys)"))
+        }
+        PendingOp::SetPolicy { name, policy } => {
+            keys.set_policy(name, policy.clone())?;
+            Ok(format!("policy of key {name:?} updated"))
+        }
+    }
+}
