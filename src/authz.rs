@@ -482,6 +482,23 @@ allow = [{ ops = ["key.*"], keys = ["*"] }]
     }
 
     #[test]
+    fn the_example_policy_parses() {
+        let p = Policy::parse(include_str!("../policy.example.toml")).unwrap();
+        assert!(p
+            .check("spiffe://bank.internal/payments", Op::Encrypt, Some("payments.pan"))
+            .is_ok());
+        assert!(p
+            .check(
+                "spiffe://bank.internal/payments",
+                Op::Encrypt,
+                Some("payments.archive-1")
+            )
+            .is_err());
+        assert!(p.is_officer("spiffe://bank.internal/officer/bob"));
+        assert!(!p.has_dev_roles());
+    }
+
+    #[test]
     fn bad_files_are_refused_with_their_line() {
         let e =
             Policy::parse("[roles.a]\nallow = [{ ops = [\"encrypt\"], keys = [\"*\"] }]\ncolour = 1\n").unwrap_err();

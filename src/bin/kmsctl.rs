@@ -27,6 +27,10 @@ struct Cli {
     /// Server name to verify (default: TCP host, or localhost for a socket).
     #[arg(long, env = "KMSD_SERVER_NAME", global = true)]
     server_name: Option<String>,
+    /// An officer's one-time code (TOTP) for administrative calls; asked
+    /// for interactively when needed and not given.
+    #[arg(long, env = "KMSD_OTP", global = true)]
+    otp: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -94,6 +98,17 @@ enum Cmd {
     },
     /// Daemon health, version, uptime, key count and next scheduled rotation.
     Status,
+    /// Officers' second factor.
+    #[command(subcommand)]
+    Officer(OfficerCmd),
+    /// Dual-control requests.
+    #[command(subcommand)]
+    Approvals(ApprovalsCmd),
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Re-read the daemon's policy file (as SIGHUP does).
+    ReloadPolicy,
     /// Redact text lines from stdin to stdout, exactly one output line per
     /// input line. Offline: no daemon needed.
     Redact {
@@ -142,6 +157,45 @@ enum Cmd {
     Restore {
         /// Snapshot file from `kmsctl backup`.
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum OfficerCmd {
+    /// Create an officer's TOTP secret: prints the otpauth URI and a QR code.
+    Enroll {
+        /// The officer's identity (URI SAN or sha256:<SPKI hash>).
+        identity: String,
+        /// Replace an existing enrolment.
+        #[arg(long)]
+        replace: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCmd {
+    /// Pending dual-control requests.
+    List,
+    /// Approve a request (as a second, different officer).
+    Approve {
+        /// Request id.
+        id: String,
+    },
+    /// Reject a request.
+    Reject {
+        /// Request id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Verify an audit log (several files: in chain order); prints OK with a
+    /// count, or the first broken record.
+    Verify {
+        /// Audit log file(s).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -288,8 +342,31 @@ fn read_input(data: &str) -> Result<Vec<u8>, String> {
 }
 
 fn status_line(s: tonic::Status) -> String {
+    if s.code() == tonic::Code::FailedPrecondition {
+        if let Some(id) = s.metadata().get("x-kmsd-approval-id").and_then(|v| v.to_str().ok()) {
+            return format!("{APPROVAL_PENDING}{id}: {}", s.message());
+        }
+    }
     format!("{:?}: {}", s.code(), s.message())
 }
+
+/// Marks an error that is really "waiting for a second officer".
+const APPROVAL_PENDING: &str = "pending approval ";
+
+/// The one-time code, sent as `x-kmsd-otp` on every call when set.
+static OTP: std::sync::OnceLock<http::HeaderValue> = std::sync::OnceLock::new();
+
+fn add_otp(mut req: http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> {
+    if let Some(v) = OTP.get() {
+        req.headers_mut().insert("x-kmsd-otp", v.clone());
+    }
+    req
+}
+
+type Chan = tower::util::MapRequest<
+    tonic::transport::Channel,
+    fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body>,
+>;
 
 fn time(t: i64) -> String {
     if t <= 0 {
@@ -454,8 +531,17 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         _ => {}
     }
-    let channel = client::connect(&settings(&cli)?).await.map_err(|e| e.0)?;
+    if let Some(code) = &cli.otp {
+        let v =
+            http::HeaderValue::from_str(code.trim()).map_err(|_| "the one-time code is not valid text".to_string())?;
+        let _ = OTP.set(v);
+    }
+    let raw = client::connect(&settings(&cli)?).await.map_err(|e| e.0)?;
+    let channel: Chan = tower::ServiceBuilder::new()
+        .map_request(add_otp as fn(_) -> _)
+        .service(raw);
     let mut keys = proto::keys_client::KeysClient::new(channel.clone());
+    let channel = channel.clone();
     let mut crypto = proto::crypto_client::CryptoClient::new(channel.clone());
     let secs = |d: Option<std::time::Duration>| d.map_or(0, |d| d.as_secs());
     match cli.cmd {
@@ -683,6 +769,96 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
         }
         Cmd::Redact { .. } | Cmd::Mask { .. } => {}
+        Cmd::ReloadPolicy => {
+            proto::admin_client::AdminClient::new(channel.clone())
+                .reload_policy(proto::ReloadPolicyRequest {})
+                .await
+                .map_err(status_line)?;
+            println!("policy reloaded");
+        }
+        Cmd::Officer(OfficerCmd::Enroll { identity, replace }) => {
+            let r = proto::admin_client::AdminClient::new(channel.clone())
+                .enroll_officer(proto::EnrollOfficerRequest {
+                    identity: identity.clone(),
+                    replace,
+                })
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            println!("officer {identity} enrolled. Add this to the officer's authenticator app, then discard it:");
+            println!("{}", r.otpauth_uri);
+            println!("secret (base32): {}", r.secret_base32);
+            match qrcode::QrCode::new(r.otpauth_uri.as_bytes()) {
+                Ok(code) => println!(
+                    "{}",
+                    code.render::<qrcode::render::unicode::Dense1x2>()
+                        .quiet_zone(true)
+                        .build()
+                ),
+                Err(e) => eprintln!("kmsctl: no QR code: {e}"),
+            }
+        }
+        Cmd::Approvals(cmd) => {
+            let mut admin = proto::admin_client::AdminClient::new(channel.clone());
+            match cmd {
+                ApprovalsCmd::List => {
+                    let r = admin
+                        .list_approvals(proto::ListApprovalsRequest {})
+                        .await
+                        .map_err(status_line)?
+                        .into_inner();
+                    if r.approvals.is_empty() {
+                        println!("no pending requests");
+                    }
+                    for a in r.approvals {
+                        println!(
+                            "{}  {}  requested by {}  expires {}",
+                            a.id,
+                            a.operation,
+                            a.requester,
+                            time(a.expires_at)
+                        );
+                        println!("    {}", a.description);
+                    }
+                }
+                ApprovalsCmd::Approve { id } => {
+                    let r = admin
+                        .approve(proto::ApproveRequest { id })
+                        .await
+                        .map_err(status_line)?
+                        .into_inner();
+                    println!("approved: {}", r.result);
+                }
+                ApprovalsCmd::Reject { id } => {
+                    admin
+                        .reject(proto::RejectRequest { id: id.clone() })
+                        .await
+                        .map_err(status_line)?;
+                    println!("rejected {id}");
+                }
+            }
+        }
+        Cmd::Audit(AuditCmd::Verify { files }) => {
+            let mut data = Vec::new();
+            for f in &files {
+                data.extend(std::fs::read(f).map_err(|e| format!("reading {}: {e}", f.display()))?);
+            }
+            let chunks: Vec<proto::AuditChunk> = data
+                .chunks(1 << 20)
+                .map(|c| proto::AuditChunk { data: c.to_vec() })
+                .collect();
+            let r = proto::admin_client::AdminClient::new(channel.clone())
+                .verify_audit(tokio_stream::iter(chunks))
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            if r.ok {
+                println!("OK {} records (seq {}..{})", r.records, r.first_seq, r.last_seq);
+            } else {
+                println!("BROKEN at line {} (seq {}): {}", r.broken_line, r.broken_seq, r.reason);
+                return Err(format!("audit log broken at line {}", r.broken_line));
+            }
+        }
         Cmd::Tokenize { key, kind, value } => {
             let r = proto::mask_client::MaskClient::new(channel.clone())
                 .tokenize(proto::TokenizeRequest {
@@ -743,8 +919,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    let mut result = rt.block_on(run(cli));
+    if let Err(e) = &result {
+        // Asked for a second factor and none given: ask on the terminal, retry once.
+        if e.contains("x-kmsd-otp") && std::io::IsTerminal::is_terminal(&std::io::stdin()) && OTP.get().is_none() {
+            eprint!("one-time code: ");
+            let mut code = String::new();
+            if std::io::stdin().read_line(&mut code).is_ok() {
+                if let Ok(v) = http::HeaderValue::from_str(code.trim()) {
+                    let _ = OTP.set(v);
+                    result = rt.block_on(run(Cli::parse()));
+                }
+            }
+        }
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.starts_with(APPROVAL_PENDING) => {
+            println!("{e}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("kmsctl: {e}");
             ExitCode::FAILURE

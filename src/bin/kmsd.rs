@@ -58,6 +58,26 @@ enum Cmd {
         /// Snapshot file.
         file: PathBuf,
     },
+    /// Enrol an officer's TOTP second factor (offline; for the first officer).
+    OfficerEnroll {
+        /// TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// The officer's identity.
+        identity: String,
+        /// Replace an existing enrolment.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Verify audit log file(s), in chain order (offline).
+    AuditVerify {
+        /// TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// Audit log file(s).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Validate a configuration file and report every problem.
     CheckConfig {
         /// TOML configuration.
@@ -169,6 +189,40 @@ fn main() -> ExitCode {
         }
         Cmd::Rekey { config, new_master_key } => return offline(&config, |cfg| rekey(cfg, &new_master_key)),
         Cmd::Restore { config, file } => return offline(&config, |cfg| restore(cfg, &file)),
+        Cmd::OfficerEnroll {
+            config,
+            identity,
+            replace,
+        } => {
+            return offline(&config, |cfg| {
+                let sealer = kmsd::server::sealer(cfg).map_err(|e| e.to_string())?;
+                let store = kmsd::server::open_store(cfg).map_err(|e| e.to_string())?;
+                let secret =
+                    kmsd::access::enroll(store.as_ref(), &sealer, &identity, replace).map_err(|e| e.to_string())?;
+                store.sync().map_err(|e| e.to_string())?;
+                println!("officer {identity} enrolled; add to the authenticator app, then discard:");
+                println!("{}", secret.otpauth_uri(&identity));
+                Ok(())
+            })
+        }
+        Cmd::AuditVerify { config, files } => {
+            return offline(&config, |cfg| {
+                let sealer = kmsd::server::sealer(cfg).map_err(|e| e.to_string())?;
+                let store = kmsd::server::open_store(cfg).map_err(|e| e.to_string())?;
+                let key = kmsd::access::audit_key(store.as_ref(), &sealer).map_err(|e| e.to_string())?;
+                let mut text = String::new();
+                for f in &files {
+                    text.push_str(&std::fs::read_to_string(f).map_err(|e| format!("reading {}: {e}", f.display()))?);
+                }
+                match kmsd::audit::verify(&text, &key, Some(&cfg.audit.path)) {
+                    Ok(r) => {
+                        println!("OK {} records (seq {}..{})", r.records, r.first_seq, r.last_seq);
+                        Ok(())
+                    }
+                    Err(b) => Err(format!("BROKEN: {b}")),
+                }
+            })
+        }
         Cmd::CheckConfig { file } => {
             let problems = Config::check_file(&file);
             if problems.is_empty() {
