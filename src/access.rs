@@ -335,7 +335,7 @@ impl Access {
         if policy.needs_second_factor(id, call.op) {
             self.second_factor(call, otp)?;
         }
-        if call.op.is_admin() || call.op == Op::AuditRead || call.op == Op::AdminReload {
+        if call.op.is_admin() || call.op == Op::AdminReload {
             if let Err(e) = self.durable(|| self.audit.record_durable(self.event(call, "STARTED", None))) {
                 tracing::error!(error = %e, "administrative call refused: its audit record cannot be written");
                 return Err(Status::unavailable(format!("{e}; the operation was not performed")));

@@ -135,6 +135,35 @@ fn head_path(log: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// A point of the chain the log must reach: the writer's last durable
+/// record (from the daemon, or from the MAC'd head file).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Anchor {
+    /// Sequence number of the last durable record.
+    pub seq: u64,
+    /// Its hash.
+    pub hash: String,
+    /// First sequence number of the live file.
+    pub file_first_seq: u64,
+}
+
+/// Reads and checks the head file beside `log` (read it *before* the log,
+/// so that the log read afterwards contains at least what it records).
+pub fn read_head(log: &Path, key: &AuditKey) -> Result<Option<Anchor>, String> {
+    let Ok(t) = std::fs::read_to_string(head_path(log)) else {
+        return Ok(None);
+    };
+    let h: Head = serde_json::from_str(&t).map_err(|_| "the audit head file is malformed".to_string())?;
+    if key.mac(format!("{}:{}:{}", h.seq, h.hash, h.file_first_seq).as_bytes()) != h.mac {
+        return Err("the audit head file fails its MAC".into());
+    }
+    Ok(Some(Anchor {
+        seq: h.seq,
+        hash: h.hash,
+        file_first_seq: h.file_first_seq,
+    }))
+}
+
 /// An audit write failure.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("audit log unavailable: {0}")]
@@ -150,6 +179,7 @@ struct Job {
 pub struct AuditHandle {
     tx: mpsc::SyncSender<Job>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    head: std::sync::Arc<std::sync::Mutex<Anchor>>,
 }
 
 impl std::fmt::Debug for AuditHandle {
@@ -167,6 +197,11 @@ impl AuditHandle {
                 .audit_write_failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// The last durable record.
+    pub fn head(&self) -> Anchor {
+        self.head.lock().map(|h| h.clone()).unwrap_or_default()
     }
 
     /// Writes a record and waits until it is durable (administrative
@@ -338,6 +373,12 @@ pub fn spawn(
     let mut w = Writer::open(path, key, rotate_bytes.max(4096))?;
     let (tx, rx) = mpsc::sync_channel::<Job>(65_536);
     let m = metrics.clone();
+    let head = std::sync::Arc::new(std::sync::Mutex::new(Anchor {
+        seq: w.seq,
+        hash: w.last_hash.clone(),
+        file_first_seq: w.file_first_seq,
+    }));
+    let h = head.clone();
     std::thread::Builder::new()
         .name("kmsd-audit".into())
         .spawn(move || {
@@ -353,6 +394,15 @@ pub fn spawn(
                 let events: Vec<Event> = jobs.iter().map(|j| j.event.clone()).collect();
                 let result = w.write_batch(&events);
                 m.audit_write.observe(started.elapsed());
+                if result.is_ok() {
+                    if let Ok(mut a) = h.lock() {
+                        *a = Anchor {
+                            seq: w.seq,
+                            hash: w.last_hash.clone(),
+                            file_first_seq: w.file_first_seq,
+                        };
+                    }
+                }
                 if let Err(e) = &result {
                     m.audit_write_failures
                         .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -366,7 +416,7 @@ pub fn spawn(
             }
         })
         .map_err(|e| AuditError(format!("audit writer thread: {e}")))?;
-    Ok(AuditHandle { tx, metrics })
+    Ok(AuditHandle { tx, metrics, head })
 }
 
 /// The result of verifying a log.
@@ -394,12 +444,12 @@ pub struct Broken {
     pub reason: String,
 }
 
-/// Verifies log text (files in chain order, concatenated), optionally
-/// against the live head (`head_of`: the live log's path, whose head file
-/// anchors the tail). `start_hash`: the chain's hash before the first
-/// record (`None` = the chain start, or accept whatever the first record
-/// claims when it is a rotated-to file whose predecessor is not given).
-pub fn verify(text: &str, key: &AuditKey, head_of: Option<&Path>) -> Result<Report, Broken> {
+/// Verifies log text (files in chain order, concatenated). With an
+/// `anchor` (the daemon's last durable record, or the head file read
+/// before the log), a log that ends before it — its tail cut off — or that
+/// holds a different record at its sequence number is reported.
+pub fn verify(text: &str, key: &AuditKey, anchor: Option<&Anchor>) -> Result<Report, Broken> {
+    let mut anchor_seen = false;
     let mut prev: Option<String> = None;
     let mut expect_seq: Option<u64> = None;
     let mut report = Report {
@@ -445,46 +495,36 @@ pub fn verify(text: &str, key: &AuditKey, head_of: Option<&Path>) -> Result<Repo
             }
         }
         let h = hex::encode(Sha256::digest(line.as_bytes()));
+        if let Some(a) = anchor {
+            if body.seq == a.seq {
+                if h != a.hash {
+                    return Err(broken(
+                        Some(body.seq),
+                        "this record differs from the one the audit head recorded",
+                    ));
+                }
+                anchor_seen = true;
+            }
+        }
         prev = Some(h.clone());
         expect_seq = Some(body.seq + 1);
         report.records += 1;
         report.last_seq = body.seq;
         report.last_hash = h;
     }
-    if let Some(log) = head_of {
-        if let Ok(t) = std::fs::read_to_string(head_path(log)) {
-            let h: Head = serde_json::from_str(&t).map_err(|_| Broken {
-                line: report.records,
-                seq: None,
-                reason: "the head file is malformed".into(),
-            })?;
-            if key.mac(format!("{}:{}:{}", h.seq, h.hash, h.file_first_seq).as_bytes()) != h.mac {
-                return Err(Broken {
-                    line: report.records,
-                    seq: None,
-                    reason: "the head file fails its MAC".into(),
-                });
-            }
-            // Only the live segment is anchored by the head.
-            if report.records == 0 || report.first_seq >= h.file_first_seq {
-                if report.last_seq < h.seq {
-                    return Err(Broken {
-                        line: report.records + 1,
-                        seq: Some(report.last_seq + 1),
-                        reason: format!(
-                            "truncated: the log ends at seq {} but the head records seq {}",
-                            report.last_seq, h.seq
-                        ),
-                    });
-                }
-                if report.last_seq == h.seq && report.last_hash != h.hash {
-                    return Err(Broken {
-                        line: report.records,
-                        seq: Some(h.seq),
-                        reason: "the last record does not match the head".into(),
-                    });
-                }
-            }
+    if let Some(a) = anchor {
+        // Only the segment the anchor falls in can be checked against it.
+        // (Rotated files alone end before the live file starts.)
+        let covers = report.records == 0 || report.last_seq >= a.file_first_seq;
+        if covers && !anchor_seen && a.seq > 0 && report.last_seq < a.seq {
+            return Err(Broken {
+                line: report.records + 1,
+                seq: Some(report.last_seq + 1),
+                reason: format!(
+                    "truncated: the log ends at seq {} but seq {} was written",
+                    report.last_seq, a.seq
+                ),
+            });
         }
     }
     Ok(report)
@@ -526,35 +566,34 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (p, key) = write(d.path(), 10, 1 << 30);
         let text = std::fs::read_to_string(&p).unwrap();
-        let r = verify(&text, &key, Some(&p)).unwrap();
+        let head = read_head(&p, &key).unwrap().unwrap();
+        let anchor = Some(&head);
+        let r = verify(&text, &key, anchor).unwrap();
         assert_eq!((r.records, r.first_seq, r.last_seq), (10, 1, 10));
         let l = lines(&p);
         let join = |v: &[String]| v.iter().map(|s| format!("{s}\n")).collect::<String>();
         // edited
         let mut edited = l.clone();
         edited[4] = edited[4].replace("\"OK\"", "\"PERMISSION_DENIED\"");
-        assert_eq!(verify(&join(&edited), &key, Some(&p)).unwrap_err().line, 5);
+        assert_eq!(verify(&join(&edited), &key, anchor).unwrap_err().line, 5);
         // deleted
         let mut deleted = l.clone();
         deleted.remove(3);
-        assert_eq!(verify(&join(&deleted), &key, Some(&p)).unwrap_err().line, 4);
+        assert_eq!(verify(&join(&deleted), &key, anchor).unwrap_err().line, 4);
         // inserted: a forged line, and a replayed copy of a valid one
         let mut forged = l.clone();
         forged.insert(2, l[2].replace("r2", "rX"));
-        assert!(verify(&join(&forged), &key, Some(&p))
-            .unwrap_err()
-            .reason
-            .contains("MAC"));
+        assert!(verify(&join(&forged), &key, anchor).unwrap_err().reason.contains("MAC"));
         let mut replayed = l.clone();
         replayed.insert(6, l[2].clone());
-        assert_eq!(verify(&join(&replayed), &key, Some(&p)).unwrap_err().line, 7);
+        assert_eq!(verify(&join(&replayed), &key, anchor).unwrap_err().line, 7);
         // swapped
         let mut swapped = l.clone();
         swapped.swap(6, 7);
-        assert_eq!(verify(&join(&swapped), &key, Some(&p)).unwrap_err().line, 7);
+        assert_eq!(verify(&join(&swapped), &key, anchor).unwrap_err().line, 7);
         // tail cut: detected through the head
         let cut = join(&l[..8]);
-        let e = verify(&cut, &key, Some(&p)).unwrap_err();
+        let e = verify(&cut, &key, anchor).unwrap_err();
         assert!(e.reason.contains("truncated"), "{e}");
         // another key cannot verify, nor forge
         assert!(verify(&text, &AuditKey::from_bytes(&[4; 32]), None).is_err());
@@ -578,7 +617,7 @@ mod tests {
             .iter()
             .map(|f| std::fs::read_to_string(f).unwrap_or_default())
             .collect();
-        let r = verify(&all, &key, Some(&p)).unwrap();
+        let r = verify(&all, &key, read_head(&p, &key).unwrap().as_ref()).unwrap();
         assert_eq!((r.first_seq, r.last_seq), (1, 30));
         // reopen continues the chain
         let mut w = Writer::open(&p, AuditKey::from_bytes(&[3; 32]), 4096).unwrap();
@@ -588,7 +627,7 @@ mod tests {
             .iter()
             .map(|f| std::fs::read_to_string(f).unwrap())
             .collect();
-        let r = verify(&format!("{rotated}{live}"), &key, Some(&p)).unwrap();
+        let r = verify(&format!("{rotated}{live}"), &key, read_head(&p, &key).unwrap().as_ref()).unwrap();
         assert_eq!(r.last_seq, 31);
     }
 

@@ -937,6 +937,20 @@ impl proto::admin_server::Admin for AdminService {
         Ok(Response::new(proto::RejectResponse {}))
     }
 
+    async fn audit_head(
+        &self,
+        req: Request<proto::AuditHeadRequest>,
+    ) -> Result<Response<proto::AuditHeadResponse>, Status> {
+        let call = self.shared.begin(&req, Op::AuditRead, None)?;
+        let h = self.shared.access()?.audit.head();
+        let resp = proto::AuditHeadResponse {
+            seq: h.seq,
+            hash: h.hash,
+            file_first_seq: h.file_first_seq,
+        };
+        Ok(Response::new(self.shared.finish(&call, Ok(resp))?))
+    }
+
     async fn verify_audit(
         &self,
         req: Request<tonic::Streaming<proto::AuditChunk>>,
@@ -944,7 +958,15 @@ impl proto::admin_server::Admin for AdminService {
         let call = self.shared.begin(&req, Op::AuditRead, None)?;
         let mut stream = req.into_inner();
         let mut bytes = Vec::new();
+        let mut anchor = None;
         while let Some(c) = stream.message().await? {
+            if let Some(h) = c.head {
+                anchor = Some(crate::audit::Anchor {
+                    seq: h.seq,
+                    hash: h.hash,
+                    file_first_seq: h.file_first_seq,
+                });
+            }
             if bytes.len() + c.data.len() > MAX_AUDIT_BYTES {
                 let e = Error::TooLarge(format!("audit log larger than {MAX_AUDIT_BYTES} bytes"));
                 return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status());
@@ -954,24 +976,22 @@ impl proto::admin_server::Admin for AdminService {
         let access = self.shared.access()?.clone();
         let result = blocking(move || {
             let text = String::from_utf8_lossy(&bytes);
-            Ok(
-                match crate::audit::verify(&text, access.audit_key(), Some(&access.audit_path)) {
-                    Ok(r) => proto::VerifyAuditResponse {
-                        ok: true,
-                        records: r.records,
-                        first_seq: r.first_seq,
-                        last_seq: r.last_seq,
-                        ..Default::default()
-                    },
-                    Err(b) => proto::VerifyAuditResponse {
-                        ok: false,
-                        broken_line: b.line,
-                        broken_seq: b.seq.unwrap_or(0),
-                        reason: b.reason,
-                        ..Default::default()
-                    },
+            Ok(match crate::audit::verify(&text, access.audit_key(), anchor.as_ref()) {
+                Ok(r) => proto::VerifyAuditResponse {
+                    ok: true,
+                    records: r.records,
+                    first_seq: r.first_seq,
+                    last_seq: r.last_seq,
+                    ..Default::default()
                 },
-            )
+                Err(b) => proto::VerifyAuditResponse {
+                    ok: false,
+                    broken_line: b.line,
+                    broken_seq: b.seq.unwrap_or(0),
+                    reason: b.reason,
+                    ..Default::default()
+                },
+            })
         })
         .await;
         Ok(Response::new(self.shared.finish(&call, result)?))

@@ -839,15 +839,35 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
         }
         Cmd::Audit(AuditCmd::Verify { files }) => {
+            let mut admin = proto::admin_client::AdminClient::new(channel.clone());
+            // The daemon's last durable record first: the files read after it
+            // must reach it, so a cut tail is caught.
+            let head = admin
+                .audit_head(proto::AuditHeadRequest {})
+                .await
+                .map_err(status_line)?
+                .into_inner();
             let mut data = Vec::new();
             for f in &files {
                 data.extend(std::fs::read(f).map_err(|e| format!("reading {}: {e}", f.display()))?);
             }
-            let chunks: Vec<proto::AuditChunk> = data
+            let mut chunks: Vec<proto::AuditChunk> = data
                 .chunks(1 << 20)
-                .map(|c| proto::AuditChunk { data: c.to_vec() })
+                .map(|c| proto::AuditChunk {
+                    data: c.to_vec(),
+                    head: None,
+                })
                 .collect();
-            let r = proto::admin_client::AdminClient::new(channel.clone())
+            if chunks.is_empty() {
+                chunks.push(proto::AuditChunk {
+                    data: vec![],
+                    head: None,
+                });
+            }
+            if let Some(first) = chunks.first_mut() {
+                first.head = Some(head);
+            }
+            let r = admin
                 .verify_audit(tokio_stream::iter(chunks))
                 .await
                 .map_err(status_line)?

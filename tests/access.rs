@@ -1,0 +1,830 @@
+//! Who may do what, against the real daemon over real mTLS: policy
+//! (deny wins, nothing leaks), identities from SPIFFE SAN and key hash,
+//! policy reload, officer TOTP (missing, wrong, replayed, locked out), dual
+//! control, the tamper-evident audit trail, and failing closed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod common;
+
+use common::*;
+use kmsd::proto::{self, admin_client::AdminClient, crypto_client::CryptoClient, keys_client::KeysClient};
+use std::collections::HashMap;
+use std::time::Duration;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+const POLICY: &str = r#"
+[identities]
+"spiffe://bank/admin" = ["setup"]
+"spiffe://bank/payments" = ["payments"]
+"spiffe://bank/alice" = ["officer"]
+"spiffe://bank/bob" = ["officer"]
+"spiffe://bank/carol" = ["officer"]
+"spiffe://bank/dave" = ["officer"]
+"spiffe://bank/auditor" = ["auditor"]
+HASH_LINE
+
+[roles.setup]
+dev_no_second_factor = true
+allow = [{ ops = ["*"], keys = ["*"] }]
+
+[roles.payments]
+allow = [{ ops = ["encrypt", "decrypt"], keys = ["payments.*"] }]
+deny = [{ ops = ["decrypt"], keys = ["payments.archive-*"] }]
+
+[roles.reader]
+allow = [{ ops = ["key.read"], keys = ["payments.*"] }]
+
+[roles.auditor]
+allow = [{ ops = ["audit.read"], keys = ["*"] }]
+
+[roles.officer]
+officer = true
+allow = [{ ops = ["key.*", "approval", "restore", "backup"], keys = ["*"] }]
+
+[settings]
+otp_max_failures = 3
+otp_lockout = "60s"
+approval_ttl = "3s"
+"#;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    d: Daemon,
+    channels: HashMap<String, Channel>,
+    secrets: HashMap<String, Vec<u8>>,
+    last_step: HashMap<String, i64>,
+}
+
+fn b32decode(s: &str) -> Vec<u8> {
+    let mut out = vec![];
+    let (mut buf, mut bits) = (0u32, 0);
+    for c in s.bytes() {
+        let v = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+            .iter()
+            .position(|&a| a == c)
+            .unwrap() as u32;
+        buf = (buf << 5) | v;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+        }
+    }
+    out
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+impl Env {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path());
+        for who in [
+            "admin", "payments", "alice", "bob", "carol", "dave", "auditor", "stranger",
+        ] {
+            pki.client(who, Some(&format!("spiffe://bank/{who}")));
+        }
+        pki.client("hashed", None); // no URI SAN: named by its key hash
+        let der = kmsd::tls::load_certs(&dir.path().join("hashed.pem")).unwrap();
+        let hashed_id = kmsd::tls::PeerIdentity::from_cert(&der[0], String::new())
+            .unwrap()
+            .id()
+            .to_owned();
+        assert!(hashed_id.starts_with("sha256:") && hashed_id.len() == 7 + 64);
+        std::fs::write(
+            dir.path().join("policy.toml"),
+            POLICY.replace("HASH_LINE", &format!("\"{hashed_id}\" = [\"reader\"]")),
+        )
+        .unwrap();
+        let d = Daemon::start(dir.path());
+        let mut channels = HashMap::new();
+        for who in [
+            "admin", "payments", "alice", "bob", "carol", "dave", "auditor", "stranger", "hashed",
+        ] {
+            channels.insert(
+                who.to_owned(),
+                kmsd::client::connect(&d.settings(who, None)).await.unwrap(),
+            );
+        }
+        let mut env = Env {
+            _dir: dir,
+            d,
+            channels,
+            secrets: HashMap::new(),
+            last_step: HashMap::new(),
+        };
+        // the setup identity (no second factor: DEV ONLY role) enrols the officers
+        for who in ["alice", "bob", "carol", "dave"] {
+            let r = env
+                .admin("admin")
+                .enroll_officer(proto::EnrollOfficerRequest {
+                    identity: format!("spiffe://bank/{who}"),
+                    replace: false,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(r.otpauth_uri.starts_with("otpauth://totp/kmsd:"));
+            env.secrets.insert(who.to_owned(), b32decode(&r.secret_base32));
+        }
+        env
+    }
+
+    fn ch(&self, who: &str) -> Channel {
+        self.channels[who].clone()
+    }
+    fn keys(&self, who: &str) -> KeysClient<Channel> {
+        KeysClient::new(self.ch(who))
+    }
+    fn crypto(&self, who: &str) -> CryptoClient<Channel> {
+        CryptoClient::new(self.ch(who))
+    }
+    fn admin(&self, who: &str) -> AdminClient<Channel> {
+        AdminClient::new(self.ch(who))
+    }
+
+    /// A fresh, never-used code for `who` (steps only move forward).
+    fn code(&mut self, who: &str) -> String {
+        let step = now() / 30;
+        let next = self.last_step.get(who).map_or(step - 1, |l| (l + 1).max(step - 1));
+        assert!(next <= step + 1, "{who} used up its codes for this window");
+        self.last_step.insert(who.to_owned(), next);
+        format!("{:06}", kmsd::otp::code_at(&self.secrets[who], next * 30, 6))
+    }
+}
+
+fn with_otp<T>(msg: T, code: Option<&str>) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Some(c) = code {
+        r.metadata_mut().insert("x-kmsd-otp", c.parse().unwrap());
+    }
+    r
+}
+
+fn rotate(name: &str) -> proto::RotateKeyRequest {
+    proto::RotateKeyRequest { name: name.into() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_denies_everything_not_allowed_and_deny_wins() {
+    let env = Env::new().await;
+    let mut k = env.keys("admin");
+    for name in ["payments.pan", "payments.archive-2020", "hr.salaries"] {
+        k.create_key(proto::CreateKeyRequest {
+            name: name.into(),
+            algorithm: 0,
+            policy: None,
+        })
+        .await
+        .unwrap();
+    }
+    let mut pay = env.crypto("payments");
+    let ct = pay
+        .encrypt(proto::EncryptRequest {
+            key: "payments.pan".into(),
+            plaintext: b"x".to_vec(),
+            associated_data: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ciphertext;
+    pay.decrypt(proto::DecryptRequest {
+        key: "payments.pan".into(),
+        ciphertext: ct.clone(),
+        associated_data: vec![],
+    })
+    .await
+    .unwrap();
+    // deny beats allow
+    let archived = pay
+        .encrypt(proto::EncryptRequest {
+            key: "payments.archive-2020".into(),
+            plaintext: b"x".to_vec(),
+            associated_data: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ciphertext;
+    let e = pay
+        .decrypt(proto::DecryptRequest {
+            key: "payments.archive-2020".into(),
+            ciphertext: archived,
+            associated_data: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("decrypt"), "{}", e.message());
+    // no leak: an existing key and a missing one answer the same
+    let a = pay
+        .encrypt(proto::EncryptRequest {
+            key: "hr.salaries".into(),
+            plaintext: b"x".to_vec(),
+            associated_data: vec![],
+        })
+        .await
+        .unwrap_err();
+    let b = pay
+        .encrypt(proto::EncryptRequest {
+            key: "hr.nothing".into(),
+            plaintext: b"x".to_vec(),
+            associated_data: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!((a.code(), b.code()), (Code::PermissionDenied, Code::PermissionDenied));
+    assert_eq!(
+        a.message().replace("salaries", "X"),
+        b.message().replace("nothing", "X")
+    );
+
+    // every operation is denied to an identity without rights, naming the operation
+    let s = "stranger";
+    let (mut c, mut k, mut a, mut m) = (
+        env.crypto(s),
+        env.keys(s),
+        env.admin(s),
+        proto::mask_client::MaskClient::new(env.ch(s)),
+    );
+    let key = || "payments.pan".to_string();
+    let checks: Vec<(&str, tonic::Status)> = vec![
+        (
+            "encrypt",
+            c.encrypt(proto::EncryptRequest {
+                key: key(),
+                plaintext: vec![],
+                associated_data: vec![],
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "decrypt",
+            c.decrypt(proto::DecryptRequest {
+                key: key(),
+                ciphertext: ct.clone(),
+                associated_data: vec![],
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "rewrap",
+            c.rewrap(proto::RewrapRequest {
+                key: key(),
+                ciphertext: ct.clone(),
+                associated_data: vec![],
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "datakey",
+            c.generate_data_key(proto::GenerateDataKeyRequest {
+                key: key(),
+                bits: 256,
+                associated_data: vec![],
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "mask",
+            m.mask(proto::MaskRequest {
+                value: "4111111111111111".into(),
+                kind: 1,
+                pan_keep_bin: 0,
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "redact",
+            m.redact(proto::RedactRequest {
+                text: "x".into(),
+                kinds: vec![],
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "tokenize",
+            m.tokenize(proto::TokenizeRequest {
+                key: key(),
+                value: "4111111111111111".into(),
+                kind: 1,
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "detokenize",
+            m.detokenize(proto::DetokenizeRequest {
+                key: key(),
+                token: "1".into(),
+                kind: 1,
+                key_version: 0,
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "key.read",
+            k.get_key(proto::GetKeyRequest { name: key() }).await.unwrap_err(),
+        ),
+        (
+            "key.create",
+            k.create_key(proto::CreateKeyRequest {
+                name: "new".into(),
+                algorithm: 0,
+                policy: None,
+            })
+            .await
+            .unwrap_err(),
+        ),
+        ("key.rotate", k.rotate_key(rotate("payments.pan")).await.unwrap_err()),
+        (
+            "key.policy",
+            k.update_key_policy(proto::UpdateKeyPolicyRequest {
+                name: key(),
+                policy: None,
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "key.version_state",
+            k.set_version_state(proto::SetVersionStateRequest {
+                name: key(),
+                version: 1,
+                state: 3,
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "key.destroy",
+            k.schedule_version_destruction(proto::ScheduleVersionDestructionRequest {
+                name: key(),
+                version: 1,
+                waiting_period_seconds: 0,
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "backup",
+            k.backup(proto::BackupRequest {}).await.map(|_| ()).unwrap_err(),
+        ),
+        (
+            "restore",
+            k.restore(tokio_stream::iter(vec![proto::RestoreChunk { data: vec![1] }]))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "audit.read",
+            a.verify_audit(tokio_stream::iter(vec![proto::AuditChunk {
+                data: vec![],
+                head: None,
+            }]))
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "approval",
+            a.list_approvals(proto::ListApprovalsRequest {}).await.unwrap_err(),
+        ),
+        (
+            "admin.reload",
+            a.reload_policy(proto::ReloadPolicyRequest {}).await.unwrap_err(),
+        ),
+    ];
+    for (op, st) in checks {
+        assert_eq!(st.code(), Code::PermissionDenied, "{op}: {st:?}");
+        assert!(st.message().contains(op), "{op}: {}", st.message());
+    }
+    // listing shows only what the caller may read
+    let names = env
+        .keys("hashed")
+        .list_keys(proto::ListKeysRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .names;
+    assert_eq!(names, vec!["payments.archive-2020", "payments.pan"]);
+    assert!(env
+        .keys(s)
+        .list_keys(proto::ListKeysRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .names
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_from_spiffe_san_and_key_hash_and_policy_reload() {
+    let env = Env::new().await;
+    env.keys("admin")
+        .create_key(proto::CreateKeyRequest {
+            name: "payments.x".into(),
+            algorithm: 0,
+            policy: None,
+        })
+        .await
+        .unwrap();
+    // the key-hash identity may read, via its sha256: entry
+    env.keys("hashed")
+        .get_key(proto::GetKeyRequest {
+            name: "payments.x".into(),
+        })
+        .await
+        .unwrap();
+    // data-path records are group-committed: wait for the write
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let audit = std::fs::read_to_string(env.d.dir.join("audit.log")).unwrap();
+        if audit.contains("\"identity\":\"sha256:") && audit.contains("\"identity\":\"spiffe://bank/admin\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{audit}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // reload: grant the stranger encrypt
+    let policy_path = env.d.dir.join("policy.toml");
+    let original = std::fs::read_to_string(&policy_path).unwrap();
+    let granted = original.replace(
+        "[identities]\n",
+        "[identities]\n\"spiffe://bank/stranger\" = [\"payments\"]\n",
+    );
+    std::fs::write(&policy_path, &granted).unwrap();
+    let enc = || proto::EncryptRequest {
+        key: "payments.x".into(),
+        plaintext: b"m".to_vec(),
+        associated_data: vec![],
+    };
+    assert_eq!(
+        env.crypto("stranger").encrypt(enc()).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    let off = env.d.log_text().len();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &env.d.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !env.d.log_text()[off..].contains("reloaded the policy") {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.crypto("stranger").encrypt(enc()).await.unwrap();
+    // a bad file is refused (SIGHUP and the admin call) and the old policy stays
+    std::fs::write(
+        &policy_path,
+        format!("{granted}\n[roles.broken]\nallow = [{{ ops = [\"encrpyt\"], keys = [\"*\"] }}]\n"),
+    )
+    .unwrap();
+    let e = env
+        .admin("admin")
+        .reload_policy(proto::ReloadPolicyRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("encrpyt"), "{}", e.message());
+    let off = env.d.log_text().len();
+    std::process::Command::new("kill")
+        .args(["-HUP", &env.d.pid().to_string()])
+        .status()
+        .unwrap();
+    while !env.d.log_text()[off..].contains("policy reload refused") {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.crypto("stranger").encrypt(enc()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn officers_need_fresh_codes_and_destructive_calls_need_two_officers() {
+    let mut env = Env::new().await;
+    let mut k = env.keys("admin");
+    k.create_key(proto::CreateKeyRequest {
+        name: "ring".into(),
+        algorithm: 0,
+        policy: None,
+    })
+    .await
+    .unwrap();
+    k.rotate_key(rotate("ring")).await.unwrap();
+    k.rotate_key(rotate("ring")).await.unwrap();
+
+    let mut alice = env.keys("alice");
+    // no code
+    let e = alice.rotate_key(with_otp(rotate("ring"), None)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(
+        e.message().contains("second factor") && e.message().contains("x-kmsd-otp"),
+        "{}",
+        e.message()
+    );
+    // wrong code
+    let e = alice
+        .rotate_key(with_otp(rotate("ring"), Some("000000")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    // reading needs no code
+    alice
+        .get_key(proto::GetKeyRequest { name: "ring".into() })
+        .await
+        .unwrap();
+    // a good code works once
+    let code = env.code("alice");
+    let info = alice
+        .rotate_key(with_otp(rotate("ring"), Some(&code)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.primary_version, 4);
+    let e = alice
+        .rotate_key(with_otp(rotate("ring"), Some(&code)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("already used"), "{}", e.message());
+
+    // dual control: alice asks, alice cannot approve, bob approves
+    let code = env.code("alice");
+    let req = proto::ScheduleVersionDestructionRequest {
+        name: "ring".into(),
+        version: 1,
+        waiting_period_seconds: 1,
+    };
+    let e = alice
+        .schedule_version_destruction(with_otp(req, Some(&code)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let id = e
+        .metadata()
+        .get("x-kmsd-approval-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(e.message().contains("version 1 of key \"ring\""), "{}", e.message());
+    let pending = env
+        .admin("bob")
+        .list_approvals(proto::ListApprovalsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .approvals;
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (pending[0].id.as_str(), pending[0].requester.as_str()),
+        (id.as_str(), "spiffe://bank/alice")
+    );
+    // nothing happened yet
+    let info = env
+        .keys("admin")
+        .get_key(proto::GetKeyRequest { name: "ring".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.versions[0].state, proto::VersionState::DecryptOnly as i32);
+    let code = env.code("alice");
+    let e = env
+        .admin("alice")
+        .approve(with_otp(proto::ApproveRequest { id: id.clone() }, Some(&code)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("own request"), "{}", e.message());
+    let e = env
+        .admin("bob")
+        .approve(with_otp(proto::ApproveRequest { id: id.clone() }, None))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::Unauthenticated,
+        "approving needs the approver's own code"
+    );
+    let code = env.code("bob");
+    let r = env
+        .admin("bob")
+        .approve(with_otp(proto::ApproveRequest { id: id.clone() }, Some(&code)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.result.contains("version 1"), "{}", r.result);
+    let info = env
+        .keys("admin")
+        .get_key(proto::GetKeyRequest { name: "ring".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        info.versions[0].state,
+        proto::VersionState::ScheduledForDestruction as i32
+    );
+
+    // an unapproved request expires (approval_ttl = 3 s in this policy)
+    let code = env.code("carol");
+    let req = proto::ScheduleVersionDestructionRequest {
+        name: "ring".into(),
+        version: 2,
+        waiting_period_seconds: 1,
+    };
+    let e = env
+        .keys("carol")
+        .schedule_version_destruction(with_otp(req, Some(&code)))
+        .await
+        .unwrap_err();
+    let id2 = e
+        .metadata()
+        .get("x-kmsd-approval-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let code = env.code("bob");
+    let e = env
+        .admin("bob")
+        .approve(with_otp(proto::ApproveRequest { id: id2 }, Some(&code)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let info = env
+        .keys("admin")
+        .get_key(proto::GetKeyRequest { name: "ring".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.versions[1].state, proto::VersionState::DecryptOnly as i32);
+
+    // lock-out after 3 bad codes: even a good code is refused, and it is audited
+    let mut dave = env.keys("dave");
+    for _ in 0..3 {
+        let _ = dave.rotate_key(with_otp(rotate("ring"), Some("999999"))).await;
+    }
+    let code = env.code("dave");
+    let e = dave
+        .rotate_key(with_otp(rotate("ring"), Some(&code)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("locked out"), "{}", e.message());
+    let audit = std::fs::read_to_string(env.d.dir.join("audit.log")).unwrap();
+    assert!(audit.contains("officer locked out"));
+    // codes never reach the audit trail or the log
+    assert!(!audit.contains(&code) && !env.d.log_text().contains(&code));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_detects_tampering_and_admin_calls_fail_closed() {
+    let env = Env::new().await;
+    let marker = b"AUDIT-MARKER-PLAINTEXT-55ab";
+    let mut k = env.keys("admin");
+    k.create_key(proto::CreateKeyRequest {
+        name: "payments.a".into(),
+        algorithm: 0,
+        policy: None,
+    })
+    .await
+    .unwrap();
+    let mut pay = env.crypto("payments");
+    for _ in 0..10 {
+        let ct = pay
+            .encrypt(proto::EncryptRequest {
+                key: "payments.a".into(),
+                plaintext: marker.to_vec(),
+                associated_data: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .ciphertext;
+        pay.decrypt(proto::DecryptRequest {
+            key: "payments.a".into(),
+            ciphertext: ct,
+            associated_data: vec![],
+        })
+        .await
+        .unwrap();
+    }
+    let _ = env
+        .crypto("stranger")
+        .encrypt(proto::EncryptRequest {
+            key: "payments.a".into(),
+            plaintext: marker.to_vec(),
+            associated_data: vec![],
+        })
+        .await;
+    k.rotate_key(rotate("payments.a")).await.unwrap(); // durable: everything before it is on disk too
+    let path = env.d.dir.join("audit.log");
+    let head_first = env
+        .admin("auditor")
+        .audit_head(proto::AuditHeadRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.len() >= 23,
+        "one record per request (+ intent records for admin calls): {}",
+        lines.len()
+    );
+    assert!(text.contains("\"op\":\"encrypt\"") && text.contains("\"result\":\"PERMISSION_DENIED\""));
+    assert!(
+        !text.contains(std::str::from_utf8(marker).unwrap())
+            && !env.d.log_text().contains(std::str::from_utf8(marker).unwrap())
+    );
+    let rec: serde_json::Value =
+        serde_json::from_str(lines.iter().find(|l| l.contains("\"op\":\"decrypt\"")).unwrap()).unwrap();
+    for field in [
+        "time",
+        "request_id",
+        "identity",
+        "op",
+        "key",
+        "key_version",
+        "result",
+        "peer",
+        "latency_us",
+        "prev",
+        "mac",
+    ] {
+        assert!(!rec[field].is_null(), "{field} in {rec}");
+    }
+
+    let verify = |content: String| async {
+        env.admin("auditor")
+            .verify_audit(tokio_stream::iter(vec![proto::AuditChunk {
+                data: content.into_bytes(),
+                head: Some(head_first.clone()),
+            }]))
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let join = |v: &[&str]| v.iter().map(|l| format!("{l}\n")).collect::<String>();
+    let ok = verify(join(&lines)).await;
+    assert!(ok.ok && ok.records == lines.len() as u64, "{ok:?}");
+    let mut edited = lines.clone();
+    let e5 = edited[5].replace("\"OK\"", "\"NOT_FOUND\"");
+    edited[5] = &e5;
+    let r = verify(join(&edited)).await;
+    assert!(!r.ok && r.broken_line == 6, "{r:?}");
+    let mut deleted = lines.clone();
+    deleted.remove(7);
+    assert_eq!(verify(join(&deleted)).await.broken_line, 8);
+    let mut inserted = lines.clone();
+    inserted.insert(9, lines[3]);
+    assert_eq!(verify(join(&inserted)).await.broken_line, 10);
+    let mut swapped = lines.clone();
+    swapped.swap(10, 11);
+    assert_eq!(verify(join(&swapped)).await.broken_line, 11);
+    let cut = verify(join(&lines[..lines.len() - 2])).await;
+    assert!(!cut.ok && cut.reason.contains("truncated"), "{cut:?}");
+    // kmsctl audit verify (on the live log) prints OK with a count
+    let file = path.clone();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kmsctl"))
+        .args(["audit", "verify", file.to_str().unwrap()])
+        .env("KMSD_ADDR", format!("unix:{}", env.d.socket.display()))
+        .env("KMSD_CA", env.d.dir.join("ca.pem"))
+        .env("KMSD_CERT", env.d.dir.join("auditor.pem"))
+        .env("KMSD_KEY", env.d.dir.join("auditor.key"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("OK "),
+        "{out:?}"
+    );
+
+    // the audit file becomes unwritable: administrative calls are refused, and not performed
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    let e = k.rotate_key(rotate("payments.a")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("not performed"), "{}", e.message());
+    let info = k
+        .get_key(proto::GetKeyRequest {
+            name: "payments.a".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.primary_version, 2, "the refused rotation did not happen");
+}
