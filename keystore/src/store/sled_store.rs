@@ -26,6 +26,9 @@ pub struct SledStore {
     /// Serialises the fsync step so concurrent writers share one sync
     /// rather than queueing many (group commit of the fsync).
     sync_lock: Mutex<()>,
+    /// Whether every write is synced before it returns (always, except
+    /// during a bulk load that ends with one explicit `sync`).
+    sync_each_write: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -53,9 +56,25 @@ impl SledStore {
             db,
             path: path.to_owned(),
             sync_lock: Mutex::new(()),
+            sync_each_write: std::sync::atomic::AtomicBool::new(true),
         };
         store.sync()?;
         Ok(store)
+    }
+
+    /// DANGER: for bulk loads only (benchmark seeding, restore tooling):
+    /// writes stop being durable when they return, until the caller's own
+    /// final [`KeyStore::sync`]. Breaks the durability contract meanwhile.
+    pub fn danger_unsynced_writes(&self, on: bool) {
+        self.sync_each_write.store(!on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn write_done(&self) -> Result<(), Error> {
+        if self.sync_each_write.load(std::sync::atomic::Ordering::SeqCst) {
+            self.sync()
+        } else {
+            Ok(())
+        }
     }
 
     fn decode(kind: RecordKind, name: &str, raw: &[u8]) -> Result<Entry, Error> {
@@ -133,7 +152,7 @@ impl KeyStore for SledStore {
         };
         match self.db.compare_and_swap(&key, old, Some(Self::encode(next, value)))? {
             Ok(()) => {
-                self.sync()?;
+                self.write_done()?;
                 Ok(Revision(next))
             }
             Err(_) => Err(Error::Conflict {
