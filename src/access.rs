@@ -520,9 +520,15 @@ pub fn request_id<T>(req: &Request<T>) -> String {
             return v.to_owned();
         }
     }
-    let mut raw = [0u8; 8];
-    rand::rngs::OsRng.fill_bytes(&mut raw);
-    hex::encode(raw)
+    // A per-process random prefix and a counter: unique, and no system
+    // call on the data path.
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| rand::rngs::OsRng.next_u32());
+    format!(
+        "{prefix:08x}-{:x}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
 }
 
 /// Executes an approved dual-control operation.
