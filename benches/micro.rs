@@ -1,3 +1,4 @@
+#![allow(clippy::panic)]
 //! Micro-benchmarks: envelope encode/decode, per-message key derivation,
 //! the AEAD at each size on both backends, and redaction against a plain
 //! copy of the same text (its same-run baseline).
@@ -66,5 +67,41 @@ fn redaction(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, envelope, aead, redaction);
+fn audit(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let metrics = std::sync::Arc::new(kmsd::metrics::Metrics::default());
+    let handle = kmsd::audit::spawn(
+        &dir.path().join("audit.log"),
+        kmsd::audit::AuditKey::from_bytes(&[1; 32]),
+        1 << 30,
+        metrics,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ev = kmsd::audit::Event {
+        request_id: "0a1b2c3d-1f".into(),
+        identity: "spiffe://bank.internal/payments".into(),
+        op: "encrypt",
+        key: Some("payments.pan".into()),
+        key_version: Some(3),
+        result: "OK".into(),
+        detail: None,
+        peer: "unix".into(),
+        latency_us: 41,
+    };
+    let mut g = c.benchmark_group("audit");
+    g.throughput(Throughput::Elements(1000));
+    // 1,000 data-path records group-committed, then one durable record
+    // (which waits for everything before it): records/s including fsync.
+    g.bench_function("1000 records, group commit", |b| {
+        b.iter(|| {
+            for _ in 0..1000 {
+                handle.record(ev.clone());
+            }
+            let _ = handle.record_durable(ev.clone());
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, envelope, aead, redaction, audit);
 criterion_main!(benches);

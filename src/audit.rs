@@ -78,6 +78,8 @@ pub struct Event {
     pub latency_us: u64,
 }
 
+/// A record as parsed by `verify` (the writer builds lines by hand in the
+/// same field order, see [`LineWriter`]).
 #[derive(Serialize, Deserialize)]
 struct Body<'a> {
     seq: u64,
@@ -98,19 +100,105 @@ fn chain_start() -> String {
     hex::encode(Sha256::digest(b"kmsd audit chain v1"))
 }
 
-fn rfc3339_now() -> String {
-    let now = std::time::SystemTime::now();
-    let d = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(d.as_secs()))
-        .to_string();
-    format!("{}.{:03}Z", secs.trim_end_matches('Z'), d.subsec_millis())
+/// Appends `s` as a JSON string literal.
+fn json_str(out: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
-/// Builds the line for `body`, MAC'd.
-fn seal_line(key: &AuditKey, body: &Body<'_>) -> String {
-    let json = serde_json::to_string(body).unwrap_or_default();
-    let mac = key.mac(json.as_bytes());
-    format!("{},\"mac\":\"{mac}\"}}", json.strip_suffix('}').unwrap_or(&json))
+/// The writer's hot path: builds MAC'd lines into one reusable buffer,
+/// with the HMAC key schedule computed once and the timestamp's seconds
+/// formatted once per second.
+struct LineWriter {
+    mac: Option<Hmac<Sha256>>,
+    second: u64,
+    second_text: String,
+}
+
+impl LineWriter {
+    fn new(key: &AuditKey) -> Self {
+        LineWriter {
+            mac: Hmac::<Sha256>::new_from_slice(key.0.expose_secret()).ok(),
+            second: u64::MAX,
+            second_text: String::new(),
+        }
+    }
+
+    fn time(&mut self, out: &mut String) {
+        use std::fmt::Write as _;
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        if d.as_secs() != self.second {
+            self.second = d.as_secs();
+            self.second_text =
+                humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.second))
+                    .to_string()
+                    .trim_end_matches('Z')
+                    .to_owned();
+        }
+        let _ = write!(out, "\"{}.{:03}Z\"", self.second_text, d.subsec_millis());
+    }
+
+    /// Appends the record's line (without newline) to `out`; returns its hash.
+    fn line(&mut self, out: &mut String, seq: u64, e: &Event, prev: &str) -> String {
+        use std::fmt::Write as _;
+        let start = out.len();
+        let _ = write!(out, "{{\"seq\":{seq},\"time\":");
+        self.time(out);
+        out.push_str(",\"request_id\":");
+        json_str(out, &e.request_id);
+        out.push_str(",\"identity\":");
+        json_str(out, &e.identity);
+        out.push_str(",\"op\":");
+        json_str(out, e.op);
+        out.push_str(",\"key\":");
+        match &e.key {
+            Some(k) => json_str(out, k),
+            None => out.push_str("null"),
+        }
+        match e.key_version {
+            Some(v) => {
+                let _ = write!(out, ",\"key_version\":{v}");
+            }
+            None => out.push_str(",\"key_version\":null"),
+        }
+        out.push_str(",\"result\":");
+        json_str(out, &e.result);
+        out.push_str(",\"detail\":");
+        match &e.detail {
+            Some(d) => json_str(out, d),
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"peer\":");
+        json_str(out, &e.peer);
+        let _ = write!(out, ",\"latency_us\":{},\"prev\":\"{prev}\"}}", e.latency_us);
+        let tag = match &self.mac {
+            Some(m) => {
+                let mut m = m.clone();
+                m.update(&out.as_bytes()[start..]);
+                hex::encode(m.finalize().into_bytes())
+            }
+            None => String::new(),
+        };
+        out.pop(); // the closing brace
+        let _ = write!(out, ",\"mac\":\"{tag}\"}}");
+        hex::encode(Sha256::digest(&out.as_bytes()[start..]))
+    }
 }
 
 /// Splits a line into (its body JSON, its MAC) if it has the record shape.
@@ -230,6 +318,8 @@ impl AuditHandle {
 struct Writer {
     path: PathBuf,
     key: AuditKey,
+    lines: LineWriter,
+    buf: String,
     rotate_bytes: u64,
     seq: u64,
     last_hash: String,
@@ -240,6 +330,8 @@ impl Writer {
     fn open(path: &Path, key: AuditKey, rotate_bytes: u64) -> Result<Self, AuditError> {
         let mut w = Writer {
             path: path.to_owned(),
+            lines: LineWriter::new(&key),
+            buf: String::with_capacity(1 << 20),
             key,
             rotate_bytes,
             seq: 0,
@@ -284,29 +376,20 @@ impl Writer {
     }
 
     fn write_batch(&mut self, events: &[Event]) -> Result<(), AuditError> {
-        let mut buf = String::with_capacity(events.len() * 300);
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
         let (mut seq, mut hash) = (self.seq, self.last_hash.clone());
         for e in events {
             seq += 1;
-            let body = Body {
-                seq,
-                time: rfc3339_now(),
-                request_id: e.request_id.as_str().into(),
-                identity: e.identity.as_str().into(),
-                op: e.op.into(),
-                key: e.key.as_deref().map(Into::into),
-                key_version: e.key_version,
-                result: e.result.as_str().into(),
-                detail: e.detail.as_deref().map(Into::into),
-                peer: e.peer.as_str().into(),
-                latency_us: e.latency_us,
-                prev: hash.clone(),
-            };
-            let line = seal_line(&self.key, &body);
-            hash = hex::encode(Sha256::digest(line.as_bytes()));
-            buf.push_str(&line);
+            hash = self.lines.line(&mut buf, seq, e, &hash);
             buf.push('\n');
         }
+        let result = self.append(&buf, seq, hash);
+        self.buf = buf;
+        result
+    }
+
+    fn append(&mut self, buf: &str, seq: u64, hash: String) -> Result<(), AuditError> {
         let io = |e: std::io::Error| AuditError(format!("{}: {e}", self.path.display()));
         // Opened per batch: a log that was removed, replaced or made
         // unwritable fails here, and administrative calls fail closed.
@@ -629,6 +712,22 @@ mod tests {
             .collect();
         let r = verify(&format!("{rotated}{live}"), &key, read_head(&p, &key).unwrap().as_ref()).unwrap();
         assert_eq!(r.last_seq, 31);
+    }
+
+    #[test]
+    fn strings_are_escaped() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("audit.log");
+        let key = AuditKey::from_bytes(&[3; 32]);
+        let mut w = Writer::open(&p, AuditKey::from_bytes(&[3; 32]), 1 << 30).unwrap();
+        let mut e = ev(1);
+        e.detail = Some("quote \" backslash \\ newline \n tab \t bell \u{7} é".into());
+        w.write_batch(&[e]).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(v["detail"], "quote \" backslash \\ newline \n tab \t bell \u{7} é");
+        verify(&text, &key, None).unwrap();
     }
 
     #[test]
