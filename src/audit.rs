@@ -320,6 +320,11 @@ struct Writer {
     key: AuditKey,
     lines: LineWriter,
     buf: String,
+    /// The open log and its inode (reopened if the path changes).
+    file: Option<(std::fs::File, u64)>,
+    /// Written but not yet synced.
+    dirty: bool,
+    last_sync: std::time::Instant,
     rotate_bytes: u64,
     seq: u64,
     last_hash: String,
@@ -332,6 +337,9 @@ impl Writer {
             path: path.to_owned(),
             lines: LineWriter::new(&key),
             buf: String::with_capacity(1 << 20),
+            file: None,
+            dirty: false,
+            last_sync: std::time::Instant::now(),
             key,
             rotate_bytes,
             seq: 0,
@@ -375,7 +383,10 @@ impl Writer {
         Ok(w)
     }
 
-    fn write_batch(&mut self, events: &[Event]) -> Result<(), AuditError> {
+    /// Appends records. `durable`: sync before returning (an
+    /// administrative call waits on it); otherwise the batch is synced
+    /// within [`SYNC_EVERY`] (data-path records).
+    fn write_batch(&mut self, events: &[&Event], durable: bool) -> Result<(), AuditError> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         let (mut seq, mut hash) = (self.seq, self.last_hash.clone());
@@ -384,33 +395,72 @@ impl Writer {
             hash = self.lines.line(&mut buf, seq, e, &hash);
             buf.push('\n');
         }
-        let result = self.append(&buf, seq, hash);
+        let result = self.append(&buf, seq, hash, durable);
         self.buf = buf;
         result
     }
 
-    fn append(&mut self, buf: &str, seq: u64, hash: String) -> Result<(), AuditError> {
+    /// The open log, reopened when the path no longer names it (removed,
+    /// replaced): a log that cannot be opened fails the write, and
+    /// administrative calls fail closed.
+    fn log_file(&mut self) -> Result<&mut std::fs::File, AuditError> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let io = |e: std::io::Error| AuditError(format!("{}: {e}", self.path.display()));
-        // Opened per batch: a log that was removed, replaced or made
-        // unwritable fails here, and administrative calls fail closed.
-        let mut f = {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
+        let current = std::fs::metadata(&self.path)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.ino());
+        let stale = match (&self.file, current) {
+            (Some((_, ino)), Some(now)) => *ino != now,
+            _ => true,
+        };
+        if stale {
+            let f = std::fs::OpenOptions::new()
                 .append(true)
                 .create(true)
                 .mode(0o600)
                 .open(&self.path)
-                .map_err(io)?
-        };
+                .map_err(io)?;
+            let ino = f.metadata().map_err(io)?.ino();
+            self.file = Some((f, ino));
+        }
+        match self.file.as_mut() {
+            Some((f, _)) => Ok(f),
+            None => Err(AuditError("audit log not open".into())),
+        }
+    }
+
+    fn append(&mut self, buf: &str, seq: u64, hash: String, durable: bool) -> Result<(), AuditError> {
+        let path = self.path.display().to_string();
+        let io = |e: std::io::Error| AuditError(format!("{path}: {e}"));
+        let f = self.log_file()?;
         f.write_all(buf.as_bytes()).map_err(io)?;
-        f.sync_data().map_err(io)?;
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
         self.seq = seq;
         self.last_hash = hash;
-        self.write_head()?;
-        if f.metadata().map(|m| m.len()).unwrap_or(0) >= self.rotate_bytes {
+        self.dirty = true;
+        if durable || self.last_sync.elapsed() >= SYNC_EVERY {
+            self.sync()?;
+        }
+        if len >= self.rotate_bytes {
+            self.sync()?;
             self.rotate()?;
         }
         Ok(())
+    }
+
+    /// Makes everything written durable, then moves the head.
+    fn sync(&mut self) -> Result<(), AuditError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let path = self.path.display().to_string();
+        if let Some((f, _)) = self.file.as_mut() {
+            f.sync_data().map_err(|e| AuditError(format!("{path}: {e}")))?;
+        }
+        self.dirty = false;
+        self.last_sync = std::time::Instant::now();
+        self.write_head()
     }
 
     fn write_head(&self) -> Result<(), AuditError> {
@@ -438,8 +488,26 @@ impl Writer {
         let mut target = self.path.as_os_str().to_owned();
         target.push(format!(".{:020}-{:020}", self.file_first_seq, self.seq));
         std::fs::rename(&self.path, PathBuf::from(target)).map_err(|e| AuditError(format!("rotating: {e}")))?;
+        self.file = None;
         self.file_first_seq = self.seq + 1;
         self.write_head()
+    }
+}
+
+/// Data-path records are synced at most this long after they are written.
+pub const SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Publishes the last *durable* record as the in-memory head.
+fn publish(h: &std::sync::Mutex<Anchor>, w: &Writer) {
+    if w.dirty {
+        return;
+    }
+    if let Ok(mut a) = h.lock() {
+        *a = Anchor {
+            seq: w.seq,
+            hash: w.last_hash.clone(),
+            file_first_seq: w.file_first_seq,
+        };
     }
 }
 
@@ -465,7 +533,28 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("kmsd-audit".into())
         .spawn(move || {
-            while let Ok(first) = rx.recv() {
+            loop {
+                // Idle with unsynced records: sync them within SYNC_EVERY.
+                let first = if w.dirty {
+                    match rx.recv_timeout(SYNC_EVERY) {
+                        Ok(j) => j,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            if let Err(e) = w.sync() {
+                                m.audit_write_failures
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                tracing::error!(error = %e, "audit sync failed");
+                            }
+                            publish(&h, &w);
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                } else {
+                    match rx.recv() {
+                        Ok(j) => j,
+                        Err(_) => break,
+                    }
+                };
                 let mut jobs = vec![first];
                 while jobs.len() < 4096 {
                     match rx.try_recv() {
@@ -474,22 +563,17 @@ pub fn spawn(
                     }
                 }
                 let started = std::time::Instant::now();
-                let events: Vec<Event> = jobs.iter().map(|j| j.event.clone()).collect();
-                let result = w.write_batch(&events);
+                let durable = jobs.iter().any(|j| j.done.is_some());
+                let events: Vec<&Event> = jobs.iter().map(|j| &j.event).collect();
+                let result = w.write_batch(&events, durable);
                 m.audit_write.observe(started.elapsed());
-                if result.is_ok() {
-                    if let Ok(mut a) = h.lock() {
-                        *a = Anchor {
-                            seq: w.seq,
-                            hash: w.last_hash.clone(),
-                            file_first_seq: w.file_first_seq,
-                        };
+                match &result {
+                    Ok(()) => publish(&h, &w),
+                    Err(e) => {
+                        m.audit_write_failures
+                            .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        tracing::error!(error = %e, records = events.len(), "audit write failed");
                     }
-                }
-                if let Err(e) = &result {
-                    m.audit_write_failures
-                        .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    tracing::error!(error = %e, records = events.len(), "audit write failed");
                 }
                 for j in jobs {
                     if let Some(done) = j.done {
@@ -497,6 +581,7 @@ pub fn spawn(
                     }
                 }
             }
+            let _ = w.sync();
         })
         .map_err(|e| AuditError(format!("audit writer thread: {e}")))?;
     Ok(AuditHandle { tx, metrics, head })
@@ -635,7 +720,7 @@ mod tests {
         let p = dir.join("audit.log");
         let mut w = Writer::open(&p, AuditKey::from_bytes(&[3; 32]), rotate).unwrap();
         for i in 0..n {
-            w.write_batch(&[ev(i)]).unwrap();
+            w.write_batch(&[&ev(i)], true).unwrap();
         }
         (p, AuditKey::from_bytes(&[3; 32]))
     }
@@ -704,7 +789,7 @@ mod tests {
         assert_eq!((r.first_seq, r.last_seq), (1, 30));
         // reopen continues the chain
         let mut w = Writer::open(&p, AuditKey::from_bytes(&[3; 32]), 4096).unwrap();
-        w.write_batch(&[ev(99)]).unwrap();
+        w.write_batch(&[&ev(99)], true).unwrap();
         let live = std::fs::read_to_string(&p).unwrap();
         let rotated: String = files[..files.len() - 1]
             .iter()
@@ -722,7 +807,7 @@ mod tests {
         let mut w = Writer::open(&p, AuditKey::from_bytes(&[3; 32]), 1 << 30).unwrap();
         let mut e = ev(1);
         e.detail = Some("quote \" backslash \\ newline \n tab \t bell \u{7} é".into());
-        w.write_batch(&[e]).unwrap();
+        w.write_batch(&[&e], true).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
         assert_eq!(text.lines().count(), 1);
         let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
