@@ -88,10 +88,12 @@ fn aad(header: &[u8], key_name: &str, associated_data: &[u8]) -> Vec<u8> {
 /// Encrypts under `key` (version `version` of ring `key_name`) with a
 /// fresh random salt and nonce from the OS CSPRNG.
 pub fn encrypt(key: &KeyMaterial, key_name: &str, version: u32, plaintext: &[u8], associated_data: &[u8]) -> Vec<u8> {
-    let mut salt = [0u8; SALT_LEN];
-    let mut nonce = [0u8; NONCE_LEN];
-    rand::rngs::OsRng.fill_bytes(&mut salt);
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    // One getrandom call for both (a system call per message, not two).
+    let mut fresh = [0u8; SALT_LEN + NONCE_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut fresh);
+    let (mut salt, mut nonce) = ([0u8; SALT_LEN], [0u8; NONCE_LEN]);
+    salt.copy_from_slice(&fresh[..SALT_LEN]);
+    nonce.copy_from_slice(&fresh[SALT_LEN..]);
     encrypt_with(key, key_name, version, plaintext, associated_data, &salt, &nonce)
 }
 

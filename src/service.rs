@@ -73,21 +73,28 @@ impl Shared {
             .get(crate::access::OTP_HEADER)
             .and_then(|v| v.to_str().ok());
         if let Err(status) = access.authorize(&call, otp) {
-            self.observe(&call, &status);
+            self.observe(&call, Some(&status));
             return Err(status);
         }
         Ok(call)
     }
 
-    fn observe(&self, call: &Call, status: &Status) {
+    fn observe(&self, call: &Call, status: Option<&Status>) {
         let elapsed = call.started.elapsed();
-        self.metrics.observe(call.op.as_str(), status.code(), elapsed);
+        let code = status.map_or(tonic::Code::Ok, Status::code);
+        self.metrics.observe(call.op.as_str(), code, elapsed);
         let (id, op, key) = (call.peer.id(), call.op.as_str(), call.key.as_deref().unwrap_or(""));
         let micros = elapsed.as_micros() as u64;
-        if status.code() != tonic::Code::Ok || call.op.is_admin() {
-            tracing::info!(identity = id, peer = %call.peer.peer_addr, request_id = %call.request_id, op, key, code = ?status.code(), error = status.message(), micros, "request");
-        } else {
-            tracing::debug!(identity = id, peer = %call.peer.peer_addr, request_id = %call.request_id, op, key, code = "OK", micros, "request");
+        match status {
+            Some(s) => {
+                tracing::info!(identity = id, peer = %call.peer.peer_addr, request_id = %call.request_id, op, key, code = ?s.code(), error = s.message(), micros, "request")
+            }
+            None if call.op.is_admin() => {
+                tracing::info!(identity = id, peer = %call.peer.peer_addr, request_id = %call.request_id, op, key, code = "OK", micros, "request")
+            }
+            None => {
+                tracing::debug!(identity = id, peer = %call.peer.peer_addr, request_id = %call.request_id, op, key, code = "OK", micros, "request")
+            }
         }
     }
 
@@ -95,11 +102,7 @@ impl Shared {
     pub fn finish<T>(&self, call: &Call, result: Result<T, Error>) -> Result<T, Status> {
         let result = result.map_err(Status::from);
         let code = result.as_ref().map(|_| tonic::Code::Ok).unwrap_or_else(|s| s.code());
-        let status = match &result {
-            Ok(_) => Status::ok(""),
-            Err(s) => s.clone(),
-        };
-        self.observe(call, &status);
+        self.observe(call, result.as_ref().err());
         if let Some(access) = self.access.get() {
             access.record_outcome(call, code);
         }
