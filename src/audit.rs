@@ -268,6 +268,10 @@ pub struct AuditHandle {
     tx: mpsc::SyncSender<Job>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     head: std::sync::Arc<std::sync::Mutex<Anchor>>,
+    /// The writer thread, unparked for durable records only: data-path
+    /// records are picked up on its next tick, so a request never pays for
+    /// waking it.
+    writer: std::thread::Thread,
 }
 
 impl std::fmt::Debug for AuditHandle {
@@ -301,6 +305,7 @@ impl AuditHandle {
         self.tx
             .send(Job { event, done: Some(tx) })
             .map_err(|_| AuditError("the audit writer stopped".into()))?;
+        self.writer.unpark();
         let r = rx
             .recv()
             .unwrap_or_else(|_| Err(AuditError("the audit writer stopped".into())));
@@ -494,6 +499,9 @@ impl Writer {
     }
 }
 
+/// How often the writer wakes on its own to take queued data-path records.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Data-path records are synced at most this long after they are written.
 pub const SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
@@ -530,37 +538,35 @@ pub fn spawn(
         file_first_seq: w.file_first_seq,
     }));
     let h = head.clone();
-    std::thread::Builder::new()
+    let writer = std::thread::Builder::new()
         .name("kmsd-audit".into())
         .spawn(move || {
-            loop {
-                // Idle with unsynced records: sync them within SYNC_EVERY.
-                let first = if w.dirty {
-                    match rx.recv_timeout(SYNC_EVERY) {
-                        Ok(j) => j,
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            if let Err(e) = w.sync() {
-                                m.audit_write_failures
-                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                tracing::error!(error = %e, "audit sync failed");
-                            }
-                            publish(&h, &w);
-                            continue;
-                        }
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    }
-                } else {
-                    match rx.recv() {
-                        Ok(j) => j,
-                        Err(_) => break,
-                    }
-                };
-                let mut jobs = vec![first];
-                while jobs.len() < 4096 {
+            let mut disconnected = false;
+            while !disconnected {
+                // Sleep a tick (woken early for durable records), then take
+                // everything queued.
+                std::thread::park_timeout(TICK);
+                let mut jobs = Vec::new();
+                while jobs.len() < 65_536 {
                     match rx.try_recv() {
                         Ok(j) => jobs.push(j),
-                        Err(_) => break,
+                        Err(mpsc::TryRecvError::Empty) => break,
+                        Err(mpsc::TryRecvError::Disconnected) => {
+                            disconnected = true;
+                            break;
+                        }
                     }
+                }
+                if jobs.is_empty() {
+                    if w.dirty && w.last_sync.elapsed() >= SYNC_EVERY {
+                        if let Err(e) = w.sync() {
+                            m.audit_write_failures
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::error!(error = %e, "audit sync failed");
+                        }
+                        publish(&h, &w);
+                    }
+                    continue;
                 }
                 let started = std::time::Instant::now();
                 let durable = jobs.iter().any(|j| j.done.is_some());
@@ -584,7 +590,12 @@ pub fn spawn(
             let _ = w.sync();
         })
         .map_err(|e| AuditError(format!("audit writer thread: {e}")))?;
-    Ok(AuditHandle { tx, metrics, head })
+    Ok(AuditHandle {
+        tx,
+        metrics,
+        head,
+        writer: writer.thread().clone(),
+    })
 }
 
 /// The result of verifying a log.
