@@ -59,6 +59,13 @@ struct Cli {
     /// Write the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Drive a running `kmsd dev` in this directory (its socket and dev
+    /// client certificate) instead of starting a daemon.
+    #[arg(long)]
+    dev_dir: Option<PathBuf>,
+    /// The running daemon's pid, for its CPU seconds (with --dev-dir).
+    #[arg(long)]
+    daemon_pid: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -578,7 +585,13 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
     pki(dir)?;
     let kmsd_tcp = format!("127.0.0.1:{}", free_port()?);
     let echo_tcp = format!("127.0.0.1:{}", free_port()?);
-    let (kmsd_proc, ready) = start_kmsd(dir, "kmsd", &kmsd_tcp).await?;
+    let (kmsd_proc, ready) = match &cli.dev_dir {
+        Some(_) => (None, Duration::ZERO),
+        None => {
+            let (p, r) = start_kmsd(dir, "kmsd", &kmsd_tcp).await?;
+            (Some(p), r)
+        }
+    };
     let echo_sock = dir.join("echo.sock");
     let echo_proc = Proc {
         child: Command::new(std::env::current_exe()?)
@@ -601,29 +614,58 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             format!("unix:{}", echo_sock.display()),
         )
     };
-    let kmsd_t = Target {
-        channels: connect_n(dir, &kaddr, cli.connections).await?,
-        pid: kmsd_proc.child.id(),
+    let kmsd_t = match &cli.dev_dir {
+        Some(dev) => {
+            let dev = dev.canonicalize()?;
+            let s = kmsd::client::ClientSettings {
+                addr: format!("unix:{}", dev.join("kmsd.sock").display()),
+                ca: dev.join("ca.pem"),
+                cert: dev.join("client.pem"),
+                key: dev.join("client.key"),
+                server_name: Some("localhost".into()),
+            };
+            let mut channels = Vec::new();
+            for _ in 0..cli.connections.max(1) {
+                channels.push(kmsd::client::connect(&s).await?);
+            }
+            Target {
+                channels,
+                pid: cli.daemon_pid.unwrap_or(0),
+            }
+        }
+        None => Target {
+            channels: connect_n(dir, &kaddr, cli.connections).await?,
+            pid: kmsd_proc.as_ref().map_or(0, |p| p.child.id()),
+        },
     };
     let echo_t = Target {
         channels: connect_n(dir, &eaddr, cli.connections).await?,
         pid: echo_proc.child.id(),
     };
     let mut keys = KeysClient::new(kmsd_t.channels[0].clone());
-    keys.create_key(proto::CreateKeyRequest {
-        name: "bench".into(),
-        algorithm: 0,
-        policy: None,
-    })
-    .await?;
+    match keys
+        .create_key(proto::CreateKeyRequest {
+            name: "bench".into(),
+            algorithm: 0,
+            policy: None,
+        })
+        .await
+    {
+        Ok(_) => {}
+        Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+        Err(s) => return Err(s.into()),
+    }
     println!(
         "# kmsd-bench: {} transport, {} connections, {:?} per case, median of {}",
         cli.transport, cli.connections, cli.duration, cli.repeat
     );
-    println!(
-        "# kmsd ready in {:.0} ms (empty store); audit trail on",
-        ready.as_secs_f64() * 1000.0
-    );
+    match &cli.dev_dir {
+        Some(d) => println!("# driving the running kmsd dev in {}", d.display()),
+        None => println!(
+            "# kmsd ready in {:.0} ms (empty store); audit trail on",
+            ready.as_secs_f64() * 1000.0
+        ),
+    }
     println!(
         "{:<8} {:>6} {:>5} | {:>10} {:>8} {:>8} {:>8} {:>6} | {:>10} {:>8} | {:>6} {:>7} | {:>10}",
         "op",
