@@ -202,10 +202,33 @@ impl CryptoService {
         Ok(Response::new(self.shared.finish(&call, result)?))
     }
 
-    fn batch_detail(call: &Call, n: usize, errors: usize) {
+    /// Runs a batch: the size limit for the whole call, then each item on
+    /// its own, checked against the policy (a denied or failing item gets
+    /// its own error; one bad item never fails the batch).
+    fn run_batch<I, O>(
+        &self,
+        call: &Call,
+        items: &[I],
+        key_of: impl Fn(&I) -> &str,
+        mut f: impl FnMut(&I) -> Result<O, Error>,
+    ) -> Result<Vec<Result<O, proto::ItemError>>, Error> {
+        self.check_batch(items.len())?;
+        let out: Vec<Result<O, proto::ItemError>> = items
+            .iter()
+            .map(|it| {
+                let key = key_of(it);
+                if self.shared.allowed(call, call.op, key) {
+                    f(it).map_err(item_error)
+                } else {
+                    Err(item_denied(call.op, key))
+                }
+            })
+            .collect();
+        let errors = out.iter().filter(|r| r.is_err()).count();
         if let Ok(mut d) = call.detail.lock() {
-            *d = Some(format!("batch items={n} errors={errors}"));
+            *d = Some(format!("batch items={} errors={errors}", items.len()));
         }
+        Ok(out)
     }
 }
 
@@ -251,35 +274,28 @@ impl proto::crypto_server::Crypto for CryptoService {
         req: Request<proto::EncryptBatchRequest>,
     ) -> Result<Response<proto::EncryptBatchResponse>, Status> {
         use proto::encrypt_batch_item::Result as R;
-        let call = self
-            .shared
-            .begin(&req, Op::Encrypt, None)
-            .or_else(|_| self.batch_call(&req, Op::Encrypt))?;
-        let r = req.into_inner();
+        let call = self.batch_call(&req, Op::Encrypt)?;
         let keys = self.shared.keys()?;
-        let mut errors = 0;
-        let result = self.check_batch(r.items.len()).map(|()| {
-            r.items
-                .iter()
-                .map(|it| {
-                    let res = if !self.shared.allowed(&call, Op::Encrypt, &it.key) {
-                        R::Error(item_denied(Op::Encrypt, &it.key))
-                    } else {
-                        match keys.encrypt(&it.key, &it.plaintext, &it.associated_data) {
-                            Ok(e) => R::Ok(proto::EncryptResponse {
-                                ciphertext: e.ciphertext,
-                                key_version: e.version,
-                            }),
-                            Err(e) => R::Error(item_error(e)),
-                        }
-                    };
-                    errors += usize::from(matches!(res, R::Error(_)));
-                    proto::EncryptBatchItem { result: Some(res) }
-                })
-                .collect()
-        });
-        Self::batch_detail(&call, r.items.len(), errors);
-        let items = self.shared.finish(&call, result)?;
+        let r = req.into_inner();
+        let items = self.run_batch(
+            &call,
+            &r.items,
+            |it| &it.key,
+            |it| {
+                keys.encrypt(&it.key, &it.plaintext, &it.associated_data)
+                    .map(|e| proto::EncryptResponse {
+                        ciphertext: e.ciphertext,
+                        key_version: e.version,
+                    })
+            },
+        );
+        let items = self.shared.finish(&call, items)?;
+        let items = items
+            .into_iter()
+            .map(|res| proto::EncryptBatchItem {
+                result: Some(res.map_or_else(R::Error, R::Ok)),
+            })
+            .collect();
         Ok(Response::new(proto::EncryptBatchResponse { items }))
     }
 
@@ -288,32 +304,25 @@ impl proto::crypto_server::Crypto for CryptoService {
         req: Request<proto::DecryptBatchRequest>,
     ) -> Result<Response<proto::DecryptBatchResponse>, Status> {
         use proto::decrypt_batch_item::Result as R;
-        let call = self
-            .shared
-            .begin(&req, Op::Decrypt, None)
-            .or_else(|_| self.batch_call(&req, Op::Decrypt))?;
-        let r = req.into_inner();
+        let call = self.batch_call(&req, Op::Decrypt)?;
         let keys = self.shared.keys()?;
-        let mut errors = 0;
-        let result = self.check_batch(r.items.len()).map(|()| {
-            r.items
-                .iter()
-                .map(|it| {
-                    let res = if !self.shared.allowed(&call, Op::Decrypt, &it.key) {
-                        R::Error(item_denied(Op::Decrypt, &it.key))
-                    } else {
-                        match keys.decrypt(&it.key, &it.ciphertext, &it.associated_data) {
-                            Ok((plaintext, key_version)) => R::Ok(proto::DecryptResponse { plaintext, key_version }),
-                            Err(e) => R::Error(item_error(e)),
-                        }
-                    };
-                    errors += usize::from(matches!(res, R::Error(_)));
-                    proto::DecryptBatchItem { result: Some(res) }
-                })
-                .collect()
-        });
-        Self::batch_detail(&call, r.items.len(), errors);
-        let items = self.shared.finish(&call, result)?;
+        let r = req.into_inner();
+        let items = self.run_batch(
+            &call,
+            &r.items,
+            |it| &it.key,
+            |it| {
+                keys.decrypt(&it.key, &it.ciphertext, &it.associated_data)
+                    .map(|(plaintext, key_version)| proto::DecryptResponse { plaintext, key_version })
+            },
+        );
+        let items = self.shared.finish(&call, items)?;
+        let items = items
+            .into_iter()
+            .map(|res| proto::DecryptBatchItem {
+                result: Some(res.map_or_else(R::Error, R::Ok)),
+            })
+            .collect();
         Ok(Response::new(proto::DecryptBatchResponse { items }))
     }
 
@@ -322,32 +331,17 @@ impl proto::crypto_server::Crypto for CryptoService {
         req: Request<proto::RewrapBatchRequest>,
     ) -> Result<Response<proto::RewrapBatchResponse>, Status> {
         use proto::rewrap_batch_item::Result as R;
-        let call = self
-            .shared
-            .begin(&req, Op::Rewrap, None)
-            .or_else(|_| self.batch_call(&req, Op::Rewrap))?;
-        let r = req.into_inner();
+        let call = self.batch_call(&req, Op::Rewrap)?;
         let keys = self.shared.keys()?;
-        let mut errors = 0;
-        let result = self.check_batch(r.items.len()).map(|()| {
-            r.items
-                .iter()
-                .map(|it| {
-                    let res = if !self.shared.allowed(&call, Op::Rewrap, &it.key) {
-                        R::Error(item_denied(Op::Rewrap, &it.key))
-                    } else {
-                        match Self::rewrap_one(keys, it) {
-                            Ok(ok) => R::Ok(ok),
-                            Err(e) => R::Error(item_error(e)),
-                        }
-                    };
-                    errors += usize::from(matches!(res, R::Error(_)));
-                    proto::RewrapBatchItem { result: Some(res) }
-                })
-                .collect()
-        });
-        Self::batch_detail(&call, r.items.len(), errors);
-        let items = self.shared.finish(&call, result)?;
+        let r = req.into_inner();
+        let items = self.run_batch(&call, &r.items, |it| &it.key, |it| Self::rewrap_one(keys, it));
+        let items = self.shared.finish(&call, items)?;
+        let items = items
+            .into_iter()
+            .map(|res| proto::RewrapBatchItem {
+                result: Some(res.map_or_else(R::Error, R::Ok)),
+            })
+            .collect();
         Ok(Response::new(proto::RewrapBatchResponse { items }))
     }
 

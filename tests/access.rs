@@ -411,6 +411,32 @@ async fn policy_denies_everything_not_allowed_and_deny_wins() {
         assert_eq!(st.code(), Code::PermissionDenied, "{op}: {st:?}");
         assert!(st.message().contains(op), "{op}: {}", st.message());
     }
+    // batches: each item is checked on its own
+    let out = env
+        .crypto("payments")
+        .encrypt_batch(proto::EncryptBatchRequest {
+            items: vec![
+                proto::EncryptRequest {
+                    key: "payments.pan".into(),
+                    plaintext: b"a".to_vec(),
+                    associated_data: vec![],
+                },
+                proto::EncryptRequest {
+                    key: "hr.salaries".into(),
+                    plaintext: b"b".to_vec(),
+                    associated_data: vec![],
+                },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(matches!(out[0].result, Some(proto::encrypt_batch_item::Result::Ok(_))));
+    match &out[1].result {
+        Some(proto::encrypt_batch_item::Result::Error(e)) => assert_eq!(e.code, Code::PermissionDenied as i32),
+        other => panic!("{other:?}"),
+    }
     // listing shows only what the caller may read
     let names = env
         .keys("hashed")
