@@ -64,6 +64,9 @@ pub enum Error {
     /// A request the key's state or policy does not allow.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller's policy does not allow the operation.
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 impl From<Error> for tonic::Status {
@@ -79,6 +82,7 @@ impl From<Error> for tonic::Status {
                 Code::FailedPrecondition
             }
             Error::TooLarge(_) => Code::ResourceExhausted,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Corrupt(_) => Code::DataLoss,
             Error::StoreUnavailable => Code::Unavailable,
             Error::Conflict(_) => Code::Aborted,

@@ -109,6 +109,20 @@ impl Shared {
         result
     }
 
+    /// A call that needs no policy decision of its own (status, listings
+    /// filtered per item): still logged, measured and audited by `finish`.
+    pub fn begin_unchecked<T>(&self, req: &Request<T>, op: Op, detail: &str) -> Result<Call, Status> {
+        Ok(Call {
+            peer: identity(req)?,
+            op,
+            key: None,
+            request_id: crate::access::request_id(req),
+            started: Instant::now(),
+            version: Default::default(),
+            detail: Mutex::new(Some(detail.to_owned())),
+        })
+    }
+
     /// Whether the caller may do `op` on `key` (batch items, list filtering).
     pub fn allowed(&self, call: &Call, op: Op, key: &str) -> bool {
         self.access
@@ -364,16 +378,11 @@ impl CryptoService {
     /// A batch names its keys per item: the call itself only needs the
     /// caller to be known (each item is then checked against the policy).
     fn batch_call<T>(&self, req: &Request<T>, op: Op) -> Result<Call, Status> {
-        let peer = identity(req)?;
         self.shared.access()?;
+        let call = self.shared.begin_unchecked(req, op, "batch")?;
         Ok(Call {
-            peer,
-            op,
             key: Some("(batch)".into()),
-            request_id: crate::access::request_id(req),
-            started: Instant::now(),
-            version: Default::default(),
-            detail: Mutex::new(None),
+            ..call
         })
     }
 }
@@ -536,16 +545,7 @@ impl proto::keys_server::Keys for KeysService {
     ) -> Result<Response<proto::ListKeysResponse>, Status> {
         // Listing is filtered per name by key.read: a caller sees only the
         // names it may read, and learns nothing of the others.
-        let peer = identity(&req)?;
-        let call = Call {
-            peer,
-            op: Op::KeyRead,
-            key: None,
-            request_id: crate::access::request_id(&req),
-            started: Instant::now(),
-            version: Default::default(),
-            detail: Mutex::new(Some("list".into())),
-        };
+        let call = self.shared.begin_unchecked(&req, Op::KeyRead, "list")?;
         let access = self.shared.access()?.clone();
         let r = req.into_inner();
         let limit = match r.page_size as usize {
@@ -804,8 +804,8 @@ const MAX_AUDIT_BYTES: usize = 1 << 30;
 #[tonic::async_trait]
 impl proto::admin_server::Admin for AdminService {
     async fn status(&self, req: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
-        // Health-like: any authenticated caller may ask.
-        identity(&req)?;
+        // Health-like: any authenticated caller may ask (audited).
+        let call = self.shared.begin_unchecked(&req, Op::KeyRead, "status")?;
         let m = &self.shared.metrics;
         let now = kmsd_keystore::Clock::now(&kmsd_keystore::SystemClock);
         let mut resp = proto::StatusResponse {
@@ -820,6 +820,9 @@ impl proto::admin_server::Admin for AdminService {
             resp.keys = s.keys;
             resp.versions_by_state = s.versions_by_state.to_vec();
             resp.next_scheduled_at = keys.next_deadline().unwrap_or(0);
+        }
+        if self.shared.access.get().is_some() {
+            return Ok(Response::new(self.shared.finish(&call, Ok(resp))?));
         }
         Ok(Response::new(resp))
     }
@@ -871,13 +874,15 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         req: Request<proto::ListApprovalsRequest>,
     ) -> Result<Response<proto::ListApprovalsResponse>, Status> {
-        let peer = identity(&req)?;
-        let access = self.shared.access()?;
+        let call = self.shared.begin_unchecked(&req, Op::Approval, "list")?;
+        let access = self.shared.access()?.clone();
         // Listing needs the approval right, without a second factor.
-        access
-            .policy()
-            .check(peer.id(), Op::Approval, None)
-            .map_err(|d| Status::permission_denied(d.to_string()))?;
+        if let Err(d) = access.policy().check(call.peer.id(), Op::Approval, None) {
+            return Err(self
+                .shared
+                .finish::<()>(&call, Err(Error::PermissionDenied(d.to_string())))
+                .unwrap_err_status());
+        }
         let approvals = access
             .pending()
             .into_iter()
@@ -891,7 +896,10 @@ impl proto::admin_server::Admin for AdminService {
                 expires_at: p.expires_at,
             })
             .collect();
-        Ok(Response::new(proto::ListApprovalsResponse { approvals }))
+        let resp = self
+            .shared
+            .finish(&call, Ok(proto::ListApprovalsResponse { approvals }))?;
+        Ok(Response::new(resp))
     }
 
     async fn approve(&self, req: Request<proto::ApproveRequest>) -> Result<Response<proto::ApproveResponse>, Status> {
