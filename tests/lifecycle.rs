@@ -71,10 +71,12 @@ async fn scheduled_rotation_happens_on_time_in_the_real_daemon() {
     };
     let ev = &info.rotations[0];
     assert_eq!(ev.reason, proto::RotationReason::Scheduled as i32);
-    assert_eq!(
+    // at its second, not on a polling grid (one second of slack for a loaded CI machine)
+    assert!(
+        ev.at == info.created_at + 2 || ev.at == info.created_at + 3,
+        "rotated at {} for a deadline of {}",
         ev.at,
-        info.created_at + 2,
-        "rotated at its second, not on a polling grid"
+        info.created_at + 2
     );
     assert_eq!(info.versions[1].created_at, ev.at);
     let p = crypto
