@@ -711,7 +711,15 @@ async fn officers_need_fresh_codes_and_destructive_calls_need_two_officers() {
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     assert!(e.message().contains("locked out"), "{}", e.message());
-    let audit = std::fs::read_to_string(env.d.dir.join("audit.log")).unwrap();
+    // (refusals are data-path records: group-committed within a few ms)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let audit = loop {
+        let audit = std::fs::read_to_string(env.d.dir.join("audit.log")).unwrap();
+        if audit.contains("officer locked out") || std::time::Instant::now() > deadline {
+            break audit;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(audit.contains("officer locked out"));
     // codes never reach the audit trail or the log
     assert!(!audit.contains(&code) && !env.d.log_text().contains(&code));
