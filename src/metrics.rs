@@ -5,6 +5,7 @@
 use crate::keys::Keys;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Operation names used as the `method` label.
 pub const OPS: &[&str] = &[
@@ -118,6 +119,8 @@ pub struct Metrics {
     pub reloads_failed: AtomicU64,
     /// Start time (Unix seconds).
     pub started_at: i64,
+    /// gRPC requests the server has accepted and not yet answered.
+    pub in_flight: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -133,6 +136,7 @@ impl Default for Metrics {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             started_at: kmsd_keystore::Clock::now(&kmsd_keystore::SystemClock),
+            in_flight: AtomicU64::new(0),
         }
     }
 }
@@ -169,6 +173,11 @@ impl Metrics {
                 }
             }
         }
+        let _ = writeln!(
+            out,
+            "# HELP kmsd_requests_in_flight gRPC requests accepted and not yet answered.\n# TYPE kmsd_requests_in_flight gauge\nkmsd_requests_in_flight {}",
+            self.in_flight.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP kmsd_request_duration_seconds Request latency by method.\n# TYPE kmsd_request_duration_seconds histogram\n");
         for (op, h) in OPS.iter().zip(&self.latency) {
             if h.count.load(Ordering::Relaxed) > 0 {
@@ -258,5 +267,75 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// A tower layer that counts requests from the moment the server accepts
+/// them (an HTTP/2 stream a graceful shutdown will let finish) until the
+/// response is ready or the call is dropped.
+#[derive(Debug, Clone)]
+pub struct InFlightLayer(pub Arc<Metrics>);
+
+impl<S> tower::Layer<S> for InFlightLayer {
+    type Service = InFlight<S>;
+    fn layer(&self, inner: S) -> InFlight<S> {
+        InFlight {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+/// See [`InFlightLayer`].
+#[derive(Debug, Clone)]
+pub struct InFlight<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, R> tower::Service<R> for InFlight<S>
+where
+    S: tower::Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = InFlightFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightFuture {
+            inner: self.inner.call(req),
+            _guard: InFlightGuard(self.metrics.clone()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct InFlightGuard(Arc<Metrics>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`InFlight`].
+    #[derive(Debug)]
+    pub struct InFlightFuture<F> {
+        #[pin]
+        inner: F,
+        _guard: InFlightGuard,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for InFlightFuture<F> {
+    type Output = F::Output;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        self.project().inner.poll(cx)
     }
 }

@@ -253,6 +253,7 @@ pub async fn run(config: Config, signals: Signals) -> Result<(), StartError> {
         .timeout(config.limits.request_timeout)
         .max_concurrent_streams(config.limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .layer(crate::metrics::InFlightLayer(metrics.clone()))
         .layer(tower::util::MapResponseLayer::new(map_size_status))
         .add_service(
             proto::crypto_server::CryptoServer::new(CryptoService {

@@ -41,6 +41,9 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
 }
 
+/// Batches larger than this run in `block_in_place`.
+const BLOCK_IN_PLACE_ITEMS: usize = 256;
+
 const STARTING: &str = "kmsd is starting: the key store is not loaded yet";
 
 impl Shared {
@@ -227,17 +230,28 @@ impl CryptoService {
         mut f: impl FnMut(&I) -> Result<O, Error>,
     ) -> Result<Vec<Result<O, proto::ItemError>>, Error> {
         self.check_batch(items.len())?;
-        let out: Vec<Result<O, proto::ItemError>> = items
-            .iter()
-            .map(|it| {
-                let key = key_of(it);
-                if self.shared.allowed(call, call.op, key) {
-                    f(it).map_err(item_error)
-                } else {
-                    Err(item_denied(call.op, key))
-                }
-            })
-            .collect();
+        let mut run = || -> Vec<Result<O, proto::ItemError>> {
+            items
+                .iter()
+                .map(|it| {
+                    let key = key_of(it);
+                    if self.shared.allowed(call, call.op, key) {
+                        f(it).map_err(item_error)
+                    } else {
+                        Err(item_denied(call.op, key))
+                    }
+                })
+                .collect()
+        };
+        // A large batch is milliseconds of CPU: hand this worker's other
+        // tasks (health, metrics, other callers) to another thread first.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let out = if items.len() > BLOCK_IN_PLACE_ITEMS && multi_thread {
+            tokio::task::block_in_place(run)
+        } else {
+            run()
+        };
         let errors = out.iter().filter(|r| r.is_err()).count();
         if let Ok(mut d) = call.detail.lock() {
             *d = Some(format!("batch items={} errors={errors}", items.len()));

@@ -8,6 +8,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
@@ -165,7 +166,17 @@ pub struct Conn {
     tls: TlsStream<RawStream>,
     peer: Arc<PeerIdentity>,
     _permit: OwnedSemaphorePermit,
+    /// Set once our side is shut down: how long we keep reading.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// How long a closing connection keeps reading what the client still
+/// sends (its last WINDOW_UPDATEs, its close_notify) before the socket is
+/// dropped. Closing a socket with unread input makes the peer's next write
+/// fail (EPIPE, or a TCP RST that can discard our last response frames
+/// from its receive buffer); a lingering close lets the client read every
+/// response of a graceful shutdown.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl tonic::transport::server::Connected for Conn {
     type ConnectInfo = Arc<PeerIdentity>;
@@ -188,7 +199,28 @@ impl AsyncWrite for Conn {
         Pin::new(&mut self.get_mut().tls).poll_flush(cx)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tls).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.linger.is_none() {
+            // close_notify, flush, and shut down our write side
+            std::task::ready!(Pin::new(&mut this.tls).poll_shutdown(cx))?;
+            this.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+        }
+        // Lingering close: discard input until the peer closes, fails or
+        // the deadline passes.
+        let mut scratch = [0u8; 4096];
+        loop {
+            if let Some(deadline) = this.linger.as_mut() {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.tls).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
@@ -274,6 +306,7 @@ impl Acceptor {
                     tls,
                     peer: Arc::new(peer),
                     _permit: permit,
+                    linger: None,
                 })
                 .await;
         });

@@ -73,9 +73,19 @@ async fn socket_activation_with_systemd_socket_activate() {
         server_name: None,
     };
     // the first connection starts kmsd (systemd-socket-activate execs it on the first connection)
-    let channel = kmsd::client::connect(&settings).await.unwrap();
-    let mut keys = KeysClient::new(channel.clone());
+    // (the socket file exists from bind(), a moment before listen())
     let deadline = Instant::now() + Duration::from_secs(20);
+    let channel = loop {
+        match kmsd::client::connect(&settings).await {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let mut keys = KeysClient::new(channel.clone());
     loop {
         match keys
             .create_key(proto::CreateKeyRequest {
@@ -229,17 +239,26 @@ async fn sighup_reloads_certificates_without_dropping_connections() {
 async fn sigterm_lets_in_flight_calls_finish_then_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     Pki::new(dir.path());
+    let metrics = dir.path().join("metrics.sock");
     let mut d = Daemon::start_with(
         dir.path(),
-        "[limits]\nmax_message_bytes = 67108864\nmax_batch_items = 100000\nshutdown_timeout = \"120s\"\n",
+        &format!(
+            "[limits]\nmax_message_bytes = 67108864\nmax_batch_items = 100000\nshutdown_timeout = \"120s\"\n\
+             [metrics]\nlisten = \"unix:{}\"\n",
+            metrics.display()
+        ),
     );
     let channel = d.channel().await;
     let mut keys = KeysClient::new(channel.clone());
     create(&mut keys, "drain").await;
-    let big: Vec<proto::EncryptRequest> = (0..1500)
+    // Requests that take long to serve. The signal goes out once the
+    // server has accepted all three (a stream the server never saw is
+    // refused by the GOAWAY, which gRPC clients may safely retry).
+    const ITEMS: usize = 40_000;
+    let big: Vec<proto::EncryptRequest> = (0..ITEMS)
         .map(|_| proto::EncryptRequest {
             key: "drain".into(),
-            plaintext: vec![7u8; 4096],
+            plaintext: vec![7u8],
             associated_data: vec![],
         })
         .collect();
@@ -253,13 +272,26 @@ async fn sigterm_lets_in_flight_calls_finish_then_exits_zero() {
             crypto.encrypt_batch(proto::EncryptBatchRequest { items }).await
         }));
     }
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    let m = metrics.clone();
+    let body = tokio::task::spawn_blocking(move || wait_scrape(&m, "kmsd_requests_in_flight 3"))
+        .await
+        .unwrap();
+    assert!(body.contains("kmsd_requests_in_flight 3"), "{body}");
     let pid = d.pid();
     signal(pid, "TERM");
+    let mut finished_after_signal = 0;
     for c in calls {
-        let r = c.await.unwrap().expect("in-flight call finished despite SIGTERM");
-        assert_eq!(r.into_inner().items.len(), 1500);
+        let r = match c.await.unwrap() {
+            Ok(r) => r,
+            Err(e) => panic!(
+                "in-flight call failed after SIGTERM: {e:?}\ndaemon log:\n{}",
+                d.log_text()
+            ),
+        };
+        assert_eq!(r.into_inner().items.len(), ITEMS);
+        finished_after_signal += 1;
     }
+    assert_eq!(finished_after_signal, 3);
     let mut child = d.child.take().unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status}");
