@@ -83,7 +83,7 @@ fn audit(c: &mut Criterion) {
         op: "encrypt",
         key: Some("payments.pan".into()),
         key_version: Some(3),
-        result: "OK".into(),
+        result: "OK",
         detail: None,
         peer: "unix".into(),
         latency_us: 41,

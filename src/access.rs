@@ -308,15 +308,15 @@ impl Access {
         &self.store
     }
 
-    fn event(&self, call: &Call, result: &str, detail: Option<String>) -> Event {
+    fn event(&self, call: &Call, result: &'static str, detail: Option<String>) -> Event {
         let v = call.version.load(std::sync::atomic::Ordering::Relaxed);
         Event {
             request_id: call.request_id.clone(),
-            identity: call.peer.id().to_owned(),
+            identity: call.peer.id_shared(),
             op: call.op.as_str(),
             key: call.key.clone(),
             key_version: (v > 0).then_some(v),
-            result: result.to_owned(),
+            result,
             detail,
             peer: call.peer.peer_addr.clone(),
             latency_us: call.started.elapsed().as_micros() as u64,

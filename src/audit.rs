@@ -61,7 +61,7 @@ pub struct Event {
     /// Request id.
     pub request_id: String,
     /// Caller identity.
-    pub identity: String,
+    pub identity: std::sync::Arc<str>,
     /// Operation name.
     pub op: &'static str,
     /// Key name, if any.
@@ -69,11 +69,11 @@ pub struct Event {
     /// Key version, if any.
     pub key_version: Option<u32>,
     /// gRPC code name (or STARTED for the intent record of an admin call).
-    pub result: String,
+    pub result: &'static str,
     /// Short, never secret, detail.
     pub detail: Option<String>,
     /// Peer address.
-    pub peer: String,
+    pub peer: std::sync::Arc<str>,
     /// Latency in microseconds.
     pub latency_us: u64,
 }
@@ -104,6 +104,11 @@ fn chain_start() -> String {
 fn json_str(out: &mut String, s: &str) {
     use std::fmt::Write as _;
     out.push('"');
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -118,6 +123,24 @@ fn json_str(out: &mut String, s: &str) {
         }
     }
     out.push('"');
+}
+
+/// Appends lower-case hex of `bytes`.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+}
+
+/// Lower-case hex of `bytes` (what `hex::encode` gives, without its
+/// per-character iterator).
+fn to_hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut s, bytes);
+    s
 }
 
 /// The writer's hot path: builds MAC'd lines into one reusable buffer,
@@ -187,17 +210,18 @@ impl LineWriter {
         out.push_str(",\"peer\":");
         json_str(out, &e.peer);
         let _ = write!(out, ",\"latency_us\":{},\"prev\":\"{prev}\"}}", e.latency_us);
-        let tag = match &self.mac {
-            Some(m) => {
-                let mut m = m.clone();
-                m.update(&out.as_bytes()[start..]);
-                hex::encode(m.finalize().into_bytes())
-            }
-            None => String::new(),
-        };
+        let tag = self.mac.as_ref().map(|m| {
+            let mut m = m.clone();
+            m.update(&out.as_bytes()[start..]);
+            m.finalize().into_bytes()
+        });
         out.pop(); // the closing brace
-        let _ = write!(out, ",\"mac\":\"{tag}\"}}");
-        hex::encode(Sha256::digest(&out.as_bytes()[start..]))
+        out.push_str(",\"mac\":\"");
+        if let Some(tag) = tag {
+            push_hex(out, &tag);
+        }
+        out.push_str("\"}");
+        to_hex(&Sha256::digest(&out.as_bytes()[start..]))
     }
 }
 
@@ -713,6 +737,17 @@ pub fn verify(text: &str, key: &AuditKey, anchor: Option<&Anchor>) -> Result<Rep
 mod tests {
     use super::*;
 
+    #[test]
+    fn hand_built_json_and_hex_match_the_libraries() {
+        for v in ["plain", "", "quote\" back\\slash", "ctl\u{1}\n\r\t", "ünï\u{2028}"] {
+            let mut out = String::new();
+            json_str(&mut out, v);
+            assert_eq!(out, serde_json::to_string(v).unwrap());
+        }
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(to_hex(&bytes), hex::encode(&bytes));
+    }
+
     fn ev(i: u32) -> Event {
         Event {
             request_id: format!("r{i}"),
@@ -720,7 +755,7 @@ mod tests {
             op: "encrypt",
             key: Some("k".into()),
             key_version: Some(1),
-            result: "OK".into(),
+            result: "OK",
             peer: "unix".into(),
             latency_us: 5,
             ..Event::default()

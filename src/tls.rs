@@ -83,14 +83,22 @@ pub struct PeerIdentity {
     /// The first URI SAN (for example a SPIFFE ID), if present.
     pub uri_san: Option<String>,
     /// Remote address (`unix` for the Unix socket).
-    pub peer_addr: String,
+    pub peer_addr: Arc<str>,
+    /// [`PeerIdentity::id`], shared with every audit record of the connection.
+    id: Arc<str>,
 }
 
 impl PeerIdentity {
     /// The identity policies refer to: the URI SAN when present, else the
     /// public-key hash (as MinIO KES does).
     pub fn id(&self) -> &str {
-        self.uri_san.as_deref().unwrap_or(&self.spki_sha256)
+        &self.id
+    }
+
+    /// The identity as a shared string (audit records hold it without
+    /// copying).
+    pub fn id_shared(&self) -> Arc<str> {
+        self.id.clone()
     }
 
     /// Extracts the identity from a DER certificate.
@@ -104,10 +112,12 @@ impl PeerIdentity {
                 _ => None,
             })
         });
+        let id = Arc::from(uri_san.as_deref().unwrap_or(&spki_sha256));
         Some(PeerIdentity {
             spki_sha256,
             uri_san,
-            peer_addr,
+            peer_addr: Arc::from(peer_addr),
+            id,
         })
     }
 }
