@@ -201,7 +201,7 @@ impl LineWriter {
             None => out.push_str(",\"key_version\":null"),
         }
         out.push_str(",\"result\":");
-        json_str(out, &e.result);
+        json_str(out, e.result);
         out.push_str(",\"detail\":");
         match &e.detail {
             Some(d) => json_str(out, d),
