@@ -85,12 +85,57 @@ fn aad(header: &[u8], key_name: &str, associated_data: &[u8]) -> Vec<u8> {
     a
 }
 
+/// Public randomness for salts and nonces, drawn from the OS CSPRNG in
+/// blocks: one `getrandom` system call per ~146 messages instead of one
+/// per message. Salt and nonce are written in clear into every
+/// ciphertext, so holding them in memory before use reveals nothing; what
+/// matters is that each byte comes from the OS CSPRNG and is handed out
+/// exactly once, which the position counter guarantees (the pool is
+/// per-thread, and the daemon never forks).
+struct RandomPool {
+    buf: [u8; POOL_BYTES],
+    pos: usize,
+}
+
+const POOL_BYTES: usize = 4096;
+
+thread_local! {
+    static POOL: std::cell::RefCell<RandomPool> = const {
+        std::cell::RefCell::new(RandomPool { buf: [0; POOL_BYTES], pos: POOL_BYTES })
+    };
+}
+
+/// Fills `out` (at most [`POOL_BYTES`]) with fresh OS randomness, each byte
+/// used once.
+fn fresh_public_random(out: &mut [u8]) {
+    let served = POOL.try_with(|p| {
+        let Ok(mut p) = p.try_borrow_mut() else {
+            return false;
+        };
+        if out.len() > POOL_BYTES {
+            return false;
+        }
+        if p.pos + out.len() > POOL_BYTES {
+            rand::rngs::OsRng.fill_bytes(&mut p.buf);
+            p.pos = 0;
+        }
+        let start = p.pos;
+        out.copy_from_slice(&p.buf[start..start + out.len()]);
+        // never hand the same bytes out twice
+        p.buf[start..start + out.len()].fill(0);
+        p.pos += out.len();
+        true
+    });
+    if served != Ok(true) {
+        rand::rngs::OsRng.fill_bytes(out);
+    }
+}
+
 /// Encrypts under `key` (version `version` of ring `key_name`) with a
 /// fresh random salt and nonce from the OS CSPRNG.
 pub fn encrypt(key: &KeyMaterial, key_name: &str, version: u32, plaintext: &[u8], associated_data: &[u8]) -> Vec<u8> {
-    // One getrandom call for both (a system call per message, not two).
     let mut fresh = [0u8; SALT_LEN + NONCE_LEN];
-    rand::rngs::OsRng.fill_bytes(&mut fresh);
+    fresh_public_random(&mut fresh);
     let (mut salt, mut nonce) = ([0u8; SALT_LEN], [0u8; NONCE_LEN]);
     salt.copy_from_slice(&fresh[..SALT_LEN]);
     nonce.copy_from_slice(&fresh[SALT_LEN..]);
@@ -119,9 +164,11 @@ pub fn encrypt_with(
     let mk = message_key(key, salt);
     let body_start = out.len();
     out.extend_from_slice(plaintext);
-    let mut body = out.split_off(body_start);
-    aead::seal(&mk, nonce, &aad, &mut body);
-    out.append(&mut body);
+    match aead::seal_detached(&mk, nonce, &aad, &mut out[body_start..]) {
+        Some(tag) => out.extend_from_slice(&tag),
+        // unreachable below ring's ~64 GiB limit; never return plaintext
+        None => out.clear(),
+    }
     out
 }
 
@@ -144,6 +191,25 @@ pub fn decrypt(key: &KeyMaterial, key_name: &str, ciphertext: &[u8], associated_
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn salts_and_nonces_never_repeat_across_pool_refills() {
+        let k = KeyMaterial::from_bytes(&[9; 32]);
+        let mut seen = std::collections::HashSet::new();
+        // 1,000 messages span several 4 KiB refills (28 bytes each)
+        for _ in 0..1000 {
+            let ct = encrypt(&k, "k", 1, b"x", b"");
+            let fresh = ct[HEADER_LEN..HEADER_LEN + SALT_LEN + NONCE_LEN].to_vec();
+            assert_ne!(fresh, vec![0u8; SALT_LEN + NONCE_LEN]);
+            assert!(seen.insert(fresh), "a salt/nonce pair repeated");
+            assert_eq!(decrypt(&k, "k", &ct, b"").unwrap(), b"x");
+        }
+        // other threads draw their own bytes
+        let other: Vec<u8> = std::thread::spawn(move || encrypt(&k, "k", 1, b"x", b"")[HEADER_LEN..34].to_vec())
+            .join()
+            .unwrap();
+        assert!(seen.insert(other));
+    }
 
     #[test]
     fn round_trip_and_bindings() {

@@ -120,6 +120,28 @@ pub fn seal(key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u
     RingAead.seal(key, nonce, aad, buf)
 }
 
+/// Encrypts `in_out` in place and returns the 16-byte tag (default
+/// backend), so a caller can encrypt inside a larger buffer without a
+/// copy. On the (unreachable: only above ~64 GiB) failure, `in_out` is
+/// zeroed and `None` returned.
+pub fn seal_detached(key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], in_out: &mut [u8]) -> Option<[u8; TAG_LEN]> {
+    use ring::aead::{Aad, LessSafeKey, Nonce as RNonce, UnboundKey, AES_256_GCM};
+    let sealed = UnboundKey::new(&AES_256_GCM, key)
+        .map(LessSafeKey::new)
+        .and_then(|k| k.seal_in_place_separate_tag(RNonce::assume_unique_for_key(*nonce), Aad::from(aad), in_out));
+    match sealed {
+        Ok(tag) => {
+            let mut t = [0u8; TAG_LEN];
+            t.copy_from_slice(tag.as_ref());
+            Some(t)
+        }
+        Err(_) => {
+            in_out.fill(0);
+            None
+        }
+    }
+}
+
 /// Verifies and decrypts `buf` (ciphertext followed by the tag) in place,
 /// leaving the plaintext. On failure `buf` is cleared (default backend).
 pub fn open(key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u8>) -> Result<(), AuthError> {
