@@ -515,7 +515,8 @@ pub fn code_name(code: Code) -> &'static str {
 /// A request id: the caller's `x-request-id` if it is short and plain,
 /// else a random one.
 pub fn request_id<T>(req: &Request<T>) -> String {
-    if let Some(v) = req.metadata().get("x-request-id").and_then(|v| v.to_str().ok()) {
+    static REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+    if let Some(v) = req.metadata().as_ref().get(&REQUEST_ID).and_then(|v| v.to_str().ok()) {
         if !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) {
             return v.to_owned();
         }

@@ -71,10 +71,9 @@ impl Shared {
             detail: Mutex::new(None),
         };
         let access = self.access()?;
-        let otp = req
-            .metadata()
-            .get(crate::access::OTP_HEADER)
-            .and_then(|v| v.to_str().ok());
+        // (a pre-parsed header name: no per-call parsing of the name)
+        static OTP: http::HeaderName = http::HeaderName::from_static(crate::access::OTP_HEADER);
+        let otp = req.metadata().as_ref().get(&OTP).and_then(|v| v.to_str().ok());
         if let Err(status) = access.authorize(&call, otp) {
             self.observe(&call, Some(&status));
             return Err(status);

@@ -363,6 +363,8 @@ struct Stats {
     p99_us: f64,
     p999_us: f64,
     cpu_s: f64,
+    /// Server CPU per call, microseconds (0 when the pid is unknown).
+    cpu_us_per_op: f64,
 }
 
 #[derive(Clone)]
@@ -491,6 +493,7 @@ async fn load(
         p99_us: pct(0.99),
         p999_us: pct(0.999),
         cpu_s: cpu,
+        cpu_us_per_op: if n > 0.0 { cpu / n * 1e6 } else { 0.0 },
     })
 }
 
@@ -667,7 +670,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         ),
     }
     println!(
-        "{:<8} {:>6} {:>5} | {:>10} {:>8} {:>8} {:>8} {:>6} | {:>10} {:>8} | {:>6} {:>7} | {:>10}",
+        "{:<8} {:>6} {:>5} | {:>10} {:>8} {:>8} {:>8} {:>6} {:>7} | {:>10} {:>8} {:>7} | {:>6} {:>7} | {:>10}",
         "op",
         "size",
         "conc",
@@ -676,8 +679,10 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         "p50 us",
         "p99 us",
         "cpu s",
+        "cpu/op",
         "echo op/s",
         "p99 us",
+        "cpu/op",
         "ratio",
         "p99 x",
         "crypto op/s"
@@ -748,8 +753,22 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                     format!("{:.1}", k.mb_per_s)
                 };
                 println!(
-                    "{:<8} {:>6} {:>5} | {:>10.0} {:>8} {:>8.0} {:>8.0} {:>6.2} | {:>10.0} {:>8.0} | {:>5.2}x {:>6.2}x | {:>10.0}",
-                    op, size, conc, k.ops_per_s, unit, k.p50_us, k.p99_us, k.cpu_s, e.ops_per_s, e.p99_us, row.ratio, row.p99_ratio, floor
+                    "{:<8} {:>6} {:>5} | {:>10.0} {:>8} {:>8.0} {:>8.0} {:>6.2} {:>7.1} | {:>10.0} {:>8.0} {:>7.1} | {:>5.2}x {:>6.2}x | {:>10.0}",
+                    op,
+                    size,
+                    conc,
+                    k.ops_per_s,
+                    unit,
+                    k.p50_us,
+                    k.p99_us,
+                    k.cpu_s,
+                    k.cpu_us_per_op,
+                    e.ops_per_s,
+                    e.p99_us,
+                    e.cpu_us_per_op,
+                    row.ratio,
+                    row.p99_ratio,
+                    floor
                 );
                 rows.push(row);
             }
