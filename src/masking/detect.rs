@@ -301,6 +301,8 @@ struct Ctx {
     sort: bool,
     account: bool,
     phone: bool,
+    /// A card security code word (`cvv`, `cvc2`, `security code`).
+    cvv: bool,
 }
 
 /// A lower-cased word of letters read backwards from the text, at most
@@ -1113,6 +1115,15 @@ impl<'a> Scanner<'a> {
         let mut ctx: Option<Ctx> = None;
         let mut get_ctx = |sc: &Self| *ctx.get_or_insert_with(|| sc.context(i));
 
+        // 0. A card security code after its word, without `:` or `=`
+        //    ("cvv 123", "security code 4321"); keyed forms are handled as
+        //    key = value.
+        if ch.n == 1 && lead_ok && (3..=4).contains(&ch.len(0)) && (self.cvv2_before(i) || get_ctx(self).cvv) {
+            let (a, b) = ch.group(0);
+            self.push(a, b, Kind::Secret, P_CONTEXT);
+            return b;
+        }
+
         // 1. Sort code (+ account number) first: PANs are never grouped 2-2-2.
         let sc_groups = if ch.n >= 3
             && ch.len(0) == 2
@@ -1224,7 +1235,10 @@ impl<'a> Scanner<'a> {
             }
             if digits >= 12 {
                 let span = self.b.get(ch.group(g).0..ch.group(z).1).unwrap_or(&[]);
-                let length_ok = digits >= 13 || maestro_prefix(span) || card_ctx;
+                // A bare 12-digit Maestro only as a whole number, not as the
+                // tail of a longer digit run ("ref 1234 5678 9012 3456").
+                let whole = g == 0 && z + 1 == ch.n;
+                let length_ok = digits >= 13 || (maestro_prefix(span) && whole) || card_ctx;
                 if length_ok && luhn::is_valid(span) {
                     best = Some(z);
                 }
@@ -1246,6 +1260,19 @@ impl<'a> Scanner<'a> {
         }
         let e = self.digits_end(j);
         ((6..=10).contains(&(e - j)) && !is_word(self.at(e)) && !matches!(self.at(e), b'-' | b'.')).then_some((j, e))
+    }
+
+    /// `cvv2` or `cvc2` (any case) just before `i`, after at most three
+    /// blanks or a `:`/`=` (the context reader takes letters only).
+    fn cvv2_before(&self, i: usize) -> bool {
+        let mut j = i;
+        while j > 0 && i - j < 3 && matches!(self.at(j - 1), b' ' | b'\t' | b':' | b'=') {
+            j -= 1;
+        }
+        let Some(w) = j.checked_sub(4).and_then(|s| self.b.get(s..j)) else {
+            return false;
+        };
+        (w.eq_ignore_ascii_case(b"cvv2") || w.eq_ignore_ascii_case(b"cvc2")) && !is_word(self.before(j - 4))
     }
 
     /// Reads the context words just before `i`: skips quotes, `:`, `=`, `#`,
@@ -1326,6 +1353,7 @@ impl<'a> Scanner<'a> {
             sort: is_sort_word(w1, w2),
             account: is_account_word(w1),
             phone: is_phone_word(w1),
+            cvv: matches!(w1, b"cvv" | b"cvc" | b"csc" | b"cvn") || (w1 == b"code" && w2 == b"security"),
         }
     }
 
@@ -1898,7 +1926,29 @@ impl<'a> Scanner<'a> {
                     None => self.b.len(),
                 }
             }
-            None => self.b.len(),
+            // No END line (a truncated key): the base64 body, with line
+            // breaks (raw or escaped `\n`), blanks and a trailing
+            // ellipsis. It stops at a quote or delimiter, so JSON around a
+            // quoted key survives.
+            None => {
+                let mut e = body;
+                loop {
+                    match self.at(e) {
+                        c if c.is_ascii_alphanumeric()
+                            || matches!(c, b'+' | b'/' | b'=' | b'.' | b' ' | b'\t' | b'\r' | b'\n') =>
+                        {
+                            e += 1
+                        }
+                        b'\\' if matches!(self.at(e + 1), b'n' | b'r') => e += 2,
+                        _ => break,
+                    }
+                }
+                // not the blanks before whatever follows
+                while e > body && matches!(self.at(e - 1), b' ' | b'\t' | b'\r' | b'\n') {
+                    e -= 1;
+                }
+                e
+            }
         };
         self.push(i, end, Kind::Secret, P_SHAPE);
         end
@@ -1911,6 +1961,36 @@ mod tests {
 
     fn r(s: &str) -> String {
         redact(s, &RedactOptions::default()).text
+    }
+
+    #[test]
+    fn security_codes_after_their_word() {
+        assert_eq!(
+            r("card 4111 1111 1111 1111 exp 12/27 cvv 123, CVC2 4567 security code 321"),
+            "card **** **** **** 1111 exp 12/27 cvv [REDACTED], CVC2 [REDACTED] security code [REDACTED]"
+        );
+        // not other three-digit numbers
+        assert_eq!(r("code 123 status 200 cvv_count=3"), "code 123 status 200 cvv_count=3");
+    }
+
+    #[test]
+    fn truncated_private_keys_end_at_their_body() {
+        assert_eq!(
+            r(r#"{"privateKey": "-----BEGIN PRIVATE KEY-----MIIEvQIBADANBg...", "x": 1}"#),
+            r#"{"privateKey": "[REDACTED]", "x": 1}"#
+        );
+        assert_eq!(
+            r(r#"k="-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\nAoGBAM" next=1"#),
+            r#"k="[REDACTED]" next=1"#
+        );
+    }
+
+    #[test]
+    fn twelve_digit_maestro_only_as_a_whole_number() {
+        // 567890123456 passes Luhn and has a Maestro prefix, but here it is
+        // the tail of a longer reference that fails Luhn
+        assert_eq!(r("ref 1234 5678 9012 3456 ok"), "ref 1234 5678 9012 3456 ok");
+        assert_eq!(r("maestro 5678 9012 3456"), "maestro **** **** 3456");
     }
 
     fn kinds(s: &str) -> Vec<Kind> {
