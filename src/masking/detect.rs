@@ -788,7 +788,10 @@ impl<'a> Scanner<'a> {
                     b'>' => self.xml_value(i),
                     b'+' => self.plus(i, i + 1),
                     b'(' => self.paren(i),
-                    b'-' => self.pem(i),
+                    b'-' => match self.cli_flag(i) {
+                        Some(e) => e,
+                        None => self.pem(i),
+                    },
                     _ => i + 1,
                 }
             };
@@ -847,6 +850,17 @@ impl<'a> Scanner<'a> {
                 return e;
             }
         }
+        // `password 'value'`: a secret word, one space, a quoted value.
+        if self.at(end) == b' ' && matches!(self.at(end + 1), b'"' | b'\'') {
+            let class = self
+                .b
+                .get(i..end)
+                .and_then(classify_key)
+                .filter(|&k| k != KeyClass::Name);
+            if let Some(e) = class.and_then(|k| self.spaced_value(end, k)) {
+                return e;
+            }
+        }
         end
     }
 
@@ -864,7 +878,7 @@ impl<'a> Scanner<'a> {
                 *buf.get_mut(n)? = c.to_ascii_uppercase();
                 n += 1;
                 j += 1;
-            } else if c == b' ' && n >= 4 && self.at(j + 1).is_ascii_alphanumeric() {
+            } else if matches!(c, b' ' | b'-') && n >= 4 && self.at(j + 1).is_ascii_alphanumeric() {
                 j += 1;
             } else {
                 break;
@@ -1899,6 +1913,54 @@ impl<'a> Scanner<'a> {
         e
     }
 
+    // -- command-line flags and quoted values after a word ---------------------------
+
+    /// `--password VALUE` / `--api-key 'VALUE'` (a command line in a log):
+    /// the flag name is classified like a key; `--flag=value` goes through
+    /// key = value.
+    fn cli_flag(&mut self, i: usize) -> Option<usize> {
+        if !self.starts_with(i, b"--") || is_word(self.before(i)) || self.before(i) == b'-' {
+            return None;
+        }
+        let ks = i + 2;
+        let mut ke = ks;
+        while self.at(ke).is_ascii_alphanumeric() || matches!(self.at(ke), b'-' | b'_') {
+            ke += 1;
+        }
+        if ke == ks || self.at(ke) != b' ' {
+            return None;
+        }
+        let class = self.b.get(ks..ke).and_then(classify_key)?;
+        if class == KeyClass::Name {
+            return None;
+        }
+        self.spaced_value(ke, class)
+    }
+
+    /// The value after a secret key word and one space, if it is quoted
+    /// (`with password 'Tr0ub4dor&3'`) or follows a flag: quoted runs to the
+    /// closing quote on the line, bare to the end of the bare run. A value
+    /// that starts with `-` is the next flag, not a value.
+    fn spaced_value(&mut self, sp: usize, class: KeyClass) -> Option<usize> {
+        let v = sp + 1;
+        match self.at(v) {
+            q @ (b'"' | b'\'') => {
+                let vs = v + 1;
+                let rest = self.b.get(vs..)?;
+                let len = rest.iter().position(|&c| c == q || c == b'\n')?;
+                if rest.get(len) != Some(&q) {
+                    return None;
+                }
+                Some(self.keyed_value(sp, class, vs, vs + len, vs + len + 1))
+            }
+            0 | b'-' | b' ' | b'\t' | b'\n' | b'\r' => None,
+            _ => {
+                let e = self.bare_end(v);
+                (e > v).then(|| self.keyed_value(sp, class, v, e, e))
+            }
+        }
+    }
+
     // -- PEM private keys ---------------------------------------------------------
 
     fn pem(&mut self, i: usize) -> usize {
@@ -1961,6 +2023,33 @@ mod tests {
 
     fn r(s: &str) -> String {
         redact(s, &RedactOptions::default()).text
+    }
+
+    #[test]
+    fn command_line_flags_and_quoted_values_after_a_secret_word() {
+        assert_eq!(
+            r("db connect --user admin --password S3cr3tP4ss! --host db1"),
+            "db connect --user admin --password [REDACTED] --host db1"
+        );
+        assert_eq!(
+            r("run --api-key 'abc def' --verbose"),
+            "run --api-key '[REDACTED]' --verbose"
+        );
+        assert_eq!(r("run --token --verbose"), "run --token --verbose");
+        assert_eq!(
+            r("login failed for user bob with password 'Tr0ub4dor&3' ok"),
+            "login failed for user bob with password '[REDACTED]' ok"
+        );
+        // a secret word followed by plain words is prose, not a value
+        assert_eq!(r("password reset requested"), "password reset requested");
+    }
+
+    #[test]
+    fn dash_grouped_ibans() {
+        assert_eq!(
+            r("IBAN GB82-WEST-1234-5698-7654-32 ok"),
+            "IBAN GB**-****-****-****-**54-32 ok"
+        );
     }
 
     #[test]

@@ -233,7 +233,7 @@ pub(crate) fn phone(s: &str) -> String {
 
 /// IBAN mask: the two leading letters and the last four alphanumerics kept
 /// (the tail only when at least twelve alphanumerics), every other
-/// alphanumeric becomes `*`; spaces are kept.
+/// alphanumeric becomes `*`; spaces and dashes (group separators) are kept.
 pub(crate) fn iban_mask(s: &str) -> String {
     let total = s.bytes().filter(u8::is_ascii_alphanumeric).count();
     let last = if total >= 12 { 4 } else { 0 };
@@ -248,7 +248,7 @@ pub(crate) fn iban_mask(s: &str) -> String {
                 } else {
                     '*'
                 }
-            } else if c.is_whitespace() {
+            } else if c.is_whitespace() || c == '-' {
                 c
             } else {
                 '*'
