@@ -7,8 +7,10 @@
 //!
 //! - **a word starting with a digit**: the chain of digit groups joined by
 //!   single spaces or dashes is checked for card numbers (Luhn, 13–19
-//!   digits, leftmost-longest over group boundaries; 12-digit Maestro numbers
-//!   only with a Maestro prefix or a card context word), UK sort code + account
+//!   digits, leftmost-longest over group boundaries, with a first digit some
+//!   scheme issues at that length unless a card word precedes — so Unix
+//!   times in milliseconds and EAN-13 barcodes stay; 12-digit Maestro numbers
+//!   only whole, with a Maestro prefix or a card context word), UK sort code + account
 //!   pairs, and phone numbers. Context words just before the number (`sort
 //!   code`, `account`, `acct=`, `"phone":`…) unlock the sort code, account
 //!   number and free-form phone detectors. Chains that are part of a hyphenated
@@ -377,6 +379,25 @@ fn is_card_word(w: &[u8]) -> bool {
             b"maestro",
         ],
     ) || w == b"cc"
+}
+
+/// Whether a Luhn-valid run of `digits` digits could be a card number by
+/// its first digit (the major industry identifier, ISO/IEC 7812), without
+/// a card context word: no scheme issues card numbers starting with 0;
+/// 1 is UATP (15 digits); 13-digit cards are Visa (4); 14-digit Diners (3)
+/// or Maestro (5, 6). This keeps millisecond and microsecond Unix times
+/// (`1764236712345`), `yyyyMMddHHmmss` stamps and EAN-13 barcodes, which
+/// pass Luhn one time in ten, out of the card detector.
+fn issuer_plausible(span: &[u8], digits: usize) -> bool {
+    let Some(&first) = span.iter().find(|c| c.is_ascii_digit()) else {
+        return false;
+    };
+    match digits {
+        13 => first == b'4',
+        14 => matches!(first, b'3' | b'5' | b'6'),
+        15 => matches!(first, b'1'..=b'6'),
+        _ => matches!(first, b'2'..=b'9'),
+    }
 }
 
 /// Maestro issuer prefixes (the brand that issues 12-digit cards).
@@ -1252,7 +1273,8 @@ impl<'a> Scanner<'a> {
                 // A bare 12-digit Maestro only as a whole number, not as the
                 // tail of a longer digit run ("ref 1234 5678 9012 3456").
                 let whole = g == 0 && z + 1 == ch.n;
-                let length_ok = digits >= 13 || (maestro_prefix(span) && whole) || card_ctx;
+                let length_ok =
+                    card_ctx || (digits >= 13 && issuer_plausible(span, digits)) || (maestro_prefix(span) && whole);
                 if length_ok && luhn::is_valid(span) {
                     best = Some(z);
                 }
@@ -2053,6 +2075,20 @@ mod tests {
     }
 
     #[test]
+    fn luhn_valid_times_and_barcodes_are_not_cards() {
+        // each of these passes Luhn
+        for v in ["1764236712345", "5901234123457", "20261127094518", "1764236712345671"] {
+            let d: Vec<u8> = v.bytes().collect();
+            assert!(luhn::is_valid(&d), "{v}");
+            let line = format!("ts={v} ok");
+            assert_eq!(r(&line), line);
+        }
+        // a card context word still catches an unusual number
+        assert_eq!(r("card number 5901234123457"), "card number *********3457");
+        assert_eq!(r("visa13 4222222222222"), "visa13 *********2222");
+    }
+
+    #[test]
     fn security_codes_after_their_word() {
         assert_eq!(
             r("card 4111 1111 1111 1111 exp 12/27 cvv 123, CVC2 4567 security code 321"),
@@ -2517,15 +2553,23 @@ mod tests {
             prop_assert_eq!(twice, once);
         }
 
-        /// Every Luhn-valid 13–19 digit card number (contiguous or grouped by
-        /// single spaces or dashes) and every valid IBAN placed in free text
+        /// Every Luhn-valid 13–19 digit card number with a plausible issuer
+        /// digit (contiguous or grouped by single spaces or dashes) and every
+        /// valid IBAN placed in free text
         /// is gone from the output, and redaction is idempotent.
         #[test]
         fn cards_and_ibans_never_survive(
             parts in prop::collection::vec(
                 prop_oneof![
                     3 => filler().prop_map(|f| (f, None)),
-                    1 => (prop::collection::vec(0u8..10, 12..=18), 0u8..3).prop_map(|(body, style)| {
+                    1 => (prop::collection::vec(0u8..10, 12..=18), 0u8..3).prop_map(|(mut body, style)| {
+                        // a first digit some scheme issues at this length
+                        // (see `issuer_plausible`)
+                        body[0] = match body.len() + 1 {
+                            13 => 4,
+                            14 | 15 => 3,
+                            _ => 2 + body[0] % 5,
+                        };
                         let pan = luhn_complete(&body);
                         (group_digits(&pan, style), Some(pan))
                     }),
