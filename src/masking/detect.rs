@@ -305,6 +305,9 @@ struct Ctx {
     phone: bool,
     /// A card security code word (`cvv`, `cvc2`, `security code`).
     cvv: bool,
+    /// A bank-details word (`payee`, `beneficiary`, `bank details`): a
+    /// sort code followed by an account number after it is a pair.
+    bank: bool,
 }
 
 /// A lower-cased word of letters read backwards from the text, at most
@@ -1186,7 +1189,11 @@ impl<'a> Scanner<'a> {
             let csv_pair = k == 1
                 && acct.is_some_and(|(a, b)| b - a == 8 && a == sc_end + 1)
                 && matches!(self.at(sc_end), b',' | b';' | b'|' | b'\t');
-            if get_ctx(self).sort || (dashed && acct.is_some()) || csv_pair {
+            let pair_ctx = acct.is_some() && {
+                let c = get_ctx(self);
+                c.bank || c.account
+            };
+            if get_ctx(self).sort || (dashed && acct.is_some()) || csv_pair || pair_ctx {
                 self.push(i, sc_end, Kind::UkSortCode, P_CONTEXT);
                 self.last_sort_end = Some(sc_end);
                 if let Some((a, b)) = acct {
@@ -1390,6 +1397,10 @@ impl<'a> Scanner<'a> {
             account: is_account_word(w1),
             phone: is_phone_word(w1),
             cvv: matches!(w1, b"cvv" | b"cvc" | b"csc" | b"cvn") || (w1 == b"code" && w2 == b"security"),
+            bank: matches!(
+                w1,
+                b"bank" | b"payee" | b"beneficiary" | b"creditor" | b"debtor" | b"remitter" | b"bankdetails"
+            ) || (w1 == b"details" && matches!(w2, b"bank" | b"payee" | b"beneficiary" | b"account")),
         }
     }
 
@@ -2086,6 +2097,16 @@ mod tests {
         // a card context word still catches an unusual number
         assert_eq!(r("card number 5901234123457"), "card number *********3457");
         assert_eq!(r("visa13 4222222222222"), "visa13 *********2222");
+    }
+
+    #[test]
+    fn undashed_sort_code_and_account_after_a_bank_word() {
+        assert_eq!(r("bank details 036104 95442562 ok"), "bank details ****04 ****2562 ok");
+        assert_eq!(r("payee 40 47 84 70872490"), "payee ** ** 84 ****2490");
+        assert_eq!(r("account 036104 95442562"), "account ****04 ****2562");
+        // not without the word, and not a lone six-digit number
+        assert_eq!(r("batch 036104 95442562 ok"), "batch 036104 95442562 ok");
+        assert_eq!(r("payee 036104 ok"), "payee 036104 ok");
     }
 
     #[test]
