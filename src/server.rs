@@ -244,11 +244,15 @@ pub async fn run(config: Config, signals: Signals) -> Result<(), StartError> {
     let max = config.limits.max_message_bytes;
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, tonic_health::ServingStatus::NotServing).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| err("reflection", e))?;
+    // Both reflection versions: grpcurl and Postman speak v1, older tools
+    // (grpc_cli, Evans, grpcurl before 1.8.8) v1alpha.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder().build_v1().map_err(|e| err("reflection", e))?;
+    let reflection_alpha = reflection_builder().build_v1alpha().map_err(|e| err("reflection", e))?;
     let server = tonic::transport::Server::builder()
         .timeout(config.limits.request_timeout)
         .max_concurrent_streams(config.limits.max_concurrent_streams)
@@ -277,7 +281,8 @@ pub async fn run(config: Config, signals: Signals) -> Result<(), StartError> {
                 .max_encoding_message_size(max.saturating_mul(2)),
         )
         .add_service(health_service)
-        .add_service(reflection);
+        .add_service(reflection)
+        .add_service(reflection_alpha);
 
     let (graceful_tx, graceful_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(async move {

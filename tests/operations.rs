@@ -465,3 +465,84 @@ fn wait_scrape(path: &std::path::Path, needle: &str) -> String {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// grpcurl, Postman, grpc_cli and Evans discover the API by server
+/// reflection: both protocol versions list every service and resolve a
+/// symbol to its file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_reflection_v1_and_v1alpha_list_and_resolve_the_services() {
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    let d = Daemon::start(dir.path());
+    let channel = d.channel().await;
+
+    let expected = [
+        "kmsd.v1.Crypto",
+        "kmsd.v1.Keys",
+        "kmsd.v1.Admin",
+        "kmsd.v1.Mask",
+        "grpc.health.v1.Health",
+    ];
+    {
+        use tonic_reflection::pb::v1::{
+            server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+            server_reflection_response::MessageResponse, ServerReflectionRequest,
+        };
+        let mut client = ServerReflectionClient::new(channel.clone());
+        let reqs = vec![
+            ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            },
+            ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::FileContainingSymbol("kmsd.v1.Crypto".into())),
+            },
+        ];
+        let mut stream = client
+            .server_reflection_info(tokio_stream::iter(reqs))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
+            panic!("v1: {first:?}")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for e in expected {
+            assert!(names.iter().any(|n| n == e), "v1 lacks {e}: {names:?}");
+        }
+        let second = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::FileDescriptorResponse(files)) = second.message_response else {
+            panic!("v1: {second:?}")
+        };
+        assert!(!files.file_descriptor_proto.is_empty());
+        assert!(files.file_descriptor_proto.iter().any(|f| f
+            .windows(b"kmsd/v1/kmsd.proto".len())
+            .any(|w| w == b"kmsd/v1/kmsd.proto")));
+    }
+    {
+        use tonic_reflection::pb::v1alpha::{
+            server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+            server_reflection_response::MessageResponse, ServerReflectionRequest,
+        };
+        let mut client = ServerReflectionClient::new(channel.clone());
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = client
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
+            panic!("v1alpha: {first:?}")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for e in expected {
+            assert!(names.iter().any(|n| n == e), "v1alpha lacks {e}: {names:?}");
+        }
+    }
+}
