@@ -241,6 +241,44 @@ struct Head {
     mac: String,
 }
 
+/// Cuts an unterminated last line (a write torn by a crash) off the log,
+/// durably. Complete lines are never touched.
+fn cut_torn_tail(path: &Path) -> Result<(), AuditError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |e: std::io::Error| AuditError(format!("{}: {e}", path.display()));
+    let mut f = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e)),
+    };
+    let len = f.metadata().map_err(io)?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    // Find the last newline, reading backwards in blocks.
+    let mut end = len;
+    let mut keep = 0u64;
+    let mut block = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let n = (end - start) as usize;
+        let buf = block.get_mut(..n).ok_or_else(|| AuditError("audit tail".into()))?;
+        f.seek(SeekFrom::Start(start)).map_err(io)?;
+        f.read_exact(buf).map_err(io)?;
+        if let Some(i) = buf.iter().rposition(|&c| c == b'\n') {
+            keep = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    if keep < len {
+        f.set_len(keep).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        tracing::warn!(bytes = len - keep, log = %path.display(), "cut a torn audit record left by a crash");
+    }
+    Ok(())
+}
+
 fn head_path(log: &Path) -> PathBuf {
     let mut p = log.as_os_str().to_owned();
     p.push(".head");
@@ -375,6 +413,9 @@ impl Writer {
             last_hash: chain_start(),
             file_first_seq: 1,
         };
+        // A crash mid-append leaves a torn last line: it was never durable
+        // (nothing acknowledged waits on it), so it goes.
+        cut_torn_tail(path)?;
         // Continue the chain from the head (authoritative), else from the file.
         if let Ok(text) = std::fs::read_to_string(head_path(path)) {
             if let Ok(h) = serde_json::from_str::<Head>(&text) {
@@ -385,6 +426,7 @@ impl Writer {
                     w.seq = h.seq;
                     w.last_hash = h.hash;
                     w.file_first_seq = h.file_first_seq;
+                    w.adopt_records_after_head()?;
                     return Ok(w);
                 }
                 return Err(AuditError(format!(
@@ -410,6 +452,54 @@ impl Writer {
             }
         }
         Ok(w)
+    }
+
+    /// Records a crash left beyond the head (written, the head not yet
+    /// moved) continue the chain: each one whose sequence number, `prev`
+    /// hash and MAC follow from the head is adopted, so new records chain
+    /// on from the last of them and the log stays verifiable. The first
+    /// line that does not follow stops the adoption and stays in the file
+    /// for `verify` to report; a file that lacks the head's record is
+    /// likewise left alone (truncation is for `verify` to report, not for
+    /// the writer to paper over).
+    fn adopt_records_after_head(&mut self) -> Result<(), AuditError> {
+        let Ok(text) = std::fs::read_to_string(&self.path) else {
+            return Ok(());
+        };
+        let mut lines = text.lines();
+        // The head's record ends the part it covers; if the head precedes
+        // this file (just rotated), adoption starts at the first line.
+        let head_in_earlier_file = self.seq + 1 == self.file_first_seq;
+        if !head_in_earlier_file
+            && !lines
+                .by_ref()
+                .any(|l| to_hex(&Sha256::digest(l.as_bytes())) == self.last_hash)
+        {
+            return Ok(());
+        }
+        let mut adopted = 0u64;
+        for line in lines {
+            let Some((body_json, mac)) = split_line(line) else {
+                break;
+            };
+            let Ok(body) = serde_json::from_str::<Body<'_>>(&body_json) else {
+                break;
+            };
+            if body.seq != self.seq + 1 || body.prev != self.last_hash || self.key.mac(body_json.as_bytes()) != mac {
+                break;
+            }
+            self.seq = body.seq;
+            self.last_hash = to_hex(&Sha256::digest(line.as_bytes()));
+            adopted += 1;
+        }
+        if adopted > 0 {
+            tracing::warn!(
+                records = adopted,
+                "audit records written before a crash continue the chain"
+            );
+            self.write_head()?;
+        }
+        Ok(())
     }
 
     /// Appends records. `durable`: sync before returning (an
@@ -773,6 +863,54 @@ mod tests {
 
     fn lines(p: &Path) -> Vec<String> {
         std::fs::read_to_string(p).unwrap().lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_crash_mid_append_leaves_a_log_that_continues_and_verifies() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, key) = write(d.path(), 3, 1 << 30);
+        // records written after the last head update, then a torn record
+        {
+            let mut w = Writer::open(&p, AuditKey::from_bytes(&[3; 32]), 1 << 30).unwrap();
+            // (no periodic sync during the test, however slow the machine)
+            w.last_sync = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+            w.write_batch(&[&ev(10), &ev(11)], false).unwrap();
+            // the crash: no sync, no head; the writer is dropped as is
+            w.dirty = false;
+        }
+        let head_before = read_head(&p, &key).unwrap().unwrap();
+        assert_eq!(head_before.seq, 3, "the head did not move");
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"{\"seq\":6,\"time\":\"2026-").unwrap();
+        drop(f);
+        // restart: the torn line goes, seq 4 and 5 are adopted, 6 follows
+        let mut w = Writer::open(&p, AuditKey::from_bytes(&[3; 32]), 1 << 30).unwrap();
+        w.write_batch(&[&ev(20)], true).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let head = read_head(&p, &key).unwrap().unwrap();
+        let r = verify(&text, &key, Some(&head)).unwrap();
+        assert_eq!((r.records, r.first_seq, r.last_seq), (6, 1, 6));
+        assert_eq!(head.seq, 6);
+    }
+
+    #[test]
+    fn a_forged_record_after_the_head_is_not_adopted() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, key) = write(d.path(), 3, 1 << 30);
+        // a complete line that does not continue the chain (another key)
+        let other = tempfile::tempdir().unwrap();
+        let (q, _) = write(other.path(), 4, 1 << 30);
+        let forged = lines(&q).pop().unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        writeln!(f, "{forged}").unwrap();
+        drop(f);
+        let mut w = Writer::open(&p, AuditKey::from_bytes(&[3; 32]), 1 << 30).unwrap();
+        w.write_batch(&[&ev(9)], true).unwrap();
+        // the forged line stays and verify points at it
+        let text = std::fs::read_to_string(&p).unwrap();
+        let head = read_head(&p, &key).unwrap().unwrap();
+        let e = verify(&text, &key, Some(&head)).unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
     }
 
     #[test]

@@ -153,4 +153,19 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     }
     assert!(verified > ROUNDS, "clients were acknowledged {verified} times");
     d.stop();
+    // The audit trail survived every kill: torn records were cut, records
+    // written after the last head update continued the chain, and the
+    // whole log verifies against its head.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kmsd"))
+        .args(["audit-verify", "--config"])
+        .arg(dir.path().join("kmsd.toml"))
+        .arg(dir.path().join("audit.log"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "audit log after {ROUNDS} kills: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
