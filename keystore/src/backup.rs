@@ -142,14 +142,32 @@ pub fn read_snapshot(bytes: &[u8], sealer: &Sealer) -> Result<Vec<SnapshotRecord
 /// Restores a verified snapshot into a store without key rings. Existing
 /// non-key records (the store marker, the restoring daemon's own audit
 /// key) are kept; missing ones (officer enrolments) are restored.
+///
+/// An interrupted restore is resumed by running it again with the same
+/// snapshot: key rings already in the store are accepted when each is
+/// byte-for-byte the snapshot's record of that name (what the interrupted
+/// run wrote); any other key ring makes the store "not empty" and the
+/// restore is refused, touching nothing.
 pub fn restore_snapshot(
     store: &dyn KeyStore,
     records: &[SnapshotRecord],
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, Error> {
-    if !store.list(RecordKind::KeyRing, "", None, 1)?.is_empty() {
+    let wanted: std::collections::HashMap<&str, &[u8]> = records
+        .iter()
+        .filter(|r| r.kind == RecordKind::KeyRing)
+        .map(|r| (r.name.as_str(), r.value.as_slice()))
+        .collect();
+    let mut foreign = false;
+    store.for_each(RecordKind::KeyRing, &mut |name, entry| {
+        if wanted.get(name).copied() != Some(entry.value.as_slice()) {
+            foreign = true;
+        }
+        Ok(())
+    })?;
+    if foreign {
         return Err(Error::Precondition(
-            "restore needs an empty store (it has key rings)".into(),
+            "restore needs an empty store (it has key rings that are not from this snapshot)".into(),
         ));
     }
     let total = records.len() as u64;
@@ -159,6 +177,13 @@ pub fn restore_snapshot(
             // The store marker of a freshly opened store, and secrets the
             // restoring daemon already made (its own audit key) are kept.
             Err(Error::Conflict { .. }) if r.kind != RecordKind::KeyRing => {}
+            // A key ring an interrupted run already wrote (anything else
+            // appeared meanwhile: refused).
+            Err(e @ Error::Conflict { .. }) => {
+                if store.get(r.kind, &r.name)?.map(|en| en.value) != Some(r.value.clone()) {
+                    return Err(e);
+                }
+            }
             Err(e) => return Err(e),
         }
         progress(i as u64 + 1, total);
@@ -200,4 +225,51 @@ pub fn rekey(store: &dyn KeyStore, sealer: &Sealer, progress: &mut dyn FnMut(u64
     }
     store.sync()?;
     Ok((resealed, current))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn rec(kind: RecordKind, name: &str, value: &[u8]) -> SnapshotRecord {
+        SnapshotRecord {
+            kind,
+            name: name.into(),
+            value: value.to_vec(),
+        }
+    }
+
+    #[test]
+    fn an_interrupted_restore_is_resumed_and_a_foreign_store_refused() {
+        let snapshot = vec![
+            rec(RecordKind::KeyRing, "a", b"ring a"),
+            rec(RecordKind::KeyRing, "b", b"ring b"),
+            rec(RecordKind::Secret, "officer/x", b"totp"),
+            rec(RecordKind::KeyRing, "c", b"ring c"),
+        ];
+        let store = MemoryStore::new();
+        // the first run stopped after two records
+        store.put(RecordKind::KeyRing, "a", None, b"ring a").unwrap();
+        store.put(RecordKind::KeyRing, "b", None, b"ring b").unwrap();
+        assert_eq!(restore_snapshot(&store, &snapshot, &mut |_, _| {}).unwrap(), 4);
+        for (kind, name, value) in [
+            (RecordKind::KeyRing, "a", &b"ring a"[..]),
+            (RecordKind::KeyRing, "b", b"ring b"),
+            (RecordKind::KeyRing, "c", b"ring c"),
+            (RecordKind::Secret, "officer/x", b"totp"),
+        ] {
+            assert_eq!(store.get(kind, name).unwrap().unwrap().value, value);
+        }
+        // a store with a key ring of its own (or a different version of one)
+        let other = MemoryStore::new();
+        other.put(RecordKind::KeyRing, "a", None, b"another ring a").unwrap();
+        let e = restore_snapshot(&other, &snapshot, &mut |_, _| {}).unwrap_err();
+        assert!(e.to_string().contains("empty store"), "{e}");
+        assert!(
+            other.get(RecordKind::KeyRing, "b").unwrap().is_none(),
+            "nothing written"
+        );
+    }
 }
