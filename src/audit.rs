@@ -464,6 +464,15 @@ impl Writer {
     /// the writer to paper over).
     fn adopt_records_after_head(&mut self) -> Result<(), AuditError> {
         let Ok(text) = std::fs::read_to_string(&self.path) else {
+            // A crash between a rotation's rename and its head update: the
+            // rotated file holds everything up to the head, the live file
+            // starts after it.
+            let mut rotated = self.path.as_os_str().to_owned();
+            rotated.push(format!(".{:020}-{:020}", self.file_first_seq, self.seq));
+            if self.file_first_seq <= self.seq && Path::new(&rotated).is_file() {
+                self.file_first_seq = self.seq + 1;
+                self.write_head()?;
+            }
             return Ok(());
         };
         let mut lines = text.lines();
@@ -891,6 +900,27 @@ mod tests {
         let r = verify(&text, &key, Some(&head)).unwrap();
         assert_eq!((r.records, r.first_seq, r.last_seq), (6, 1, 6));
         assert_eq!(head.seq, 6);
+    }
+
+    #[test]
+    fn a_crash_between_rotation_and_head_update_recovers() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, key) = write(d.path(), 4, 1 << 30);
+        // rotate by hand the way `rotate` does, then "crash" before the head
+        let mut target = p.as_os_str().to_owned();
+        target.push(format!(".{:020}-{:020}", 1, 4));
+        std::fs::rename(&p, PathBuf::from(&target)).unwrap();
+        let mut w = Writer::open(&p, AuditKey::from_bytes(&[3; 32]), 1 << 30).unwrap();
+        w.write_batch(&[&ev(5)], true).unwrap();
+        let head = read_head(&p, &key).unwrap().unwrap();
+        assert_eq!((head.seq, head.file_first_seq), (5, 5));
+        let all = format!(
+            "{}{}",
+            std::fs::read_to_string(&target).unwrap(),
+            std::fs::read_to_string(&p).unwrap()
+        );
+        let r = verify(&all, &key, Some(&head)).unwrap();
+        assert_eq!((r.records, r.last_seq), (5, 5));
     }
 
     #[test]
