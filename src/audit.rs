@@ -241,8 +241,9 @@ struct Head {
     mac: String,
 }
 
-/// Cuts an unterminated last line (a write torn by a crash) off the log,
-/// durably. Complete lines are never touched.
+/// Moves an unterminated last line (a write torn by a crash) from a log
+/// that has no head yet into `<log>.torn`, durably. Complete lines are
+/// never touched.
 fn cut_torn_tail(path: &Path) -> Result<(), AuditError> {
     use std::io::{Read, Seek, SeekFrom};
     let io = |e: std::io::Error| AuditError(format!("{}: {e}", path.display()));
@@ -272,11 +273,32 @@ fn cut_torn_tail(path: &Path) -> Result<(), AuditError> {
         end = start;
     }
     if keep < len {
+        let mut torn = vec![0u8; (len - keep) as usize];
+        f.seek(SeekFrom::Start(keep)).map_err(io)?;
+        f.read_exact(&mut torn).map_err(io)?;
+        let mut side = path.as_os_str().to_owned();
+        side.push(".torn");
+        let side = PathBuf::from(side);
+        write_synced(&side, &torn).map_err(|e| AuditError(format!("{}: {e}", side.display())))?;
         f.set_len(keep).map_err(io)?;
         f.sync_all().map_err(io)?;
-        tracing::warn!(bytes = len - keep, log = %path.display(), "cut a torn audit record left by a crash");
+        tracing::warn!(bytes = len - keep, moved_to = %side.display(), "audit log: a torn last record left by a crash was moved aside");
     }
     Ok(())
+}
+
+/// Writes `data` to a new file (mode 0600) and syncs it.
+fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
 }
 
 fn head_path(log: &Path) -> PathBuf {
@@ -413,9 +435,6 @@ impl Writer {
             last_hash: chain_start(),
             file_first_seq: 1,
         };
-        // A crash mid-append leaves a torn last line: it was never durable
-        // (nothing acknowledged waits on it), so it goes.
-        cut_torn_tail(path)?;
         // Continue the chain from the head (authoritative), else from the file.
         if let Ok(text) = std::fs::read_to_string(head_path(path)) {
             if let Ok(h) = serde_json::from_str::<Head>(&text) {
@@ -426,7 +445,7 @@ impl Writer {
                     w.seq = h.seq;
                     w.last_hash = h.hash;
                     w.file_first_seq = h.file_first_seq;
-                    w.adopt_records_after_head()?;
+                    w.recover_tail()?;
                     return Ok(w);
                 }
                 return Err(AuditError(format!(
@@ -435,6 +454,9 @@ impl Writer {
                 )));
             }
         }
+        // No head yet (a crash before the first one): a torn last line is
+        // moved aside before the chain continues from the last record.
+        cut_torn_tail(path)?;
         if let Ok(text) = std::fs::read_to_string(path) {
             if let Some(last) = text.lines().last() {
                 let (body, _) =
@@ -454,41 +476,47 @@ impl Writer {
         Ok(w)
     }
 
-    /// Records a crash left beyond the head (written, the head not yet
-    /// moved) continue the chain: each one whose sequence number, `prev`
-    /// hash and MAC follow from the head is adopted, so new records chain
-    /// on from the last of them and the log stays verifiable. The first
-    /// line that does not follow stops the adoption and stays in the file
-    /// for `verify` to report; a file that lacks the head's record is
-    /// likewise left alone (truncation is for `verify` to report, not for
-    /// the writer to paper over).
-    fn adopt_records_after_head(&mut self) -> Result<(), AuditError> {
-        let Ok(text) = std::fs::read_to_string(&self.path) else {
-            // A crash between a rotation's rename and its head update: the
-            // rotated file holds everything up to the head, the live file
-            // starts after it.
-            let mut rotated = self.path.as_os_str().to_owned();
-            rotated.push(format!(".{:020}-{:020}", self.file_first_seq, self.seq));
-            if self.file_first_seq <= self.seq && Path::new(&rotated).is_file() {
-                self.file_first_seq = self.seq + 1;
-                self.write_head()?;
-            }
-            return Ok(());
+    /// Recovers the log's tail after a crash, starting from the (MAC-checked)
+    /// head. Records the head covers are never touched. After the head's
+    /// record, each complete line whose sequence number, `prev` hash and
+    /// MAC continue the chain is adopted (written before the crash, the
+    /// head not yet moved). Whatever follows the last adopted record — a
+    /// line torn by the crash, or anything that does not continue the
+    /// chain — is moved, byte for byte, into a side file
+    /// `<log>.unverified-<unix time>` (kept as evidence, reported in the
+    /// daemon's log) so that new records chain on from a clean end. A log
+    /// that lacks the head's record is left alone: that is truncation, for
+    /// `verify` to report, not for the writer to paper over.
+    fn recover_tail(&mut self) -> Result<(), AuditError> {
+        let io = |p: &Path, e: std::io::Error| AuditError(format!("{}: {e}", p.display()));
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.recover_rotation(),
+            Err(e) => return Err(io(&self.path, e)),
         };
-        let mut lines = text.lines();
-        // The head's record ends the part it covers; if the head precedes
-        // this file (just rotated), adoption starts at the first line.
-        let head_in_earlier_file = self.seq + 1 == self.file_first_seq;
-        if !head_in_earlier_file
-            && !lines
-                .by_ref()
-                .any(|l| to_hex(&Sha256::digest(l.as_bytes())) == self.last_hash)
-        {
-            return Ok(());
+        // Offset just after the head's record (or 0 when the head precedes
+        // this file: it was rotated right after the head's record).
+        let mut pos = 0usize;
+        if self.seq + 1 != self.file_first_seq {
+            let mut found = false;
+            for line in bytes.split_inclusive(|&c| c == b'\n') {
+                pos += line.len();
+                if line.last() == Some(&b'\n') && to_hex(&Sha256::digest(&line[..line.len() - 1])) == self.last_hash {
+                    found = true;
+                    break;
+                }
+            }
+            if !found {
+                return Ok(());
+            }
         }
         let mut adopted = 0u64;
-        for line in lines {
-            let Some((body_json, mac)) = split_line(line) else {
+        let mut end = pos;
+        for line in bytes.get(pos..).unwrap_or(&[]).split_inclusive(|&c| c == b'\n') {
+            let Some(body_line) = line.strip_suffix(b"\n").and_then(|l| std::str::from_utf8(l).ok()) else {
+                break;
+            };
+            let Some((body_json, mac)) = split_line(body_line) else {
                 break;
             };
             let Ok(body) = serde_json::from_str::<Body<'_>>(&body_json) else {
@@ -498,14 +526,63 @@ impl Writer {
                 break;
             }
             self.seq = body.seq;
-            self.last_hash = to_hex(&Sha256::digest(line.as_bytes()));
+            self.last_hash = to_hex(&Sha256::digest(body_line.as_bytes()));
             adopted += 1;
+            end += line.len();
+        }
+        let rest = bytes.get(end..).unwrap_or(&[]);
+        if !rest.is_empty() {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let mut side = self.path.as_os_str().to_owned();
+            side.push(format!(".unverified-{secs}"));
+            let side = PathBuf::from(side);
+            write_synced(&side, rest).map_err(|e| io(&side, e))?;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.path)
+                .map_err(|e| io(&self.path, e))?;
+            f.set_len(end as u64).map_err(|e| io(&self.path, e))?;
+            f.sync_all().map_err(|e| io(&self.path, e))?;
+            tracing::warn!(bytes = rest.len(), moved_to = %side.display(),
+                "audit log: bytes after the last record that continues the chain (a crash's torn write, or not ours) were moved aside");
         }
         if adopted > 0 {
             tracing::warn!(
                 records = adopted,
                 "audit records written before a crash continue the chain"
             );
+            // durable before the head covers them
+            std::fs::File::open(&self.path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io(&self.path, e))?;
+        }
+        if adopted > 0 || !rest.is_empty() {
+            self.write_head()?;
+        }
+        Ok(())
+    }
+
+    /// The live log is missing. If a crash came between a rotation's
+    /// rename and its head update, the rotated file is there and ends with
+    /// the head's record: the live file then starts after it.
+    fn recover_rotation(&mut self) -> Result<(), AuditError> {
+        if self.file_first_seq > self.seq {
+            return Ok(());
+        }
+        let mut rotated = self.path.as_os_str().to_owned();
+        rotated.push(format!(".{:020}-{:020}", self.file_first_seq, self.seq));
+        let Ok(text) = std::fs::read_to_string(PathBuf::from(rotated)) else {
+            return Ok(());
+        };
+        let ends_with_head = text
+            .lines()
+            .last()
+            .is_some_and(|l| to_hex(&Sha256::digest(l.as_bytes())) == self.last_hash);
+        if ends_with_head {
+            self.file_first_seq = self.seq + 1;
             self.write_head()?;
         }
         Ok(())
@@ -828,6 +905,19 @@ pub fn verify(text: &str, key: &AuditKey, anchor: Option<&Anchor>) -> Result<Rep
                 ),
             });
         }
+        // The live file starts at the head's `file_first_seq`: records
+        // missing from its start (or the whole file replaced by a later
+        // piece) are cut records too.
+        if report.records > 0 && report.last_seq >= a.file_first_seq && report.first_seq > a.file_first_seq {
+            return Err(Broken {
+                line: 1,
+                seq: Some(report.first_seq),
+                reason: format!(
+                    "truncated at the start: the live log begins at seq {} but starts at seq {}",
+                    a.file_first_seq, report.first_seq
+                ),
+            });
+        }
     }
     Ok(report)
 }
@@ -924,23 +1014,62 @@ mod tests {
     }
 
     #[test]
-    fn a_forged_record_after_the_head_is_not_adopted() {
+    fn a_forged_record_after_the_head_is_moved_aside_not_adopted() {
         let d = tempfile::tempdir().unwrap();
         let (p, key) = write(d.path(), 3, 1 << 30);
+        let covered = std::fs::read(&p).unwrap();
         // a complete line that does not continue the chain (another key)
         let other = tempfile::tempdir().unwrap();
         let (q, _) = write(other.path(), 4, 1 << 30);
         let forged = lines(&q).pop().unwrap();
         let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
         writeln!(f, "{forged}").unwrap();
+        f.write_all(b"{\"seq\":5,\"torn").unwrap();
         drop(f);
         let mut w = Writer::open(&p, AuditKey::from_bytes(&[3; 32]), 1 << 30).unwrap();
         w.write_batch(&[&ev(9)], true).unwrap();
-        // the forged line stays and verify points at it
-        let text = std::fs::read_to_string(&p).unwrap();
+        // the covered records are untouched, the chain continues from them
+        let now = std::fs::read(&p).unwrap();
+        assert_eq!(&now[..covered.len()], &covered[..]);
+        let head = read_head(&p, &key).unwrap().unwrap();
+        let r = verify(&String::from_utf8(now).unwrap(), &key, Some(&head)).unwrap();
+        assert_eq!((r.records, r.last_seq), (4, 4));
+        // and the foreign bytes are kept, byte for byte, beside the log
+        let side: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("audit.log.unverified-"))
+            .collect();
+        assert_eq!(side.len(), 1);
+        assert_eq!(
+            std::fs::read(side[0].path()).unwrap(),
+            format!("{forged}\n{{\"seq\":5,\"torn").into_bytes()
+        );
+    }
+
+    #[test]
+    fn records_cut_from_the_start_of_the_live_log_are_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, key) = write(d.path(), 5, 1 << 30);
+        let l = lines(&p);
+        let text: String = l[2..].iter().map(|s| format!("{s}\n")).collect();
         let head = read_head(&p, &key).unwrap().unwrap();
         let e = verify(&text, &key, Some(&head)).unwrap_err();
-        assert_eq!(e.line, 4, "{e}");
+        assert!(e.reason.contains("truncated at the start"), "{e}");
+    }
+
+    #[test]
+    fn a_log_missing_the_heads_record_is_left_for_verify() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, key) = write(d.path(), 5, 1 << 30);
+        // the last two records cut away: the head still says 5
+        let l = lines(&p);
+        std::fs::write(&p, l[..3].iter().map(|s| format!("{s}\n")).collect::<String>()).unwrap();
+        let mut w = Writer::open(&p, AuditKey::from_bytes(&[3; 32]), 1 << 30).unwrap();
+        w.write_batch(&[&ev(9)], true).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let head = read_head(&p, &key).unwrap().unwrap();
+        assert!(verify(&text, &key, Some(&head)).is_err(), "the cut is reported");
     }
 
     #[test]

@@ -91,7 +91,13 @@ fn aad(header: &[u8], key_name: &str, associated_data: &[u8]) -> Vec<u8> {
 /// ciphertext, so holding them in memory before use reveals nothing; what
 /// matters is that each byte comes from the OS CSPRNG and is handed out
 /// exactly once, which the position counter guarantees (the pool is
-/// per-thread, and the daemon never forks).
+/// per-thread, and the daemon never forks). One residual case: if a
+/// running VM is snapshotted and the snapshot cloned, the clones share
+/// the at most ~146 pairs left in each thread's pool (per-message
+/// `getrandom` would have been reseeded by the kernel's VM-clone
+/// detection). Even then a repeated pair reuses the salt, so it repeats
+/// the per-message key *and* nonce only for the same version key, and
+/// only across the clones; restart clones of a kmsd VM snapshot.
 struct RandomPool {
     buf: [u8; POOL_BYTES],
     pos: usize,

@@ -2022,9 +2022,11 @@ impl<'a> Scanner<'a> {
                 }
             }
             // No END line (a truncated key): the base64 body, with line
-            // breaks (raw or escaped `\n`), blanks and a trailing
-            // ellipsis. It stops at a quote or delimiter, so JSON around a
-            // quoted key survives.
+            // breaks (raw or escaped, also doubly), blanks, escaped slashes
+            // and a trailing ellipsis. It stops early only at a closing
+            // quote (also an escaped one) or a structural delimiter, so JSON
+            // around a quoted key survives; anything else (headers such as
+            // `Proc-Type:`) masks to the end of the text, as before.
             None => {
                 let mut e = body;
                 loop {
@@ -2034,15 +2036,25 @@ impl<'a> Scanner<'a> {
                         {
                             e += 1
                         }
-                        b'\\' if matches!(self.at(e + 1), b'n' | b'r') => e += 2,
+                        b'\\' if self.at(e + 1) != b'"' && e + 1 < self.b.len() => e += 2,
                         _ => break,
                     }
                 }
-                // not the blanks before whatever follows
-                while e > body && matches!(self.at(e - 1), b' ' | b'\t' | b'\r' | b'\n') {
-                    e -= 1;
+                let stop = self.at(e);
+                if e >= self.b.len()
+                    || !matches!(
+                        stop,
+                        b'"' | b'\'' | b'\\' | b',' | b'}' | b']' | b'<' | b';' | b'&' | b'|'
+                    )
+                {
+                    self.b.len()
+                } else {
+                    // not the blanks before the delimiter
+                    while e > body && matches!(self.at(e - 1), b' ' | b'\t' | b'\r' | b'\n') {
+                        e -= 1;
+                    }
+                    e
                 }
-                e
             }
         };
         self.push(i, end, Kind::Secret, P_SHAPE);
@@ -2128,6 +2140,25 @@ mod tests {
         assert_eq!(
             r(r#"k="-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\nAoGBAM" next=1"#),
             r#"k="[REDACTED]" next=1"#
+        );
+    }
+
+    #[test]
+    fn truncated_private_keys_in_escaped_or_headed_forms_stay_hidden() {
+        // PHP-style escaped slashes and doubly escaped line breaks
+        assert_eq!(
+            r(r#"{"k":"-----BEGIN PRIVATE KEY-----\nMIIE\/Ab+cd\\nEF==", "x": 1}"#),
+            r#"{"k":"[REDACTED]", "x": 1}"#
+        );
+        // a JSON string inside a JSON string: the escaped closing quote ends it
+        assert_eq!(
+            r(r#"msg="{\"k\":\"-----BEGIN PRIVATE KEY-----\nMIIE\"}" lvl=info"#),
+            r#"msg="{\"k\":\"[REDACTED]\"}" lvl=info"#
+        );
+        // an encrypted PEM with headers: to the end of the text
+        assert_eq!(
+            r("-----BEGIN RSA PRIVATE KEY----- Proc-Type: 4,ENCRYPTED DEK-Info: AES-128-CBC,AB12 MIIEpA"),
+            "[REDACTED]"
         );
     }
 
