@@ -1507,6 +1507,9 @@ impl<'a> Scanner<'a> {
                     pick(11, 15, 2)
                 } else if d0 == b'0' && d1 != b'0' {
                     pick(10, 11, 1)
+                } else if [d0, d1, d2] == *b"447" {
+                    // a UK mobile in E.164 without its `+` (SMS gateways)
+                    pick(12, 12, 1)
                 } else {
                     self.nanp(p, cuts, lens.get(..ncut)?, paren_first)
                 }
@@ -2119,6 +2122,17 @@ mod tests {
         // not without the word, and not a lone six-digit number
         assert_eq!(r("batch 036104 95442562 ok"), "batch 036104 95442562 ok");
         assert_eq!(r("payee 036104 ok"), "payee 036104 ok");
+    }
+
+    #[test]
+    fn uk_mobiles_in_e164_without_the_plus() {
+        assert_eq!(
+            r("SMS sent to 447700900123 status=delivered"),
+            "SMS sent to *********123 status=delivered"
+        );
+        // not other twelve-digit numbers, nor longer ones
+        assert_eq!(r("order 448700900123 ok"), "order 448700900123 ok");
+        assert_eq!(r("id 4477009001234 ok"), "id 4477009001234 ok");
     }
 
     #[test]
