@@ -221,7 +221,7 @@ impl LineWriter {
             push_hex(out, &tag);
         }
         out.push_str("\"}");
-        to_hex(&Sha256::digest(&out.as_bytes()[start..]))
+        line_hash(&out.as_bytes()[start..])
     }
 }
 
@@ -245,46 +245,46 @@ struct Head {
 /// that has no head yet into `<log>.torn`, durably. Complete lines are
 /// never touched.
 fn cut_torn_tail(path: &Path) -> Result<(), AuditError> {
-    use std::io::{Read, Seek, SeekFrom};
-    let io = |e: std::io::Error| AuditError(format!("{}: {e}", path.display()));
-    let mut f = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
-        Ok(f) => f,
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io(e)),
+        Err(e) => return Err(AuditError(format!("{}: {e}", path.display()))),
     };
-    let len = f.metadata().map_err(io)?.len();
-    if len == 0 {
+    let keep = bytes.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
+    move_tail_aside(path, &bytes, keep, ".torn")
+}
+
+/// Moves `bytes[keep..]` (the log's content past `keep`) into the side file
+/// `<log><suffix>`, durably, then cuts the log to `keep` bytes, durably.
+/// Nothing is discarded: the side file keeps the bytes as evidence.
+fn move_tail_aside(path: &Path, bytes: &[u8], keep: usize, suffix: &str) -> Result<(), AuditError> {
+    let Some(rest) = bytes.get(keep..).filter(|r| !r.is_empty()) else {
         return Ok(());
-    }
-    // Find the last newline, reading backwards in blocks.
-    let mut end = len;
-    let mut keep = 0u64;
-    let mut block = vec![0u8; 64 * 1024];
-    while end > 0 {
-        let start = end.saturating_sub(block.len() as u64);
-        let n = (end - start) as usize;
-        let buf = block.get_mut(..n).ok_or_else(|| AuditError("audit tail".into()))?;
-        f.seek(SeekFrom::Start(start)).map_err(io)?;
-        f.read_exact(buf).map_err(io)?;
-        if let Some(i) = buf.iter().rposition(|&c| c == b'\n') {
-            keep = start + i as u64 + 1;
-            break;
-        }
-        end = start;
-    }
-    if keep < len {
-        let mut torn = vec![0u8; (len - keep) as usize];
-        f.seek(SeekFrom::Start(keep)).map_err(io)?;
-        f.read_exact(&mut torn).map_err(io)?;
-        let mut side = path.as_os_str().to_owned();
-        side.push(".torn");
-        let side = PathBuf::from(side);
-        write_synced(&side, &torn).map_err(|e| AuditError(format!("{}: {e}", side.display())))?;
-        f.set_len(keep).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        tracing::warn!(bytes = len - keep, moved_to = %side.display(), "audit log: a torn last record left by a crash was moved aside");
-    }
+    };
+    let mut side = path.as_os_str().to_owned();
+    side.push(suffix);
+    let side = PathBuf::from(side);
+    write_synced(&side, rest).map_err(|e| AuditError(format!("{}: {e}", side.display())))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(keep as u64).and_then(|()| f.sync_all()))
+        .map_err(|e| AuditError(format!("{}: {e}", path.display())))?;
+    tracing::warn!(bytes = rest.len(), moved_to = %side.display(),
+        "audit log: bytes after the last record that continues the chain (a crash's torn write, or not ours) were moved aside");
     Ok(())
+}
+
+/// The chain hash of a record line (without its newline).
+fn line_hash(line: &[u8]) -> String {
+    to_hex(&Sha256::digest(line))
+}
+
+/// `<log>.<first seq>-<last seq>`: the name a rotated log gets.
+fn rotated_path(log: &Path, first: u64, last: u64) -> PathBuf {
+    let mut p = log.as_os_str().to_owned();
+    p.push(format!(".{first:020}-{last:020}"));
+    PathBuf::from(p)
 }
 
 /// Writes `data` to a new file (mode 0600) and syncs it.
@@ -464,7 +464,7 @@ impl Writer {
                 let b: Body<'_> =
                     serde_json::from_str(&body).map_err(|_| AuditError("the last audit record is malformed".into()))?;
                 w.seq = b.seq;
-                w.last_hash = hex::encode(Sha256::digest(last.as_bytes()));
+                w.last_hash = line_hash(last.as_bytes());
                 w.file_first_seq = text
                     .lines()
                     .next()
@@ -501,7 +501,7 @@ impl Writer {
             let mut found = false;
             for line in bytes.split_inclusive(|&c| c == b'\n') {
                 pos += line.len();
-                if line.last() == Some(&b'\n') && to_hex(&Sha256::digest(&line[..line.len() - 1])) == self.last_hash {
+                if line.last() == Some(&b'\n') && line_hash(&line[..line.len() - 1]) == self.last_hash {
                     found = true;
                     break;
                 }
@@ -526,28 +526,17 @@ impl Writer {
                 break;
             }
             self.seq = body.seq;
-            self.last_hash = to_hex(&Sha256::digest(body_line.as_bytes()));
+            self.last_hash = line_hash(body_line.as_bytes());
             adopted += 1;
             end += line.len();
         }
-        let rest = bytes.get(end..).unwrap_or(&[]);
-        if !rest.is_empty() {
+        let moved = end < bytes.len();
+        if moved {
             let secs = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            let mut side = self.path.as_os_str().to_owned();
-            side.push(format!(".unverified-{secs}"));
-            let side = PathBuf::from(side);
-            write_synced(&side, rest).map_err(|e| io(&side, e))?;
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&self.path)
-                .map_err(|e| io(&self.path, e))?;
-            f.set_len(end as u64).map_err(|e| io(&self.path, e))?;
-            f.sync_all().map_err(|e| io(&self.path, e))?;
-            tracing::warn!(bytes = rest.len(), moved_to = %side.display(),
-                "audit log: bytes after the last record that continues the chain (a crash's torn write, or not ours) were moved aside");
+            move_tail_aside(&self.path, &bytes, end, &format!(".unverified-{secs}"))?;
         }
         if adopted > 0 {
             tracing::warn!(
@@ -559,7 +548,7 @@ impl Writer {
                 .and_then(|f| f.sync_all())
                 .map_err(|e| io(&self.path, e))?;
         }
-        if adopted > 0 || !rest.is_empty() {
+        if adopted > 0 || moved {
             self.write_head()?;
         }
         Ok(())
@@ -572,15 +561,13 @@ impl Writer {
         if self.file_first_seq > self.seq {
             return Ok(());
         }
-        let mut rotated = self.path.as_os_str().to_owned();
-        rotated.push(format!(".{:020}-{:020}", self.file_first_seq, self.seq));
-        let Ok(text) = std::fs::read_to_string(PathBuf::from(rotated)) else {
+        let Ok(text) = std::fs::read_to_string(rotated_path(&self.path, self.file_first_seq, self.seq)) else {
             return Ok(());
         };
         let ends_with_head = text
             .lines()
             .last()
-            .is_some_and(|l| to_hex(&Sha256::digest(l.as_bytes())) == self.last_hash);
+            .is_some_and(|l| line_hash(l.as_bytes()) == self.last_hash);
         if ends_with_head {
             self.file_first_seq = self.seq + 1;
             self.write_head()?;
@@ -690,9 +677,8 @@ impl Writer {
     /// Renames the full log to `<log>.<first seq>-<last seq>` and starts a
     /// new file that continues the chain.
     fn rotate(&mut self) -> Result<(), AuditError> {
-        let mut target = self.path.as_os_str().to_owned();
-        target.push(format!(".{:020}-{:020}", self.file_first_seq, self.seq));
-        std::fs::rename(&self.path, PathBuf::from(target)).map_err(|e| AuditError(format!("rotating: {e}")))?;
+        std::fs::rename(&self.path, rotated_path(&self.path, self.file_first_seq, self.seq))
+            .map_err(|e| AuditError(format!("rotating: {e}")))?;
         self.file = None;
         self.file_first_seq = self.seq + 1;
         self.write_head()
@@ -873,7 +859,7 @@ pub fn verify(text: &str, key: &AuditKey, anchor: Option<&Anchor>) -> Result<Rep
                 report.first_seq = body.seq;
             }
         }
-        let h = hex::encode(Sha256::digest(line.as_bytes()));
+        let h = line_hash(line.as_bytes());
         if let Some(a) = anchor {
             if body.seq == a.seq {
                 if h != a.hash {
