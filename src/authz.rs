@@ -23,8 +23,8 @@
 //! Globs: `*` matches any run of characters, `?` one character; they apply
 //! to key names and to operation names (`key.*`). Operations that name no
 //! key (`backup`, `restore`, `master.rekey`, `audit.read`, `mask`,
-//! `redact`, `approval`, `admin.reload`) match a rule only if its `keys`
-//! contain `"*"`.
+//! `redact`, `approval`, `admin.reload`, `officer.enroll`, `status`) match
+//! a rule only if its `keys` contain `"*"`.
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -55,11 +55,12 @@ pub enum Op {
     Approval,
     AdminReload,
     OfficerEnroll,
+    Status,
 }
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Op; 21] = [
+    pub const ALL: [Op; 22] = [
         Op::Encrypt,
         Op::Decrypt,
         Op::Rewrap,
@@ -81,6 +82,7 @@ impl Op {
         Op::Approval,
         Op::AdminReload,
         Op::OfficerEnroll,
+        Op::Status,
     ];
 
     /// The name used in policies, logs, audit records and metrics.
@@ -107,6 +109,7 @@ impl Op {
             Op::Approval => "approval",
             Op::AdminReload => "admin.reload",
             Op::OfficerEnroll => "officer.enroll",
+            Op::Status => "status",
         }
     }
 
@@ -374,6 +377,27 @@ impl Policy {
         }
     }
 
+    /// Whether `identity` may perform `op` on at least one key (some allow
+    /// rule names the operation, and no deny rule forbids it on every key).
+    /// Listings need this before they look at any name.
+    pub fn allows_somewhere(&self, identity: &str, op: Op) -> Result<(), Denied> {
+        let everywhere_denied = self
+            .roles_of(identity)
+            .any(|role| role.deny.iter().any(|r| r.matches(op, None)));
+        let allowed = self
+            .roles_of(identity)
+            .any(|role| role.allow.iter().any(|r| r.ops.iter().any(|p| glob(p, op.as_str()))));
+        if allowed && !everywhere_denied {
+            Ok(())
+        } else {
+            Err(Denied {
+                identity: identity.to_owned(),
+                op: op.as_str(),
+                on: " on any key".to_owned(),
+            })
+        }
+    }
+
     /// Whether the identity holds an officer role.
     pub fn is_officer(&self, identity: &str) -> bool {
         self.roles_of(identity).any(|r| r.officer)
@@ -416,7 +440,7 @@ allow = [{{ ops = ["*"], keys = ["*"] }}]
 
 [roles.officer]
 officer = true
-allow = [{{ ops = ["key.*", "backup", "restore", "approval", "audit.read", "officer.enroll"], keys = ["*"] }}]
+allow = [{{ ops = ["key.*", "backup", "restore", "approval", "audit.read", "officer.enroll", "status"], keys = ["*"] }}]
 "#
     )
 }

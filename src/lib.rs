@@ -14,6 +14,7 @@
 //! - [`authz`]: the policy (identities → roles → allow/deny rules; deny
 //!   wins); [`otp`]: the officer second factor (TOTP); [`audit`]: the
 //!   hash-chained, MAC'd audit trail with group commit.
+//! - [`page_token`]: opaque, sealed `ListKeys` page tokens.
 //! - [`client`]: the mTLS gRPC client used by `kmsctl`, tests and benches.
 //! - [`dev`]: the embedded dev setup (dev CA, certificates, master key).
 //! - [`masking`]: masking, redaction (validator-driven detectors) and
@@ -44,6 +45,7 @@ pub mod metrics_http;
 pub mod notify;
 pub mod os;
 pub mod otp;
+pub mod page_token;
 pub mod server;
 pub mod service;
 pub mod tls;

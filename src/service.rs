@@ -111,8 +111,8 @@ impl Shared {
         result
     }
 
-    /// A call that needs no policy decision of its own (status, listings
-    /// filtered per item): still logged, measured and audited by `finish`.
+    /// A call whose policy decision is made per item (batches, listings):
+    /// still logged, measured and audited by `finish`.
     pub fn begin_unchecked<T>(&self, req: &Request<T>, op: Op, detail: &str) -> Result<Call, Status> {
         Ok(Call {
             peer: identity(req)?,
@@ -556,41 +556,71 @@ impl proto::keys_server::Keys for KeysService {
         &self,
         req: Request<proto::ListKeysRequest>,
     ) -> Result<Response<proto::ListKeysResponse>, Status> {
-        // Listing is filtered per name by key.read: a caller sees only the
-        // names it may read, and learns nothing of the others.
+        // Listing needs key.read on at least something; the names are then
+        // filtered one by one, and the page token names only the last name
+        // shown (sealed), so a caller learns nothing of the names it may
+        // not read: not even that there are more.
         let call = self.shared.begin_unchecked(&req, Op::KeyRead, "list")?;
         let access = self.shared.access()?.clone();
+        if let Err(d) = access.policy().allows_somewhere(call.peer.id(), Op::KeyRead) {
+            let e = Error::PermissionDenied(d.to_string());
+            return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status());
+        }
         let r = req.into_inner();
         let limit = match r.page_size as usize {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
-        let after = if r.page_token.is_empty() {
-            Ok(None)
-        } else {
-            hex::decode(&r.page_token)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .map(Some)
-                .ok_or_else(|| Error::InvalidArgument("invalid page_token".into()))
-        };
         let keys = self.shared.keys()?.clone();
-        let prefix = r.prefix.clone();
-        let result = match after {
-            Ok(after) => blocking(move || keys.list(&prefix, after.as_deref(), limit)).await,
-            Err(e) => Err(e),
-        };
-        let raw = self.shared.finish(&call, result)?;
-        let next_page_token = match raw.last() {
-            Some(last) if raw.len() == limit => hex::encode(last),
-            _ => String::new(),
-        };
-        let policy = access.policy();
-        let names = raw
-            .into_iter()
-            .filter(|n| policy.check(call.peer.id(), Op::KeyRead, Some(n)).is_ok())
-            .collect();
-        Ok(Response::new(proto::ListKeysResponse { names, next_page_token }))
+        let identity = call.peer.id().to_owned();
+        let result = blocking(move || {
+            let token_key = keys
+                .ring_store()
+                .sealer()
+                .derive_subkey(crate::page_token::SUBKEY_LABEL);
+            let mut after = if r.page_token.is_empty() {
+                None
+            } else {
+                Some(crate::page_token::open(
+                    &token_key,
+                    &identity,
+                    &r.prefix,
+                    &r.page_token,
+                )?)
+            };
+            let policy = access.policy();
+            // One visible name more than the page, to know whether there
+            // is a next page without revealing unseen names.
+            let mut names = Vec::with_capacity(limit + 1);
+            'scan: loop {
+                let raw = keys.list(&r.prefix, after.as_deref(), MAX_PAGE)?;
+                let exhausted = raw.len() < MAX_PAGE;
+                for n in raw {
+                    if policy.check(&identity, Op::KeyRead, Some(&n)).is_ok() {
+                        names.push(n.clone());
+                        if names.len() > limit {
+                            break 'scan;
+                        }
+                    }
+                    after = Some(n);
+                }
+                if exhausted {
+                    break;
+                }
+            }
+            let next_page_token = if names.len() > limit {
+                names.truncate(limit);
+                match names.last() {
+                    Some(last) => crate::page_token::seal(&token_key, &identity, &r.prefix, last)?,
+                    None => String::new(),
+                }
+            } else {
+                String::new()
+            };
+            Ok(proto::ListKeysResponse { names, next_page_token })
+        })
+        .await;
+        Ok(Response::new(self.shared.finish(&call, result)?))
     }
 
     async fn rotate_key(&self, req: Request<proto::RotateKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
@@ -817,8 +847,11 @@ const MAX_AUDIT_BYTES: usize = 1 << 30;
 #[tonic::async_trait]
 impl proto::admin_server::Admin for AdminService {
     async fn status(&self, req: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
-        // Health-like: any authenticated caller may ask (audited).
-        let call = self.shared.begin_unchecked(&req, Op::KeyRead, "status")?;
+        // Key counts and the next deadline are not for every certificate:
+        // the `status` right (health and reflection stay open). While the
+        // policy is not loaded yet this answers UNAVAILABLE, as the other
+        // calls do; health says NOT_SERVING meanwhile.
+        let call = self.shared.begin(&req, Op::Status, None)?;
         let m = &self.shared.metrics;
         let now = kmsd_keystore::Clock::now(&kmsd_keystore::SystemClock);
         let mut resp = proto::StatusResponse {
@@ -834,10 +867,7 @@ impl proto::admin_server::Admin for AdminService {
             resp.versions_by_state = s.versions_by_state.to_vec();
             resp.next_scheduled_at = keys.next_deadline().unwrap_or(0);
         }
-        if self.shared.access.get().is_some() {
-            return Ok(Response::new(self.shared.finish(&call, Ok(resp))?));
-        }
-        Ok(Response::new(resp))
+        Ok(Response::new(self.shared.finish(&call, Ok(resp))?))
     }
 
     async fn reload_policy(

@@ -406,6 +406,11 @@ async fn policy_denies_everything_not_allowed_and_deny_wins() {
             "admin.reload",
             a.reload_policy(proto::ReloadPolicyRequest {}).await.unwrap_err(),
         ),
+        ("status", a.status(proto::StatusRequest {}).await.unwrap_err()),
+        (
+            "key.read",
+            k.list_keys(proto::ListKeysRequest::default()).await.unwrap_err(),
+        ),
     ];
     for (op, st) in checks {
         assert_eq!(st.code(), Code::PermissionDenied, "{op}: {st:?}");
@@ -446,14 +451,105 @@ async fn policy_denies_everything_not_allowed_and_deny_wins() {
         .into_inner()
         .names;
     assert_eq!(names, vec!["payments.archive-2020", "payments.pan"]);
-    assert!(env
-        .keys(s)
-        .list_keys(proto::ListKeysRequest::default())
+}
+
+/// `ListKeys` and `Status` tell a caller nothing it has no right to:
+/// a stranger is refused outright, and a caller with `key.read` on some
+/// keys pages through exactly those, with tokens that name no other key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_and_status_reveal_nothing_without_rights() {
+    let env = Env::new().await;
+    let mut k = env.keys("admin");
+    let hidden = ["a.secret", "b.secret", "payments", "pz.secret", "z.secret"];
+    for name in hidden.iter().chain(&["payments.a", "payments.b", "payments.c"]) {
+        k.create_key(proto::CreateKeyRequest {
+            name: (*name).into(),
+            algorithm: 0,
+            policy: None,
+        })
+        .await
+        .unwrap();
+    }
+    let list = |page_size: u32, page_token: &str, prefix: &str| proto::ListKeysRequest {
+        page_size,
+        page_token: page_token.into(),
+        prefix: prefix.into(),
+    };
+    // a certificate outside the policy: refused, whatever the page size
+    for page_size in [0, 1] {
+        let e = env
+            .keys("stranger")
+            .list_keys(list(page_size, "", ""))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("key.read"), "{}", e.message());
+        assert!(!hidden.iter().any(|h| e.message().contains(h)), "{}", e.message());
+    }
+    // a caller with rights on other keys (key.read on payments.*), one name
+    // per page: only its names, and no token once they are exhausted
+    // (although hidden names follow), and no token that spells a name
+    let mut hashed = env.keys("hashed");
+    for prefix in ["", "p", "payments."] {
+        let (mut seen, mut token, mut pages) = (vec![], String::new(), 0);
+        loop {
+            let r = hashed.list_keys(list(1, &token, prefix)).await.unwrap().into_inner();
+            pages += 1;
+            assert_eq!(r.names.len(), 1, "every page shows a name (prefix {prefix:?}): {r:?}");
+            seen.extend(r.names);
+            for h in hidden.iter().chain(&["payments.a", "payments.b", "payments.c"]) {
+                assert!(!r.next_page_token.contains(&hex::encode(h)), "token spells {h}");
+            }
+            if r.next_page_token.is_empty() {
+                break;
+            }
+            token = r.next_page_token;
+            assert!(pages < 10, "endless paging");
+        }
+        assert_eq!(seen, ["payments.a", "payments.b", "payments.c"], "prefix {prefix:?}");
+        assert_eq!(pages, 3);
+    }
+    // a prefix under which it may read nothing: no names, no token
+    for prefix in ["a", "z", "payments.d"] {
+        let r = hashed.list_keys(list(1, "", prefix)).await.unwrap().into_inner();
+        assert!(r.names.is_empty() && r.next_page_token.is_empty(), "{prefix}: {r:?}");
+    }
+    // tokens are opaque: a forged one (the old hex of a name), one of
+    // another caller or another prefix are refused
+    let first = hashed.list_keys(list(1, "", "")).await.unwrap().into_inner();
+    for (who, token, prefix) in [
+        ("hashed", hex::encode("a.secret"), ""),
+        ("hashed", first.next_page_token.clone(), "p"),
+        ("admin", first.next_page_token.clone(), ""),
+    ] {
+        let e = env.keys(who).list_keys(list(1, &token, prefix)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{who}: {e:?}");
+    }
+    // the admin (key.read on *) sees everything, page by page
+    let (mut all, mut token) = (vec![], String::new());
+    loop {
+        let r = k.list_keys(list(3, &token, "")).await.unwrap().into_inner();
+        all.extend(r.names);
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+    }
+    assert_eq!(all.len(), 8);
+
+    // Status needs the status right: a stranger and a reader are refused
+    for who in ["stranger", "hashed"] {
+        let e = env.admin(who).status(proto::StatusRequest {}).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{who}: {e:?}");
+        assert!(e.message().contains("status"), "{}", e.message());
+    }
+    let s = env
+        .admin("admin")
+        .status(proto::StatusRequest {})
         .await
         .unwrap()
-        .into_inner()
-        .names
-        .is_empty());
+        .into_inner();
+    assert_eq!(s.keys, 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
