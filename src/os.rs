@@ -81,30 +81,52 @@ pub fn listen_fds_were_passed() -> bool {
 /// First file descriptor systemd passes.
 const SD_LISTEN_FDS_START: RawFd = 3;
 
+/// What `LISTEN_PID` / `LISTEN_FDS` / `LISTEN_FDNAMES` said: how many
+/// sockets were passed to this process, and their names. `None` when the
+/// variables are absent, malformed or meant for another process.
+pub fn parse_listen_env(
+    pid: Option<&str>,
+    fds: Option<&str>,
+    names: Option<&str>,
+    own_pid: u32,
+) -> Option<(RawFd, Vec<String>)> {
+    let pid_ok = pid.and_then(|p| p.parse::<u32>().ok()).is_some_and(|p| p == own_pid);
+    let count = fds.and_then(|n| n.parse::<RawFd>().ok()).unwrap_or(0);
+    if !pid_ok || count <= 0 {
+        return None;
+    }
+    let names = names
+        .map(|n| n.split(':').map(str::to_owned).collect())
+        .unwrap_or_default();
+    Some((count.min(64), names))
+}
+
 /// Takes the sockets passed through `LISTEN_FDS` / `LISTEN_FDNAMES`, if
 /// they are meant for this process (`LISTEN_PID`), and unsets the
 /// variables so that children do not inherit them.
-pub fn listen_fds() -> Vec<PassedSocket> {
-    let pid_ok = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        .is_some_and(|p| p == std::process::id());
-    let count = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse::<RawFd>().ok())
-        .unwrap_or(0);
-    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
-        .map(|n| n.split(':').map(str::to_owned).collect())
-        .unwrap_or_default();
+///
+/// Call it first thing in `main`, before any thread exists (the tokio
+/// runtime, sled's flusher): changing the environment while another thread
+/// may read it (`getenv` in libc, in a resolver, in a logging crate) is
+/// undefined behaviour, which is why `remove_var` becomes `unsafe` in
+/// edition 2024.
+pub fn take_listen_fds() -> Vec<PassedSocket> {
+    let var = |k: &str| std::env::var(k).ok();
+    let parsed = parse_listen_env(
+        var("LISTEN_PID").as_deref(),
+        var("LISTEN_FDS").as_deref(),
+        var("LISTEN_FDNAMES").as_deref(),
+        std::process::id(),
+    );
     std::env::remove_var("LISTEN_PID");
     std::env::remove_var("LISTEN_FDS");
     std::env::remove_var("LISTEN_FDNAMES");
-    if !pid_ok || count <= 0 {
+    let Some((count, names)) = parsed else {
         return Vec::new();
-    }
+    };
     PASSED.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut out = Vec::new();
-    for i in 0..count.min(64) {
+    for i in 0..count {
         let raw = SD_LISTEN_FDS_START + i;
         // SAFETY: systemd passes `count` open descriptors starting at 3 to
         // this pid (checked above); each is taken exactly once here.
@@ -125,4 +147,29 @@ pub fn listen_fds() -> Vec<PassedSocket> {
 fn unsafe_zeroed_storage() -> libc::sockaddr_storage {
     // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
     unsafe { std::mem::zeroed() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_listen_env;
+
+    #[test]
+    fn listen_env_is_only_taken_for_this_process() {
+        assert_eq!(
+            parse_listen_env(Some("42"), Some("2"), Some("grpc:tcp"), 42),
+            Some((2, vec!["grpc".to_string(), "tcp".to_string()]))
+        );
+        assert_eq!(parse_listen_env(Some("42"), Some("1"), None, 42), Some((1, vec![])));
+        // another process's sockets, none, garbage
+        assert_eq!(parse_listen_env(Some("41"), Some("2"), None, 42), None);
+        assert_eq!(parse_listen_env(None, Some("2"), None, 42), None);
+        assert_eq!(parse_listen_env(Some("42"), Some("0"), None, 42), None);
+        assert_eq!(parse_listen_env(Some("42"), Some("-3"), None, 42), None);
+        assert_eq!(parse_listen_env(Some("42"), Some("x"), None, 42), None);
+        // at most 64
+        assert_eq!(
+            parse_listen_env(Some("42"), Some("1000"), None, 42).map(|p| p.0),
+            Some(64)
+        );
+    }
 }

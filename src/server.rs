@@ -12,10 +12,11 @@ use crate::config::Config;
 use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::notify::notify;
+use crate::os::PassedSocket;
 use crate::proto;
 use crate::service::{CryptoService, KeysService, Shared};
 use crate::tls::{self, Acceptor, RawStream};
-use kmsd_keystore::{KeyStore, MasterKey, RingStore, Sealer, SledStore, SystemClock};
+use kmsd_keystore::{KeyStore, RingStore, Sealer, SledStore, SystemClock};
 use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -37,9 +38,9 @@ fn err(context: &str, e: impl std::fmt::Display) -> StartError {
 /// rekey is incomplete.
 pub fn sealer(config: &Config) -> Result<Sealer, StartError> {
     let mk_path = config.master_key_path().map_err(|e| err("master key", e))?;
-    let mut sealer = Sealer::new(MasterKey::load(&mk_path).map_err(|e| err("master key", e))?);
+    let mut sealer = Sealer::new(crate::config::load_master_key(&mk_path).map_err(|e| err("master key", e))?);
     if let Some(prev) = &config.store.previous_master_key {
-        sealer = sealer.with_previous(MasterKey::load(prev).map_err(|e| err("previous master key", e))?);
+        sealer = sealer.with_previous(crate::config::load_master_key(prev).map_err(|e| err("previous master key", e))?);
     }
     tracing::info!(key_id = %sealer.key_id_hex(), "master key loaded");
     Ok(sealer)
@@ -101,10 +102,10 @@ enum Listener {
     Tcp(TcpListener),
 }
 
-/// Takes listeners from systemd socket activation, or binds the
-/// configured ones. TCP addresses are checked to be internal either way.
-fn listeners(config: &Config) -> Result<Vec<Listener>, StartError> {
-    let passed = crate::os::listen_fds();
+/// Takes listeners from systemd socket activation (`passed`, taken in
+/// `main` before the runtime started), or binds the configured ones. TCP
+/// addresses are checked to be internal either way.
+fn listeners(config: &Config, passed: Vec<PassedSocket>) -> Result<Vec<Listener>, StartError> {
     let mut out = Vec::new();
     if !passed.is_empty() {
         for p in passed {
@@ -208,8 +209,10 @@ impl Signals {
     }
 }
 
-/// Runs the daemon until the shutdown signal.
-pub async fn run(config: Config, signals: Signals) -> Result<(), StartError> {
+/// Runs the daemon until the shutdown signal. `passed` are the sockets
+/// systemd passed ([`crate::os::take_listen_fds`], called in `main` before
+/// any thread started); empty means bind the configured listeners.
+pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) -> Result<(), StartError> {
     notify("STATUS=self-test");
     kmsd_keystore::aead::self_test()
         .map_err(|e| StartError(format!("AEAD self-test failed, refusing to start: {e}")))?;
@@ -231,7 +234,7 @@ pub async fn run(config: Config, signals: Signals) -> Result<(), StartError> {
         out: conn_tx,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
-    for l in listeners(&config)? {
+    for l in listeners(&config, passed)? {
         spawn_accept_loop(l, acceptor.clone(), stop_rx.clone());
     }
     drop(acceptor);

@@ -136,14 +136,15 @@ fn offline(config: &std::path::Path, f: impl FnOnce(&Config) -> Result<(), Strin
 }
 
 fn rekey(cfg: &Config, new_key: &std::path::Path) -> Result<(), String> {
-    use kmsd_keystore::{MasterKey, Sealer};
+    use kmsd::config::load_master_key;
+    use kmsd_keystore::Sealer;
     let old = kmsd::server::sealer(cfg).map_err(|e| e.to_string())?;
-    let old_key = MasterKey::load(&cfg.master_key_path().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    let new = MasterKey::load(new_key).map_err(|e| e.to_string())?;
+    let old_key = load_master_key(&cfg.master_key_path().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let new = load_master_key(new_key).map_err(|e| e.to_string())?;
     let mut sealer = Sealer::new(new).with_previous(old_key);
     if let Some(prev) = &cfg.store.previous_master_key {
         // resuming: the configured key may already be the new one
-        sealer = sealer.with_previous(MasterKey::load(prev).map_err(|e| e.to_string())?);
+        sealer = sealer.with_previous(load_master_key(prev).map_err(|e| e.to_string())?);
     }
     let store = kmsd::server::open_store(cfg).map_err(|e| e.to_string())?;
     let pb = progress(0, "rekey");
@@ -176,6 +177,8 @@ fn restore(cfg: &Config, file: &std::path::Path) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    // Before anything can start a thread (sled, tokio): this clears LISTEN_*.
+    let passed = kmsd::os::take_listen_fds();
     let cli = Cli::parse();
     let (config, dev) = match cli.cmd {
         Cmd::Init { master_key } => {
@@ -291,7 +294,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(format!("tokio runtime: {e}")),
     };
-    match rt.block_on(async { kmsd::server::run(config, kmsd::server::Signals::from_os()).await }) {
+    match rt.block_on(async { kmsd::server::run(config, passed, kmsd::server::Signals::from_os()).await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "kmsd failed");
