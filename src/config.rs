@@ -310,9 +310,14 @@ impl Config {
         if let Err(e) = crate::tls::server_config(&cfg.tls) {
             problems.push(format!("{}: tls: {e}", path.display()));
         }
+        if let Some(prev) = &cfg.store.previous_master_key {
+            if let Err(e) = load_master_key(prev) {
+                problems.push(format!("{}: previous master key: {e}", path.display()));
+            }
+        }
         match cfg.master_key_path() {
             Ok(mk) => {
-                if let Err(e) = kmsd_keystore::MasterKey::load(&mk) {
+                if let Err(e) = load_master_key(&mk) {
                     problems.push(format!("{}: {e}", path.display()));
                 }
             }
@@ -333,6 +338,48 @@ impl Config {
             )),
         }
     }
+}
+
+/// Refuses a secret file (master key, TLS private key) that group or
+/// others may read or write, as OpenSSH does for private keys: on a shared
+/// host a `0644` key is a key every local account holds. Files under
+/// systemd's `$CREDENTIALS_DIRECTORY` are exempt: systemd makes that
+/// directory readable by the service alone (and the files are not ours to
+/// chmod). A file that cannot be inspected is left to the loader, whose
+/// error says why it cannot be read.
+pub fn check_secret_file(path: &Path, what: &str) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 || in_credentials_directory(path) {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid(format!(
+        "{} is accessible by group or others (mode {mode:04o}): a {what} must be readable by the kmsd \
+         user alone (chmod 600 {})",
+        path.display(),
+        path.display()
+    )))
+}
+
+/// Whether `path` (symlinks resolved) lies in systemd's credentials
+/// directory.
+fn in_credentials_directory(path: &Path) -> bool {
+    let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
+        return false;
+    };
+    match (Path::new(&dir).canonicalize(), path.canonicalize()) {
+        (Ok(dir), Ok(file)) => file.starts_with(dir),
+        _ => false,
+    }
+}
+
+/// Loads a master key file after [`check_secret_file`].
+pub fn load_master_key(path: &Path) -> Result<kmsd_keystore::MasterKey, ConfigError> {
+    check_secret_file(path, "master key")?;
+    kmsd_keystore::MasterKey::load(path).map_err(|e| ConfigError::Invalid(e.to_string()))
 }
 
 /// Whether `ip` is loopback or in a private range: 127/8, ::1, 10/8,

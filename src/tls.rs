@@ -48,8 +48,10 @@ pub fn load_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, TlsErr
 }
 
 /// Builds the server configuration: TLS 1.3 only, ALPN h2, client
-/// certificates required and verified against `client_ca`.
+/// certificates required and verified against `client_ca`. A private key
+/// that group or others can read is refused (at start and on reload).
 pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, TlsError> {
+    crate::config::check_secret_file(&tls.key, "TLS private key").map_err(|e| TlsError(e.to_string()))?;
     let mut roots = RootCertStore::empty();
     for ca in load_certs(&tls.client_ca)? {
         roots
