@@ -105,11 +105,21 @@ pub struct Store {
 pub struct Limits {
     /// Largest gRPC message accepted, in bytes (default 4 MiB).
     pub max_message_bytes: usize,
-    /// Concurrent connections, over all listeners (default 1024).
+    /// Authenticated connections (client certificate verified), over all
+    /// listeners (default 1024). Connections still in the TLS handshake do
+    /// not count: they have `max_handshakes`.
     pub max_connections: usize,
+    /// Connections in the TLS handshake at once, over all listeners
+    /// (default 256). When full, a new connection evicts the oldest
+    /// pending handshake that has not sent a byte, else the oldest.
+    pub max_handshakes: usize,
     /// A TLS handshake must finish within this (default 10 s).
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// An authenticated connection with no request in flight for this long
+    /// is closed (default 5 min); clients reconnect on their next call.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// Each request must finish within this (default 30 s).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -127,7 +137,9 @@ impl Default for Limits {
         Limits {
             max_message_bytes: 4 * 1024 * 1024,
             max_connections: 1024,
+            max_handshakes: 256,
             handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
             max_concurrent_streams: 256,
             max_batch_items: 10_000,
@@ -258,6 +270,12 @@ impl Config {
         }
         if self.limits.max_connections == 0 || self.limits.max_concurrent_streams == 0 {
             out.push("limits: connection and stream limits must be positive".into());
+        }
+        if self.limits.max_handshakes == 0 {
+            out.push("limits.max_handshakes must be positive".into());
+        }
+        if self.limits.idle_timeout < Duration::from_secs(1) {
+            out.push("limits.idle_timeout must be at least 1s".into());
         }
         if self.limits.max_batch_items == 0 {
             out.push("limits.max_batch_items must be positive".into());

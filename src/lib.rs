@@ -6,8 +6,9 @@
 //!   AES-256-GCM core, with per-message derived keys.
 //! - [`keys`]: key rings in memory (zeroizing, cached so the data path
 //!   never reads the store) and their administration through the store.
-//! - [`tls`]: rustls server configuration, client identities, and the
-//!   accept loop with connection cap and handshake timeout.
+//! - [`tls`]: rustls server configuration and client identities;
+//!   [`conn`]: admission (handshake budget with eviction, cap on
+//!   authenticated connections, idle timeout) and the per-request identity.
 //! - [`service`]: the gRPC services (`kmsd.v1.Crypto`, `kmsd.v1.Keys`).
 //! - [`server`]: start-up (self-test, master key, store, listeners) and
 //!   graceful shutdown.
@@ -34,6 +35,7 @@ pub mod audit;
 pub mod authz;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod crypto;
 pub mod dev;
 pub mod error;

@@ -107,8 +107,16 @@ pub struct Metrics {
     pub tls_handshake_failures: AtomicU64,
     /// TLS handshakes dropped for taking too long.
     pub tls_handshake_timeouts: AtomicU64,
-    /// Connections refused at the connection cap.
+    /// Authenticated connections refused at the connection cap.
     pub connections_refused: AtomicU64,
+    /// Pending handshakes dropped to make room for a newer connection.
+    pub handshakes_evicted: AtomicU64,
+    /// Authenticated connections closed after the idle timeout.
+    pub idle_closed: AtomicU64,
+    /// Connections in the TLS handshake now.
+    pub handshakes_in_progress: AtomicU64,
+    /// Authenticated connections open now.
+    pub connections_established: AtomicU64,
     /// Audit record write latency (from enqueue to durable).
     pub audit_write: Histogram,
     /// Audit records that could not be written.
@@ -131,6 +139,10 @@ impl Default for Metrics {
             tls_handshake_failures: AtomicU64::new(0),
             tls_handshake_timeouts: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
+            handshakes_evicted: AtomicU64::new(0),
+            idle_closed: AtomicU64::new(0),
+            handshakes_in_progress: AtomicU64::new(0),
+            connections_established: AtomicU64::new(0),
             audit_write: Histogram::default(),
             audit_write_failures: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
@@ -202,8 +214,26 @@ impl Metrics {
         counter(
             &mut out,
             "kmsd_connections_refused_total",
-            "Connections refused at the connection cap.",
+            "Authenticated connections refused at the connection cap.",
             self.connections_refused.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "kmsd_tls_handshakes_evicted_total",
+            "Pending TLS handshakes dropped because the handshake budget was full.",
+            self.handshakes_evicted.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "kmsd_idle_connections_closed_total",
+            "Authenticated connections closed after the idle timeout.",
+            self.idle_closed.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP kmsd_connections Open connections by state.\n# TYPE kmsd_connections gauge\nkmsd_connections{{state=\"handshake\"}} {}\nkmsd_connections{{state=\"established\"}} {}",
+            self.handshakes_in_progress.load(Ordering::Relaxed),
+            self.connections_established.load(Ordering::Relaxed)
         );
         counter(
             &mut out,

@@ -1,6 +1,7 @@
 //! The one module that talks to the OS below std, and so the only place
 //! with `unsafe`: process hardening (`prctl`, `setrlimit`, `mlockall`) and
-//! taking over sockets passed by systemd (`LISTEN_FDS`).
+//! taking over sockets passed by systemd (`LISTEN_FDS`), and peeking at a
+//! socket's input without taking it.
 //!
 //! Each `unsafe` block is a single libc call whose arguments are plain
 //! integers or pointers to locals; the safety comment on each says why.
@@ -142,6 +143,30 @@ pub fn take_listen_fds() -> Vec<PassedSocket> {
         out.push(PassedSocket { name, fd, unix });
     }
     out
+}
+
+/// Whether the socket has unread input (or its peer has closed it) right
+/// now: `recv(MSG_PEEK | MSG_DONTWAIT)` of one byte, which takes nothing
+/// from the socket. Any error but "would block" counts as input (the
+/// handshake task will see it).
+pub fn has_input(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: `byte` is a valid, writable local of the length passed; the
+    // descriptor is borrowed, so it stays open for the call.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n >= 0 {
+        return true;
+    }
+    let e = std::io::Error::last_os_error().kind();
+    !matches!(e, std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted)
 }
 
 fn unsafe_zeroed_storage() -> libc::sockaddr_storage {

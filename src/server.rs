@@ -9,19 +9,20 @@
 //! the old configuration stays. SIGTERM stops accepting, lets in-flight
 //! calls finish within `limits.shutdown_timeout`, syncs the store and exits.
 use crate::config::Config;
+use crate::conn::{Acceptor, ConnLayer};
 use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::notify::notify;
 use crate::os::PassedSocket;
 use crate::proto;
 use crate::service::{CryptoService, KeysService, Shared};
-use crate::tls::{self, Acceptor, RawStream};
+use crate::tls::{self, RawStream};
 use kmsd_keystore::{KeyStore, RingStore, Sealer, SledStore, SystemClock};
 use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt as _;
 
@@ -159,7 +160,7 @@ fn spawn_accept_loop(listener: Listener, acceptor: Acceptor, mut stop: watch::Re
                 } => r,
             };
             match accepted {
-                Ok((s, peer)) => acceptor.admit(s, peer).await,
+                Ok((s, peer)) => acceptor.admit(s, peer),
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -226,13 +227,7 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
     });
 
     let (conn_tx, conn_rx) = mpsc::channel(128);
-    let acceptor = Acceptor {
-        config: tls_config.clone(),
-        permits: Arc::new(Semaphore::new(config.limits.max_connections)),
-        limits: config.limits.clone(),
-        metrics: metrics.clone(),
-        out: conn_tx,
-    };
+    let acceptor = Acceptor::new(tls_config.clone(), config.limits.clone(), metrics.clone(), conn_tx);
     let (stop_tx, stop_rx) = watch::channel(false);
     for l in listeners(&config, passed)? {
         spawn_accept_loop(l, acceptor.clone(), stop_rx.clone());
@@ -260,6 +255,7 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
         .timeout(config.limits.request_timeout)
         .max_concurrent_streams(config.limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .layer(ConnLayer)
         .layer(crate::metrics::InFlightLayer(metrics.clone()))
         .layer(tower::util::MapResponseLayer::new(map_size_status))
         .add_service(

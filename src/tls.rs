@@ -1,23 +1,19 @@
 //! TLS for the gRPC listeners: rustls, TLS 1.3 only, client certificate
 //! required and verified against the configured CA; the client's identity
-//! extracted from its verified certificate; and the accept loop that caps
-//! connections and drops clients that stall in the handshake.
-use crate::config::{Limits, Tls};
+//! extracted from its verified certificate. Admission (handshake budget,
+//! connection cap, idle timeout) is in [`crate::conn`].
+use crate::config::Tls;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 
 /// A TLS setup problem (bad file, bad key, bad CA).
 #[derive(Debug, thiserror::Error)]
@@ -172,158 +168,9 @@ impl AsyncWrite for RawStream {
     }
 }
 
-/// An accepted, authenticated connection. Holds a connection-cap permit
-/// for as long as it lives.
-pub struct Conn {
-    tls: TlsStream<RawStream>,
-    peer: Arc<PeerIdentity>,
-    _permit: OwnedSemaphorePermit,
-    /// Set once our side is shut down: how long we keep reading.
-    linger: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-/// How long a closing connection keeps reading what the client still
-/// sends (its last WINDOW_UPDATEs, its close_notify) before the socket is
-/// dropped. Closing a socket with unread input makes the peer's next write
-/// fail (EPIPE, or a TCP RST that can discard our last response frames
-/// from its receive buffer); a lingering close lets the client read every
-/// response of a graceful shutdown.
-const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
-
-impl tonic::transport::server::Connected for Conn {
-    type ConnectInfo = Arc<PeerIdentity>;
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.peer.clone()
-    }
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tls).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tls).poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tls).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.linger.is_none() {
-            // close_notify, flush, and shut down our write side
-            std::task::ready!(Pin::new(&mut this.tls).poll_shutdown(cx))?;
-            this.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
-        }
-        // Lingering close: discard input until the peer closes, fails or
-        // the deadline passes.
-        let mut scratch = [0u8; 4096];
-        loop {
-            if let Some(deadline) = this.linger.as_mut() {
-                if deadline.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Ok(()));
-                }
-            }
-            let mut buf = ReadBuf::new(&mut scratch);
-            match Pin::new(&mut this.tls).poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
-                Poll::Ready(_) => return Poll::Ready(Ok(())),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tls).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.tls.is_write_vectored()
-    }
-}
-
 /// The current TLS configuration, swapped atomically on reload; new
 /// handshakes use the new one, established connections keep theirs.
 pub type SharedServerConfig = Arc<RwLock<Arc<ServerConfig>>>;
-
-/// Shared state of every accept loop.
-#[derive(Clone)]
-pub struct Acceptor {
-    /// TLS configuration (reloadable).
-    pub config: SharedServerConfig,
-    /// Connection cap over all listeners.
-    pub permits: Arc<Semaphore>,
-    /// Limits (handshake timeout).
-    pub limits: Limits,
-    /// Handshake failure counters.
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// Where authenticated connections go (to the gRPC server).
-    pub out: mpsc::Sender<Conn>,
-}
-
-impl Acceptor {
-    /// Handshakes one accepted stream in its own task: the connection cap
-    /// is taken before the handshake, and a handshake that does not finish
-    /// within the timeout is dropped.
-    pub async fn admit(&self, raw: RawStream, peer_addr: String) {
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            self.metrics
-                .connections_refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(peer = %peer_addr, "connection refused: connection limit reached");
-            return;
-        };
-        let cfg = match self.config.read() {
-            Ok(c) => c.clone(),
-            Err(_) => return,
-        };
-        let this = self.clone();
-        tokio::spawn(async move {
-            let accept = TlsAcceptor::from(cfg).accept(raw);
-            let tls = match tokio::time::timeout(this.limits.handshake_timeout, accept).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    this.metrics
-                        .tls_handshake_failures
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::warn!(peer = %peer_addr, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    this.metrics
-                        .tls_handshake_timeouts
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::warn!(peer = %peer_addr, "TLS handshake timed out; connection dropped");
-                    return;
-                }
-            };
-            let identity = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| PeerIdentity::from_cert(c, peer_addr.clone()));
-            let Some(peer) = identity else {
-                tracing::warn!(peer = %peer_addr, "client certificate could not be parsed; connection dropped");
-                return;
-            };
-            tracing::debug!(peer = %peer_addr, identity = peer.id(), "client connected");
-            let _ = this
-                .out
-                .send(Conn {
-                    tls,
-                    peer: Arc::new(peer),
-                    _permit: permit,
-                    linger: None,
-                })
-                .await;
-        });
-    }
-}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

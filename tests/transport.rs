@@ -81,3 +81,174 @@ fn key_files_readable_by_group_or_others_are_refused() {
     let ok = kmsd(&["check-config", config], &[("CREDENTIALS_DIRECTORY", &creds)]);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 }
+
+fn scrape(path: &Path) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: kmsd\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The value of a metric series (the whole line up to the value).
+fn metric(path: &Path, series: &str) -> u64 {
+    let body = scrape(path);
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{body}"))
+}
+
+fn wait_metric(path: &Path, series: &str, ok: impl Fn(u64) -> bool) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = metric(path, series);
+        if ok(v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{series} stayed at {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Holds `n` TCP connections to `addr` open without ever sending a byte,
+/// reopening each one the daemon closes, until `stop`. Returns how many
+/// connections it opened in all.
+fn flood(
+    addr: String,
+    n: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    use std::io::Read;
+    std::thread::spawn(move || {
+        let sa: std::net::SocketAddr = addr.parse().unwrap();
+        let open = || {
+            let s = std::net::TcpStream::connect_timeout(&sa, Duration::from_millis(200)).ok()?;
+            s.set_nonblocking(true).ok()?;
+            Some(s)
+        };
+        let mut socks: Vec<Option<std::net::TcpStream>> = (0..n).map(|_| open()).collect();
+        let mut opened = n;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for s in socks.iter_mut() {
+                let closed = match s {
+                    None => true,
+                    Some(sock) => {
+                        !matches!(sock.read(&mut [0u8; 16]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                    }
+                };
+                if closed {
+                    *s = open();
+                    opened += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        opened
+    })
+}
+
+/// A real client with a certificate completes a call within two seconds.
+async fn served_quickly(d: &Daemon, phase: usize) {
+    for _ in 0..3 {
+        let call = async {
+            let settings = d.settings("client", d.tcp.as_deref());
+            let ch = kmsd::client::connect(&settings)
+                .await
+                .unwrap_or_else(|e| panic!("phase {phase}: {e}"));
+            let mut keys = kmsd::proto::keys_client::KeysClient::new(ch);
+            keys.list_keys(kmsd::proto::ListKeysRequest::default()).await.unwrap();
+        };
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(2), call)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "phase {phase}: a client with a certificate was kept out for {:?}",
+                    started.elapsed()
+                )
+            });
+    }
+}
+
+/// 200 sockets that never start a handshake, reopened as soon as they are
+/// closed, do not keep a client with a certificate out when
+/// `max_connections = 32`: handshakes have their own budget, and when it is
+/// full the oldest silent one is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_flood_does_not_keep_a_real_client_out() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    for (phase, limits) in [
+        // the default handshake budget (256) holds the whole flood
+        "max_connections = 32",
+        // a budget smaller than the flood: handshakes are evicted all the time
+        "max_connections = 32\nmax_handshakes = 32",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        Pki::new(dir.path());
+        let metrics = dir.path().join("metrics.sock");
+        let d = Daemon::start_with(
+            dir.path(),
+            &format!(
+                "[limits]\n{limits}\n[metrics]\nlisten = \"unix:{}\"\n",
+                metrics.display()
+            ),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let attacker = flood(d.tcp.clone().unwrap(), 200, stop.clone());
+        let budget = if phase == 0 { 200 } else { 32 };
+        wait_metric(&metrics, "kmsd_connections{state=\"handshake\"}", |v| v >= budget);
+        if phase == 1 {
+            wait_metric(&metrics, "kmsd_tls_handshakes_evicted_total", |v| v >= 168);
+        }
+        served_quickly(&d, phase).await;
+        stop.store(true, Ordering::Relaxed);
+        let opened = attacker.join().unwrap();
+        eprintln!(
+            "phase {phase}: the flood opened {opened} connections, {} handshakes evicted",
+            metric(&metrics, "kmsd_tls_handshakes_evicted_total")
+        );
+        assert!(opened >= 200);
+        if phase == 1 {
+            assert!(opened > 200, "the flood reopened the sockets the daemon dropped");
+        }
+        assert_eq!(metric(&metrics, "kmsd_connections_refused_total"), 0);
+    }
+}
+
+/// An authenticated connection with no call in flight for `idle_timeout`
+/// is closed (its slot freed); one that keeps calling is not; the client
+/// reconnects on its next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_authenticated_connections_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    let metrics = dir.path().join("metrics.sock");
+    let d = Daemon::start_with(
+        dir.path(),
+        &format!(
+            "[limits]\nidle_timeout = \"1s\"\n[metrics]\nlisten = \"unix:{}\"\n",
+            metrics.display()
+        ),
+    );
+    let mut keys = kmsd::proto::keys_client::KeysClient::new(d.channel().await);
+    for _ in 0..8 {
+        keys.list_keys(kmsd::proto::ListKeysRequest::default()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        metric(&metrics, "kmsd_idle_connections_closed_total"),
+        0,
+        "busy, not idle"
+    );
+    assert_eq!(metric(&metrics, "kmsd_connections{state=\"established\"}"), 1);
+    wait_metric(&metrics, "kmsd_idle_connections_closed_total", |v| v == 1);
+    wait_metric(&metrics, "kmsd_connections{state=\"established\"}", |v| v == 0);
+    keys.list_keys(kmsd::proto::ListKeysRequest::default()).await.unwrap();
+    assert_eq!(metric(&metrics, "kmsd_connections{state=\"established\"}"), 1);
+}

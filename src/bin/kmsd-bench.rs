@@ -198,26 +198,25 @@ async fn echo_server(dir: &Path, socket: &Path, tcp: &str) -> Result<(), BoxErro
         client_ca: dir.join("ca.pem"),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(128);
-    let acceptor = kmsd::tls::Acceptor {
-        config: Arc::new(std::sync::RwLock::new(kmsd::tls::server_config(&tls)?)),
-        permits: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
-        limits: limits.clone(),
-        metrics: Arc::new(kmsd::metrics::Metrics::default()),
-        out: tx,
-    };
+    let acceptor = kmsd::conn::Acceptor::new(
+        Arc::new(std::sync::RwLock::new(kmsd::tls::server_config(&tls)?)),
+        limits.clone(),
+        Arc::new(kmsd::metrics::Metrics::default()),
+        tx,
+    );
     let _ = std::fs::remove_file(socket);
     let unix = tokio::net::UnixListener::bind(socket)?;
     let tcp = tokio::net::TcpListener::bind(tcp).await?;
     let a = acceptor.clone();
     tokio::spawn(async move {
         while let Ok((s, _)) = unix.accept().await {
-            a.admit(kmsd::tls::RawStream::Unix(s), "unix".into()).await;
+            a.admit(kmsd::tls::RawStream::Unix(s), "unix".into());
         }
     });
     tokio::spawn(async move {
         while let Ok((s, peer)) = tcp.accept().await {
             let _ = s.set_nodelay(true);
-            acceptor.admit(kmsd::tls::RawStream::Tcp(s), peer.to_string()).await;
+            acceptor.admit(kmsd::tls::RawStream::Tcp(s), peer.to_string());
         }
     });
     let max = limits.max_message_bytes;
@@ -225,6 +224,7 @@ async fn echo_server(dir: &Path, socket: &Path, tcp: &str) -> Result<(), BoxErro
         .timeout(limits.request_timeout)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(kmsd::conn::ConnLayer)
         .add_service(
             proto::crypto_server::CryptoServer::new(Echo)
                 .max_decoding_message_size(max)
