@@ -352,7 +352,9 @@ impl Config {
         match std::env::var_os("CREDENTIALS_DIRECTORY") {
             Some(dir) => Ok(PathBuf::from(dir).join("master-key")),
             None => Err(ConfigError::Invalid(
-                "store.master_key is not set and $CREDENTIALS_DIRECTORY is not set (no systemd credential)".into(),
+                "store.master_key is not set and $CREDENTIALS_DIRECTORY is not set (no systemd credential; \
+                 run offline commands with the credential, see kmsd_offline in the README's operator guide)"
+                    .into(),
             )),
         }
     }

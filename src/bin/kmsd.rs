@@ -85,8 +85,15 @@ enum Cmd {
     },
 }
 
+/// Prefix of kmsd's own journal fields (`KMSD_OP`, ...); the README names them.
+const JOURNAL_FIELD_PREFIX: &str = "KMSD";
+
 /// Logs to journald when started by systemd with its journal connected
-/// (`JOURNAL_STREAM`), else to stderr as text or JSON.
+/// (`JOURNAL_STREAM`), else to stderr as text or JSON. In the journal each
+/// event field is its own field with a `KMSD_` prefix (`KMSD_IDENTITY`,
+/// `KMSD_OP`, `KMSD_KEY`, `KMSD_CODE`, `KMSD_MICROS`, ...), so operators can
+/// filter (`journalctl -u kmsd KMSD_OP=key.rotate`) and fields never
+/// collide with journald's own (`PRIORITY`, `CODE_FILE`, ...).
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::prelude::*;
     let filter = || {
@@ -97,7 +104,11 @@ fn init_tracing(format: LogFormat) {
         if let Ok(journald) = tracing_journald::layer() {
             tracing_subscriber::registry()
                 .with(filter())
-                .with(journald.with_syslog_identifier("kmsd".into()))
+                .with(
+                    journald
+                        .with_syslog_identifier("kmsd".into())
+                        .with_field_prefix(Some(JOURNAL_FIELD_PREFIX.into())),
+                )
                 .init();
             return;
         }
