@@ -206,7 +206,7 @@ pub fn audit_key(store: &dyn KeyStore, sealer: &Sealer) -> Result<AuditKey, Erro
             RecordKind::Secret,
             "audit-key",
             None,
-            &sealer.seal(RecordKind::Secret, "audit-key", fresh.as_ref()),
+            &sealer.seal(RecordKind::Secret, "audit-key", fresh.as_ref())?,
         ) {
             Ok(_) | Err(kmsd_keystore::Error::Conflict { .. }) => {}
             Err(e) => return Err(e.into()),
@@ -219,7 +219,7 @@ pub fn audit_key(store: &dyn KeyStore, sealer: &Sealer) -> Result<AuditKey, Erro
 pub fn enroll(store: &dyn KeyStore, sealer: &Sealer, identity: &str, replace: bool) -> Result<TotpSecret, Error> {
     let name = totp_record(identity);
     let secret = TotpSecret::generate();
-    let sealed = sealer.seal(RecordKind::Secret, &name, secret.expose_secret());
+    let sealed = sealer.seal(RecordKind::Secret, &name, secret.expose_secret())?;
     let expected = match store.get(RecordKind::Secret, &name)? {
         Some(_) if !replace => return Err(Error::KeyExists(format!("officer {identity}"))),
         Some(e) => Some(e.revision),

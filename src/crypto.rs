@@ -138,8 +138,16 @@ fn fresh_public_random(out: &mut [u8]) {
 }
 
 /// Encrypts under `key` (version `version` of ring `key_name`) with a
-/// fresh random salt and nonce from the OS CSPRNG.
-pub fn encrypt(key: &KeyMaterial, key_name: &str, version: u32, plaintext: &[u8], associated_data: &[u8]) -> Vec<u8> {
+/// fresh random salt and nonce from the OS CSPRNG. Fails only if the AEAD
+/// refuses ([`Error::Internal`]); never returns plaintext or an empty
+/// "ciphertext".
+pub fn encrypt(
+    key: &KeyMaterial,
+    key_name: &str,
+    version: u32,
+    plaintext: &[u8],
+    associated_data: &[u8],
+) -> Result<Vec<u8>, Error> {
     let mut fresh = [0u8; SALT_LEN + NONCE_LEN];
     fresh_public_random(&mut fresh);
     let (mut salt, mut nonce) = ([0u8; SALT_LEN], [0u8; NONCE_LEN]);
@@ -159,7 +167,34 @@ pub fn encrypt_with(
     associated_data: &[u8],
     salt: &[u8; SALT_LEN],
     nonce: &[u8; NONCE_LEN],
-) -> Vec<u8> {
+) -> Result<Vec<u8>, Error> {
+    seal_envelope(
+        key,
+        key_name,
+        version,
+        plaintext,
+        associated_data,
+        salt,
+        nonce,
+        aead::seal_detached,
+    )
+}
+
+/// The AEAD call of the envelope, a parameter so that the failure path
+/// is tested (the real one fails only above ~64 GiB).
+type SealFn = fn(&[u8; 32], &[u8; NONCE_LEN], &[u8], &mut [u8]) -> Result<[u8; TAG_LEN], aead::SealError>;
+
+#[allow(clippy::too_many_arguments)]
+fn seal_envelope(
+    key: &KeyMaterial,
+    key_name: &str,
+    version: u32,
+    plaintext: &[u8],
+    associated_data: &[u8],
+    salt: &[u8; SALT_LEN],
+    nonce: &[u8; NONCE_LEN],
+    seal: SealFn,
+) -> Result<Vec<u8>, Error> {
     let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
     out.push(FORMAT_V1);
     out.push(ALG_AES256GCM_HKDF);
@@ -170,12 +205,18 @@ pub fn encrypt_with(
     let mk = message_key(key, salt);
     let body_start = out.len();
     out.extend_from_slice(plaintext);
-    match aead::seal_detached(&mk, nonce, &aad, &mut out[body_start..]) {
-        Some(tag) => out.extend_from_slice(&tag),
-        // unreachable below ring's ~64 GiB limit; never return plaintext
-        None => out.clear(),
+    match seal(&mk, nonce, &aad, &mut out[body_start..]) {
+        Ok(tag) => {
+            out.extend_from_slice(&tag);
+            Ok(out)
+        }
+        Err(aead::SealError) => {
+            // never hand back plaintext (the body was zeroed by the AEAD)
+            out.fill(0);
+            tracing::error!(key = key_name, version, "AES-256-GCM refused to encrypt");
+            Err(Error::Internal("encryption failed"))
+        }
     }
-    out
 }
 
 /// Decrypts an envelope whose header was already parsed and whose version
@@ -204,23 +245,56 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         // 1,000 messages span several 4 KiB refills (28 bytes each)
         for _ in 0..1000 {
-            let ct = encrypt(&k, "k", 1, b"x", b"");
+            let ct = encrypt(&k, "k", 1, b"x", b"").unwrap();
             let fresh = ct[HEADER_LEN..HEADER_LEN + SALT_LEN + NONCE_LEN].to_vec();
             assert_ne!(fresh, vec![0u8; SALT_LEN + NONCE_LEN]);
             assert!(seen.insert(fresh), "a salt/nonce pair repeated");
             assert_eq!(decrypt(&k, "k", &ct, b"").unwrap(), b"x");
         }
         // other threads draw their own bytes
-        let other: Vec<u8> = std::thread::spawn(move || encrypt(&k, "k", 1, b"x", b"")[HEADER_LEN..34].to_vec())
-            .join()
-            .unwrap();
+        let other: Vec<u8> =
+            std::thread::spawn(move || encrypt(&k, "k", 1, b"x", b"").unwrap()[HEADER_LEN..34].to_vec())
+                .join()
+                .unwrap();
         assert!(seen.insert(other));
+    }
+
+    #[test]
+    fn a_failing_aead_is_an_internal_error_and_returns_nothing() {
+        fn refuse(
+            _: &[u8; 32],
+            _: &[u8; NONCE_LEN],
+            _: &[u8],
+            body: &mut [u8],
+        ) -> Result<[u8; TAG_LEN], aead::SealError> {
+            body.fill(0);
+            Err(aead::SealError)
+        }
+        let k = KeyMaterial::from_bytes(&[3; 32]);
+        let r = seal_envelope(
+            &k,
+            "a",
+            1,
+            b"4111111111111111",
+            b"",
+            &[1; SALT_LEN],
+            &[2; NONCE_LEN],
+            refuse,
+        );
+        let e = r.unwrap_err();
+        assert!(matches!(e, Error::Internal(_)), "{e:?}");
+        let status = tonic::Status::from(e);
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert!(!status.message().contains("4111"), "{}", status.message());
+        // the real AEAD succeeds and the result opens
+        let ct = encrypt_with(&k, "a", 1, b"x", b"", &[1; SALT_LEN], &[2; NONCE_LEN]).unwrap();
+        assert_eq!(decrypt(&k, "a", &ct, b"").unwrap(), b"x");
     }
 
     #[test]
     fn round_trip_and_bindings() {
         let k = KeyMaterial::from_bytes(&[3; 32]);
-        let ct = encrypt(&k, "a", 2, b"secret", b"ctx");
+        let ct = encrypt(&k, "a", 2, b"secret", b"ctx").unwrap();
         assert_eq!(ct.len(), OVERHEAD + 6);
         assert_eq!(parse_header(&ct).unwrap().version, 2);
         assert_eq!(decrypt(&k, "a", &ct, b"ctx").unwrap(), b"secret");
@@ -258,8 +332,8 @@ mod tests {
     #[test]
     fn fresh_salt_and_nonce_each_time() {
         let k = KeyMaterial::from_bytes(&[3; 32]);
-        let a = encrypt(&k, "a", 1, b"same", b"");
-        let b = encrypt(&k, "a", 1, b"same", b"");
+        let a = encrypt(&k, "a", 1, b"same", b"").unwrap();
+        let b = encrypt(&k, "a", 1, b"same", b"").unwrap();
         assert_ne!(
             a[HEADER_LEN..HEADER_LEN + SALT_LEN],
             b[HEADER_LEN..HEADER_LEN + SALT_LEN]

@@ -67,6 +67,10 @@ pub enum Error {
     /// The caller's policy does not allow the operation.
     #[error("{0}")]
     PermissionDenied(String),
+    /// An internal failure (the AEAD refused to encrypt). The static text
+    /// names what failed, never data or key material.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl From<Error> for tonic::Status {
@@ -86,6 +90,7 @@ impl From<Error> for tonic::Status {
             Error::Corrupt(_) => Code::DataLoss,
             Error::StoreUnavailable => Code::Unavailable,
             Error::Conflict(_) => Code::Aborted,
+            Error::Internal(_) => Code::Internal,
         };
         tonic::Status::new(code, e.to_string())
     }
@@ -103,6 +108,10 @@ impl From<kmsd_keystore::Error> for Error {
             }
             K::InvalidName(why) => Error::InvalidArgument(format!("invalid key name: {why}")),
             K::Precondition(m) => Error::FailedPrecondition(m),
+            K::Seal { kind, name } => {
+                tracing::error!(kind = %kind, name = %name, "a record could not be sealed");
+                Error::Internal("a record could not be sealed")
+            }
             other => {
                 tracing::error!(error = %other, "key store failure");
                 Error::StoreUnavailable

@@ -446,7 +446,7 @@ impl Keys {
             self.in_background(name, version, false);
         }
         c.last_used.store(self.clock.now(), Ordering::Relaxed);
-        let ciphertext = crypto::encrypt(material, name, version, plaintext, associated_data);
+        let ciphertext = crypto::encrypt(material, name, version, plaintext, associated_data)?;
         Ok(Ok(Encrypted { ciphertext, version }))
     }
 

@@ -38,7 +38,7 @@ pub fn seal(key: &Zeroizing<[u8; 32]>, identity: &str, prefix: &str, last_shown:
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let mut body = last_shown.as_bytes().to_vec();
     let tag = aead::seal_detached(key, &nonce, &aad(identity, prefix), &mut body)
-        .ok_or_else(|| Error::Corrupt("page token could not be sealed".into()))?;
+        .map_err(|_| Error::Internal("page token could not be sealed"))?;
     let mut out = Vec::with_capacity(1 + NONCE_LEN + body.len() + TAG_LEN);
     out.push(V1);
     out.extend_from_slice(&nonce);

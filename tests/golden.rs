@@ -35,7 +35,8 @@ fn golden_v1_ciphertexts_decrypt_and_reencode() {
             &aad,
             &h(&c["salt"]).try_into().unwrap(),
             &h(&c["nonce"]).try_into().unwrap(),
-        );
+        )
+        .unwrap();
         assert_eq!(again, ct, "format 1 encoding changed for {name}");
     }
 }
@@ -58,7 +59,7 @@ fn write_golden() {
         let key = [i as u8 + 1; 32];
         let salt = [0x10 + i as u8; 16];
         let nonce = [0x20 + i as u8; 12];
-        let ct = crypto::encrypt_with(&KeyMaterial::from_bytes(&key), name, *version, pt, aad, &salt, &nonce);
+        let ct = crypto::encrypt_with(&KeyMaterial::from_bytes(&key), name, *version, pt, aad, &salt, &nonce).unwrap();
         cases.push(json!({
             "key_name": name, "version": version, "key": hex::encode(key),
             "salt": hex::encode(salt), "nonce": hex::encode(nonce),

@@ -35,10 +35,19 @@ pub const TAG_LEN: usize = 16;
 #[error("authentication failed")]
 pub struct AuthError;
 
+/// Encryption failed (only above the backend's per-call size limit,
+/// ~64 GiB, far beyond any kmsd message). The buffer holds nothing of the
+/// plaintext afterwards. Carries no detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("AES-256-GCM encryption failed")]
+pub struct SealError;
+
 /// An AES-256-GCM implementation.
 pub trait Aead {
-    /// Encrypts `buf` in place and appends the 16-byte tag.
-    fn seal(&self, key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u8>);
+    /// Encrypts `buf` in place and appends the 16-byte tag. On failure
+    /// `buf` is cleared (never left holding plaintext) and `SealError`
+    /// returned, so a caller cannot mistake an empty buffer for output.
+    fn seal(&self, key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u8>) -> Result<(), SealError>;
     /// Verifies and decrypts `buf` (ciphertext || tag) in place, leaving
     /// the plaintext; on failure `buf` is cleared.
     fn open(&self, key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u8>) -> Result<(), AuthError>;
@@ -49,7 +58,7 @@ pub trait Aead {
 pub struct RingAead;
 
 impl Aead for RingAead {
-    fn seal(&self, key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u8>) {
+    fn seal(&self, key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u8>) -> Result<(), SealError> {
         use ring::aead::{Aad, LessSafeKey, Nonce as RNonce, UnboundKey, AES_256_GCM};
         // A 32-byte key is always valid for AES-256-GCM, and sealing only
         // fails above ring's per-call size limit (~64 GiB); either way the
@@ -57,9 +66,11 @@ impl Aead for RingAead {
         let sealed = UnboundKey::new(&AES_256_GCM, key)
             .map(LessSafeKey::new)
             .and_then(|k| k.seal_in_place_append_tag(RNonce::assume_unique_for_key(*nonce), Aad::from(aad), buf));
-        if sealed.is_err() {
+        sealed.map_err(|_| {
+            buf.fill(0);
             buf.clear();
-        }
+            SealError
+        })
     }
 
     fn open(&self, key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u8>) -> Result<(), AuthError> {
@@ -87,13 +98,19 @@ impl Aead for RingAead {
 pub struct RustCryptoAead;
 
 impl Aead for RustCryptoAead {
-    fn seal(&self, key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u8>) {
+    fn seal(&self, key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u8>) -> Result<(), SealError> {
         let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key));
         // Only fails for plaintexts over 64 GiB, far beyond any message limit.
-        if let Ok(tag) = cipher.encrypt_in_place_detached(Nonce::from_slice(nonce), aad, buf) {
-            buf.extend_from_slice(&tag);
-        } else {
-            buf.clear();
+        match cipher.encrypt_in_place_detached(Nonce::from_slice(nonce), aad, buf) {
+            Ok(tag) => {
+                buf.extend_from_slice(&tag);
+                Ok(())
+            }
+            Err(_) => {
+                buf.fill(0);
+                buf.clear();
+                Err(SealError)
+            }
         }
     }
 
@@ -116,15 +133,21 @@ impl Aead for RustCryptoAead {
 }
 
 /// Encrypts `buf` in place and appends the 16-byte tag (default backend).
-pub fn seal(key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u8>) {
+/// On failure `buf` is cleared and `SealError` returned.
+pub fn seal(key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u8>) -> Result<(), SealError> {
     RingAead.seal(key, nonce, aad, buf)
 }
 
 /// Encrypts `in_out` in place and returns the 16-byte tag (default
 /// backend), so a caller can encrypt inside a larger buffer without a
-/// copy. On the (unreachable: only above ~64 GiB) failure, `in_out` is
-/// zeroed and `None` returned.
-pub fn seal_detached(key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], in_out: &mut [u8]) -> Option<[u8; TAG_LEN]> {
+/// copy. On the (only above ~64 GiB) failure, `in_out` is zeroed and
+/// `SealError` returned.
+pub fn seal_detached(
+    key: &[u8; 32],
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    in_out: &mut [u8],
+) -> Result<[u8; TAG_LEN], SealError> {
     use ring::aead::{Aad, LessSafeKey, Nonce as RNonce, UnboundKey, AES_256_GCM};
     let sealed = UnboundKey::new(&AES_256_GCM, key)
         .map(LessSafeKey::new)
@@ -133,11 +156,11 @@ pub fn seal_detached(key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], in_out
         Ok(tag) => {
             let mut t = [0u8; TAG_LEN];
             t.copy_from_slice(tag.as_ref());
-            Some(t)
+            Ok(t)
         }
         Err(_) => {
             in_out.fill(0);
-            None
+            Err(SealError)
         }
     }
 }
@@ -163,7 +186,7 @@ pub fn self_test() -> Result<(), &'static str> {
     let iv: [u8; 12] = dec(IV)?.try_into().map_err(|_| "bad iv length")?;
     let aad = dec(AAD)?;
     let mut buf = dec(PT)?;
-    seal(&key, &iv, &aad, &mut buf);
+    seal(&key, &iv, &aad, &mut buf).map_err(|_| "AES-256-GCM known-answer test failed to encrypt")?;
     let mut want = dec(CT)?;
     want.extend(dec(TAG)?);
     if buf != want {
@@ -206,8 +229,8 @@ mod tests {
         for len in [0usize, 1, 15, 16, 17, 64, 1000, 16384] {
             let pt: Vec<u8> = (0..len).map(|i| i as u8).collect();
             let (mut a, mut b) = (pt.clone(), pt.clone());
-            RingAead.seal(&[9; 32], &[3; 12], b"aad", &mut a);
-            RustCryptoAead.seal(&[9; 32], &[3; 12], b"aad", &mut b);
+            RingAead.seal(&[9; 32], &[3; 12], b"aad", &mut a).unwrap();
+            RustCryptoAead.seal(&[9; 32], &[3; 12], b"aad", &mut b).unwrap();
             assert_eq!(a, b, "len {len}");
             RustCryptoAead.open(&[9; 32], &[3; 12], b"aad", &mut a).unwrap();
             assert_eq!(a, pt);

@@ -211,7 +211,7 @@ pub fn rekey(store: &dyn KeyStore, sealer: &Sealer, progress: &mut dyn FnMut(u64
                 break;
             }
             let plain = sealer.open(*kind, name, &entry.value)?;
-            let sealed = sealer.seal(*kind, name, &plain);
+            let sealed = sealer.seal(*kind, name, &plain)?;
             match store.put(*kind, name, Some(entry.revision), &sealed) {
                 Ok(_) => {
                     resealed += 1;

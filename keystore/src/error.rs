@@ -51,6 +51,15 @@ pub enum Error {
     /// The master key could not be loaded or is malformed.
     #[error("master key: {0}")]
     MasterKey(String),
+    /// Sealing a record failed (the AEAD refused to encrypt; only above
+    /// its ~64 GiB per-call limit). Nothing was written.
+    #[error("{kind} {name:?} could not be sealed")]
+    Seal {
+        /// Record kind.
+        kind: RecordKind,
+        /// Record name.
+        name: String,
+    },
     /// The storage backend failed (I/O error, lock held by another process).
     #[error("storage backend: {0}")]
     Backend(String),

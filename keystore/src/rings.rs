@@ -47,7 +47,7 @@ impl RingStore {
                 })?;
             }
             None => {
-                let sealed = sealer.seal(RecordKind::Meta, STORE_MARKER, b"kmsd store v1");
+                let sealed = sealer.seal(RecordKind::Meta, STORE_MARKER, b"kmsd store v1")?;
                 match store.put(RecordKind::Meta, STORE_MARKER, None, &sealed) {
                     Ok(_) | Err(Error::Conflict { .. }) => {}
                     Err(e) => return Err(e),
@@ -71,7 +71,7 @@ impl RingStore {
     pub fn create(&self, mut ring: KeyRing) -> Result<KeyRing, Error> {
         let sealed = self
             .sealer
-            .seal(RecordKind::KeyRing, ring.name.as_str(), &ring.encode());
+            .seal(RecordKind::KeyRing, ring.name.as_str(), &ring.encode())?;
         let rev = self.store.put(RecordKind::KeyRing, ring.name.as_str(), None, &sealed)?;
         ring.revision = Some(rev);
         Ok(ring)
@@ -100,7 +100,7 @@ impl RingStore {
                 name: name.to_string(),
             })?;
             let out = f(&mut ring)?;
-            let sealed = self.sealer.seal(RecordKind::KeyRing, name.as_str(), &ring.encode());
+            let sealed = self.sealer.seal(RecordKind::KeyRing, name.as_str(), &ring.encode())?;
             match self
                 .store
                 .put(RecordKind::KeyRing, name.as_str(), ring.revision, &sealed)

@@ -101,8 +101,9 @@ impl Sealer {
         aad
     }
 
-    /// Seals `plaintext` as the record (`kind`, `name`).
-    pub fn seal(&self, kind: RecordKind, name: &str, plaintext: &[u8]) -> Vec<u8> {
+    /// Seals `plaintext` as the record (`kind`, `name`). Fails (and
+    /// returns nothing of the plaintext) only if the AEAD refuses.
+    pub fn seal(&self, kind: RecordKind, name: &str, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + plaintext.len() + aead::TAG_LEN);
@@ -112,9 +113,12 @@ impl Sealer {
         out.extend_from_slice(&nonce);
         let mut body = Vec::with_capacity(plaintext.len() + aead::TAG_LEN);
         body.extend_from_slice(plaintext);
-        aead::seal(self.current.expose_secret(), &nonce, &aad, &mut body);
+        aead::seal(self.current.expose_secret(), &nonce, &aad, &mut body).map_err(|_| Error::Seal {
+            kind,
+            name: name.to_owned(),
+        })?;
         out.extend_from_slice(&body);
-        out
+        Ok(out)
     }
 
     /// Opens the record (`kind`, `name`); any mismatch is `Corrupt`.
@@ -161,7 +165,7 @@ mod tests {
     #[test]
     fn seal_open_and_bindings() {
         let s = Sealer::new(MasterKey::from_bytes(&[7; 32]));
-        let sealed = s.seal(RecordKind::KeyRing, "a", b"hello");
+        let sealed = s.seal(RecordKind::KeyRing, "a", b"hello").unwrap();
         assert_eq!(&s.open(RecordKind::KeyRing, "a", &sealed).unwrap()[..], b"hello");
         assert!(matches!(
             s.open(RecordKind::KeyRing, "b", &sealed),
