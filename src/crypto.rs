@@ -85,55 +85,71 @@ fn aad(header: &[u8], key_name: &str, associated_data: &[u8]) -> Vec<u8> {
     a
 }
 
-/// Public randomness for salts and nonces, drawn from the OS CSPRNG in
-/// blocks: one `getrandom` system call per ~146 messages instead of one
-/// per message. Salt and nonce are written in clear into every
-/// ciphertext, so holding them in memory before use reveals nothing; what
-/// matters is that each byte comes from the OS CSPRNG and is handed out
-/// exactly once, which the position counter guarantees (the pool is
-/// per-thread, and the daemon never forks). One residual case: if a
-/// running VM is snapshotted and the snapshot cloned, the clones share
-/// the at most ~146 pairs left in each thread's pool (per-message
-/// `getrandom` would have been reseeded by the kernel's VM-clone
-/// detection). Even then a repeated pair reuses the salt, so it repeats
-/// the per-message key *and* nonce only for the same version key, and
-/// only across the clones; restart clones of a kmsd VM snapshot.
-struct RandomPool {
-    buf: [u8; POOL_BYTES],
+/// Bytes of fresh randomness one message takes (salt and nonce).
+pub const FRESH_LEN: usize = SALT_LEN + NONCE_LEN;
+
+/// Most messages whose salts and nonces are drawn in one `getrandom`.
+const MAX_DRAW_MESSAGES: usize = 1024;
+
+/// Salts and nonces for the messages of **one call**, from the OS CSPRNG.
+///
+/// Why per call and not per thread: a pool that outlives the call (the
+/// per-thread pool kmsd had before) is copied when a running VM is
+/// snapshotted and the snapshot started twice; both clones then hand out
+/// the same (salt, nonce) pairs for *different* later messages, which
+/// repeats the per-message key and nonce of AES-GCM. The kernel's
+/// `getrandom` is reseeded on VM fork (vmgenid), so what matters is that
+/// no drawn bytes survive the call that drew them. A single message draws
+/// its 28 bytes when it is sealed; a batch draws for up to 1,024 of its
+/// messages in one system call, and a clone that resumes a batch in flight
+/// can only repeat the same items of the same request (same key, same
+/// plaintext, same ciphertext). Each byte is handed out once and zeroed.
+#[derive(Debug)]
+pub struct Fresh {
+    buf: Vec<u8>,
     pos: usize,
+    /// Messages this call may still seal that have not been drawn for.
+    undrawn: usize,
 }
 
-const POOL_BYTES: usize = 4096;
-
-thread_local! {
-    static POOL: std::cell::RefCell<RandomPool> = const {
-        std::cell::RefCell::new(RandomPool { buf: [0; POOL_BYTES], pos: POOL_BYTES })
-    };
-}
-
-/// Fills `out` (at most [`POOL_BYTES`]) with fresh OS randomness, each byte
-/// used once.
-fn fresh_public_random(out: &mut [u8]) {
-    let served = POOL.try_with(|p| {
-        let Ok(mut p) = p.try_borrow_mut() else {
-            return false;
-        };
-        if out.len() > POOL_BYTES {
-            return false;
+impl Fresh {
+    /// For a call that seals at most `messages` messages (1 for a unary
+    /// call: one `getrandom` of 28 bytes, when the message is sealed).
+    pub fn for_messages(messages: usize) -> Self {
+        Fresh {
+            buf: Vec::new(),
+            pos: 0,
+            undrawn: messages,
         }
-        if p.pos + out.len() > POOL_BYTES {
-            rand::rngs::OsRng.fill_bytes(&mut p.buf);
-            p.pos = 0;
+    }
+
+    /// The next message's salt and nonce.
+    fn take(&mut self) -> ([u8; SALT_LEN], [u8; NONCE_LEN]) {
+        if self.pos + FRESH_LEN > self.buf.len() {
+            // drawn lazily, for at most what the call still needs
+            let n = self.undrawn.clamp(1, MAX_DRAW_MESSAGES);
+            self.undrawn = self.undrawn.saturating_sub(n);
+            self.buf.clear();
+            self.buf.resize(n * FRESH_LEN, 0);
+            rand::rngs::OsRng.fill_bytes(&mut self.buf);
+            self.pos = 0;
         }
-        let start = p.pos;
-        out.copy_from_slice(&p.buf[start..start + out.len()]);
-        // never hand the same bytes out twice
-        p.buf[start..start + out.len()].fill(0);
-        p.pos += out.len();
-        true
-    });
-    if served != Ok(true) {
-        rand::rngs::OsRng.fill_bytes(out);
+        let (mut salt, mut nonce) = ([0u8; SALT_LEN], [0u8; NONCE_LEN]);
+        if let Some(chunk) = self.buf.get_mut(self.pos..self.pos + FRESH_LEN) {
+            salt.copy_from_slice(&chunk[..SALT_LEN]);
+            nonce.copy_from_slice(&chunk[SALT_LEN..]);
+            chunk.fill(0); // never hand the same bytes out twice
+        } else {
+            rand::rngs::OsRng.fill_bytes(&mut salt);
+            rand::rngs::OsRng.fill_bytes(&mut nonce);
+        }
+        self.pos += FRESH_LEN;
+        (salt, nonce)
+    }
+
+    /// Bytes drawn and not yet handed out (for tests).
+    pub fn unused(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
     }
 }
 
@@ -148,11 +164,26 @@ pub fn encrypt(
     plaintext: &[u8],
     associated_data: &[u8],
 ) -> Result<Vec<u8>, Error> {
-    let mut fresh = [0u8; SALT_LEN + NONCE_LEN];
-    fresh_public_random(&mut fresh);
-    let (mut salt, mut nonce) = ([0u8; SALT_LEN], [0u8; NONCE_LEN]);
-    salt.copy_from_slice(&fresh[..SALT_LEN]);
-    nonce.copy_from_slice(&fresh[SALT_LEN..]);
+    encrypt_fresh(
+        &mut Fresh::for_messages(1),
+        key,
+        key_name,
+        version,
+        plaintext,
+        associated_data,
+    )
+}
+
+/// [`encrypt`] with the salt and nonce taken from the call's [`Fresh`].
+pub fn encrypt_fresh(
+    fresh: &mut Fresh,
+    key: &KeyMaterial,
+    key_name: &str,
+    version: u32,
+    plaintext: &[u8],
+    associated_data: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let (salt, nonce) = fresh.take();
     encrypt_with(key, key_name, version, plaintext, associated_data, &salt, &nonce)
 }
 
@@ -240,23 +271,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn salts_and_nonces_never_repeat_across_pool_refills() {
+    fn salts_and_nonces_are_drawn_per_call_and_never_repeat() {
         let k = KeyMaterial::from_bytes(&[9; 32]);
         let mut seen = std::collections::HashSet::new();
-        // 1,000 messages span several 4 KiB refills (28 bytes each)
-        for _ in 0..1000 {
-            let ct = encrypt(&k, "k", 1, b"x", b"").unwrap();
-            let fresh = ct[HEADER_LEN..HEADER_LEN + SALT_LEN + NONCE_LEN].to_vec();
-            assert_ne!(fresh, vec![0u8; SALT_LEN + NONCE_LEN]);
-            assert!(seen.insert(fresh), "a salt/nonce pair repeated");
+        // a batch of 3,000 spans several draws of at most 1,024 messages
+        let mut fresh = Fresh::for_messages(3000);
+        for i in 0..3000 {
+            let ct = encrypt_fresh(&mut fresh, &k, "k", 1, b"x", b"").unwrap();
+            let pair = ct[HEADER_LEN..HEADER_LEN + FRESH_LEN].to_vec();
+            assert_ne!(pair, vec![0u8; FRESH_LEN]);
+            assert!(seen.insert(pair), "a salt/nonce pair repeated");
             assert_eq!(decrypt(&k, "k", &ct, b"").unwrap(), b"x");
+            // never more drawn than the call still needs: nothing outlives it
+            assert!(fresh.unused() <= (3000 - i - 1) * FRESH_LEN);
         }
-        // other threads draw their own bytes
-        let other: Vec<u8> =
-            std::thread::spawn(move || encrypt(&k, "k", 1, b"x", b"").unwrap()[HEADER_LEN..34].to_vec())
-                .join()
-                .unwrap();
-        assert!(seen.insert(other));
+        assert_eq!(fresh.unused(), 0);
+        // a unary call draws exactly one pair, when it seals
+        let mut one = Fresh::for_messages(1);
+        assert_eq!(one.unused(), 0);
+        let ct = encrypt_fresh(&mut one, &k, "k", 1, b"x", b"").unwrap();
+        assert_eq!(one.unused(), 0);
+        assert!(seen.insert(ct[HEADER_LEN..HEADER_LEN + FRESH_LEN].to_vec()));
+        // a call that seals more than it announced still gets fresh pairs
+        let mut short = Fresh::for_messages(1);
+        for _ in 0..3 {
+            let ct = encrypt_fresh(&mut short, &k, "k", 1, b"x", b"").unwrap();
+            assert!(seen.insert(ct[HEADER_LEN..HEADER_LEN + FRESH_LEN].to_vec()));
+        }
     }
 
     #[test]

@@ -91,6 +91,22 @@ pub struct Encrypted {
     pub version: u32,
 }
 
+/// What one call's encryptions share: the salts and nonces drawn for the
+/// call (never kept beyond it, see [`crypto::Fresh`]).
+#[derive(Debug)]
+pub struct EncryptCall {
+    fresh: crypto::Fresh,
+}
+
+impl EncryptCall {
+    /// For a call of up to `messages` encryptions.
+    pub fn new(messages: usize) -> Self {
+        EncryptCall {
+            fresh: crypto::Fresh::for_messages(messages),
+        }
+    }
+}
+
 /// Live usage of one version, for `GetKey`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Usage {
@@ -385,10 +401,21 @@ impl Keys {
         self.write_locks.entry(name.to_owned()).or_default().clone()
     }
 
-    /// Encrypts under the ring's primary version.
+    /// Encrypts under the ring's primary version (a call of one message).
     pub fn encrypt(self: &Arc<Self>, name: &str, plaintext: &[u8], associated_data: &[u8]) -> Result<Encrypted, Error> {
+        self.encrypt_in(&mut EncryptCall::new(1), name, plaintext, associated_data)
+    }
+
+    /// Encrypts one message of a call (batches share one [`EncryptCall`]).
+    pub fn encrypt_in(
+        self: &Arc<Self>,
+        call: &mut EncryptCall,
+        name: &str,
+        plaintext: &[u8],
+        associated_data: &[u8],
+    ) -> Result<Encrypted, Error> {
         for _ in 0..8 {
-            match self.try_encrypt(name, plaintext, associated_data)? {
+            match self.try_encrypt(call, name, plaintext, associated_data)? {
                 Ok(e) => return Ok(e),
                 Err(Slow::Reserve(v)) => self.reserve(name, v)?,
                 Err(Slow::Rotate(v)) => self.rotate_for_usage(name, v)?,
@@ -400,6 +427,7 @@ impl Keys {
     /// The lock-free path: takes a counted encryption slot and encrypts.
     fn try_encrypt(
         self: &Arc<Self>,
+        call: &mut EncryptCall,
         name: &str,
         plaintext: &[u8],
         associated_data: &[u8],
@@ -446,7 +474,7 @@ impl Keys {
             self.in_background(name, version, false);
         }
         c.last_used.store(self.clock.now(), Ordering::Relaxed);
-        let ciphertext = crypto::encrypt(material, name, version, plaintext, associated_data)?;
+        let ciphertext = crypto::encrypt_fresh(&mut call.fresh, material, name, version, plaintext, associated_data)?;
         Ok(Ok(Encrypted { ciphertext, version }))
     }
 

@@ -7,7 +7,7 @@
 use crate::access::{Access, Call, PendingOp};
 use crate::authz::Op;
 use crate::error::Error;
-use crate::keys::{Keys, Usage};
+use crate::keys::{EncryptCall, Keys, Usage};
 use crate::metrics::Metrics;
 use crate::proto;
 use crate::tls::PeerIdentity;
@@ -175,10 +175,14 @@ impl CryptoService {
         Ok(())
     }
 
-    fn rewrap_one(keys: &Arc<Keys>, r: &proto::RewrapRequest) -> Result<proto::RewrapResponse, Error> {
+    fn rewrap_one(
+        keys: &Arc<Keys>,
+        enc: &mut EncryptCall,
+        r: &proto::RewrapRequest,
+    ) -> Result<proto::RewrapResponse, Error> {
         let (plaintext, source) = keys.decrypt(&r.key, &r.ciphertext, &r.associated_data)?;
         let plaintext = Zeroizing::new(plaintext);
-        let e = keys.encrypt(&r.key, &plaintext, &r.associated_data)?;
+        let e = keys.encrypt_in(enc, &r.key, &plaintext, &r.associated_data)?;
         Ok(proto::RewrapResponse {
             ciphertext: e.ciphertext,
             key_version: e.version,
@@ -289,7 +293,7 @@ impl proto::crypto_server::Crypto for CryptoService {
     async fn rewrap(&self, req: Request<proto::RewrapRequest>) -> Result<Response<proto::RewrapResponse>, Status> {
         let call = self.shared.begin(&req, Op::Rewrap, Some(&req.get_ref().key))?;
         let r = req.into_inner();
-        let result = Self::rewrap_one(self.shared.keys()?, &r);
+        let result = Self::rewrap_one(self.shared.keys()?, &mut EncryptCall::new(1), &r);
         if let Ok(ok) = &result {
             call.used_version(ok.key_version);
         }
@@ -304,12 +308,13 @@ impl proto::crypto_server::Crypto for CryptoService {
         let call = self.batch_call(&req, Op::Encrypt)?;
         let keys = self.shared.keys()?;
         let r = req.into_inner();
+        let mut enc = EncryptCall::new(r.items.len());
         let items = self.run_batch(
             &call,
             &r.items,
             |it| &it.key,
             |it| {
-                keys.encrypt(&it.key, &it.plaintext, &it.associated_data)
+                keys.encrypt_in(&mut enc, &it.key, &it.plaintext, &it.associated_data)
                     .map(|e| proto::EncryptResponse {
                         ciphertext: e.ciphertext,
                         key_version: e.version,
@@ -361,7 +366,8 @@ impl proto::crypto_server::Crypto for CryptoService {
         let call = self.batch_call(&req, Op::Rewrap)?;
         let keys = self.shared.keys()?;
         let r = req.into_inner();
-        let items = self.run_batch(&call, &r.items, |it| &it.key, |it| Self::rewrap_one(keys, it));
+        let mut enc = EncryptCall::new(r.items.len());
+        let items = self.run_batch(&call, &r.items, |it| &it.key, |it| Self::rewrap_one(keys, &mut enc, it));
         let items = self.shared.finish(&call, items)?;
         let items = items
             .into_iter()
