@@ -130,6 +130,9 @@ pub struct Limits {
     /// On SIGTERM, in-flight calls get this long to finish (default 10 s).
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Usage rotations (a version reaching `max_encryptions_per_version`)
+    /// one call may cause; items beyond get RESOURCE_EXHAUSTED (default 16).
+    pub max_rotations_per_call: u32,
 }
 
 impl Default for Limits {
@@ -144,6 +147,7 @@ impl Default for Limits {
             max_concurrent_streams: 256,
             max_batch_items: 10_000,
             shutdown_timeout: Duration::from_secs(10),
+            max_rotations_per_call: crate::keys::DEFAULT_MAX_ROTATIONS_PER_CALL,
         }
     }
 }
@@ -279,6 +283,9 @@ impl Config {
         }
         if self.limits.max_batch_items == 0 {
             out.push("limits.max_batch_items must be positive".into());
+        }
+        if self.limits.max_rotations_per_call == 0 {
+            out.push("limits.max_rotations_per_call must be positive".into());
         }
         out
     }

@@ -92,20 +92,20 @@ pub struct Encrypted {
 }
 
 /// What one call's encryptions share: the salts and nonces drawn for the
-/// call (never kept beyond it, see [`crypto::Fresh`]).
+/// call (never kept beyond it, see [`crypto::Fresh`]) and how many usage
+/// rotations the call may still cause.
 #[derive(Debug)]
 pub struct EncryptCall {
     fresh: crypto::Fresh,
+    /// Usage rotations this call may still start (foreground or
+    /// background). With a tiny `max_encryptions_per_version`, one batch
+    /// would otherwise rotate once per item: thousands of store writes
+    /// and versions from one request.
+    rotations_left: u32,
 }
 
-impl EncryptCall {
-    /// For a call of up to `messages` encryptions.
-    pub fn new(messages: usize) -> Self {
-        EncryptCall {
-            fresh: crypto::Fresh::for_messages(messages),
-        }
-    }
-}
+/// Default of `limits.max_rotations_per_call`.
+pub const DEFAULT_MAX_ROTATIONS_PER_CALL: u32 = 16;
 
 /// Live usage of one version, for `GetKey`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -156,6 +156,8 @@ pub struct Keys {
     dev_mode: bool,
     /// Rotations since start, by reason (manual, scheduled, usage).
     rotations: [AtomicU64; 3],
+    /// Usage rotations one call may cause (`limits.max_rotations_per_call`).
+    max_rotations_per_call: std::sync::atomic::AtomicU32,
 }
 
 /// Counts for metrics and status.
@@ -200,6 +202,7 @@ impl Keys {
             clock,
             dev_mode,
             rotations: Default::default(),
+            max_rotations_per_call: std::sync::atomic::AtomicU32::new(DEFAULT_MAX_ROTATIONS_PER_CALL),
         };
         let failures = keys.rings.load_all(|ring| {
             keys.install(&ring);
@@ -209,6 +212,19 @@ impl Keys {
             keys.corrupt.insert(f.name, ());
         }
         Ok(keys)
+    }
+
+    /// Sets how many usage rotations one call may cause.
+    pub fn set_max_rotations_per_call(&self, n: u32) {
+        self.max_rotations_per_call.store(n, Ordering::Relaxed);
+    }
+
+    /// State for a call of up to `messages` encryptions.
+    pub fn call(&self, messages: usize) -> EncryptCall {
+        EncryptCall {
+            fresh: crypto::Fresh::for_messages(messages),
+            rotations_left: self.max_rotations_per_call.load(Ordering::Relaxed),
+        }
     }
 
     /// The injected clock.
@@ -403,7 +419,7 @@ impl Keys {
 
     /// Encrypts under the ring's primary version (a call of one message).
     pub fn encrypt(self: &Arc<Self>, name: &str, plaintext: &[u8], associated_data: &[u8]) -> Result<Encrypted, Error> {
-        self.encrypt_in(&mut EncryptCall::new(1), name, plaintext, associated_data)
+        self.encrypt_in(&mut self.call(1), name, plaintext, associated_data)
     }
 
     /// Encrypts one message of a call (batches share one [`EncryptCall`]).
@@ -418,7 +434,19 @@ impl Keys {
             match self.try_encrypt(call, name, plaintext, associated_data)? {
                 Ok(e) => return Ok(e),
                 Err(Slow::Reserve(v)) => self.reserve(name, v)?,
-                Err(Slow::Rotate(v)) => self.rotate_for_usage(name, v)?,
+                Err(Slow::Rotate(v)) => {
+                    if call.rotations_left == 0 {
+                        return Err(Error::TooLarge(format!(
+                            "key {name:?}: version {v} reached its usage limit (max_encryptions_per_version) and \
+                             this call already caused {} usage rotations, the most one call may \
+                             (limits.max_rotations_per_call); retry the rest in another call",
+                            self.max_rotations_per_call.load(Ordering::Relaxed)
+                        )));
+                    }
+                    if self.rotate_for_usage(name, v)? {
+                        call.rotations_left -= 1;
+                    }
+                }
             }
         }
         Err(Error::Conflict(name.to_owned()))
@@ -467,7 +495,12 @@ impl Keys {
         // rotation, and a half-used reservation triggers the next one, both in
         // the background so that callers rarely wait for a durable write.
         if ring.max_encryptions.is_some_and(|limit| n + 1 >= limit) {
-            self.in_background(name, version, true);
+            // charged to this call; without budget the next encryption
+            // (of whichever call) rotates in the foreground, on its budget
+            if call.rotations_left > 0 {
+                call.rotations_left -= 1;
+                self.in_background(name, version, true);
+            }
         } else if n + RESERVATION_BLOCK / 2 >= c.reserved.load(Ordering::Acquire)
             && !c.reserving.swap(true, Ordering::AcqRel)
         {
@@ -486,7 +519,7 @@ impl Keys {
         let name = name.to_owned();
         rt.spawn_blocking(move || {
             let r = if rotate {
-                this.rotate_for_usage(&name, version)
+                this.rotate_for_usage(&name, version).map(|_| ())
             } else {
                 this.reserve(&name, version)
             };
@@ -530,12 +563,12 @@ impl Keys {
     }
 
     /// Rotates because `version` reached its encryption limit, unless
-    /// someone already did.
-    fn rotate_for_usage(&self, name: &str, version: u32) -> Result<(), Error> {
+    /// someone already did. Returns whether this call rotated.
+    fn rotate_for_usage(&self, name: &str, version: u32) -> Result<bool, Error> {
         let wl = self.write_lock(name);
         let _g = lock(&wl);
         if self.cached(name)?.primary != version {
-            return Ok(());
+            return Ok(false);
         }
         let key = KeyName::parse(name)?;
         let now = self.clock.now();
@@ -555,7 +588,7 @@ impl Keys {
             self.count_rotation(RotationReason::Usage);
             tracing::info!(key = name, from = version, to, reason = "usage", "key rotated");
         }
-        Ok(())
+        Ok(rotated.is_some())
     }
 
     /// Decrypts an envelope; returns the plaintext and the version used.

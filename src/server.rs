@@ -59,6 +59,7 @@ pub fn open_keys(config: &Config) -> Result<Arc<Keys>, StartError> {
     let sealer = sealer(config)?;
     let rings = RingStore::open(open_store(config)?, sealer).map_err(|e| err("key store", e))?;
     let keys = Keys::load(rings, Arc::new(SystemClock), config.dev_mode).map_err(|e| err("loading key rings", e))?;
+    keys.set_max_rotations_per_call(config.limits.max_rotations_per_call);
     Ok(Arc::new(keys))
 }
 

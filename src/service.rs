@@ -293,7 +293,8 @@ impl proto::crypto_server::Crypto for CryptoService {
     async fn rewrap(&self, req: Request<proto::RewrapRequest>) -> Result<Response<proto::RewrapResponse>, Status> {
         let call = self.shared.begin(&req, Op::Rewrap, Some(&req.get_ref().key))?;
         let r = req.into_inner();
-        let result = Self::rewrap_one(self.shared.keys()?, &mut EncryptCall::new(1), &r);
+        let keys = self.shared.keys()?;
+        let result = Self::rewrap_one(keys, &mut keys.call(1), &r);
         if let Ok(ok) = &result {
             call.used_version(ok.key_version);
         }
@@ -308,7 +309,7 @@ impl proto::crypto_server::Crypto for CryptoService {
         let call = self.batch_call(&req, Op::Encrypt)?;
         let keys = self.shared.keys()?;
         let r = req.into_inner();
-        let mut enc = EncryptCall::new(r.items.len());
+        let mut enc = keys.call(r.items.len());
         let items = self.run_batch(
             &call,
             &r.items,
@@ -366,7 +367,7 @@ impl proto::crypto_server::Crypto for CryptoService {
         let call = self.batch_call(&req, Op::Rewrap)?;
         let keys = self.shared.keys()?;
         let r = req.into_inner();
-        let mut enc = EncryptCall::new(r.items.len());
+        let mut enc = keys.call(r.items.len());
         let items = self.run_batch(&call, &r.items, |it| &it.key, |it| Self::rewrap_one(keys, &mut enc, it));
         let items = self.shared.finish(&call, items)?;
         let items = items

@@ -515,7 +515,7 @@ fn crypto_floor(size: usize, duration: Duration) -> f64 {
     let mut n = 0u64;
     while started.elapsed() < duration {
         for _ in 0..64 {
-            std::hint::black_box(kmsd::crypto::encrypt(&key, "bench", 1, &p, b""));
+            let _ = std::hint::black_box(kmsd::crypto::encrypt(&key, "bench", 1, &p, b""));
         }
         n += 64;
     }
