@@ -285,6 +285,8 @@ impl Metrics {
             for (reason, n) in ["manual", "scheduled", "usage"].iter().zip(s.rotations_by_reason) {
                 let _ = writeln!(out, "kmsd_rotations_total{{reason=\"{reason}\"}} {n}");
             }
+            out.push_str("# HELP kmsd_version_miss_store_reads_total Store reads for ciphertexts naming a key version not in memory.\n# TYPE kmsd_version_miss_store_reads_total counter\n");
+            let _ = writeln!(out, "kmsd_version_miss_store_reads_total {}", s.version_miss_reads);
             let now = keys.now();
             out.push_str("# HELP kmsd_next_rotation_seconds Seconds until the next scheduled rotation.\n# TYPE kmsd_next_rotation_seconds gauge\n");
             if let Some(t) = keys.next_deadline() {

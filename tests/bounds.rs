@@ -94,3 +94,86 @@ async fn one_batch_causes_at_most_max_rotations_per_call_usage_rotations() {
         .key_version;
     assert!(v > 1);
 }
+
+fn scrape(path: &std::path::Path) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: kmsd\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn miss_reads(metrics: &std::path::Path) -> u64 {
+    let body = scrape(metrics);
+    body.lines()
+        .find_map(|l| l.strip_prefix("kmsd_version_miss_store_reads_total "))
+        .unwrap_or_else(|| panic!("no miss counter in {body}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A ciphertext naming a version the key does not have used to force a
+/// store read and unseal per item: 10,000 in one DecryptBatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_unknown_versions_reads_the_store_once_per_key() {
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    let metrics = dir.path().join("metrics.sock");
+    let d = Daemon::start_with(
+        dir.path(),
+        &format!("[metrics]\nlisten = \"unix:{}\"\n", metrics.display()),
+    );
+    let (mut crypto, mut keys): (CryptoClient<Channel>, Keys) = d.clients().await;
+    create(&mut keys, "neg", None).await;
+    let ct = crypto.encrypt(enc("neg", b"m")).await.unwrap().into_inner().ciphertext;
+    let with_version = |v: u32| {
+        let mut c = ct.clone();
+        c[2..6].copy_from_slice(&v.to_be_bytes());
+        proto::DecryptRequest {
+            key: "neg".into(),
+            ciphertext: c,
+            associated_data: vec![],
+        }
+    };
+    let before = miss_reads(&metrics);
+    // 10,000 items, each naming a different version that does not exist
+    let items: Vec<_> = (0..10_000u32).map(|i| with_version(7 + i)).collect();
+    let out = crypto
+        .decrypt_batch(proto::DecryptBatchRequest { items })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    use proto::decrypt_batch_item::Result as R;
+    for i in &out {
+        match &i.result {
+            Some(R::Error(e)) => assert_eq!(e.code, Code::InvalidArgument as i32, "{}", e.message),
+            other => panic!("{other:?}"),
+        }
+    }
+    let reads = miss_reads(&metrics) - before;
+    // one read, or two if the batch straddled the 5-second trust window
+    assert!((1..=2).contains(&reads), "{reads} store reads for one key");
+    // a rotation makes the new version known at once (no stale negative answer)
+    keys.rotate_key(proto::RotateKeyRequest { name: "neg".into() })
+        .await
+        .unwrap();
+    let ct2 = crypto.encrypt(enc("neg", b"two")).await.unwrap().into_inner();
+    assert_eq!(ct2.key_version, 2);
+    let back = crypto
+        .decrypt(proto::DecryptRequest {
+            key: "neg".into(),
+            ciphertext: ct2.ciphertext,
+            associated_data: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(back.plaintext, b"two");
+    // and unknown versions are still answered, the same way, after it
+    let e = crypto.decrypt(with_version(9)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+}
