@@ -83,6 +83,19 @@ pub struct Tls {
     pub key: PathBuf,
     /// CA that client certificates must chain to.
     pub client_ca: PathBuf,
+    /// Certificate revocation lists (PEM or DER) of the client CA and any
+    /// intermediate CA. With any configured, a client certificate whose
+    /// status they cannot tell is refused. Reloaded on SIGHUP.
+    #[serde(default)]
+    pub client_crls: Vec<PathBuf>,
+    /// When not empty, a client certificate's URI SANs must each start with
+    /// one of these (`spiffe://bank.internal/`, ending in `/`).
+    #[serde(default)]
+    pub trust_domains: Vec<String>,
+    /// Accept client certificates with more than one URI SAN (the first is
+    /// the identity). Off: such certificates are refused as ambiguous.
+    #[serde(default)]
+    pub allow_multiple_uri_sans: bool,
 }
 
 /// Key store.
@@ -225,6 +238,9 @@ impl Config {
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
         fix(&mut self.tls.client_ca);
+        for crl in &mut self.tls.client_crls {
+            fix(crl);
+        }
         fix(&mut self.store.path);
         fix(&mut self.policy);
         fix(&mut self.audit.path);
@@ -267,6 +283,16 @@ impl Config {
                     )),
                     Ok(_) => {}
                 },
+            }
+        }
+        for d in &self.tls.trust_domains {
+            if let Err(e) = crate::tls::check_uri_san(d) {
+                out.push(format!("tls.trust_domains: {d:?}: {e}"));
+            } else if !d.ends_with('/') || d.split_once("://").is_some_and(|(_, rest)| !rest.contains('/')) {
+                out.push(format!(
+                    "tls.trust_domains: {d:?} must end with '/' after the authority (\"spiffe://bank.internal/\"), \
+                     or \"spiffe://bank.internal\" would also admit \"spiffe://bank.internal.evil/\""
+                ));
             }
         }
         if self.limits.max_message_bytes < 1024 {
@@ -479,6 +505,21 @@ mod tests {
         cfg.validate().unwrap();
         let bad = format!("{example}\nsurprise = 1\n");
         assert!(toml::from_str::<Config>(&bad).is_err());
+    }
+
+    #[test]
+    fn trust_domains_must_be_uris_ending_in_a_slash() {
+        let example = include_str!("../kmsd.example.toml");
+        let mut cfg: Config = toml::from_str(example).unwrap();
+        cfg.tls.trust_domains = vec!["spiffe://bank.internal/".into(), "spiffe://ops.internal/team/".into()];
+        assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
+        for bad in ["spiffe://bank.internal", "bank.internal/", "sha256://x/", "spiffe://"] {
+            cfg.tls.trust_domains = vec![bad.into()];
+            let p = cfg.problems().join("\n");
+            assert!(p.contains("tls.trust_domains"), "{bad}: {p}");
+        }
+        let unknown = example.replace("client_ca =", "allow_many_uris = true\nclient_ca =");
+        assert!(toml::from_str::<Config>(&unknown).is_err());
     }
 
     #[test]

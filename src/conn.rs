@@ -23,7 +23,7 @@
 //! the services through [`ConnLayer`].
 use crate::config::Limits;
 use crate::metrics::Metrics;
-use crate::tls::{PeerIdentity, RawStream, SharedServerConfig};
+use crate::tls::{IdentityError, IdentityRules, PeerIdentity, RawStream, SharedServerConfig};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
@@ -170,6 +170,8 @@ pub struct Acceptor {
     pending: Arc<Mutex<Pending>>,
     /// Handshake budget and timeout, idle timeout.
     limits: Limits,
+    /// URI SAN rules (also enforced in the handshake by the verifier).
+    rules: Arc<IdentityRules>,
     /// Counters and gauges.
     metrics: Arc<Metrics>,
     /// Where authenticated connections go (to the gRPC server).
@@ -178,9 +180,16 @@ pub struct Acceptor {
 
 impl Acceptor {
     /// An acceptor handing authenticated connections to `out`.
-    pub fn new(config: SharedServerConfig, limits: Limits, metrics: Arc<Metrics>, out: mpsc::Sender<Conn>) -> Self {
+    pub fn new(
+        config: SharedServerConfig,
+        rules: IdentityRules,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        out: mpsc::Sender<Conn>,
+    ) -> Self {
         Acceptor {
             config,
+            rules: Arc::new(rules),
             established: Arc::new(Semaphore::new(limits.max_connections)),
             pending: Arc::default(),
             limits,
@@ -282,10 +291,14 @@ impl Acceptor {
             .1
             .peer_certificates()
             .and_then(|c| c.first())
-            .and_then(|c| PeerIdentity::from_cert(c, peer_addr.clone()));
-        let Some(peer) = identity else {
-            tracing::warn!(peer = %peer_addr, "client certificate could not be parsed; connection dropped");
-            return;
+            .ok_or(IdentityError::Unparseable)
+            .and_then(|c| PeerIdentity::from_cert_checked(c, peer_addr.clone(), &self.rules));
+        let peer = match identity {
+            Ok(peer) => peer,
+            Err(e) => {
+                tracing::warn!(peer = %peer_addr, error = %e, "client certificate refused; connection dropped");
+                return;
+            }
         };
         let Ok(permit) = self.established.clone().try_acquire_owned() else {
             self.metrics.connections_refused.fetch_add(1, Ordering::Relaxed);

@@ -78,11 +78,44 @@ impl Ca {
 
     /// Issues a client certificate, with a URI SAN (e.g. a SPIFFE ID) if given.
     pub fn issue_client(&self, common_name: &str, uri: Option<&str>) -> Result<Issued, DevError> {
+        self.issue_client_uris(common_name, uri.as_slice())
+    }
+
+    /// Issues a client certificate with these URI SANs, in this order.
+    pub fn issue_client_uris(&self, common_name: &str, uris: &[&str]) -> Result<Issued, DevError> {
         let mut sans = Vec::new();
-        if let Some(u) = uri {
-            sans.push(SanType::URI(u.try_into().map_err(|x| e("client URI", x))?));
+        for u in uris {
+            sans.push(SanType::URI((*u).try_into().map_err(|x| e("client URI", x))?));
         }
         self.issue(common_name, sans, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    /// A certificate revocation list (PEM) signed by this CA, revoking the
+    /// given certificates (PEM), valid from 2020 to 2099.
+    pub fn crl(&self, revoked_cert_pems: &[&str], number: u64) -> Result<String, DevError> {
+        let mut revoked = Vec::new();
+        for pem in revoked_cert_pems {
+            let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|x| e("revoked certificate", x))?;
+            let cert = pem.parse_x509().map_err(|x| e("revoked certificate", x))?;
+            revoked.push(rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(cert.raw_serial()),
+                revocation_time: rcgen::date_time_ymd(2021, 1, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.cert, &self.key)
+            .and_then(|c| c.pem())
+            .map_err(|x| e("signing the CRL", x))
     }
 
     fn issue(&self, cn: &str, sans: Vec<SanType>, eku: ExtendedKeyUsagePurpose) -> Result<Issued, DevError> {
@@ -214,6 +247,9 @@ pub fn setup(dir: &Path, tcp: Option<SocketAddr>) -> Result<(Config, DevPaths), 
             cert: p("server.pem"),
             key: p("server.key"),
             client_ca: p("ca.pem"),
+            client_crls: Vec::new(),
+            trust_domains: Vec::new(),
+            allow_multiple_uri_sans: false,
         },
         store: Store {
             path: p("store"),

@@ -228,7 +228,13 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
     });
 
     let (conn_tx, conn_rx) = mpsc::channel(128);
-    let acceptor = Acceptor::new(tls_config.clone(), config.limits.clone(), metrics.clone(), conn_tx);
+    let acceptor = Acceptor::new(
+        tls_config.clone(),
+        tls::IdentityRules::from_config(&config.tls),
+        config.limits.clone(),
+        metrics.clone(),
+        conn_tx,
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     for l in listeners(&config, passed)? {
         spawn_accept_loop(l, acceptor.clone(), stop_rx.clone());
@@ -351,7 +357,7 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
                             *cur = new;
                         }
                         metrics.reloads_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tracing::info!("reloaded TLS certificate, key and client CA");
+                        tracing::info!("reloaded TLS certificate, key, client CA and CRLs");
                     }
                     Err(e) => {
                         metrics.reloads_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

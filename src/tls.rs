@@ -3,10 +3,12 @@
 //! extracted from its verified certificate. Admission (handshake budget,
 //! connection cap, idle timeout) is in [`crate::conn`].
 use crate::config::Tls;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
 use sha2::{Digest, Sha256};
 use std::io;
 use std::pin::Pin;
@@ -43,9 +45,32 @@ pub fn load_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, TlsErr
     PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError(format!("cannot read private key {}: {e}", path.display())))
 }
 
+/// Reads certificate revocation lists, PEM (any number per file) or DER
+/// (one per file).
+pub fn load_crls(paths: &[std::path::PathBuf]) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let bytes = std::fs::read(path).map_err(|e| TlsError(format!("cannot read CRL {}: {e}", path.display())))?;
+        if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+            let before = out.len();
+            for crl in CertificateRevocationListDer::pem_slice_iter(&bytes) {
+                out.push(crl.map_err(|e| TlsError(format!("bad CRL PEM in {}: {e}", path.display())))?);
+            }
+            if out.len() == before {
+                return Err(TlsError(format!("no X509 CRL in {}", path.display())));
+            }
+        } else {
+            out.push(CertificateRevocationListDer::from(bytes));
+        }
+    }
+    Ok(out)
+}
+
 /// Builds the server configuration: TLS 1.3 only, ALPN h2, client
-/// certificates required and verified against `client_ca`. A private key
-/// that group or others can read is refused (at start and on reload).
+/// certificates required, verified against `client_ca` and the configured
+/// CRLs, and held to the URI SAN rules ([`IdentityRules`]) during the
+/// handshake. A private key that group or others can read is refused (at
+/// start and on reload).
 pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, TlsError> {
     crate::config::check_secret_file(&tls.key, "TLS private key").map_err(|e| TlsError(e.to_string()))?;
     let mut roots = RootCertStore::empty();
@@ -54,9 +79,16 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, TlsError> {
             .add(ca)
             .map_err(|e| TlsError(format!("bad client CA {}: {e}", tls.client_ca.display())))?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+    // With CRLs, every certificate of the chain below the CA must have a
+    // known status (rustls' default): a missing CRL refuses, never admits.
+    let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .with_crls(load_crls(&tls.client_crls)?)
         .build()
-        .map_err(|e| TlsError(format!("client verifier: {e}")))?;
+        .map_err(|e| TlsError(format!("client verifier (client CA or CRL): {e}")))?;
+    let verifier = Arc::new(IdentityVerifier {
+        inner: webpki,
+        rules: IdentityRules::from_config(tls),
+    });
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError(format!("TLS 1.3: {e}")))?
@@ -73,12 +105,162 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(cfg))
 }
 
+/// The client certificate verifier: webpki (chain to the client CA, CRLs),
+/// then the identity rules, so a certificate whose URI SANs break them
+/// fails the handshake and never reaches a service.
+#[derive(Debug)]
+struct IdentityVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    rules: IdentityRules,
+}
+
+impl ClientCertVerifier for IdentityVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        PeerIdentity::from_cert_checked(end_entity, String::new(), &self.rules).map_err(|e| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(e))))
+        })?;
+        Ok(verified)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
+    }
+}
+
+/// What a client certificate's URI SANs must look like (`[tls]`).
+///
+/// Identities live in two namespaces that must never meet: a URI SAN
+/// (`spiffe://bank.internal/payments`), or, for a certificate without one,
+/// the hash of its public key (`sha256:<64 hex digits>`). A URI SAN is
+/// therefore accepted only as an absolute URI with an authority,
+/// `scheme://authority[/path]` (printable ASCII, at most 2048 bytes), and
+/// never with the scheme `sha256`: no certificate can spell another
+/// principal's key hash (`sha256:…` has no `//`).
+#[derive(Debug, Clone, Default)]
+pub struct IdentityRules {
+    /// Accept a certificate with more than one URI SAN (its identity is the
+    /// first; every one must follow the rules). Off: such a certificate is
+    /// ambiguous and refused.
+    pub allow_multiple_uri_sans: bool,
+    /// When not empty, every URI SAN must start with one of these
+    /// (`spiffe://bank.internal/`, slash included) and have something after it.
+    pub trust_domains: Vec<String>,
+}
+
+impl IdentityRules {
+    /// The rules `[tls]` configures.
+    pub fn from_config(tls: &Tls) -> Self {
+        IdentityRules {
+            allow_multiple_uri_sans: tls.allow_multiple_uri_sans,
+            trust_domains: tls.trust_domains.clone(),
+        }
+    }
+
+    fn check(&self, uris: &[&str]) -> Result<(), IdentityError> {
+        if uris.len() > 1 && !self.allow_multiple_uri_sans {
+            return Err(IdentityError::MultipleUriSans(uris.len()));
+        }
+        for u in uris {
+            check_uri_san(u)?;
+            if !self.trust_domains.is_empty()
+                && !self
+                    .trust_domains
+                    .iter()
+                    .any(|d| u.strip_prefix(d.as_str()).is_some_and(|rest| !rest.is_empty()))
+            {
+                return Err(IdentityError::OutsideTrustDomains((*u).to_owned()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks the form of a URI SAN (see [`IdentityRules`]); also used to
+/// validate configured trust domains.
+pub fn check_uri_san(u: &str) -> Result<(), IdentityError> {
+    let malformed = || IdentityError::MalformedUri(u.to_owned());
+    if u.is_empty() || u.len() > 2048 || !u.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(malformed());
+    }
+    let (scheme, rest) = u.split_once("://").ok_or_else(malformed)?;
+    let mut chars = scheme.chars();
+    let scheme_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return Err(malformed());
+    }
+    if scheme.eq_ignore_ascii_case("sha256") {
+        return Err(IdentityError::KeyHashNamespace(u.to_owned()));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err(malformed());
+    }
+    Ok(())
+}
+
+/// Why a verified client certificate gives no identity. Messages quote the
+/// offending URI escaped (it goes to logs).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// The certificate could not be parsed.
+    #[error("client certificate could not be parsed")]
+    Unparseable,
+    /// More than one URI SAN, and `tls.allow_multiple_uri_sans` is off.
+    #[error("client certificate has {0} URI SANs; one is allowed (tls.allow_multiple_uri_sans)")]
+    MultipleUriSans(usize),
+    /// A URI SAN that is not `scheme://authority[/path]` in printable ASCII.
+    #[error("client certificate URI SAN {0:?} is not an absolute URI scheme://authority/...")]
+    MalformedUri(String),
+    /// A URI SAN in the key-hash namespace (`sha256…`).
+    #[error("client certificate URI SAN {0:?} uses the sha256 scheme reserved for key-hash identities")]
+    KeyHashNamespace(String),
+    /// A URI SAN outside `tls.trust_domains`.
+    #[error("client certificate URI SAN {0:?} is outside the configured trust domains (tls.trust_domains)")]
+    OutsideTrustDomains(String),
+}
+
 /// Who is calling: taken from the verified client certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIdentity {
     /// `sha256:<hex>` of the certificate's SubjectPublicKeyInfo.
     pub spki_sha256: String,
-    /// The first URI SAN (for example a SPIFFE ID), if present.
+    /// The first URI SAN (for example a SPIFFE ID), if present; it follows
+    /// the [`IdentityRules`].
     pub uri_san: Option<String>,
     /// Remote address (`unix` for the Unix socket).
     pub peer_addr: Arc<str>,
@@ -88,7 +270,8 @@ pub struct PeerIdentity {
 
 impl PeerIdentity {
     /// The identity policies refer to: the URI SAN when present, else the
-    /// public-key hash (as MinIO KES does).
+    /// public-key hash (as MinIO KES does). The two namespaces cannot meet:
+    /// a URI SAN is `scheme://…` and never of the scheme `sha256`.
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -99,19 +282,35 @@ impl PeerIdentity {
         self.id.clone()
     }
 
-    /// Extracts the identity from a DER certificate.
+    /// Extracts the identity from a DER certificate under the default
+    /// [`IdentityRules`] (one URI SAN at most, any trust domain).
     pub fn from_cert(der: &[u8], peer_addr: String) -> Option<Self> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        Self::from_cert_checked(der, peer_addr, &IdentityRules::default()).ok()
+    }
+
+    /// Extracts the identity from a DER certificate, refusing URI SANs that
+    /// break `rules`.
+    pub fn from_cert_checked(der: &[u8], peer_addr: String, rules: &IdentityRules) -> Result<Self, IdentityError> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| IdentityError::Unparseable)?;
         let spki = cert.tbs_certificate.subject_pki.raw;
         let spki_sha256 = format!("sha256:{}", hex::encode(Sha256::digest(spki)));
-        let uri_san = cert.subject_alternative_name().ok().flatten().and_then(|san| {
-            san.value.general_names.iter().find_map(|n| match n {
-                x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
-                _ => None,
-            })
-        });
+        let uris: Vec<&str> = match cert.subject_alternative_name() {
+            Ok(Some(san)) => san
+                .value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(u) => Some(*u),
+                    _ => None,
+                })
+                .collect(),
+            Ok(None) => Vec::new(),
+            Err(_) => return Err(IdentityError::Unparseable),
+        };
+        rules.check(&uris)?;
+        let uri_san = uris.first().map(|u| (*u).to_owned());
         let id = Arc::from(uri_san.as_deref().unwrap_or(&spki_sha256));
-        Some(PeerIdentity {
+        Ok(PeerIdentity {
             spki_sha256,
             uri_san,
             peer_addr: Arc::from(peer_addr),
@@ -196,5 +395,77 @@ mod tests {
             .unwrap();
         let id = PeerIdentity::from_cert(plain.der(), "unix".into()).unwrap();
         assert_eq!(id.id(), expected);
+    }
+
+    fn cert_with_uris(uris: &[&str]) -> (rcgen::KeyPair, rcgen::Certificate) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| rcgen::SanType::URI(rcgen::Ia5String::try_from(*u).unwrap()))
+            .collect();
+        let cert = params.self_signed(&key).unwrap();
+        (key, cert)
+    }
+
+    #[test]
+    fn uri_sans_cannot_spell_a_key_hash_and_follow_the_rules() {
+        let hash = format!("sha256:{}", "ab".repeat(32));
+        let (_, spoof) = cert_with_uris(&[&hash]);
+        let e = PeerIdentity::from_cert_checked(spoof.der(), String::new(), &IdentityRules::default()).unwrap_err();
+        assert!(matches!(e, IdentityError::MalformedUri(_)), "{e}");
+        for bad in [
+            "sha256://x",
+            "SHA256://host/p",
+            "spiffe:/x",
+            "spiffe://",
+            "spiffe:///path",
+            "1x://a",
+            "urn:uuid:1234",
+            "spiffe://a b/c",
+            "",
+        ] {
+            assert!(check_uri_san(bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            "spiffe://bank.internal/payments",
+            "https://svc.internal:8443/x?y",
+            "x-y.z+w://h",
+        ] {
+            check_uri_san(good).unwrap();
+        }
+        // two URI SANs: refused unless allowed; then the first is the identity
+        let (_, two) = cert_with_uris(&["spiffe://bank.internal/a", "spiffe://bank.internal/b"]);
+        let e = PeerIdentity::from_cert_checked(two.der(), String::new(), &IdentityRules::default()).unwrap_err();
+        assert!(matches!(e, IdentityError::MultipleUriSans(2)), "{e}");
+        let allow = IdentityRules {
+            allow_multiple_uri_sans: true,
+            ..Default::default()
+        };
+        let id = PeerIdentity::from_cert_checked(two.der(), String::new(), &allow).unwrap();
+        assert_eq!(id.id(), "spiffe://bank.internal/a");
+        // trust domains: a prefix with its slash, and something after it
+        let domains = IdentityRules {
+            trust_domains: vec!["spiffe://bank.internal/".into()],
+            ..Default::default()
+        };
+        let (_, inside) = cert_with_uris(&["spiffe://bank.internal/a"]);
+        PeerIdentity::from_cert_checked(inside.der(), String::new(), &domains).unwrap();
+        for outside in [
+            "spiffe://bank.internal.evil/a",
+            "spiffe://other/a",
+            "spiffe://bank.internal/",
+        ] {
+            let (_, c) = cert_with_uris(&[outside]);
+            let e = PeerIdentity::from_cert_checked(c.der(), String::new(), &domains).unwrap_err();
+            assert!(matches!(e, IdentityError::OutsideTrustDomains(_)), "{outside}: {e}");
+        }
+        // a certificate without URI SAN keeps its key-hash identity
+        let (key, none) = cert_with_uris(&[]);
+        let id = PeerIdentity::from_cert_checked(none.der(), String::new(), &domains).unwrap();
+        assert_eq!(
+            id.id(),
+            format!("sha256:{}", hex::encode(Sha256::digest(key.public_key_der())))
+        );
     }
 }

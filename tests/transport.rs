@@ -252,3 +252,189 @@ async fn idle_authenticated_connections_are_closed() {
     keys.list_keys(kmsd::proto::ListKeysRequest::default()).await.unwrap();
     assert_eq!(metric(&metrics, "kmsd_connections{state=\"established\"}"), 1);
 }
+
+fn signal(pid: u32, sig: &str) {
+    assert!(Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success());
+}
+
+fn wait_log(d: &Daemon, from: usize, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d.log_text().get(from..).unwrap_or_default().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the log:\n{}",
+            d.log_text().get(from..).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Creates key `key` as the client whose certificate is `NAME.pem`: the
+/// connection error or the gRPC status on failure.
+async fn create_as(d: &Daemon, name: &str, key: &str) -> Result<(), String> {
+    let ch = kmsd::client::connect(&d.settings(name, None))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    kmsd::proto::keys_client::KeysClient::new(ch)
+        .create_key(kmsd::proto::CreateKeyRequest {
+            name: key.into(),
+            algorithm: 0,
+            policy: None,
+        })
+        .await
+        .map(|_| ())
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+}
+
+async fn key_names(d: &Daemon) -> Vec<String> {
+    let mut keys = kmsd::proto::keys_client::KeysClient::new(d.channel().await);
+    let r = keys
+        .list_keys(kmsd::proto::ListKeysRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.names
+}
+
+fn issue_uris(pki: &Pki, name: &str, uris: &[&str]) {
+    let c = pki.ca.issue_client_uris(name, uris).unwrap();
+    kmsd::dev::write_file(&pki.dir.join(format!("{name}.pem")), c.cert_pem.as_bytes(), false).unwrap();
+    kmsd::dev::write_file(&pki.dir.join(format!("{name}.key")), c.key_pem.as_bytes(), true).unwrap();
+}
+
+/// A certificate whose URI SAN spells another principal's key-hash
+/// identity (`sha256:<hash>`) is refused at the handshake and gets nothing,
+/// though the policy grants that key-hash identity everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_spelling_a_key_hash_identity_gets_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    pki.client("victim", None);
+    let der = kmsd::tls::load_certs(&dir.path().join("victim.pem")).unwrap();
+    let victim = kmsd::tls::PeerIdentity::from_cert(&der[0], String::new()).unwrap();
+    let victim_id = victim.id().to_owned();
+    assert!(victim_id.starts_with("sha256:") && victim.uri_san.is_none());
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        TEST_POLICY.replace(
+            "[identities]\n",
+            &format!("[identities]\n\"{victim_id}\" = [\"all\"]\n"),
+        ),
+    )
+    .unwrap();
+    pki.client("spoof", Some(&victim_id));
+    let d = Daemon::start(dir.path());
+    create_as(&d, "victim", "victims-key").await.unwrap();
+    let from = d.log_text().len();
+    let e = create_as(&d, "spoof", "stolen").await.unwrap_err();
+    assert!(
+        !e.starts_with("PermissionDenied"),
+        "refused at the handshake, not by policy: {e}"
+    );
+    wait_log(&d, from, &format!("MalformedUri(\"{victim_id}\")"));
+    let names = key_names(&d).await;
+    assert!(names.contains(&"victims-key".to_string()), "{names:?}");
+    assert!(!names.contains(&"stolen".to_string()), "{names:?}");
+}
+
+/// Two URI SANs are refused unless `tls.allow_multiple_uri_sans`; with
+/// `tls.trust_domains` a URI SAN outside them is refused; a URI SAN that is
+/// not `scheme://authority/...` is refused; a certificate without URI SAN
+/// keeps its key-hash identity and meets the policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uri_san_rules_and_trust_domains_are_enforced_at_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    issue_uris(
+        &pki,
+        "two",
+        &["spiffe://test.internal/app", "spiffe://test.internal/other"],
+    );
+    pki.client("outsider", Some("spiffe://other.internal/app"));
+    pki.client("lookalike", Some("spiffe://test.internal.evil/app"));
+    pki.client("relative", Some("test.internal/app"));
+    pki.client("hashed", None);
+    let domains = "trust_domains = [\"spiffe://test.internal/\"]";
+    let mut d = Daemon::start_with_tls(dir.path(), domains, "");
+    create_as(&d, "client", "k1").await.unwrap();
+    for (who, why) in [
+        ("two", "MultipleUriSans(2)"),
+        ("outsider", "OutsideTrustDomains(\"spiffe://other.internal/app\")"),
+        ("lookalike", "OutsideTrustDomains(\"spiffe://test.internal.evil/app\")"),
+        ("relative", "MalformedUri(\"test.internal/app\")"),
+    ] {
+        let from = d.log_text().len();
+        let e = create_as(&d, who, &format!("by-{who}")).await.unwrap_err();
+        assert!(
+            !e.starts_with("PermissionDenied"),
+            "{who}: refused at the handshake: {e}"
+        );
+        wait_log(&d, from, why);
+    }
+    let e = create_as(&d, "hashed", "by-hashed").await.unwrap_err();
+    assert!(
+        e.starts_with("PermissionDenied"),
+        "the policy decides for a key-hash identity: {e}"
+    );
+
+    // allowed: the first URI SAN is the identity (and all must be in a trust domain)
+    d.stop();
+    write_config_tls(
+        dir.path(),
+        d.tcp.as_deref(),
+        &format!("{domains}\nallow_multiple_uri_sans = true"),
+        "",
+    );
+    d.restart_after_stop();
+    create_as(&d, "two", "k2").await.unwrap();
+    let names = key_names(&d).await;
+    assert_eq!(names, vec!["k1".to_string(), "k2".to_string()]);
+}
+
+/// A client certificate on the configured CRL is refused at the handshake;
+/// a CRL that revokes one more, put in place and signalled with SIGHUP,
+/// refuses it from the next handshake on; a bad CRL file is refused on
+/// reload and the previous CRL stays in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_client_certificates_are_refused_and_a_crl_reload_takes_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    pki.client("revoked", Some("spiffe://test.internal/app"));
+    pki.client("late", Some("spiffe://test.internal/app"));
+    let pem = |n: &str| std::fs::read_to_string(dir.path().join(format!("{n}.pem"))).unwrap();
+    let crl = dir.path().join("crl.pem");
+    std::fs::write(&crl, pki.ca.crl(&[&pem("revoked")], 1).unwrap()).unwrap();
+    let d = Daemon::start_with_tls(dir.path(), "client_crls = [\"crl.pem\"]", "");
+    create_as(&d, "client", "k1").await.unwrap();
+    create_as(&d, "late", "k2").await.unwrap();
+    let from = d.log_text().len();
+    create_as(&d, "revoked", "k3").await.unwrap_err();
+    wait_log(&d, from, "TLS handshake failed");
+    assert!(d.log_text()[from..].contains("Revoked"), "{}", &d.log_text()[from..]);
+
+    // a bad CRL file: the reload is refused, the previous CRL stays
+    std::fs::write(&crl, "-----BEGIN X509 CRL-----\ngarbage\n-----END X509 CRL-----\n").unwrap();
+    let from = d.log_text().len();
+    signal(d.pid(), "HUP");
+    wait_log(&d, from, "reload refused");
+    create_as(&d, "revoked", "k4").await.unwrap_err();
+    create_as(&d, "late", "k5").await.unwrap();
+
+    // a new CRL revoking "late" too: the next handshake refuses it
+    std::fs::write(&crl, pki.ca.crl(&[&pem("revoked"), &pem("late")], 2).unwrap()).unwrap();
+    let from = d.log_text().len();
+    signal(d.pid(), "HUP");
+    wait_log(&d, from, "reloaded TLS certificate");
+    create_as(&d, "late", "k6").await.unwrap_err();
+    create_as(&d, "client", "k7").await.unwrap();
+    let names = key_names(&d).await;
+    assert_eq!(names, vec!["k1", "k2", "k5", "k7"]);
+}

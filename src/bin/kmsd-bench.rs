@@ -196,10 +196,14 @@ async fn echo_server(dir: &Path, socket: &Path, tcp: &str) -> Result<(), BoxErro
         cert: dir.join("server.pem"),
         key: dir.join("server.key"),
         client_ca: dir.join("ca.pem"),
+        client_crls: Vec::new(),
+        trust_domains: Vec::new(),
+        allow_multiple_uri_sans: false,
     };
     let (tx, rx) = tokio::sync::mpsc::channel(128);
     let acceptor = kmsd::conn::Acceptor::new(
         Arc::new(std::sync::RwLock::new(kmsd::tls::server_config(&tls)?)),
+        kmsd::tls::IdentityRules::from_config(&tls),
         limits.clone(),
         Arc::new(kmsd::metrics::Metrics::default()),
         tx,

@@ -72,6 +72,11 @@ allow = [{ ops = ["*"], keys = ["*"] }]
 
 /// Writes a config for a daemon in `dir` (certificates from `Pki::new(dir)`).
 pub fn write_config(dir: &Path, tcp: Option<&str>, extra: &str) -> PathBuf {
+    write_config_tls(dir, tcp, "", extra)
+}
+
+/// [`write_config`] with more lines in its `[tls]` table.
+pub fn write_config_tls(dir: &Path, tcp: Option<&str>, tls_extra: &str, extra: &str) -> PathBuf {
     if !dir.join("master-key").exists() {
         kmsd_keystore::MasterKey::create_file(&dir.join("master-key")).unwrap();
     }
@@ -92,6 +97,7 @@ unix = "kmsd.sock"
 cert = "server.pem"
 key = "server.key"
 client_ca = "ca.pem"
+{tls_extra}
 [store]
 path = "store"
 master_key = "master-key"
@@ -111,8 +117,13 @@ impl Daemon {
     }
 
     pub fn start_with(dir: &Path, extra: &str) -> Self {
+        Self::start_with_tls(dir, "", extra)
+    }
+
+    /// [`Daemon::start_with`], with more lines in the `[tls]` table.
+    pub fn start_with_tls(dir: &Path, tls_extra: &str, extra: &str) -> Self {
         let tcp = format!("127.0.0.1:{}", free_port());
-        let config = write_config(dir, Some(&tcp), extra);
+        let config = write_config_tls(dir, Some(&tcp), tls_extra, extra);
         let mut d = Daemon {
             dir: dir.to_owned(),
             socket: dir.join("kmsd.sock"),
