@@ -57,6 +57,56 @@ fn suite(s: &dyn KeyStore) {
     // re-create after delete starts fresh
     s.put(k, "c", None, b"again").unwrap();
     s.sync().unwrap();
+    batches(s);
+}
+
+/// `apply`: all operations or none.
+fn batches(s: &dyn KeyStore) {
+    use kmsd_keystore::store::{Cond, Op};
+    let (k, m) = (RecordKind::KeyRing, RecordKind::Meta);
+    let op = |kind, name, cond, value| Op {
+        kind,
+        name,
+        cond,
+        value,
+    };
+    let revs = s
+        .apply(&[
+            op(k, "t1", Cond::Absent, Some(&b"one"[..])),
+            op(m, "t1", Cond::Any, Some(&b"meta one"[..])),
+        ])
+        .unwrap();
+    assert_eq!(revs.len(), 2);
+    let r1 = revs[0].unwrap();
+    assert_eq!(s.get(k, "t1").unwrap().unwrap().value, b"one");
+    assert_eq!(s.get(m, "t1").unwrap().unwrap().revision, revs[1].unwrap());
+    // one failing condition: nothing of the batch is applied
+    for bad in [
+        op(k, "t1", Cond::Absent, Some(&b"x"[..])),
+        op(k, "t1", Cond::At(Revision(r1.0 + 5)), Some(&b"x"[..])),
+        op(k, "nope", Cond::At(r1), None),
+    ] {
+        let e = s
+            .apply(&[
+                op(m, "t1", Cond::Any, Some(&b"changed"[..])),
+                op(k, "t2", Cond::Absent, Some(&b"new"[..])),
+                bad,
+            ])
+            .unwrap_err();
+        assert!(matches!(e, Error::Conflict { .. } | Error::NotFound { .. }), "{e}");
+        assert_eq!(s.get(m, "t1").unwrap().unwrap().value, b"meta one");
+        assert!(s.get(k, "t2").unwrap().is_none());
+    }
+    // replace and delete together
+    let revs = s
+        .apply(&[
+            op(k, "t1", Cond::At(r1), None),
+            op(m, "t1", Cond::Any, Some(&b"meta two"[..])),
+        ])
+        .unwrap();
+    assert_eq!(revs[0], None);
+    assert!(s.get(k, "t1").unwrap().is_none());
+    assert_eq!(s.get(m, "t1").unwrap().unwrap().value, b"meta two");
 }
 
 fn concurrent_cas(s: Arc<dyn KeyStore>) {

@@ -1,6 +1,6 @@
 //! In-memory reference backend: the contract in its simplest form, run
 //! through the same conformance suite as the sled backend.
-use super::{Entry, KeyStore, RecordKind, Revision};
+use super::{check_cond, Entry, KeyStore, Op, RecordKind, Revision};
 use crate::Error;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -117,6 +117,30 @@ impl KeyStore for MemoryStore {
             )?;
         }
         Ok(())
+    }
+
+    fn apply(&self, ops: &[Op<'_>]) -> Result<Vec<Option<Revision>>, Error> {
+        let mut m = self.lock()?;
+        let mut next = Vec::with_capacity(ops.len());
+        for op in ops {
+            let current = m.get(&(op.kind.tag(), op.name.to_owned())).map(|(r, _)| *r);
+            next.push(check_cond(op.kind, op.name, op.cond, current)?);
+        }
+        let mut out = Vec::with_capacity(ops.len());
+        for (op, rev) in ops.iter().zip(next) {
+            let key = (op.kind.tag(), op.name.to_owned());
+            match op.value {
+                Some(v) => {
+                    m.insert(key, (rev, v.to_vec()));
+                    out.push(Some(Revision(rev)));
+                }
+                None => {
+                    m.remove(&key);
+                    out.push(None);
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn sync(&self) -> Result<(), Error> {

@@ -23,6 +23,10 @@ pub enum RecordKind {
     Meta,
     /// Sealed secrets of other subsystems (audit key, officer TOTP secrets).
     Secret,
+    /// The integrity manifest ([`crate::manifest`]): a sealed head and one
+    /// entry (generation, hash) per record of the other kinds. Never in a
+    /// backup, never visible through a [`crate::manifest::CheckedStore`].
+    Manifest,
 }
 
 impl RecordKind {
@@ -32,6 +36,7 @@ impl RecordKind {
             RecordKind::KeyRing => b'k',
             RecordKind::Meta => b'm',
             RecordKind::Secret => b's',
+            RecordKind::Manifest => b'g',
         }
     }
 }
@@ -42,6 +47,7 @@ impl fmt::Display for RecordKind {
             RecordKind::KeyRing => "key ring",
             RecordKind::Meta => "metadata record",
             RecordKind::Secret => "secret record",
+            RecordKind::Manifest => "manifest record",
         })
     }
 }
@@ -59,6 +65,32 @@ pub struct Entry {
     pub value: Vec<u8>,
 }
 
+/// The condition one operation of a batch ([`KeyStore::apply`]) puts on
+/// its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cond {
+    /// The record must not exist.
+    Absent,
+    /// The record must exist at this revision.
+    At(Revision),
+    /// Whatever the record's state (for records the caller's own lock and
+    /// another operation's condition already protect).
+    Any,
+}
+
+/// One operation of an atomic batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Op<'a> {
+    /// Record kind.
+    pub kind: RecordKind,
+    /// Record name.
+    pub name: &'a str,
+    /// The condition on the record's current state.
+    pub cond: Cond,
+    /// The new value, or `None` to delete the record.
+    pub value: Option<&'a [u8]>,
+}
+
 /// Storage for sealed records.
 ///
 /// # Contract
@@ -71,6 +103,12 @@ pub struct Entry {
 /// - `delete` removes the record only at revision `expected`.
 /// - `list` returns names of one kind in byte order, strictly after
 ///   `after`, starting with `prefix`, at most `limit`.
+/// - `apply` performs a batch atomically: every operation's condition
+///   holds and all are applied, or the first failing condition is
+///   returned (`Conflict`, or `NotFound` for `At` on a missing record) and
+///   none is. After a crash, either all or none of an acknowledged batch
+///   is there, and a batch that returned `Err` changed nothing. A batch
+///   names each record at most once.
 /// - Backends never panic on any stored byte string.
 pub trait KeyStore: Send + Sync + 'static {
     /// Reads a record.
@@ -83,6 +121,9 @@ pub trait KeyStore: Send + Sync + 'static {
     fn list(&self, kind: RecordKind, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error>;
     /// Calls `f` on every record of `kind`, in name order.
     fn for_each(&self, kind: RecordKind, f: &mut dyn FnMut(&str, Entry) -> Result<(), Error>) -> Result<(), Error>;
+    /// Applies a batch atomically (see the contract). Returns, per
+    /// operation, the record's new revision (`None` for a deletion).
+    fn apply(&self, ops: &[Op<'_>]) -> Result<Vec<Option<Revision>>, Error>;
     /// Makes every write so far durable (used at shutdown).
     fn sync(&self) -> Result<(), Error>;
 }
@@ -93,4 +134,22 @@ pub(crate) fn storage_key(kind: RecordKind, name: &str) -> Vec<u8> {
     k.push(kind.tag());
     k.extend_from_slice(name.as_bytes());
     k
+}
+
+/// Checks `cond` against a record's current revision (`None`: absent) and
+/// returns the revision a write would give it.
+pub(crate) fn check_cond(kind: RecordKind, name: &str, cond: Cond, current: Option<u64>) -> Result<u64, Error> {
+    match (cond, current) {
+        (Cond::Absent, None) | (Cond::Any, None) => Ok(1),
+        (Cond::Any, Some(c)) => Ok(c.saturating_add(1)),
+        (Cond::At(r), Some(c)) if r.0 == c => Ok(c.saturating_add(1)),
+        (Cond::At(_), None) => Err(Error::NotFound {
+            kind,
+            name: name.into(),
+        }),
+        (Cond::Absent, Some(_)) | (Cond::At(_), Some(_)) => Err(Error::Conflict {
+            kind,
+            name: name.into(),
+        }),
+    }
 }

@@ -12,7 +12,7 @@
 //! `flush`, then a full `fsync` (`File::sync_all`) of sled's log file,
 //! of any blob files, and of the directories holding them. Only then is
 //! the write acknowledged.
-use super::{storage_key, Entry, KeyStore, RecordKind, Revision};
+use super::{check_cond, storage_key, Entry, KeyStore, Op, RecordKind, Revision};
 use crate::Error;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -219,6 +219,42 @@ impl KeyStore for SledStore {
             f(&name, Self::decode(kind, &name, &v)?)?;
         }
         Ok(())
+    }
+
+    fn apply(&self, ops: &[Op<'_>]) -> Result<Vec<Option<Revision>>, Error> {
+        use sled::transaction::{ConflictableTransactionError as Cte, TransactionError};
+        // A sled transaction is one atomic batch in the log: after a crash
+        // recovery finds all of it or none of it.
+        let result = self.db.transaction(|tx| {
+            let mut out = Vec::with_capacity(ops.len());
+            for op in ops {
+                let key = storage_key(op.kind, op.name);
+                let current = match tx.get(&key)? {
+                    None => None,
+                    Some(raw) => Some(Self::decode(op.kind, op.name, &raw).map_err(Cte::Abort)?.revision.0),
+                };
+                let rev = check_cond(op.kind, op.name, op.cond, current).map_err(Cte::Abort)?;
+                match op.value {
+                    Some(v) => {
+                        tx.insert(key, Self::encode(rev, v))?;
+                        out.push(Some(Revision(rev)));
+                    }
+                    None => {
+                        tx.remove(key)?;
+                        out.push(None);
+                    }
+                }
+            }
+            Ok(out)
+        });
+        match result {
+            Ok(out) => {
+                self.write_done()?;
+                Ok(out)
+            }
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
     }
 
     fn sync(&self) -> Result<(), Error> {
