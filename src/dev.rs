@@ -158,11 +158,14 @@ pub const DEV_OFFICER_ID: &str = "spiffe://kmsd.dev/officer";
 pub fn dev_officer_totp(config: &Config) -> Result<String, DevError> {
     let mk = kmsd_keystore::MasterKey::load(&config.master_key_path().map_err(|x| e("master key", x))?)
         .map_err(|x| e("master key", x))?;
-    let sealer = kmsd_keystore::Sealer::new(mk);
-    let store = kmsd_keystore::SledStore::open(&config.store.path).map_err(|x| e("store", x))?;
+    let raw = kmsd_keystore::SledStore::open(&config.store.path).map_err(|x| e("store", x))?;
+    let rings = kmsd_keystore::RingStore::open(std::sync::Arc::new(raw), kmsd_keystore::Sealer::new(mk))
+        .map_err(|x| e("store", x))?;
+    let (store, sealer) = (rings.raw().as_ref(), rings.sealer());
     let name = format!("totp:{DEV_OFFICER_ID}");
-    let existing =
-        kmsd_keystore::KeyStore::get(&store, kmsd_keystore::RecordKind::Secret, &name).map_err(|x| e("store", x))?;
+    let existing = store
+        .get(kmsd_keystore::RecordKind::Secret, &name)
+        .map_err(|x| e("store", x))?;
     let secret = match existing {
         Some(entry) => {
             let plain = sealer
@@ -171,10 +174,10 @@ pub fn dev_officer_totp(config: &Config) -> Result<String, DevError> {
             crate::otp::TotpSecret::from_slice(&plain)
                 .ok_or_else(|| DevError("dev officer secret is malformed".into()))?
         }
-        None => crate::access::enroll(&store, &sealer, DEV_OFFICER_ID, false)
+        None => crate::access::enroll(store, sealer, DEV_OFFICER_ID, false)
             .map_err(|x| e("enrolling the dev officer", x))?,
     };
-    kmsd_keystore::KeyStore::sync(&store).map_err(|x| e("store", x))?;
+    store.sync().map_err(|x| e("store", x))?;
     Ok(secret.otpauth_uri(DEV_OFFICER_ID))
 }
 

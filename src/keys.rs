@@ -932,7 +932,7 @@ impl Keys {
             }
             other => other.into(),
         })?;
-        let n = kmsd_keystore::backup::restore_snapshot(self.rings.raw().as_ref(), &records, &mut |_, _| {})?;
+        let n = kmsd_keystore::backup::restore_snapshot(&self.rings, &records, &mut |_, _| {})?;
         let mut rings = 0;
         let failures = self.rings.load_all(|ring| {
             self.install(&ring);

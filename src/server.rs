@@ -54,10 +54,15 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn KeyStore>, StartError> {
     ))
 }
 
+/// Opens the store of `config` behind its integrity manifest (migrating a
+/// format-1 store): what every offline command reads and writes through.
+pub fn open_rings(config: &Config) -> Result<RingStore, StartError> {
+    RingStore::open(open_store(config)?, sealer(config)?).map_err(|e| err("key store", e))
+}
+
 /// Opens the store described by `config` and loads every key ring.
 pub fn open_keys(config: &Config) -> Result<Arc<Keys>, StartError> {
-    let sealer = sealer(config)?;
-    let rings = RingStore::open(open_store(config)?, sealer).map_err(|e| err("key store", e))?;
+    let rings = open_rings(config)?;
     let keys = Keys::load(rings, Arc::new(SystemClock), config.dev_mode).map_err(|e| err("loading key rings", e))?;
     keys.set_max_rotations_per_call(config.limits.max_rotations_per_call);
     Ok(Arc::new(keys))

@@ -1,16 +1,27 @@
 //! Backup snapshots and master-key rotation (rekey).
 //!
-//! # Snapshot format 1
+//! # Snapshot format 2 (written)
 //! ```text
-//! "KMSDBAK1" | u64-BE record count |
+//! "KMSDBAK2" | u64-BE record count |
 //!   count × ( kind tag u8 | u32-BE name length | name | u32-BE value length | sealed value ) |
-//! HMAC-SHA256(backup MAC key, every preceding byte)
+//! HMAC-SHA256(backup MAC subkey, every preceding byte)
 //! ```
+//! Format 1 (`"KMSDBAK1"`, read only) is the same with the MAC keyed by
+//! `HMAC-SHA256(master key, "kmsd backup mac v1")`.
+//!
 //! Records stay sealed under the master key exactly as stored, so a
-//! snapshot never holds key material in clear; the trailing MAC (under a
-//! key derived from the master key) detects any change, truncation or
-//! reordering. Restoring needs the same master key (or a later one whose
-//! sealer lists it as previous).
+//! snapshot never holds key material in clear; the trailing MAC (under the
+//! backup subkey of the master key, [`crate::seal::Purpose::BackupMac`])
+//! detects any change, truncation or reordering. A snapshot verifies under
+//! the current master key or any previous one the sealer holds
+//! (`store.previous_master_key`), so backups taken before a rekey stay
+//! restorable while the old key is kept.
+//!
+//! Restoring re-seals every record under the current key (and format),
+//! writes it through the integrity manifest, and keeps every version the
+//! current store's tombstones list as destroyed: a backup taken before a
+//! destruction never brings the material back into a store that knows of
+//! it.
 //!
 //! # Rekey
 //! [`rekey`] re-seals every record under a new master key, one record per
@@ -18,27 +29,27 @@
 //! so an interrupted rekey is resumed by running it again, and at every
 //! point the store opens with the (new, old) key pair: no record is lost.
 use crate::error::Error;
-use crate::seal::Sealer;
+use crate::keyring::{KeyRing, VersionState};
+use crate::manifest::COVERED;
+use crate::name::KeyName;
+use crate::rings::RingStore;
+use crate::seal::{Purpose, Sealer};
 use crate::store::{KeyStore, RecordKind};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use zeroize::Zeroizing;
 
-const MAGIC: &[u8; 8] = b"KMSDBAK1";
-const KINDS: [RecordKind; 3] = [RecordKind::Meta, RecordKind::KeyRing, RecordKind::Secret];
+const MAGIC_V1: &[u8; 8] = b"KMSDBAK1";
+const MAGIC_V2: &[u8; 8] = b"KMSDBAK2";
+const KINDS: [RecordKind; 3] = COVERED;
 
 fn kind_from_tag(t: u8) -> Option<RecordKind> {
     KINDS.into_iter().find(|k| k.tag() == t)
 }
 
-fn mac(sealer: &Sealer) -> Hmac<Sha256> {
-    let key = sealer.derive_subkey(b"kmsd backup mac v1");
-    // HMAC accepts keys of any length.
-    Hmac::<Sha256>::new_from_slice(key.as_ref()).unwrap_or_else(|_| unreachable_hmac())
-}
-
-#[allow(clippy::panic)]
-fn unreachable_hmac() -> Hmac<Sha256> {
-    panic!("HMAC-SHA256 accepts any key length")
+fn mac_with(key: &[u8; 32]) -> Option<Hmac<Sha256>> {
+    // HMAC accepts keys of any length: never None.
+    Hmac::<Sha256>::new_from_slice(key).ok()
 }
 
 /// Writes a snapshot of every record to `out`, calling `progress(done,
@@ -57,12 +68,13 @@ pub fn write_snapshot(
         })?;
     }
     let total = records.len() as u64;
-    let mut m = mac(sealer);
+    let mut m =
+        mac_with(&sealer.subkey(Purpose::BackupMac)).ok_or_else(|| Error::Backend("backup MAC key rejected".into()))?;
     let mut emit = |bytes: &[u8], out: &mut dyn std::io::Write| -> Result<(), Error> {
         m.update(bytes);
         out.write_all(bytes).map_err(Error::from)
     };
-    emit(MAGIC, out)?;
+    emit(MAGIC_V2, out)?;
     emit(&total.to_be_bytes(), out)?;
     for (i, (kind, name, value)) in records.iter().enumerate() {
         let mut rec = Vec::with_capacity(9 + name.len() + value.len());
@@ -98,17 +110,34 @@ fn bad(reason: &'static str) -> Error {
 }
 
 /// Verifies a snapshot's MAC and parses it. Nothing is returned unless
-/// the whole snapshot is authentic, and every record opens.
+/// the whole snapshot is authentic, and every record opens. The MAC is
+/// accepted under the current master key or any previous one `sealer`
+/// holds.
 pub fn read_snapshot(bytes: &[u8], sealer: &Sealer) -> Result<Vec<SnapshotRecord>, Error> {
-    if bytes.len() < MAGIC.len() + 8 + 32 || !bytes.starts_with(MAGIC) {
-        return Err(bad("not a kmsd backup (format 1)"));
+    if bytes.len() < MAGIC_V2.len() + 8 + 32 {
+        return Err(bad("not a kmsd backup (format 1 or 2)"));
     }
+    let keys: Vec<Zeroizing<[u8; 32]>> = if bytes.starts_with(MAGIC_V2) {
+        sealer.subkeys(Purpose::BackupMac)
+    } else if bytes.starts_with(MAGIC_V1) {
+        sealer.legacy_backup_mac_keys()
+    } else {
+        return Err(bad("not a kmsd backup (format 1 or 2)"));
+    };
     let (body, tag) = bytes.split_at(bytes.len() - 32);
-    let mut m = mac(sealer);
-    m.update(body);
-    m.verify_slice(tag)
-        .map_err(|_| bad("backup integrity check failed (modified, truncated, or another master key)"))?;
-    let mut rest = &body[MAGIC.len()..];
+    let authentic = keys.iter().any(|k| {
+        mac_with(k).is_some_and(|mut m| {
+            m.update(body);
+            m.verify_slice(tag).is_ok()
+        })
+    });
+    if !authentic {
+        return Err(bad(
+            "backup integrity check failed (modified, truncated, or made under a master key not configured as \
+             store.master_key or store.previous_master_key)",
+        ));
+    }
+    let mut rest = &body[MAGIC_V2.len()..];
     let take = |rest: &mut &[u8], n: usize| -> Result<Vec<u8>, Error> {
         if rest.len() < n {
             return Err(bad("backup is truncated"));
@@ -139,30 +168,74 @@ pub fn read_snapshot(bytes: &[u8], sealer: &Sealer) -> Result<Vec<SnapshotRecord
     Ok(out)
 }
 
+/// A record's plaintext as it will be restored: key rings lose the
+/// material of every version the current store's tombstone lists.
+fn restored_plaintext(rings: &RingStore, r: &SnapshotRecord) -> Result<(Zeroizing<Vec<u8>>, usize), Error> {
+    let plain = rings.sealer().open(r.kind, &r.name, &r.value)?;
+    if r.kind != RecordKind::KeyRing {
+        return Ok((plain, 0));
+    }
+    let gone = rings.tombstone(&r.name)?;
+    if gone.is_empty() {
+        return Ok((plain, 0));
+    }
+    let rev = crate::store::Revision(0);
+    let mut ring = KeyRing::decode(&KeyName::parse(&r.name)?, &plain, rev)?;
+    let mut stripped = 0;
+    for v in &mut ring.versions {
+        if gone.contains(&v.version) && (v.state != VersionState::Destroyed || v.material.is_some()) {
+            v.state = VersionState::Destroyed;
+            v.material = None; // zeroized on drop
+            stripped += 1;
+        }
+    }
+    Ok((ring.encode(), stripped))
+}
+
 /// Restores a verified snapshot into a store without key rings. Existing
 /// non-key records (the store marker, the restoring daemon's own audit
-/// key) are kept; missing ones (officer enrolments) are restored.
+/// key, tombstones) are kept; missing ones (officer enrolments) are
+/// restored. Every record is re-sealed under the current key and written
+/// through the integrity manifest; versions the current store knows as
+/// destroyed stay destroyed.
 ///
 /// An interrupted restore is resumed by running it again with the same
-/// snapshot: key rings already in the store are accepted when each is
-/// byte-for-byte the snapshot's record of that name (what the interrupted
-/// run wrote); any other key ring makes the store "not empty" and the
-/// restore is refused, touching nothing.
+/// snapshot: key rings already in the store are accepted when each holds
+/// what the snapshot's record of that name restores to (what the
+/// interrupted run wrote); any other key ring makes the store "not empty"
+/// and the restore is refused, touching nothing.
 pub fn restore_snapshot(
-    store: &dyn KeyStore,
+    rings: &RingStore,
     records: &[SnapshotRecord],
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, Error> {
+    let store = rings.raw();
+    let mut plains = Vec::with_capacity(records.len());
+    let mut stripped = 0;
+    for r in records {
+        let (p, n) = restored_plaintext(rings, r)?;
+        stripped += n;
+        plains.push(p);
+    }
+    if stripped > 0 {
+        tracing::warn!(
+            versions = stripped,
+            "restore: versions destroyed after the backup was taken stay destroyed"
+        );
+    }
     let wanted: std::collections::HashMap<&str, &[u8]> = records
         .iter()
-        .filter(|r| r.kind == RecordKind::KeyRing)
-        .map(|r| (r.name.as_str(), r.value.as_slice()))
+        .zip(&plains)
+        .filter(|(r, _)| r.kind == RecordKind::KeyRing)
+        .map(|(r, p)| (r.name.as_str(), p.as_slice()))
         .collect();
     let mut foreign = false;
     store.for_each(RecordKind::KeyRing, &mut |name, entry| {
-        if wanted.get(name).copied() != Some(entry.value.as_slice()) {
-            foreign = true;
-        }
+        let same = rings
+            .sealer()
+            .open(RecordKind::KeyRing, name, &entry.value)
+            .is_ok_and(|p| wanted.get(name).copied() == Some(p.as_slice()));
+        foreign |= !same;
         Ok(())
     })?;
     if foreign {
@@ -171,16 +244,22 @@ pub fn restore_snapshot(
         ));
     }
     let total = records.len() as u64;
-    for (i, r) in records.iter().enumerate() {
-        match store.put(r.kind, &r.name, None, &r.value) {
+    for (i, (r, plain)) in records.iter().zip(&plains).enumerate() {
+        let sealed = rings.sealer().seal(r.kind, &r.name, plain)?;
+        match store.put(r.kind, &r.name, None, &sealed) {
             Ok(_) => {}
-            // The store marker of a freshly opened store, and secrets the
-            // restoring daemon already made (its own audit key) are kept.
+            // The store marker of a freshly opened store, secrets the
+            // restoring daemon already made (its own audit key), and the
+            // store's own tombstones are kept.
             Err(Error::Conflict { .. }) if r.kind != RecordKind::KeyRing => {}
             // A key ring an interrupted run already wrote (anything else
             // appeared meanwhile: refused).
             Err(e @ Error::Conflict { .. }) => {
-                if store.get(r.kind, &r.name)?.map(|en| en.value) != Some(r.value.clone()) {
+                let now = store.get(r.kind, &r.name)?;
+                let same = now
+                    .and_then(|en| rings.sealer().open(r.kind, &r.name, &en.value).ok())
+                    .is_some_and(|p| p.as_slice() == plain.as_slice());
+                if !same {
                     return Err(e);
                 }
             }
@@ -231,44 +310,79 @@ pub fn rekey(store: &dyn KeyStore, sealer: &Sealer, progress: &mut dyn FnMut(u64
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::keyring::KeyPolicy;
     use crate::store::memory::MemoryStore;
+    use crate::{Algorithm, MasterKey};
+    use std::sync::Arc;
 
-    fn rec(kind: RecordKind, name: &str, value: &[u8]) -> SnapshotRecord {
-        SnapshotRecord {
-            kind,
-            name: name.into(),
-            value: value.to_vec(),
-        }
+    fn rings(store: &Arc<MemoryStore>) -> RingStore {
+        RingStore::open(store.clone(), Sealer::new(MasterKey::from_bytes(&[3; 32]))).unwrap()
     }
 
     #[test]
     fn an_interrupted_restore_is_resumed_and_a_foreign_store_refused() {
-        let snapshot = vec![
-            rec(RecordKind::KeyRing, "a", b"ring a"),
-            rec(RecordKind::KeyRing, "b", b"ring b"),
-            rec(RecordKind::Secret, "officer/x", b"totp"),
-            rec(RecordKind::KeyRing, "c", b"ring c"),
-        ];
-        let store = MemoryStore::new();
-        // the first run stopped after two records
-        store.put(RecordKind::KeyRing, "a", None, b"ring a").unwrap();
-        store.put(RecordKind::KeyRing, "b", None, b"ring b").unwrap();
-        assert_eq!(restore_snapshot(&store, &snapshot, &mut |_, _| {}).unwrap(), 4);
-        for (kind, name, value) in [
-            (RecordKind::KeyRing, "a", &b"ring a"[..]),
-            (RecordKind::KeyRing, "b", b"ring b"),
-            (RecordKind::KeyRing, "c", b"ring c"),
-            (RecordKind::Secret, "officer/x", b"totp"),
-        ] {
-            assert_eq!(store.get(kind, name).unwrap().unwrap().value, value);
+        let src = Arc::new(MemoryStore::new());
+        let source = rings(&src);
+        for n in ["a", "b", "c"] {
+            source
+                .create(KeyRing::new(
+                    KeyName::parse(n).unwrap(),
+                    Algorithm::Aes256Gcm,
+                    KeyPolicy::default(),
+                    1,
+                ))
+                .unwrap();
+        }
+        let mut snap = Vec::new();
+        write_snapshot(source.raw().as_ref(), source.sealer(), &mut snap, &mut |_, _| {}).unwrap();
+        let records = read_snapshot(&snap, source.sealer()).unwrap();
+        let dst = Arc::new(MemoryStore::new());
+        let target = rings(&dst);
+        // the first run stopped after two rings
+        let firsts: Vec<SnapshotRecord> = records
+            .iter()
+            .filter(|r| r.kind == RecordKind::KeyRing && r.name != "c")
+            .map(|r| SnapshotRecord {
+                kind: r.kind,
+                name: r.name.clone(),
+                value: r.value.clone(),
+            })
+            .collect();
+        restore_snapshot(&target, &firsts, &mut |_, _| {}).unwrap();
+        assert_eq!(
+            restore_snapshot(&target, &records, &mut |_, _| {}).unwrap(),
+            records.len() as u64
+        );
+        for n in ["a", "b", "c"] {
+            let name = KeyName::parse(n).unwrap();
+            assert_eq!(
+                target.get(&name).unwrap().unwrap().versions[0]
+                    .material
+                    .as_ref()
+                    .unwrap()
+                    .expose_secret(),
+                source.get(&name).unwrap().unwrap().versions[0]
+                    .material
+                    .as_ref()
+                    .unwrap()
+                    .expose_secret()
+            );
         }
         // a store with a key ring of its own (or a different version of one)
-        let other = MemoryStore::new();
-        other.put(RecordKind::KeyRing, "a", None, b"another ring a").unwrap();
-        let e = restore_snapshot(&other, &snapshot, &mut |_, _| {}).unwrap_err();
+        let other_store = Arc::new(MemoryStore::new());
+        let other = rings(&other_store);
+        other
+            .create(KeyRing::new(
+                KeyName::parse("a").unwrap(),
+                Algorithm::Aes256Gcm,
+                KeyPolicy::default(),
+                1,
+            ))
+            .unwrap();
+        let e = restore_snapshot(&other, &records, &mut |_, _| {}).unwrap_err();
         assert!(e.to_string().contains("empty store"), "{e}");
         assert!(
-            other.get(RecordKind::KeyRing, "b").unwrap().is_none(),
+            other.get(&KeyName::parse("b").unwrap()).unwrap().is_none(),
             "nothing written"
         );
     }

@@ -5,8 +5,11 @@
 //!   128-bit tag), checked against the Wycheproof vectors.
 //! - [`secret`]: secret types ([`KeyMaterial`], [`MasterKey`]): no `Debug`
 //!   that shows bytes, zeroized on drop.
-//! - [`seal`]: seals and opens stored records under the master key, binding
-//!   the record's kind and name as associated data.
+//! - [`seal`]: seals and opens stored records under per-record keys derived
+//!   from the master key, binding the record's kind and name as associated
+//!   data; per-purpose subkeys of the master key.
+//! - [`manifest`]: [`manifest::CheckedStore`], the integrity manifest that
+//!   detects a single record rolled back, replaced or deleted.
 //! - [`store`]: the [`KeyStore`] trait (raw, conditional writes on a record
 //!   revision) with a sled backend and an in-memory reference backend.
 //! - [`keyring`]: versioned key rings and their record format.
@@ -24,6 +27,7 @@ pub mod aead;
 pub mod backup;
 pub mod error;
 pub mod keyring;
+pub mod manifest;
 pub mod name;
 pub mod rings;
 pub mod seal;

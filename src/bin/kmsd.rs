@@ -157,9 +157,11 @@ fn rekey(cfg: &Config, new_key: &std::path::Path) -> Result<(), String> {
         // resuming: the configured key may already be the new one
         sealer = sealer.with_previous(load_master_key(prev).map_err(|e| e.to_string())?);
     }
-    let store = kmsd::server::open_store(cfg).map_err(|e| e.to_string())?;
+    let rings = kmsd_keystore::RingStore::open(kmsd::server::open_store(cfg).map_err(|e| e.to_string())?, sealer)
+        .map_err(|e| e.to_string())?;
+    let sealer = rings.sealer();
     let pb = progress(0, "rekey");
-    let (resealed, current) = kmsd_keystore::backup::rekey(store.as_ref(), &sealer, &mut |done, total| {
+    let (resealed, current) = kmsd_keystore::backup::rekey(rings.raw().as_ref(), sealer, &mut |done, total| {
         pb.set_length(total);
         pb.set_position(done);
     })
@@ -175,12 +177,12 @@ fn rekey(cfg: &Config, new_key: &std::path::Path) -> Result<(), String> {
 }
 
 fn restore(cfg: &Config, file: &std::path::Path) -> Result<(), String> {
-    let sealer = kmsd::server::sealer(cfg).map_err(|e| e.to_string())?;
-    let store = kmsd::server::open_store(cfg).map_err(|e| e.to_string())?;
+    let rings = kmsd::server::open_rings(cfg).map_err(|e| e.to_string())?;
     let bytes = std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
-    let records = kmsd_keystore::backup::read_snapshot(&bytes, &sealer).map_err(|e| format!("backup rejected: {e}"))?;
+    let records =
+        kmsd_keystore::backup::read_snapshot(&bytes, rings.sealer()).map_err(|e| format!("backup rejected: {e}"))?;
     let pb = progress(records.len() as u64, "restore");
-    let n = kmsd_keystore::backup::restore_snapshot(store.as_ref(), &records, &mut |done, _| pb.set_position(done))
+    let n = kmsd_keystore::backup::restore_snapshot(&rings, &records, &mut |done, _| pb.set_position(done))
         .map_err(|e| e.to_string())?;
     pb.finish();
     println!("restored {n} records from {}", file.display());
@@ -209,11 +211,10 @@ fn main() -> ExitCode {
             replace,
         } => {
             return offline(&config, |cfg| {
-                let sealer = kmsd::server::sealer(cfg).map_err(|e| e.to_string())?;
-                let store = kmsd::server::open_store(cfg).map_err(|e| e.to_string())?;
-                let secret =
-                    kmsd::access::enroll(store.as_ref(), &sealer, &identity, replace).map_err(|e| e.to_string())?;
-                store.sync().map_err(|e| e.to_string())?;
+                let rings = kmsd::server::open_rings(cfg).map_err(|e| e.to_string())?;
+                let secret = kmsd::access::enroll(rings.raw().as_ref(), rings.sealer(), &identity, replace)
+                    .map_err(|e| e.to_string())?;
+                rings.raw().sync().map_err(|e| e.to_string())?;
                 println!("officer {identity} enrolled; add to the authenticator app, then discard:");
                 println!("{}", secret.otpauth_uri(&identity));
                 Ok(())
@@ -221,9 +222,8 @@ fn main() -> ExitCode {
         }
         Cmd::AuditVerify { config, files } => {
             return offline(&config, |cfg| {
-                let sealer = kmsd::server::sealer(cfg).map_err(|e| e.to_string())?;
-                let store = kmsd::server::open_store(cfg).map_err(|e| e.to_string())?;
-                let key = kmsd::access::audit_key(store.as_ref(), &sealer).map_err(|e| e.to_string())?;
+                let rings = kmsd::server::open_rings(cfg).map_err(|e| e.to_string())?;
+                let key = kmsd::access::audit_key(rings.raw().as_ref(), rings.sealer()).map_err(|e| e.to_string())?;
                 // the head first: the log read after it holds at least what it records
                 let anchor = kmsd::audit::read_head(&cfg.audit.path, &key)?;
                 let mut text = String::new();
