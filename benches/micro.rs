@@ -73,7 +73,10 @@ fn audit(c: &mut Criterion) {
     let handle = kmsd::audit::spawn(
         &dir.path().join("audit.log"),
         kmsd::audit::AuditKey::from_bytes(&[1; 32]),
-        1 << 30,
+        kmsd::audit::Options {
+            rotate_bytes: 1 << 30,
+            ..Default::default()
+        },
         metrics,
     )
     .unwrap_or_else(|e| panic!("{e}"));
@@ -95,7 +98,7 @@ fn audit(c: &mut Criterion) {
     g.bench_function("1000 records, group commit", |b| {
         b.iter(|| {
             for _ in 0..1000 {
-                handle.record(ev.clone());
+                let _ = handle.record(ev.clone());
             }
             let _ = handle.record_durable(ev.clone());
         })

@@ -52,12 +52,52 @@ pub struct Call {
     pub version: std::sync::atomic::AtomicU32,
     /// Short non-secret detail for the audit record (batch sizes).
     pub detail: Mutex<Option<String>>,
+    /// A batch's items by key, version and result: one audit record each,
+    /// so a batch does not hide which keys and versions it used.
+    pub batch: Mutex<Vec<BatchPart>>,
+    /// Set once the call is let through: its outcome record is owed. A call
+    /// dropped before it is finished (the client cancelled, its stream
+    /// failed, an early return) gets a CANCELLED record from `Drop`.
+    pub owed: Mutex<Option<Arc<Access>>>,
+}
+
+/// Items of a batch that used one key and version with one result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchPart {
+    /// Key named by the items.
+    pub key: String,
+    /// Version used (none when the items failed).
+    pub version: Option<u32>,
+    /// Rewrap: the version the ciphertexts were under.
+    pub from_version: Option<u32>,
+    /// The items' result.
+    pub code: Code,
+    /// How many items.
+    pub items: u64,
 }
 
 impl Call {
     /// Notes the key version used.
     pub fn used_version(&self, v: u32) {
         self.version.store(v, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The call was let through: from now on it ends with an outcome
+    /// record, whichever way it ends.
+    pub fn owe_outcome(&self, access: Arc<Access>) {
+        *lock(&self.owed) = Some(access);
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        let owed = match self.owed.get_mut() {
+            Ok(o) => o.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(access) = owed {
+            access.record_abandoned(self);
+        }
     }
 }
 
@@ -235,7 +275,7 @@ impl Access {
     pub fn new(
         policy_path: PathBuf,
         audit_path: PathBuf,
-        rotate_bytes: u64,
+        audit_options: crate::audit::Options,
         keys: &Keys,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, String> {
@@ -247,7 +287,7 @@ impl Access {
         let store = rings.raw().clone();
         let key = audit_key(store.as_ref(), rings.sealer()).map_err(|e| format!("audit key: {e}"))?;
         let key_copy = audit_key(store.as_ref(), rings.sealer()).map_err(|e| format!("audit key: {e}"))?;
-        let audit = crate::audit::spawn(&audit_path, key_copy, rotate_bytes, metrics).map_err(|e| e.to_string())?;
+        let audit = crate::audit::spawn(&audit_path, key_copy, audit_options, metrics).map_err(|e| e.to_string())?;
         let mut totp = HashMap::new();
         store
             .for_each(RecordKind::Secret, &mut |name, entry| {
@@ -326,10 +366,15 @@ impl Access {
     /// Checks policy and second factor for `call` and, for administrative
     /// operations, writes the durable intent record.
     pub fn authorize(&self, call: &Call, otp: Option<&str>) -> Result<(), Status> {
+        // (`on_failure = "fail"` and the log cannot be written: no call
+        // runs, since none could be audited)
+        if let Some(e) = self.audit.unavailable() {
+            return Err(Status::unavailable(format!("{e}; the call was not performed")));
+        }
         let policy = self.policy.load();
         let id = call.peer.id();
         if let Err(denied) = policy.check(id, call.op, call.key.as_deref()) {
-            self.audit.record(self.event(call, "PERMISSION_DENIED", None));
+            let _ = self.audit.record(self.event(call, "PERMISSION_DENIED", None));
             return Err(Status::permission_denied(denied.to_string()));
         }
         if policy.needs_second_factor(id, call.op) {
@@ -338,6 +383,13 @@ impl Access {
         if call.op.is_admin() || call.op == Op::AdminReload {
             if let Err(e) = self.durable(|| self.audit.record_durable(self.event(call, "STARTED", None))) {
                 tracing::error!(error = %e, "administrative call refused: its audit record cannot be written");
+                // (the STARTED record may reach the log later, when the
+                // writer retries: it must not stay without an outcome)
+                self.audit.record_anyway(self.event(
+                    call,
+                    "UNAVAILABLE",
+                    Some("not performed: its audit record could not be written".into()),
+                ));
                 return Err(Status::unavailable(format!("{e}; the operation was not performed")));
             }
         }
@@ -348,16 +400,14 @@ impl Access {
         // The handlers run on a multi-threaded runtime (or on a blocking
         // thread): block_in_place keeps the other tasks moving while the
         // audit record is fsynced.
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-            _ => f(),
-        }
+        crate::audit::blocking_section(f)
     }
 
     fn second_factor(&self, call: &Call, otp: Option<&str>) -> Result<(), Status> {
         let id = call.peer.id();
         let Some(secret) = lock(&self.totp).get(id).cloned() else {
-            self.audit
+            let _ = self
+                .audit
                 .record(self.event(call, "UNAUTHENTICATED", Some("officer not enrolled".into())));
             return Err(Status::unauthenticated(format!(
                 "{} needs a second factor, but officer {id} has no TOTP secret enrolled (kmsctl officer enroll)",
@@ -391,22 +441,73 @@ impl Access {
                 )
             }
         };
-        self.audit
+        let _ = self
+            .audit
             .record(self.event(call, "UNAUTHENTICATED", Some(detail.into())));
         Err(Status::unauthenticated(msg))
     }
 
-    /// Ends a call: the outcome record (durable for administrative calls).
-    pub fn record_outcome(&self, call: &Call, code: Code) {
+    /// Ends a call: the outcome record (durable for administrative
+    /// calls), after one record per key, version and result of a batch's
+    /// items. An error means the record could not be written (with
+    /// `on_failure = "fail"`): the caller must not be given the result.
+    pub fn record_outcome(&self, call: &Call, code: Code) -> Result<(), crate::audit::AuditError> {
+        drop(lock(&call.owed).take());
+        let parts = std::mem::take(&mut *lock(&call.batch));
+        for p in parts {
+            let mut detail = format!("batch part items={}", p.items);
+            if let Some(v) = p.from_version {
+                detail.push_str(&format!(" from_version={v}"));
+            }
+            let ev = Event {
+                key: Some(p.key),
+                key_version: p.version,
+                ..self.event(call, code_name(p.code), Some(detail))
+            };
+            if let Err(e) = self.audit.record(ev) {
+                return Err(self.refused(call, e));
+            }
+        }
         let detail = lock(&call.detail).clone();
         let ev = self.event(call, code_name(code), detail);
         if call.op.is_admin() {
-            if let Err(e) = self.durable(|| self.audit.record_durable(ev)) {
-                tracing::error!(error = %e, "the outcome of an administrative call could not be audited");
+            let r = self.durable(|| self.audit.record_durable(ev));
+            if self.audit.on_failure() == crate::audit::OnFailure::LogAndContinue {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "the outcome of an administrative call could not be audited");
+                }
+                return Ok(());
             }
+            r.map_err(|e| {
+                tracing::error!(error = %e, "the outcome of an administrative call could not be audited");
+                crate::audit::AuditError(format!(
+                    "{}: the operation was performed, but its outcome could not be written to the audit log",
+                    e.0
+                ))
+            })
         } else {
-            self.audit.record(ev);
+            self.audit.record(ev).map_err(|e| self.refused(call, e))
         }
+    }
+
+    /// A call refused because its record could not be queued: say so in
+    /// the log, and queue what can be (its own outcome, UNAVAILABLE).
+    fn refused(&self, call: &Call, e: crate::audit::AuditError) -> crate::audit::AuditError {
+        tracing::warn!(error = %e, op = call.op.as_str(), "call refused: its audit record could not be written");
+        self.audit.record_anyway(self.event(
+            call,
+            "UNAVAILABLE",
+            Some("refused: its audit record could not be written".into()),
+        ));
+        e
+    }
+
+    /// The outcome of a call dropped before it finished (client
+    /// cancelled, stream error, early return): CANCELLED.
+    fn record_abandoned(&self, call: &Call) {
+        let detail = Some("the call ended before its outcome (cancelled by the client, or its stream failed)".into());
+        self.audit
+            .record_anyway(self.event(call, code_name(Code::Cancelled), detail));
     }
 
     /// Whether `call` must go through a second officer: always, except

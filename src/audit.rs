@@ -238,7 +238,23 @@ struct Head {
     hash: String,
     /// First sequence number in the live file.
     file_first_seq: u64,
+    /// First sequence number of the oldest retained file: verify reports a
+    /// log that starts later (its oldest files deleted). Absent in heads
+    /// written before it existed (then found from the files on disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    first_seq: Option<u64>,
     mac: String,
+}
+
+impl Head {
+    /// What the head's MAC covers (the old three-field form when the head
+    /// predates `first_seq`, so old heads still verify).
+    fn mac_input(seq: u64, hash: &str, file_first_seq: u64, first_seq: Option<u64>) -> String {
+        match first_seq {
+            Some(f) => format!("{seq}:{hash}:{file_first_seq}:{f}"),
+            None => format!("{seq}:{hash}:{file_first_seq}"),
+        }
+    }
 }
 
 /// Moves an unterminated last line (a write torn by a crash) from a log
@@ -287,6 +303,65 @@ fn rotated_path(log: &Path, first: u64, last: u64) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// A rotated file beside the live log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    /// The file.
+    pub path: PathBuf,
+    /// Its first sequence number (from its name).
+    pub first: u64,
+    /// Its last sequence number (from its name).
+    pub last: u64,
+}
+
+/// The rotated files of `log` (`<log>.<first seq>-<last seq>`), oldest
+/// first. Side files (`.head`, `.torn`, `.unverified-…`) are not rotated
+/// files.
+pub fn rotated_files(log: &Path) -> Vec<Rotated> {
+    let (Some(dir), Some(name)) = (log.parent(), log.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Rotated> = entries
+        .flatten()
+        .filter_map(|e| {
+            let file = e.file_name();
+            let rest = file.to_str()?.strip_prefix(name)?.strip_prefix('.')?;
+            let (a, b) = rest.split_once('-')?;
+            let digits = |s: &str| s.len() == 20 && s.bytes().all(|c| c.is_ascii_digit());
+            if !digits(a) || !digits(b) {
+                return None;
+            }
+            Some(Rotated {
+                path: log.with_file_name(&file),
+                first: a.parse().ok()?,
+                last: b.parse().ok()?,
+            })
+        })
+        .collect();
+    out.sort_by_key(|r| r.first);
+    out
+}
+
+/// Every file of the log in chain order: the rotated files, oldest first,
+/// then the live log (what `kmsd audit-verify` reads when given no files).
+pub fn log_files(log: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = rotated_files(log).into_iter().map(|r| r.path).collect();
+    // (none right after a rotation; a live log that should hold records
+    // but is gone is a cut tail, which verify reports against the head)
+    if log.exists() {
+        files.push(log.to_owned());
+    }
+    files
+}
+
 /// Writes `data` to a new file (mode 0600) and syncs it.
 fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
@@ -317,6 +392,9 @@ pub struct Anchor {
     pub hash: String,
     /// First sequence number of the live file.
     pub file_first_seq: u64,
+    /// First sequence number of the oldest retained file (0: unknown, not
+    /// checked): a log given to verify must start there (or earlier).
+    pub first_seq: u64,
 }
 
 /// Reads and checks the head file beside `log` (read it *before* the log,
@@ -326,13 +404,14 @@ pub fn read_head(log: &Path, key: &AuditKey) -> Result<Option<Anchor>, String> {
         return Ok(None);
     };
     let h: Head = serde_json::from_str(&t).map_err(|_| "the audit head file is malformed".to_string())?;
-    if key.mac(format!("{}:{}:{}", h.seq, h.hash, h.file_first_seq).as_bytes()) != h.mac {
+    if key.mac(Head::mac_input(h.seq, &h.hash, h.file_first_seq, h.first_seq).as_bytes()) != h.mac {
         return Err("the audit head file fails its MAC".into());
     }
     Ok(Some(Anchor {
         seq: h.seq,
         hash: h.hash,
         file_first_seq: h.file_first_seq,
+        first_seq: h.first_seq.unwrap_or(0),
     }))
 }
 
@@ -341,9 +420,66 @@ pub fn read_head(log: &Path, key: &AuditKey) -> Result<Option<Anchor>, String> {
 #[error("audit log unavailable: {0}")]
 pub struct AuditError(pub String);
 
+/// What calls do when the audit trail cannot take their records
+/// (`[audit] on_failure`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailure {
+    /// Fail safe (the default): a caller whose record finds the queue full
+    /// waits up to `queue_wait`, then gets `UNAVAILABLE`; after a failed
+    /// write every call gets `UNAVAILABLE` until the writer (which keeps
+    /// retrying) has written the log again. No call completes unaudited.
+    #[default]
+    Fail,
+    /// Availability first: a record that finds the queue full is dropped
+    /// (counted in `kmsd_audit_write_failures_total`) and calls go on while
+    /// the log cannot be written; records that failed are kept (up to the
+    /// queue size) and written when the log is writable again.
+    LogAndContinue,
+}
+
+/// How the writer runs (from `[audit]`).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Rotate the live file when it reaches this size.
+    pub rotate_bytes: u64,
+    /// Records queued for the writer at most.
+    pub queue_size: usize,
+    /// How long a record waits for room in a full queue (`Fail` only).
+    pub queue_wait: std::time::Duration,
+    /// Full queue and failed writes: fail calls, or log and continue.
+    pub on_failure: OnFailure,
+    /// Keep at most this many rotated files (`None`: all).
+    pub keep_files: Option<usize>,
+    /// Delete rotated files whose last record is older than this (`None`: never).
+    pub keep_age: Option<std::time::Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            rotate_bytes: 64 << 20,
+            queue_size: 65_536,
+            queue_wait: std::time::Duration::from_secs(2),
+            on_failure: OnFailure::Fail,
+            keep_files: None,
+            keep_age: None,
+        }
+    }
+}
+
 struct Job {
     event: Event,
     done: Option<mpsc::SyncSender<Result<(), AuditError>>>,
+}
+
+/// The writer's health, shared with every handle.
+#[derive(Default)]
+struct Health {
+    /// The last write (or sync) failed and nothing has been written since.
+    failed: std::sync::atomic::AtomicBool,
+    /// Why (for the callers' message and the daemon's log).
+    error: std::sync::Mutex<String>,
 }
 
 /// Hands records to the writer thread.
@@ -352,6 +488,9 @@ pub struct AuditHandle {
     tx: mpsc::SyncSender<Job>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     head: std::sync::Arc<std::sync::Mutex<Anchor>>,
+    health: std::sync::Arc<Health>,
+    on_failure: OnFailure,
+    queue_wait: std::time::Duration,
     /// The writer thread, unparked for durable records only: data-path
     /// records are picked up on its next tick, so a request never pays for
     /// waking it.
@@ -364,10 +503,84 @@ impl std::fmt::Debug for AuditHandle {
     }
 }
 
+/// Runs `f`, which may block (an fsync, a full queue), without stalling
+/// the other tasks of a multi-threaded runtime's worker.
+pub fn blocking_section<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 impl AuditHandle {
+    /// What calls do when records cannot be queued or written.
+    pub fn on_failure(&self) -> OnFailure {
+        self.on_failure
+    }
+
+    /// `Some(why)` while calls must be refused: `on_failure = "fail"` and
+    /// the last write failed (the writer retries on its own).
+    pub fn unavailable(&self) -> Option<AuditError> {
+        if self.on_failure != OnFailure::Fail || !self.health.failed.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let why = self.health.error.lock().map(|e| e.clone()).unwrap_or_default();
+        Some(AuditError(format!(
+            "the audit log cannot be written ({why}); calls are refused until it can"
+        )))
+    }
+
     /// Queues a record (data path): it becomes durable with the next group
-    /// commit; the caller does not wait.
-    pub fn record(&self, event: Event) {
+    /// commit; the caller does not wait for that. With `on_failure =
+    /// "fail"` a full queue makes the caller wait (up to `queue_wait`) and
+    /// then fails, and so does a log that cannot be written: the caller
+    /// must then not complete its call.
+    pub fn record(&self, event: Event) -> Result<(), AuditError> {
+        if self.on_failure == OnFailure::LogAndContinue {
+            self.record_anyway(event);
+            return Ok(());
+        }
+        if let Some(e) = self.unavailable() {
+            return Err(e);
+        }
+        let job = match self.tx.try_send(Job { event, done: None }) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(AuditError("the audit writer stopped".into())),
+            Err(mpsc::TrySendError::Full(job)) => job,
+        };
+        self.writer.unpark();
+        let deadline = std::time::Instant::now() + self.queue_wait;
+        let waited = blocking_section(move || {
+            let mut job = job;
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                match self.tx.try_send(job) {
+                    Ok(()) => return Ok(()),
+                    Err(mpsc::TrySendError::Disconnected(_)) => {
+                        return Err(AuditError("the audit writer stopped".into()))
+                    }
+                    Err(mpsc::TrySendError::Full(j)) => job = j,
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(AuditError(format!(
+                        "the audit queue stayed full for {:?} (the writer is behind); the call was refused",
+                        self.queue_wait
+                    )));
+                }
+            }
+        });
+        if waited.is_err() {
+            self.metrics
+                .audit_write_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        waited
+    }
+
+    /// Queues a record whatever the writer's state (the outcome of a call
+    /// that is refused or abandoned: there is nobody left to fail). A full
+    /// queue drops it, counted.
+    pub fn record_anyway(&self, event: Event) {
         if self.tx.try_send(Job { event, done: None }).is_err() {
             self.metrics
                 .audit_write_failures
@@ -403,6 +616,23 @@ impl AuditHandle {
     }
 }
 
+/// Why a batch failed: before its records reached the file (they are
+/// kept and written again), or after (they are in the file; what failed
+/// was the sync, the head or the rotation, which are retried).
+#[derive(Debug)]
+enum WriteError {
+    NotWritten(AuditError),
+    Written(AuditError),
+}
+
+impl WriteError {
+    fn error(&self) -> &AuditError {
+        match self {
+            WriteError::NotWritten(e) | WriteError::Written(e) => e,
+        }
+    }
+}
+
 /// The writer's state.
 struct Writer {
     path: PathBuf,
@@ -413,39 +643,75 @@ struct Writer {
     file: Option<(std::fs::File, u64)>,
     /// Written but not yet synced.
     dirty: bool,
+    /// Synced, but the head file does not say so yet.
+    head_stale: bool,
+    /// A write failed part-way: the log must be cut back to this length
+    /// before anything else is appended (a torn line would break the chain).
+    cut_to: Option<u64>,
     last_sync: std::time::Instant,
     rotate_bytes: u64,
+    keep_files: Option<usize>,
+    keep_age: Option<std::time::Duration>,
     seq: u64,
     last_hash: String,
     file_first_seq: u64,
+    /// First sequence number of the oldest retained file.
+    first_seq: u64,
 }
 
 impl Writer {
+    #[cfg(test)]
     fn open(path: &Path, key: AuditKey, rotate_bytes: u64) -> Result<Self, AuditError> {
+        Self::open_with(
+            path,
+            key,
+            &Options {
+                rotate_bytes,
+                ..Options::default()
+            },
+        )
+    }
+
+    fn open_with(path: &Path, key: AuditKey, opts: &Options) -> Result<Self, AuditError> {
         let mut w = Writer {
             path: path.to_owned(),
             lines: LineWriter::new(&key),
             buf: String::with_capacity(1 << 20),
             file: None,
             dirty: false,
+            head_stale: false,
+            cut_to: None,
             last_sync: std::time::Instant::now(),
             key,
-            rotate_bytes,
+            rotate_bytes: opts.rotate_bytes,
+            keep_files: opts.keep_files,
+            keep_age: opts.keep_age,
             seq: 0,
             last_hash: chain_start(),
             file_first_seq: 1,
+            first_seq: 1,
         };
         // Continue the chain from the head (authoritative), else from the file.
         if let Ok(text) = std::fs::read_to_string(head_path(path)) {
             if let Ok(h) = serde_json::from_str::<Head>(&text) {
                 if w.key
-                    .mac(format!("{}:{}:{}", h.seq, h.hash, h.file_first_seq).as_bytes())
+                    .mac(Head::mac_input(h.seq, &h.hash, h.file_first_seq, h.first_seq).as_bytes())
                     == h.mac
                 {
                     w.seq = h.seq;
                     w.last_hash = h.hash;
                     w.file_first_seq = h.file_first_seq;
+                    // A head from before `first_seq`: the oldest file on disk.
+                    w.first_seq = h.first_seq.unwrap_or_else(|| {
+                        rotated_files(path)
+                            .first()
+                            .map_or(h.file_first_seq, |r| r.first.min(h.file_first_seq))
+                    });
                     w.recover_tail()?;
+                    if h.first_seq.is_none() {
+                        w.write_head()?;
+                    }
+                    w.prune()?;
                     return Ok(w);
                 }
                 return Err(AuditError(format!(
@@ -471,6 +737,9 @@ impl Writer {
                     .and_then(split_line)
                     .and_then(|(b, _)| serde_json::from_str::<Body<'_>>(&b).ok().map(|b| b.seq))
                     .unwrap_or(1);
+                w.first_seq = rotated_files(path)
+                    .first()
+                    .map_or(w.file_first_seq, |r| r.first.min(w.file_first_seq));
             }
         }
         Ok(w)
@@ -578,7 +847,7 @@ impl Writer {
     /// Appends records. `durable`: sync before returning (an
     /// administrative call waits on it); otherwise the batch is synced
     /// within [`SYNC_EVERY`] (data-path records).
-    fn write_batch(&mut self, events: &[&Event], durable: bool) -> Result<(), AuditError> {
+    fn write_batch(&mut self, events: &[&Event], durable: bool) -> Result<(), WriteError> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         let (mut seq, mut hash) = (self.seq, self.last_hash.clone());
@@ -622,47 +891,82 @@ impl Writer {
         }
     }
 
-    fn append(&mut self, buf: &str, seq: u64, hash: String, durable: bool) -> Result<(), AuditError> {
+    fn append(&mut self, buf: &str, seq: u64, hash: String, durable: bool) -> Result<(), WriteError> {
         let path = self.path.display().to_string();
         let io = |e: std::io::Error| AuditError(format!("{path}: {e}"));
-        let f = self.log_file()?;
-        f.write_all(buf.as_bytes()).map_err(io)?;
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let cut_to = self.cut_to;
+        let f = self.log_file().map_err(WriteError::NotWritten)?;
+        if let Some(len) = cut_to {
+            f.set_len(len).map_err(|e| WriteError::NotWritten(io(e)))?;
+        }
+        let before = f.metadata().map_err(|e| WriteError::NotWritten(io(e)))?.len();
+        if let Err(e) = f.write_all(buf.as_bytes()) {
+            // (a full disk: the part that was written must go, or the next
+            // write would follow a torn line)
+            let cut = f.set_len(before).is_ok();
+            self.cut_to = (!cut).then_some(before);
+            return Err(WriteError::NotWritten(io(e)));
+        }
+        self.cut_to = None;
+        let len = before + buf.len() as u64;
         self.seq = seq;
         self.last_hash = hash;
         self.dirty = true;
         if durable || self.last_sync.elapsed() >= SYNC_EVERY {
-            self.sync()?;
+            self.sync().map_err(WriteError::Written)?;
         }
         if len >= self.rotate_bytes {
-            self.sync()?;
+            self.sync().map_err(WriteError::Written)?;
+            self.rotate().map_err(WriteError::Written)?;
+        }
+        Ok(())
+    }
+
+    /// After a failure with nothing left to write again: the log opens,
+    /// what was written is synced and the head moved, a rotation that
+    /// failed is done.
+    fn retry(&mut self) -> Result<(), AuditError> {
+        let len = self.log_file()?.metadata().map(|m| m.len()).unwrap_or(0);
+        self.sync()?;
+        if len >= self.rotate_bytes {
             self.rotate()?;
         }
         Ok(())
     }
 
+    /// Whether written records still wait for their sync or head.
+    fn needs_sync(&self) -> bool {
+        self.dirty || self.head_stale
+    }
+
     /// Makes everything written durable, then moves the head.
     fn sync(&mut self) -> Result<(), AuditError> {
-        if !self.dirty {
-            return Ok(());
+        if self.dirty {
+            let path = self.path.display().to_string();
+            if let Some((f, _)) = self.file.as_mut() {
+                f.sync_data().map_err(|e| AuditError(format!("{path}: {e}")))?;
+            }
+            self.dirty = false;
+            self.head_stale = true;
+            self.last_sync = std::time::Instant::now();
         }
-        let path = self.path.display().to_string();
-        if let Some((f, _)) = self.file.as_mut() {
-            f.sync_data().map_err(|e| AuditError(format!("{path}: {e}")))?;
+        if self.head_stale {
+            self.write_head()?;
+            self.head_stale = false;
         }
-        self.dirty = false;
-        self.last_sync = std::time::Instant::now();
-        self.write_head()
+        Ok(())
     }
 
     fn write_head(&self) -> Result<(), AuditError> {
+        let first_seq = Some(self.first_seq);
         let mac = self
             .key
-            .mac(format!("{}:{}:{}", self.seq, self.last_hash, self.file_first_seq).as_bytes());
+            .mac(Head::mac_input(self.seq, &self.last_hash, self.file_first_seq, first_seq).as_bytes());
         let head = Head {
             seq: self.seq,
             hash: self.last_hash.clone(),
             file_first_seq: self.file_first_seq,
+            first_seq,
             mac,
         };
         let p = head_path(&self.path);
@@ -671,17 +975,75 @@ impl Writer {
         std::fs::write(&tmp, text)
             .and_then(|_| std::fs::File::open(&tmp).and_then(|f| f.sync_all()))
             .and_then(|_| std::fs::rename(&tmp, &p))
-            .map_err(|e| AuditError(format!("{}: {e}", p.display())))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                AuditError(format!("{}: {e}", p.display()))
+            })
     }
 
     /// Renames the full log to `<log>.<first seq>-<last seq>` and starts a
-    /// new file that continues the chain.
+    /// new file that continues the chain; then applies the retention.
     fn rotate(&mut self) -> Result<(), AuditError> {
         std::fs::rename(&self.path, rotated_path(&self.path, self.file_first_seq, self.seq))
             .map_err(|e| AuditError(format!("rotating: {e}")))?;
         self.file = None;
         self.file_first_seq = self.seq + 1;
-        self.write_head()
+        self.head_stale = true;
+        self.write_head()?;
+        self.head_stale = false;
+        self.prune()
+    }
+
+    /// Retention: deletes the oldest rotated files beyond `keep_files`, or
+    /// whose last write is older than `keep_age`. Always a run of the
+    /// oldest files, so the retained log stays one unbroken chain; the
+    /// head's `first_seq` moves to the new oldest file *before* anything is
+    /// deleted (a crash in between leaves an extra old file, which verify
+    /// accepts and the next start deletes).
+    fn prune(&mut self) -> Result<(), AuditError> {
+        if self.keep_files.is_none() && self.keep_age.is_none() {
+            return Ok(());
+        }
+        // Only files wholly before the live file (never the live one).
+        let files: Vec<Rotated> = rotated_files(&self.path)
+            .into_iter()
+            .filter(|r| r.last < self.file_first_seq)
+            .collect();
+        let mut cut = 0usize;
+        if let Some(n) = self.keep_files {
+            cut = cut.max(files.len().saturating_sub(n));
+        }
+        if let Some(age) = self.keep_age {
+            let now = std::time::SystemTime::now();
+            let old = |r: &Rotated| {
+                std::fs::metadata(&r.path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| now.duration_since(t).ok())
+                    .is_some_and(|d| d > age)
+            };
+            if let Some(i) = files.iter().rposition(old) {
+                cut = cut.max(i + 1);
+            }
+        }
+        // Files from before `first_seq` (a crash after the head moved) go too.
+        let stale = files.iter().take_while(|r| r.last < self.first_seq).count();
+        cut = cut.max(stale);
+        if cut == 0 {
+            return Ok(());
+        }
+        let new_first = files.get(cut).map_or(self.file_first_seq, |r| r.first);
+        if new_first > self.first_seq {
+            self.first_seq = new_first;
+            self.head_stale = true;
+            self.write_head()?;
+            self.head_stale = false;
+        }
+        for r in files.iter().take(cut) {
+            std::fs::remove_file(&r.path).map_err(|e| AuditError(format!("{}: {e}", r.path.display())))?;
+            tracing::info!(file = %r.path.display(), first_seq = r.first, last_seq = r.last, "audit retention: rotated file deleted");
+        }
+        Ok(())
     }
 }
 
@@ -690,6 +1052,9 @@ pub const TICK: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Data-path records are synced at most this long after they are written.
 pub const SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// After a failed write, the writer tries again this often.
+pub const RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Publishes the last *durable* record as the in-memory head.
 fn publish(h: &std::sync::Mutex<Anchor>, w: &Writer) {
@@ -701,6 +1066,7 @@ fn publish(h: &std::sync::Mutex<Anchor>, w: &Writer) {
             seq: w.seq,
             hash: w.last_hash.clone(),
             file_first_seq: w.file_first_seq,
+            first_seq: w.first_seq,
         };
     }
 }
@@ -709,24 +1075,50 @@ fn publish(h: &std::sync::Mutex<Anchor>, w: &Writer) {
 pub fn spawn(
     path: &Path,
     key: AuditKey,
-    rotate_bytes: u64,
+    opts: Options,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) -> Result<AuditHandle, AuditError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| AuditError(format!("{}: {e}", dir.display())))?;
     }
-    let mut w = Writer::open(path, key, rotate_bytes.max(4096))?;
-    let (tx, rx) = mpsc::sync_channel::<Job>(65_536);
+    let opts = Options {
+        rotate_bytes: opts.rotate_bytes.max(4096),
+        queue_size: opts.queue_size.max(1),
+        ..opts
+    };
+    let mut w = Writer::open_with(path, key, &opts)?;
+    let (tx, rx) = mpsc::sync_channel::<Job>(opts.queue_size);
     let m = metrics.clone();
     let head = std::sync::Arc::new(std::sync::Mutex::new(Anchor {
         seq: w.seq,
         hash: w.last_hash.clone(),
         file_first_seq: w.file_first_seq,
+        first_seq: w.first_seq,
     }));
-    let h = head.clone();
+    let health = std::sync::Arc::new(Health::default());
+    let (h, health_w) = (head.clone(), health.clone());
+    let (keep_max, on_failure) = (opts.queue_size, opts.on_failure);
     let writer = std::thread::Builder::new()
         .name("kmsd-audit".into())
         .spawn(move || {
+            let set_health = |r: Result<(), &AuditError>| match r {
+                Ok(()) => {
+                    if health_w.failed.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                        tracing::warn!("the audit log is writable again");
+                    }
+                }
+                Err(e) => {
+                    if let Ok(mut why) = health_w.error.lock() {
+                        *why = e.0.clone();
+                    }
+                    health_w.failed.store(true, std::sync::atomic::Ordering::Release);
+                }
+            };
+            let failed = || health_w.failed.load(std::sync::atomic::Ordering::Acquire);
+            // Records whose write failed, oldest first: written again,
+            // before anything newer, once the log is writable.
+            let mut kept: Vec<Event> = Vec::new();
+            let mut last_try = std::time::Instant::now();
             let mut disconnected = false;
             while !disconnected {
                 // Sleep a tick (woken early for durable records), then take
@@ -743,34 +1135,64 @@ pub fn spawn(
                         }
                     }
                 }
-                if jobs.is_empty() {
-                    if w.dirty && w.last_sync.elapsed() >= SYNC_EVERY {
-                        if let Err(e) = w.sync() {
+                let waiting = jobs.iter().any(|j| j.done.is_some());
+                if failed() && !waiting && !disconnected && last_try.elapsed() < RETRY_EVERY {
+                    // (failing: new records wait with the kept ones; no
+                    // busy retrying on every tick)
+                    kept.extend(jobs.into_iter().map(|j| j.event));
+                    continue;
+                }
+                if jobs.is_empty() && kept.is_empty() {
+                    // (failing: retried here at most every RETRY_EVERY, see above)
+                    if failed() || (w.needs_sync() && w.last_sync.elapsed() >= SYNC_EVERY) {
+                        last_try = std::time::Instant::now();
+                        let r = if failed() { w.retry() } else { w.sync() };
+                        if let Err(e) = &r {
                             m.audit_write_failures
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             tracing::error!(error = %e, "audit sync failed");
                         }
+                        set_health(r.as_ref().map(|_| ()));
                         publish(&h, &w);
                     }
                     continue;
                 }
+                last_try = std::time::Instant::now();
                 let started = std::time::Instant::now();
-                let durable = jobs.iter().any(|j| j.done.is_some());
-                let events: Vec<&Event> = jobs.iter().map(|j| &j.event).collect();
-                let result = w.write_batch(&events, durable);
+                // (durable when someone waits, and when recovering: the
+                // failure clears only once the records are on disk)
+                let durable = waiting || failed() || disconnected;
+                let mut events = std::mem::take(&mut kept);
+                let mut done = Vec::new();
+                for j in jobs {
+                    events.push(j.event);
+                    done.extend(j.done);
+                }
+                let refs: Vec<&Event> = events.iter().collect();
+                let result = w.write_batch(&refs, durable);
+                drop(refs);
                 m.audit_write.observe(started.elapsed());
-                match &result {
+                let answer = result.as_ref().map(|_| ()).map_err(|e| e.error().clone());
+                set_health(answer.as_ref().map(|_| ()));
+                match result {
                     Ok(()) => publish(&h, &w),
-                    Err(e) => {
-                        m.audit_write_failures
-                            .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                        tracing::error!(error = %e, records = events.len(), "audit write failed");
+                    Err(WriteError::Written(e)) => {
+                        tracing::error!(error = %e, records = events.len(), "audit records written, but not synced");
+                    }
+                    Err(WriteError::NotWritten(e)) => {
+                        tracing::error!(error = %e, records = events.len(), "audit write failed; the records are kept and written again");
+                        kept = events;
+                        if on_failure == OnFailure::LogAndContinue && kept.len() > keep_max {
+                            let dropped = kept.len() - keep_max;
+                            kept.drain(..dropped);
+                            m.audit_write_failures
+                                .fetch_add(dropped as u64, std::sync::atomic::Ordering::Relaxed);
+                            tracing::error!(records = dropped, "audit records dropped (on_failure = log-and-continue)");
+                        }
                     }
                 }
-                for j in jobs {
-                    if let Some(done) = j.done {
-                        let _ = done.send(result.clone());
-                    }
+                for d in done {
+                    let _ = d.send(answer.clone());
                 }
             }
             let _ = w.sync();
@@ -780,6 +1202,9 @@ pub fn spawn(
         tx,
         metrics,
         head,
+        health,
+        on_failure: opts.on_failure,
+        queue_wait: opts.queue_wait,
         writer: writer.thread().clone(),
     })
 }
@@ -809,36 +1234,150 @@ pub struct Broken {
     pub reason: String,
 }
 
+/// Longest record line `Verifier` accepts (a record is a few hundred
+/// bytes; the longest fields are bounded by the daemon): a longer "line"
+/// is reported, never buffered.
+pub const MAX_LINE: usize = 64 * 1024;
+
 /// Verifies log text (files in chain order, concatenated). With an
 /// `anchor` (the daemon's last durable record, or the head file read
 /// before the log), a log that ends before it — its tail cut off — or that
 /// holds a different record at its sequence number is reported.
 pub fn verify(text: &str, key: &AuditKey, anchor: Option<&Anchor>) -> Result<Report, Broken> {
-    let mut anchor_seen = false;
-    let mut prev: Option<String> = None;
-    let mut expect_seq: Option<u64> = None;
-    let mut report = Report {
-        records: 0,
-        first_seq: 0,
-        last_seq: 0,
-        last_hash: chain_start(),
-    };
-    for (i, line) in text.lines().enumerate() {
-        let line_no = i as u64 + 1;
+    let mut v = Verifier::new(key, anchor.cloned());
+    v.feed(text.as_bytes())?;
+    v.finish()
+}
+
+/// Verifies a log fed in pieces of any size (files in chain order, a
+/// gRPC stream's chunks): memory stays bounded by one piece plus one
+/// partial line of at most [`MAX_LINE`] bytes, whatever the log's size.
+pub struct Verifier {
+    mac: Option<Hmac<Sha256>>,
+    anchor: Option<Anchor>,
+    anchor_seen: bool,
+    prev: Option<String>,
+    line_no: u64,
+    /// The start of a line whose end has not been fed yet.
+    partial: Vec<u8>,
+    report: Report,
+    /// The first problem, once found (later input is ignored).
+    broken: Option<Broken>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("line_no", &self.line_no)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// A verifier under `key`, checking against `anchor` if given.
+    pub fn new(key: &AuditKey, anchor: Option<Anchor>) -> Self {
+        Verifier {
+            mac: Hmac::<Sha256>::new_from_slice(key.0.expose_secret()).ok(),
+            anchor,
+            anchor_seen: false,
+            prev: None,
+            line_no: 0,
+            partial: Vec::new(),
+            report: Report {
+                records: 0,
+                first_seq: 0,
+                last_seq: 0,
+                last_hash: chain_start(),
+            },
+            broken: None,
+        }
+    }
+
+    /// Feeds the next bytes of the log. Returns the first problem as soon
+    /// as it is found (and keeps returning it).
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), Broken> {
+        if let Some(b) = &self.broken {
+            return Err(b.clone());
+        }
+        while let Some(i) = bytes.iter().position(|&c| c == b'\n') {
+            let (line, rest) = bytes.split_at(i);
+            bytes = rest.get(1..).unwrap_or_default();
+            let r = if self.partial.is_empty() {
+                self.line(line)
+            } else {
+                let mut whole = std::mem::take(&mut self.partial);
+                whole.extend_from_slice(line);
+                let r = self.check_length(whole.len()).and_then(|()| self.line(&whole));
+                whole.clear();
+                self.partial = whole;
+                r
+            };
+            if let Err(b) = r {
+                self.broken = Some(b.clone());
+                return Err(b);
+            }
+        }
+        if let Err(b) = self.check_length(self.partial.len() + bytes.len()) {
+            self.broken = Some(b.clone());
+            return Err(b);
+        }
+        self.partial.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn check_length(&self, len: usize) -> Result<(), Broken> {
+        if len > MAX_LINE {
+            return Err(Broken {
+                line: self.line_no + 1,
+                seq: None,
+                reason: format!("not an audit record (a line longer than {MAX_LINE} bytes)"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Ends the log: a last line without its newline is checked, then the
+    /// anchor.
+    pub fn finish(mut self) -> Result<Report, Broken> {
+        if let Some(b) = self.broken.take() {
+            return Err(b);
+        }
+        if !self.partial.is_empty() {
+            let last = std::mem::take(&mut self.partial);
+            self.line(&last)?;
+        }
+        self.check_anchor()?;
+        Ok(self.report)
+    }
+
+    fn mac_hex(&self, data: &[u8]) -> String {
+        self.mac.as_ref().map_or_else(String::new, |m| {
+            let mut m = m.clone();
+            m.update(data);
+            to_hex(&m.finalize().into_bytes())
+        })
+    }
+
+    fn line(&mut self, line: &[u8]) -> Result<(), Broken> {
+        self.line_no += 1;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line_no = self.line_no;
         let broken = |seq: Option<u64>, reason: &str| Broken {
             line: line_no,
             seq,
             reason: reason.to_owned(),
         };
+        let line = std::str::from_utf8(line).map_err(|_| broken(None, "not an audit record"))?;
         let Some((body_json, mac)) = split_line(line) else {
             return Err(broken(None, "not an audit record"));
         };
         let body: Body<'_> = serde_json::from_str(&body_json).map_err(|_| broken(None, "not an audit record"))?;
-        if key.mac(body_json.as_bytes()) != mac {
+        if self.mac_hex(body_json.as_bytes()) != mac {
             return Err(broken(Some(body.seq), "MAC mismatch: the record was altered or forged"));
         }
-        match (&prev, expect_seq) {
-            (Some(p), Some(s)) => {
+        match &self.prev {
+            Some(p) => {
+                let s = self.report.last_seq + 1;
                 if body.seq != s {
                     return Err(broken(
                         Some(body.seq),
@@ -852,15 +1391,30 @@ pub fn verify(text: &str, key: &AuditKey, anchor: Option<&Anchor>) -> Result<Rep
                     ));
                 }
             }
-            _ => {
+            None => {
                 if body.seq == 1 && body.prev != chain_start() {
                     return Err(broken(Some(1), "the first record does not start the chain"));
                 }
-                report.first_seq = body.seq;
+                self.report.first_seq = body.seq;
+                // The oldest retained record is in the head: a log that
+                // starts later lost its oldest records or files.
+                if let Some(a) = self.anchor.as_ref().filter(|a| a.first_seq > 0) {
+                    if body.seq > a.first_seq {
+                        return Err(broken(
+                            Some(body.seq),
+                            &format!(
+                                "records deleted from the start: the retained log begins at seq {} but the \
+                                 log given starts at seq {} (a deleted rotated file, or not every file was given, \
+                                 oldest first)",
+                                a.first_seq, body.seq
+                            ),
+                        ));
+                    }
+                }
             }
         }
         let h = line_hash(line.as_bytes());
-        if let Some(a) = anchor {
+        if let Some(a) = &self.anchor {
             if body.seq == a.seq {
                 if h != a.hash {
                     return Err(broken(
@@ -868,20 +1422,27 @@ pub fn verify(text: &str, key: &AuditKey, anchor: Option<&Anchor>) -> Result<Rep
                         "this record differs from the one the audit head recorded",
                     ));
                 }
-                anchor_seen = true;
+                self.anchor_seen = true;
             }
         }
-        prev = Some(h.clone());
-        expect_seq = Some(body.seq + 1);
-        report.records += 1;
-        report.last_seq = body.seq;
-        report.last_hash = h;
+        self.report.records += 1;
+        self.report.last_seq = body.seq;
+        self.report.last_hash = h.clone();
+        self.prev = Some(h);
+        Ok(())
     }
-    if let Some(a) = anchor {
-        // Only the segment the anchor falls in can be checked against it.
-        // (Rotated files alone end before the live file starts.)
-        let covers = report.records == 0 || report.last_seq >= a.file_first_seq;
-        if covers && !anchor_seen && a.seq > 0 && report.last_seq < a.seq {
+
+    fn check_anchor(&self) -> Result<(), Broken> {
+        let (Some(a), report) = (&self.anchor, &self.report) else {
+            return Ok(());
+        };
+        // A head that knows the oldest retained record stands for the
+        // whole retained log, which must then reach it (a deleted live log
+        // or newest rotated file is a cut tail). Without it (an old head),
+        // only the segment the anchor falls in can be checked against it:
+        // rotated files alone end before the live file starts.
+        let covers = a.first_seq > 0 || report.records == 0 || report.last_seq >= a.file_first_seq;
+        if covers && !self.anchor_seen && a.seq > 0 && report.last_seq < a.seq {
             return Err(Broken {
                 line: report.records + 1,
                 seq: Some(report.last_seq + 1),
@@ -904,8 +1465,8 @@ pub fn verify(text: &str, key: &AuditKey, anchor: Option<&Anchor>) -> Result<Rep
                 ),
             });
         }
+        Ok(())
     }
-    Ok(report)
 }
 
 #[cfg(test)]
@@ -1041,6 +1602,10 @@ mod tests {
         let text: String = l[2..].iter().map(|s| format!("{s}\n")).collect();
         let head = read_head(&p, &key).unwrap().unwrap();
         let e = verify(&text, &key, Some(&head)).unwrap_err();
+        assert!(e.reason.contains("deleted from the start"), "{e}");
+        // (an anchor that does not know the oldest record: the live file's start)
+        let old = Anchor { first_seq: 0, ..head };
+        let e = verify(&text, &key, Some(&old)).unwrap_err();
         assert!(e.reason.contains("truncated at the start"), "{e}");
     }
 
@@ -1169,5 +1734,246 @@ mod tests {
                 "time"
             ]
         );
+    }
+
+    fn all_files(p: &Path) -> String {
+        log_files(p)
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn the_verifier_reads_in_pieces_with_bounded_memory() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, key) = write(d.path(), 20, 1 << 30);
+        let text = std::fs::read_to_string(&p).unwrap();
+        let head = read_head(&p, &key).unwrap().unwrap();
+        let whole = verify(&text, &key, Some(&head)).unwrap();
+        // any split gives the same answer, and the same first problem
+        for piece in [1, 7, 100, 4096] {
+            let mut v = Verifier::new(&key, Some(head.clone()));
+            for c in text.as_bytes().chunks(piece) {
+                v.feed(c).unwrap();
+                assert!(v.partial.len() <= MAX_LINE);
+            }
+            assert_eq!(v.finish().unwrap(), whole);
+            let edited = text.replacen("\"r7\"", "\"rX\"", 1);
+            let mut v = Verifier::new(&key, Some(head.clone()));
+            let r = edited.as_bytes().chunks(piece).try_for_each(|c| v.feed(c));
+            let e = r.and_then(|()| v.finish()).unwrap_err();
+            assert_eq!(e.line, 8, "{e}");
+        }
+        // a "line" that never ends is refused at the bound, not buffered
+        let mut v = Verifier::new(&key, None);
+        let junk = vec![b'a'; 16 * 1024];
+        let mut fed = 0usize;
+        let e = loop {
+            match v.feed(&junk) {
+                Ok(()) => fed += junk.len(),
+                Err(e) => break e,
+            }
+            assert!(fed <= MAX_LINE, "kept buffering");
+        };
+        assert!(e.reason.contains("longer than"), "{e}");
+        assert!(v.partial.capacity() <= 2 * MAX_LINE);
+    }
+
+    fn spawn_with(p: &Path, opts: Options) -> AuditHandle {
+        spawn(
+            p,
+            AuditKey::from_bytes(&[3; 32]),
+            opts,
+            std::sync::Arc::new(crate::metrics::Metrics::default()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_full_queue_makes_the_caller_wait_then_fail() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("audit.log");
+        let opts = Options {
+            queue_size: 4,
+            queue_wait: std::time::Duration::from_millis(300),
+            ..Options::default()
+        };
+        let h = spawn_with(&p, opts.clone());
+        // the writer stalls (it publishes every batch under this lock)
+        let stall = h.head.lock().unwrap();
+        let mut refused = None;
+        for i in 0..100 {
+            let t = std::time::Instant::now();
+            if let Err(e) = h.record(ev(i)) {
+                assert!(t.elapsed() >= opts.queue_wait, "waited before failing");
+                refused = Some(e);
+                break;
+            }
+        }
+        let e = refused.expect("a full queue refuses the record");
+        assert!(e.0.contains("queue stayed full"), "{e}");
+        drop(stall);
+        // the writer catches up: records are taken again
+        wait_for("the writer to catch up", || h.record(ev(200)).is_ok());
+
+        // log-and-continue: the caller never waits nor fails; the record is dropped and counted
+        let d2 = tempfile::tempdir().unwrap();
+        let h = spawn_with(
+            &d2.path().join("audit.log"),
+            Options {
+                on_failure: OnFailure::LogAndContinue,
+                ..opts
+            },
+        );
+        let stall = h.head.lock().unwrap();
+        for i in 0..100 {
+            h.record(ev(i)).unwrap();
+        }
+        assert!(
+            h.metrics
+                .audit_write_failures
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        );
+        drop(stall);
+    }
+
+    fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_failed_write_refuses_calls_until_the_writer_succeeds_again() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("audit.log");
+        let key = AuditKey::from_bytes(&[3; 32]);
+        let h = spawn_with(&p, Options::default());
+        h.record_durable(ev(1)).unwrap();
+        // the log cannot be written: its path becomes a directory
+        std::fs::remove_file(&p).unwrap();
+        std::fs::create_dir(&p).unwrap();
+        h.record(ev(2)).unwrap(); // (queued before the failure is known)
+        assert!(h.record_durable(ev(3)).is_err(), "a durable record fails");
+        let e = h.unavailable().expect("calls are refused");
+        assert!(e.0.contains("cannot be written"), "{e}");
+        assert!(h.record(ev(4)).is_err(), "data-path records are refused");
+        // writable again: the writer retries on its own, kept records first
+        std::fs::remove_dir(&p).unwrap();
+        wait_for("recovery", || h.unavailable().is_none());
+        h.record(ev(5)).unwrap();
+        h.record_durable(ev(6)).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let ids: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["request_id"].to_string())
+            .collect();
+        assert_eq!(ids, ["\"r2\"", "\"r3\"", "\"r5\"", "\"r6\""], "nothing kept was lost");
+        // (r1 went with the replaced file: the chain goes on from it)
+        let r = verify(&text, &key, None).unwrap();
+        assert_eq!((r.records, r.first_seq, r.last_seq), (4, 2, 5));
+    }
+
+    #[test]
+    fn a_torn_write_is_cut_back_before_the_next() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, key) = write(d.path(), 3, 1 << 30);
+        let mut w = Writer::open(&p, AuditKey::from_bytes(&[3; 32]), 1 << 30).unwrap();
+        let before = std::fs::metadata(&p).unwrap().len();
+        // (what a write cut short by a full disk leaves, and the length to cut back to)
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"{\"seq\":4,\"ti")
+            .unwrap();
+        w.cut_to = Some(before);
+        w.write_batch(&[&ev(4)], true).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        verify(&text, &key, read_head(&p, &key).unwrap().as_ref()).unwrap();
+    }
+
+    #[test]
+    fn retention_moves_the_heads_first_seq_and_verify_catches_a_deleted_oldest_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("audit.log");
+        let key = AuditKey::from_bytes(&[3; 32]);
+        let opts = Options {
+            rotate_bytes: 4096,
+            keep_files: Some(2),
+            ..Options::default()
+        };
+        let mut w = Writer::open_with(&p, AuditKey::from_bytes(&[3; 32]), &opts).unwrap();
+        for i in 0..80 {
+            w.write_batch(&[&ev(i)], true).unwrap();
+        }
+        let rotated = rotated_files(&p);
+        assert_eq!(rotated.len(), 2, "{rotated:?}");
+        let head = read_head(&p, &key).unwrap().unwrap();
+        assert!(head.first_seq > 1, "files were pruned");
+        assert_eq!(head.first_seq, rotated[0].first);
+        // the retained files verify
+        let r = verify(&all_files(&p), &key, Some(&head)).unwrap();
+        assert_eq!((r.first_seq, r.last_seq), (head.first_seq, 80));
+        // the live log, or the newest rotated file, deleted: a cut tail
+        for f in [p.clone(), rotated[1].path.clone()] {
+            let saved = std::fs::read(&f).unwrap();
+            std::fs::remove_file(&f).unwrap();
+            let e = verify(&all_files(&p), &key, Some(&head)).unwrap_err();
+            assert!(e.reason.contains("truncated") || e.reason.contains("gap"), "{e}");
+            std::fs::write(&f, saved).unwrap();
+        }
+        // the oldest retained file deleted by hand: reported
+        std::fs::remove_file(&rotated[0].path).unwrap();
+        let e = verify(&all_files(&p), &key, Some(&head)).unwrap_err();
+        assert!(e.reason.contains("deleted from the start"), "{e}");
+        // a crash between the head's move and the deletion leaves an older
+        // file: still fine, and the next start deletes it
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("audit.log");
+        let mut w = Writer::open_with(
+            &p,
+            AuditKey::from_bytes(&[3; 32]),
+            &Options {
+                keep_files: None,
+                ..opts.clone()
+            },
+        )
+        .unwrap();
+        for i in 0..80 {
+            w.write_batch(&[&ev(i)], true).unwrap();
+        }
+        let n = rotated_files(&p).len();
+        assert!(n > 2);
+        w.keep_files = Some(n - 1);
+        let oldest = rotated_files(&p)[0].clone();
+        let kept = std::fs::read(&oldest.path).unwrap();
+        w.prune().unwrap();
+        std::fs::write(&oldest.path, kept).unwrap(); // "not deleted yet"
+        let head = read_head(&p, &key).unwrap().unwrap();
+        verify(&all_files(&p), &key, Some(&head)).unwrap();
+        drop(w);
+        let _w = Writer::open_with(&p, AuditKey::from_bytes(&[3; 32]), &opts).unwrap();
+        assert_eq!(rotated_files(&p).len(), 2);
+        verify(&all_files(&p), &key, read_head(&p, &key).unwrap().as_ref()).unwrap();
+    }
+
+    #[test]
+    fn a_head_from_before_first_seq_still_verifies_and_is_upgraded() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, key) = write(d.path(), 3, 1 << 30);
+        let h = read_head(&p, &key).unwrap().unwrap();
+        let mac = key.mac(format!("{}:{}:{}", h.seq, h.hash, h.file_first_seq).as_bytes());
+        let old = format!(
+            "{{\"seq\":{},\"hash\":\"{}\",\"file_first_seq\":{},\"mac\":\"{mac}\"}}",
+            h.seq, h.hash, h.file_first_seq
+        );
+        std::fs::write(head_path(&p), old).unwrap();
+        assert_eq!(read_head(&p, &key).unwrap().unwrap().first_seq, 0);
+        let _w = Writer::open(&p, AuditKey::from_bytes(&[3; 32]), 1 << 30).unwrap();
+        assert_eq!(read_head(&p, &key).unwrap().unwrap().first_seq, 1);
     }
 }

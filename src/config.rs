@@ -45,10 +45,64 @@ pub struct AuditConfig {
     /// Rotate the log when it reaches this size (default 64 MiB).
     #[serde(default = "default_rotate_bytes")]
     pub rotate_bytes: u64,
+    /// When records cannot be queued or written: `"fail"` (default: the
+    /// call gets UNAVAILABLE, nothing completes unaudited) or
+    /// `"log-and-continue"` (records are dropped, counted and logged).
+    #[serde(default)]
+    pub on_failure: crate::audit::OnFailure,
+    /// Records waiting for the writer at most (default 65,536).
+    #[serde(default = "default_queue_size")]
+    pub queue_size: usize,
+    /// With `on_failure = "fail"`, how long a call waits for room in a full
+    /// queue before it gets UNAVAILABLE (default 2 s).
+    #[serde(default = "default_queue_wait", with = "humantime_serde")]
+    pub queue_wait: Duration,
+    /// Retention: keep at most this many rotated files (default: all).
+    #[serde(default)]
+    pub keep_files: Option<usize>,
+    /// Retention: delete rotated files last written more than this many
+    /// days ago (default: never).
+    #[serde(default)]
+    pub keep_days: Option<u64>,
+}
+
+impl AuditConfig {
+    /// The log at `path` with every default.
+    pub fn at(path: PathBuf) -> Self {
+        AuditConfig {
+            path,
+            rotate_bytes: default_rotate_bytes(),
+            on_failure: Default::default(),
+            queue_size: default_queue_size(),
+            queue_wait: default_queue_wait(),
+            keep_files: None,
+            keep_days: None,
+        }
+    }
+
+    /// The writer's options.
+    pub fn options(&self) -> crate::audit::Options {
+        crate::audit::Options {
+            rotate_bytes: self.rotate_bytes,
+            queue_size: self.queue_size,
+            queue_wait: self.queue_wait,
+            on_failure: self.on_failure,
+            keep_files: self.keep_files,
+            keep_age: self.keep_days.map(|d| Duration::from_secs(d.saturating_mul(86_400))),
+        }
+    }
 }
 
 fn default_rotate_bytes() -> u64 {
     64 * 1024 * 1024
+}
+
+fn default_queue_size() -> usize {
+    65_536
+}
+
+fn default_queue_wait() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// Prometheus metrics endpoint.
@@ -312,6 +366,14 @@ impl Config {
         }
         if self.limits.max_rotations_per_call == 0 {
             out.push("limits.max_rotations_per_call must be positive".into());
+        }
+        if self.audit.queue_size == 0 {
+            out.push("audit.queue_size must be positive".into());
+        }
+        if self.audit.keep_files == Some(0) || self.audit.keep_days == Some(0) {
+            out.push(
+                "audit.keep_files and audit.keep_days must be positive (leave them out to keep every file)".into(),
+            );
         }
         out
     }

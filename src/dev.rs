@@ -238,10 +238,7 @@ pub fn setup(dir: &Path, tcp: Option<SocketAddr>) -> Result<(Config, DevPaths), 
     let config = Config {
         dev_mode: true,
         policy: p("policy.toml"),
-        audit: crate::config::AuditConfig {
-            path: p("audit.log"),
-            rotate_bytes: 64 * 1024 * 1024,
-        },
+        audit: crate::config::AuditConfig::at(p("audit.log")),
         listen: Listen {
             unix: Some(p("kmsd.sock")),
             tcp: tcp.into_iter().collect(),

@@ -327,7 +327,7 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
             crate::access::Access::new(
                 config.policy.clone(),
                 config.audit.path.clone(),
-                config.audit.rotate_bytes,
+                config.audit.options(),
                 &keys,
                 metrics,
             )

@@ -69,6 +69,8 @@ impl Shared {
             started: Instant::now(),
             version: Default::default(),
             detail: Mutex::new(None),
+            batch: Default::default(),
+            owed: Default::default(),
         };
         let access = self.access()?;
         // (a pre-parsed header name: no per-call parsing of the name)
@@ -78,6 +80,7 @@ impl Shared {
             self.observe(&call, Some(&status));
             return Err(status);
         }
+        call.owe_outcome(access.clone());
         Ok(call)
     }
 
@@ -102,19 +105,40 @@ impl Shared {
 
     /// Ends a call: metrics, log line, audit record; converts the error.
     pub fn finish<T>(&self, call: &Call, result: Result<T, Error>) -> Result<T, Status> {
-        let result = result.map_err(Status::from);
+        self.finish_status(call, result.map_err(Status::from))
+    }
+
+    /// [`Shared::finish`] for a call that ends with a status already (a
+    /// failed request stream). A result whose audit record cannot be
+    /// written (`on_failure = "fail"`) is not given out: UNAVAILABLE.
+    pub fn finish_status<T>(&self, call: &Call, mut result: Result<T, Status>) -> Result<T, Status> {
         let code = result.as_ref().map(|_| tonic::Code::Ok).unwrap_or_else(|s| s.code());
-        self.observe(call, result.as_ref().err());
         if let Some(access) = self.access.get() {
-            access.record_outcome(call, code);
+            if let Err(e) = access.record_outcome(call, code) {
+                if result.is_ok() {
+                    result = Err(Status::unavailable(e.to_string()));
+                }
+            }
         }
+        self.observe(call, result.as_ref().err());
         result
+    }
+
+    /// A request stream that failed mid-call (reset by the client, the
+    /// connection lost): the call ends CANCELLED in the audit trail, with
+    /// the stream's error as detail; the caller gets the stream's status.
+    pub fn stream_failed(&self, call: &Call, status: Status) -> Status {
+        let why: String = status.message().chars().take(200).collect();
+        *call.detail.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(format!("request stream failed ({:?}): {why}", status.code()));
+        let _ = self.finish_status::<()>(call, Err(Status::cancelled("the request stream failed")));
+        status
     }
 
     /// A call whose policy decision is made per item (batches, listings):
     /// still logged, measured and audited by `finish`.
     pub fn begin_unchecked<T>(&self, req: &Request<T>, op: Op, detail: &str) -> Result<Call, Status> {
-        Ok(Call {
+        let call = Call {
             peer: identity(req)?,
             op,
             key: None,
@@ -122,7 +146,18 @@ impl Shared {
             started: Instant::now(),
             version: Default::default(),
             detail: Mutex::new(Some(detail.to_owned())),
-        })
+            batch: Default::default(),
+            owed: Default::default(),
+        };
+        if let Some(access) = self.access.get() {
+            if let Some(e) = access.audit.unavailable() {
+                let status = Status::unavailable(format!("{e}; the call was not performed"));
+                self.observe(&call, Some(&status));
+                return Err(status);
+            }
+            call.owe_outcome(access.clone());
+        }
+        Ok(call)
     }
 
     /// Whether the caller may do `op` on `key` (batch items, list filtering).
@@ -162,6 +197,44 @@ fn item_denied(op: Op, key: &str) -> proto::ItemError {
         code: tonic::Code::PermissionDenied as i32,
         message: format!("permission denied: may not {} on key {key:?}", op.as_str()),
     }
+}
+
+/// Counts a batch's items per key, version (and source version) and
+/// result, in the order each combination first appears.
+fn batch_parts<I, O>(
+    items: &[I],
+    out: &[Result<O, proto::ItemError>],
+    key_of: impl Fn(&I) -> &str,
+    version_of: impl Fn(&O) -> (u32, Option<u32>),
+) -> Vec<crate::access::BatchPart> {
+    let mut parts: Vec<crate::access::BatchPart> = Vec::new();
+    // (key, version, source version, code) -> its part
+    type Group<'a> = (&'a str, Option<u32>, Option<u32>, i32);
+    let mut index: std::collections::HashMap<Group<'_>, usize> = Default::default();
+    for (it, r) in items.iter().zip(out) {
+        let (version, from, code) = match r {
+            Ok(o) => {
+                let (v, from) = version_of(o);
+                (Some(v), from, tonic::Code::Ok)
+            }
+            Err(e) => (None, None, tonic::Code::from_i32(e.code)),
+        };
+        let key = key_of(it);
+        let slot = *index.entry((key, version, from, code as i32)).or_insert_with(|| {
+            parts.push(crate::access::BatchPart {
+                key: key.to_owned(),
+                version,
+                from_version: from,
+                code,
+                items: 0,
+            });
+            parts.len() - 1
+        });
+        if let Some(p) = parts.get_mut(slot) {
+            p.items += 1;
+        }
+    }
+    parts
 }
 
 impl CryptoService {
@@ -225,12 +298,17 @@ impl CryptoService {
     /// Runs a batch: the size limit for the whole call, then each item on
     /// its own, checked against the policy (a denied or failing item gets
     /// its own error; one bad item never fails the batch).
+    ///
+    /// The audit trail gets one record per key, version and result of the
+    /// items (`version_of`: the version an item used and, for rewrap, the
+    /// one it came from), besides the call's own record.
     fn run_batch<I, O>(
         &self,
         call: &Call,
         items: &[I],
         key_of: impl Fn(&I) -> &str,
         mut f: impl FnMut(&I) -> Result<O, Error>,
+        version_of: impl Fn(&O) -> (u32, Option<u32>),
     ) -> Result<Vec<Result<O, proto::ItemError>>, Error> {
         self.check_batch(items.len())?;
         let mut run = || -> Vec<Result<O, proto::ItemError>> {
@@ -259,6 +337,7 @@ impl CryptoService {
         if let Ok(mut d) = call.detail.lock() {
             *d = Some(format!("batch items={} errors={errors}", items.len()));
         }
+        *call.batch.lock().unwrap_or_else(|p| p.into_inner()) = batch_parts(items, &out, key_of, version_of);
         Ok(out)
     }
 }
@@ -321,6 +400,7 @@ impl proto::crypto_server::Crypto for CryptoService {
                         key_version: e.version,
                     })
             },
+            |o| (o.key_version, None),
         );
         let items = self.shared.finish(&call, items)?;
         let items = items
@@ -348,6 +428,7 @@ impl proto::crypto_server::Crypto for CryptoService {
                 keys.decrypt(&it.key, &it.ciphertext, &it.associated_data)
                     .map(|(plaintext, key_version)| proto::DecryptResponse { plaintext, key_version })
             },
+            |o| (o.key_version, None),
         );
         let items = self.shared.finish(&call, items)?;
         let items = items
@@ -368,7 +449,13 @@ impl proto::crypto_server::Crypto for CryptoService {
         let keys = self.shared.keys()?;
         let r = req.into_inner();
         let mut enc = keys.call(r.items.len());
-        let items = self.run_batch(&call, &r.items, |it| &it.key, |it| Self::rewrap_one(keys, &mut enc, it));
+        let items = self.run_batch(
+            &call,
+            &r.items,
+            |it| &it.key,
+            |it| Self::rewrap_one(keys, &mut enc, it),
+            |o| (o.key_version, Some(o.source_key_version)),
+        );
         let items = self.shared.finish(&call, items)?;
         let items = items
             .into_iter()
@@ -399,11 +486,9 @@ impl CryptoService {
     /// caller to be known (each item is then checked against the policy).
     fn batch_call<T>(&self, req: &Request<T>, op: Op) -> Result<Call, Status> {
         self.shared.access()?;
-        let call = self.shared.begin_unchecked(req, op, "batch")?;
-        Ok(Call {
-            key: Some("(batch)".into()),
-            ..call
-        })
+        let mut call = self.shared.begin_unchecked(req, op, "batch")?;
+        call.key = Some("(batch)".into());
+        Ok(call)
     }
 }
 
@@ -807,7 +892,12 @@ impl proto::keys_server::Keys for KeysService {
         let mut stream = req.into_inner();
         let mut bytes = Vec::new();
         let mut too_large = false;
-        while let Some(chunk) = stream.message().await? {
+        loop {
+            let chunk = match stream.message().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(status) => return Err(self.shared.stream_failed(&call, status)),
+            };
             if bytes.len() + chunk.data.len() > MAX_RESTORE_BYTES {
                 too_large = true;
                 break;
@@ -847,9 +937,6 @@ pub struct AdminService {
     /// Shared state.
     pub shared: Arc<Shared>,
 }
-
-/// Largest audit log accepted by `VerifyAudit` (1 GiB).
-const MAX_AUDIT_BYTES: usize = 1 << 30;
 
 #[tonic::async_trait]
 impl proto::admin_server::Admin for AdminService {
@@ -1002,6 +1089,7 @@ impl proto::admin_server::Admin for AdminService {
             seq: h.seq,
             hash: h.hash,
             file_first_seq: h.file_first_seq,
+            first_seq: h.first_seq,
         };
         Ok(Response::new(self.shared.finish(&call, Ok(resp))?))
     }
@@ -1011,27 +1099,50 @@ impl proto::admin_server::Admin for AdminService {
         req: Request<tonic::Streaming<proto::AuditChunk>>,
     ) -> Result<Response<proto::VerifyAuditResponse>, Status> {
         let call = self.shared.begin(&req, Op::AuditRead, None)?;
-        let mut stream = req.into_inner();
-        let mut bytes = Vec::new();
-        let mut anchor = None;
-        while let Some(c) = stream.message().await? {
-            if let Some(h) = c.head {
-                anchor = Some(crate::audit::Anchor {
-                    seq: h.seq,
-                    hash: h.hash,
-                    file_first_seq: h.file_first_seq,
-                });
-            }
-            if bytes.len() + c.data.len() > MAX_AUDIT_BYTES {
-                let e = Error::TooLarge(format!("audit log larger than {MAX_AUDIT_BYTES} bytes"));
-                return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status());
-            }
-            bytes.extend_from_slice(&c.data);
-        }
         let access = self.shared.access()?.clone();
+        let mut stream = req.into_inner();
+        // Verified chunk by chunk as it arrives: memory is one chunk (at
+        // most the message limit) plus one partial line, whatever the
+        // log's size; the request timeout bounds the time.
+        let mut verifier: Option<crate::audit::Verifier> = None;
+        let mut broken = None;
+        loop {
+            let c = match stream.message().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(status) => return Err(self.shared.stream_failed(&call, status)),
+            };
+            let mut v = match verifier.take() {
+                Some(v) => v,
+                None => crate::audit::Verifier::new(
+                    access.audit_key(),
+                    c.head.map(|h| crate::audit::Anchor {
+                        seq: h.seq,
+                        hash: h.hash,
+                        file_first_seq: h.file_first_seq,
+                        first_seq: h.first_seq,
+                    }),
+                ),
+            };
+            if broken.is_some() {
+                verifier = Some(v);
+                continue; // (drain the stream; the answer is known)
+            }
+            let data = c.data;
+            let (v, r) = tokio::task::spawn_blocking(move || {
+                let r = v.feed(&data);
+                (v, r)
+            })
+            .await
+            .map_err(|_| Status::internal("audit verification stopped"))?;
+            if let Err(b) = r {
+                broken = Some(b);
+            }
+            verifier = Some(v);
+        }
+        let v = verifier.unwrap_or_else(|| crate::audit::Verifier::new(access.audit_key(), None));
         let result = blocking(move || {
-            let text = String::from_utf8_lossy(&bytes);
-            Ok(match crate::audit::verify(&text, access.audit_key(), anchor.as_ref()) {
+            Ok(match v.finish() {
                 Ok(r) => proto::VerifyAuditResponse {
                     ok: true,
                     records: r.records,

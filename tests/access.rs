@@ -949,12 +949,33 @@ async fn the_audit_trail_detects_tampering_and_admin_calls_fail_closed() {
     let e = k.rotate_key(rotate("payments.a")).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(e.message().contains("not performed"), "{}", e.message());
-    let info = k
-        .get_key(proto::GetKeyRequest {
-            name: "payments.a".into(),
+    // (on_failure = "fail": data-path calls are refused too while the log cannot be written)
+    let e = pay
+        .encrypt(proto::EncryptRequest {
+            key: "payments.a".into(),
+            plaintext: marker.to_vec(),
+            associated_data: vec![],
         })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    // writable again: the writer recovers on its own
+    std::fs::remove_dir(&path).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let info = loop {
+        match k
+            .get_key(proto::GetKeyRequest {
+                name: "payments.a".into(),
+            })
+            .await
+        {
+            Ok(r) => break r.into_inner(),
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                assert!(std::time::Instant::now() < deadline, "no recovery");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
     assert_eq!(info.primary_version, 2, "the refused rotation did not happen");
 }

@@ -847,31 +847,54 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(status_line)?
                 .into_inner();
-            let mut data = Vec::new();
+            // Streamed in 1 MiB pieces, read as they are sent: neither side
+            // holds the whole log.
+            let mut open = Vec::new();
             for f in &files {
-                data.extend(std::fs::read(f).map_err(|e| format!("reading {}: {e}", f.display()))?);
+                open.push(std::fs::File::open(f).map_err(|e| format!("reading {}: {e}", f.display()))?);
             }
-            let mut chunks: Vec<proto::AuditChunk> = data
-                .chunks(1 << 20)
-                .map(|c| proto::AuditChunk {
-                    data: c.to_vec(),
-                    head: None,
-                })
-                .collect();
-            if chunks.is_empty() {
-                chunks.push(proto::AuditChunk {
-                    data: vec![],
-                    head: None,
-                });
-            }
-            if let Some(first) = chunks.first_mut() {
-                first.head = Some(head);
-            }
+            let mut open = open.into_iter();
+            let mut current = open.next();
+            let mut head = Some(head);
+            let read_error: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+            let errors = read_error.clone();
+            let chunks = std::iter::from_fn(move || {
+                use std::io::Read as _;
+                loop {
+                    let Some(f) = current.as_mut() else {
+                        // (an empty log still sends the head once)
+                        return head.take().map(|h| proto::AuditChunk {
+                            data: vec![],
+                            head: Some(h),
+                        });
+                    };
+                    let mut buf = vec![0u8; 1 << 20];
+                    match f.read(&mut buf) {
+                        Ok(0) => current = open.next(),
+                        Ok(n) => {
+                            buf.truncate(n);
+                            return Some(proto::AuditChunk {
+                                data: buf,
+                                head: head.take(),
+                            });
+                        }
+                        Err(e) => {
+                            if let Ok(mut slot) = errors.lock() {
+                                *slot = Some(e.to_string());
+                            }
+                            return None;
+                        }
+                    }
+                }
+            });
             let r = admin
                 .verify_audit(tokio_stream::iter(chunks))
                 .await
                 .map_err(status_line)?
                 .into_inner();
+            if let Some(e) = read_error.lock().ok().and_then(|mut e| e.take()) {
+                return Err(format!("reading the audit log: {e}"));
+            }
             if r.ok {
                 println!("OK {} records (seq {}..{})", r.records, r.first_seq, r.last_seq);
             } else {

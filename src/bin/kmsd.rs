@@ -69,13 +69,14 @@ enum Cmd {
         #[arg(long)]
         replace: bool,
     },
-    /// Verify audit log file(s), in chain order (offline).
+    /// Verify the audit log (offline): every retained file, oldest first,
+    /// or the file(s) given, in chain order.
     AuditVerify {
         /// TOML configuration.
         #[arg(long)]
         config: PathBuf,
-        /// Audit log file(s).
-        #[arg(required = true)]
+        /// Audit log file(s); default: the rotated files and the live log
+        /// of `[audit] path`.
         files: Vec<PathBuf>,
     },
     /// Validate a configuration file and report every problem.
@@ -226,11 +227,32 @@ fn main() -> ExitCode {
                 let key = kmsd::access::audit_key(rings.raw().as_ref(), rings.sealer()).map_err(|e| e.to_string())?;
                 // the head first: the log read after it holds at least what it records
                 let anchor = kmsd::audit::read_head(&cfg.audit.path, &key)?;
-                let mut text = String::new();
-                for f in &files {
-                    text.push_str(&std::fs::read_to_string(f).map_err(|e| format!("reading {}: {e}", f.display()))?);
+                let files = if files.is_empty() {
+                    kmsd::audit::log_files(&cfg.audit.path)
+                } else {
+                    files
+                };
+                // read in pieces: memory stays bounded whatever the log's size
+                let mut v = kmsd::audit::Verifier::new(&key, anchor);
+                let mut buf = vec![0u8; 1 << 20];
+                let mut result = Ok(());
+                'files: for f in &files {
+                    use std::io::Read as _;
+                    let mut file = std::fs::File::open(f).map_err(|e| format!("reading {}: {e}", f.display()))?;
+                    loop {
+                        let n = file
+                            .read(&mut buf)
+                            .map_err(|e| format!("reading {}: {e}", f.display()))?;
+                        let Some(piece) = buf.get(..n).filter(|p| !p.is_empty()) else {
+                            break;
+                        };
+                        result = v.feed(piece);
+                        if result.is_err() {
+                            break 'files;
+                        }
+                    }
                 }
-                match kmsd::audit::verify(&text, &key, anchor.as_ref()) {
+                match result.and_then(|()| v.finish()) {
                     Ok(r) => {
                         println!("OK {} records (seq {}..{})", r.records, r.first_seq, r.last_seq);
                         Ok(())

@@ -137,15 +137,37 @@ impl Daemon {
     }
 
     fn spawn(&mut self, config: &Path) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kmsd"));
+        cmd.args(["serve", "--config"]).arg(config);
+        self.spawn_command(cmd);
+    }
+
+    /// Starts `kmsd serve --config DIR/kmsd.toml` through `cmd` (e.g. a
+    /// wrapper that sets up a private mount namespace and `exec`s kmsd, so
+    /// that the child's pid is the daemon's).
+    pub fn start_command(dir: &Path, extra: &str, make: impl FnOnce(&Path) -> Command) -> Self {
+        let tcp = format!("127.0.0.1:{}", free_port());
+        let config = write_config(dir, Some(&tcp), extra);
+        let mut d = Daemon {
+            dir: dir.to_owned(),
+            socket: dir.join("kmsd.sock"),
+            tcp: Some(tcp),
+            log: dir.join("kmsd.log"),
+            child: None,
+            log_offset: 0,
+        };
+        d.spawn_command(make(&config));
+        d
+    }
+
+    fn spawn_command(&mut self, mut cmd: Command) {
         self.log_offset = self.log_text().len();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kmsd"))
-            .args(["serve", "--config"])
-            .arg(config)
+        let child = cmd
             .env("KMSD_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(log)
