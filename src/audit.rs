@@ -469,7 +469,8 @@ impl Default for Options {
 }
 
 struct Job {
-    event: Event,
+    /// None: a flush (everything before it durable, nothing written).
+    event: Option<Event>,
     done: Option<mpsc::SyncSender<Result<(), AuditError>>>,
 }
 
@@ -543,7 +544,10 @@ impl AuditHandle {
         if let Some(e) = self.unavailable() {
             return Err(e);
         }
-        let job = match self.tx.try_send(Job { event, done: None }) {
+        let job = match self.tx.try_send(Job {
+            event: Some(event),
+            done: None,
+        }) {
             Ok(()) => return Ok(()),
             Err(mpsc::TrySendError::Disconnected(_)) => return Err(AuditError("the audit writer stopped".into())),
             Err(mpsc::TrySendError::Full(job)) => job,
@@ -581,7 +585,14 @@ impl AuditHandle {
     /// that is refused or abandoned: there is nobody left to fail). A full
     /// queue drops it, counted.
     pub fn record_anyway(&self, event: Event) {
-        if self.tx.try_send(Job { event, done: None }).is_err() {
+        if self
+            .tx
+            .try_send(Job {
+                event: Some(event),
+                done: None,
+            })
+            .is_err()
+        {
             self.metrics
                 .audit_write_failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -593,6 +604,22 @@ impl AuditHandle {
         self.head.lock().map(|h| h.clone()).unwrap_or_default()
     }
 
+    /// Waits until every record queued before it is durable (shutdown:
+    /// the last data-path records must not be lost with the process).
+    /// Blocking.
+    pub fn flush(&self) -> Result<(), AuditError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Job {
+                event: None,
+                done: Some(tx),
+            })
+            .map_err(|_| AuditError("the audit writer stopped".into()))?;
+        self.writer.unpark();
+        rx.recv()
+            .unwrap_or_else(|_| Err(AuditError("the audit writer stopped".into())))
+    }
+
     /// Writes a record and waits until it is durable (administrative
     /// calls: they fail closed if this fails). Blocking: call from a
     /// blocking context.
@@ -600,7 +627,10 @@ impl AuditHandle {
         let started = std::time::Instant::now();
         let (tx, rx) = mpsc::sync_channel(1);
         self.tx
-            .send(Job { event, done: Some(tx) })
+            .send(Job {
+                event: Some(event),
+                done: Some(tx),
+            })
             .map_err(|_| AuditError("the audit writer stopped".into()))?;
         self.writer.unpark();
         let r = rx
@@ -1139,7 +1169,7 @@ pub fn spawn(
                 if failed() && !waiting && !disconnected && last_try.elapsed() < RETRY_EVERY {
                     // (failing: new records wait with the kept ones; no
                     // busy retrying on every tick)
-                    kept.extend(jobs.into_iter().map(|j| j.event));
+                    kept.extend(jobs.into_iter().filter_map(|j| j.event));
                     continue;
                 }
                 if jobs.is_empty() && kept.is_empty() {
@@ -1165,7 +1195,7 @@ pub fn spawn(
                 let mut events = std::mem::take(&mut kept);
                 let mut done = Vec::new();
                 for j in jobs {
-                    events.push(j.event);
+                    events.extend(j.event);
                     done.extend(j.done);
                 }
                 let refs: Vec<&Event> = events.iter().collect();

@@ -405,6 +405,12 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
         Ok(Ok(())) => tracing::info!("store synced"),
         _ => tracing::error!("final store sync failed"),
     }
+    // The last data-path records are group-committed: durable before exit.
+    match tokio::task::spawn_blocking(move || access.audit.flush()).await {
+        Ok(Ok(())) => tracing::info!("audit log synced"),
+        Ok(Err(e)) => tracing::error!(error = %e, "final audit sync failed"),
+        Err(_) => tracing::error!("final audit sync failed"),
+    }
     result?;
     tracing::info!("stopped");
     Ok(())
