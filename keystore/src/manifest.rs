@@ -536,6 +536,15 @@ impl KeyStore for CheckedStore {
         Ok(revs)
     }
 
+    fn reclaim(&self) -> Result<(), Error> {
+        // Writers wait: the backend is being swapped.
+        let _st = self
+            .state
+            .write()
+            .map_err(|_| Error::Backend("manifest lock poisoned".into()))?;
+        self.inner.reclaim()
+    }
+
     fn sync(&self) -> Result<(), Error> {
         self.inner.sync()
     }

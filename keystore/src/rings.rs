@@ -277,6 +277,14 @@ impl RingStore {
             match self.store.apply(&ops) {
                 Ok(revs) => {
                     ring.revision = revs.first().copied().flatten();
+                    if ops.len() > 1 {
+                        // A version was destroyed: its material must not
+                        // linger in the backend's files. The destruction
+                        // itself is durable either way.
+                        if let Err(e) = self.store.reclaim() {
+                            tracing::error!(key = %name, error = %e, "reclaiming the store's old records after a destruction failed: destroyed material may remain in its files");
+                        }
+                    }
                     return Ok((ring, out));
                 }
                 Err(Error::Conflict { .. }) => continue,

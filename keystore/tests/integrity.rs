@@ -388,3 +388,94 @@ fn backups_made_under_the_previous_master_key_verify_and_restore_after_a_rekey()
     // a backup made after the rekey verifies under the new key alone
     assert!(read_snapshot(&snapshot(&rings), rings.sealer()).is_ok());
 }
+
+fn files(p: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(p).unwrap().flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn after_a_destruction_the_old_sealed_ring_record_is_nowhere_in_the_store_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s");
+    let raw: Arc<dyn KeyStore> = Arc::new(SledStore::open(&p).unwrap());
+    let rings = open(&raw).unwrap();
+    create(&rings, "k");
+    create(&rings, "other");
+    rings
+        .update(&name("k"), |r| r.rotate(2, RotationReason::Manual))
+        .unwrap();
+    let mut superseded = vec![raw.get(RecordKind::KeyRing, "k").unwrap().unwrap().value];
+    rings.update(&name("k"), |r| r.schedule_destruction(1, 3)).unwrap();
+    superseded.push(raw.get(RecordKind::KeyRing, "k").unwrap().unwrap().value);
+    raw.sync().unwrap();
+    // before the destruction the old records are still in sled's log
+    let all: Vec<u8> = files(&p).iter().flat_map(|f| std::fs::read(f).unwrap()).collect();
+    assert!(
+        superseded.iter().any(|s| all.windows(s.len()).any(|w| w == &s[..])),
+        "the test would prove nothing: sled already dropped the old records"
+    );
+    rings.update(&name("k"), |r| Ok(r.destroy_due(3))).unwrap();
+    raw.sync().unwrap();
+    for f in files(dir.path()) {
+        let bytes = std::fs::read(&f).unwrap();
+        for s in &superseded {
+            assert!(
+                !bytes.windows(s.len()).any(|w| w == &s[..]),
+                "a sealed record holding the destroyed material is still in {}",
+                f.display()
+            );
+        }
+    }
+    // nothing else is lost, now and after a restart
+    assert!(rings.get(&name("k")).unwrap().unwrap().versions[0].material.is_none());
+    assert!(rings.get(&name("other")).unwrap().is_some());
+    drop(rings);
+    drop(raw);
+    let raw: Arc<dyn KeyStore> = Arc::new(SledStore::open(&p).unwrap());
+    let rings = open(&raw).unwrap();
+    assert!(rings.load_all(|_| {}).unwrap().is_empty());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no reclaim directory left"
+    );
+}
+
+#[test]
+fn an_interrupted_reclaim_is_finished_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s");
+    {
+        let raw: Arc<dyn KeyStore> = Arc::new(SledStore::open(&p).unwrap());
+        let rings = open(&raw).unwrap();
+        create(&rings, "k");
+    }
+    // crash after the old directory was renamed away, before the copy was
+    // renamed into place: the copy (marked complete) becomes the store
+    let copy = dir.path().join("s.reclaim-new");
+    std::fs::rename(&p, &copy).unwrap();
+    std::fs::write(copy.join("kmsd-reclaim-complete"), b"").unwrap();
+    std::fs::create_dir(dir.path().join("s.reclaim-old")).unwrap();
+    std::fs::write(dir.path().join("s.reclaim-old/db"), b"old bytes").unwrap();
+    let raw: Arc<dyn KeyStore> = Arc::new(SledStore::open(&p).unwrap());
+    let rings = open(&raw).unwrap();
+    assert!(rings.get(&name("k")).unwrap().is_some());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    // a half-built copy (not marked complete) is discarded
+    drop(rings);
+    drop(raw);
+    std::fs::create_dir(dir.path().join("s.reclaim-new")).unwrap();
+    std::fs::write(dir.path().join("s.reclaim-new/db"), b"partial").unwrap();
+    let raw: Arc<dyn KeyStore> = Arc::new(SledStore::open(&p).unwrap());
+    assert!(open(&raw).unwrap().get(&name("k")).unwrap().is_some());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}

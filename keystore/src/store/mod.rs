@@ -124,6 +124,13 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Applies a batch atomically (see the contract). Returns, per
     /// operation, the record's new revision (`None` for a deletion).
     fn apply(&self, ops: &[Op<'_>]) -> Result<Vec<Option<Revision>>, Error>;
+    /// Removes superseded versions of records from the backend's files,
+    /// so that a record overwritten to destroy key material leaves nothing
+    /// behind (called after a destruction). Backends that keep no old
+    /// versions do nothing.
+    fn reclaim(&self) -> Result<(), Error> {
+        Ok(())
+    }
     /// Makes every write so far durable (used at shutdown).
     fn sync(&self) -> Result<(), Error>;
 }

@@ -16,11 +16,70 @@ use super::{check_cond, storage_key, Entry, KeyStore, Op, RecordKind, Revision};
 use crate::Error;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
+
+fn live<'a>(g: &'a RwLockReadGuard<'_, Option<sled::Db>>) -> Result<&'a sled::Db, Error> {
+    g.as_ref()
+        .ok_or_else(|| Error::Backend("the store is closed (a reclaim failed half-way)".into()))
+}
+
+/// The compacted copy being built.
+fn new_dir(path: &Path) -> PathBuf {
+    path.with_extension("reclaim-new")
+}
+
+/// The old files, to be scrubbed.
+fn old_dir(path: &Path) -> PathBuf {
+    path.with_extension("reclaim-old")
+}
+
+/// Overwrites every file under `dir` with zeros in place (fsynced), then
+/// removes the directory. On a file system that rewrites in place (ext4,
+/// XFS) this leaves none of the old bytes on the device; see the module
+/// documentation for where it does not hold.
+fn scrub(dir: &Path) -> Result<(), Error> {
+    use std::io::Write;
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in rd.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            scrub(&p)?;
+            continue;
+        }
+        let len = std::fs::metadata(&p)?.len();
+        let mut f = std::fs::OpenOptions::new().write(true).open(&p)?;
+        let zeros = vec![0u8; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            f.write_all(zeros.get(..n).unwrap_or_default())?;
+            left -= n as u64;
+        }
+        f.sync_all()?;
+    }
+    std::fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
+fn open_db(path: &Path) -> Result<sled::Db, Error> {
+    sled::Config::new()
+        .path(path)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .map_err(|e| Error::Backend(format!("cannot open store at {}: {e}", path.display())))
+}
+
+/// Marks a compacted copy as complete (see [`SledStore::reclaim`]).
+const RECLAIM_DONE: &str = "kmsd-reclaim-complete";
 
 /// A [`KeyStore`] in a sled database directory.
 pub struct SledStore {
-    db: sled::Db,
+    /// The database; `None` only while [`SledStore::reclaim`] swaps it
+    /// for its compacted copy (under the write lock, never seen by a
+    /// reader).
+    db: RwLock<Option<sled::Db>>,
     /// The database directory, for fsyncing its files.
     path: PathBuf,
     /// Serialises the fsync step so concurrent writers share one sync
@@ -41,19 +100,27 @@ impl SledStore {
     /// Opens (or creates) the store at `path`. Fails if another process
     /// holds it open.
     pub fn open(path: &Path) -> Result<Self, Error> {
+        // Finish or undo an interrupted reclaim: a complete copy waiting
+        // for its rename, a half-built copy, old files not yet scrubbed.
+        if !path.exists() && new_dir(path).join(RECLAIM_DONE).exists() {
+            std::fs::rename(new_dir(path), path)?;
+        }
+        if new_dir(path).exists() {
+            scrub(&new_dir(path))?;
+        }
+        if old_dir(path).exists() {
+            scrub(&old_dir(path))?;
+        }
+        let _ = std::fs::remove_file(path.join(RECLAIM_DONE));
         std::fs::create_dir_all(path)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
         }
-        let db = sled::Config::new()
-            .path(path)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| Error::Backend(format!("cannot open store at {}: {e}", path.display())))?;
+        let db = open_db(path)?;
         let store = SledStore {
-            db,
+            db: RwLock::new(Some(db)),
             path: path.to_owned(),
             sync_lock: Mutex::new(()),
             sync_each_write: std::sync::atomic::AtomicBool::new(true),
@@ -67,6 +134,72 @@ impl SledStore {
     /// final [`KeyStore::sync`]. Breaks the durability contract meanwhile.
     pub fn danger_unsynced_writes(&self, on: bool) {
         self.sync_each_write.store(!on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn read_db(&self) -> Result<RwLockReadGuard<'_, Option<sled::Db>>, Error> {
+        self.db.read().map_err(|_| Error::Backend("store lock poisoned".into()))
+    }
+
+    /// Rewrites the database into a fresh directory and scrubs the old
+    /// files: sled is log-structured and sled 0.34 offers no way to force
+    /// the reclamation of a segment, so a superseded record (a ring still
+    /// holding a since-destroyed version's material) would otherwise stay
+    /// in the files until sled happened to reuse its segment.
+    ///
+    /// Every live entry is copied into `<store>.reclaim-new` and fsynced;
+    /// the old database is closed; `<store>` is renamed to
+    /// `<store>.reclaim-old` and the copy to `<store>`; the database is
+    /// reopened; the old files are overwritten with zeros and removed.
+    /// Readers and writers wait meanwhile (milliseconds for a store of a
+    /// few thousand keys). A crash at any step is finished or undone by
+    /// the next [`SledStore::open`].
+    pub fn reclaim(&self) -> Result<(), Error> {
+        let mut guard = self
+            .db
+            .write()
+            .map_err(|_| Error::Backend("store lock poisoned".into()))?;
+        let Some(db) = guard.as_ref() else {
+            return Err(Error::Backend("the store is closed (a reclaim failed half-way)".into()));
+        };
+        let (new, old) = (new_dir(&self.path), old_dir(&self.path));
+        if new.exists() {
+            scrub(&new)?;
+        }
+        {
+            let copy = open_db(&new)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o700))?;
+            }
+            for item in db.iter() {
+                let (k, v) = item?;
+                copy.insert(k, v)?;
+            }
+            copy.flush()?;
+            drop(copy);
+            for f in ["db", "conf"] {
+                Self::fsync_path(&new.join(f))?;
+            }
+            std::fs::write(new.join(RECLAIM_DONE), b"")?;
+            Self::fsync_path(&new.join(RECLAIM_DONE))?;
+            Self::fsync_path(&new)?;
+        }
+        db.flush()?;
+        *guard = None; // closes the old database
+        std::fs::rename(&self.path, &old)?;
+        std::fs::rename(&new, &self.path)?;
+        if let Some(parent) = self.path.parent() {
+            Self::fsync_path(parent)?;
+        }
+        let _ = std::fs::remove_file(self.path.join(RECLAIM_DONE));
+        *guard = Some(open_db(&self.path)?);
+        drop(guard);
+        scrub(&old)?;
+        if let Some(parent) = self.path.parent() {
+            Self::fsync_path(parent)?;
+        }
+        Ok(())
     }
 
     fn write_done(&self) -> Result<(), Error> {
@@ -116,73 +249,35 @@ impl SledStore {
 
 impl KeyStore for SledStore {
     fn get(&self, kind: RecordKind, name: &str) -> Result<Option<Entry>, Error> {
-        match self.db.get(storage_key(kind, name))? {
+        let g = self.read_db()?;
+        match live(&g)?.get(storage_key(kind, name))? {
             None => Ok(None),
             Some(raw) => Self::decode(kind, name, &raw).map(Some),
         }
     }
 
     fn put(&self, kind: RecordKind, name: &str, expected: Option<Revision>, value: &[u8]) -> Result<Revision, Error> {
-        let key = storage_key(kind, name);
-        let current = self.db.get(&key)?;
-        let (old, next) = match (current, expected) {
-            (None, None) => (None, 1),
-            (Some(_), None) => {
-                return Err(Error::Conflict {
-                    kind,
-                    name: name.into(),
-                })
-            }
-            (None, Some(_)) => {
-                return Err(Error::NotFound {
-                    kind,
-                    name: name.into(),
-                })
-            }
-            (Some(raw), Some(exp)) => {
-                let e = Self::decode(kind, name, &raw)?;
-                if e.revision != exp {
-                    return Err(Error::Conflict {
-                        kind,
-                        name: name.into(),
-                    });
-                }
-                (Some(raw), exp.0 + 1)
-            }
+        let cond = match expected {
+            None => super::Cond::Absent,
+            Some(r) => super::Cond::At(r),
         };
-        match self.db.compare_and_swap(&key, old, Some(Self::encode(next, value)))? {
-            Ok(()) => {
-                self.write_done()?;
-                Ok(Revision(next))
-            }
-            Err(_) => Err(Error::Conflict {
-                kind,
-                name: name.into(),
-            }),
-        }
+        let revs = self.apply(&[Op {
+            kind,
+            name,
+            cond,
+            value: Some(value),
+        }])?;
+        Ok(revs.first().copied().flatten().unwrap_or(Revision(0)))
     }
 
     fn delete(&self, kind: RecordKind, name: &str, expected: Revision) -> Result<(), Error> {
-        let key = storage_key(kind, name);
-        let Some(raw) = self.db.get(&key)? else {
-            return Err(Error::NotFound {
-                kind,
-                name: name.into(),
-            });
-        };
-        if Self::decode(kind, name, &raw)?.revision != expected {
-            return Err(Error::Conflict {
-                kind,
-                name: name.into(),
-            });
-        }
-        match self.db.compare_and_swap(&key, Some(raw), None::<Vec<u8>>)? {
-            Ok(()) => self.sync(),
-            Err(_) => Err(Error::Conflict {
-                kind,
-                name: name.into(),
-            }),
-        }
+        self.apply(&[Op {
+            kind,
+            name,
+            cond: super::Cond::At(expected),
+            value: None,
+        }])
+        .map(|_| ())
     }
 
     fn list(&self, kind: RecordKind, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error> {
@@ -195,7 +290,8 @@ impl KeyStore for SledStore {
             _ => storage_key(kind, prefix),
         };
         let mut out = Vec::new();
-        for item in self.db.range(start..) {
+        let g = self.read_db()?;
+        for item in live(&g)?.range(start..) {
             let (k, _) = item?;
             if k.first() != Some(&kind.tag()) {
                 break;
@@ -213,10 +309,18 @@ impl KeyStore for SledStore {
     }
 
     fn for_each(&self, kind: RecordKind, f: &mut dyn FnMut(&str, Entry) -> Result<(), Error>) -> Result<(), Error> {
-        for item in self.db.scan_prefix([kind.tag()]) {
-            let (k, v) = item?;
-            let name = Self::name_of(&k).unwrap_or_default();
-            f(&name, Self::decode(kind, &name, &v)?)?;
+        // Collected first: `f` may call back into the store.
+        let mut all = Vec::new();
+        {
+            let g = self.read_db()?;
+            for item in live(&g)?.scan_prefix([kind.tag()]) {
+                let (k, v) = item?;
+                let name = Self::name_of(&k).unwrap_or_default();
+                all.push((name.clone(), Self::decode(kind, &name, &v)?));
+            }
+        }
+        for (name, e) in all {
+            f(&name, e)?;
         }
         Ok(())
     }
@@ -225,7 +329,8 @@ impl KeyStore for SledStore {
         use sled::transaction::{ConflictableTransactionError as Cte, TransactionError};
         // A sled transaction is one atomic batch in the log: after a crash
         // recovery finds all of it or none of it.
-        let result = self.db.transaction(|tx| {
+        let g = self.read_db()?;
+        let result = live(&g)?.transaction(|tx| {
             let mut out = Vec::with_capacity(ops.len());
             for op in ops {
                 let key = storage_key(op.kind, op.name);
@@ -247,6 +352,7 @@ impl KeyStore for SledStore {
             }
             Ok(out)
         });
+        drop(g);
         match result {
             Ok(out) => {
                 self.write_done()?;
@@ -257,12 +363,19 @@ impl KeyStore for SledStore {
         }
     }
 
+    fn reclaim(&self) -> Result<(), Error> {
+        SledStore::reclaim(self)
+    }
+
     fn sync(&self) -> Result<(), Error> {
         let _guard = self
             .sync_lock
             .lock()
             .map_err(|_| Error::Backend("sync lock poisoned".into()))?;
-        self.db.flush()?;
+        {
+            let g = self.read_db()?;
+            live(&g)?.flush()?;
+        }
         Self::fsync_path(&self.path.join("db"))?;
         Self::fsync_path(&self.path.join("conf"))?;
         let blobs = self.path.join("blobs");
