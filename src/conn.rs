@@ -18,6 +18,9 @@
 //!   clients do not keep slots forever; gRPC clients reconnect on their
 //!   next call.
 //!
+//! TCP listeners also set `TCP_DEFER_ACCEPT` (in `server`), so the kernel
+//! holds a connection until its client sends data.
+//!
 //! Evictions, refusals and idle closes are counted in [`Metrics`]. This
 //! module never decides who may do what: it hands the verified identity to
 //! the services through [`ConnLayer`].

@@ -118,13 +118,46 @@ impl Ca {
             .map_err(|x| e("signing the CRL", x))
     }
 
+    /// The CA's private key, PEM (secret: for tests that present the CA
+    /// itself as a client).
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// Issues a client certificate (one URI SAN if given) whose parameters
+    /// `customize` changes first (validity, key usages): for tests of what
+    /// the daemon must refuse.
+    pub fn issue_custom(
+        &self,
+        common_name: &str,
+        uri: Option<&str>,
+        customize: impl FnOnce(&mut CertificateParams),
+    ) -> Result<Issued, DevError> {
+        let mut sans = Vec::new();
+        if let Some(u) = uri {
+            sans.push(SanType::URI(u.try_into().map_err(|x| e("client URI", x))?));
+        }
+        self.issue_with(common_name, sans, ExtendedKeyUsagePurpose::ClientAuth, customize)
+    }
+
     fn issue(&self, cn: &str, sans: Vec<SanType>, eku: ExtendedKeyUsagePurpose) -> Result<Issued, DevError> {
+        self.issue_with(cn, sans, eku, |_| {})
+    }
+
+    fn issue_with(
+        &self,
+        cn: &str,
+        sans: Vec<SanType>,
+        eku: ExtendedKeyUsagePurpose,
+        customize: impl FnOnce(&mut CertificateParams),
+    ) -> Result<Issued, DevError> {
         let key = KeyPair::generate().map_err(|x| e("key", x))?;
         let mut p = CertificateParams::new(Vec::<String>::new()).map_err(|x| e("params", x))?;
         p.distinguished_name.push(DnType::CommonName, cn);
         p.subject_alt_names = sans;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![eku];
+        customize(&mut p);
         let cert = p.signed_by(&key, &self.cert, &self.key).map_err(|x| e("signing", x))?;
         Ok(Issued {
             cert_pem: cert.pem(),

@@ -169,6 +169,31 @@ pub fn has_input(fd: std::os::fd::BorrowedFd<'_>) -> bool {
     !matches!(e, std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted)
 }
 
+/// Sets `TCP_DEFER_ACCEPT` on a listening TCP socket: the kernel hands a
+/// connection to `accept` only once the client has sent data (a TLS client
+/// sends its ClientHello at once), or after about `secs`. Sockets opened and
+/// left silent then never take a handshake slot while they are fresh.
+pub fn defer_accept(fd: std::os::fd::BorrowedFd<'_>, secs: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `value` is a valid c_int local that outlives the call, and its
+    // size is passed; the descriptor is borrowed, so it stays open.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn unsafe_zeroed_storage() -> libc::sockaddr_storage {
     // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
     unsafe { std::mem::zeroed() }

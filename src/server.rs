@@ -103,6 +103,16 @@ fn map_size_status<B>(mut resp: http::Response<B>) -> http::Response<B> {
     resp
 }
 
+/// Asks the kernel to hold TCP connections until they send data (see
+/// [`crate::os::defer_accept`]), for up to the handshake timeout.
+fn defer_accept(l: &std::net::TcpListener, config: &Config) {
+    use std::os::fd::AsFd;
+    let secs = u32::try_from(config.limits.handshake_timeout.as_secs().max(1)).unwrap_or(u32::MAX);
+    if let Err(e) = crate::os::defer_accept(l.as_fd(), secs) {
+        tracing::warn!(error = %e, "TCP_DEFER_ACCEPT not set; silent connections reach the handshake budget");
+    }
+}
+
 /// A listener the gRPC server accepts from.
 enum Listener {
     Unix(UnixListener),
@@ -126,6 +136,7 @@ fn listeners(config: &Config, passed: Vec<PassedSocket>) -> Result<Vec<Listener>
                 let std_l = std::net::TcpListener::from(p.fd);
                 let addr = std_l.local_addr().map_err(|e| err("socket activation", e))?;
                 crate::config::check_internal(&addr).map_err(|e| err("socket activation", e))?;
+                defer_accept(&std_l, config);
                 std_l.set_nonblocking(true).map_err(|e| err("socket activation", e))?;
                 let l = TcpListener::from_std(std_l).map_err(|e| err("socket activation", e))?;
                 tracing::info!(%addr, name = %p.name, "listening on socket-activated TCP socket (mTLS)");
@@ -141,6 +152,7 @@ fn listeners(config: &Config, passed: Vec<PassedSocket>) -> Result<Vec<Listener>
     for addr in &config.listen.tcp {
         crate::config::check_internal(addr).map_err(|e| err("listen", e))?;
         let std_l = std::net::TcpListener::bind(addr).map_err(|e| err(&format!("binding {addr}"), e))?;
+        defer_accept(&std_l, config);
         std_l.set_nonblocking(true).map_err(|e| err("listen", e))?;
         out.push(Listener::Tcp(
             TcpListener::from_std(std_l).map_err(|e| err("listen", e))?,
