@@ -204,6 +204,9 @@ pub struct Pending {
 pub struct Access {
     policy: ArcSwap<Policy>,
     policy_path: PathBuf,
+    /// The configuration's dev_mode: DEV ONLY roles are refused without it,
+    /// on every reload as at start.
+    dev_mode: bool,
     /// The audit trail.
     pub audit: AuditHandle,
     audit_key: AuditKey,
@@ -280,6 +283,10 @@ impl Access {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, String> {
         let policy = Policy::load(&policy_path).map_err(|e| e.to_string())?;
+        let dev_mode = keys.dev_mode();
+        policy
+            .check_mode(dev_mode)
+            .map_err(|e| format!("{}: {e}", policy_path.display()))?;
         if policy.has_dev_roles() {
             tracing::warn!(policy = %policy_path.display(), "the policy has DEV ONLY roles (dev_no_second_factor): never in production");
         }
@@ -305,6 +312,7 @@ impl Access {
         Ok(Access {
             policy: ArcSwap::from_pointee(policy),
             policy_path,
+            dev_mode,
             audit,
             audit_key: key,
             audit_path,
@@ -324,6 +332,8 @@ impl Access {
     /// stays in force.
     pub fn reload_policy(&self) -> Result<(), String> {
         let p = Policy::load(&self.policy_path).map_err(|e| e.to_string())?;
+        p.check_mode(self.dev_mode)
+            .map_err(|e| format!("{}: {e}", self.policy_path.display()))?;
         {
             let mut v = lock(&self.verifier);
             v.max_failures = p.settings.otp_max_failures.max(1);

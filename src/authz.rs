@@ -414,6 +414,26 @@ impl Policy {
         op.is_admin() && self.is_officer(identity) && !self.dev_bypass(identity)
     }
 
+    /// Refuses DEV ONLY roles unless the configuration is in dev mode: a
+    /// policy that lets a role skip the second factor and the second
+    /// officer must never reach production by accident. Checked by
+    /// `check-config`, at start and on every reload.
+    pub fn check_mode(&self, dev_mode: bool) -> Result<(), PolicyError> {
+        let dev: Vec<&str> = self
+            .roles
+            .iter()
+            .filter(|(_, r)| r.dev_no_second_factor)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if dev_mode || dev.is_empty() {
+            return Ok(());
+        }
+        Err(PolicyError(format!(
+            "role(s) {dev:?} set dev_no_second_factor (DEV ONLY: no second factor, no second officer), \
+             which is refused unless the configuration sets dev_mode = true"
+        )))
+    }
+
     /// Whether any role is flagged DEV ONLY.
     pub fn has_dev_roles(&self) -> bool {
         self.roles.values().any(|r| r.dev_no_second_factor)
@@ -531,8 +551,11 @@ allow = [{ ops = ["key.*"], keys = ["*"] }]
         assert!(e.0.contains("line 2") && e.0.contains("encrpyt"), "{}", e.0);
         let e = Policy::parse("[identities]\n\"x\" = [\"nobody\"]\n").unwrap_err();
         assert!(e.0.contains("unknown role"), "{}", e.0);
-        assert!(Policy::parse(&dev_policy("spiffe://a", "spiffe://b"))
-            .unwrap()
-            .has_dev_roles());
+        let dev = Policy::parse(&dev_policy("spiffe://a", "spiffe://b")).unwrap();
+        assert!(dev.has_dev_roles());
+        assert!(dev.check_mode(true).is_ok());
+        let e = dev.check_mode(false).unwrap_err();
+        assert!(e.0.contains("dev-everything") && e.0.contains("dev_mode"), "{}", e.0);
+        assert!(Policy::parse(P).unwrap().check_mode(false).is_ok());
     }
 }

@@ -417,8 +417,13 @@ impl Config {
         let Some(mut cfg) = cfg else { return problems };
         cfg.resolve(path.parent().unwrap_or(Path::new(".")));
         problems.extend(cfg.problems().into_iter().map(|p| format!("{}: {p}", path.display())));
-        if let Err(e) = crate::authz::Policy::load(&cfg.policy) {
-            problems.push(format!("{}: policy: {e}", path.display()));
+        match crate::authz::Policy::load(&cfg.policy) {
+            Ok(policy) => {
+                if let Err(e) = policy.check_mode(cfg.dev_mode) {
+                    problems.push(format!("{}: policy {}: {e}", path.display(), cfg.policy.display()));
+                }
+            }
+            Err(e) => problems.push(format!("{}: policy: {e}", path.display())),
         }
         if let Err(e) = crate::tls::server_config(&cfg.tls) {
             problems.push(format!("{}: tls: {e}", path.display()));

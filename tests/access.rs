@@ -979,3 +979,85 @@ async fn the_audit_trail_detects_tampering_and_admin_calls_fail_closed() {
     };
     assert_eq!(info.primary_version, 2, "the refused rotation did not happen");
 }
+
+/// `dev_no_second_factor` is DEV ONLY: outside `dev_mode = true` a policy
+/// that uses it is refused by `check-config`, at start and on reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_only_roles_are_refused_outside_dev_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    std::fs::write(dir.path().join("policy.toml"), TEST_POLICY).unwrap();
+    let config = write_production_config(dir.path());
+    // check-config names the role and the switch
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kmsd"))
+        .args(["check-config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "check-config accepted a DEV ONLY role: {out:?}");
+    assert!(
+        stderr.contains("dev_no_second_factor") && stderr.contains("\"all\"") && stderr.contains("dev_mode"),
+        "{stderr}"
+    );
+    // serve refuses to start
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kmsd"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kmsd served with a DEV ONLY role outside dev mode");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("dev_no_second_factor"), "{stderr}");
+    // a production policy starts; a reload that adds a DEV ONLY role is
+    // refused (SIGHUP and the admin call) and the old policy stays
+    let production = r#"
+[identities]
+"spiffe://test.internal/app" = ["ops"]
+[roles.ops]
+allow = [{ ops = ["admin.reload", "key.read", "status"], keys = ["*"] }]
+"#;
+    std::fs::write(dir.path().join("policy.toml"), production).unwrap();
+    let d = Daemon::start_production(dir.path());
+    let mut admin = AdminClient::new(d.channel().await);
+    admin.status(proto::StatusRequest {}).await.unwrap();
+    std::fs::write(dir.path().join("policy.toml"), TEST_POLICY).unwrap();
+    let e = admin.reload_policy(proto::ReloadPolicyRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("dev_no_second_factor"), "{}", e.message());
+    let off = d.log_text().len();
+    std::process::Command::new("kill")
+        .args(["-HUP", &d.pid().to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !d.log_text()[off..].contains("policy reload refused") {
+        assert!(std::time::Instant::now() < deadline, "{}", d.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(d.log_text()[off..].contains("dev_no_second_factor"));
+    // still the production policy: the DEV ONLY role's rights were not granted
+    let e = KeysClient::new(d.channel().await)
+        .create_key(proto::CreateKeyRequest {
+            name: "k".into(),
+            algorithm: 0,
+            policy: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+}

@@ -61,7 +61,8 @@ pub fn free_port() -> u16 {
 }
 
 /// The test client may do everything without a second factor (like the
-/// dev client); tests of access control write their own policy.
+/// dev client: DEV ONLY, so `write_config` sets `dev_mode = true`); tests
+/// of access control write their own policy.
 pub const TEST_POLICY: &str = r#"
 [identities]
 "spiffe://test.internal/app" = ["all"]
@@ -109,11 +110,37 @@ master_key = "master-key"
     path
 }
 
+/// Writes a config like `write_config` (no TCP listener) with
+/// `dev_mode = false`.
+pub fn write_production_config(dir: &Path) -> PathBuf {
+    let path = write_config(dir, None, "");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("dev_mode = true"));
+    std::fs::write(&path, text.replace("dev_mode = true", "dev_mode = false")).unwrap();
+    path
+}
+
 impl Daemon {
     /// Starts `kmsd serve` in `dir` (which must hold the PKI) with a TCP
     /// listener on a free loopback port.
     pub fn start(dir: &Path) -> Self {
         Self::start_with(dir, "")
+    }
+
+    /// Starts `kmsd serve` in `dir` with `dev_mode = false` (production
+    /// rules: no DEV ONLY roles, full minimum periods); Unix socket only.
+    pub fn start_production(dir: &Path) -> Self {
+        let config = write_production_config(dir);
+        let mut d = Daemon {
+            dir: dir.to_owned(),
+            socket: dir.join("kmsd.sock"),
+            tcp: None,
+            log: dir.join("kmsd.log"),
+            child: None,
+            log_offset: 0,
+        };
+        d.spawn(&config);
+        d
     }
 
     pub fn start_with(dir: &Path, extra: &str) -> Self {
