@@ -125,12 +125,16 @@ pub enum PendingOp {
         /// The snapshot.
         bytes: Arc<Vec<u8>>,
     },
-    /// A policy change that makes versions still in use undecryptable.
+    /// A policy change that moves `min_decryption_version` across versions
+    /// that still have material (raising strands their ciphertexts,
+    /// lowering revives retired versions).
     SetPolicy {
         /// Key.
         name: String,
-        /// The new policy.
-        policy: kmsd_keystore::keyring::KeyPolicy,
+        /// Only the fields the requester set: applied on top of the key's
+        /// policy *at approval*, and checked again then, so changes made
+        /// meanwhile are kept.
+        update: crate::proto::KeyPolicy,
     },
 }
 
@@ -177,11 +181,49 @@ impl PendingOp {
                     bytes.len()
                 )
             }
-            PendingOp::SetPolicy { name, policy } => format!(
-                "raise min_decryption_version of key {name:?} to {}, making versions still in use undecryptable",
-                policy.min_decryption_version
+            PendingOp::SetPolicy { name, update } => format!(
+                "change the policy of key {name:?}: {} (min_decryption_version decides which versions may decrypt: \
+                 raising it makes ciphertexts of the versions below undecryptable, lowering it lets retired versions \
+                 decrypt again)",
+                describe_update(update)
             ),
         }
+    }
+}
+
+/// The fields a policy update sets, in words (`0` disables a limit).
+fn describe_update(u: &crate::proto::KeyPolicy) -> String {
+    let mut parts = Vec::new();
+    let mut add = |name: &str, v: Option<String>| {
+        if let Some(v) = v {
+            parts.push(format!("{name}={v}"));
+        }
+    };
+    add(
+        "rotation_period_seconds",
+        u.rotation_period_seconds.map(|v| v.to_string()),
+    );
+    add(
+        "max_encryptions_per_version",
+        u.max_encryptions_per_version.map(|v| v.to_string()),
+    );
+    add(
+        "min_decryption_version",
+        u.min_decryption_version.map(|v| v.to_string()),
+    );
+    add(
+        "min_encryption_version",
+        u.min_encryption_version.map(|v| v.to_string()),
+    );
+    add("deletion_allowed", u.deletion_allowed.map(|v| v.to_string()));
+    add(
+        "manual_rotation_resets_schedule",
+        u.manual_rotation_resets_schedule.map(|v| v.to_string()),
+    );
+    if parts.is_empty() {
+        "no change".to_owned()
+    } else {
+        parts.join(", ")
     }
 }
 
@@ -586,17 +628,34 @@ impl Access {
                 "dual control: the requester cannot approve their own request",
             ));
         }
-        if !self.policy.load().is_officer(approver) {
+        let policy = self.policy.load();
+        if !policy.is_officer(approver) {
             return Err(Status::permission_denied("dual control: only an officer can approve"));
         }
+        Self::may_decide(&policy, p, approver)?;
         m.remove(id).ok_or_else(|| Status::not_found("request vanished"))
     }
 
-    /// Rejects (drops) a pending request.
-    pub fn reject(&self, id: &str) -> Result<Pending, Status> {
-        lock(&self.pending)
-            .remove(id)
-            .ok_or_else(|| Status::not_found(format!("no pending approval request {id}")))
+    /// The second officer must hold, in their own right, the operation they
+    /// approve or reject on its key: the `approval` right alone lets an
+    /// officer decide only within their own remit.
+    fn may_decide(policy: &Policy, p: &Pending, officer: &str) -> Result<(), Status> {
+        policy.check(officer, p.op.op(), p.op.key()).map_err(|d| {
+            Status::permission_denied(format!(
+                "dual control: approving or rejecting needs the right it decides on: {d}"
+            ))
+        })
+    }
+
+    /// Rejects (drops) a pending request; `officer` needs the request's
+    /// own right, as an approver does.
+    pub fn reject(&self, id: &str, officer: &str) -> Result<Pending, Status> {
+        let mut m = lock(&self.pending);
+        let Some(p) = m.get(id) else {
+            return Err(Status::not_found(format!("no pending approval request {id}")));
+        };
+        Self::may_decide(&self.policy.load(), p, officer)?;
+        m.remove(id).ok_or_else(|| Status::not_found("request vanished"))
     }
 }
 
@@ -661,9 +720,13 @@ pub fn execute(keys: &Keys, op: &PendingOp) -> Result<String, Error> {
             let (records, rings) = keys.restore(bytes)?;
             Ok(format!("restored {records} records ({rings} keys)"))
         }
-        PendingOp::SetPolicy { name, policy } => {
-            keys.set_policy(name, policy.clone())?;
-            Ok(format!("policy of key {name:?} updated"))
+        PendingOp::SetPolicy { name, update } => {
+            let ring = keys.update_policy(name, |p| crate::service::merge_policy(p, Some(update)))?;
+            Ok(format!(
+                "policy of key {name:?} updated: {} (min_decryption_version now {})",
+                describe_update(update),
+                ring.policy.min_decryption_version
+            ))
         }
     }
 }

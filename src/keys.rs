@@ -844,6 +844,25 @@ impl Keys {
         Ok(self.modify(name, |r| r.set_policy(policy.clone()))?.0)
     }
 
+    /// Applies `f` to the key's policy as stored now and writes the result,
+    /// checked, under the ring's write lock: an approved change applies only
+    /// the fields it asked for, on top of changes made since it was asked.
+    pub fn update_policy(&self, name: &str, f: impl Fn(KeyPolicy) -> KeyPolicy) -> Result<KeyRing, Error> {
+        let mut refused = None;
+        let result = self.modify(name, |r| {
+            let p = f(r.policy.clone());
+            if let Err(e) = self.check_policy(&p) {
+                refused = Some(e);
+                return Err(kmsd_keystore::Error::Precondition("policy refused".into()));
+            }
+            r.set_policy(p)
+        });
+        match (result, refused) {
+            (_, Some(e)) => Err(e),
+            (result, None) => result.map(|(ring, ())| ring),
+        }
+    }
+
     /// Checks a destruction waiting period against the minimum.
     pub fn destruction_time(&self, waiting_secs: u64) -> Result<UnixTime, Error> {
         let wait = if waiting_secs == 0 {

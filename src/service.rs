@@ -534,6 +534,17 @@ pub fn merge_policy(mut base: KeyPolicy, update: Option<&proto::KeyPolicy>) -> K
     base
 }
 
+/// Whether moving `ring`'s `min_decryption_version` to `new_min` changes
+/// whether some version that still has material (any state but DESTROYED)
+/// may decrypt.
+fn min_decryption_change_is_guarded(ring: &KeyRing, new_min: u32) -> bool {
+    let old = ring.policy.min_decryption_version;
+    let (low, high) = (old.min(new_min), old.max(new_min));
+    ring.versions
+        .iter()
+        .any(|v| v.version >= low && v.version < high && v.state != VersionState::Destroyed)
+}
+
 /// Key metadata for the API: never material.
 pub fn key_info(ring: &KeyRing, usage: &[Usage]) -> proto::KeyInfo {
     proto::KeyInfo {
@@ -728,8 +739,11 @@ impl proto::keys_server::Keys for KeysService {
         let call = self.shared.begin(&req, Op::KeyPolicy, Some(&req.get_ref().name))?;
         let r = req.into_inner();
         let keys = self.shared.keys()?.clone();
-        // Raising the minimum decryption version past versions still in
-        // use is irreversible for their ciphertexts: dual control.
+        // Moving the minimum decryption version across versions that still
+        // have material, in either direction and whatever their states
+        // (disable, raise, re-enable would otherwise get around it), needs
+        // dual control: raising strands ciphertexts, lowering revives
+        // retired versions.
         let current = match blocking({
             let (keys, name) = (keys.clone(), r.name.clone());
             move || keys.get(&name)
@@ -740,17 +754,12 @@ impl proto::keys_server::Keys for KeysService {
             Err(e) => return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status()),
         };
         let new = merge_policy(current.policy.clone(), r.policy.as_ref());
-        let strands = current.versions.iter().any(|v| {
-            v.version < new.min_decryption_version
-                && v.version >= current.policy.min_decryption_version
-                && matches!(v.state, VersionState::Active | VersionState::DecryptOnly)
-        });
-        if strands {
+        if min_decryption_change_is_guarded(&current, new.min_decryption_version) {
             self.dual(
                 &call,
                 PendingOp::SetPolicy {
                     name: r.name.clone(),
-                    policy: new.clone(),
+                    update: r.policy.unwrap_or_default(),
                 },
             )?;
         }
@@ -1047,6 +1056,7 @@ impl proto::admin_server::Admin for AdminService {
             Err(status) => {
                 let code_err = match status.code() {
                     tonic::Code::NotFound => Error::KeyNotFound(format!("approval {}", req.get_ref().id)),
+                    tonic::Code::PermissionDenied => Error::PermissionDenied(status.message().to_owned()),
                     _ => Error::FailedPrecondition(status.message().to_owned()),
                 };
                 let _ = self.shared.finish::<()>(&call, Err(code_err));
@@ -1072,9 +1082,12 @@ impl proto::admin_server::Admin for AdminService {
         let call = self.shared.begin(&req, Op::Approval, None)?;
         let access = self.shared.access()?.clone();
         let result = access
-            .reject(&req.get_ref().id)
+            .reject(&req.get_ref().id, call.peer.id())
             .map(|_| ())
-            .map_err(|s| Error::KeyNotFound(format!("approval {}: {}", req.get_ref().id, s.message())));
+            .map_err(|s| match s.code() {
+                tonic::Code::PermissionDenied => Error::PermissionDenied(s.message().to_owned()),
+                _ => Error::KeyNotFound(format!("approval {}: {}", req.get_ref().id, s.message())),
+            });
         self.shared.finish(&call, result)?;
         Ok(Response::new(proto::RejectResponse {}))
     }

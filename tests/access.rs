@@ -20,6 +20,7 @@ const POLICY: &str = r#"
 "spiffe://bank/bob" = ["officer"]
 "spiffe://bank/carol" = ["officer"]
 "spiffe://bank/dave" = ["officer"]
+"spiffe://bank/erin" = ["payments-officer"]
 "spiffe://bank/auditor" = ["auditor"]
 HASH_LINE
 
@@ -39,7 +40,11 @@ allow = [{ ops = ["audit.read"], keys = ["*"] }]
 
 [roles.officer]
 officer = true
-allow = [{ ops = ["key.*", "approval", "restore", "backup"], keys = ["*"] }]
+allow = [{ ops = ["key.*", "approval", "restore", "backup", "officer.enroll"], keys = ["*"] }]
+
+[roles.payments-officer]
+officer = true
+allow = [{ ops = ["key.*"], keys = ["payments.*"] }, { ops = ["approval"], keys = ["*"] }]
 
 [settings]
 otp_max_failures = 3
@@ -85,7 +90,7 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new(dir.path());
         for who in [
-            "admin", "payments", "alice", "bob", "carol", "dave", "auditor", "stranger",
+            "admin", "payments", "alice", "bob", "carol", "dave", "erin", "auditor", "stranger",
         ] {
             pki.client(who, Some(&format!("spiffe://bank/{who}")));
         }
@@ -104,7 +109,7 @@ impl Env {
         let d = Daemon::start(dir.path());
         let mut channels = HashMap::new();
         for who in [
-            "admin", "payments", "alice", "bob", "carol", "dave", "auditor", "stranger", "hashed",
+            "admin", "payments", "alice", "bob", "carol", "dave", "erin", "auditor", "stranger", "hashed",
         ] {
             channels.insert(
                 who.to_owned(),
@@ -119,7 +124,7 @@ impl Env {
             last_step: HashMap::new(),
         };
         // the setup identity (no second factor: DEV ONLY role) enrols the officers
-        for who in ["alice", "bob", "carol", "dave"] {
+        for who in ["alice", "bob", "carol", "dave", "erin"] {
             let r = env
                 .admin("admin")
                 .enroll_officer(proto::EnrollOfficerRequest {
@@ -1060,4 +1065,183 @@ allow = [{ ops = ["admin.reload", "key.read", "status"], keys = ["*"] }]
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
+}
+
+fn get_key(name: &str) -> proto::GetKeyRequest {
+    proto::GetKeyRequest { name: name.into() }
+}
+
+fn min_dec(name: &str, v: u32) -> proto::UpdateKeyPolicyRequest {
+    proto::UpdateKeyPolicyRequest {
+        name: name.into(),
+        policy: Some(proto::KeyPolicy {
+            min_decryption_version: Some(v),
+            ..Default::default()
+        }),
+    }
+}
+
+fn approval_id(e: &tonic::Status) -> String {
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    e.metadata()
+        .get("x-kmsd-approval-id")
+        .unwrap_or_else(|| panic!("no approval id: {e:?}"))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Dual control that one insider cannot get around: the approver needs
+/// the right they approve; `min_decryption_version` moves (up whatever the
+/// versions' states, and down) need two officers; an approved policy
+/// change applies only the fields it asked for, on the policy of the day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvers_need_the_right_and_min_decryption_version_is_guarded_both_ways() {
+    let mut env = Env::new().await;
+    let mut admin = env.keys("admin");
+    for name in ["mdv", "payments.k"] {
+        admin
+            .create_key(proto::CreateKeyRequest {
+                name: name.into(),
+                algorithm: 0,
+                policy: None,
+            })
+            .await
+            .unwrap();
+        admin.rotate_key(rotate(name)).await.unwrap();
+        admin.rotate_key(rotate(name)).await.unwrap();
+    }
+    // alice asks to raise the minimum past version 1 (DECRYPT_ONLY)
+    let code = env.code("alice");
+    let e = env
+        .keys("alice")
+        .update_key_policy(with_otp(min_dec("mdv", 2), Some(&code)))
+        .await
+        .unwrap_err();
+    let raise = approval_id(&e);
+    assert!(e.message().contains("min_decryption_version=2"), "{}", e.message());
+    // meanwhile a change that needs no second officer
+    admin
+        .update_key_policy(proto::UpdateKeyPolicyRequest {
+            name: "mdv".into(),
+            policy: Some(proto::KeyPolicy {
+                deletion_allowed: Some(true),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    // (a) erin is an officer for payments.* only: she may neither approve nor reject it
+    let code = env.code("erin");
+    let e = env
+        .admin("erin")
+        .approve(with_otp(proto::ApproveRequest { id: raise.clone() }, Some(&code)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("key.policy"), "{}", e.message());
+    let code = env.code("erin");
+    let e = env
+        .admin("erin")
+        .reject(with_otp(proto::RejectRequest { id: raise.clone() }, Some(&code)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let info = admin.get_key(get_key("mdv")).await.unwrap().into_inner();
+    assert_eq!(info.policy.unwrap().min_decryption_version, Some(0), "not applied");
+    // bob may: (e) only the requested field is applied, the change made meanwhile stays
+    let code = env.code("bob");
+    env.admin("bob")
+        .approve(with_otp(proto::ApproveRequest { id: raise }, Some(&code)))
+        .await
+        .unwrap();
+    let p = admin
+        .get_key(get_key("mdv"))
+        .await
+        .unwrap()
+        .into_inner()
+        .policy
+        .unwrap();
+    assert_eq!(p.min_decryption_version, Some(2));
+    assert_eq!(
+        p.deletion_allowed,
+        Some(true),
+        "an approval must not revert changes made meanwhile"
+    );
+
+    // (d) lowering it again needs a second officer too
+    let code = env.code("alice");
+    let e = env
+        .keys("alice")
+        .update_key_policy(with_otp(min_dec("mdv", 1), Some(&code)))
+        .await
+        .unwrap_err();
+    approval_id(&e);
+    // (d) disable version 2, raise past it, re-enable: the raise is guarded whatever the state
+    let code = env.code("alice");
+    env.keys("alice")
+        .set_version_state(with_otp(
+            proto::SetVersionStateRequest {
+                name: "mdv".into(),
+                version: 2,
+                state: proto::VersionState::Disabled as i32,
+            },
+            Some(&code),
+        ))
+        .await
+        .unwrap();
+    let code = env.code("dave");
+    let e = env
+        .keys("dave")
+        .update_key_policy(with_otp(min_dec("mdv", 3), Some(&code)))
+        .await
+        .unwrap_err();
+    let raise_disabled = approval_id(&e);
+    let p = admin
+        .get_key(get_key("mdv"))
+        .await
+        .unwrap()
+        .into_inner()
+        .policy
+        .unwrap();
+    assert_eq!(p.min_decryption_version, Some(2), "neither change happened alone");
+    let code = env.code("carol");
+    env.admin("carol")
+        .approve(with_otp(proto::ApproveRequest { id: raise_disabled }, Some(&code)))
+        .await
+        .unwrap();
+    let p = admin
+        .get_key(get_key("mdv"))
+        .await
+        .unwrap()
+        .into_inner()
+        .policy
+        .unwrap();
+    assert_eq!(p.min_decryption_version, Some(3));
+
+    // (a) within her remit erin approves
+    let code = env.code("carol");
+    let e = env
+        .keys("carol")
+        .schedule_version_destruction(with_otp(
+            proto::ScheduleVersionDestructionRequest {
+                name: "payments.k".into(),
+                version: 1,
+                waiting_period_seconds: 1,
+            },
+            Some(&code),
+        ))
+        .await
+        .unwrap_err();
+    let destroy = approval_id(&e);
+    let code = env.code("erin");
+    env.admin("erin")
+        .approve(with_otp(proto::ApproveRequest { id: destroy }, Some(&code)))
+        .await
+        .unwrap();
+    let info = admin.get_key(get_key("payments.k")).await.unwrap().into_inner();
+    assert_eq!(
+        info.versions[0].state,
+        proto::VersionState::ScheduledForDestruction as i32
+    );
 }
