@@ -14,7 +14,7 @@ use crate::audit::{AuditHandle, AuditKey, Event};
 use crate::authz::{Op, Policy};
 use crate::error::Error;
 use crate::keys::Keys;
-use crate::otp::{Outcome, TotpSecret, Verifier};
+use crate::otp::{OfficerState, Outcome, TotpSecret, Verifier};
 use crate::tls::PeerIdentity;
 use arc_swap::ArcSwap;
 use kmsd_keystore::{KeyStore, RecordKind, Sealer};
@@ -34,6 +34,9 @@ pub const APPROVAL_HEADER: &str = "x-kmsd-approval-id";
 fn totp_record(identity: &str) -> String {
     format!("totp:{identity}")
 }
+
+/// Record name of an officer's sealed replay and lock-out memory.
+const TOTP_STATE_PREFIX: &str = "totp-state:";
 
 /// One call in progress.
 #[derive(Debug)]
@@ -258,6 +261,9 @@ pub struct Access {
     totp: Mutex<HashMap<String, Arc<TotpSecret>>>,
     pending: Mutex<HashMap<String, Pending>>,
     store: Arc<dyn KeyStore>,
+    /// The key rings' store and sealer: officers' replay and lock-out
+    /// memory is sealed into it like every other record.
+    keys: Arc<Keys>,
 }
 
 impl std::fmt::Debug for Access {
@@ -321,7 +327,7 @@ impl Access {
         policy_path: PathBuf,
         audit_path: PathBuf,
         audit_options: crate::audit::Options,
-        keys: &Keys,
+        keys: &Arc<Keys>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, String> {
         let policy = Policy::load(&policy_path).map_err(|e| e.to_string())?;
@@ -338,6 +344,7 @@ impl Access {
         let key_copy = audit_key(store.as_ref(), rings.sealer()).map_err(|e| format!("audit key: {e}"))?;
         let audit = crate::audit::spawn(&audit_path, key_copy, audit_options, metrics).map_err(|e| e.to_string())?;
         let mut totp = HashMap::new();
+        let mut states = Vec::new();
         store
             .for_each(RecordKind::Secret, &mut |name, entry| {
                 if let Some(id) = name.strip_prefix("totp:") {
@@ -345,12 +352,27 @@ impl Access {
                     if let Some(s) = TotpSecret::from_slice(&plain) {
                         totp.insert(id.to_owned(), Arc::new(s));
                     }
+                } else if let Some(id) = name.strip_prefix(TOTP_STATE_PREFIX) {
+                    let plain = rings.sealer().open(RecordKind::Secret, name, &entry.value)?;
+                    let state = OfficerState::decode(&plain).ok_or_else(|| kmsd_keystore::Error::Corrupt {
+                        kind: RecordKind::Secret,
+                        name: name.to_owned(),
+                        reason: "not an officer state (version 1)",
+                    })?;
+                    states.push((id.to_owned(), state));
                 }
                 Ok(())
             })
             .map_err(|e| format!("officer secrets: {e}"))?;
         let s = &policy.settings;
-        let verifier = Verifier::new(s.otp_max_failures, s.otp_lockout.as_secs() as i64);
+        let mut verifier = Verifier::new(
+            s.otp_max_failures,
+            s.otp_lockout.as_secs() as i64,
+            s.otp_lockout_max.as_secs() as i64,
+        );
+        for (id, state) in states {
+            verifier.restore(&id, state);
+        }
         Ok(Access {
             policy: ArcSwap::from_pointee(policy),
             policy_path,
@@ -362,6 +384,7 @@ impl Access {
             totp: Mutex::new(totp),
             pending: Mutex::new(HashMap::new()),
             store,
+            keys: keys.clone(),
         })
     }
 
@@ -380,6 +403,7 @@ impl Access {
             let mut v = lock(&self.verifier);
             v.max_failures = p.settings.otp_max_failures.max(1);
             v.lockout_secs = p.settings.otp_lockout.as_secs() as i64;
+            v.max_lockout_secs = p.settings.otp_lockout_max.as_secs() as i64;
         }
         self.policy.store(Arc::new(p));
         Ok(())
@@ -466,9 +490,34 @@ impl Access {
                 call.op.as_str()
             )));
         };
-        let outcome = lock(&self.verifier).verify(id, &secret, otp, now());
+        // The state is persisted (durably, sealed) before the answer, under
+        // the verifier's lock so writes stay in order: a code used once
+        // stays used, and a lock-out stays, across restarts. If an accepted
+        // code cannot be recorded, the call fails closed.
+        let (outcome, persisted) = {
+            let mut v = lock(&self.verifier);
+            let outcome = v.verify(id, &secret, otp, now());
+            let persisted = match (outcome, v.state(id)) {
+                (Outcome::Missing | Outcome::Replayed, _) | (_, None) => Ok(()),
+                (_, Some(state)) => self.durable(|| self.persist_officer_state(id, state)),
+            };
+            (outcome, persisted)
+        };
+        if let Err(e) = &persisted {
+            tracing::error!(identity = id, error = %e, "officer one-time code state could not be stored");
+        }
         let (msg, detail) = match outcome {
-            Outcome::Ok => return Ok(()),
+            Outcome::Ok if persisted.is_ok() => return Ok(()),
+            Outcome::Ok => {
+                let _ = self.audit.record(self.event(
+                    call,
+                    "UNAVAILABLE",
+                    Some("one-time code could not be recorded".into()),
+                ));
+                return Err(Status::unavailable(
+                    "the one-time code could not be recorded as used; the operation was not performed",
+                ));
+            }
             Outcome::Missing => (
                 format!(
                     "{} needs a second factor: send a fresh TOTP code in the {OTP_HEADER} metadata (kmsctl --otp)",
@@ -497,6 +546,19 @@ impl Access {
             .audit
             .record(self.event(call, "UNAUTHENTICATED", Some(detail.into())));
         Err(Status::unauthenticated(msg))
+    }
+
+    /// Seals an officer's replay and lock-out memory into the store.
+    fn persist_officer_state(&self, identity: &str, state: &OfficerState) -> Result<(), Error> {
+        let name = format!("{TOTP_STATE_PREFIX}{identity}");
+        let sealed = self
+            .keys
+            .ring_store()
+            .sealer()
+            .seal(RecordKind::Secret, &name, &state.encode())?;
+        let expected = self.store.get(RecordKind::Secret, &name)?.map(|e| e.revision);
+        self.store.put(RecordKind::Secret, &name, expected, &sealed)?;
+        Ok(())
     }
 
     /// Ends a call: the outcome record (durable for administrative

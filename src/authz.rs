@@ -17,7 +17,8 @@
 //!
 //! [settings]                     # optional
 //! otp_max_failures = 5
-//! otp_lockout = "5m"
+//! otp_lockout = "5m"                # doubled for each further lock-out
+//! otp_lockout_max = "24h"
 //! approval_ttl = "1h"
 //! ```
 //! Globs: `*` matches any run of characters, `?` one character; they apply
@@ -194,9 +195,13 @@ struct RoleFile {
 pub struct Settings {
     /// Consecutive bad codes before an officer is locked out.
     pub otp_max_failures: u32,
-    /// How long a lock-out lasts.
+    /// How long the first lock-out lasts; each further one (without a good
+    /// code in between) lasts twice as long as the previous.
     #[serde(with = "humantime_serde")]
     pub otp_lockout: Duration,
+    /// The longest a lock-out lasts (the doubling stops there).
+    #[serde(with = "humantime_serde")]
+    pub otp_lockout_max: Duration,
     /// How long a dual-control request waits for its second officer.
     #[serde(with = "humantime_serde")]
     pub approval_ttl: Duration,
@@ -207,6 +212,7 @@ impl Default for Settings {
         Settings {
             otp_max_failures: 5,
             otp_lockout: Duration::from_secs(300),
+            otp_lockout_max: Duration::from_secs(24 * 3600),
             approval_ttl: Duration::from_secs(3600),
         }
     }

@@ -4,7 +4,11 @@
 //! per officer (a code for a step at or before the last accepted one is a
 //! replay); one step of clock skew either way is allowed; and after
 //! `max_failures` consecutive bad codes the officer is locked out for
-//! `lockout`. Time is a parameter, so all of it is tested exactly.
+//! `lockout`, doubled for each further lock-out until a good code is
+//! accepted (at most `max_lockout`). The per-officer state
+//! ([`OfficerState`]) has a versioned encoding so the daemon can keep it
+//! sealed in the store across restarts. Time is a parameter, so all of it
+//! is tested exactly.
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretBox};
@@ -122,11 +126,57 @@ pub enum Outcome {
     },
 }
 
-#[derive(Debug, Default, Clone)]
-struct OfficerState {
-    last_step: Option<i64>,
-    failures: u32,
-    locked_until: i64,
+/// One officer's replay and lock-out memory (no secret in it).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OfficerState {
+    /// The last time step accepted: codes for it and earlier are replays.
+    pub last_step: Option<i64>,
+    /// Bad codes in a row.
+    pub failures: u32,
+    /// Locked out until this Unix time.
+    pub locked_until: i64,
+    /// Lock-outs since the last accepted code: each doubles the next.
+    pub lockouts: u32,
+}
+
+/// Encoding version of [`OfficerState`].
+const STATE_V1: u8 = 1;
+/// Encoded length: version, last-step flag and value, failures, lock-out
+/// end, lock-outs.
+const STATE_LEN: usize = 1 + 1 + 8 + 4 + 8 + 4;
+
+impl OfficerState {
+    /// The stored form (version 1, fixed length, big-endian).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(STATE_LEN);
+        out.push(STATE_V1);
+        out.push(u8::from(self.last_step.is_some()));
+        out.extend_from_slice(&self.last_step.unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&self.failures.to_be_bytes());
+        out.extend_from_slice(&self.locked_until.to_be_bytes());
+        out.extend_from_slice(&self.lockouts.to_be_bytes());
+        out
+    }
+
+    /// Parses [`encode`](Self::encode)'s output; `None` for anything else.
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() != STATE_LEN || b.first() != Some(&STATE_V1) {
+            return None;
+        }
+        let i64_at = |o: usize| b.get(o..o + 8).and_then(|s| s.try_into().ok()).map(i64::from_be_bytes);
+        let u32_at = |o: usize| b.get(o..o + 4).and_then(|s| s.try_into().ok()).map(u32::from_be_bytes);
+        let last_step = match b.get(1) {
+            Some(0) => None,
+            Some(1) => Some(i64_at(2)?),
+            _ => return None,
+        };
+        Some(OfficerState {
+            last_step,
+            failures: u32_at(10)?,
+            locked_until: i64_at(14)?,
+            lockouts: u32_at(22)?,
+        })
+    }
 }
 
 /// Per-officer verification state (replay and lock-out memory).
@@ -135,22 +185,44 @@ pub struct Verifier {
     state: HashMap<String, OfficerState>,
     /// Bad codes in a row before lock-out.
     pub max_failures: u32,
-    /// Lock-out length, seconds.
+    /// First lock-out length, seconds.
     pub lockout_secs: i64,
+    /// Longest lock-out, seconds (the doubling stops there).
+    pub max_lockout_secs: i64,
 }
 
 impl Verifier {
     /// A verifier with the given lock-out policy.
-    pub fn new(max_failures: u32, lockout_secs: i64) -> Self {
+    pub fn new(max_failures: u32, lockout_secs: i64, max_lockout_secs: i64) -> Self {
         Verifier {
             state: HashMap::new(),
             max_failures: max_failures.max(1),
             lockout_secs,
+            max_lockout_secs,
         }
+    }
+
+    /// An officer's state (to persist it after [`verify`](Self::verify)).
+    pub fn state(&self, identity: &str) -> Option<&OfficerState> {
+        self.state.get(identity)
+    }
+
+    /// Restores an officer's persisted state (at start).
+    pub fn restore(&mut self, identity: &str, state: OfficerState) {
+        self.state.insert(identity.to_owned(), state);
+    }
+
+    /// The length of the `n`-th lock-out in a row (1-based): doubled each
+    /// time, capped at `max_lockout_secs` (never below `lockout_secs`).
+    fn lockout_len(&self, n: u32) -> i64 {
+        let doubled = self.lockout_secs.saturating_mul(1i64 << n.saturating_sub(1).min(32));
+        doubled.min(self.max_lockout_secs.max(self.lockout_secs))
     }
 
     /// Checks `code` for `identity` at `now`.
     pub fn verify(&mut self, identity: &str, secret: &TotpSecret, code: Option<&str>, now: i64) -> Outcome {
+        let max_failures = self.max_failures;
+        let next_lockout = self.lockout_len(self.state.get(identity).map_or(0, |s| s.lockouts).saturating_add(1));
         let st = self.state.entry(identity.to_owned()).or_default();
         if st.locked_until > now {
             return Outcome::LockedOut { until: st.locked_until };
@@ -177,13 +249,15 @@ impl Verifier {
             Some(s) => {
                 st.last_step = Some(s);
                 st.failures = 0;
+                st.lockouts = 0;
                 Outcome::Ok
             }
             None => {
-                st.failures += 1;
-                if st.failures >= self.max_failures {
+                st.failures = st.failures.saturating_add(1);
+                if st.failures >= max_failures {
                     st.failures = 0;
-                    st.locked_until = now + self.lockout_secs;
+                    st.lockouts = st.lockouts.saturating_add(1);
+                    st.locked_until = now.saturating_add(next_lockout);
                     return Outcome::LockedOut { until: st.locked_until };
                 }
                 Outcome::Invalid
@@ -229,7 +303,7 @@ mod tests {
     fn verifier_outcomes() {
         let s = TotpSecret::from_slice(&[7; 20]).unwrap();
         let code = |t: i64| format!("{:06}", code_at(s.expose_secret(), t, 6));
-        let mut v = Verifier::new(3, 300);
+        let mut v = Verifier::new(3, 300, 3600);
         let now = 1_800_000_000;
         assert_eq!(v.verify("a", &s, None, now), Outcome::Missing);
         assert_eq!(v.verify("a", &s, Some(&code(now)), now), Outcome::Ok);
@@ -259,5 +333,46 @@ mod tests {
             "even a good code"
         );
         assert_eq!(v.verify("c", &s, Some(&code(now + 301)), now + 301), Outcome::Ok);
+    }
+
+    #[test]
+    fn lock_outs_double_until_a_good_code_and_the_state_round_trips() {
+        let s = TotpSecret::from_slice(&[9; 20]).unwrap();
+        let code = |t: i64| format!("{:06}", code_at(s.expose_secret(), t, 6));
+        let bad = |t: i64| format!("{:06}", (code_at(s.expose_secret(), t, 6) + 1) % 1_000_000);
+        let mut v = Verifier::new(2, 300, 1000);
+        let mut t = 1_800_000_000;
+        let mut lengths = vec![];
+        for _ in 0..4 {
+            assert_eq!(v.verify("o", &s, Some(&bad(t)), t), Outcome::Invalid);
+            match v.verify("o", &s, Some(&bad(t)), t) {
+                Outcome::LockedOut { until } => {
+                    lengths.push(until - t);
+                    t = until;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(lengths, [300, 600, 1000, 1000], "doubling, capped");
+        let st = v.state("o").unwrap().clone();
+        assert_eq!(st.lockouts, 4);
+        assert_eq!(OfficerState::decode(&st.encode()), Some(st.clone()));
+        // a restarted verifier with the restored state remembers the lock-out and used steps
+        let mut w = Verifier::new(2, 300, 1000);
+        w.restore("o", st);
+        assert_eq!(w.verify("o", &s, Some(&code(t)), t), Outcome::Ok);
+        assert_eq!(w.verify("o", &s, Some(&code(t)), t), Outcome::Replayed);
+        let st = w.state("o").unwrap().clone();
+        assert_eq!((st.lockouts, st.failures), (0, 0), "a good code resets the escalation");
+        let mut x = Verifier::new(2, 300, 1000);
+        x.restore("o", OfficerState::decode(&st.encode()).unwrap());
+        assert_eq!(
+            x.verify("o", &s, Some(&code(t)), t),
+            Outcome::Replayed,
+            "after a restart too"
+        );
+        for b in [&[][..], &[2; STATE_LEN][..], &st.encode()[..STATE_LEN - 1]] {
+            assert_eq!(OfficerState::decode(b), None);
+        }
     }
 }

@@ -140,6 +140,16 @@ impl Env {
         env
     }
 
+    /// Restarts the daemon (same state) and reconnects every client.
+    async fn restart(&mut self) {
+        self.d.restart();
+        let who: Vec<String> = self.channels.keys().cloned().collect();
+        for w in who {
+            let ch = kmsd::client::connect(&self.d.settings(&w, None)).await.unwrap();
+            self.channels.insert(w, ch);
+        }
+    }
+
     fn ch(&self, who: &str) -> Channel {
         self.channels[who].clone()
     }
@@ -1244,4 +1254,59 @@ async fn approvers_need_the_right_and_min_decryption_version_is_guarded_both_way
         info.versions[0].state,
         proto::VersionState::ScheduledForDestruction as i32
     );
+}
+
+/// The officers' replay and lock-out memory is sealed in the store: a code
+/// used before a restart stays used, and a lock-out stays in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_time_code_replay_and_lock_out_survive_a_restart() {
+    let mut env = Env::new().await;
+    env.keys("admin")
+        .create_key(proto::CreateKeyRequest {
+            name: "r".into(),
+            algorithm: 0,
+            policy: None,
+        })
+        .await
+        .unwrap();
+    let used = env.code("alice");
+    env.keys("alice")
+        .rotate_key(with_otp(rotate("r"), Some(&used)))
+        .await
+        .unwrap();
+    let mut dave = env.keys("dave");
+    let mut last = None;
+    for _ in 0..3 {
+        last = Some(
+            dave.rotate_key(with_otp(rotate("r"), Some("999999")))
+                .await
+                .unwrap_err(),
+        );
+    }
+    assert!(last.unwrap().message().contains("locked out"));
+    env.restart().await;
+    let e = env
+        .keys("alice")
+        .rotate_key(with_otp(rotate("r"), Some(&used)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("already used"), "{}", e.message());
+    let code = env.code("dave");
+    let e = env
+        .keys("dave")
+        .rotate_key(with_otp(rotate("r"), Some(&code)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("locked out"), "{}", e.message());
+    // alice's next code still works after the restart
+    let code = env.code("alice");
+    let info = env
+        .keys("alice")
+        .rotate_key(with_otp(rotate("r"), Some(&code)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.primary_version, 3);
 }
