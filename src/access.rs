@@ -35,6 +35,11 @@ fn totp_record(identity: &str) -> String {
     format!("totp:{identity}")
 }
 
+/// Record name of a new TOTP secret waiting for its officer to claim it.
+fn offer_record(identity: &str) -> String {
+    format!("totp-offer:{identity}")
+}
+
 /// Record name of an officer's sealed replay and lock-out memory.
 const TOTP_STATE_PREFIX: &str = "totp-state:";
 
@@ -128,6 +133,14 @@ pub enum PendingOp {
         /// The snapshot.
         bytes: Arc<Vec<u8>>,
     },
+    /// Replace another officer's second factor. The new secret then waits,
+    /// sealed, for that officer alone to claim it.
+    ReplaceOfficer {
+        /// The officer whose enrolment is replaced.
+        identity: String,
+        /// How long the new secret waits to be claimed (seconds).
+        claim_ttl: i64,
+    },
     /// A policy change that moves `min_decryption_version` across versions
     /// that still have material (raising strands their ciphertexts,
     /// lowering revives retired versions).
@@ -148,6 +161,7 @@ impl PendingOp {
             PendingOp::DestroyVersion { .. } | PendingOp::DeleteKey { .. } => Op::KeyDestroy,
             PendingOp::Restore { .. } => Op::Restore,
             PendingOp::SetPolicy { .. } => Op::KeyPolicy,
+            PendingOp::ReplaceOfficer { .. } => Op::OfficerEnroll,
         }
     }
 
@@ -157,7 +171,7 @@ impl PendingOp {
             PendingOp::DestroyVersion { name, .. }
             | PendingOp::DeleteKey { name, .. }
             | PendingOp::SetPolicy { name, .. } => Some(name),
-            PendingOp::Restore { .. } => None,
+            PendingOp::Restore { .. } | PendingOp::ReplaceOfficer { .. } => None,
         }
     }
 
@@ -184,6 +198,11 @@ impl PendingOp {
                     bytes.len()
                 )
             }
+            PendingOp::ReplaceOfficer { identity, claim_ttl } => format!(
+                "replace the second factor (TOTP secret) of officer {identity:?}: the new secret waits {claim_ttl} \
+                 seconds for {identity:?} alone to claim it with its own certificate (kmsctl officer claim); \
+                 the current secret stays valid until then"
+            ),
             PendingOp::SetPolicy { name, update } => format!(
                 "change the policy of key {name:?}: {} (min_decryption_version decides which versions may decrypt: \
                  raising it makes ciphertexts of the versions below undecryptable, lowering it lets retired versions \
@@ -320,6 +339,59 @@ pub fn enroll(store: &dyn KeyStore, sealer: &Sealer, identity: &str, replace: bo
     Ok(secret)
 }
 
+/// Seals a new TOTP secret for `identity` to claim (once, with its own
+/// certificate) until `claim_by`; an offer not yet claimed is replaced.
+/// Refused if the identity is enrolled and `replace` is not set.
+pub fn offer_enrolment(
+    store: &dyn KeyStore,
+    sealer: &Sealer,
+    identity: &str,
+    replace: bool,
+    claim_by: i64,
+) -> Result<(), Error> {
+    if !replace && store.get(RecordKind::Secret, &totp_record(identity))?.is_some() {
+        return Err(Error::KeyExists(format!("officer {identity}")));
+    }
+    let name = offer_record(identity);
+    let secret = TotpSecret::generate();
+    let mut plain = zeroize::Zeroizing::new(Vec::with_capacity(28));
+    plain.extend_from_slice(&claim_by.to_be_bytes());
+    plain.extend_from_slice(secret.expose_secret());
+    let sealed = sealer.seal(RecordKind::Secret, &name, &plain)?;
+    let expected = store.get(RecordKind::Secret, &name)?.map(|e| e.revision);
+    store.put(RecordKind::Secret, &name, expected, &sealed)?;
+    Ok(())
+}
+
+/// Takes the secret waiting for `identity` (once: the offer is deleted
+/// first) and makes it the officer's enrolment.
+pub fn claim_enrolment(store: &dyn KeyStore, sealer: &Sealer, identity: &str, now: i64) -> Result<TotpSecret, Error> {
+    let name = offer_record(identity);
+    let nothing = || {
+        Error::NotFound(format!(
+            "no officer enrolment waits for {identity} (none, claimed or expired)"
+        ))
+    };
+    let entry = store.get(RecordKind::Secret, &name)?.ok_or_else(nothing)?;
+    let plain = sealer.open(RecordKind::Secret, &name, &entry.value)?;
+    store.delete(RecordKind::Secret, &name, entry.revision)?;
+    let (claim_by, raw) = plain.split_at_checked(8).ok_or_else(|| Error::Corrupt(name.clone()))?;
+    let claim_by = i64::from_be_bytes(claim_by.try_into().map_err(|_| Error::Corrupt(name.clone()))?);
+    let secret = TotpSecret::from_slice(raw).ok_or_else(|| Error::Corrupt(name.clone()))?;
+    if claim_by <= now {
+        return Err(nothing());
+    }
+    let record = totp_record(identity);
+    let expected = store.get(RecordKind::Secret, &record)?.map(|e| e.revision);
+    store.put(
+        RecordKind::Secret,
+        &record,
+        expected,
+        &sealer.seal(RecordKind::Secret, &record, secret.expose_secret())?,
+    )?;
+    Ok(secret)
+}
+
 impl Access {
     /// Sets up access control: loads the policy, the audit key and every
     /// officer's TOTP secret, and starts the audit writer.
@@ -407,6 +479,17 @@ impl Access {
         }
         self.policy.store(Arc::new(p));
         Ok(())
+    }
+
+    /// The caller takes the TOTP secret waiting for it (see
+    /// [`offer_enrolment`]); from then on it is the caller's second factor.
+    pub fn claim(&self, identity: &str) -> Result<TotpSecret, Error> {
+        let rings = self.keys.ring_store();
+        let secret = claim_enrolment(self.store.as_ref(), rings.sealer(), identity, now())?;
+        if let Some(copy) = TotpSecret::from_slice(secret.expose_secret()) {
+            self.remember_officer(identity, copy);
+        }
+        Ok(secret)
     }
 
     /// Remembers a freshly enrolled officer's secret.
@@ -781,6 +864,15 @@ pub fn execute(keys: &Keys, op: &PendingOp) -> Result<String, Error> {
         PendingOp::Restore { bytes } => {
             let (records, rings) = keys.restore(bytes)?;
             Ok(format!("restored {records} records ({rings} keys)"))
+        }
+        PendingOp::ReplaceOfficer { identity, claim_ttl } => {
+            let rings = keys.ring_store();
+            let claim_by = now().saturating_add(*claim_ttl);
+            offer_enrolment(rings.raw().as_ref(), rings.sealer(), identity, true, claim_by)?;
+            Ok(format!(
+                "a new second factor waits for officer {identity:?} to claim it (kmsctl officer claim, with its own \
+                 certificate) until {claim_by} (Unix time)"
+            ))
         }
         PendingOp::SetPolicy { name, update } => {
             let ring = keys.update_policy(name, |p| crate::service::merge_policy(p, Some(update)))?;

@@ -71,13 +71,17 @@ pub enum Error {
     /// names what failed, never data or key material.
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// Something other than a key is not there (an officer enrolment
+    /// waiting to be claimed).
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         use tonic::Code;
         let code = match &e {
-            Error::KeyNotFound(_) => Code::NotFound,
+            Error::KeyNotFound(_) | Error::NotFound(_) => Code::NotFound,
             Error::KeyExists(_) => Code::AlreadyExists,
             Error::InvalidArgument(_) | Error::MalformedCiphertext(_) | Error::DecryptionFailed => {
                 Code::InvalidArgument

@@ -994,23 +994,72 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         req: Request<proto::EnrollOfficerRequest>,
     ) -> Result<Response<proto::EnrollOfficerResponse>, Status> {
+        // The secret goes only to the enrolled identity: to the caller when
+        // it enrols (or re-enrols) itself, else it waits sealed in the store
+        // until that identity claims it (ClaimOfficerSecret). Replacing
+        // someone else's enrolment also needs a second officer.
         let call = self.shared.begin(&req, Op::OfficerEnroll, None)?;
         let r = req.into_inner();
         let access = self.shared.access()?.clone();
         let keys = self.shared.keys()?.clone();
         *call.detail.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("officer {}", r.identity));
+        if r.identity.is_empty() || r.identity.len() > 512 {
+            let e = Error::InvalidArgument("identity must be 1-512 characters".into());
+            return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status());
+        }
+        let to_self = r.identity == call.peer.id();
+        let claim_ttl = access.policy().settings.approval_ttl.as_secs() as i64;
+        if r.replace && !to_self {
+            let op = PendingOp::ReplaceOfficer {
+                identity: r.identity.clone(),
+                claim_ttl,
+            };
+            if let Err(status) = access.dual_control(&call, op) {
+                let e = Error::FailedPrecondition(status.message().to_owned());
+                let _ = self.shared.finish::<()>(&call, Err(e));
+                return Err(status);
+            }
+        }
         let id = r.identity.clone();
         let result = blocking(move || {
-            if id.is_empty() || id.len() > 512 {
-                return Err(Error::InvalidArgument("identity must be 1-512 characters".into()));
+            let rings = keys.ring_store();
+            if to_self {
+                let secret = crate::access::enroll(rings.raw().as_ref(), rings.sealer(), &id, r.replace)?;
+                let resp = proto::EnrollOfficerResponse {
+                    otpauth_uri: secret.otpauth_uri(&id),
+                    secret_base32: secret.base32(),
+                    claim_by: 0,
+                };
+                access.remember_officer(&id, secret);
+                return Ok(resp);
             }
-            let secret = crate::access::enroll(access.store().as_ref(), keys.ring_store().sealer(), &id, r.replace)?;
-            let resp = proto::EnrollOfficerResponse {
+            let claim_by = kmsd_keystore::Clock::now(&kmsd_keystore::SystemClock).saturating_add(claim_ttl);
+            crate::access::offer_enrolment(rings.raw().as_ref(), rings.sealer(), &id, r.replace, claim_by)?;
+            Ok(proto::EnrollOfficerResponse {
+                claim_by,
+                ..Default::default()
+            })
+        })
+        .await;
+        Ok(Response::new(self.shared.finish(&call, result)?))
+    }
+
+    async fn claim_officer_secret(
+        &self,
+        req: Request<proto::ClaimOfficerSecretRequest>,
+    ) -> Result<Response<proto::EnrollOfficerResponse>, Status> {
+        // No policy right: the certificate is the proof, and only a secret
+        // enrolled for this very identity can be taken.
+        let call = self.shared.begin_unchecked(&req, Op::OfficerEnroll, "claim")?;
+        let access = self.shared.access()?.clone();
+        let id = call.peer.id().to_owned();
+        let result = blocking(move || {
+            let secret = access.claim(&id)?;
+            Ok(proto::EnrollOfficerResponse {
                 otpauth_uri: secret.otpauth_uri(&id),
                 secret_base32: secret.base32(),
-            };
-            access.remember_officer(&id, secret);
-            Ok(resp)
+                claim_by: 0,
+            })
         })
         .await;
         Ok(Response::new(self.shared.finish(&call, result)?))

@@ -123,7 +123,8 @@ impl Env {
             secrets: HashMap::new(),
             last_step: HashMap::new(),
         };
-        // the setup identity (no second factor: DEV ONLY role) enrols the officers
+        // the setup identity (no second factor: DEV ONLY role) enrols the
+        // officers; the secrets go to the officers alone, who claim them
         for who in ["alice", "bob", "carol", "dave", "erin"] {
             let r = env
                 .admin("admin")
@@ -131,6 +132,14 @@ impl Env {
                     identity: format!("spiffe://bank/{who}"),
                     replace: false,
                 })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(r.otpauth_uri.is_empty() && r.secret_base32.is_empty(), "{r:?}");
+            assert!(r.claim_by > now());
+            let r = env
+                .admin(who)
+                .claim_officer_secret(proto::ClaimOfficerSecretRequest {})
                 .await
                 .unwrap()
                 .into_inner();
@@ -1309,4 +1318,125 @@ async fn one_time_code_replay_and_lock_out_survive_a_restart() {
         .unwrap()
         .into_inner();
     assert_eq!(info.primary_version, 3);
+}
+
+/// An officer's second factor reaches only that officer: enrolling another
+/// identity leaves the secret waiting for it to claim with its own
+/// certificate (once), and replacing another officer's enrolment needs a
+/// second officer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_an_officers_second_factor_needs_two_officers_and_reaches_only_them() {
+    let mut env = Env::new().await;
+    // (Env::new enrolled the officers: the enroller got no secret, each
+    // officer claimed its own.) Nothing waits for anyone now.
+    for who in ["stranger", "alice", "admin"] {
+        let e = env
+            .admin(who)
+            .claim_officer_secret(proto::ClaimOfficerSecretRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{who}: {e:?}");
+    }
+    // alice alone cannot replace bob's second factor
+    let code = env.code("alice");
+    let e = env
+        .admin("alice")
+        .enroll_officer(with_otp(
+            proto::EnrollOfficerRequest {
+                identity: "spiffe://bank/bob".into(),
+                replace: true,
+            },
+            Some(&code),
+        ))
+        .await
+        .unwrap_err();
+    let id = approval_id(&e);
+    assert!(e.message().contains("spiffe://bank/bob"), "{}", e.message());
+    // nothing waits for bob yet, and his current secret still works
+    let e = env
+        .admin("bob")
+        .claim_officer_secret(proto::ClaimOfficerSecretRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let code = env.code("bob");
+    let e = env
+        .keys("bob")
+        .rotate_key(with_otp(rotate("nothing-here"), Some(&code)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "bob's current code is accepted: {e:?}");
+    // carol approves: the answer carries no secret; the new one waits for bob
+    let code = env.code("carol");
+    let r = env
+        .admin("carol")
+        .approve(with_otp(proto::ApproveRequest { id }, Some(&code)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.result.contains("claim"), "{}", r.result);
+    // alice (and the approver) cannot take it
+    for who in ["alice", "carol"] {
+        let e = env
+            .admin(who)
+            .claim_officer_secret(proto::ClaimOfficerSecretRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{who}");
+    }
+    let fresh = env
+        .admin("bob")
+        .claim_officer_secret(proto::ClaimOfficerSecretRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(fresh.otpauth_uri.contains("bob") && !fresh.secret_base32.is_empty());
+    assert!(!r.result.contains(&fresh.secret_base32));
+    let e = env
+        .admin("bob")
+        .claim_officer_secret(proto::ClaimOfficerSecretRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "claimed once only");
+    let old = env
+        .secrets
+        .insert("bob".into(), b32decode(&fresh.secret_base32))
+        .unwrap();
+    assert_ne!(old, env.secrets["bob"]);
+    let code = env.code("bob");
+    let e = env
+        .keys("bob")
+        .rotate_key(with_otp(rotate("nothing-here"), Some(&code)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "the new secret is bob's second factor: {e:?}");
+    // an officer re-enrols itself (with its current code) and gets the secret directly
+    let code = env.code("dave");
+    let mine = env
+        .admin("dave")
+        .enroll_officer(with_otp(
+            proto::EnrollOfficerRequest {
+                identity: "spiffe://bank/dave".into(),
+                replace: true,
+            },
+            Some(&code),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!mine.secret_base32.is_empty() && mine.claim_by == 0);
+    // enrolling an identity already enrolled without --replace is refused
+    let code = env.code("alice");
+    let e = env
+        .admin("alice")
+        .enroll_officer(with_otp(
+            proto::EnrollOfficerRequest {
+                identity: "spiffe://bank/carol".into(),
+                replace: false,
+            },
+            Some(&code),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
 }

@@ -162,7 +162,10 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum OfficerCmd {
-    /// Create an officer's TOTP secret: prints the otpauth URI and a QR code.
+    /// Create an officer's TOTP secret. Your own: prints the otpauth URI and
+    /// a QR code. Another identity's: the secret waits for that officer to
+    /// run `kmsctl officer claim` with its own certificate (`--replace` of
+    /// another officer's enrolment also needs a second officer's approval).
     Enroll {
         /// The officer's identity (URI SAN or sha256:<SPKI hash>).
         identity: String,
@@ -170,6 +173,9 @@ enum OfficerCmd {
         #[arg(long)]
         replace: bool,
     },
+    /// Take the TOTP secret waiting for your own identity (once): prints
+    /// the otpauth URI and a QR code.
+    Claim,
 }
 
 #[derive(Subcommand)]
@@ -348,6 +354,21 @@ fn status_line(s: tonic::Status) -> String {
         }
     }
     format!("{:?}: {}", s.code(), s.message())
+}
+
+/// Prints an officer's new TOTP secret: URI, base32 and a QR code.
+fn print_enrolment(r: &proto::EnrollOfficerResponse) {
+    println!("{}", r.otpauth_uri);
+    println!("secret (base32): {}", r.secret_base32);
+    match qrcode::QrCode::new(r.otpauth_uri.as_bytes()) {
+        Ok(code) => println!(
+            "{}",
+            code.render::<qrcode::render::unicode::Dense1x2>()
+                .quiet_zone(true)
+                .build()
+        ),
+        Err(e) => eprintln!("kmsctl: no QR code: {e}"),
+    }
 }
 
 /// Marks an error that is really "waiting for a second officer".
@@ -785,18 +806,25 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(status_line)?
                 .into_inner();
-            println!("officer {identity} enrolled. Add this to the officer's authenticator app, then discard it:");
-            println!("{}", r.otpauth_uri);
-            println!("secret (base32): {}", r.secret_base32);
-            match qrcode::QrCode::new(r.otpauth_uri.as_bytes()) {
-                Ok(code) => println!(
-                    "{}",
-                    code.render::<qrcode::render::unicode::Dense1x2>()
-                        .quiet_zone(true)
-                        .build()
-                ),
-                Err(e) => eprintln!("kmsctl: no QR code: {e}"),
+            if r.otpauth_uri.is_empty() {
+                println!(
+                    "the second factor of officer {identity} waits until {}: that officer runs \
+                     `kmsctl officer claim` with its own certificate to take it (once)",
+                    time(r.claim_by)
+                );
+            } else {
+                println!("officer {identity} enrolled. Add this to your authenticator app, then discard it:");
+                print_enrolment(&r);
             }
+        }
+        Cmd::Officer(OfficerCmd::Claim) => {
+            let r = proto::admin_client::AdminClient::new(channel.clone())
+                .claim_officer_secret(proto::ClaimOfficerSecretRequest {})
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            println!("second factor claimed. Add this to your authenticator app, then discard it:");
+            print_enrolment(&r);
         }
         Cmd::Approvals(cmd) => {
             let mut admin = proto::admin_client::AdminClient::new(channel.clone());
