@@ -20,6 +20,7 @@
 //! otp_lockout = "5m"                # doubled for each further lock-out
 //! otp_lockout_max = "24h"
 //! approval_ttl = "1h"
+//! enrolment_claim_ttl = "24h"
 //! ```
 //! Globs: `*` matches any run of characters, `?` one character; they apply
 //! to key names and to operation names (`key.*`). Operations that name no
@@ -205,6 +206,9 @@ pub struct Settings {
     /// How long a dual-control request waits for its second officer.
     #[serde(with = "humantime_serde")]
     pub approval_ttl: Duration,
+    /// How long a new officer secret waits for its officer to claim it.
+    #[serde(with = "humantime_serde")]
+    pub enrolment_claim_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -214,6 +218,7 @@ impl Default for Settings {
             otp_lockout: Duration::from_secs(300),
             otp_lockout_max: Duration::from_secs(24 * 3600),
             approval_ttl: Duration::from_secs(3600),
+            enrolment_claim_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -1008,7 +1008,7 @@ impl proto::admin_server::Admin for AdminService {
             return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status());
         }
         let to_self = r.identity == call.peer.id();
-        let claim_ttl = access.policy().settings.approval_ttl.as_secs() as i64;
+        let claim_ttl = access.policy().settings.enrolment_claim_ttl.as_secs() as i64;
         if r.replace && !to_self {
             let op = PendingOp::ReplaceOfficer {
                 identity: r.identity.clone(),
