@@ -30,6 +30,8 @@
 //! spans are always on `char` boundaries; the rewrite also checks this and
 //! skips any span that is not, so no input can make it panic.
 
+use std::cell::Cell;
+
 use memchr::memmem;
 
 use super::mask::{self, REDACTED};
@@ -68,7 +70,34 @@ pub struct Redacted {
 ///
 /// Everything that is not a finding is copied unchanged. The masked forms
 /// are never detected again, so `redact(redact(x).text) == redact(x).text`.
+/// Time and memory are linear in the length of `text`, whatever it holds.
 pub fn redact(text: &str, opts: &RedactOptions) -> Redacted {
+    let (sc, _) = scanned(text, opts, &|| false);
+    rewrite(text, sc.cands)
+}
+
+/// [`redact_until`] gave up because its `stop` said so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stopped;
+
+/// How often [`redact_until`] asks whether to stop: every this many bytes
+/// of text scanned (a few hundred microseconds of work).
+pub const STOP_CHECK_BYTES: usize = 64 * 1024;
+
+/// [`redact`], asking `stop` every [`STOP_CHECK_BYTES`] of text scanned
+/// whether to give up (a deadline passed, the caller went away): a server
+/// can bound the work one request costs. Returns [`Stopped`] when `stop`
+/// said so; nothing partial is returned.
+pub fn redact_until(text: &str, opts: &RedactOptions, stop: &dyn Fn() -> bool) -> Result<Redacted, Stopped> {
+    let (sc, finished) = scanned(text, opts, stop);
+    if !finished || stop() {
+        return Err(Stopped);
+    }
+    Ok(rewrite(text, sc.cands))
+}
+
+/// Runs the scanner over `text`; `false` when `stop` ended it early.
+fn scanned<'a>(text: &'a str, opts: &RedactOptions, stop: &dyn Fn() -> bool) -> (Scanner<'a>, bool) {
     let mut enabled = 0u16;
     match &opts.kinds {
         None => enabled = u16::MAX,
@@ -84,9 +113,19 @@ pub fn redact(text: &str, opts: &RedactOptions) -> Redacted {
         cands: Vec::new(),
         enabled,
         last_sort_end: None,
+        bare: RunMemo::default(),
+        runs: Default::default(),
+        jwt_seg: RunMemo::default(),
+        jwt_tail: Cell::new(None),
+        pem_end: Cell::new(None),
     };
-    sc.scan();
-    let spans = resolve(text, sc.cands);
+    let finished = sc.scan(stop);
+    (sc, finished)
+}
+
+/// Resolves overlapping candidates and writes the masked text.
+fn rewrite(text: &str, cands: Vec<Cand>) -> Redacted {
+    let spans = resolve(text, cands);
     let mut out = String::with_capacity(text.len() + 16);
     let mut findings = Vec::with_capacity(spans.len());
     let mut last = 0usize;
@@ -603,6 +642,18 @@ enum Charset {
 }
 
 impl Charset {
+    /// Index of this charset's [`RunMemo`] in [`Scanner::runs`].
+    fn index(self) -> usize {
+        match self {
+            Charset::Alnum => 0,
+            Charset::Word => 1,
+            Charset::B64Url => 2,
+            Charset::Upper => 3,
+            Charset::AlnumDash => 4,
+            Charset::Dotted => 5,
+        }
+    }
+
     fn accepts(self, c: u8) -> bool {
         match self {
             Charset::Alnum => c.is_ascii_alphanumeric(),
@@ -684,6 +735,33 @@ const AUTH_SCHEMES: &[&[u8]] = &[
 // ---------------------------------------------------------------------------
 // The scanner.
 
+/// The last run of one byte class that was read: every position in
+/// `from..=end` has its run end at `end`.
+///
+/// This is what keeps the scan linear. A detector that reads a value or a
+/// segment ahead to its end (`password=password=…`, `eyJ-eyJ-…`,
+/// `ya29.ya29.…`) is started again from many positions inside the same run;
+/// each start inside a run already read costs O(1) instead of a rescan to
+/// the end of the text. The scan moves left to right, so one run per class
+/// is enough.
+#[derive(Default)]
+struct RunMemo(Cell<Option<(usize, usize)>>);
+
+impl RunMemo {
+    /// The run end from `i`: remembered, or computed by `scan` and
+    /// remembered.
+    fn end(&self, i: usize, scan: impl FnOnce(usize) -> usize) -> usize {
+        if let Some((from, end)) = self.0.get() {
+            if from <= i && i <= end {
+                return end;
+            }
+        }
+        let end = scan(i);
+        self.0.set(Some((i, end)));
+        end
+    }
+}
+
 struct Scanner<'a> {
     s: &'a str,
     b: &'a [u8],
@@ -691,6 +769,19 @@ struct Scanner<'a> {
     enabled: u16,
     /// End of the last sort code found, for the account number after it.
     last_sort_end: Option<usize>,
+    /// Bare values (`key=value` up to a delimiter).
+    bare: RunMemo,
+    /// API key bodies, one memo per [`Charset`] (see [`Charset::index`]).
+    runs: [RunMemo; 6],
+    /// The first segment of a JWT.
+    jwt_seg: RunMemo,
+    /// A JWT's end after its first segment depends only on where that
+    /// segment ends: `(first segment end, JWT end)`.
+    jwt_tail: Cell<Option<(usize, Option<usize>)>>,
+    /// The first `-----END ` at or after a position: `(searched from,
+    /// found at)`, so a text of many unterminated PEM headers is searched
+    /// once, not once per header.
+    pem_end: Cell<Option<(usize, Option<usize>)>>,
 }
 
 /// Digit groups of a number chain: `(start, end)` byte spans.
@@ -795,10 +886,18 @@ impl<'a> Scanner<'a> {
             .is_some_and(|r| r.eq_ignore_ascii_case(pat))
     }
 
-    fn scan(&mut self) {
+    /// The scan; `false` if `stop` ended it.
+    fn scan(&mut self, stop: &dyn Fn() -> bool) -> bool {
         let n = self.b.len();
         let mut i = 0usize;
+        let mut next_check = STOP_CHECK_BYTES;
         while i < n {
+            if i >= next_check {
+                if stop() {
+                    return false;
+                }
+                next_check = i + STOP_CHECK_BYTES;
+            }
             let c = self.at(i);
             let next = if c.is_ascii_digit() {
                 self.number(i)
@@ -821,6 +920,7 @@ impl<'a> Scanner<'a> {
             };
             i = next.max(i + 1);
         }
+        true
     }
 
     // -- words --------------------------------------------------------------
@@ -917,17 +1017,30 @@ impl<'a> Scanner<'a> {
     /// A JWT (or JWE) at `i`: `eyJ` header segment, then at least one more
     /// non-empty segment, an optional (possibly empty) signature segment.
     fn jwt(&self, i: usize) -> Option<usize> {
-        let seg = |from: usize| {
-            let mut j = from;
-            while is_b64url(self.at(j)) {
-                j += 1;
-            }
-            j
-        };
-        let e1 = seg(i);
+        let e1 = self.jwt_seg.end(i, |from| self.b64url_end(from));
         if e1 - i < 10 || self.at(e1) != b'.' {
             return None;
         }
+        if let Some((at, end)) = self.jwt_tail.get() {
+            if at == e1 {
+                return end;
+            }
+        }
+        let end = self.jwt_after_first(e1);
+        self.jwt_tail.set(Some((e1, end)));
+        end
+    }
+
+    fn b64url_end(&self, mut j: usize) -> usize {
+        while is_b64url(self.at(j)) {
+            j += 1;
+        }
+        j
+    }
+
+    /// The rest of a JWT whose first segment ends (with a dot) at `e1`.
+    fn jwt_after_first(&self, e1: usize) -> Option<usize> {
+        let seg = |from: usize| self.b64url_end(from);
         let e2 = seg(e1 + 1);
         if e2 - (e1 + 1) < 2 {
             return None;
@@ -981,11 +1094,18 @@ impl<'a> Scanner<'a> {
 
     /// End of the run of `cs` characters from `i`, at most `max` long.
     fn run(&self, i: usize, cs: Charset, max: usize) -> usize {
-        let mut j = i;
-        while j - i < max && cs.accepts(self.at(j)) {
-            j += 1;
-        }
-        j
+        let scan = |from: usize| {
+            let mut j = from;
+            while cs.accepts(self.at(j)) {
+                j += 1;
+            }
+            j
+        };
+        let end = match self.runs.get(cs.index()) {
+            Some(memo) => memo.end(i, scan),
+            None => scan(i),
+        };
+        end.min(i + max)
     }
 
     fn is_redacted(&self, i: usize) -> bool {
@@ -1899,8 +2019,10 @@ impl<'a> Scanner<'a> {
         // then runs to the end of the credential.
         let (mut vs, mut ve, mut after) = (vs, ve, after);
         if class == KeyClass::Authorization {
+            // No scheme is longer than 9 bytes: a longer run is not one,
+            // and it is not read further (each value is read once).
             let mut w = vs;
-            while self.at(w).is_ascii_alphanumeric() || self.at(w) == b'-' {
+            while w - vs <= 10 && (self.at(w).is_ascii_alphanumeric() || self.at(w) == b'-') {
                 w += 1;
             }
             let scheme = self.b.get(vs..w).unwrap_or(&[]);
@@ -1942,11 +2064,13 @@ impl<'a> Scanner<'a> {
     }
 
     fn bare_end(&self, v: usize) -> usize {
-        let mut e = v;
-        while e < self.b.len() && !ends_bare_value(self.at(e)) {
-            e += 1;
-        }
-        e
+        self.bare.end(v, |v| {
+            let mut e = v;
+            while e < self.b.len() && !ends_bare_value(self.at(e)) {
+                e += 1;
+            }
+            e
+        })
     }
 
     // -- command-line flags and quoted values after a word ---------------------------
@@ -1999,6 +2123,19 @@ impl<'a> Scanner<'a> {
 
     // -- PEM private keys ---------------------------------------------------------
 
+    /// The first `-----END ` at or after `body`, remembered (see
+    /// [`Scanner::pem_end`]).
+    fn pem_end_from(&self, body: usize) -> Option<usize> {
+        if let Some((from, found)) = self.pem_end.get() {
+            if from <= body && found.is_none_or(|x| x >= body) {
+                return found;
+            }
+        }
+        let found = memmem::find(self.b.get(body..).unwrap_or(&[]), b"-----END ").map(|x| body + x);
+        self.pem_end.set(Some((body, found)));
+        found
+    }
+
     fn pem(&mut self, i: usize) -> usize {
         if !self.starts_with(i, b"-----BEGIN ") {
             return i + 1;
@@ -2016,9 +2153,9 @@ impl<'a> Scanner<'a> {
             return i + 1;
         }
         let body = head_end + close + 5;
-        let end = match memmem::find(self.b.get(body..).unwrap_or(&[]), b"-----END ") {
+        let end = match self.pem_end_from(body) {
             Some(x) => {
-                let tail = body + x + 9;
+                let tail = x + 9;
                 match memmem::find(self.b.get(tail..(tail + 64).min(self.b.len())).unwrap_or(&[]), b"-----") {
                     Some(y) => tail + y + 5,
                     None => self.b.len(),

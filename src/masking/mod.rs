@@ -41,7 +41,7 @@ pub mod token;
 use std::fmt;
 use std::str::FromStr;
 
-pub use detect::{redact, Finding, RedactOptions, Redacted};
+pub use detect::{redact, redact_until, Finding, RedactOptions, Redacted, Stopped};
 pub use mask::{mask, MaskOptions, Masked};
 pub use token::{detokenize, tokenize};
 
