@@ -200,6 +200,10 @@ pub struct Limits {
     /// Usage rotations (a version reaching `max_encryptions_per_version`)
     /// one call may cause; items beyond get RESOURCE_EXHAUSTED (default 16).
     pub max_rotations_per_call: u32,
+    /// Bytes of text being redacted or waiting to be sent back, over all
+    /// `Redact` and `RedactStream` calls of the process (default 256 MiB).
+    /// A message that finds no room waits (its request deadline at most).
+    pub max_redaction_bytes_in_flight: usize,
 }
 
 impl Default for Limits {
@@ -215,6 +219,7 @@ impl Default for Limits {
             max_batch_items: 10_000,
             shutdown_timeout: Duration::from_secs(10),
             max_rotations_per_call: crate::keys::DEFAULT_MAX_ROTATIONS_PER_CALL,
+            max_redaction_bytes_in_flight: 256 * 1024 * 1024,
         }
     }
 }
@@ -374,6 +379,9 @@ impl Config {
             out.push(
                 "audit.keep_files and audit.keep_days must be positive (leave them out to keep every file)".into(),
             );
+        }
+        if self.limits.max_redaction_bytes_in_flight < 64 * 1024 {
+            out.push("limits.max_redaction_bytes_in_flight must be at least 65536".into());
         }
         out
     }

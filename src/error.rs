@@ -75,6 +75,13 @@ pub enum Error {
     /// waiting to be claimed).
     #[error("{0}")]
     NotFound(String),
+    /// The request's work did not finish within its deadline (the request
+    /// timeout, or the caller's `grpc-timeout` if shorter), and was stopped.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// The caller went away; the work was stopped.
+    #[error("{0}")]
+    Cancelled(String),
 }
 
 impl From<Error> for tonic::Status {
@@ -95,6 +102,8 @@ impl From<Error> for tonic::Status {
             Error::StoreUnavailable => Code::Unavailable,
             Error::Conflict(_) => Code::Aborted,
             Error::Internal(_) => Code::Internal,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::Cancelled(_) => Code::Cancelled,
         };
         tonic::Status::new(code, e.to_string())
     }

@@ -37,6 +37,7 @@ pub mod client;
 pub mod config;
 pub mod conn;
 pub mod crypto;
+pub mod deadline;
 pub mod dev;
 pub mod error;
 pub mod keys;

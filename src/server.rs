@@ -276,10 +276,10 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
     let reflection = reflection_builder().build_v1().map_err(|e| err("reflection", e))?;
     let reflection_alpha = reflection_builder().build_v1alpha().map_err(|e| err("reflection", e))?;
     let server = tonic::transport::Server::builder()
-        .timeout(config.limits.request_timeout)
         .max_concurrent_streams(config.limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .layer(ConnLayer)
+        .layer(crate::deadline::DeadlineLayer(config.limits.request_timeout))
         .layer(crate::metrics::InFlightLayer(metrics.clone()))
         .layer(tower::util::MapResponseLayer::new(map_size_status))
         .add_service(
@@ -299,9 +299,12 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
             shared: shared.clone(),
         }))
         .add_service(
-            proto::mask_server::MaskServer::new(crate::mask_service::MaskService { shared: shared.clone() })
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max.saturating_mul(2)),
+            proto::mask_server::MaskServer::new(crate::mask_service::MaskService {
+                shared: shared.clone(),
+                limits: Arc::new(crate::mask_service::RedactionLimits::new(&config.limits)),
+            })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max.saturating_mul(2)),
         )
         .add_service(health_service)
         .add_service(reflection)

@@ -309,3 +309,202 @@ fn shared_redaction_corpus_scores_when_available() {
     };
     assert!(field("recall=") >= 99.5 && field("keep=") >= 99.0, "{summary}");
 }
+
+/// Text that keeps the phone and e-mail detectors busy at every byte and is
+/// left unchanged: `len` bytes, no newline.
+fn busy_text(len: usize) -> String {
+    "(0 %40 (+44 0 +4 ".chars().cycle().take(len).collect()
+}
+
+/// The daemon's user + system CPU time, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Issue 11 item 1: a redaction that exceeds the request timeout ends with
+/// DEADLINE_EXCEEDED and its work stops (it used to run on to the end on
+/// the blocking pool, unstoppable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redaction_past_the_request_timeout_is_stopped_with_deadline_exceeded() {
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    // Debug builds scan ~20x slower: the timeout is shorter in release so
+    // the same text still runs past it.
+    let timeout_ms = if cfg!(debug_assertions) { 300 } else { 20 };
+    let d = Daemon::start_with(dir.path(), &format!("[limits]\nrequest_timeout = \"{timeout_ms}ms\""));
+    let mut m = MaskClient::new(d.channel().await).max_decoding_message_size(16 << 20);
+    let text = busy_text(4_000_000);
+    // several at once, so unstopped work would keep both cores busy
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let mut m = m.clone();
+            let text = text.clone();
+            tokio::spawn(async move {
+                let t = std::time::Instant::now();
+                let r = m.redact(proto::RedactRequest { text, kinds: vec![] }).await;
+                (r, t.elapsed())
+            })
+        })
+        .collect();
+    for c in calls {
+        let (r, took) = c.await.unwrap();
+        let e = r.expect_err("the redaction should not finish within the timeout");
+        assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?} after {took:?}");
+        assert!(e.message().contains("deadline"), "{e:?}");
+    }
+    // The work stopped: the daemon is (nearly) idle in the next second.
+    let before = cpu_ticks(d.pid());
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let used = cpu_ticks(d.pid()) - before;
+    assert!(
+        used < 30,
+        "the daemon kept working after the deadline: {used} ticks in 1 s"
+    );
+    // and still serves: a small redaction is answered
+    let r = m
+        .redact(proto::RedactRequest {
+            text: "card 4111 1111 1111 1111".into(),
+            kinds: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.text, "card **** **** **** 1111");
+}
+
+/// Issue 11 item 1: big redactions run off the async workers, so health
+/// checks and other calls are answered while they run (RedactStream used
+/// to run the scan on the async workers and stall every call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_other_calls_are_served_while_big_redactions_run() {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    let d = Daemon::start(dir.path());
+    let channel = d.channel().await;
+    let m = MaskClient::new(channel.clone()).max_decoding_message_size(16 << 20);
+    let text = busy_text(2_000_000);
+    // Responses received so far, over all streams.
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // More streams than the daemon has async workers, each with two big
+    // messages.
+    let streams: Vec<_> = (0..3)
+        .map(|_| {
+            let mut m = m.clone();
+            let text = text.clone();
+            let received = received.clone();
+            tokio::spawn(async move {
+                let lines = (0..2).map(move |_| proto::RedactRequest {
+                    text: text.clone(),
+                    kinds: vec![],
+                });
+                let mut out = m.redact_stream(tokio_stream::iter(lines)).await.unwrap().into_inner();
+                let mut n = 0;
+                while let Some(r) = out.message().await.unwrap() {
+                    assert_eq!(r.text.len(), 2_000_000);
+                    received.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    // Let the streams start their scans, then check health and make a call.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut health = HealthClient::new(channel.clone());
+    health.check(HealthCheckRequest { service: "".into() }).await.unwrap();
+    let mut small = MaskClient::new(channel.clone());
+    let r = small
+        .mask(proto::MaskRequest {
+            value: "4111 1111 1111 1111".into(),
+            kind: DataKind::Pan as i32,
+            pan_keep_bin: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.masked, "**** **** **** 1111");
+    // Answered before any big message was: with the scans on the async
+    // workers, health waited for them.
+    assert_eq!(
+        received.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "health and Mask were answered only after a big redaction"
+    );
+    for s in streams {
+        assert_eq!(s.await.unwrap(), 2);
+    }
+}
+
+/// Issue 11 item 3: RedactStream's memory is bounded per stream and over
+/// the process (it used to buffer up to 32 responses of up to 8 MiB per
+/// stream, 256 streams per connection). Two streams whose client does not
+/// read the responses: the daemon stops reading their input after a few
+/// messages (HTTP/2 flow control then stops the client), and everything
+/// flows, in order, once the client reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redact_stream_memory_is_bounded_per_stream_and_over_the_process() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    // Room for one 1 MiB message (2 MiB: text and redacted copy) at a time
+    // over the whole process.
+    let d = Daemon::start_with(dir.path(), "[limits]\nmax_redaction_bytes_in_flight = 3145728");
+    let channel = d.channel().await;
+    const MESSAGES: usize = 24;
+    let pulled: Vec<Arc<AtomicUsize>> = (0..2).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let mut outs = Vec::new();
+    for (s, counter) in pulled.iter().enumerate() {
+        let counter = counter.clone();
+        let lines = (0..MESSAGES).map(move |i| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let head = format!("stream {s} line {i} ");
+            proto::RedactRequest {
+                text: format!("{head}{}", "plain words ".repeat((1 << 20) / 12)),
+                kinds: vec![],
+            }
+        });
+        let mut m = MaskClient::new(channel.clone()).max_decoding_message_size(16 << 20);
+        outs.push(m.redact_stream(tokio_stream::iter(lines)).await.unwrap().into_inner());
+    }
+    // Let both pipelines fill up.
+    let mut last = 0;
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let now: usize = pulled.iter().map(|p| p.load(Ordering::SeqCst)).sum();
+        if now == last && now > 0 {
+            break;
+        }
+        last = now;
+    }
+    let total: usize = pulled.iter().map(|p| p.load(Ordering::SeqCst)).sum();
+    // Held by the daemon: one message redacted and waiting to be sent, one
+    // read per stream waiting for room; the rest is what HTTP/2 windows and
+    // the client's send buffers hold (about 1 MiB each). Before the bound,
+    // each stream read 33 messages.
+    assert!(
+        total <= 14,
+        "the daemon kept reading: {total} messages taken from the two streams"
+    );
+    // Both read at once: a stream whose client never reads holds its share
+    // until its messages time out, so the other would wait for it.
+    let readers: Vec<_> = outs
+        .into_iter()
+        .enumerate()
+        .map(|(s, mut out)| {
+            tokio::spawn(async move {
+                for i in 0..MESSAGES {
+                    let r = out.message().await.unwrap().unwrap();
+                    assert!(r.text.starts_with(&format!("stream {s} line {i} ")), "out of order");
+                }
+                assert!(out.message().await.unwrap().is_none());
+            })
+        })
+        .collect();
+    for r in readers {
+        r.await.unwrap();
+    }
+}
