@@ -129,6 +129,11 @@ const TRIGGERS: &[&str] = &[
     "****",
 ];
 
+/// The largest time ratio accepted for 4x the size: linear is 4x; sorting
+/// the candidates (n log n) and caches that the larger text no longer fits
+/// add up to ~5x on a loaded machine; a quadratic detector is 16x.
+const MAX_RATIO: f64 = 6.0;
+
 /// `pattern` repeated to exactly `len` bytes (cut on a char boundary; every
 /// pattern is ASCII).
 fn repeated(pattern: &str, len: usize) -> String {
@@ -170,9 +175,10 @@ fn every_trigger_repeated_scales_linearly() {
         let mut attempt = 0;
         loop {
             let (ts, tl) = min_times(&a, &b, 3);
-            // Below a millisecond the ratio is timer noise.
+            // Below a few tens of milliseconds the ratio is scheduling
+            // noise on a loaded machine; a quadratic detector takes seconds.
             let ratio = tl.as_secs_f64() / ts.as_secs_f64().max(1e-4);
-            let ok_ratio = ratio <= 5.0 || tl < Duration::from_millis(2);
+            let ok_ratio = ratio <= MAX_RATIO || tl < Duration::from_millis(25);
             let ok_abs = !release || tl < Duration::from_secs(1);
             if ok_ratio && ok_abs {
                 report.push(format!("{trigger:?}: {ts:?} -> {tl:?} ({ratio:.1}x)"));
@@ -204,7 +210,7 @@ fn all_triggers_interleaved_scale_linearly() {
     loop {
         let (ts, tl) = min_times(&a, &b, 3);
         let ratio = tl.as_secs_f64() / ts.as_secs_f64().max(1e-4);
-        if (ratio <= 5.0 || tl < Duration::from_millis(2)) && (!release || tl < Duration::from_secs(1)) {
+        if (ratio <= MAX_RATIO || tl < Duration::from_millis(25)) && (!release || tl < Duration::from_secs(1)) {
             break;
         }
         attempt += 1;
