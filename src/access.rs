@@ -165,6 +165,14 @@ impl PendingOp {
         }
     }
 
+    /// Bytes the pending request holds in memory (a restore's snapshot).
+    pub fn held_bytes(&self) -> usize {
+        match self {
+            PendingOp::Restore { bytes } => bytes.len(),
+            _ => 0,
+        }
+    }
+
     /// The key concerned.
     pub fn key(&self) -> Option<&str> {
         match self {
@@ -279,10 +287,32 @@ pub struct Access {
     verifier: Mutex<Verifier>,
     totp: Mutex<HashMap<String, Arc<TotpSecret>>>,
     pending: Mutex<HashMap<String, Pending>>,
+    /// Bounds of `pending` (count, bytes held): pending requests live in
+    /// memory until approved or expired, a restore's whole snapshot
+    /// included, so without a bound officers' requests could fill memory.
+    pending_limits: Mutex<PendingLimits>,
     store: Arc<dyn KeyStore>,
     /// The key rings' store and sealer: officers' replay and lock-out
     /// memory is sealed into it like every other record.
     keys: Arc<Keys>,
+}
+
+/// Bounds of the pending dual-control requests (`[limits]`).
+#[derive(Debug, Clone, Copy)]
+pub struct PendingLimits {
+    /// Requests pending at once (`max_pending_approvals`).
+    pub count: usize,
+    /// Bytes they may hold together (`max_pending_bytes`): restore snapshots.
+    pub bytes: usize,
+}
+
+impl Default for PendingLimits {
+    fn default() -> Self {
+        PendingLimits {
+            count: 64,
+            bytes: 256 << 20,
+        }
+    }
 }
 
 impl std::fmt::Debug for Access {
@@ -455,6 +485,7 @@ impl Access {
             verifier: Mutex::new(verifier),
             totp: Mutex::new(totp),
             pending: Mutex::new(HashMap::new()),
+            pending_limits: Mutex::new(PendingLimits::default()),
             store,
             keys: keys.clone(),
         })
@@ -490,6 +521,21 @@ impl Access {
             self.remember_officer(identity, copy);
         }
         Ok(secret)
+    }
+
+    /// Sets the bounds of pending dual-control requests.
+    pub fn set_pending_limits(&self, limits: PendingLimits) {
+        *lock(&self.pending_limits) = limits;
+    }
+
+    /// The most bytes a snapshot from `identity` may have: a caller that
+    /// goes through dual control can only park it within the pending
+    /// bytes budget, so a larger upload is refused while it streams.
+    pub fn restore_upload_cap(&self, identity: &str) -> Option<usize> {
+        if self.policy.load().dev_bypass(identity) {
+            return None;
+        }
+        Some(lock(&self.pending_limits).bytes)
     }
 
     /// Remembers a freshly enrolled officer's secret.
@@ -738,12 +784,34 @@ impl Access {
             p.expires_at,
             p.op.describe()
         );
-        *lock(&call.detail) = Some(format!("approval request {} created", p.id));
+        let limits = *lock(&self.pending_limits);
+        {
+            let mut m = lock(&self.pending);
+            let t = now();
+            m.retain(|_, p| p.expires_at > t);
+            if m.len() >= limits.count {
+                return Err(Status::resource_exhausted(format!(
+                    "dual control: {} requests are already pending, the most allowed (limits.max_pending_approvals); \
+                     approve, reject or let some expire first",
+                    m.len()
+                )));
+            }
+            let held: usize = m.values().map(|p| p.op.held_bytes()).sum();
+            if held.saturating_add(p.op.held_bytes()) > limits.bytes {
+                return Err(Status::resource_exhausted(format!(
+                    "dual control: this request would hold {} bytes in memory while pending, and pending requests \
+                     already hold {held}; the most allowed is {} (limits.max_pending_bytes)",
+                    p.op.held_bytes(),
+                    limits.bytes
+                )));
+            }
+            *lock(&call.detail) = Some(format!("approval request {} created", p.id));
+            m.insert(p.id.clone(), p.clone());
+        }
         let mut status = Status::failed_precondition(msg);
         if let Ok(v) = p.id.parse() {
             status.metadata_mut().insert(APPROVAL_HEADER, v);
         }
-        lock(&self.pending).insert(p.id.clone(), p);
         Err(status)
     }
 

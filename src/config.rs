@@ -204,6 +204,12 @@ pub struct Limits {
     /// `Redact` and `RedactStream` calls of the process (default 256 MiB).
     /// A message that finds no room waits (its request deadline at most).
     pub max_redaction_bytes_in_flight: usize,
+    /// Dual-control requests pending at once (default 64); more get
+    /// RESOURCE_EXHAUSTED.
+    pub max_pending_approvals: usize,
+    /// Bytes pending dual-control requests may hold in memory together
+    /// (restore snapshots; default 256 MiB); more get RESOURCE_EXHAUSTED.
+    pub max_pending_bytes: usize,
 }
 
 impl Default for Limits {
@@ -220,6 +226,8 @@ impl Default for Limits {
             shutdown_timeout: Duration::from_secs(10),
             max_rotations_per_call: crate::keys::DEFAULT_MAX_ROTATIONS_PER_CALL,
             max_redaction_bytes_in_flight: 256 * 1024 * 1024,
+            max_pending_approvals: 64,
+            max_pending_bytes: 256 << 20,
         }
     }
 }
@@ -368,6 +376,9 @@ impl Config {
         }
         if self.limits.max_batch_items == 0 {
             out.push("limits.max_batch_items must be positive".into());
+        }
+        if self.limits.max_pending_approvals == 0 {
+            out.push("limits.max_pending_approvals must be positive".into());
         }
         if self.limits.max_rotations_per_call == 0 {
             out.push("limits.max_rotations_per_call must be positive".into());

@@ -351,6 +351,10 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
         .map_err(|e| err("start-up", e))?
         .map_err(|e| StartError(format!("access control: {e}")))?
     };
+    access.set_pending_limits(crate::access::PendingLimits {
+        count: config.limits.max_pending_approvals,
+        bytes: config.limits.max_pending_bytes,
+    });
     let access = Arc::new(access);
     let _ = shared.access.set(access.clone());
     let _ = shared.keys.set(keys.clone());

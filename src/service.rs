@@ -625,9 +625,12 @@ impl KeysService {
         match self.shared.access()?.dual_control(call, op) {
             Ok(()) => Ok(()),
             Err(status) => {
-                let _ = self
-                    .shared
-                    .finish::<()>(call, Err(Error::FailedPrecondition(status.message().to_owned())));
+                let e = match status.code() {
+                    tonic::Code::ResourceExhausted => Error::TooLarge(status.message().to_owned()),
+                    tonic::Code::PermissionDenied => Error::PermissionDenied(status.message().to_owned()),
+                    _ => Error::FailedPrecondition(status.message().to_owned()),
+                };
+                let _ = self.shared.finish::<()>(call, Err(e));
                 Err(status)
             }
         }
@@ -898,6 +901,13 @@ impl proto::keys_server::Keys for KeysService {
         req: Request<tonic::Streaming<proto::RestoreChunk>>,
     ) -> Result<Response<proto::RestoreResponse>, Status> {
         let call = self.shared.begin(&req, Op::Restore, None)?;
+        // A snapshot that must wait for a second officer is held in memory
+        // until then: refuse one larger than the pending budget while it
+        // streams, not after buffering it.
+        let (cap, what) = match self.shared.access()?.restore_upload_cap(call.peer.id()) {
+            Some(c) if c < MAX_RESTORE_BYTES => (c, "the pending dual-control budget (limits.max_pending_bytes)"),
+            _ => (MAX_RESTORE_BYTES, "the restore limit"),
+        };
         let mut stream = req.into_inner();
         let mut bytes = Vec::new();
         let mut too_large = false;
@@ -907,14 +917,14 @@ impl proto::keys_server::Keys for KeysService {
                 Ok(None) => break,
                 Err(status) => return Err(self.shared.stream_failed(&call, status)),
             };
-            if bytes.len() + chunk.data.len() > MAX_RESTORE_BYTES {
+            if bytes.len() + chunk.data.len() > cap {
                 too_large = true;
                 break;
             }
             bytes.extend_from_slice(&chunk.data);
         }
         if too_large {
-            let e = Error::TooLarge(format!("backup larger than {MAX_RESTORE_BYTES} bytes"));
+            let e = Error::TooLarge(format!("backup larger than {cap} bytes, {what}"));
             return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status());
         }
         let bytes = Arc::new(bytes);

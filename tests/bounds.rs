@@ -177,3 +177,169 @@ async fn a_batch_of_unknown_versions_reads_the_store_once_per_key() {
     let e = crypto.decrypt(with_version(9)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 }
+
+const OFFICER_POLICY: &str = r#"
+[identities]
+"spiffe://test.internal/app" = ["setup"]
+"spiffe://bank/alice" = ["officer"]
+"spiffe://bank/bob" = ["officer"]
+
+[roles.setup]
+dev_no_second_factor = true
+allow = [{ ops = ["*"], keys = ["*"] }]
+
+[roles.officer]
+officer = true
+allow = [{ ops = ["key.*", "approval", "restore", "backup"], keys = ["*"] }]
+"#;
+
+fn b32decode(s: &str) -> Vec<u8> {
+    let (mut out, mut buf, mut bits) = (vec![], 0u32, 0);
+    for c in s.bytes() {
+        let v = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+            .iter()
+            .position(|&a| a == c)
+            .unwrap() as u32;
+        buf = (buf << 5) | v;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+        }
+    }
+    out
+}
+
+/// Fresh TOTP codes for one officer: each step at most once, moving forward.
+struct Codes {
+    secret: Vec<u8>,
+    last: i64,
+}
+
+impl Codes {
+    fn next(&mut self) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let step = (self.last + 1).max(now / 30 - 1);
+        assert!(step <= now / 30 + 1, "out of codes for this window");
+        self.last = step;
+        format!("{:06}", kmsd::otp::code_at(&self.secret, step * 30, 6))
+    }
+}
+
+fn with_otp<T>(msg: T, code: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("x-kmsd-otp", code.parse().unwrap());
+    r
+}
+
+/// Pending dual-control requests live in memory (a restore with its whole
+/// snapshot) until approved or expired: their number and bytes are capped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_approvals_are_capped_in_number_and_bytes() {
+    use proto::admin_client::AdminClient;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    for who in ["alice", "bob"] {
+        pki.client(who, Some(&format!("spiffe://bank/{who}")));
+    }
+    std::fs::write(dir.path().join("policy.toml"), OFFICER_POLICY).unwrap();
+    let d = Daemon::start_with(
+        dir.path(),
+        "[limits]\nmax_pending_approvals = 3\nmax_pending_bytes = 1000\n",
+    );
+    let setup = d.channel().await;
+    let mut codes = std::collections::HashMap::new();
+    for who in ["alice", "bob"] {
+        AdminClient::new(setup.clone())
+            .enroll_officer(proto::EnrollOfficerRequest {
+                identity: format!("spiffe://bank/{who}"),
+                replace: false,
+            })
+            .await
+            .unwrap();
+        // the secret reaches only its officer
+        let own = kmsd::client::connect(&d.settings(who, None)).await.unwrap();
+        let r = AdminClient::new(own)
+            .claim_officer_secret(proto::ClaimOfficerSecretRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        codes.insert(
+            who,
+            Codes {
+                secret: b32decode(&r.secret_base32),
+                last: 0,
+            },
+        );
+    }
+    let mut keys = KeysClient::new(setup.clone());
+    create(&mut keys, "ring", None).await;
+    keys.rotate_key(proto::RotateKeyRequest { name: "ring".into() })
+        .await
+        .unwrap();
+    let alice = KeysClient::new(kmsd::client::connect(&d.settings("alice", None)).await.unwrap());
+    let bob = KeysClient::new(kmsd::client::connect(&d.settings("bob", None)).await.unwrap());
+    let destroy = || proto::ScheduleVersionDestructionRequest {
+        name: "ring".into(),
+        version: 1,
+        waiting_period_seconds: 1,
+    };
+    // two requests are parked
+    for _ in 0..2 {
+        let code = codes.get_mut("alice").unwrap().next();
+        let e = alice
+            .clone()
+            .schedule_version_destruction(with_otp(destroy(), &code))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+        assert!(e.metadata().get("x-kmsd-approval-id").is_some());
+    }
+    // a restore larger than the pending byte budget is refused while it streams
+    let code = codes.get_mut("bob").unwrap().next();
+    let big = vec![
+        proto::RestoreChunk { data: vec![7u8; 600] },
+        proto::RestoreChunk { data: vec![7u8; 600] },
+    ];
+    let e = bob
+        .clone()
+        .restore(with_otp(tokio_stream::iter(big), &code))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(e.message().contains("max_pending_bytes"), "{}", e.message());
+    // one within it is parked (it would be checked when approved)
+    let code = codes.get_mut("bob").unwrap().next();
+    let small = vec![proto::RestoreChunk { data: vec![7u8; 600] }];
+    let e = bob
+        .clone()
+        .restore(with_otp(tokio_stream::iter(small), &code))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    // the fourth request finds three pending: refused, nothing parked
+    let code = codes.get_mut("alice").unwrap().next();
+    let e = alice
+        .clone()
+        .schedule_version_destruction(with_otp(destroy(), &code))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(e.message().contains("max_pending_approvals"), "{}", e.message());
+    assert!(e.metadata().get("x-kmsd-approval-id").is_none());
+    let pending = AdminClient::new(setup.clone())
+        .list_approvals(proto::ListApprovalsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .approvals;
+    assert_eq!(pending.len(), 3);
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    assert!(
+        audit.contains("RESOURCE_EXHAUSTED"),
+        "refusals are audited with their code"
+    );
+}
