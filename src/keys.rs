@@ -23,7 +23,7 @@
 use crate::crypto;
 use crate::error::Error;
 use dashmap::DashMap;
-use kmsd_keystore::keyring::{KeyPolicy, RotationReason};
+use kmsd_keystore::keyring::{KeyPolicy, KeyPurpose, RotationReason};
 use kmsd_keystore::{Algorithm, Clock, KeyMaterial, KeyName, KeyRing, Revision, RingStore, UnixTime, VersionState};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -64,6 +64,11 @@ struct CachedRing {
     primary: u32,
     min_decryption_version: u32,
     max_encryptions: Option<u64>,
+    /// What the ring is for.
+    purpose: KeyPurpose,
+    /// Whether the ring rotates by itself (a period or a usage limit)
+    /// without `allow_token_rotation`: its tokens would silently change.
+    breaks_tokens: bool,
     /// Index `v - 1` holds version `v`.
     versions: Vec<CachedVersion>,
 }
@@ -116,6 +121,16 @@ pub struct Usage {
     pub decryptions: u64,
     /// Last use (0 = never).
     pub last_used_at: UnixTime,
+}
+
+/// Envelope operations refuse a token key (purpose separation).
+fn not_a_token_key(name: &str, ring: &CachedRing) -> Result<(), Error> {
+    if ring.purpose == KeyPurpose::Tokenize {
+        return Err(Error::FailedPrecondition(format!(
+            "key {name:?} is a token key (purpose TOKENIZE): it only tokenizes and detokenizes"
+        )));
+    }
+    Ok(())
 }
 
 /// Minimum waiting periods for destruction (production, dev mode).
@@ -346,6 +361,10 @@ impl Keys {
             primary: ring.primary,
             min_decryption_version: ring.policy.min_decryption_version,
             max_encryptions: ring.policy.max_encryptions_per_version,
+            purpose: ring.purpose,
+            breaks_tokens: (ring.policy.rotation_period_secs.is_some()
+                || ring.policy.max_encryptions_per_version.is_some())
+                && !ring.policy.allow_token_rotation,
             versions,
         });
         self.cache.insert(name.clone(), snap.clone());
@@ -482,6 +501,7 @@ impl Keys {
         associated_data: &[u8],
     ) -> Result<Result<Encrypted, Slow>, Error> {
         let ring = self.cached(name)?;
+        not_a_token_key(name, &ring)?;
         let version = ring.primary;
         let v = ring.version(version).ok_or_else(|| Error::Corrupt(name.to_owned()))?;
         let material = match (v.state, &v.material) {
@@ -616,6 +636,7 @@ impl Keys {
     pub fn decrypt(&self, name: &str, ciphertext: &[u8], associated_data: &[u8]) -> Result<(Vec<u8>, u32), Error> {
         let header = crypto::parse_header(ciphertext)?;
         let mut ring = self.cached(name)?;
+        not_a_token_key(name, &ring)?;
         if ring.version(header.version).is_none() {
             let now = self.clock.now();
             let known_absent = self
@@ -679,6 +700,15 @@ impl Keys {
         f: impl FnOnce(&KeyMaterial, u32) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let ring = self.cached(name)?;
+        if version.is_none() && ring.purpose == KeyPurpose::EncryptDecrypt && ring.breaks_tokens {
+            // A token made now would silently stop matching after the
+            // next automatic rotation.
+            return Err(Error::FailedPrecondition(format!(
+                "key {name:?} rotates automatically (rotation period or usage limit): tokens are deterministic \
+                 and would change at each rotation; use a key created with purpose TOKENIZE, or set \
+                 allow_token_rotation on this key to accept that"
+            )));
+        }
         let (v, action) = match version {
             None => (ring.primary, "encryption"),
             Some(v) => (v.unwrap_or(ring.primary), "decryption"),
@@ -776,9 +806,18 @@ impl Keys {
 
     /// Creates a ring with one version. Durable when it returns.
     pub fn create(&self, name: &str, policy: KeyPolicy) -> Result<KeyRing, Error> {
+        self.create_for(name, policy, KeyPurpose::EncryptDecrypt)
+    }
+
+    /// Creates a ring for `purpose` with one version. Durable when it returns.
+    pub fn create_for(&self, name: &str, policy: KeyPolicy, purpose: KeyPurpose) -> Result<KeyRing, Error> {
         let key = KeyName::parse(name)?;
         self.check_policy(&policy)?;
-        let mut ring = KeyRing::new(key, Algorithm::Aes256Gcm, policy, self.clock.now());
+        KeyRing::check_purpose_policy(purpose, &policy).map_err(|e| match e {
+            kmsd_keystore::Error::Precondition(m) => Error::InvalidArgument(m),
+            other => other.into(),
+        })?;
+        let mut ring = KeyRing::new(key, Algorithm::Aes256Gcm, policy, self.clock.now()).with_purpose(purpose);
         pre_reserve(&mut ring);
         let ring = self.rings.create(ring).map_err(|e| match e {
             kmsd_keystore::Error::Conflict { name, .. } => Error::KeyExists(name),

@@ -16,6 +16,7 @@
 //!   wins); [`otp`]: the officer second factor (TOTP); [`audit`]: the
 //!   hash-chained, MAC'd audit trail with group commit.
 //! - [`page_token`]: opaque, sealed `ListKeys` page tokens.
+//! - [`rate`]: per-identity token buckets (`Tokenize`).
 //! - [`client`]: the mTLS gRPC client used by `kmsctl`, tests and benches.
 //! - [`dev`]: the embedded dev setup (dev CA, certificates, master key).
 //! - [`masking`]: masking, redaction (validator-driven detectors) and
@@ -49,6 +50,7 @@ pub mod notify;
 pub mod os;
 pub mod otp;
 pub mod page_token;
+pub mod rate;
 pub mod server;
 pub mod service;
 pub mod tls;

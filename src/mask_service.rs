@@ -35,6 +35,10 @@ pub struct MaskService {
     pub shared: Arc<Shared>,
     /// What a redaction may cost in time and memory.
     pub limits: Arc<RedactionLimits>,
+    /// Tokenize calls per identity (`limits.tokenize_rate`): a caller
+    /// with only `tokenize` can otherwise recover values of a small
+    /// domain by tokenizing every candidate (tokens are deterministic).
+    pub tokenize_limit: Arc<crate::rate::RateLimiter>,
 }
 
 /// Time and memory bounds of redaction.
@@ -365,6 +369,16 @@ impl proto::mask_server::Mask for MaskService {
         req: Request<proto::TokenizeRequest>,
     ) -> Result<Response<proto::TokenizeResponse>, Status> {
         let call = self.shared.begin(&req, Op::Tokenize, Some(&req.get_ref().key))?;
+        if let Err(wait) = self.tokenize_limit.check(call.peer.id(), std::time::Instant::now()) {
+            let e = Error::TooLarge(format!(
+                "tokenize rate limit for this identity exceeded (limits.tokenize_rate); retry in {} ms",
+                wait.as_millis().max(1)
+            ));
+            return Err(match self.shared.finish::<()>(&call, Err(e)) {
+                Err(s) => s,
+                Ok(()) => Status::internal("unexpected success"),
+            });
+        }
         let r = req.into_inner();
         let keys = self.shared.keys()?;
         let result = kind_from_proto(r.kind).and_then(|kind| {
@@ -389,6 +403,13 @@ impl proto::mask_server::Mask for MaskService {
         let keys = self.shared.keys()?;
         let version = (r.key_version > 0).then_some(r.key_version);
         let result = kind_from_proto(r.kind).and_then(|kind| {
+            if version.is_none() && masking::is_format_preserving(kind) {
+                return Err(Error::InvalidArgument(
+                    "key_version is required to detokenize a format-preserving token (PAN, sort code, account \
+                     number, phone): it carries no version, and the wrong one gives a wrong value silently"
+                        .into(),
+                ));
+            }
             keys.with_material(&r.key, Some(version), |material, _| {
                 masking::detokenize(material.expose_secret(), &tweak(&r.key), &r.token, kind)
                     .map(|value| proto::DetokenizeResponse { value })

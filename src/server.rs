@@ -302,6 +302,10 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
             proto::mask_server::MaskServer::new(crate::mask_service::MaskService {
                 shared: shared.clone(),
                 limits: Arc::new(crate::mask_service::RedactionLimits::new(&config.limits)),
+                tokenize_limit: Arc::new(crate::rate::RateLimiter::new(
+                    config.limits.tokenize_rate,
+                    config.limits.tokenize_burst,
+                )),
             })
             .max_decoding_message_size(max)
             .max_encoding_message_size(max.saturating_mul(2)),

@@ -11,7 +11,7 @@ use crate::keys::{EncryptCall, Keys, Usage};
 use crate::metrics::Metrics;
 use crate::proto;
 use crate::tls::PeerIdentity;
-use kmsd_keystore::keyring::{KeyPolicy, RotationReason};
+use kmsd_keystore::keyring::{KeyPolicy, KeyPurpose, RotationReason};
 use kmsd_keystore::{KeyRing, VersionState};
 use rand::RngCore;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -499,8 +499,13 @@ pub struct KeysService {
     pub shared: Arc<Shared>,
 }
 
-fn policy_to_proto(p: &KeyPolicy) -> proto::KeyPolicy {
+fn policy_to_proto(p: &KeyPolicy, purpose: KeyPurpose) -> proto::KeyPolicy {
     proto::KeyPolicy {
+        purpose: Some(match purpose {
+            KeyPurpose::EncryptDecrypt => proto::KeyPurpose::EncryptDecrypt,
+            KeyPurpose::Tokenize => proto::KeyPurpose::Tokenize,
+        } as i32),
+        allow_token_rotation: Some(p.allow_token_rotation),
         rotation_period_seconds: Some(p.rotation_period_secs.unwrap_or(0)),
         max_encryptions_per_version: Some(p.max_encryptions_per_version.unwrap_or(0)),
         min_decryption_version: Some(p.min_decryption_version),
@@ -531,6 +536,9 @@ pub fn merge_policy(mut base: KeyPolicy, update: Option<&proto::KeyPolicy>) -> K
     if let Some(b) = u.manual_rotation_resets_schedule {
         base.manual_rotation_resets_schedule = b;
     }
+    if let Some(b) = u.allow_token_rotation {
+        base.allow_token_rotation = b;
+    }
     base
 }
 
@@ -543,6 +551,17 @@ fn min_decryption_change_is_guarded(ring: &KeyRing, new_min: u32) -> bool {
     ring.versions
         .iter()
         .any(|v| v.version >= low && v.version < high && v.state != VersionState::Destroyed)
+}
+
+/// The purpose named by a policy message (unset = encrypt/decrypt).
+pub fn purpose_from_proto(update: Option<&proto::KeyPolicy>) -> Result<KeyPurpose, Error> {
+    match update.and_then(|u| u.purpose).map(proto::KeyPurpose::try_from) {
+        None | Some(Ok(proto::KeyPurpose::Unspecified | proto::KeyPurpose::EncryptDecrypt)) => {
+            Ok(KeyPurpose::EncryptDecrypt)
+        }
+        Some(Ok(proto::KeyPurpose::Tokenize)) => Ok(KeyPurpose::Tokenize),
+        Some(Err(_)) => Err(Error::InvalidArgument("unknown key purpose".into())),
+    }
 }
 
 /// Key metadata for the API: never material.
@@ -568,7 +587,7 @@ pub fn key_info(ring: &KeyRing, usage: &[Usage]) -> proto::KeyInfo {
                 }
             })
             .collect(),
-        policy: Some(policy_to_proto(&ring.policy)),
+        policy: Some(policy_to_proto(&ring.policy, ring.purpose)),
         next_rotation_at: ring.next_rotation_at.unwrap_or(0),
         rotations: ring
             .rotations
@@ -644,11 +663,12 @@ impl proto::keys_server::Keys for KeysService {
         let r = req.into_inner();
         let algorithm = r.algorithm;
         let policy = merge_policy(KeyPolicy::default(), r.policy.as_ref());
+        let purpose = purpose_from_proto(r.policy.as_ref());
         self.admin(call, move |keys, name| {
             if algorithm != proto::Algorithm::Unspecified as i32 && algorithm != proto::Algorithm::Aes256Gcm as i32 {
                 return Err(Error::InvalidArgument("unsupported algorithm; only AES_256_GCM".into()));
             }
-            keys.create(name, policy)
+            keys.create_for(name, policy, purpose?)
         })
         .await
     }
@@ -756,6 +776,12 @@ impl proto::keys_server::Keys for KeysService {
             Ok(c) => c,
             Err(e) => return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status()),
         };
+        if r.policy.as_ref().is_some_and(|p| p.purpose.is_some())
+            && purpose_from_proto(r.policy.as_ref()).ok() != Some(current.purpose)
+        {
+            let e = Error::InvalidArgument("a key's purpose is fixed at creation".into());
+            return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status());
+        }
         let new = merge_policy(current.policy.clone(), r.policy.as_ref());
         if min_decryption_change_is_guarded(&current, new.min_decryption_version) {
             self.dual(

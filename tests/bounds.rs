@@ -343,3 +343,205 @@ async fn pending_approvals_are_capped_in_number_and_bytes() {
         "refusals are audited with their code"
     );
 }
+
+fn tok(key: &str, value: &str, kind: proto::DataKind) -> proto::TokenizeRequest {
+    proto::TokenizeRequest {
+        key: key.into(),
+        value: value.into(),
+        kind: kind as i32,
+    }
+}
+
+fn detok(key: &str, token: &str, kind: proto::DataKind, v: u32) -> proto::DetokenizeRequest {
+    proto::DetokenizeRequest {
+        key: key.into(),
+        token: token.into(),
+        kind: kind as i32,
+        key_version: v,
+    }
+}
+
+/// A format-preserving token carries no version: after a rotation the
+/// default (primary) version "detokenized" an old token to a wrong value,
+/// silently; and a token key rotated by itself like any key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_need_their_version_and_token_keys_do_not_rotate_by_themselves() {
+    use proto::{mask_client::MaskClient, DataKind, KeyPurpose};
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    let d = Daemon::start(dir.path());
+    let ch = d.channel().await;
+    let (mut m, mut keys, mut crypto) = (
+        MaskClient::new(ch.clone()),
+        KeysClient::new(ch.clone()),
+        CryptoClient::new(ch),
+    );
+    let token_key = |extra: proto::KeyPolicy| proto::KeyPolicy {
+        purpose: Some(KeyPurpose::Tokenize as i32),
+        ..extra
+    };
+    // a token key with an automatic rotation is refused unless asked for
+    let e = keys
+        .create_key(proto::CreateKeyRequest {
+            name: "tok.auto".into(),
+            algorithm: 0,
+            policy: Some(token_key(proto::KeyPolicy {
+                rotation_period_seconds: Some(1),
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("allow_token_rotation"), "{}", e.message());
+    let info = create(&mut keys, "tok.pan", Some(token_key(Default::default()))).await;
+    assert_eq!(info.policy.unwrap().purpose, Some(KeyPurpose::Tokenize as i32));
+    assert_eq!(info.next_rotation_at, 0);
+    let e = keys
+        .update_key_policy(proto::UpdateKeyPolicyRequest {
+            name: "tok.pan".into(),
+            policy: Some(proto::KeyPolicy {
+                max_encryptions_per_version: Some(10),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("allow_token_rotation"), "{}", e.message());
+    // purpose separation: a token key does not encrypt
+    let e = crypto.encrypt(enc("tok.pan", b"x")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    // an ordinary key that rotates by itself does not tokenize
+    create(
+        &mut keys,
+        "rotating",
+        Some(proto::KeyPolicy {
+            rotation_period_seconds: Some(3600),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let pan = "4539148803436467";
+    let e = m.tokenize(tok("rotating", pan, DataKind::Pan)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+
+    // versions: a manual rotation is still possible ("asked")
+    let a = m
+        .tokenize(tok("tok.pan", pan, DataKind::Pan))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.key_version, 1);
+    keys.rotate_key(proto::RotateKeyRequest { name: "tok.pan".into() })
+        .await
+        .unwrap();
+    // without the version a numeric token is refused (it used to answer
+    // with the primary, version 2: a wrong value, silently)
+    let e = m
+        .detokenize(detok("tok.pan", &a.token, DataKind::Pan, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("key_version is required"), "{}", e.message());
+    assert!(!e.message().contains(&a.token[..8]), "no token in errors");
+    let back = m
+        .detokenize(detok("tok.pan", &a.token, DataKind::Pan, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(back.value, pan);
+    // tok_ tokens authenticate: 0 still means the primary
+    let e1 = m
+        .tokenize(tok("tok.pan", "a@example.com", DataKind::Email))
+        .await
+        .unwrap()
+        .into_inner();
+    let back = m
+        .detokenize(detok("tok.pan", &e1.token, DataKind::Email, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(back.value, "a@example.com");
+    // allow_token_rotation lets a token key rotate by itself
+    let info = keys
+        .update_key_policy(proto::UpdateKeyPolicyRequest {
+            name: "tok.pan".into(),
+            policy: Some(proto::KeyPolicy {
+                rotation_period_seconds: Some(3600),
+                allow_token_rotation: Some(true),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(info.next_rotation_at > 0);
+    // the purpose is fixed at creation
+    let e = keys
+        .update_key_policy(proto::UpdateKeyPolicyRequest {
+            name: "tok.pan".into(),
+            policy: Some(proto::KeyPolicy {
+                purpose: Some(KeyPurpose::EncryptDecrypt as i32),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+}
+
+/// A caller with only `tokenize` can enumerate a small domain; Tokenize is
+/// rate-limited per identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenize_is_rate_limited_per_identity() {
+    use proto::{mask_client::MaskClient, DataKind};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    pki.client("other", Some("spiffe://test.internal/other"));
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        TEST_POLICY.replace(
+            "[identities]\n",
+            "[identities]\n\"spiffe://test.internal/other\" = [\"all\"]\n",
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_with(dir.path(), "[limits]\ntokenize_rate = 1\ntokenize_burst = 5\n");
+    let mut keys = KeysClient::new(d.channel().await);
+    create(&mut keys, "tok", None).await;
+    let mut m = MaskClient::new(d.channel().await);
+    let sort_code = |i: u32| format!("{:06}", 100_000 + i);
+    let mut refused = None;
+    for i in 0..20 {
+        match m.tokenize(tok("tok", &sort_code(i), DataKind::UkSortCode)).await {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some((i, e));
+                break;
+            }
+        }
+    }
+    let (i, e) = refused.expect("20 tokenize calls in a burst of 5 at 1/s were all served");
+    assert!((5..=7).contains(&i), "refused after {i} calls");
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(e.message().contains("tokenize_rate"), "{}", e.message());
+    // another identity has its own budget
+    let other = kmsd::client::connect(&d.settings("other", None)).await.unwrap();
+    MaskClient::new(other)
+        .tokenize(tok("tok", &sort_code(0), DataKind::UkSortCode))
+        .await
+        .unwrap();
+    // detokenize is not limited by it
+    let t = {
+        // wait for one call to come back
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        m.tokenize(tok("tok", &sort_code(1), DataKind::UkSortCode))
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    m.detokenize(detok("tok", &t.token, DataKind::UkSortCode, t.key_version))
+        .await
+        .unwrap();
+}

@@ -221,13 +221,17 @@ async fn tokenization_is_deterministic_reversible_and_versioned() {
         pan
     );
     assert_eq!(
-        m.detokenize(detok(&c.token, DataKind::Pan, 0))
+        m.detokenize(detok(&c.token, DataKind::Pan, 2))
             .await
             .unwrap()
             .into_inner()
             .value,
         pan
     );
+    // a format-preserving token carries no version: it must be given
+    let s = m.detokenize(detok(&c.token, DataKind::Pan, 0)).await.unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert!(s.message().contains("key_version is required"), "{}", s.message());
     // unknown key
     let s = m
         .tokenize(proto::TokenizeRequest {

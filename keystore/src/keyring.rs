@@ -6,8 +6,12 @@
 //! compare-and-swap.
 //!
 //! Record plaintext, format 1: the byte `1`, then the postcard encoding of
-//! [`RingRecordV1`]. The plaintext is built in a zeroizing buffer and only
-//! ever leaves this module sealed.
+//! [`RingRecordV1`]. Format 2 (only for rings that need it: token keys,
+//! `allow_token_rotation`): the byte `2`, the same postcard encoding of
+//! [`RingRecordV1`], then the postcard encoding of [`RingExtV2`]. A ring
+//! without those settings is still written in format 1, byte for byte as
+//! before. The plaintext is built in a zeroizing buffer and only ever
+//! leaves this module sealed.
 use crate::error::Error;
 use crate::name::KeyName;
 use crate::secret::{KeyMaterial, KEY_LEN};
@@ -17,6 +21,29 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 const RECORD_V1: u8 = 1;
+const RECORD_V2: u8 = 2;
+
+/// What a key ring is for, fixed at creation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KeyPurpose {
+    /// Envelope encryption (and, for compatibility, tokens).
+    #[default]
+    EncryptDecrypt,
+    /// Tokens only. A token is deterministic and a format-preserving one
+    /// carries no version, so a token key never rotates automatically
+    /// (scheduled or usage) unless its policy sets `allow_token_rotation`,
+    /// and it never encrypts or decrypts envelopes.
+    Tokenize,
+}
+
+impl KeyPurpose {
+    fn id(self) -> u8 {
+        match self {
+            KeyPurpose::EncryptDecrypt => 0,
+            KeyPurpose::Tokenize => 1,
+        }
+    }
+}
 
 /// The algorithm of a key ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +98,11 @@ pub struct KeyPolicy {
     /// false: an officer's ad-hoc rotation leaves the next scheduled
     /// rotation where it was, so the schedule stays predictable.
     pub manual_rotation_resets_schedule: bool,
+    /// Whether a token key ([`KeyPurpose::Tokenize`]) may rotate
+    /// automatically (scheduled or usage). Default false. Stored in the
+    /// format-2 extension, not in the format-1 policy encoding.
+    #[serde(skip)]
+    pub allow_token_rotation: bool,
 }
 
 /// One version of a key ring.
@@ -140,6 +172,8 @@ pub struct KeyRing {
     pub delete_at: Option<UnixTime>,
     /// Most recent rotations (bounded).
     pub rotations: Vec<RotationEvent>,
+    /// What the ring is for (fixed at creation).
+    pub purpose: KeyPurpose,
     /// The store revision this ring was read at (`None` if never stored).
     pub revision: Option<Revision>,
 }
@@ -160,10 +194,39 @@ impl KeyRing {
             next_rotation_at: None,
             delete_at: None,
             rotations: Vec::new(),
+            purpose: KeyPurpose::EncryptDecrypt,
             revision: None,
         };
         ring.next_rotation_at = ring.compute_next_rotation();
         ring
+    }
+
+    /// The same new ring with another purpose (at creation only).
+    pub fn with_purpose(mut self, purpose: KeyPurpose) -> Self {
+        self.purpose = purpose;
+        self.next_rotation_at = self.compute_next_rotation();
+        self
+    }
+
+    /// Whether the ring may rotate by itself (scheduled or usage): always,
+    /// except a token key whose policy does not set `allow_token_rotation`.
+    pub fn rotates_automatically(&self) -> bool {
+        self.purpose != KeyPurpose::Tokenize || self.policy.allow_token_rotation
+    }
+
+    /// Refuses an automatic-rotation policy on a token key that does not
+    /// allow it (a silent change of every token otherwise).
+    pub fn check_purpose_policy(purpose: KeyPurpose, policy: &KeyPolicy) -> Result<(), Error> {
+        let automatic = policy.rotation_period_secs.is_some() || policy.max_encryptions_per_version.is_some();
+        if purpose == KeyPurpose::Tokenize && automatic && !policy.allow_token_rotation {
+            return Err(Error::Precondition(
+                "a token key does not rotate automatically: tokens are deterministic and a format-preserving \
+                 token carries no key version, so a rotation changes every token; set allow_token_rotation \
+                 to accept that, or rotate by hand"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The version `v`, if it exists.
@@ -178,6 +241,9 @@ impl KeyRing {
 
     /// When the primary is due for scheduled rotation.
     pub fn compute_next_rotation(&self) -> Option<UnixTime> {
+        if !self.rotates_automatically() {
+            return None;
+        }
         let period = self.policy.rotation_period_secs?;
         let created = self.primary_version()?.created_at;
         Some(created.saturating_add(i64::try_from(period).unwrap_or(i64::MAX)))
@@ -193,6 +259,12 @@ impl KeyRing {
         if self.delete_at.is_some() {
             return Err(Error::Precondition(format!(
                 "key {:?} is scheduled for deletion",
+                self.name.as_str()
+            )));
+        }
+        if reason != RotationReason::Manual && !self.rotates_automatically() {
+            return Err(Error::Precondition(format!(
+                "token key {:?} does not rotate automatically (allow_token_rotation is off)",
                 self.name.as_str()
             )));
         }
@@ -371,6 +443,7 @@ impl KeyRing {
 
     /// Replaces the policy after checking it against the ring.
     pub fn set_policy(&mut self, policy: KeyPolicy) -> Result<(), Error> {
+        Self::check_purpose_policy(self.purpose, &policy)?;
         if policy.min_encryption_version > self.primary {
             return Err(Error::Precondition(format!(
                 "min_encryption_version {} is above the primary version {}; rotate first",
@@ -388,7 +461,8 @@ impl KeyRing {
                 "limits must be positive (omit them to disable)".into(),
             ));
         }
-        let period_changed = policy.rotation_period_secs != self.policy.rotation_period_secs;
+        let period_changed = policy.rotation_period_secs != self.policy.rotation_period_secs
+            || policy.allow_token_rotation != self.policy.allow_token_rotation;
         self.policy = policy;
         if period_changed {
             self.next_rotation_at = self.compute_next_rotation();
@@ -421,16 +495,33 @@ impl KeyRing {
             delete_at: self.delete_at,
             rotations: self.rotations.clone(),
         };
+        let ext = RingExtV2 {
+            purpose: self.purpose.id(),
+            allow_token_rotation: self.policy.allow_token_rotation,
+        };
+        let format = if ext == RingExtV2::default() {
+            RECORD_V1
+        } else {
+            RECORD_V2
+        };
         // Size the buffer up front so postcard never reallocates (a
         // reallocation would leave an unzeroized copy of key material).
         let mut cap = 512 + self.versions.len() * 128 + self.rotations.len() * 40;
         loop {
             let mut buf = Zeroizing::new(vec![0u8; cap]);
             if let Some(first) = buf.first_mut() {
-                *first = RECORD_V1;
+                *first = format;
             }
             let used = match buf.get_mut(1..) {
-                Some(tail) => postcard::to_slice(&rec, tail).map(|s| s.len()),
+                Some(tail) => postcard::to_slice(&rec, tail).map(|s| s.len()).and_then(|n| {
+                    if format == RECORD_V1 {
+                        return Ok(n);
+                    }
+                    match tail.get_mut(n..) {
+                        Some(rest) => postcard::to_slice(&ext, rest).map(|s| n + s.len()),
+                        None => Err(postcard::Error::SerializeBufferFull),
+                    }
+                }),
                 None => Err(postcard::Error::SerializeBufferFull),
             };
             match used {
@@ -451,10 +542,27 @@ impl KeyRing {
             reason,
         };
         let (&format, body) = plain.split_first().ok_or_else(|| corrupt("empty record"))?;
-        if format != RECORD_V1 {
-            return Err(corrupt("unknown key ring record format"));
-        }
-        let rec: RingRecordV1 = postcard::from_bytes(body).map_err(|_| corrupt("key ring record does not decode"))?;
+        let (rec, ext) = match format {
+            RECORD_V1 => (
+                postcard::from_bytes::<RingRecordV1>(body).map_err(|_| corrupt("key ring record does not decode"))?,
+                RingExtV2::default(),
+            ),
+            RECORD_V2 => {
+                let (rec, rest) = postcard::take_from_bytes::<RingRecordV1>(body)
+                    .map_err(|_| corrupt("key ring record does not decode"))?;
+                let ext: RingExtV2 =
+                    postcard::from_bytes(rest).map_err(|_| corrupt("key ring record extension does not decode"))?;
+                (rec, ext)
+            }
+            _ => return Err(corrupt("unknown key ring record format")),
+        };
+        let purpose = match ext.purpose {
+            0 => KeyPurpose::EncryptDecrypt,
+            1 => KeyPurpose::Tokenize,
+            _ => return Err(corrupt("unknown key purpose")),
+        };
+        let mut policy = rec.policy.clone();
+        policy.allow_token_rotation = ext.allow_token_rotation;
         let mut versions = Vec::with_capacity(rec.versions.len());
         for (i, v) in rec.versions.iter().enumerate() {
             if v.version as usize != i + 1 {
@@ -488,10 +596,11 @@ impl KeyRing {
             created_at: rec.created_at,
             primary: rec.primary,
             versions,
-            policy: rec.policy.clone(),
+            policy,
             next_rotation_at: rec.next_rotation_at,
             delete_at: rec.delete_at,
             rotations: rec.rotations.clone(),
+            purpose,
             revision: Some(revision),
         })
     }
@@ -529,6 +638,15 @@ struct RingRecordV1 {
     rotations: Vec<RotationEvent>,
 }
 
+/// Format-2 extension of a ring record (no secrets).
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct RingExtV2 {
+    /// [`KeyPurpose`] id: 0 encrypt/decrypt, 1 tokenize.
+    purpose: u8,
+    /// [`KeyPolicy::allow_token_rotation`].
+    allow_token_rotation: bool,
+}
+
 #[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
 struct VersionRecordV1 {
     version: u32,
@@ -564,6 +682,43 @@ mod tests {
         for n in 0..enc.len() {
             let _ = KeyRing::decode(&name, &enc[..n], Revision(1)); // never panics
         }
+    }
+
+    #[test]
+    fn token_keys_use_format_2_and_never_rotate_by_themselves() {
+        let name = KeyName::parse("t").unwrap();
+        let plain = KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 100);
+        assert_eq!(plain.encode()[0], RECORD_V1, "ordinary rings keep format 1");
+        let mut tok = KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 100)
+            .with_purpose(KeyPurpose::Tokenize);
+        let enc = tok.encode();
+        assert_eq!(enc[0], RECORD_V2);
+        let back = KeyRing::decode(&name, &enc, Revision(1)).unwrap();
+        assert_eq!(back.purpose, KeyPurpose::Tokenize);
+        assert!(!back.policy.allow_token_rotation);
+        for n in 0..enc.len() {
+            let _ = KeyRing::decode(&name, &enc[..n], Revision(1)); // never panics
+        }
+        // automatic rotation is refused, by policy and at the rotation itself
+        let auto = KeyPolicy {
+            rotation_period_secs: Some(3600),
+            ..KeyPolicy::default()
+        };
+        assert!(matches!(tok.set_policy(auto.clone()), Err(Error::Precondition(_))));
+        assert!(tok.rotate(200, RotationReason::Scheduled).is_err());
+        assert!(tok.rotate(200, RotationReason::Usage).is_err());
+        assert_eq!(tok.rotate(200, RotationReason::Manual).unwrap(), 2);
+        // unless asked
+        tok.set_policy(KeyPolicy {
+            allow_token_rotation: true,
+            ..auto
+        })
+        .unwrap();
+        assert!(tok.next_rotation_at.is_some());
+        assert_eq!(tok.rotate(300, RotationReason::Scheduled).unwrap(), 3);
+        let back = KeyRing::decode(&name, &tok.encode(), Revision(2)).unwrap();
+        assert!(back.policy.allow_token_rotation);
+        assert_eq!(back.policy.rotation_period_secs, Some(3600));
     }
 
     #[test]

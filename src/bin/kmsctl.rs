@@ -147,7 +147,8 @@ enum Cmd {
         /// The kind.
         #[arg(long)]
         kind: String,
-        /// Key version printed by tokenize (default: primary).
+        /// Key version printed by tokenize (required for PAN, sort code,
+        /// account number and phone tokens; 0 = primary for the others).
         #[arg(long, default_value_t = 0)]
         key_version: u32,
         /// The token.
@@ -225,6 +226,13 @@ struct PolicyArgs {
     /// Whether a manual rotation restarts the schedule.
     #[arg(long)]
     manual_rotation_resets_schedule: Option<bool>,
+    /// What the key is for, at creation: `encrypt` (default) or `tokenize`
+    /// (a token key never rotates by itself unless --allow-token-rotation).
+    #[arg(long, value_parser = ["encrypt", "tokenize"])]
+    purpose: Option<String>,
+    /// Let a token key rotate automatically (every token then changes).
+    #[arg(long)]
+    allow_token_rotation: Option<bool>,
 }
 
 impl PolicyArgs {
@@ -236,6 +244,11 @@ impl PolicyArgs {
             min_encryption_version: self.min_encryption_version,
             deletion_allowed: self.deletion_allowed,
             manual_rotation_resets_schedule: self.manual_rotation_resets_schedule,
+            purpose: self.purpose.as_deref().map(|p| match p {
+                "tokenize" => proto::KeyPurpose::Tokenize as i32,
+                _ => proto::KeyPurpose::EncryptDecrypt as i32,
+            }),
+            allow_token_rotation: self.allow_token_rotation,
         }
     }
 }

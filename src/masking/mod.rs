@@ -43,7 +43,7 @@ use std::str::FromStr;
 
 pub use detect::{redact, redact_until, Finding, RedactOptions, Redacted, Stopped};
 pub use mask::{mask, MaskOptions, Masked};
-pub use token::{detokenize, tokenize};
+pub use token::{detokenize, is_format_preserving, tokenize};
 
 /// The kinds of sensitive value this module knows how to find, mask and
 /// tokenize.

@@ -64,6 +64,12 @@ pub fn tokenize(key: &[u8; 32], tweak: &[u8], value: &str, kind: Kind) -> Result
     }
 }
 
+/// Whether tokens of `kind` are format-preserving (FF1 over the digits):
+/// they carry no key version, so detokenizing needs the version.
+pub fn is_format_preserving(kind: Kind) -> bool {
+    matches!(kind, Kind::Pan | Kind::UkSortCode | Kind::UkAccountNumber | Kind::Phone)
+}
+
 /// Reverses [`tokenize`]: returns the original value, or
 /// [`TokenError::InvalidToken`] when the token is malformed or was made
 /// under another key, tweak or kind.
