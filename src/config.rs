@@ -406,15 +406,11 @@ impl Config {
         out
     }
 
-    /// Checks a configuration file and reports every problem it can find:
-    /// each TOML or schema error with its line (the offending line is set
-    /// aside and parsing goes on), then every semantic problem, then files
-    /// that cannot be read (TLS certificates and keys, master key).
-    pub fn check_file(path: &Path) -> Vec<String> {
-        let mut text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) => return vec![format!("cannot read {}: {e}", path.display())],
-        };
+    /// Parses configuration text (read from `path`, which only names it in
+    /// messages), reporting each TOML or schema error with its line: the
+    /// offending line is set aside and parsing goes on (at most 50 errors).
+    /// Returns the configuration if some version of the text parsed.
+    pub fn parse_reporting(mut text: String, path: &Path) -> (Option<Self>, Vec<String>) {
         let mut problems = Vec::new();
         let cfg = loop {
             match toml::from_str::<Config>(&text) {
@@ -442,6 +438,19 @@ impl Config {
                 }
             }
         };
+        (cfg, problems)
+    }
+
+    /// Checks a configuration file and reports every problem it can find:
+    /// each TOML or schema error with its line (the offending line is set
+    /// aside and parsing goes on), then every semantic problem, then files
+    /// that cannot be read (TLS certificates and keys, master key).
+    pub fn check_file(path: &Path) -> Vec<String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => return vec![format!("cannot read {}: {e}", path.display())],
+        };
+        let (cfg, mut problems) = Self::parse_reporting(text, path);
         let Some(mut cfg) = cfg else { return problems };
         cfg.resolve(path.parent().unwrap_or(Path::new(".")));
         problems.extend(cfg.problems().into_iter().map(|p| format!("{}: {p}", path.display())));

@@ -192,6 +192,23 @@ fn restored_plaintext(rings: &RingStore, r: &SnapshotRecord) -> Result<(Zeroizin
     Ok((ring.encode(), stripped))
 }
 
+/// Frames `body` (what follows the magic: record count and records) as a
+/// format-2 snapshot with a valid MAC under `sealer`'s current key, so the
+/// fuzz target in `fuzz/` (and its stable replay in the daemon's
+/// `tests/fuzz_regressions.rs`) reaches the record parser behind the MAC.
+/// Not an API.
+#[doc(hidden)]
+pub fn fuzz_frame_snapshot(body: &[u8], sealer: &Sealer) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAGIC_V2.len() + body.len() + 32);
+    out.extend_from_slice(MAGIC_V2);
+    out.extend_from_slice(body);
+    if let Some(mut m) = mac_with(&sealer.subkey(Purpose::BackupMac)) {
+        m.update(&out);
+        out.extend_from_slice(&m.finalize().into_bytes());
+    }
+    out
+}
+
 /// Restores a verified snapshot into a store without key rings. Existing
 /// non-key records (the store marker, the restoring daemon's own audit
 /// key, tombstones) are kept; missing ones (officer enrolments) are
