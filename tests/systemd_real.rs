@@ -55,6 +55,20 @@ fn write_pki(dir: &Path) {
     }
 }
 
+/// Copies a directory tree, keeping file modes (the scripts are executable).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 #[test]
 fn operator_guide_works_under_systemd_as_pid1() {
     if let Some(why) = unavailable() {
@@ -66,25 +80,30 @@ fn operator_guide_works_under_systemd_as_pid1() {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    // Not under /tmp: the sandbox mounts its own /tmp and /run.
-    let pki = tempfile::Builder::new()
-        .prefix("systemd-real-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+    // Everything the script uses is staged under /var/tmp: the sandbox
+    // mounts its own /tmp and /run, and a clone of this repository (or its
+    // target directory) may well live under /tmp.
+    let stage = tempfile::Builder::new()
+        .prefix("kmsd-systemd-real-")
+        .tempdir_in("/var/tmp")
         .unwrap();
-    write_pki(pki.path());
-    let bin = Path::new(env!("CARGO_BIN_EXE_kmsd")).parent().unwrap();
-    assert_eq!(
-        Path::new(env!("CARGO_BIN_EXE_kmsctl")).parent(),
-        Some(bin),
-        "the script installs kmsd and kmsctl from one directory"
-    );
+    let st = stage.path();
+    std::fs::create_dir_all(st.join("pki")).unwrap();
+    write_pki(&st.join("pki"));
+    copy_tree(&root.join("systemd"), &st.join("systemd"));
+    for f in ["kmsd.example.toml", "policy.example.toml"] {
+        std::fs::copy(root.join(f), st.join(f)).unwrap();
+    }
+    std::fs::create_dir_all(st.join("bin")).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_kmsd"), st.join("bin/kmsd")).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_kmsctl"), st.join("bin/kmsctl")).unwrap();
 
     let started = Instant::now();
-    let out = Command::new(root.join("systemd/sandbox.sh"))
-        .arg(root.join("systemd/operator-guide-test.sh"))
+    let out = Command::new(st.join("systemd/sandbox.sh"))
+        .arg(st.join("systemd/operator-guide-test.sh"))
         .arg("240")
-        .env("KMSD_BIN", bin)
-        .env("KMSD_TEST_PKI", pki.path())
+        .env("KMSD_BIN", st.join("bin"))
+        .env("KMSD_TEST_PKI", st.join("pki"))
         .output()
         .expect("running systemd/sandbox.sh");
     let elapsed = started.elapsed();
