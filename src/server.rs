@@ -278,6 +278,18 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(config.limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        // HTTP/2 abuse limits, set explicitly (today's hyper/h2 defaults) so
+        // a dependency update cannot loosen them: a header block over 16 KiB
+        // is refused, which also caps its CONTINUATION frames (h2 sends
+        // GOAWAY ENHANCE_YOUR_CALM after max(5, 1.25 x 16 KiB / frame size));
+        // more than 20 streams reset by the client before they were accepted
+        // (rapid reset, CVE-2023-44487) or 1024 streams the server had to
+        // reset end the connection with GOAWAY ENHANCE_YOUR_CALM.
+        // tests/transport.rs: rapid_reset_leaves_other_clients_served,
+        // a_continuation_flood_is_cut_off_and_leaves_other_clients_served.
+        .http2_max_header_list_size(16 * 1024)
+        .http2_max_pending_accept_reset_streams(Some(20))
+        .http2_max_local_error_reset_streams(Some(1024))
         .layer(ConnLayer)
         .layer(crate::deadline::DeadlineLayer(config.limits.request_timeout))
         .layer(crate::metrics::InFlightLayer(metrics.clone()))

@@ -661,3 +661,228 @@ async fn a_one_mebibyte_header_leaves_other_clients_served() {
     create_as(&d, "client", "k4").await.unwrap();
     assert_eq!(key_names(&d).await, vec!["k1", "k2", "k3", "k4"]);
 }
+
+/// A raw TLS connection to the daemon's Unix socket with the client's
+/// certificate (ALPN h2), for clients that speak HTTP/2 themselves.
+async fn raw_tls(
+    settings: &kmsd::client::ClientSettings,
+    socket: &Path,
+) -> tokio_rustls::client::TlsStream<tokio::net::UnixStream> {
+    let cfg = kmsd::client::tls_config(&settings.ca, &settings.cert, &settings.key).unwrap();
+    let sock = tokio::net::UnixStream::connect(socket).await.unwrap();
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect("localhost".try_into().unwrap(), sock)
+        .await
+        .unwrap()
+}
+
+/// A memory figure of the daemon in KiB from /proc/PID/status: `VmRSS`
+/// (resident now) or `VmHWM` (peak resident).
+fn vm_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Rapid reset (CVE-2023-44487): one connection opens up to 10,000 streams
+/// and resets each at once (RST_STREAM CANCEL). The daemon ends that
+/// connection (GOAWAY) and a client with a certificate is served within two
+/// seconds per call throughout and afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_leaves_other_clients_served() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    let mut d = Daemon::start(dir.path());
+    served_quickly(&d, None, "before the rapid reset").await;
+    let done = Arc::new(AtomicBool::new(false));
+    let abuser = {
+        let (settings, socket, done) = (d.settings("client", None), d.socket.clone(), done.clone());
+        tokio::spawn(async move {
+            let tls = raw_tls(&settings, &socket).await;
+            let (mut send, conn) = h2::client::handshake(tls).await.unwrap();
+            let conn = tokio::spawn(conn);
+            let mut reset = 0u32;
+            let mut refused = None;
+            while reset < 10_000 {
+                let ready = tokio::time::timeout(Duration::from_secs(2), send.ready()).await;
+                send = match ready {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        refused = Some(e);
+                        break;
+                    }
+                    Err(_) => break,
+                };
+                let req = http::Request::post("http://localhost/kmsd.v1.Keys/ListKeys")
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .body(())
+                    .unwrap();
+                match send.send_request(req, false) {
+                    Ok((_response, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
+                    Err(e) => {
+                        refused = Some(e);
+                        break;
+                    }
+                }
+                reset += 1;
+            }
+            // the connection's own error, if the loop did not see it
+            let conn = tokio::time::timeout(Duration::from_secs(2), conn).await;
+            done.store(true, Ordering::Relaxed);
+            (reset, refused, conn)
+        })
+    };
+    let mut rounds = 0;
+    while !done.load(Ordering::Relaxed) && rounds < 20 {
+        served_quickly(&d, None, "during the rapid reset").await;
+        rounds += 1;
+    }
+    let (reset, refused, conn) = tokio::time::timeout(Duration::from_secs(10), abuser)
+        .await
+        .expect("the abuser finished")
+        .unwrap();
+    let conn_err = match conn {
+        Ok(Ok(Err(e))) => Some(e),
+        _ => None,
+    };
+    // The client queues its 10,000 HEADERS + RST_STREAM pairs faster than
+    // the daemon reads them; the daemon answers GOAWAY ENHANCE_YOUR_CALM,
+    // "too_many_resets" once more than 20 streams were reset before it
+    // accepted them (max_pending_accept_reset_streams) or
+    // "too_many_internal_resets" once it reset 1024 streams itself
+    // (max_local_error_reset_streams), whichever comes first.
+    let calm = refused
+        .iter()
+        .chain(conn_err.iter())
+        .any(|e| e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM));
+    assert!(
+        calm,
+        "the daemon must end a connection that resets {reset} streams with GOAWAY ENHANCE_YOUR_CALM (loop: {refused:?}, connection: {conn_err:?})"
+    );
+    eprintln!("rapid reset: {reset} streams reset, {rounds} rounds of 3 calls served meanwhile; {conn_err:?}");
+    assert!(
+        d.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the daemon died"
+    );
+    served_quickly(&d, None, "after the rapid reset").await;
+}
+
+/// A CONTINUATION flood (CVE-2024-27316 class): HEADERS without
+/// END_HEADERS on stream 1, then 8,000-byte CONTINUATION frames without end
+/// (up to 64 MiB). The daemon refuses the header block with a GOAWAY after a
+/// few frames and closes the connection (after its lingering close, which
+/// discards input for at most 2 s); its peak memory does not grow with the
+/// flood, and another client is served meanwhile and afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuation_flood_is_cut_off_and_leaves_other_clients_served() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    let mut d = Daemon::start(dir.path());
+    served_quickly(&d, None, "before the flood").await;
+    let rss_before = vm_kib(d.pid(), "VmRSS:");
+    const LIMIT: usize = 64 << 20;
+    let done = Arc::new(AtomicBool::new(false));
+    let abuser = {
+        let (settings, socket, done) = (d.settings("client", None), d.socket.clone(), done.clone());
+        tokio::spawn(async move {
+            let tls = raw_tls(&settings, &socket).await;
+            let (mut rd, mut wr) = tokio::io::split(tls);
+            // the server's frames until it closes: its GOAWAY's error code
+            // and debug data, and whether it closed within 9 s
+            let reader = tokio::spawn(async move {
+                let mut all = Vec::new();
+                let mut buf = [0u8; 4096];
+                let closed = loop {
+                    match tokio::time::timeout(Duration::from_secs(9), rd.read(&mut buf)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => break true,
+                        Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
+                        Err(_) => break false,
+                    }
+                };
+                let mut goaway = None;
+                let mut at = 0;
+                while at + 9 <= all.len() {
+                    let len = usize::from(all[at]) << 16 | usize::from(all[at + 1]) << 8 | usize::from(all[at + 2]);
+                    if all[at + 3] == 7 && at + 9 + len <= all.len() && len >= 8 {
+                        let p = &all[at + 9..at + 9 + len];
+                        let code = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+                        goaway = Some((code, String::from_utf8_lossy(&p[8..]).into_owned()));
+                    }
+                    at += 9 + len;
+                }
+                (goaway, closed)
+            });
+            let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+                let len = payload.len() as u32;
+                let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+                f.extend_from_slice(&stream.to_be_bytes());
+                f.extend_from_slice(payload);
+                f
+            };
+            let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+            start.extend(frame(4, 0, 0, &[])); // SETTINGS
+                                               // HEADERS, END_STREAM but not END_HEADERS: :method POST, :scheme http, :path /
+            start.extend(frame(1, 0x1, 1, &[0x83, 0x86, 0x84]));
+            // CONTINUATION: 1,000 valid literal fields `x: aaaaa` (8 bytes each)
+            let fields: Vec<u8> = (0..1000).flat_map(|_| *b"\x00\x01x\x05aaaaa").collect();
+            let continuation = frame(9, 0, 1, &fields);
+            let sent = std::sync::atomic::AtomicUsize::new(0);
+            let write = async {
+                wr.write_all(&start).await?;
+                sent.fetch_add(start.len(), Ordering::Relaxed);
+                while sent.load(Ordering::Relaxed) < LIMIT {
+                    wr.write_all(&continuation).await?;
+                    sent.fetch_add(continuation.len(), Ordering::Relaxed);
+                }
+                wr.flush().await
+            };
+            let ended = tokio::time::timeout(Duration::from_secs(8), write).await;
+            let sent = sent.into_inner();
+            let write_failed = matches!(ended, Ok(Err(_)));
+            let (goaway, closed) = reader.await.unwrap();
+            done.store(true, Ordering::Relaxed);
+            (sent, write_failed, goaway, closed)
+        })
+    };
+    let mut rounds = 0;
+    while !done.load(Ordering::Relaxed) && rounds < 20 {
+        served_quickly(&d, None, "during the flood").await;
+        rounds += 1;
+    }
+    let (sent, write_failed, goaway, closed) = tokio::time::timeout(Duration::from_secs(20), abuser)
+        .await
+        .expect("the abuser finished")
+        .unwrap();
+    // h2 allows a header block at most max(5, 1.25 × header list size /
+    // frame size) CONTINUATION frames, then GOAWAY ENHANCE_YOUR_CALM (0xb);
+    // a block over the size limit that keeps growing gets COMPRESSION_ERROR
+    // (0x9). After the GOAWAY the daemon discards input for at most
+    // `conn::LINGER` (2 s), then closes the socket.
+    assert!(
+        matches!(&goaway, Some((0xb | 0x9, _))),
+        "the daemon must refuse an endless header block with a GOAWAY: {goaway:?} after {sent} bytes"
+    );
+    assert!(
+        closed,
+        "the daemon must close the flooding connection ({sent} bytes sent)"
+    );
+    let rss_after = vm_kib(d.pid(), "VmHWM:");
+    assert!(
+        rss_after < rss_before + 100 * 1024,
+        "the daemon's memory grew from {rss_before} KiB to a peak of {rss_after} KiB"
+    );
+    assert!(
+        d.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the daemon died"
+    );
+    served_quickly(&d, None, "after the flood").await;
+    eprintln!(
+        "continuation flood: GOAWAY {goaway:?}; {sent} bytes sent, write failed {write_failed}; VmRSS {rss_before} KiB before, VmHWM {rss_after} KiB after"
+    );
+}
