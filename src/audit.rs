@@ -257,6 +257,18 @@ impl Head {
     }
 }
 
+/// Appends the newline a log's last line lacks, durably, so that the next
+/// record starts a line of its own. `bytes` is the file's current content.
+fn terminate_last_line(path: &Path, bytes: &[u8]) -> Result<(), AuditError> {
+    if bytes.is_empty() || bytes.last() == Some(&b'\n') {
+        return Ok(());
+    }
+    let io = |e: std::io::Error| AuditError(format!("{}: {e}", path.display()));
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).map_err(io)?;
+    std::io::Write::write_all(&mut f, b"\n").map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
 /// Moves an unterminated last line (a write torn by a crash) from a log
 /// that has no head yet into `<log>.torn`, durably. Complete lines are
 /// never touched.
@@ -806,7 +818,12 @@ impl Writer {
                 }
             }
             if !found {
-                return Ok(());
+                // The head's record may be the last line with its newline
+                // lost (the file cut by one byte), or missing altogether
+                // (truncation, for `verify` to report). Either way the next
+                // record must start on a line of its own, never glued to
+                // the last one.
+                return terminate_last_line(&self.path, &bytes);
             }
         }
         let mut adopted = 0u64;
