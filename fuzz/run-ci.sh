@@ -5,9 +5,12 @@
 # is left in fuzz/artifacts/<target>/ (copy it to fuzz/regressions/<target>/
 # so tests/fuzz_regressions.rs replays it on stable, then fix the bug).
 #   FUZZ_SECONDS   seconds per target (default 10)
+#   FUZZ_SEED      libFuzzer seed (default 1: a CI run is reproducible; explore
+#                  with other seeds and longer runs outside CI)
 set -euo pipefail
 cd "$(dirname "$0")"
 secs="${FUZZ_SECONDS:-10}"
+seed="${FUZZ_SEED:-1}"
 
 if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   echo "WARNING: no nightly toolchain: the fuzz targets are NOT built or run (rustup toolchain install nightly)" >&2
@@ -28,7 +31,7 @@ status=0
 for target in $(cargo +nightly fuzz list); do
   mkdir -p "$scratch/$target" "corpus/$target"
   if ! cargo +nightly fuzz run "$target" "$scratch/$target" "corpus/$target" -- \
-      -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=0 >"$scratch/$target.log" 2>&1; then
+      -max_total_time="$secs" -seed="$seed" -timeout=10 -rss_limit_mb=2048 -print_final_stats=0 >"$scratch/$target.log" 2>&1; then
     echo "fuzz: $target FAILED (input in fuzz/artifacts/$target/):" >&2
     tail -40 "$scratch/$target.log" >&2
     status=1
