@@ -425,30 +425,6 @@ impl KeyStore for CheckedStore {
         Ok(rec)
     }
 
-    fn put(&self, kind: RecordKind, name: &str, expected: Option<Revision>, value: &[u8]) -> Result<Revision, Error> {
-        let cond = match expected {
-            None => Cond::Absent,
-            Some(r) => Cond::At(r),
-        };
-        let revs = self.apply(&[Op {
-            kind,
-            name,
-            cond,
-            value: Some(value),
-        }])?;
-        Ok(revs.first().copied().flatten().unwrap_or(Revision(0)))
-    }
-
-    fn delete(&self, kind: RecordKind, name: &str, expected: Revision) -> Result<(), Error> {
-        self.apply(&[Op {
-            kind,
-            name,
-            cond: Cond::At(expected),
-            value: None,
-        }])
-        .map(|_| ())
-    }
-
     fn list(&self, kind: RecordKind, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error> {
         Self::internal(kind)?;
         self.inner.list(kind, prefix, after, limit)

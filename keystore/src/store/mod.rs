@@ -113,10 +113,32 @@ pub struct Op<'a> {
 pub trait KeyStore: Send + Sync + 'static {
     /// Reads a record.
     fn get(&self, kind: RecordKind, name: &str) -> Result<Option<Entry>, Error>;
-    /// Conditionally writes a record (see the contract).
-    fn put(&self, kind: RecordKind, name: &str, expected: Option<Revision>, value: &[u8]) -> Result<Revision, Error>;
-    /// Conditionally deletes a record.
-    fn delete(&self, kind: RecordKind, name: &str, expected: Revision) -> Result<(), Error>;
+    /// Conditionally writes a record (see the contract). By default one
+    /// [`apply`](Self::apply) of a single operation.
+    fn put(&self, kind: RecordKind, name: &str, expected: Option<Revision>, value: &[u8]) -> Result<Revision, Error> {
+        let cond = match expected {
+            None => Cond::Absent,
+            Some(r) => Cond::At(r),
+        };
+        let revs = self.apply(&[Op {
+            kind,
+            name,
+            cond,
+            value: Some(value),
+        }])?;
+        Ok(revs.first().copied().flatten().unwrap_or(Revision(0)))
+    }
+    /// Conditionally deletes a record. By default one
+    /// [`apply`](Self::apply) of a single operation.
+    fn delete(&self, kind: RecordKind, name: &str, expected: Revision) -> Result<(), Error> {
+        self.apply(&[Op {
+            kind,
+            name,
+            cond: Cond::At(expected),
+            value: None,
+        }])
+        .map(|_| ())
+    }
     /// Lists names (see the contract).
     fn list(&self, kind: RecordKind, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error>;
     /// Calls `f` on every record of `kind`, in name order.

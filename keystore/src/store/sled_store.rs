@@ -256,30 +256,6 @@ impl KeyStore for SledStore {
         }
     }
 
-    fn put(&self, kind: RecordKind, name: &str, expected: Option<Revision>, value: &[u8]) -> Result<Revision, Error> {
-        let cond = match expected {
-            None => super::Cond::Absent,
-            Some(r) => super::Cond::At(r),
-        };
-        let revs = self.apply(&[Op {
-            kind,
-            name,
-            cond,
-            value: Some(value),
-        }])?;
-        Ok(revs.first().copied().flatten().unwrap_or(Revision(0)))
-    }
-
-    fn delete(&self, kind: RecordKind, name: &str, expected: Revision) -> Result<(), Error> {
-        self.apply(&[Op {
-            kind,
-            name,
-            cond: super::Cond::At(expected),
-            value: None,
-        }])
-        .map(|_| ())
-    }
-
     fn list(&self, kind: RecordKind, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error> {
         let start = match after {
             Some(a) if a >= prefix => {
