@@ -18,6 +18,8 @@
 //! - [`page_token`]: opaque, sealed `ListKeys` page tokens.
 //! - [`rate`]: per-identity token buckets (`Tokenize`).
 //! - [`client`]: the mTLS gRPC client used by `kmsctl`, tests and benches.
+//! - [`offline`]: the commands run against a stopped daemon's store and
+//!   log (rekey, restore, officer enrolment, audit verification).
 //! - [`dev`]: the embedded dev setup (dev CA, certificates, master key).
 //! - [`masking`]: masking, redaction (validator-driven detectors) and
 //!   tokenization (FF1 / AES-GCM-SIV): pure functions shared by the daemon
@@ -47,6 +49,7 @@ pub mod masking;
 pub mod metrics;
 pub mod metrics_http;
 pub mod notify;
+pub mod offline;
 pub mod os;
 pub mod otp;
 pub mod page_token;

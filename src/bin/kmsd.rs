@@ -130,8 +130,22 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
-    let pb = indicatif::ProgressBar::new(total);
+/// Runs an offline command against the store of the configuration at
+/// `config`, printing what it did.
+fn offline<T: std::fmt::Display>(config: &std::path::Path, f: impl FnOnce(&Config) -> Result<T, String>) -> ExitCode {
+    init_tracing(LogFormat::Text);
+    match Config::load(config).map_err(|e| e.to_string()).and_then(|c| f(&c)) {
+        Ok(done) => {
+            println!("{done}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// A progress bar on stderr for an offline command.
+fn progress(what: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(0);
     if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})") {
         pb.set_style(style.progress_chars("=> "));
     }
@@ -139,55 +153,17 @@ fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
     pb
 }
 
-fn offline(config: &std::path::Path, f: impl FnOnce(&Config) -> Result<(), String>) -> ExitCode {
-    init_tracing(LogFormat::Text);
-    match Config::load(config).map_err(|e| e.to_string()).and_then(|c| f(&c)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(e),
-    }
-}
-
-fn rekey(cfg: &Config, new_key: &std::path::Path) -> Result<(), String> {
-    use kmsd::config::load_master_key;
-    use kmsd_keystore::Sealer;
-    let old = kmsd::server::sealer(cfg).map_err(|e| e.to_string())?;
-    let old_key = load_master_key(&cfg.master_key_path().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    let new = load_master_key(new_key).map_err(|e| e.to_string())?;
-    let mut sealer = Sealer::new(new).with_previous(old_key);
-    if let Some(prev) = &cfg.store.previous_master_key {
-        // resuming: the configured key may already be the new one
-        sealer = sealer.with_previous(load_master_key(prev).map_err(|e| e.to_string())?);
-    }
-    let rings = kmsd_keystore::RingStore::open(kmsd::server::open_store(cfg).map_err(|e| e.to_string())?, sealer)
-        .map_err(|e| e.to_string())?;
-    let sealer = rings.sealer();
-    let pb = progress(0, "rekey");
-    let (resealed, current) = kmsd_keystore::backup::rekey(rings.raw().as_ref(), sealer, &mut |done, total| {
+/// Runs `f` with a progress callback drawing a bar, finished if it succeeds.
+fn with_progress<T, E>(what: &str, f: impl FnOnce(kmsd::offline::Progress<'_>) -> Result<T, E>) -> Result<T, E> {
+    let pb = progress(what);
+    let out = f(&mut |done, total| {
         pb.set_length(total);
         pb.set_position(done);
-    })
-    .map_err(|e| e.to_string())?;
-    pb.finish();
-    println!(
-        "rekey complete: {resealed} records re-sealed, {current} already under the new key (old key id {}, new key id {}).",
-        old.key_id_hex(),
-        sealer.key_id_hex()
-    );
-    println!("Point store.master_key at the new key and remove store.previous_master_key.");
-    Ok(())
-}
-
-fn restore(cfg: &Config, file: &std::path::Path) -> Result<(), String> {
-    let rings = kmsd::server::open_rings(cfg).map_err(|e| e.to_string())?;
-    let bytes = std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
-    let records =
-        kmsd_keystore::backup::read_snapshot(&bytes, rings.sealer()).map_err(|e| format!("backup rejected: {e}"))?;
-    let pb = progress(records.len() as u64, "restore");
-    let n = kmsd_keystore::backup::restore_snapshot(&rings, &records, &mut |done, _| pb.set_position(done))
-        .map_err(|e| e.to_string())?;
-    pb.finish();
-    println!("restored {n} records from {}", file.display());
-    Ok(())
+    });
+    if out.is_ok() {
+        pb.finish();
+    }
+    out
 }
 
 fn main() -> ExitCode {
@@ -204,63 +180,22 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             };
         }
-        Cmd::Rekey { config, new_master_key } => return offline(&config, |cfg| rekey(cfg, &new_master_key)),
-        Cmd::Restore { config, file } => return offline(&config, |cfg| restore(cfg, &file)),
+        Cmd::Rekey { config, new_master_key } => {
+            return offline(&config, |cfg| {
+                with_progress("rekey", |p| kmsd::offline::rekey(cfg, &new_master_key, p))
+            })
+        }
+        Cmd::Restore { config, file } => {
+            return offline(&config, |cfg| {
+                with_progress("restore", |p| kmsd::offline::restore(cfg, &file, p))
+            })
+        }
         Cmd::OfficerEnroll {
             config,
             identity,
             replace,
-        } => {
-            return offline(&config, |cfg| {
-                let rings = kmsd::server::open_rings(cfg).map_err(|e| e.to_string())?;
-                let secret = kmsd::access::enroll(rings.raw().as_ref(), rings.sealer(), &identity, replace)
-                    .map_err(|e| e.to_string())?;
-                rings.raw().sync().map_err(|e| e.to_string())?;
-                println!("officer {identity} enrolled; add to the authenticator app, then discard:");
-                println!("{}", secret.otpauth_uri(&identity));
-                Ok(())
-            })
-        }
-        Cmd::AuditVerify { config, files } => {
-            return offline(&config, |cfg| {
-                let rings = kmsd::server::open_rings(cfg).map_err(|e| e.to_string())?;
-                let key = kmsd::access::audit_key(rings.raw().as_ref(), rings.sealer()).map_err(|e| e.to_string())?;
-                // the head first: the log read after it holds at least what it records
-                let anchor = kmsd::audit::read_head(&cfg.audit.path, &key)?;
-                let files = if files.is_empty() {
-                    kmsd::audit::log_files(&cfg.audit.path)
-                } else {
-                    files
-                };
-                // read in pieces: memory stays bounded whatever the log's size
-                let mut v = kmsd::audit::Verifier::new(&key, anchor);
-                let mut buf = vec![0u8; 1 << 20];
-                let mut result = Ok(());
-                'files: for f in &files {
-                    use std::io::Read as _;
-                    let mut file = std::fs::File::open(f).map_err(|e| format!("reading {}: {e}", f.display()))?;
-                    loop {
-                        let n = file
-                            .read(&mut buf)
-                            .map_err(|e| format!("reading {}: {e}", f.display()))?;
-                        let Some(piece) = buf.get(..n).filter(|p| !p.is_empty()) else {
-                            break;
-                        };
-                        result = v.feed(piece);
-                        if result.is_err() {
-                            break 'files;
-                        }
-                    }
-                }
-                match result.and_then(|()| v.finish()) {
-                    Ok(r) => {
-                        println!("OK {} records (seq {}..{})", r.records, r.first_seq, r.last_seq);
-                        Ok(())
-                    }
-                    Err(b) => Err(format!("BROKEN: {b}")),
-                }
-            });
-        }
+        } => return offline(&config, |cfg| kmsd::offline::officer_enrol(cfg, &identity, replace)),
+        Cmd::AuditVerify { config, files } => return offline(&config, |cfg| kmsd::offline::audit_verify(cfg, files)),
         Cmd::CheckConfig { file } => {
             let problems = Config::check_file(&file);
             if problems.is_empty() {
