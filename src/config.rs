@@ -200,6 +200,12 @@ pub struct Limits {
     /// Usage rotations (a version reaching `max_encryptions_per_version`)
     /// one call may cause; items beyond get RESOURCE_EXHAUSTED (default 16).
     pub max_rotations_per_call: u32,
+    /// Encryptions reserved per durable store write (default 16,384).
+    /// After a crash a version's count resumes from its reservation, so it
+    /// may over-count by less than one and a half blocks (never
+    /// under-count); smaller blocks over-count less and write (and seal)
+    /// more often.
+    pub usage_reservation_block: u64,
     /// Bytes of text being redacted or waiting to be sent back, over all
     /// `Redact` and `RedactStream` calls of the process (default 256 MiB).
     /// A message that finds no room waits (its request deadline at most).
@@ -229,6 +235,7 @@ impl Default for Limits {
             max_batch_items: 10_000,
             shutdown_timeout: Duration::from_secs(10),
             max_rotations_per_call: crate::keys::DEFAULT_MAX_ROTATIONS_PER_CALL,
+            usage_reservation_block: crate::keys::RESERVATION_BLOCK,
             max_redaction_bytes_in_flight: 256 * 1024 * 1024,
             max_pending_approvals: 64,
             max_pending_bytes: 256 << 20,
@@ -391,6 +398,9 @@ impl Config {
         }
         if self.limits.max_rotations_per_call == 0 {
             out.push("limits.max_rotations_per_call must be positive".into());
+        }
+        if self.limits.usage_reservation_block == 0 {
+            out.push("limits.usage_reservation_block must be positive".into());
         }
         if self.audit.queue_size == 0 {
             out.push("audit.queue_size must be positive".into());
@@ -609,6 +619,20 @@ mod tests {
         cfg.validate().unwrap();
         let bad = format!("{example}\nsurprise = 1\n");
         assert!(toml::from_str::<Config>(&bad).is_err());
+    }
+
+    #[test]
+    fn the_usage_reservation_block_defaults_to_the_example_and_must_be_positive() {
+        let example = include_str!("../kmsd.example.toml");
+        let mut cfg: Config = toml::from_str(example).unwrap();
+        assert_eq!(cfg.limits.usage_reservation_block, crate::keys::RESERVATION_BLOCK);
+        assert_eq!(
+            Limits::default().usage_reservation_block,
+            crate::keys::RESERVATION_BLOCK
+        );
+        cfg.limits.usage_reservation_block = 0;
+        let p = cfg.problems().join("\n");
+        assert!(p.contains("limits.usage_reservation_block must be positive"), "{p}");
     }
 
     #[test]

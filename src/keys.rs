@@ -9,11 +9,13 @@
 //!
 //! # Usage counting
 //! Encryptions are counted per version with atomics. Counts are made
-//! durable by *reserving* blocks: before a version may perform encryption
+//! durable by *reserving* blocks (`limits.usage_reservation_block`,
+//! default [`RESERVATION_BLOCK`]): before a version may perform encryption
 //! number `n`, a reservation `>= n + 1` must be in the store. After a crash
 //! the daemon resumes counting from the reserved total, so it may
-//! over-count (by less than one block) but never under-count. A version
-//! with `max_encryptions_per_version = L` performs at most `L`
+//! over-count (by less than one and a half blocks: the next block is
+//! reserved when half of the current one is left) but never under-count.
+//! A version with `max_encryptions_per_version = L` performs at most `L`
 //! encryptions; when the `L`-th is taken the key is rotated in the
 //! background, and a caller that finds the limit reached rotates it first.
 //!
@@ -29,7 +31,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Encryptions reserved per durable write.
+/// Encryptions reserved per durable write, by default
+/// (`limits.usage_reservation_block`).
 pub const RESERVATION_BLOCK: u64 = 16_384;
 
 /// Live usage counters of one version; shared by every snapshot of its
@@ -142,12 +145,12 @@ pub const MIN_ROTATION_PERIOD: (u64, u64) = (3_600, 1);
 
 /// Reserves the first block of a fresh primary in the same write that
 /// creates it, so its first encryptions do not wait for a store write.
-fn pre_reserve(r: &mut KeyRing) {
+fn pre_reserve(r: &mut KeyRing, block: u64) {
     let limit = r.policy.max_encryptions_per_version;
     let primary = r.primary;
     if let Some(v) = r.version_mut(primary) {
         if v.encryptions_reserved == 0 {
-            v.encryptions_reserved = limit.map_or(RESERVATION_BLOCK, |l| l.min(RESERVATION_BLOCK));
+            v.encryptions_reserved = limit.map_or(block, |l| l.min(block));
         }
     }
 }
@@ -173,6 +176,10 @@ pub struct Keys {
     rotations: [AtomicU64; 3],
     /// Usage rotations one call may cause (`limits.max_rotations_per_call`).
     max_rotations_per_call: std::sync::atomic::AtomicU32,
+    /// Encryptions reserved per durable write
+    /// (`limits.usage_reservation_block`): what a crash may over-count,
+    /// against one store write per block.
+    reservation_block: AtomicU64,
     /// Negative cache of version look-ups: name → (how many versions the
     /// ring had, until when that answer holds). A ciphertext naming a
     /// version the cached ring lacks re-reads the ring from the store
@@ -235,6 +242,7 @@ impl Keys {
             dev_mode,
             rotations: Default::default(),
             max_rotations_per_call: std::sync::atomic::AtomicU32::new(DEFAULT_MAX_ROTATIONS_PER_CALL),
+            reservation_block: AtomicU64::new(RESERVATION_BLOCK),
             absent: DashMap::new(),
             miss_reads: AtomicU64::new(0),
         };
@@ -251,6 +259,15 @@ impl Keys {
     /// Sets how many usage rotations one call may cause.
     pub fn set_max_rotations_per_call(&self, n: u32) {
         self.max_rotations_per_call.store(n, Ordering::Relaxed);
+    }
+
+    /// Sets how many encryptions one durable reservation covers (at least 1).
+    pub fn set_reservation_block(&self, n: u64) {
+        self.reservation_block.store(n.max(1), Ordering::Relaxed);
+    }
+
+    fn block(&self) -> u64 {
+        self.reservation_block.load(Ordering::Relaxed)
     }
 
     /// State for a call of up to `messages` encryptions.
@@ -542,7 +559,7 @@ impl Keys {
                 call.rotations_left -= 1;
                 self.in_background(name, version, true);
             }
-        } else if n + RESERVATION_BLOCK / 2 >= c.reserved.load(Ordering::Acquire)
+        } else if n + self.block() / 2 >= c.reserved.load(Ordering::Acquire)
             && !c.reserving.swap(true, Ordering::AcqRel)
         {
             self.in_background(name, version, false);
@@ -580,7 +597,8 @@ impl Keys {
         let result = (|| {
             let used = c.used.load(Ordering::Acquire);
             let reserved = c.reserved.load(Ordering::Acquire);
-            if used + RESERVATION_BLOCK / 2 < reserved || ring.primary != version {
+            let block = self.block();
+            if used + block / 2 < reserved || ring.primary != version {
                 return Ok(()); // someone else reserved meanwhile, or it is no longer primary
             }
             let key = KeyName::parse(name)?;
@@ -589,7 +607,7 @@ impl Keys {
                 let ver = r
                     .version_mut(version)
                     .ok_or_else(|| kmsd_keystore::Error::Precondition(format!("no version {version}")))?;
-                let mut target = ver.encryptions_reserved.max(reserved).max(used) + RESERVATION_BLOCK;
+                let mut target = ver.encryptions_reserved.max(reserved).max(used) + block;
                 if let Some(l) = limit {
                     target = target.min(l);
                 }
@@ -613,12 +631,13 @@ impl Keys {
         }
         let key = KeyName::parse(name)?;
         let now = self.clock.now();
+        let block = self.block();
         let (ring, rotated) = self.rings.update(&key, |r| {
             if r.primary != version {
                 return Ok(None);
             }
             let v = r.rotate(now, RotationReason::Usage)?;
-            pre_reserve(r);
+            pre_reserve(r, block);
             Ok(Some(v))
         })?;
         match rotated {
@@ -818,7 +837,7 @@ impl Keys {
             other => other.into(),
         })?;
         let mut ring = KeyRing::new(key, Algorithm::Aes256Gcm, policy, self.clock.now()).with_purpose(purpose);
-        pre_reserve(&mut ring);
+        pre_reserve(&mut ring, self.block());
         let ring = self.rings.create(ring).map_err(|e| match e {
             kmsd_keystore::Error::Conflict { name, .. } => Error::KeyExists(name),
             other => other.into(),
@@ -867,9 +886,10 @@ impl Keys {
     /// Adds a version and makes it primary. Durable when it returns.
     pub fn rotate(&self, name: &str, reason: RotationReason) -> Result<KeyRing, Error> {
         let now = self.clock.now();
+        let block = self.block();
         let (ring, new_version) = self.modify(name, |r| {
             let v = r.rotate(now, reason)?;
-            pre_reserve(r);
+            pre_reserve(r, block);
             Ok(v)
         })?;
         self.count_rotation(reason);
@@ -950,11 +970,12 @@ impl Keys {
             self.install(&current); // the deadline moved; refresh the schedule
             return Ok(false);
         }
+        let block = self.block();
         let (_, (rotated, destroyed)) = self.modify(name, |r| {
             let rotated = if r.rotation_due(now) {
                 let from = r.primary;
                 let to = r.rotate(now, RotationReason::Scheduled)?;
-                pre_reserve(r);
+                pre_reserve(r, block);
                 Some((from, to))
             } else {
                 None

@@ -65,6 +65,7 @@ pub fn open_keys(config: &Config) -> Result<Arc<Keys>, StartError> {
     let rings = open_rings(config)?;
     let keys = Keys::load(rings, Arc::new(SystemClock), config.dev_mode).map_err(|e| err("loading key rings", e))?;
     keys.set_max_rotations_per_call(config.limits.max_rotations_per_call);
+    keys.set_reservation_block(config.limits.usage_reservation_block);
     Ok(Arc::new(keys))
 }
 

@@ -171,6 +171,26 @@ fn encryption_counts_never_go_backwards_across_restarts() {
 }
 
 #[test]
+fn a_smaller_reservation_block_bounds_the_over_count_after_a_crash() {
+    let w = World::new(0);
+    let keys = w.keys();
+    keys.set_reservation_block(10);
+    keys.create("b", KeyPolicy::default()).unwrap();
+    for n in 1..=95u64 {
+        keys.encrypt("b", b"", b"").unwrap();
+        let stored = w.keys().get("b").unwrap().versions[0].encryptions_reserved;
+        assert!(stored >= n, "after {n} encryptions only {stored} are durably reserved");
+        assert!(
+            stored < n + 15,
+            "after {n} encryptions {stored} are reserved: over 1.5 blocks ahead"
+        );
+    }
+    // crash: a new instance resumes from the reservation, which is never
+    // below what was performed
+    assert!(w.keys().usage("b")[0].encryptions >= 95);
+}
+
+#[test]
 fn destruction_waits_then_removes_material_and_can_be_cancelled() {
     let w = World::new(10_000);
     let keys = w.keys();
