@@ -296,6 +296,13 @@ impl Daemon {
         self.spawn(&self.dir.join("kmsd.toml"));
     }
 
+    /// Starts again after `stop`/`kill` through `cmd` (like
+    /// [`Daemon::start_command`]: a wrapper that `exec`s `kmsd serve`).
+    pub fn restart_command(&mut self, cmd: Command) {
+        let _ = std::fs::remove_file(&self.socket);
+        self.spawn_command(cmd);
+    }
+
     /// Starts again after `stop`/`kill`.
     pub fn restart_after_stop(&mut self) {
         let _ = std::fs::remove_file(&self.socket);
