@@ -853,6 +853,7 @@ impl Writer {
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
             move_tail_aside(&self.path, &bytes, end, &format!(".unverified-{secs}"))?;
+            kmsd_keystore::failpoints::kill_point(kmsd_keystore::failpoints::AUDIT_RECOVER);
         }
         if adopted > 0 {
             tracing::warn!(
@@ -1033,11 +1034,13 @@ impl Writer {
     fn rotate(&mut self) -> Result<(), AuditError> {
         std::fs::rename(&self.path, rotated_path(&self.path, self.file_first_seq, self.seq))
             .map_err(|e| AuditError(format!("rotating: {e}")))?;
+        kmsd_keystore::failpoints::kill_point(kmsd_keystore::failpoints::AUDIT_ROTATE_RENAMED);
         self.file = None;
         self.file_first_seq = self.seq + 1;
         self.head_stale = true;
         self.write_head()?;
         self.head_stale = false;
+        kmsd_keystore::failpoints::kill_point(kmsd_keystore::failpoints::AUDIT_ROTATE_HEAD);
         self.prune()
     }
 

@@ -282,6 +282,7 @@ pub fn restore_snapshot(
             }
             Err(e) => return Err(e),
         }
+        crate::failpoints::kill_point(crate::failpoints::RESTORE_RECORD);
         progress(i as u64 + 1, total);
     }
     store.sync()?;
@@ -311,6 +312,7 @@ pub fn rekey(store: &dyn KeyStore, sealer: &Sealer, progress: &mut dyn FnMut(u64
             match store.put(*kind, name, Some(entry.revision), &sealed) {
                 Ok(_) => {
                     resealed += 1;
+                    crate::failpoints::kill_point(crate::failpoints::REKEY_RECORD);
                     break;
                 }
                 Err(Error::Conflict { .. }) => continue, // changed meanwhile: re-read

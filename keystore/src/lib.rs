@@ -15,6 +15,8 @@
 //! - [`keyring`]: versioned key rings and their record format.
 //! - [`backup`]: integrity-protected snapshots, and rekey under a new
 //!   master key.
+//! - [`failpoints`]: the names of every injected fault (live in test
+//!   builds only).
 //! - [`rings`]: [`RingStore`], the typed API the daemon uses: key rings
 //!   sealed and stored through any [`KeyStore`].
 //!
@@ -26,6 +28,7 @@
 pub mod aead;
 pub mod backup;
 pub mod error;
+pub mod failpoints;
 pub mod keyring;
 pub mod manifest;
 pub mod name;

@@ -104,6 +104,7 @@ impl RingStore {
             })?;
         }
         let checked = Arc::new(CheckedStore::open(store, sealer.clone())?);
+        crate::failpoints::kill_point(crate::failpoints::MANIFEST_OPEN);
         if checked.get(RecordKind::Meta, STORE_MARKER)?.is_none() {
             let sealed = sealer.seal(RecordKind::Meta, STORE_MARKER, b"kmsd store v1")?;
             match checked.put(RecordKind::Meta, STORE_MARKER, None, &sealed) {

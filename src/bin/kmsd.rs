@@ -170,6 +170,12 @@ fn main() -> ExitCode {
     // Before anything can start a thread (sled, tokio): this clears LISTEN_*.
     let passed = kmsd::os::take_listen_fds();
     let cli = Cli::parse();
+    // Test builds only (kmsd_keystore::failpoints): injected faults.
+    match kmsd_keystore::failpoints::configure_from_env() {
+        Ok(0) => {}
+        Ok(n) => eprintln!("kmsd: {n} failpoint(s) configured from FAILPOINTS (a test build)"),
+        Err(e) => return fail(e),
+    }
     let (config, dev) = match cli.cmd {
         Cmd::Init { master_key } => {
             return match kmsd_keystore::MasterKey::create_file(&master_key) {

@@ -13,7 +13,7 @@
 //! of any blob files, and of the directories holding them. Only then is
 //! the write acknowledged.
 use super::{check_cond, storage_key, Entry, KeyStore, Op, RecordKind, Revision};
-use crate::Error;
+use crate::{failpoints, Error};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
@@ -125,6 +125,7 @@ impl SledStore {
             sync_lock: Mutex::new(()),
             sync_each_write: std::sync::atomic::AtomicBool::new(true),
         };
+        failpoints::kill_point(failpoints::STORE_OPEN);
         store.sync()?;
         Ok(store)
     }
@@ -202,9 +203,9 @@ impl SledStore {
         Ok(())
     }
 
-    fn write_done(&self) -> Result<(), Error> {
+    fn write_done(&self, names: &[&str]) -> Result<(), Error> {
         if self.sync_each_write.load(std::sync::atomic::Ordering::SeqCst) {
-            self.sync()
+            self.sync_for(names)
         } else {
             Ok(())
         }
@@ -236,6 +237,32 @@ impl SledStore {
 
     fn name_of(key: &[u8]) -> Option<String> {
         std::str::from_utf8(key.get(1..)?).ok().map(str::to_owned)
+    }
+
+    /// [`KeyStore::sync`], for a batch writing `names` (the store
+    /// failpoints can target it).
+    fn sync_for(&self, names: &[&str]) -> Result<(), Error> {
+        let _guard = self
+            .sync_lock
+            .lock()
+            .map_err(|_| Error::Backend("sync lock poisoned".into()))?;
+        failpoints::store_fault(failpoints::STORE_FLUSH, names)?;
+        {
+            let g = self.read_db()?;
+            live(&g)?.flush()?;
+        }
+        failpoints::store_fault(failpoints::STORE_FSYNC, names)?;
+        Self::fsync_path(&self.path.join("db"))?;
+        Self::fsync_path(&self.path.join("conf"))?;
+        let blobs = self.path.join("blobs");
+        if let Ok(rd) = std::fs::read_dir(&blobs) {
+            for entry in rd.flatten() {
+                Self::fsync_path(&entry.path())?;
+            }
+            Self::fsync_path(&blobs)?;
+        }
+        Self::fsync_path(&self.path)?;
+        Ok(())
     }
 
     fn fsync_path(p: &Path) -> Result<(), Error> {
@@ -303,6 +330,8 @@ impl KeyStore for SledStore {
 
     fn apply(&self, ops: &[Op<'_>]) -> Result<Vec<Option<Revision>>, Error> {
         use sled::transaction::{ConflictableTransactionError as Cte, TransactionError};
+        let names: Vec<&str> = ops.iter().map(|o| o.name).collect();
+        failpoints::store_fault(failpoints::STORE_WRITE, &names)?;
         // A sled transaction is one atomic batch in the log: after a crash
         // recovery finds all of it or none of it.
         let g = self.read_db()?;
@@ -331,7 +360,7 @@ impl KeyStore for SledStore {
         drop(g);
         match result {
             Ok(out) => {
-                self.write_done()?;
+                self.write_done(&names)?;
                 Ok(out)
             }
             Err(TransactionError::Abort(e)) => Err(e),
@@ -344,24 +373,6 @@ impl KeyStore for SledStore {
     }
 
     fn sync(&self) -> Result<(), Error> {
-        let _guard = self
-            .sync_lock
-            .lock()
-            .map_err(|_| Error::Backend("sync lock poisoned".into()))?;
-        {
-            let g = self.read_db()?;
-            live(&g)?.flush()?;
-        }
-        Self::fsync_path(&self.path.join("db"))?;
-        Self::fsync_path(&self.path.join("conf"))?;
-        let blobs = self.path.join("blobs");
-        if let Ok(rd) = std::fs::read_dir(&blobs) {
-            for entry in rd.flatten() {
-                Self::fsync_path(&entry.path())?;
-            }
-            Self::fsync_path(&blobs)?;
-        }
-        Self::fsync_path(&self.path)?;
-        Ok(())
+        self.sync_for(&[])
     }
 }
