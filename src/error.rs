@@ -55,8 +55,10 @@ pub enum Error {
     /// A stored record failed its integrity check.
     #[error("key {0:?}: stored record is corrupt or was tampered with")]
     Corrupt(String),
-    /// The store is unavailable or failed.
-    #[error("key store unavailable")]
+    /// The store is unavailable or failed (a write or `fsync` error, or a
+    /// store that refuses writes after one until restart). A change that
+    /// fails so was not made.
+    #[error("key store unavailable (a storage fault; details in the daemon's log): retry later")]
     StoreUnavailable,
     /// Concurrent changes kept conflicting.
     #[error("key {0:?} was changed concurrently; retry")]

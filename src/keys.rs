@@ -809,7 +809,7 @@ impl Keys {
             let key = KeyName::parse(name)?;
             let wl = self.write_lock(name);
             let _g = lock(&wl);
-            let (ring, _) = self.rings.update(&key, |r| {
+            let written = self.rings.update(&key, |r| {
                 for (ver, (d, t)) in r.versions.iter_mut().zip(&snapshot) {
                     ver.decryptions = ver.decryptions.max(*d);
                     if *t > 0 {
@@ -817,6 +817,12 @@ impl Keys {
                     }
                 }
                 Ok(())
+            });
+            let (ring, _) = written.inspect_err(|_| {
+                // not persisted: the next flush (or shutdown) tries again
+                for v in &ring.versions {
+                    v.counters.dirty.store(true, Ordering::Release);
+                }
             })?;
             self.install(&ring);
         }

@@ -477,6 +477,10 @@ async fn watchdog(every: std::time::Duration, mut stop: watch::Receiver<bool>) {
 /// never longer than `MAX_SLEEP`, so a wall-clock jump is noticed soon.
 async fn scheduler(keys: Arc<Keys>, mut stop: watch::Receiver<bool>) {
     const MAX_SLEEP: std::time::Duration = std::time::Duration::from_secs(30);
+    // A deadline still due right after a run is one whose write failed (a
+    // storage fault): retry after 1 s, doubling up to MAX_SLEEP, rather
+    // than at once in a loop that would spin a core and flood the log.
+    let mut backoff = std::time::Duration::ZERO;
     loop {
         let now = keys.now();
         let k = keys.clone();
@@ -492,9 +496,18 @@ async fn scheduler(keys: Arc<Keys>, mut stop: watch::Receiver<bool>) {
                     .map(|d| d.as_millis() as i64)
                     .unwrap_or(0);
                 let ms = (t.saturating_mul(1000) - now_ms).max(0) as u64;
-                std::time::Duration::from_millis(ms).min(MAX_SLEEP)
+                if t <= now {
+                    backoff = (backoff * 2).clamp(std::time::Duration::from_secs(1), MAX_SLEEP);
+                    backoff
+                } else {
+                    backoff = std::time::Duration::ZERO;
+                    std::time::Duration::from_millis(ms).min(MAX_SLEEP)
+                }
             }
-            None => MAX_SLEEP,
+            None => {
+                backoff = std::time::Duration::ZERO;
+                MAX_SLEEP
+            }
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}

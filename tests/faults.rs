@@ -10,12 +10,13 @@
 mod common;
 
 use common::*;
-use kmsd::proto::{self, keys_client::KeysClient};
-use std::path::Path;
-use std::process::Command;
+use kmsd::proto::{self, crypto_client::CryptoClient, keys_client::KeysClient};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use tonic::transport::Channel;
 use tonic::Code;
 
+type Crypto = CryptoClient<Channel>;
 type Keys = KeysClient<Channel>;
 
 const KMSD: &str = env!("CARGO_BIN_EXE_kmsd");
@@ -49,10 +50,71 @@ async fn get(keys: &mut Keys, name: &str) -> Result<proto::KeyInfo, tonic::Statu
         .map(|r| r.into_inner())
 }
 
+async fn rotate(keys: &mut Keys, name: &str) -> Result<proto::KeyInfo, tonic::Status> {
+    keys.rotate_key(proto::RotateKeyRequest { name: name.into() })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn destroy(keys: &mut Keys, name: &str, version: u32) -> Result<proto::KeyInfo, tonic::Status> {
+    keys.schedule_version_destruction(proto::ScheduleVersionDestructionRequest {
+        name: name.into(),
+        version,
+        waiting_period_seconds: 1,
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+async fn encrypt(crypto: &mut Crypto, key: &str, pt: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+    crypto
+        .encrypt(proto::EncryptRequest {
+            key: key.into(),
+            plaintext: pt.to_vec(),
+            associated_data: b"faults".to_vec(),
+        })
+        .await
+        .map(|r| r.into_inner().ciphertext)
+}
+
+async fn decrypt(crypto: &mut Crypto, key: &str, ct: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+    crypto
+        .decrypt(proto::DecryptRequest {
+            key: key.into(),
+            ciphertext: ct.to_vec(),
+            associated_data: b"faults".to_vec(),
+        })
+        .await
+        .map(|r| r.into_inner().plaintext)
+}
+
+async fn health(d: &Daemon) -> i32 {
+    let mut h = tonic_health::pb::health_client::HealthClient::new(d.channel().await);
+    h.check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
 fn unavailable<T: std::fmt::Debug>(r: Result<T, tonic::Status>, what: &str) -> tonic::Status {
     let e = r.expect_err(what);
     assert_eq!(e.code(), Code::Unavailable, "{what}: {e:?}");
     e
+}
+
+fn version_state(info: &proto::KeyInfo, v: u32) -> i32 {
+    info.versions.iter().find(|x| x.version == v).unwrap().state
+}
+
+/// Every acknowledged ciphertext (key, plaintext, ciphertext).
+type Acked = Vec<(String, Vec<u8>, Vec<u8>)>;
+
+async fn assert_all_decrypt(d: &Daemon, acked: &Acked) {
+    let (mut crypto, _) = d.clients().await;
+    for (key, pt, ct) in acked {
+        assert_eq!(&decrypt(&mut crypto, key, ct).await.unwrap(), pt, "{key}");
+    }
 }
 
 // ---------------------------------------------------------------- (a)
@@ -122,4 +184,459 @@ async fn the_test_build_daemon_injects_the_faults_it_is_given() {
     create(&mut keys, "fine").await.unwrap();
     assert_eq!(get(&mut keys, "doomed").await.unwrap_err().code(), Code::NotFound);
     assert!(d.log_text().contains("injected at failpoint store-write"));
+}
+
+// ---------------------------------------------------------------- (b)
+
+/// The store's write failing (`EIO`, before anything is applied) at each
+/// step: create, rotate, usage reservation, destruction (the call that
+/// schedules it and the scheduler's write that performs it). Each call
+/// fails `UNAVAILABLE`, changes nothing, the daemon keeps serving other
+/// keys, reads and health, the same call succeeds once the fault is gone,
+/// and after a restart without failpoints every acknowledged write is
+/// there and no failed one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_store_write_changes_nothing_and_the_daemon_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    let mut acked: Acked = vec![];
+    // clean run: the keys the faulty run works on
+    let mut d = start_fp(dir.path(), "");
+    let (mut crypto, mut keys) = d.clients().await;
+    for k in ["other", "rot", "use", "des"] {
+        create(&mut keys, k).await.unwrap();
+        let ct = encrypt(&mut crypto, k, k.as_bytes()).await.unwrap();
+        acked.push((k.into(), k.as_bytes().to_vec(), ct));
+    }
+    rotate(&mut keys, "des").await.unwrap();
+    d.stop();
+
+    // Each key's N-th write in this run fails (creation of `new` is its
+    // first; `use` reserves at its first encryption after a restart; the
+    // scheduler's destruction of des v1 is des's third write).
+    let mut d = start_fp(dir.path(), "store-write=return(new@1,rot@1,use@1,des@1,des@3)");
+    let (mut crypto, mut keys) = d.clients().await;
+
+    // create
+    let e = unavailable(create(&mut keys, "new").await, "create");
+    assert!(e.message().contains("key store unavailable (a storage fault"), "{e:?}");
+    assert_eq!(get(&mut keys, "new").await.unwrap_err().code(), Code::NotFound);
+    create(&mut keys, "new").await.unwrap();
+    let ct = encrypt(&mut crypto, "new", b"new").await.unwrap();
+    acked.push(("new".into(), b"new".to_vec(), ct));
+
+    // rotate
+    unavailable(rotate(&mut keys, "rot").await, "rotate");
+    assert_eq!(get(&mut keys, "rot").await.unwrap().primary_version, 1);
+    let ct = encrypt(&mut crypto, "rot", b"rot v1").await.unwrap();
+    acked.push(("rot".into(), b"rot v1".to_vec(), ct));
+    assert_eq!(rotate(&mut keys, "rot").await.unwrap().primary_version, 2);
+
+    // usage reservation (the data path's durable write)
+    unavailable(encrypt(&mut crypto, "use", b"u").await, "reservation");
+    let ct = encrypt(&mut crypto, "use", b"use 2").await.unwrap();
+    acked.push(("use".into(), b"use 2".to_vec(), ct));
+
+    // destruction: scheduling it, then the scheduler performing it
+    unavailable(destroy(&mut keys, "des", 1).await, "schedule destruction");
+    assert_eq!(
+        version_state(&get(&mut keys, "des").await.unwrap(), 1),
+        proto::VersionState::DecryptOnly as i32
+    );
+    destroy(&mut keys, "des", 1).await.unwrap();
+    // the scheduler's first attempt fails (des@3); it retries
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let info = get(&mut keys, "des").await.unwrap();
+        if version_state(&info, 1) == proto::VersionState::Destroyed as i32 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "destruction never retried");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        d.log_text().contains("scheduled key maintenance failed"),
+        "the scheduler's write was not the one that failed: {}",
+        d.log_text()
+    );
+    acked.retain(|(k, _, _)| k != "des"); // its v1 ciphertext is gone with v1
+
+    // meanwhile everything else was served
+    let ct = encrypt(&mut crypto, "other", b"still").await.unwrap();
+    acked.push(("other".into(), b"still".to_vec(), ct));
+    assert_all_decrypt(&d, &acked).await;
+    assert_eq!(health(&d).await, 1, "SERVING");
+    d.stop();
+
+    // after a restart without failpoints: exactly the acknowledged writes
+    let d = start_fp(dir.path(), "");
+    let (_, mut keys) = d.clients().await;
+    assert_eq!(get(&mut keys, "new").await.unwrap().versions.len(), 1);
+    assert_eq!(get(&mut keys, "rot").await.unwrap().primary_version, 2);
+    let des = get(&mut keys, "des").await.unwrap();
+    assert_eq!(version_state(&des, 1), proto::VersionState::Destroyed as i32);
+    assert_all_decrypt(&d, &acked).await;
+}
+
+/// The store's flush or `fsync` failing after sled applied the batch in
+/// memory, at each step: create, rotate, usage reservation, scheduling a
+/// destruction, and the scheduler performing it. The call fails
+/// `UNAVAILABLE`; the batch is undone at once (readers, the ring cache and
+/// the next flush never see it) and the store refuses writes until the
+/// daemon restarts (after a failed `fsync` the kernel may have dropped the
+/// dirty pages: no later write is acknowledged on top of them). Reads,
+/// decryption, encryption within a reservation and health keep being
+/// served; the scheduler backs off instead of spinning. After a `SIGKILL`
+/// and a restart without failpoints the failed write is not there, every
+/// acknowledged one is, and the same step succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_flush_or_fsync_is_undone_and_writes_wait_for_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    let mut acked: Acked = vec![];
+    let points = ["store-flush", "store-fsync"];
+    let mut d = start_fp(dir.path(), "");
+    let (mut crypto, mut keys) = d.clients().await;
+    for k in ["other", "rot", "use"] {
+        create(&mut keys, k).await.unwrap();
+        let ct = encrypt(&mut crypto, k, k.as_bytes()).await.unwrap();
+        acked.push((k.into(), k.as_bytes().to_vec(), ct));
+    }
+    for p in points {
+        for k in [format!("des-{p}"), format!("dp-{p}")] {
+            create(&mut keys, &k).await.unwrap();
+            rotate(&mut keys, &k).await.unwrap();
+        }
+    }
+    d.stop();
+    let mut rot_primary = 1;
+
+    for p in points {
+        for step in ["create", "rotate", "reserve", "schedule-destruction", "destroy"] {
+            let new = format!("new-{p}");
+            let (des, dp) = (format!("des-{p}"), format!("dp-{p}"));
+            if step == "destroy" {
+                // due a second after this clean run: the faulty run's scheduler performs it
+                let d = start_fp(dir.path(), "");
+                let (_, mut keys) = d.clients().await;
+                destroy(&mut keys, &dp, 1).await.unwrap();
+                drop(d); // SIGKILL: nothing else written meanwhile
+            }
+            let target = match step {
+                "create" => &new,
+                "rotate" => "rot",
+                "reserve" => "use",
+                "schedule-destruction" => &des,
+                _ => &dp,
+            };
+            let what = format!("{p} at {step}");
+            let mut d = start_fp(dir.path(), &format!("{p}=return({target})"));
+            let (mut crypto, mut keys) = d.clients().await;
+            // a reservation of another key, taken before the fault (the
+            // scheduler's destruction may come first: it is due at start)
+            let reserved = step != "destroy";
+            if reserved {
+                let ct = encrypt(&mut crypto, "other", b"before").await.unwrap();
+                acked.push(("other".into(), b"before".to_vec(), ct));
+            }
+            match step {
+                "create" => {
+                    unavailable(create(&mut keys, &new).await, &what);
+                    assert_eq!(get(&mut keys, &new).await.unwrap_err().code(), Code::NotFound, "{what}");
+                }
+                "rotate" => {
+                    unavailable(rotate(&mut keys, "rot").await, &what);
+                    assert_eq!(
+                        get(&mut keys, "rot").await.unwrap().primary_version,
+                        rot_primary,
+                        "{what}"
+                    );
+                }
+                "reserve" => {
+                    unavailable(encrypt(&mut crypto, "use", b"x").await, &what);
+                }
+                "schedule-destruction" => {
+                    unavailable(destroy(&mut keys, &des, 1).await, &what);
+                    let info = get(&mut keys, &des).await.unwrap();
+                    assert_eq!(
+                        version_state(&info, 1),
+                        proto::VersionState::DecryptOnly as i32,
+                        "{what}"
+                    );
+                }
+                _ => {
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                    while !d.log_text()[d.log_offset..].contains("scheduled key maintenance failed") {
+                        assert!(std::time::Instant::now() < deadline, "{what}: no destruction attempted");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    // the scheduler retries with a back-off, not in a loop
+                    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+                    let attempts = d.log_text()[d.log_offset..]
+                        .matches("scheduled key maintenance failed")
+                        .count();
+                    assert!((2..=4).contains(&attempts), "{what}: {attempts} attempts in 2.5 s");
+                    let info = get(&mut keys, &dp).await.unwrap();
+                    assert_eq!(
+                        version_state(&info, 1),
+                        proto::VersionState::ScheduledForDestruction as i32,
+                        "{what}"
+                    );
+                }
+            }
+            let log = d.log_text()[d.log_offset..].to_owned();
+            assert!(log.contains("failed to reach the disk: undone"), "{what}: {log}");
+            // writes wait for a restart; everything else is served
+            unavailable(create(&mut keys, &format!("later-{p}-{step}")).await, &what);
+            if reserved {
+                let ct = encrypt(&mut crypto, "other", b"within the reservation").await.unwrap();
+                acked.push(("other".into(), b"within the reservation".to_vec(), ct));
+            }
+            assert_all_decrypt(&d, &acked).await;
+            assert_eq!(health(&d).await, 1, "{what}: SERVING");
+            d.kill();
+
+            // restart without failpoints: the failed write is absent, the step succeeds
+            let mut d = start_fp(dir.path(), "");
+            let (mut crypto, mut keys) = d.clients().await;
+            assert_eq!(
+                get(&mut keys, &format!("later-{p}-{step}")).await.unwrap_err().code(),
+                Code::NotFound
+            );
+            match step {
+                "create" => {
+                    assert_eq!(get(&mut keys, &new).await.unwrap_err().code(), Code::NotFound, "{what}");
+                    create(&mut keys, &new).await.unwrap();
+                    let ct = encrypt(&mut crypto, &new, b"new").await.unwrap();
+                    acked.push((new.clone(), b"new".to_vec(), ct));
+                }
+                "rotate" => {
+                    assert_eq!(
+                        get(&mut keys, "rot").await.unwrap().primary_version,
+                        rot_primary,
+                        "{what}"
+                    );
+                    rot_primary = rotate(&mut keys, "rot").await.unwrap().primary_version;
+                    let ct = encrypt(&mut crypto, "rot", b"rot").await.unwrap();
+                    acked.push(("rot".into(), b"rot".to_vec(), ct));
+                }
+                "reserve" => {
+                    let ct = encrypt(&mut crypto, "use", b"use").await.unwrap();
+                    acked.push(("use".into(), b"use".to_vec(), ct));
+                }
+                "schedule-destruction" => {
+                    let info = get(&mut keys, &des).await.unwrap();
+                    assert_eq!(
+                        version_state(&info, 1),
+                        proto::VersionState::DecryptOnly as i32,
+                        "{what}"
+                    );
+                    let info = destroy(&mut keys, &des, 1).await.unwrap();
+                    assert_eq!(
+                        version_state(&info, 1),
+                        proto::VersionState::ScheduledForDestruction as i32,
+                        "{what}"
+                    );
+                }
+                _ => {
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                    while version_state(&get(&mut keys, &dp).await.unwrap(), 1) != proto::VersionState::Destroyed as i32
+                    {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "{what}: not destroyed after restart"
+                        );
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            assert_all_decrypt(&d, &acked).await;
+            d.stop();
+        }
+    }
+}
+
+// ------------------------------------------- (b) offline: rekey, restore
+
+fn kmsd_cmd(args: &[&std::ffi::OsStr], fp: &str) -> Command {
+    let mut c = Command::new(KMSD);
+    c.args(args);
+    if !fp.is_empty() {
+        c.env("FAILPOINTS", fp);
+    }
+    c
+}
+
+fn rekey_cmd(dir: &Path, new_key: &Path, fp: &str) -> Command {
+    let config = dir.join("kmsd.toml");
+    kmsd_cmd(
+        &[
+            "rekey".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--new-master-key".as_ref(),
+            new_key.as_os_str(),
+        ],
+        fp,
+    )
+}
+
+fn restore_cmd(dir: &Path, file: &Path, fp: &str) -> Command {
+    let config = dir.join("kmsd.toml");
+    kmsd_cmd(
+        &[
+            "restore".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+            file.as_os_str(),
+        ],
+        fp,
+    )
+}
+
+fn run_ok(mut c: Command, what: &str) -> Output {
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// Runs `c`, which must fail with the injected `EIO`.
+fn run_fails_with_eio(mut c: Command, what: &str) {
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{what}: succeeded");
+    assert!(err.contains("Input/output error"), "{what}: {err}");
+}
+
+fn new_master_key(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    run_ok(
+        kmsd_cmd(&["init".as_ref(), "--master-key".as_ref(), p.as_os_str()], ""),
+        "init",
+    );
+    p
+}
+
+/// `kmsd audit-verify` over every retained audit file.
+fn assert_audit_verifies(dir: &Path) {
+    let config = dir.join("kmsd.toml");
+    let out = run_ok(
+        kmsd_cmd(&["audit-verify".as_ref(), "--config".as_ref(), config.as_os_str()], ""),
+        "audit-verify",
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK "));
+}
+
+/// Keys `fk-0..n` (every third rotated), one acknowledged ciphertext per
+/// version; the daemon is stopped.
+async fn fill(dir: &Path, n: usize) -> Acked {
+    let mut d = start_fp(dir, "");
+    let (mut crypto, mut keys) = d.clients().await;
+    let mut acked = vec![];
+    for i in 0..n {
+        let k = format!("fk-{i}");
+        create(&mut keys, &k).await.unwrap();
+        let pt = format!("pt {i}").into_bytes();
+        acked.push((k.clone(), pt.clone(), encrypt(&mut crypto, &k, &pt).await.unwrap()));
+        if i % 3 == 0 {
+            rotate(&mut keys, &k).await.unwrap();
+            let pt = format!("pt {i} v2").into_bytes();
+            acked.push((k.clone(), pt.clone(), encrypt(&mut crypto, &k, &pt).await.unwrap()));
+        }
+    }
+    d.stop();
+    acked
+}
+
+/// Makes `key` the configured master key (the old one kept as
+/// `master-key.old`).
+fn switch_master_key(dir: &Path, key: &Path) {
+    std::fs::rename(dir.join("master-key"), dir.join("master-key.old")).unwrap();
+    std::fs::rename(key, dir.join("master-key")).unwrap();
+}
+
+/// `kmsd rekey` whose store write, then `fsync`, fails half-way: it exits
+/// non-zero; the store opens with the new key and the old one as
+/// `previous_master_key` (every record under one of them) and serves every
+/// acknowledged ciphertext; the same command run again completes, and the
+/// new key alone then opens everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rekey_whose_write_or_fsync_fails_is_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    let acked = fill(dir.path(), 6).await;
+    let new_key = new_master_key(dir.path(), "master-key.new");
+    run_fails_with_eio(
+        rekey_cmd(dir.path(), &new_key, "store-write=return(fk-2)"),
+        "rekey, write",
+    );
+    run_fails_with_eio(
+        rekey_cmd(dir.path(), &new_key, "store-fsync=return(fk-4)"),
+        "rekey, fsync",
+    );
+    // the old key still opens the store's marker, or the new one does: the
+    // documented intermediate configuration (new key, old as previous) serves all
+    switch_master_key(dir.path(), &new_key);
+    let mut d = Daemon::start_with(dir.path(), "previous_master_key = \"master-key.old\"");
+    assert_all_decrypt(&d, &acked).await;
+    d.stop();
+    // the same command again (now with the new key configured) completes
+    let current = dir.path().join("master-key");
+    let out = run_ok(rekey_cmd(dir.path(), &current, ""), "rekey again");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rekey complete"));
+    let d = Daemon::start(dir.path()); // no previous key
+    assert_all_decrypt(&d, &acked).await;
+    drop(d);
+    assert_audit_verifies(dir.path());
+}
+
+/// Writes a backup of `dir`'s store (daemon stopped after).
+async fn backup(dir: &Path) -> PathBuf {
+    let mut d = start_fp(dir, "");
+    let file = dir.join("snap.kmsdbak");
+    let out = Command::new(env!("CARGO_BIN_EXE_kmsctl"))
+        .args(["backup", file.to_str().unwrap()])
+        .env("KMSD_ADDR", format!("unix:{}", d.socket.display()))
+        .env("KMSD_CA", dir.join("ca.pem"))
+        .env("KMSD_CERT", dir.join("client.pem"))
+        .env("KMSD_KEY", dir.join("client.key"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    d.stop();
+    file
+}
+
+/// A fresh state directory with the PKI and master key of `from`.
+fn fresh_target(from: &Path) -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    Pki::new(t.path());
+    std::fs::copy(from.join("master-key"), t.path().join("master-key")).unwrap();
+    write_config(t.path(), None, "");
+    t
+}
+
+/// `kmsd restore` whose store write, then `fsync`, fails half-way: it
+/// exits non-zero; the same command run again completes and the daemon
+/// serves every acknowledged ciphertext of the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_whose_write_or_fsync_fails_is_resumed() {
+    let src = tempfile::tempdir().unwrap();
+    Pki::new(src.path());
+    let acked = fill(src.path(), 6).await;
+    let file = backup(src.path()).await;
+    let t = fresh_target(src.path());
+    run_fails_with_eio(
+        restore_cmd(t.path(), &file, "store-write=return(fk-2)"),
+        "restore, write",
+    );
+    run_fails_with_eio(
+        restore_cmd(t.path(), &file, "store-fsync=return(fk-4)"),
+        "restore, fsync",
+    );
+    run_ok(restore_cmd(t.path(), &file, ""), "restore again");
+    let d = start_fp(t.path(), "");
+    assert_all_decrypt(&d, &acked).await;
+    drop(d);
+    assert_audit_verifies(t.path());
 }

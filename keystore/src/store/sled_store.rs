@@ -12,6 +12,16 @@
 //! `flush`, then a full `fsync` (`File::sync_all`) of sled's log file,
 //! of any blob files, and of the directories holding them. Only then is
 //! the write acknowledged.
+//!
+//! # A write that fails
+//! Failing before sled applies the batch (the write step), it changed
+//! nothing and the store goes on. Failing after (the flush or the
+//! `fsync`), the batch is undone in memory at once and the store refuses
+//! every further write until it is opened again (`SledStore::undo`
+//! says why): readers never see a write reported as failed, and after a
+//! restart the store holds exactly the acknowledged writes. Reads go on
+//! meanwhile. The faults are tested with the failpoints of
+//! [`crate::failpoints`] (tests/faults.rs).
 use super::{check_cond, storage_key, Entry, KeyStore, Op, RecordKind, Revision};
 use crate::{failpoints, Error};
 use std::fs::File;
@@ -88,6 +98,19 @@ pub struct SledStore {
     /// Whether every write is synced before it returns (always, except
     /// during a bulk load that ends with one explicit `sync`).
     sync_each_write: std::sync::atomic::AtomicBool,
+    /// Set when a write's flush or `fsync` failed after sled had applied
+    /// it: the store then refuses writes until it is opened again (see
+    /// [`SledStore::undo`]).
+    poisoned: std::sync::atomic::AtomicBool,
+}
+
+/// How to put one record of a batch back as it was.
+struct Undo {
+    key: Vec<u8>,
+    /// The stored value before the batch (`None`: absent).
+    before: Option<Vec<u8>>,
+    /// The value the batch wrote (`None`: deleted).
+    after: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -124,6 +147,7 @@ impl SledStore {
             path: path.to_owned(),
             sync_lock: Mutex::new(()),
             sync_each_write: std::sync::atomic::AtomicBool::new(true),
+            poisoned: std::sync::atomic::AtomicBool::new(false),
         };
         failpoints::kill_point(failpoints::STORE_OPEN);
         store.sync()?;
@@ -159,6 +183,7 @@ impl SledStore {
             .db
             .write()
             .map_err(|_| Error::Backend("store lock poisoned".into()))?;
+        self.writable()?;
         let Some(db) = guard.as_ref() else {
             return Err(Error::Backend("the store is closed (a reclaim failed half-way)".into()));
         };
@@ -209,6 +234,63 @@ impl SledStore {
         } else {
             Ok(())
         }
+    }
+
+    /// Refuses writes once a failed flush or `fsync` poisoned the store.
+    fn writable(&self) -> Result<(), Error> {
+        if self.poisoned.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Backend(
+                "the store refuses writes since a write failed to reach the disk (flush or fsync error); \
+                 restart kmsd once the disk is healthy"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A batch sled applied in memory failed to become durable (its flush
+    /// or `fsync` failed). Left alone it would be visible to readers and
+    /// would reach the disk with the next flush: a write reported as
+    /// failed would appear. So every record is put back as it was (unless
+    /// a later write replaced it meanwhile) and the store is poisoned:
+    /// after a failed `fsync` the kernel may have dropped the dirty pages
+    /// and a later `fsync` that succeeds proves nothing about them, so no
+    /// further write is acknowledged until the store is opened again
+    /// (restart), when sled recovers whatever reached the disk: the state
+    /// before the batch (the batch is one atomic log entry, and the undo
+    /// is logged after it). Reads keep being served. Returns the error
+    /// for the caller.
+    fn undo(&self, undo: &[Undo], cause: Error) -> Error {
+        use sled::transaction::ConflictableTransactionError as Cte;
+        self.poisoned.store(true, std::sync::atomic::Ordering::SeqCst);
+        let reverted = self.read_db().and_then(|g| {
+            live(&g)?
+                .transaction(|tx| {
+                    for u in undo {
+                        if tx.get(&u.key)?.as_deref() != u.after.as_deref() {
+                            continue; // replaced since: that write's own
+                        }
+                        match &u.before {
+                            Some(v) => tx.insert(u.key.as_slice(), v.as_slice())?,
+                            None => tx.remove(u.key.as_slice())?,
+                        };
+                    }
+                    Ok::<(), Cte<Error>>(())
+                })
+                .map_err(|e| Error::Backend(format!("undoing a write that did not reach the disk: {e}")))
+        });
+        // Best effort: the undo on disk too, before a restart reads it.
+        let synced = reverted.as_ref().ok().map(|()| self.sync_for(&[]));
+        tracing::error!(
+            error = %cause,
+            undone = reverted.is_ok(),
+            undo_synced = matches!(synced, Some(Ok(()))),
+            "a store write failed to reach the disk: undone, and the store refuses writes until kmsd restarts"
+        );
+        Error::Backend(format!(
+            "the write did not reach the disk and was undone ({cause}); \
+             the store refuses writes until kmsd restarts"
+        ))
     }
 
     fn decode(kind: RecordKind, name: &str, raw: &[u8]) -> Result<Entry, Error> {
@@ -331,38 +413,47 @@ impl KeyStore for SledStore {
     fn apply(&self, ops: &[Op<'_>]) -> Result<Vec<Option<Revision>>, Error> {
         use sled::transaction::{ConflictableTransactionError as Cte, TransactionError};
         let names: Vec<&str> = ops.iter().map(|o| o.name).collect();
+        self.writable()?;
         failpoints::store_fault(failpoints::STORE_WRITE, &names)?;
         // A sled transaction is one atomic batch in the log: after a crash
         // recovery finds all of it or none of it.
         let g = self.read_db()?;
         let result = live(&g)?.transaction(|tx| {
             let mut out = Vec::with_capacity(ops.len());
+            let mut undo = Vec::with_capacity(ops.len());
             for op in ops {
                 let key = storage_key(op.kind, op.name);
-                let current = match tx.get(&key)? {
+                let before = tx.get(&key)?;
+                let current = match &before {
                     None => None,
-                    Some(raw) => Some(Self::decode(op.kind, op.name, &raw).map_err(Cte::Abort)?.revision.0),
+                    Some(raw) => Some(Self::decode(op.kind, op.name, raw).map_err(Cte::Abort)?.revision.0),
                 };
                 let rev = check_cond(op.kind, op.name, op.cond, current).map_err(Cte::Abort)?;
-                match op.value {
+                let after = op.value.map(|v| Self::encode(rev, v));
+                match &after {
                     Some(v) => {
-                        tx.insert(key, Self::encode(rev, v))?;
+                        tx.insert(key.clone(), v.clone())?;
                         out.push(Some(Revision(rev)));
                     }
                     None => {
-                        tx.remove(key)?;
+                        tx.remove(key.clone())?;
                         out.push(None);
                     }
                 }
+                undo.push(Undo {
+                    key,
+                    before: before.map(|b| b.to_vec()),
+                    after,
+                });
             }
-            Ok(out)
+            Ok((out, undo))
         });
         drop(g);
         match result {
-            Ok(out) => {
-                self.write_done(&names)?;
-                Ok(out)
-            }
+            Ok((out, undo)) => match self.write_done(&names) {
+                Ok(()) => Ok(out),
+                Err(e) => Err(self.undo(&undo, e)),
+            },
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(e.into()),
         }
