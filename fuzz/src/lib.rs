@@ -102,7 +102,12 @@ pub fn audit_verify(data: &[u8]) {
     }
 }
 
-static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+thread_local! {
+    /// A scratch directory per thread: `tests/fuzz_regressions.rs` replays
+    /// the seeds and the regressions on two test threads at once, and two
+    /// recoveries in one directory see each other's files.
+    static DIR: tempfile::TempDir = tempfile::tempdir().expect("a scratch directory");
+}
 
 /// Audit tail recovery (the writer opening a log after a crash) over a log
 /// file and a MAC'd head file in a scratch directory. Input: flags byte, 5
@@ -142,11 +147,11 @@ pub fn audit_recover(data: &[u8]) {
             ..Anchor::default()
         }
     });
-    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("a scratch directory"));
     let before = std::str::from_utf8(&log)
         .ok()
         .map(|t| verify(t, &key, head.as_ref()).is_ok());
-    if let Ok((text, new_head)) = fuzzing::recover_and_append(dir.path(), &log, head.as_ref(), &key_bytes) {
+    let recovered = DIR.with(|dir| fuzzing::recover_and_append(dir.path(), &log, head.as_ref(), &key_bytes));
+    if let Ok((text, new_head)) = recovered {
         if before == Some(true) {
             if let Err(e) = verify(&text, &key, Some(&new_head)) {
                 panic!("a log that verified no longer does after recovery: {e}\n{text}");
