@@ -21,9 +21,10 @@
 //! - [`offline`]: the commands run against a stopped daemon's store and
 //!   log (rekey, restore, officer enrolment, audit verification).
 //! - [`dev`]: the embedded dev setup (dev CA, certificates, master key).
-//! - [`masking`]: masking, redaction (validator-driven detectors) and
-//!   tokenization (FF1 / AES-GCM-SIV): pure functions shared by the daemon
-//!   and `kmsctl redact`; [`mask_service`] serves them as `kmsd.v1.Mask`.
+//! - [`masking`]: the `kmsd-masking` crate (`masking/`), re-exported:
+//!   masking, redaction (validator-driven detectors) and tokenization
+//!   (FF1 / AES-GCM-SIV), pure functions shared by the daemon and
+//!   `kmsctl redact`; [`mask_service`] serves them as `kmsd.v1.Mask`.
 //! - [`metrics`]: Prometheus metrics (atomics; internal-only listener).
 //! - [`notify`]: the systemd notification protocol.
 //! - [`os`]: the one module with `unsafe`: prctl, rlimits, mlock,
@@ -45,7 +46,6 @@ pub mod dev;
 pub mod error;
 pub mod keys;
 pub mod mask_service;
-pub mod masking;
 pub mod metrics;
 pub mod metrics_http;
 pub mod notify;
@@ -68,3 +68,7 @@ pub mod proto {
 }
 
 pub use error::Error;
+
+/// Masking, redaction and tokenization: the [`kmsd_masking`] crate, kept at
+/// its old path so `kmsd::masking::…` callers need no change.
+pub use kmsd_masking as masking;

@@ -1,6 +1,9 @@
 //! Masking, redaction and tokenization of sensitive values.
 //!
-//! This module owns three pure, allocation-light operations over strings:
+//! This crate owns three pure, allocation-light operations over strings. It
+//! has no daemon dependencies (no async runtime, RPC, configuration or
+//! logging), so a log shipper or a CLI can embed it; the kmsd daemon serves
+//! it as `kmsd.v1.Mask` and re-exports it as `kmsd::masking`:
 //!
 //! - [`mask()`]: mask one known value of a known [`Kind`] (PAN, IBAN, e-mail…)
 //!   so that only what the policy allows stays readable (for a PAN: last
@@ -16,7 +19,7 @@
 //!   through FF1 (NIST SP 800-38G, [`ff1`]); the others become `tok_…`
 //!   strings sealed with AES-256-GCM-SIV ([`token`]).
 //!
-//! # What this module must never do
+//! # What this crate must never do
 //! It never logs, and no `Debug`, `Display` or error value it defines ever
 //! carries an input value, a PAN, a token or key material: errors name the
 //! *kind* of problem only. It holds no keys: key material is a parameter,
@@ -30,6 +33,9 @@
 //! - [`luhn`], [`iban`]: validators.
 //! - [`ff1`]: FF1 format-preserving encryption (AES-256, radix 2..=36).
 //! - [`token`]: key derivation and the tokenization formats.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod detect;
 pub mod ff1;
@@ -45,7 +51,7 @@ pub use detect::{redact, redact_until, Finding, RedactOptions, Redacted, Stopped
 pub use mask::{mask, MaskOptions, Masked};
 pub use token::{detokenize, is_format_preserving, tokenize};
 
-/// The kinds of sensitive value this module knows how to find, mask and
+/// The kinds of sensitive value this crate knows how to find, mask and
 /// tokenize.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
