@@ -152,6 +152,39 @@ pub struct Tls {
     pub allow_multiple_uri_sans: bool,
 }
 
+impl Tls {
+    /// The URI SAN rules this section configures.
+    pub fn identity_rules(&self) -> crate::tls::IdentityRules {
+        crate::tls::IdentityRules {
+            allow_multiple_uri_sans: self.allow_multiple_uri_sans,
+            trust_domains: self.trust_domains.clone(),
+        }
+    }
+
+    /// What the TLS server configuration is built from.
+    pub fn server_tls(&self) -> crate::tls::ServerTls {
+        crate::tls::ServerTls {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            client_ca: self.client_ca.clone(),
+            client_crls: self.client_crls.clone(),
+            rules: self.identity_rules(),
+        }
+    }
+}
+
+impl Limits {
+    /// The admission limits of the TLS acceptor.
+    pub fn admission(&self) -> crate::tls::Admission {
+        crate::tls::Admission {
+            max_connections: self.max_connections,
+            max_handshakes: self.max_handshakes,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+}
+
 /// Key store.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -472,7 +505,7 @@ impl Config {
             }
             Err(e) => problems.push(format!("{}: policy: {e}", path.display())),
         }
-        if let Err(e) = crate::tls::server_config(&cfg.tls) {
+        if let Err(e) = crate::tls::server_config(&cfg.tls.server_tls()) {
             problems.push(format!("{}: tls: {e}", path.display()));
         }
         if let Some(prev) = &cfg.store.previous_master_key {
@@ -507,45 +540,9 @@ impl Config {
     }
 }
 
-/// Refuses a secret file (master key, TLS private key) that group or
-/// others may read or write, as OpenSSH does for private keys: on a shared
-/// host a `0644` key is a key every local account holds. Files under
-/// systemd's `$CREDENTIALS_DIRECTORY` are exempt: systemd makes that
-/// directory readable by the service alone (and the files are not ours to
-/// chmod). A file that cannot be inspected is left to the loader, whose
-/// error says why it cannot be read.
-pub fn check_secret_file(path: &Path, what: &str) -> Result<(), ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
-    let Ok(meta) = std::fs::metadata(path) else {
-        return Ok(());
-    };
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 == 0 || in_credentials_directory(path) {
-        return Ok(());
-    }
-    Err(ConfigError::Invalid(format!(
-        "{} is accessible by group or others (mode {mode:04o}): a {what} must be readable by the kmsd \
-         user alone (chmod 600 {})",
-        path.display(),
-        path.display()
-    )))
-}
-
-/// Whether `path` (symlinks resolved) lies in systemd's credentials
-/// directory.
-fn in_credentials_directory(path: &Path) -> bool {
-    let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
-        return false;
-    };
-    match (Path::new(&dir).canonicalize(), path.canonicalize()) {
-        (Ok(dir), Ok(file)) => file.starts_with(dir),
-        _ => false,
-    }
-}
-
-/// Loads a master key file after [`check_secret_file`].
+/// Loads a master key file after [`crate::ops::secret_file::check`].
 pub fn load_master_key(path: &Path) -> Result<kmsd_keystore::MasterKey, ConfigError> {
-    check_secret_file(path, "master key")?;
+    crate::ops::secret_file::check(path, "master key").map_err(ConfigError::Invalid)?;
     kmsd_keystore::MasterKey::load(path).map_err(|e| ConfigError::Invalid(e.to_string()))
 }
 

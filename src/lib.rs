@@ -6,9 +6,9 @@
 //!   AES-256-GCM core, with per-message derived keys.
 //! - [`keys`]: key rings in memory (zeroizing, cached so the data path
 //!   never reads the store) and their administration through the store.
-//! - [`tls`]: rustls server configuration and client identities;
-//!   [`conn`]: admission (handshake budget with eviction, cap on
-//!   authenticated connections, idle timeout) and the per-request identity.
+//! - [`tls`]: PEM loading, the rustls server configuration, client
+//!   identities, and admission (handshake budget with eviction, cap on
+//!   authenticated connections, idle timeout, the per-request identity).
 //! - [`service`]: the gRPC services (`kmsd.v1.Crypto`, `kmsd.v1.Keys`).
 //! - [`server`]: start-up (self-test, master key, store, listeners) and
 //!   graceful shutdown.
@@ -27,6 +27,7 @@
 //!   `kmsctl redact`; [`mask_service`] serves them as `kmsd.v1.Mask`.
 //! - [`metrics`]: Prometheus metrics (atomics; internal-only listener).
 //! - [`notify`]: the systemd notification protocol.
+//! - [`ops::secret_file`]: the permission rule for secret files.
 //! - [`os`]: the one module with `unsafe`: prctl, rlimits, mlock,
 //!   sockets passed by systemd.
 //! - [`error`]: the daemon's error type and its one mapping to gRPC status.
@@ -39,7 +40,6 @@ pub mod audit;
 pub mod authz;
 pub mod client;
 pub mod config;
-pub mod conn;
 pub mod crypto;
 pub mod deadline;
 pub mod dev;
@@ -50,6 +50,7 @@ pub mod metrics;
 pub mod metrics_http;
 pub mod notify;
 pub mod offline;
+pub mod ops;
 pub mod os;
 pub mod otp;
 pub mod page_token;

@@ -9,13 +9,13 @@
 //! the old configuration stays. SIGTERM stops accepting, lets in-flight
 //! calls finish within `limits.shutdown_timeout`, syncs the store and exits.
 use crate::config::Config;
-use crate::conn::{Acceptor, ConnLayer};
 use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::notify::notify;
 use crate::os::PassedSocket;
 use crate::proto;
 use crate::service::{CryptoService, KeysService, Shared};
+use crate::tls::acceptor::{Acceptor, ConnLayer};
 use crate::tls::{self, RawStream};
 use kmsd_keystore::{KeyStore, RingStore, Sealer, SledStore, SystemClock};
 use std::future::Future;
@@ -237,7 +237,9 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
     kmsd_keystore::aead::self_test()
         .map_err(|e| StartError(format!("AEAD self-test failed, refusing to start: {e}")))?;
     tracing::info!("AEAD self-test passed");
-    let tls_config = Arc::new(RwLock::new(tls::server_config(&config.tls).map_err(|e| err("TLS", e))?));
+    let tls_config = Arc::new(RwLock::new(
+        tls::server_config(&config.tls.server_tls()).map_err(|e| err("TLS", e))?,
+    ));
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
         keys: std::sync::OnceLock::new(),
@@ -248,8 +250,8 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
     let (conn_tx, conn_rx) = mpsc::channel(128);
     let acceptor = Acceptor::new(
         tls_config.clone(),
-        tls::IdentityRules::from_config(&config.tls),
-        config.limits.clone(),
+        config.tls.identity_rules(),
+        config.limits.admission(),
         metrics.clone(),
         conn_tx,
     );
@@ -392,7 +394,7 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
             _ = &mut shutdown => break,
             Some(()) = reload.recv() => {
                 notify("RELOADING=1\nSTATUS=reloading");
-                match tls::server_config(&config.tls) {
+                match tls::server_config(&config.tls.server_tls()) {
                     Ok(new) => {
                         if let Ok(mut cur) = tls_config.write() {
                             *cur = new;

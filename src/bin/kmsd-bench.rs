@@ -201,10 +201,10 @@ async fn echo_server(dir: &Path, socket: &Path, tcp: &str) -> Result<(), BoxErro
         allow_multiple_uri_sans: false,
     };
     let (tx, rx) = tokio::sync::mpsc::channel(128);
-    let acceptor = kmsd::conn::Acceptor::new(
-        Arc::new(std::sync::RwLock::new(kmsd::tls::server_config(&tls)?)),
-        kmsd::tls::IdentityRules::from_config(&tls),
-        limits.clone(),
+    let acceptor = kmsd::tls::acceptor::Acceptor::new(
+        Arc::new(std::sync::RwLock::new(kmsd::tls::server_config(&tls.server_tls())?)),
+        tls.identity_rules(),
+        limits.admission(),
         Arc::new(kmsd::metrics::Metrics::default()),
         tx,
     );
@@ -228,7 +228,7 @@ async fn echo_server(dir: &Path, socket: &Path, tcp: &str) -> Result<(), BoxErro
         .timeout(limits.request_timeout)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .layer(kmsd::conn::ConnLayer)
+        .layer(kmsd::tls::acceptor::ConnLayer)
         .add_service(
             proto::crypto_server::CryptoServer::new(Echo)
                 .max_decoding_message_size(max)

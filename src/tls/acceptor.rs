@@ -24,9 +24,9 @@
 //! Evictions, refusals and idle closes are counted in [`Metrics`]. This
 //! module never decides who may do what: it hands the verified identity to
 //! the services through [`ConnLayer`].
-use crate::config::Limits;
+use super::identity::{IdentityError, IdentityRules, PeerIdentity};
+use super::SharedServerConfig;
 use crate::metrics::Metrics;
-use crate::tls::{IdentityError, IdentityRules, PeerIdentity, RawStream, SharedServerConfig};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
@@ -162,6 +163,67 @@ impl Drop for Slot {
     }
 }
 
+/// The admission limits (from `[limits]`: `config::Limits::admission`).
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// Authenticated connections open at once, over all listeners.
+    pub max_connections: usize,
+    /// Connections in the TLS handshake at once, over all listeners.
+    pub max_handshakes: usize,
+    /// A TLS handshake must finish within this.
+    pub handshake_timeout: std::time::Duration,
+    /// An authenticated connection with no request in flight this long is closed.
+    pub idle_timeout: std::time::Duration,
+}
+
+/// A plain stream from any listener.
+pub enum RawStream {
+    /// TCP.
+    Tcp(TcpStream),
+    /// Unix socket.
+    Unix(UnixStream),
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            RawStream::Tcp($s) => $e,
+            RawStream::Unix($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for RawStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for RawStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        delegate!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            RawStream::Tcp(s) => s.is_write_vectored(),
+            RawStream::Unix(s) => s.is_write_vectored(),
+        }
+    }
+}
+
 /// Shared state of every accept loop.
 #[derive(Clone)]
 pub struct Acceptor {
@@ -172,7 +234,7 @@ pub struct Acceptor {
     /// Handshakes in progress, over all listeners.
     pending: Arc<Mutex<Pending>>,
     /// Handshake budget and timeout, idle timeout.
-    limits: Limits,
+    limits: Admission,
     /// URI SAN rules (also enforced in the handshake by the verifier).
     rules: Arc<IdentityRules>,
     /// Counters and gauges.
@@ -186,7 +248,7 @@ impl Acceptor {
     pub fn new(
         config: SharedServerConfig,
         rules: IdentityRules,
-        limits: Limits,
+        limits: Admission,
         metrics: Arc<Metrics>,
         out: mpsc::Sender<Conn>,
     ) -> Self {
