@@ -69,7 +69,7 @@ fn redaction(c: &mut Criterion) {
 
 fn audit(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let metrics = std::sync::Arc::new(kmsd::metrics::Metrics::default());
+    let metrics = std::sync::Arc::new(kmsd::ops::metrics::Metrics::default());
     let handle = kmsd::audit::spawn(
         &dir.path().join("audit.log"),
         kmsd::audit::AuditKey::from_bytes(&[1; 32]),

@@ -430,7 +430,7 @@ impl Access {
         audit_path: PathBuf,
         audit_options: crate::audit::Options,
         keys: &Arc<Keys>,
-        metrics: Arc<crate::metrics::Metrics>,
+        metrics: Arc<crate::ops::metrics::Metrics>,
     ) -> Result<Self, String> {
         let policy = Policy::load(&policy_path).map_err(|e| e.to_string())?;
         let dev_mode = keys.dev_mode();

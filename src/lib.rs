@@ -1,38 +1,43 @@
 //! kmsd: an isolated encryption and key-management daemon.
 //!
 //! # Layout
-//! - [`config`]: the typed TOML configuration (`deny_unknown_fields`).
-//! - [`crypto`]: the ciphertext envelope (format 1) over the keystore's
-//!   AES-256-GCM core, with per-message derived keys.
-//! - [`keys`]: key rings in memory (zeroizing, cached so the data path
-//!   never reads the store) and their administration through the store.
-//! - [`tls`]: PEM loading, the rustls server configuration, client
-//!   identities, and admission (handshake budget with eviction, cap on
+//! Serving a call, from the socket inwards:
+//! - [`server`]: start-up (self-test, master key, store, listeners),
+//!   reload and graceful shutdown; the one place that wires the parts.
+//! - [`tls`]: PEM loading ([`tls::pem`]), the rustls server configuration
+//!   ([`tls::server`]), client identities ([`tls::identity`]) and admission
+//!   ([`tls::acceptor`]: handshake budget with eviction, cap on
 //!   authenticated connections, idle timeout, the per-request identity).
-//! - [`service`]: the gRPC services (`kmsd.v1.Crypto`, `kmsd.v1.Keys`).
-//! - [`server`]: start-up (self-test, master key, store, listeners) and
-//!   graceful shutdown.
-//! - [`authz`]: the policy (identities → roles → allow/deny rules; deny
-//!   wins); [`otp`]: the officer second factor (TOTP); [`audit`]: the
-//!   hash-chained, MAC'd audit trail with group commit.
-//! - [`page_token`]: opaque, sealed `ListKeys` page tokens.
-//! - [`rate`]: per-identity token buckets (`Tokenize`).
-//! - [`client`]: the mTLS gRPC client used by `kmsctl`, tests and benches.
+//! - [`service`]: the gRPC services (`kmsd.v1.Crypto`, `kmsd.v1.Keys`,
+//!   `kmsd.v1.Admin`); [`mask_service`]: `kmsd.v1.Mask`; [`deadline`]:
+//!   request deadlines.
+//! - [`access`]: the per-call gate: policy decision, officer second factor,
+//!   audit record; [`authz`]: the policy (identities → roles → allow/deny
+//!   rules; deny wins); [`otp`]: the officer second factor (TOTP);
+//!   [`rate`]: per-identity token buckets (`Tokenize`).
+//! - [`audit`]: the hash-chained, MAC'd audit trail with group commit
+//!   (record, chain, handle, writer, recovery, verify).
+//! - [`keys`]: key rings in memory (zeroizing, cached so the data path
+//!   never reads the store) and their administration through the store;
+//!   [`crypto`]: the ciphertext envelope (format 1) over the keystore's
+//!   AES-256-GCM core; [`page_token`]: sealed `ListKeys` page tokens.
+//! - [`error`]: the daemon's error type and its one mapping to gRPC status.
+//!
+//! Around it:
+//! - [`config`]: the typed TOML configuration (`deny_unknown_fields`).
+//! - [`ops`]: systemd notifications, process hardening ([`ops::os`], the
+//!   one module with `unsafe`), metrics and their endpoint, the secret-file
+//!   permission rule. Leaves: they never read the key rings or services.
 //! - [`offline`]: the commands run against a stopped daemon's store and
 //!   log (rekey, restore, officer enrolment, audit verification).
 //! - [`dev`]: the embedded dev setup (dev CA, certificates, master key).
-//! - [`masking`]: the `kmsd-masking` crate (`masking/`), re-exported:
-//!   masking, redaction (validator-driven detectors) and tokenization
-//!   (FF1 / AES-GCM-SIV), pure functions shared by the daemon and
-//!   `kmsctl redact`; [`mask_service`] serves them as `kmsd.v1.Mask`.
-//! - [`metrics`]: Prometheus metrics (atomics; internal-only listener).
-//! - [`notify`]: the systemd notification protocol.
-//! - [`ops::secret_file`]: the permission rule for secret files.
-//! - [`os`]: the one module with `unsafe`: prctl, rlimits, mlock,
-//!   sockets passed by systemd.
-//! - [`error`]: the daemon's error type and its one mapping to gRPC status.
+//! - [`client`]: the mTLS gRPC client used by `kmsctl`, tests and benches.
+//! - [`masking`]: the `kmsd-masking` crate (`masking/`), re-exported.
 //!
-//! Dependencies point one way: server → service → keys, crypto → keystore.
+//! Dependencies point one way: server → service, access → authz, audit,
+//! keys → crypto → keystore; config → tls → ops; nothing depends on
+//! server, and `ops` on nothing of the daemon. (service and access still
+//! use each other's types: the api/authz reorganisation of issue 15.)
 #![deny(unsafe_code)]
 
 pub mod access;
@@ -46,12 +51,8 @@ pub mod dev;
 pub mod error;
 pub mod keys;
 pub mod mask_service;
-pub mod metrics;
-pub mod metrics_http;
-pub mod notify;
 pub mod offline;
 pub mod ops;
-pub mod os;
 pub mod otp;
 pub mod page_token;
 pub mod rate;

@@ -10,14 +10,15 @@
 //! calls finish within `limits.shutdown_timeout`, syncs the store and exits.
 use crate::config::Config;
 use crate::keys::Keys;
-use crate::metrics::Metrics;
-use crate::notify::notify;
-use crate::os::PassedSocket;
+use crate::ops::metrics::{KeySnapshot, Metrics};
+use crate::ops::notify::notify;
+use crate::ops::os::PassedSocket;
 use crate::proto;
 use crate::service::{CryptoService, KeysService, Shared};
 use crate::tls::acceptor::{Acceptor, ConnLayer};
 use crate::tls::{self, RawStream};
 use kmsd_keystore::{KeyStore, RingStore, Sealer, SledStore, SystemClock};
+use sd_notify::NotifyState;
 use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -105,11 +106,11 @@ fn map_size_status<B>(mut resp: http::Response<B>) -> http::Response<B> {
 }
 
 /// Asks the kernel to hold TCP connections until they send data (see
-/// [`crate::os::defer_accept`]), for up to the handshake timeout.
+/// [`crate::ops::os::defer_accept`]), for up to the handshake timeout.
 fn defer_accept(l: &std::net::TcpListener, config: &Config) {
     use std::os::fd::AsFd;
     let secs = u32::try_from(config.limits.handshake_timeout.as_secs().max(1)).unwrap_or(u32::MAX);
-    if let Err(e) = crate::os::defer_accept(l.as_fd(), secs) {
+    if let Err(e) = crate::ops::os::defer_accept(l.as_fd(), secs) {
         tracing::warn!(error = %e, "TCP_DEFER_ACCEPT not set; silent connections reach the handshake budget");
     }
 }
@@ -230,10 +231,10 @@ impl Signals {
 }
 
 /// Runs the daemon until the shutdown signal. `passed` are the sockets
-/// systemd passed ([`crate::os::take_listen_fds`], called in `main` before
+/// systemd passed ([`crate::ops::os::take_listen_fds`], called in `main` before
 /// any thread started); empty means bind the configured listeners.
 pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) -> Result<(), StartError> {
-    notify("STATUS=self-test");
+    notify(&[NotifyState::Status("self-test")]);
     kmsd_keystore::aead::self_test()
         .map_err(|e| StartError(format!("AEAD self-test failed, refusing to start: {e}")))?;
     tracing::info!("AEAD self-test passed");
@@ -261,7 +262,12 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
     }
     drop(acceptor);
     if let Some(m) = &config.metrics.listen {
-        crate::metrics_http::serve(m, shared.clone(), config.metrics.key_labels, stop_rx.clone())
+        let (shared, key_labels) = (shared.clone(), config.metrics.key_labels);
+        let render = Arc::new(move || {
+            let keys = shared.keys.get().map(|k| key_snapshot(k, key_labels));
+            shared.metrics.render(keys.as_ref())
+        });
+        crate::ops::metrics_endpoint::serve(m, render, stop_rx.clone())
             .await
             .map_err(|e| err("metrics listener", e))?;
     }
@@ -295,7 +301,7 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
         .http2_max_local_error_reset_streams(Some(1024))
         .layer(ConnLayer)
         .layer(crate::deadline::DeadlineLayer(config.limits.request_timeout))
-        .layer(crate::metrics::InFlightLayer(metrics.clone()))
+        .layer(crate::ops::metrics::InFlightLayer(metrics.clone()))
         .layer(tower::util::MapResponseLayer::new(map_size_status))
         .add_service(
             proto::crypto_server::CryptoServer::new(CryptoService {
@@ -339,7 +345,7 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
     });
 
     // Load the store while health says NOT_SERVING.
-    notify("STATUS=loading the key store");
+    notify(&[NotifyState::Status("loading the key store")]);
     if config.dev_mode {
         if let Some(ms) = std::env::var("KMSD_DANGER_DEV_STARTUP_DELAY_MS")
             .ok()
@@ -381,8 +387,8 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
     tokio::spawn(usage_flusher(keys.clone(), stop_rx.clone()));
     set_health(&health, tonic_health::ServingStatus::Serving).await;
     let status = format!("serving {} keys", keys.len());
-    notify(&format!("READY=1\nSTATUS={status}"));
-    if let Some(interval) = crate::notify::watchdog_interval() {
+    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    if let Some(interval) = crate::ops::notify::watchdog_interval() {
         tokio::spawn(watchdog(interval / 2, stop_rx.clone()));
     }
     tracing::info!("kmsd ready");
@@ -393,7 +399,7 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
         tokio::select! {
             _ = &mut shutdown => break,
             Some(()) = reload.recv() => {
-                notify("RELOADING=1\nSTATUS=reloading");
+                notify(&[NotifyState::Reloading, NotifyState::Status("reloading")]);
                 match tls::server_config(&config.tls.server_tls()) {
                     Ok(new) => {
                         if let Ok(mut cur) = tls_config.write() {
@@ -414,12 +420,12 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
                         tracing::error!(error = %e, "policy reload refused; the previous policy stays in force");
                     }
                 }
-                notify(&format!("READY=1\nSTATUS={status}"));
+                notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
             }
         }
     }
 
-    notify("STOPPING=1\nSTATUS=stopping");
+    notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     tracing::info!("shutting down: no new connections; finishing in-flight calls");
     set_health(&health, tonic_health::ServingStatus::NotServing).await;
     let _ = stop_tx.send(true);
@@ -433,7 +439,7 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
         }
     };
     if let Some(path) = &config.listen.unix {
-        if crate::os::listen_fds_were_passed() {
+        if crate::ops::os::listen_fds_were_passed() {
             // systemd owns the socket file
         } else {
             let _ = std::fs::remove_file(path);
@@ -463,10 +469,25 @@ async fn set_health(h: &tonic_health::server::HealthReporter, status: tonic_heal
     }
 }
 
+/// What the metrics show of the key rings (each key's deadline only with
+/// `metrics.key_labels`).
+fn key_snapshot(keys: &Keys, per_key: bool) -> KeySnapshot {
+    let s = keys.stats();
+    KeySnapshot {
+        keys: s.keys,
+        versions_by_state: s.versions_by_state,
+        rotations_by_reason: s.rotations_by_reason,
+        version_miss_reads: s.version_miss_reads,
+        now: keys.now(),
+        next_deadline: keys.next_deadline(),
+        scheduled: if per_key { keys.scheduled() } else { Vec::new() },
+    }
+}
+
 /// Pings the systemd watchdog.
 async fn watchdog(every: std::time::Duration, mut stop: watch::Receiver<bool>) {
     loop {
-        notify("WATCHDOG=1");
+        notify(&[NotifyState::Watchdog]);
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,

@@ -8,7 +8,7 @@ use crate::access::{Access, Call, PendingOp};
 use crate::authz::Op;
 use crate::error::Error;
 use crate::keys::{EncryptCall, Keys, Usage};
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use crate::proto;
 use crate::tls::PeerIdentity;
 use kmsd_keystore::keyring::{KeyPolicy, KeyPurpose, RotationReason};

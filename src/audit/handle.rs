@@ -26,7 +26,7 @@ pub(super) struct Health {
 #[derive(Clone)]
 pub struct AuditHandle {
     pub(super) tx: mpsc::SyncSender<Job>,
-    pub(super) metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub(super) metrics: std::sync::Arc<crate::ops::metrics::Metrics>,
     pub(super) head: std::sync::Arc<std::sync::Mutex<Anchor>>,
     pub(super) health: std::sync::Arc<Health>,
     pub(super) on_failure: OnFailure,

@@ -320,7 +320,7 @@ fn spawn_with(p: &Path, opts: Options) -> AuditHandle {
         p,
         AuditKey::from_bytes(&[3; 32]),
         opts,
-        std::sync::Arc::new(crate::metrics::Metrics::default()),
+        std::sync::Arc::new(crate::ops::metrics::Metrics::default()),
     )
     .unwrap()
 }

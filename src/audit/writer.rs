@@ -336,7 +336,7 @@ pub fn spawn(
     path: &Path,
     key: AuditKey,
     opts: Options,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    metrics: std::sync::Arc<crate::ops::metrics::Metrics>,
 ) -> Result<AuditHandle, AuditError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| AuditError(format!("{}: {e}", dir.display())))?;

@@ -205,7 +205,7 @@ async fn echo_server(dir: &Path, socket: &Path, tcp: &str) -> Result<(), BoxErro
         Arc::new(std::sync::RwLock::new(kmsd::tls::server_config(&tls.server_tls())?)),
         tls.identity_rules(),
         limits.admission(),
-        Arc::new(kmsd::metrics::Metrics::default()),
+        Arc::new(kmsd::ops::metrics::Metrics::default()),
         tx,
     );
     let _ = std::fs::remove_file(socket);

@@ -168,7 +168,7 @@ fn with_progress<T, E>(what: &str, f: impl FnOnce(kmsd::offline::Progress<'_>) -
 
 fn main() -> ExitCode {
     // Before anything can start a thread (sled, tokio): this clears LISTEN_*.
-    let passed = kmsd::os::take_listen_fds();
+    let passed = kmsd::ops::os::take_listen_fds();
     let cli = Cli::parse();
     // Test builds only (kmsd_keystore::failpoints): injected faults.
     match kmsd_keystore::failpoints::configure_from_env() {
@@ -222,7 +222,7 @@ fn main() -> ExitCode {
             Err(e) => return fail(e),
         },
     };
-    let hardening = kmsd::os::harden();
+    let hardening = kmsd::ops::os::harden();
     init_tracing(config.log.format);
     tracing::info!(
         non_dumpable = hardening.non_dumpable,

@@ -26,7 +26,7 @@
 //! the services through [`ConnLayer`].
 use super::identity::{IdentityError, IdentityRules, PeerIdentity};
 use super::SharedServerConfig;
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
@@ -103,7 +103,7 @@ impl PendingEntry {
             return false;
         }
         match &self.probe {
-            Some(fd) if crate::os::has_input(fd.as_fd()) => {
+            Some(fd) if crate::ops::os::has_input(fd.as_fd()) => {
                 self.heard.store(true, Ordering::Relaxed);
                 false
             }

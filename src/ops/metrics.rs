@@ -2,10 +2,32 @@
 //! rendered in the text exposition format on a separate, internal-only
 //! listener. Labels never carry secrets; key names appear only when the
 //! operator enables `metrics.key_labels`.
-use crate::keys::Keys;
+use kmsd_keystore::UnixTime;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+/// The key rings at one moment, as the metrics show them. The caller takes
+/// it (`server`), so this module never reads the key rings.
+#[derive(Debug, Clone, Default)]
+pub struct KeySnapshot {
+    /// Key rings.
+    pub keys: u64,
+    /// Versions by state: active, decrypt-only, disabled, scheduled for
+    /// destruction, destroyed.
+    pub versions_by_state: [u64; 5],
+    /// Rotations since start: manual, scheduled, usage.
+    pub rotations_by_reason: [u64; 3],
+    /// Store reads caused by ciphertexts naming versions not in memory.
+    pub version_miss_reads: u64,
+    /// The keys' clock at the snapshot.
+    pub now: UnixTime,
+    /// The earliest scheduled deadline (rotation or destruction).
+    pub next_deadline: Option<UnixTime>,
+    /// Each key's deadline: empty unless `metrics.key_labels` is on (key
+    /// names appear in labels only then).
+    pub scheduled: Vec<(String, UnixTime)>,
+}
 
 /// Operation names used as the `method` label.
 pub const OPS: &[&str] = &[
@@ -172,7 +194,7 @@ impl Metrics {
     }
 
     /// Renders the text exposition format.
-    pub fn render(&self, keys: Option<&Keys>, key_labels: bool) -> String {
+    pub fn render(&self, keys: Option<&KeySnapshot>) -> String {
         let mut out = String::with_capacity(16 * 1024);
         out.push_str(
             "# HELP kmsd_requests_total Requests by method and gRPC status.\n# TYPE kmsd_requests_total counter\n",
@@ -261,8 +283,7 @@ impl Metrics {
             "# HELP kmsd_ready Whether the daemon is serving.\n# TYPE kmsd_ready gauge\nkmsd_ready {}",
             u8::from(keys.is_some())
         );
-        if let Some(keys) = keys {
-            let s = keys.stats();
+        if let Some(s) = keys {
             let _ = writeln!(
                 out,
                 "# HELP kmsd_keys Key rings.\n# TYPE kmsd_keys gauge\nkmsd_keys {}",
@@ -287,15 +308,13 @@ impl Metrics {
             }
             out.push_str("# HELP kmsd_version_miss_store_reads_total Store reads for ciphertexts naming a key version not in memory.\n# TYPE kmsd_version_miss_store_reads_total counter\n");
             let _ = writeln!(out, "kmsd_version_miss_store_reads_total {}", s.version_miss_reads);
-            let now = keys.now();
+            let now = s.now;
             out.push_str("# HELP kmsd_next_rotation_seconds Seconds until the next scheduled rotation.\n# TYPE kmsd_next_rotation_seconds gauge\n");
-            if let Some(t) = keys.next_deadline() {
+            if let Some(t) = s.next_deadline {
                 let _ = writeln!(out, "kmsd_next_rotation_seconds {}", t - now);
             }
-            if key_labels {
-                for (name, t) in keys.scheduled() {
-                    let _ = writeln!(out, "kmsd_next_rotation_seconds{{key=\"{name}\"}} {}", t - now);
-                }
+            for (name, t) in &s.scheduled {
+                let _ = writeln!(out, "kmsd_next_rotation_seconds{{key=\"{name}\"}} {}", t - now);
             }
         }
         out

@@ -1,6 +1,5 @@
 //! The metrics endpoint: plain HTTP/1.1 on a Unix socket or a loopback
 //! address (never TLS-less on anything else), answering `GET /metrics`.
-use crate::service::Shared;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response};
@@ -8,14 +7,12 @@ use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use tokio::sync::watch;
 
+/// Renders the metrics page, called once per scrape.
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Binds `listen` (`unix:/path` or a loopback `host:port`, validated by
-/// the config) and serves metrics until `stop`.
-pub async fn serve(
-    listen: &str,
-    shared: Arc<Shared>,
-    key_labels: bool,
-    mut stop: watch::Receiver<bool>,
-) -> std::io::Result<()> {
+/// the config) and serves what `render` returns until `stop`.
+pub async fn serve(listen: &str, render: Render, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
     enum L {
         Unix(tokio::net::UnixListener),
         Tcp(tokio::net::TcpListener),
@@ -45,13 +42,13 @@ pub async fn serve(
                     Err(_) => continue,
                 },
             };
-            let shared = shared.clone();
+            let render = render.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let shared = shared.clone();
+                    let render = render.clone();
                     async move {
                         let resp = if req.uri().path() == "/metrics" {
-                            let body = shared.metrics.render(shared.keys.get().map(|k| k.as_ref()), key_labels);
+                            let body = render();
                             Response::builder()
                                 .header("content-type", "text/plain; version=0.0.4")
                                 .body(Full::new(Bytes::from(body)))
