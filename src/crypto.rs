@@ -18,6 +18,7 @@
 //! key, version or context fails to authenticate.
 use crate::error::Error;
 use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
 use kmsd_keystore::aead::{self, NONCE_LEN, TAG_LEN};
 use kmsd_keystore::KeyMaterial;
 use rand::RngCore;
@@ -73,6 +74,31 @@ fn message_key(key: &KeyMaterial, salt: &[u8]) -> Zeroizing<[u8; 32]> {
     // 32 bytes is far below HKDF-SHA256's 8160-byte output limit.
     let _ = Hkdf::<Sha256>::new(Some(salt), key.expose_secret()).expand(KDF_INFO, okm.as_mut());
     okm
+}
+
+/// A key version as a tokenization key ([`kmsd_masking::TokenKey`]): the
+/// masking crate derives its subkeys through `HMAC-SHA256(material, label)`
+/// here and never receives the material. No `Debug`: it refers to key
+/// material.
+pub struct TokenPrf<'a>(&'a KeyMaterial);
+
+impl<'a> TokenPrf<'a> {
+    /// Tokenization under `key`.
+    pub fn new(key: &'a KeyMaterial) -> Self {
+        TokenPrf(key)
+    }
+}
+
+impl kmsd_masking::TokenKey for TokenPrf<'_> {
+    fn hmac_sha256(&self, label: &[u8]) -> Zeroizing<[u8; 32]> {
+        let mut out = Zeroizing::new([0u8; 32]);
+        // HMAC accepts keys of any length, so this cannot fail.
+        if let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(self.0.expose_secret()) {
+            mac.update(label);
+            out.copy_from_slice(&mac.finalize().into_bytes());
+        }
+        out
+    }
 }
 
 fn aad(header: &[u8], key_name: &str, associated_data: &[u8]) -> Vec<u8> {
@@ -269,6 +295,50 @@ pub fn decrypt(key: &KeyMaterial, key_name: &str, ciphertext: &[u8], associated_
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Tokens made through a key version (the daemon's path) are byte for
+    /// byte those of the same 32 bytes as a raw key, pinned by
+    /// `kmsd_masking::token::tests::known_answer_tokens`.
+    #[test]
+    fn tokens_through_a_key_version_match_the_pinned_tokens() {
+        use kmsd_masking::{detokenize, tokenize, Kind};
+        let raw: [u8; 32] = core::array::from_fn(|i| i as u8);
+        let material = KeyMaterial::from_bytes(&raw);
+        let key = TokenPrf::new(&material);
+        for (value, tweak, kind, token) in [
+            (
+                "4111 1111 1111 1111",
+                &b"tenant-a"[..],
+                Kind::Pan,
+                "7494 5906 5436 1111",
+            ),
+            ("+44 (0)20 7946 0018", b"", Kind::Phone, "+25 (1)42 7849 2047"),
+            (
+                "jane.doe@example.com",
+                b"tenant-a",
+                Kind::Email,
+                "tok_AY8keeuxNRhFrAeZous-ClyEobQhRIGiR-3penUWdB1H7m7W4t33dCslUBDga9ACMA",
+            ),
+        ] {
+            assert_eq!(tokenize(&key, tweak, value, kind).unwrap(), token);
+            assert_eq!(detokenize(&key, tweak, token, kind).unwrap(), value);
+        }
+        for kind in Kind::ALL {
+            let value = match kind {
+                Kind::Pan => "6304000000000000000",
+                Kind::Iban => "GB82 WEST 1234 5698 7654 32",
+                Kind::UkSortCode => "72-97-08",
+                Kind::UkAccountNumber => "44234785",
+                Kind::Phone => "07812 567022",
+                _ => "jane.doe@example.com",
+            };
+            assert_eq!(
+                tokenize(&key, b"t", value, kind).unwrap(),
+                tokenize(&raw, b"t", value, kind).unwrap(),
+                "{kind}"
+            );
+        }
+    }
 
     #[test]
     fn salts_and_nonces_are_drawn_per_call_and_never_repeat() {

@@ -709,14 +709,16 @@ impl Keys {
         Ok((plaintext, header.version))
     }
 
-    /// Runs `f` with a version's material, for tokenization: `None` uses
-    /// the primary (which must be ACTIVE, as for encryption); `Some(v)`
-    /// (or `Some(None)` = primary) a version allowed to decrypt.
-    pub fn with_material<T>(
+    /// Runs `f` with a version as a tokenization key: `None` uses the
+    /// primary (which must be ACTIVE, as for encryption); `Some(v)` (or
+    /// `Some(None)` = primary) a version allowed to decrypt. `f` gets the
+    /// keyed function tokenization needs ([`crypto::TokenPrf`]), never the
+    /// material.
+    pub fn with_token_key<T>(
         &self,
         name: &str,
         version: Option<Option<u32>>,
-        f: impl FnOnce(&KeyMaterial, u32) -> Result<T, Error>,
+        f: impl FnOnce(&crypto::TokenPrf<'_>, u32) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let ring = self.cached(name)?;
         if version.is_none() && ring.purpose == KeyPurpose::EncryptDecrypt && ring.breaks_tokens {
@@ -750,7 +752,7 @@ impl Keys {
         match (&ver.material, usable) {
             (Some(m), true) => {
                 ver.counters.last_used.store(self.clock.now(), Ordering::Relaxed);
-                f(m, v)
+                f(&crypto::TokenPrf::new(m), v)
             }
             _ => Err(Error::VersionUnusable {
                 key: name.to_owned(),

@@ -382,8 +382,8 @@ impl proto::mask_server::Mask for MaskService {
         let r = req.into_inner();
         let keys = self.shared.keys()?;
         let result = kind_from_proto(r.kind).and_then(|kind| {
-            keys.with_material(&r.key, None, |material, version| {
-                masking::tokenize(material.expose_secret(), &tweak(&r.key), &r.value, kind)
+            keys.with_token_key(&r.key, None, |key, version| {
+                masking::tokenize(key, &tweak(&r.key), &r.value, kind)
                     .map(|token| proto::TokenizeResponse {
                         token,
                         key_version: version,
@@ -410,8 +410,8 @@ impl proto::mask_server::Mask for MaskService {
                         .into(),
                 ));
             }
-            keys.with_material(&r.key, Some(version), |material, _| {
-                masking::detokenize(material.expose_secret(), &tweak(&r.key), &r.token, kind)
+            keys.with_token_key(&r.key, Some(version), |key, _| {
+                masking::detokenize(key, &tweak(&r.key), &r.token, kind)
                     .map(|value| proto::DetokenizeResponse { value })
                     .map_err(token_error)
             })

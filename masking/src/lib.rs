@@ -15,14 +15,16 @@
 //!   bare patterns, so ids, amounts, dates and digit runs that fail the
 //!   checks stay exactly as they were.
 //! - [`tokenize`] / [`detokenize`]: reversible, deterministic tokens under a
-//!   32-byte key supplied by the caller. Numeric kinds keep their format
-//!   through FF1 (NIST SP 800-38G, [`ff1`]); the others become `tok_…`
-//!   strings sealed with AES-256-GCM-SIV ([`token`]).
+//!   [`TokenKey`]: a keyed function the caller provides (the daemon's keeps
+//!   the key in its keystore), or a raw 32-byte key. Numeric kinds keep
+//!   their format through FF1 (NIST SP 800-38G, [`ff1`]); the others become
+//!   `tok_…` strings sealed with AES-256-GCM-SIV ([`token`]).
 //!
 //! # What this crate must never do
 //! It never logs, and no `Debug`, `Display` or error value it defines ever
 //! carries an input value, a PAN, a token or key material: errors name the
-//! *kind* of problem only. It holds no keys: key material is a parameter,
+//! *kind* of problem only. It holds no keys: the tokenization key is a
+//! [`TokenKey`] parameter, seen only through `HMAC-SHA256(key, label)`;
 //! subkeys live in [`zeroize::Zeroizing`] buffers and are wiped on drop.
 //! It never panics on any input (the scanners are fuzzed with proptest over
 //! arbitrary strings).
@@ -49,7 +51,7 @@ use std::str::FromStr;
 
 pub use detect::{redact, redact_until, Finding, RedactOptions, Redacted, Stopped};
 pub use mask::{mask, MaskOptions, Masked};
-pub use token::{detokenize, is_format_preserving, tokenize};
+pub use token::{detokenize, is_format_preserving, tokenize, TokenKey};
 
 /// The kinds of sensitive value this crate knows how to find, mask and
 /// tokenize.

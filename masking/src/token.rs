@@ -1,9 +1,13 @@
-//! Deterministic, reversible tokenization under a caller-supplied 32-byte key.
+//! Deterministic, reversible tokenization under a caller's [`TokenKey`].
 //!
 //! # Keys
-//! The 32-byte key is never used directly: three subkeys are derived from it
-//! with HMAC-SHA256 and distinct labels (`kmsd/masking/v1/ff1`,
-//! `…/siv`, `…/siv-nonce`), held in [`Zeroizing`] buffers.
+//! The tokenization key is never used directly, and this crate never holds
+//! it: three subkeys are derived from it as `HMAC-SHA256(key, label)` with
+//! distinct labels (`kmsd/masking/v1/ff1`, `…/siv`, `…/siv-nonce`), which is
+//! the one operation a [`TokenKey`] offers. The daemon implements it over a
+//! key version in its keystore, so the version's material stays there; an
+//! embedder holding its own 32-byte key passes the `[u8; 32]` itself. The
+//! subkeys live in [`Zeroizing`] buffers.
 //!
 //! # Formats
 //! - **Numeric kinds** (PAN, UK sort code, UK account number, phone) are
@@ -50,13 +54,42 @@ const AAD_LABEL: &[u8] = b"kmsd-tok-v1";
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 
+/// The key tokens are made under, seen only through the one keyed function
+/// the formats need.
+///
+/// Implementations compute `HMAC-SHA256(key, label)` and return it in a
+/// zeroizing buffer. The daemon implements this over a key version held by
+/// its keystore, so tokenization never receives key material; the
+/// implementation for `[u8; 32]` is for an embedder that holds its own raw
+/// key (and for tests). Tokens made through either are identical for the
+/// same key bytes.
+pub trait TokenKey {
+    /// `HMAC-SHA256(key, label)`. This crate's labels are its subkey labels
+    /// (`kmsd/masking/v1/ff1`, `kmsd/masking/v1/siv`,
+    /// `kmsd/masking/v1/siv-nonce`).
+    fn hmac_sha256(&self, label: &[u8]) -> Zeroizing<[u8; 32]>;
+}
+
+/// A raw 32-byte tokenization key held by the caller.
+impl TokenKey for [u8; 32] {
+    fn hmac_sha256(&self, label: &[u8]) -> Zeroizing<[u8; 32]> {
+        let mut out = Zeroizing::new([0u8; 32]);
+        // HMAC accepts keys of any length, so this cannot fail.
+        if let Ok(mut mac) = <HmacSha256 as Mac>::new_from_slice(self) {
+            mac.update(label);
+            out.copy_from_slice(&mac.finalize().into_bytes());
+        }
+        out
+    }
+}
+
 /// Tokenizes `value` of `kind` under `key` and `tweak` (a context string
 /// such as a tenant or field name; an empty tweak is allowed).
 ///
 /// Deterministic: the same key, tweak, kind and value always give the same
 /// token. Numeric kinds keep their format (see the module docs); the other
 /// kinds become `tok_…` strings.
-pub fn tokenize(key: &[u8; 32], tweak: &[u8], value: &str, kind: Kind) -> Result<String, TokenError> {
+pub fn tokenize(key: &dyn TokenKey, tweak: &[u8], value: &str, kind: Kind) -> Result<String, TokenError> {
     match kind {
         Kind::Pan => pan(key, tweak, value, true),
         Kind::UkSortCode | Kind::UkAccountNumber | Kind::Phone => numeric(key, tweak, value, kind, true),
@@ -73,7 +106,7 @@ pub fn is_format_preserving(kind: Kind) -> bool {
 /// Reverses [`tokenize`]: returns the original value, or
 /// [`TokenError::InvalidToken`] when the token is malformed or was made
 /// under another key, tweak or kind.
-pub fn detokenize(key: &[u8; 32], tweak: &[u8], token: &str, kind: Kind) -> Result<String, TokenError> {
+pub fn detokenize(key: &dyn TokenKey, tweak: &[u8], token: &str, kind: Kind) -> Result<String, TokenError> {
     let r = match kind {
         Kind::Pan => pan(key, tweak, token, false),
         Kind::UkSortCode | Kind::UkAccountNumber | Kind::Phone => numeric(key, tweak, token, kind, false),
@@ -89,15 +122,12 @@ pub fn detokenize(key: &[u8; 32], tweak: &[u8], token: &str, kind: Kind) -> Resu
 }
 
 /// A subkey: HMAC-SHA256(key, "kmsd/masking/v1/" || label).
-fn subkey(key: &[u8; 32], label: &[u8]) -> Zeroizing<[u8; 32]> {
-    let mut out = Zeroizing::new([0u8; 32]);
-    // HMAC accepts keys of any length, so this cannot fail.
-    if let Ok(mut mac) = <HmacSha256 as Mac>::new_from_slice(key) {
-        mac.update(b"kmsd/masking/v1/");
-        mac.update(label);
-        out.copy_from_slice(&mac.finalize().into_bytes());
-    }
-    out
+fn subkey(key: &dyn TokenKey, label: &[u8]) -> Zeroizing<[u8; 32]> {
+    const PREFIX: &[u8] = b"kmsd/masking/v1/";
+    let mut full = Vec::with_capacity(PREFIX.len() + label.len());
+    full.extend_from_slice(PREFIX);
+    full.extend_from_slice(label);
+    key.hmac_sha256(&full)
 }
 
 /// `[kind id] || len(tweak) as u32 BE || tweak`: an unambiguous encoding.
@@ -158,7 +188,7 @@ fn reshape(shape: &str, numerals: &[u8]) -> String {
 }
 
 /// FF1 over every digit (sort code, account number, phone).
-fn numeric(key: &[u8; 32], tweak: &[u8], value: &str, kind: Kind, encrypt: bool) -> Result<String, TokenError> {
+fn numeric(key: &dyn TokenKey, tweak: &[u8], value: &str, kind: Kind, encrypt: bool) -> Result<String, TokenError> {
     let digits = digits_of(value, kind)?;
     let ok_len = match kind {
         Kind::UkSortCode => digits.len() == 6,
@@ -185,7 +215,7 @@ fn numeric(key: &[u8; 32], tweak: &[u8], value: &str, kind: Kind, encrypt: bool)
 }
 
 /// PAN tokens: last four in clear, Luhn-invalid by construction.
-fn pan(key: &[u8; 32], tweak: &[u8], value: &str, encrypt: bool) -> Result<String, TokenError> {
+fn pan(key: &dyn TokenKey, tweak: &[u8], value: &str, encrypt: bool) -> Result<String, TokenError> {
     let digits = digits_of(value, Kind::Pan)?;
     let n = digits.len();
     if !(13..=19).contains(&n) {
@@ -250,7 +280,7 @@ fn check_value(value: &str, kind: Kind) -> Result<(), TokenError> {
     }
 }
 
-fn synthetic_nonce(key: &[u8; 32], bound: &[u8], value: &[u8]) -> Result<[u8; NONCE_LEN], TokenError> {
+fn synthetic_nonce(key: &dyn TokenKey, bound: &[u8], value: &[u8]) -> Result<[u8; NONCE_LEN], TokenError> {
     let k = subkey(key, b"siv-nonce");
     let mut mac = <HmacSha256 as Mac>::new_from_slice(&*k).map_err(|_| TokenError::InvalidToken)?;
     mac.update(bound);
@@ -270,7 +300,7 @@ fn aad(bound: &[u8]) -> Vec<u8> {
     a
 }
 
-fn seal(key: &[u8; 32], tweak: &[u8], value: &str, kind: Kind) -> Result<String, TokenError> {
+fn seal(key: &dyn TokenKey, tweak: &[u8], value: &str, kind: Kind) -> Result<String, TokenError> {
     check_value(value, kind)?;
     let bound = bound_tweak(kind, tweak)?;
     let nonce = synthetic_nonce(key, &bound, value.as_bytes())?;
@@ -295,7 +325,7 @@ fn seal(key: &[u8; 32], tweak: &[u8], value: &str, kind: Kind) -> Result<String,
     Ok(out)
 }
 
-fn open(key: &[u8; 32], tweak: &[u8], token: &str, kind: Kind) -> Result<String, TokenError> {
+fn open(key: &dyn TokenKey, tweak: &[u8], token: &str, kind: Kind) -> Result<String, TokenError> {
     let body = token.strip_prefix(TOKEN_PREFIX).ok_or(TokenError::InvalidToken)?;
     let payload = b64url_decode(body).ok_or(TokenError::InvalidToken)?;
     let (version, rest) = payload.split_first().ok_or(TokenError::InvalidToken)?;
