@@ -25,7 +25,7 @@ pub(super) enum Charset {
 }
 
 impl Charset {
-    /// Index of this charset's [`RunMemo`] in [`Scanner::runs`].
+    /// Index of this charset's [`RunMemo`](super::scanner::RunMemo) in [`Scanner::runs`].
     fn index(self) -> usize {
         match self {
             Charset::Alnum => 0,

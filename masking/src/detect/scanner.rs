@@ -69,7 +69,8 @@ pub(super) struct Scanner<'a> {
     pub(super) last_sort_end: Option<usize>,
     /// Bare values (`key=value` up to a delimiter).
     pub(super) bare: RunMemo,
-    /// API key bodies, one memo per [`Charset`] (see [`Charset::index`]).
+    /// API key bodies, one memo per [`Charset`](super::credentials::Charset) (see
+    /// [`Charset::index`](super::credentials::Charset::index)).
     pub(super) runs: [RunMemo; 6],
     /// The first segment of a JWT.
     pub(super) jwt_seg: RunMemo,
