@@ -31,7 +31,8 @@
 //! - [`offline`]: the commands run against a stopped daemon's store and
 //!   log (rekey, restore, officer enrolment, audit verification).
 //! - [`dev`]: the embedded dev setup (dev CA, certificates, master key).
-//! - [`client`]: the mTLS gRPC client used by `kmsctl`, tests and benches.
+//! - [`client`], [`proto`]: re-exports of the `kmsd-client` crate (the
+//!   generated API, with server stubs, and the mTLS client).
 //! - [`masking`]: the `kmsd-masking` crate (`masking/`), re-exported.
 //!
 //! Dependencies point one way: server → service, access → authz, audit,
@@ -43,7 +44,6 @@
 pub mod access;
 pub mod audit;
 pub mod authz;
-pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod deadline;
@@ -60,14 +60,10 @@ pub mod server;
 pub mod service;
 pub mod tls;
 
-/// Generated protobuf and gRPC code for `kmsd.v1`.
-#[allow(missing_docs, clippy::all, clippy::pedantic)]
-pub mod proto {
-    tonic::include_proto!("kmsd.v1");
-
-    /// Encoded file descriptor set, for gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kmsd_descriptor.bin"));
-}
+/// The mTLS gRPC client (the `kmsd-client` crate), kept at its old path.
+pub use kmsd_client as client;
+/// The generated `kmsd.v1` API (from `kmsd-client`, with server stubs).
+pub use kmsd_client::proto;
 
 pub use error::Error;
 

@@ -304,8 +304,13 @@ fn wait_log(d: &Daemon, from: usize, needle: &str) {
 
 /// Creates key `key` as the client whose certificate is `NAME.pem`: the
 /// connection error or the gRPC status on failure.
+/// Creates a key as `name`. The client's own checks of its certificate
+/// are skipped (`connect_with`): these tests are about what the daemon
+/// refuses.
 async fn create_as(d: &Daemon, name: &str, key: &str) -> Result<(), String> {
-    let ch = kmsd::client::connect(&d.settings(name, None))
+    let s = d.settings(name, None);
+    let cfg = kmsd::client::tls_config(&s.ca, &s.cert, &s.key).map_err(|e| format!("config: {e}"))?;
+    let ch = kmsd::client::connect_with(&s, cfg)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     kmsd::proto::keys_client::KeysClient::new(ch)

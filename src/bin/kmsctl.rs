@@ -570,7 +570,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             http::HeaderValue::from_str(code.trim()).map_err(|_| "the one-time code is not valid text".to_string())?;
         let _ = OTP.set(v);
     }
-    let raw = client::connect(&settings(&cli)?).await.map_err(|e| e.0)?;
+    let raw = client::connect(&settings(&cli)?).await.map_err(|e| e.to_string())?;
     let channel: Chan = tower::ServiceBuilder::new()
         .map_request(add_otp as fn(_) -> _)
         .service(raw);

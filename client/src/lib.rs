@@ -1,0 +1,35 @@
+//! `kmsd-client`: the kmsd gRPC API and the typed mTLS client that
+//! `kmsctl`, the integration tests and the load harness use.
+//!
+//! # Layout
+//! - [`proto`]: the messages and client stubs generated from `proto/`
+//!   (with the `server` feature, which only the daemon enables, also the
+//!   server stubs and the descriptor set for reflection: one copy of the
+//!   message types for both sides).
+//! - [`connect`](mod@connect): where and how to connect (Unix socket or TCP,
+//!   TLS 1.3, ALPN h2, client certificate) and the handshake that learns
+//!   the daemon's verdict on the client certificate before any call.
+//! - [`certificate`]: the checks of the client's own certificate made
+//!   before connecting (validity period, extended key usage).
+//! - [`error`]: the one error enum. A connection failure names which
+//!   certificate, why, and what to do, in one line.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod certificate;
+pub mod connect;
+pub mod error;
+mod stream;
+
+pub use connect::{connect, connect_with, tls_config, ClientSettings};
+pub use error::{source_chain, Error};
+
+/// Generated protobuf and gRPC code for `kmsd.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("kmsd.v1");
+
+    /// Encoded file descriptor set, for gRPC server reflection.
+    #[cfg(feature = "server")]
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kmsd_descriptor.bin"));
+}
