@@ -674,7 +674,15 @@ impl Access {
         let _ = self
             .audit
             .record(self.event(call, "UNAUTHENTICATED", Some(detail.into())));
-        Err(Status::unauthenticated(msg))
+        let mut status = Status::unauthenticated(msg);
+        if outcome == Outcome::Missing {
+            // a client asks its officer for a code on this mark, not on the message text
+            status.metadata_mut().insert(
+                crate::client::metadata::SECOND_FACTOR,
+                tonic::metadata::MetadataValue::from_static("required"),
+            );
+        }
+        Err(status)
     }
 
     /// Seals an officer's replay and lock-out memory into the store.

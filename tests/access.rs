@@ -690,12 +690,15 @@ async fn officers_need_fresh_codes_and_destructive_calls_need_two_officers() {
         "{}",
         e.message()
     );
+    // marked for clients (kmsctl asks its officer on this mark)
+    assert!(kmsd::client::Error::from(e).needs_second_factor());
     // wrong code
     let e = alice
         .rotate_key(with_otp(rotate("ring"), Some("000000")))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(!kmsd::client::Error::from(e).needs_second_factor());
     // reading needs no code
     alice
         .get_key(proto::GetKeyRequest { name: "ring".into() })
@@ -963,7 +966,7 @@ async fn the_audit_trail_detects_tampering_and_admin_calls_fail_closed() {
     assert!(!cut.ok && cut.reason.contains("truncated"), "{cut:?}");
     // kmsctl audit verify (on the live log) prints OK with a count
     let file = path.clone();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kmsctl"))
+    let out = std::process::Command::new(common::kmsctl_bin())
         .args(["audit", "verify", file.to_str().unwrap()])
         .env("KMSD_ADDR", format!("unix:{}", env.d.socket.display()))
         .env("KMSD_CA", env.d.dir.join("ca.pem"))

@@ -7,6 +7,7 @@
 //! reached the daemon fails with its gRPC status, printed with the
 //! status's canonical name (`INVALID_ARGUMENT`).
 use crate::certificate::Problem;
+use crate::metadata;
 use rustls::{AlertDescription, CertificateError};
 use std::fmt::Write as _;
 use std::io;
@@ -118,6 +119,23 @@ impl Error {
             Error::Status(s) => Some(s.as_ref()),
             _ => None,
         }
+    }
+
+    /// The call needs an officer's one-time code and none was sent
+    /// (`UNAUTHENTICATED` marked with [`metadata::SECOND_FACTOR`]).
+    pub fn needs_second_factor(&self) -> bool {
+        self.status().is_some_and(|s| {
+            s.code() == tonic::Code::Unauthenticated && s.metadata().contains_key(metadata::SECOND_FACTOR)
+        })
+    }
+
+    /// The call created a dual-control request waiting for a second
+    /// officer: its id ([`metadata::APPROVAL_ID`]).
+    pub fn pending_approval(&self) -> Option<&str> {
+        self.status()
+            .filter(|s| s.code() == tonic::Code::FailedPrecondition)
+            .and_then(|s| s.metadata().get(metadata::APPROVAL_ID))
+            .and_then(|v| v.to_str().ok())
     }
 }
 

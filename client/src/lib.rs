@@ -24,6 +24,18 @@ mod stream;
 pub use connect::{connect, connect_with, tls_config, ClientSettings};
 pub use error::{source_chain, Error};
 
+/// Names of the gRPC metadata the API uses beside its messages.
+pub mod metadata {
+    /// Request: an officer's one-time code (TOTP) for an administrative call.
+    pub const OTP: &str = "x-kmsd-otp";
+    /// Response (`FAILED_PRECONDITION`): the id of the dual-control request
+    /// the call created, waiting for a second officer.
+    pub const APPROVAL_ID: &str = "x-kmsd-approval-id";
+    /// Response (`UNAUTHENTICATED`): the call needs an officer's one-time
+    /// code and none was sent (value `required`).
+    pub const SECOND_FACTOR: &str = "x-kmsd-second-factor";
+}
+
 /// Generated protobuf and gRPC code for `kmsd.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod proto {
