@@ -535,7 +535,7 @@ async fn backup_then_restore_into_a_fresh_store_decrypts_everything() {
     let cts = fill(&mut crypto, &mut keys, 12).await;
     let backup = dir.path().join("snap.kmsdbak");
     let kmsctl = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_kmsctl"))
+        std::process::Command::new(common::kmsctl_bin())
             .args(args)
             .env("KMSD_ADDR", format!("unix:{}", d.socket.display()))
             .env("KMSD_CA", dir.path().join("ca.pem"))

@@ -257,7 +257,7 @@ fn kmsctl_redact_writes_exactly_one_line_per_input_line() {
         b"last line without newline 4111111111111111",
     ]
     .concat();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kmsctl"))
+    let mut child = Command::new(common::kmsctl_bin())
         .arg("redact")
         .env_remove("KMSD_ADDR")
         .stdin(Stdio::piped())
@@ -293,7 +293,7 @@ fn shared_redaction_corpus_scores_when_available() {
         .arg(&tool)
         .arg(&corpus)
         .arg("--")
-        .arg(env!("CARGO_BIN_EXE_kmsctl"))
+        .arg(common::kmsctl_bin())
         .arg("redact")
         .output()
         .unwrap();

@@ -96,7 +96,11 @@ fn operator_guide_works_under_systemd_as_pid1() {
     }
     std::fs::create_dir_all(st.join("bin")).unwrap();
     std::fs::copy(env!("CARGO_BIN_EXE_kmsd"), st.join("bin/kmsd")).unwrap();
-    std::fs::copy(env!("CARGO_BIN_EXE_kmsctl"), st.join("bin/kmsctl")).unwrap();
+    // (kmsctl is its own package: no CARGO_BIN_EXE_kmsctl here; it sits
+    // beside kmsd, built by `cargo test --workspace`)
+    let kmsctl = std::path::Path::new(env!("CARGO_BIN_EXE_kmsd")).with_file_name("kmsctl");
+    std::fs::copy(&kmsctl, st.join("bin/kmsctl"))
+        .unwrap_or_else(|e| panic!("{}: {e} (build it: cargo test --workspace)", kmsctl.display()));
 
     let started = Instant::now();
     let out = Command::new(st.join("systemd/sandbox.sh"))

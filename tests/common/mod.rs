@@ -9,6 +9,20 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
+/// The `kmsctl` binary of this build. It is its own package, so cargo
+/// defines no `CARGO_BIN_EXE_kmsctl` here; it sits beside `kmsd` in the
+/// target directory, and `cargo test --workspace` builds it (with the
+/// kmsctl package's own tests) before any test runs.
+pub fn kmsctl_bin() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_kmsd")).with_file_name("kmsctl");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test --workspace` (or `cargo build -p kmsctl`) first",
+        path.display()
+    );
+    path
+}
+
 /// Certificates for one test: a CA, a server certificate, and clients.
 pub struct Pki {
     pub dir: PathBuf,

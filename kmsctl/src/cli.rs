@@ -1,0 +1,330 @@
+//! The command line: every command, flag and environment variable.
+use clap::{Parser, Subcommand};
+use kmsd_client::proto;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "kmsctl", version, about = "Command-line client for kmsd")]
+pub struct Cli {
+    /// Daemon address: unix:/path or host:port.
+    #[arg(long, env = "KMSD_ADDR", global = true)]
+    pub addr: Option<String>,
+    /// CA certificate that signed the daemon's certificate.
+    #[arg(long, env = "KMSD_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate.
+    #[arg(long, env = "KMSD_CERT", global = true)]
+    pub cert: Option<PathBuf>,
+    /// Client private key (`--key` names the kmsd key in subcommands).
+    #[arg(long = "tls-key", env = "KMSD_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+    /// Server name to verify (default: TCP host, or localhost for a socket).
+    #[arg(long, env = "KMSD_SERVER_NAME", global = true)]
+    pub server_name: Option<String>,
+    /// An officer's one-time code (TOTP) for administrative calls; asked
+    /// for on the terminal (not echoed) when needed and not given.
+    #[arg(long, env = "KMSD_OTP", global = true)]
+    pub otp: Option<String>,
+    /// Output format: aligned text for people, or one JSON document for
+    /// scripts (errors stay one line on stderr).
+    #[arg(long, short = 'o', value_enum, default_value_t = crate::output::Format::Text, global = true)]
+    pub output: crate::output::Format,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Key administration.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Encrypt DATA (or stdin with -) and print the ciphertext in base64.
+    Encrypt {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// Associated data (authenticated, not encrypted).
+        #[arg(long, default_value = "")]
+        aad: String,
+        /// Plaintext, or - for stdin.
+        #[arg(default_value = "-")]
+        data: String,
+    },
+    /// Decrypt a base64 ciphertext (or stdin with -) and write the plaintext bytes.
+    Decrypt {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// Associated data given at encryption.
+        #[arg(long, default_value = "")]
+        aad: String,
+        /// Base64 ciphertext, or - for stdin.
+        #[arg(default_value = "-")]
+        data: String,
+    },
+    /// Re-encrypt a base64 ciphertext under the key's primary version (no plaintext returned).
+    Rewrap {
+        /// Key name.
+        #[arg(long)]
+        key: String,
+        /// Associated data given at encryption.
+        #[arg(long, default_value = "")]
+        aad: String,
+        /// Base64 ciphertext, or - for stdin.
+        #[arg(default_value = "-")]
+        data: String,
+    },
+    /// Generate a data key: prints JSON with the plaintext key (base64) and its wrapped form.
+    Datakey {
+        /// Key that wraps the data key.
+        #[arg(long)]
+        key: String,
+        /// 128, 192 or 256.
+        #[arg(long, default_value_t = 256)]
+        bits: u32,
+        /// Associated data bound to the wrapped key.
+        #[arg(long, default_value = "")]
+        aad: String,
+        /// Return only the wrapped form.
+        #[arg(long)]
+        wrapped_only: bool,
+    },
+    /// Write an integrity-protected snapshot of every key ring to FILE (records stay sealed).
+    Backup {
+        /// Output file (created, mode 0600).
+        file: PathBuf,
+    },
+    /// Daemon health, version, uptime, key count and next scheduled rotation.
+    Status,
+    /// Officers' second factor.
+    #[command(subcommand)]
+    Officer(OfficerCmd),
+    /// Dual-control requests.
+    #[command(subcommand)]
+    Approvals(ApprovalsCmd),
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Re-read the daemon's policy file (as SIGHUP does).
+    ReloadPolicy,
+    /// Redact text lines from stdin to stdout, exactly one output line per
+    /// input line. Offline: no daemon needed.
+    Redact {
+        /// Only these kinds (comma-separated, e.g. PAN,IBAN); default all.
+        #[arg(long, value_delimiter = ',')]
+        kinds: Vec<String>,
+    },
+    /// Mask one value of a kind (PAN, IBAN, UK_SORT_CODE, UK_ACCOUNT_NUMBER,
+    /// EMAIL, PHONE, NAME, SECRET, ...). Offline.
+    Mask {
+        /// The kind.
+        #[arg(long)]
+        kind: String,
+        /// PAN only: also keep the 6- or 8-digit BIN.
+        #[arg(long)]
+        keep_bin: Option<u8>,
+        /// The value.
+        value: String,
+    },
+    /// Tokenize a value under a kmsd key (deterministic, reversible).
+    Tokenize {
+        /// Tokenization key name.
+        #[arg(long)]
+        key: String,
+        /// The kind.
+        #[arg(long)]
+        kind: String,
+        /// The value.
+        value: String,
+    },
+    /// Reverse a token.
+    Detokenize {
+        /// Tokenization key name.
+        #[arg(long)]
+        key: String,
+        /// The kind.
+        #[arg(long)]
+        kind: String,
+        /// Key version printed by tokenize (required for PAN, sort code,
+        /// account number and phone tokens; 0 = primary for the others).
+        #[arg(long, default_value_t = 0)]
+        key_version: u32,
+        /// The token.
+        token: String,
+    },
+    /// Restore a snapshot into the daemon's empty store (same master key).
+    Restore {
+        /// Snapshot file from `kmsctl backup`.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum OfficerCmd {
+    /// Create an officer's TOTP secret. Your own: prints the otpauth URI and
+    /// a QR code. Another identity's: the secret waits for that officer to
+    /// run `kmsctl officer claim` with its own certificate (`--replace` of
+    /// another officer's enrolment also needs a second officer's approval).
+    Enroll {
+        /// The officer's identity (URI SAN or sha256:<SPKI hash>).
+        identity: String,
+        /// Replace an existing enrolment.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Take the TOTP secret waiting for your own identity (once): prints
+    /// the otpauth URI and a QR code.
+    Claim,
+}
+
+#[derive(Subcommand)]
+pub enum ApprovalsCmd {
+    /// Pending dual-control requests.
+    List,
+    /// Approve a request (as a second, different officer).
+    Approve {
+        /// Request id.
+        id: String,
+    },
+    /// Reject a request.
+    Reject {
+        /// Request id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Verify an audit log (several files: in chain order); prints OK with a
+    /// count, or the first broken record.
+    Verify {
+        /// Audit log file(s).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct PolicyArgs {
+    /// Rotate when the primary is this old (e.g. 90d, 12h; 0 disables).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub rotation_period: Option<std::time::Duration>,
+    /// Rotate before a version encrypts more than N messages (0 disables).
+    #[arg(long)]
+    pub max_encryptions: Option<u64>,
+    /// Versions below this never decrypt.
+    #[arg(long)]
+    pub min_decryption_version: Option<u32>,
+    /// Versions below this never encrypt.
+    #[arg(long)]
+    pub min_encryption_version: Option<u32>,
+    /// Whether the whole key may be scheduled for deletion.
+    #[arg(long)]
+    pub deletion_allowed: Option<bool>,
+    /// Whether a manual rotation restarts the schedule.
+    #[arg(long)]
+    pub manual_rotation_resets_schedule: Option<bool>,
+    /// What the key is for, at creation: `encrypt` (default) or `tokenize`
+    /// (a token key never rotates by itself unless --allow-token-rotation).
+    #[arg(long, value_parser = ["encrypt", "tokenize"])]
+    pub purpose: Option<String>,
+    /// Let a token key rotate automatically (every token then changes).
+    #[arg(long)]
+    pub allow_token_rotation: Option<bool>,
+}
+
+impl PolicyArgs {
+    pub fn to_proto(&self) -> proto::KeyPolicy {
+        proto::KeyPolicy {
+            rotation_period_seconds: self.rotation_period.map(|d| d.as_secs()),
+            max_encryptions_per_version: self.max_encryptions,
+            min_decryption_version: self.min_decryption_version,
+            min_encryption_version: self.min_encryption_version,
+            deletion_allowed: self.deletion_allowed,
+            manual_rotation_resets_schedule: self.manual_rotation_resets_schedule,
+            purpose: self.purpose.as_deref().map(|p| match p {
+                "tokenize" => proto::KeyPurpose::Tokenize as i32,
+                _ => proto::KeyPurpose::EncryptDecrypt as i32,
+            }),
+            allow_token_rotation: self.allow_token_rotation,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum KeyCmd {
+    /// Create a key.
+    Create {
+        /// Key name.
+        name: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// List key names.
+    List {
+        /// Only names with this prefix.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Show a key's metadata (never material).
+    Show {
+        /// Key name.
+        name: String,
+    },
+    /// Show each version's state and usage (is it still used? safe to retire?).
+    Versions {
+        /// Key name.
+        name: String,
+    },
+    /// Add a new version and make it primary.
+    Rotate {
+        /// Key name.
+        name: String,
+    },
+    /// Change a key's policy (only the given fields).
+    Policy {
+        /// Key name.
+        name: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Set a non-primary version to decrypt-only or disabled.
+    SetState {
+        /// Key name.
+        name: String,
+        /// Version.
+        version: u32,
+        /// decrypt-only or disabled.
+        state: String,
+    },
+    /// Schedule a version's destruction after a waiting period.
+    DestroyVersion {
+        /// Key name.
+        name: String,
+        /// Version.
+        version: u32,
+        /// Waiting period (default 30d; at least 1d, 1s in dev mode).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<std::time::Duration>,
+    },
+    /// Cancel a scheduled version destruction (the version becomes disabled).
+    CancelDestroy {
+        /// Key name.
+        name: String,
+        /// Version.
+        version: u32,
+    },
+    /// Schedule deletion of the whole key (needs deletion_allowed).
+    Delete {
+        /// Key name.
+        name: String,
+        /// Waiting period (default 30d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<std::time::Duration>,
+    },
+    /// Cancel a scheduled key deletion.
+    CancelDelete {
+        /// Key name.
+        name: String,
+    },
+}

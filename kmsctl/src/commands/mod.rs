@@ -1,0 +1,45 @@
+//! One module per command group; [`run`] dispatches.
+mod admin;
+mod audit;
+mod backup;
+mod data;
+mod key;
+mod mask;
+
+use crate::cli::{AuditCmd, Cli, Cmd};
+use crate::connection::{self, Otp};
+use crate::error::Error;
+use crate::output::Out;
+
+/// Runs the command; calls carry `otp` when set.
+pub async fn run(cli: &Cli, otp: Otp) -> Result<(), Error> {
+    let out = Out(cli.output);
+    // offline commands: no daemon, no settings needed
+    match &cli.cmd {
+        Cmd::Redact { kinds } => return mask::redact(kinds),
+        Cmd::Mask { kind, keep_bin, value } => return mask::mask(kind, *keep_bin, value, out),
+        _ => {}
+    }
+    let channel = connection::connect(cli, otp).await?;
+    match &cli.cmd {
+        Cmd::Key(cmd) => key::run(cmd, channel, out).await,
+        cmd @ (Cmd::Encrypt { .. } | Cmd::Decrypt { .. } | Cmd::Rewrap { .. } | Cmd::Datakey { .. }) => {
+            data::run(cmd, channel, out).await
+        }
+        Cmd::Backup { file } => backup::backup(channel, file, out).await,
+        Cmd::Restore { file } => backup::restore(channel, file, out).await,
+        Cmd::Status => admin::status(channel, out).await,
+        Cmd::ReloadPolicy => admin::reload_policy(channel, out).await,
+        Cmd::Officer(cmd) => admin::officer(cmd, channel, out).await,
+        Cmd::Approvals(cmd) => admin::approvals(cmd, channel, out).await,
+        Cmd::Audit(AuditCmd::Verify { files }) => audit::verify(channel, files, out).await,
+        Cmd::Tokenize { key, kind, value } => mask::tokenize(channel, key, kind, value, out).await,
+        Cmd::Detokenize {
+            key,
+            kind,
+            key_version,
+            token,
+        } => mask::detokenize(channel, (key, kind, *key_version, token), out).await,
+        Cmd::Redact { .. } | Cmd::Mask { .. } => Ok(()),
+    }
+}
