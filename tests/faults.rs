@@ -594,7 +594,7 @@ async fn a_rekey_whose_write_or_fsync_fails_is_resumed() {
 async fn backup(dir: &Path) -> PathBuf {
     let mut d = start_fp(dir, "");
     let file = dir.join("snap.kmsdbak");
-    let out = Command::new(env!("CARGO_BIN_EXE_kmsctl"))
+    let out = Command::new(common::kmsctl_bin())
         .args(["backup", file.to_str().unwrap()])
         .env("KMSD_ADDR", format!("unix:{}", d.socket.display()))
         .env("KMSD_CA", dir.join("ca.pem"))

@@ -3,8 +3,8 @@
 use crate::connection::Chan;
 use crate::error::Error;
 use crate::output::{fields, Out};
-use kmsd::masking;
 use kmsd_client::proto::{self, mask_client::MaskClient};
+use kmsd_masking as masking;
 use serde_json::json;
 use std::io::{BufRead, Write};
 
