@@ -869,9 +869,15 @@ impl Keys {
         Ok(())
     }
 
-    /// Reads a ring's metadata from the store.
+    /// Reads a ring's metadata from the store, once a change of it under
+    /// way (its write lock) has reached the cache as well: a caller that
+    /// reads a version as DESTROYED or DISABLED never finds the data path
+    /// still using it. (Only for keys in the cache, so that look-ups of
+    /// arbitrary names add no locks.)
     pub fn get(&self, name: &str) -> Result<KeyRing, Error> {
         let key = KeyName::parse(name)?;
+        let wl = self.cache.contains_key(name).then(|| self.write_lock(name));
+        let _g = wl.as_ref().map(|wl| lock(wl));
         self.rings.get(&key)?.ok_or_else(|| Error::KeyNotFound(name.to_owned()))
     }
 
@@ -886,6 +892,7 @@ impl Keys {
         let wl = self.write_lock(name);
         let _g = lock(&wl);
         let (ring, out) = self.rings.update(&key, f)?;
+        kmsd_keystore::failpoints::kill_point(kmsd_keystore::failpoints::KEYS_INSTALL);
         // A primary this process has not seen was created by `f` here.
         self.install_new(&ring, ring.primary);
         Ok((ring, out))

@@ -828,3 +828,55 @@ async fn an_audit_rotation_killed_half_way_recovers_at_the_next_start() {
         assert_audit_verifies(dir.path());
     }
 }
+
+// ------------------------------------------------ found with a delay point
+
+/// Once GetKey reads a version as DISABLED or DESTROYED, the data path
+/// refuses it. The store is written first and the data path's cache after;
+/// with the window between them widened (`keys-install=sleep(1000)`),
+/// GetKey answered DISABLED while Decrypt still opened that version's
+/// ciphertexts (a concurrent observer saw a change the data path had not
+/// made yet), and DESTROYED while Decrypt still said SCHEDULED_FOR_DESTRUCTION
+/// (why tests/lifecycle.rs::version_states_answer_as_specified_and_destruction_really_destroys
+/// failed now and then on a loaded machine). GetKey now waits for a change
+/// under way to reach the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_get_key_reads_as_disabled_or_destroyed_no_longer_decrypts() {
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    let d = start_fp(dir.path(), "keys-install=sleep(1000)");
+    let (mut crypto, mut keys) = d.clients().await;
+    create(&mut keys, "gone").await.unwrap();
+    let ct = encrypt(&mut crypto, "gone", b"v1").await.unwrap();
+    rotate(&mut keys, "gone").await.unwrap();
+    let reader = keys.clone();
+    let wait_for = |state: proto::VersionState| {
+        let mut keys = reader.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            while version_state(&get(&mut keys, "gone").await.unwrap(), 1) != state as i32 {
+                assert!(std::time::Instant::now() < deadline, "never {state:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // disabled, by a call still under way
+    let mut k2 = keys.clone();
+    let call = tokio::spawn(async move {
+        k2.set_version_state(proto::SetVersionStateRequest {
+            name: "gone".into(),
+            version: 1,
+            state: proto::VersionState::Disabled as i32,
+        })
+        .await
+    });
+    wait_for(proto::VersionState::Disabled).await;
+    let e = decrypt(&mut crypto, "gone", &ct).await.unwrap_err();
+    assert!(e.message().contains("version 1 is DISABLED"), "{e:?}");
+    call.await.unwrap().unwrap();
+    // destroyed, by the scheduler
+    destroy(&mut keys, "gone", 1).await.unwrap();
+    wait_for(proto::VersionState::Destroyed).await;
+    let e = decrypt(&mut crypto, "gone", &ct).await.unwrap_err();
+    assert!(e.message().contains("version 1 is DESTROYED"), "{e:?}");
+}

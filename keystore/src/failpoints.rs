@@ -41,6 +41,12 @@
 //! | [`AUDIT_ROTATE_RENAMED`] (daemon) | audit rotation, after the rename, before the head moves |
 //! | [`AUDIT_ROTATE_HEAD`] (daemon) | audit rotation, after the head moved, before retention |
 //!
+//!
+//! # Delay points (`sleep(MS)` widens a window for a test)
+//! | name | where |
+//! | --- | --- |
+//! | [`KEYS_INSTALL`] (daemon) | an administrative change of a ring is durable, the data path's cache not yet updated |
+//!
 //! Use counts to pick the N-th occurrence: `REKEY_RECORD=2*off->return`
 //! stops after the third record.
 use crate::Error;
@@ -67,8 +73,12 @@ pub const AUDIT_ROTATE_RENAMED: &str = "audit-rotate-renamed";
 /// Kill point (daemon): audit rotation moved the head.
 pub const AUDIT_ROTATE_HEAD: &str = "audit-rotate-head";
 
+/// Delay point (daemon): a ring change is durable, not yet in the cache.
+pub const KEYS_INSTALL: &str = "keys-install";
+
 /// Every failpoint name.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 11] = [
+    KEYS_INSTALL,
     STORE_WRITE,
     STORE_FLUSH,
     STORE_FSYNC,
