@@ -9,6 +9,12 @@
 //! acknowledged key and ciphertext is there, no refused change is, and the
 //! audit chain verifies.
 //!
+//! With the audit directory full every call is refused until the audit
+//! writer can write again (README, "Failing safe"); with the state
+//! directory full administrative calls are refused, decryption and
+//! encryption within the durable usage reservation go on, and an
+//! encryption needing a new reservation is refused (README, "Key store").
+//!
 //! Needs root (`unshare -m`, `mount -t tmpfs`): skipped with a message
 //! otherwise, unless `KMSD_REQUIRE_NAMESPACES` is set (CI sets it and runs
 //! as root), where a skip is a failure.
@@ -415,4 +421,153 @@ async fn a_full_audit_directory_refuses_admin_calls_and_recovers_when_space_is_f
         .map(|r| r["result"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(rotations, ["OK"], "one rotation happened and was recorded");
+}
+/// The key version in an envelope's header (format 1).
+fn envelope_version(ct: &[u8]) -> u32 {
+    u32::from_be_bytes(ct[2..6].try_into().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_state_directory_refuses_admin_calls_and_recovers_when_space_is_freed() {
+    // Small reservation blocks, so that the data path needs a store write
+    // within a few encryptions.
+    let Some(mut s) = start("[limits]\nusage_reservation_block = 8\n") else {
+        return;
+    };
+    let channel = s.d.channel().await;
+    let (mut crypto, mut keys) = (CryptoClient::new(channel.clone()), KeysClient::new(channel.clone()));
+    create(&mut keys, "full.a").await.unwrap();
+    let mut acked = vec![];
+    for i in 0..3 {
+        let pt = format!("before {i}").into_bytes();
+        acked.push((
+            "full.a".to_string(),
+            pt.clone(),
+            encrypt(&mut crypto, "full.a", &pt).await.unwrap(),
+        ));
+    }
+    s.ns.fill(&s.state());
+    let df = s.ns.sh_ok(&format!("df -k '{}'", s.audit().display()));
+    assert!(!df.contains("100%"), "only the state directory is full: {df}");
+    // Administrative calls: refused once the store cannot write (the last
+    // page sled's file already has may take a record or two first).
+    let mut created = vec![];
+    let mut refused = None;
+    for i in 0..50 {
+        let name = format!("full.new{i}");
+        match create(&mut keys, &name).await {
+            Ok(_) => created.push(name),
+            Err(e) => {
+                refused = Some((name, e));
+                break;
+            }
+        }
+    }
+    let (refused_name, e) = refused.expect("creating keys on a full store is refused");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("key store unavailable"), "{}", e.message());
+    let says = "key store unavailable";
+    assert_refused(rotate(&mut keys, "full.a").await, "rotation on a full store", says);
+    assert_refused(
+        set_period(&mut keys, "full.a", 86_400).await,
+        "policy change on a full store",
+        says,
+    );
+    assert_refused(create(&mut keys, "full.b").await, "creation on a full store", says);
+    assert_eq!(health(channel.clone()).await, ServingStatus::Serving as i32);
+    // The data path (README: the store unavailable is UNAVAILABLE):
+    // decryption is served from memory; encryption goes on within the
+    // durable reservation, then is refused rather than counted on credit.
+    assert_all_decrypt(&mut crypto, &acked, "full store").await;
+    let mut data_refused = None;
+    for i in 0..40 {
+        let pt = format!("during {i}").into_bytes();
+        match encrypt(&mut crypto, "full.a", &pt).await {
+            Ok(ct) => acked.push(("full.a".to_string(), pt, ct)),
+            Err(e) => {
+                data_refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = data_refused.expect("encryption beyond the durable reservation is refused on a full store");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert_all_decrypt(&mut crypto, &acked, "full store").await;
+    assert_eq!(health(channel.clone()).await, ServingStatus::Serving as i32);
+
+    // space freed: administrative calls succeed again, without a restart
+    s.ns.free(&s.state());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let info = loop {
+        match rotate(&mut keys, "full.a").await {
+            Ok(info) => break info,
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                assert!(Instant::now() < deadline, "no recovery after space was freed: {e:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(
+        info.primary_version, 2,
+        "the refused rotation did not happen; this one did"
+    );
+    create(&mut keys, "full.after").await.unwrap();
+    set_period(&mut keys, "full.a", 86_400).await.unwrap();
+    for i in 0..20 {
+        let pt = format!("after {i}").into_bytes();
+        acked.push((
+            "full.a".to_string(),
+            pt.clone(),
+            encrypt(&mut crypto, "full.a", &pt).await.unwrap(),
+        ));
+    }
+    for name in [&refused_name, "full.b"] {
+        let e = get(&mut keys, name).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "a refused creation does not appear: {e:?}");
+    }
+
+    // after a restart: everything acknowledged is there, nothing refused is
+    s.restart();
+    let channel = s.d.channel().await;
+    let (mut crypto, mut keys) = (CryptoClient::new(channel.clone()), KeysClient::new(channel));
+    assert_all_decrypt(&mut crypto, &acked, "after the restart").await;
+    for name in created.iter().map(String::as_str).chain(["full.a", "full.after"]) {
+        get(&mut keys, name)
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged key {name} lost: {e:?}"));
+    }
+    for name in [&refused_name, "full.b"] {
+        assert_eq!(get(&mut keys, name).await.unwrap_err().code(), Code::NotFound);
+    }
+    let a = get(&mut keys, "full.a").await.unwrap();
+    assert_eq!(a.primary_version, 2);
+    assert_eq!(a.policy.unwrap().rotation_period_seconds, Some(86_400));
+    // the stored usage count never fell below the encryptions acknowledged
+    for v in &a.versions {
+        let n = acked
+            .iter()
+            .filter(|(_, _, ct)| envelope_version(ct) == v.version)
+            .count() as u64;
+        assert!(
+            v.encryptions >= n,
+            "v{}: stored count {} < {n} acknowledged",
+            v.version,
+            v.encryptions
+        );
+    }
+    s.d.stop();
+    let out = s.audit_verify();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("OK "),
+        "{out:?}"
+    );
+    // the refused creation was audited as attempted and refused
+    let recs = audit_records(&s);
+    let outcome: Vec<_> = recs
+        .iter()
+        .filter(|r| r["op"] == "key.create" && r["key"] == refused_name.as_str())
+        .map(|r| r["result"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(outcome, ["STARTED", "UNAVAILABLE"], "{refused_name}");
 }

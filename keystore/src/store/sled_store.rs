@@ -22,6 +22,16 @@
 //! restart the store holds exactly the acknowledged writes. Reads go on
 //! meanwhile. The faults are tested with the failpoints of
 //! [`crate::failpoints`] (tests/faults.rs).
+//!
+//! A full disk is the exception: when sled's flush fails with `ENOSPC`
+//! (or `EDQUOT`) the file system refused to allocate, so no written page
+//! was lost; but sled then refuses every later flush until the database
+//! is opened again. The batch is undone as above, and instead of waiting
+//! for a restart the next write closes the database and opens it again
+//! from disk ([`SledStore::reopen`]); while the disk stays full that fails
+//! and the write is refused, and reads then wait for the same reopen.
+//! Once space is freed writes succeed again without a restart
+//! (tests/disk_full.rs).
 use super::{check_cond, storage_key, Entry, KeyStore, Op, RecordKind, Revision};
 use crate::{failpoints, Error};
 use std::fs::File;
@@ -102,6 +112,11 @@ pub struct SledStore {
     /// it: the store then refuses writes until it is opened again (see
     /// [`SledStore::undo`]).
     poisoned: std::sync::atomic::AtomicBool,
+    /// Set by a flush that failed for want of space (`ENOSPC`, `EDQUOT`).
+    out_of_space: std::sync::atomic::AtomicBool,
+    /// A write failed for want of space: the database must be opened
+    /// again from disk before the next write ([`SledStore::reopen`]).
+    reopen_pending: std::sync::atomic::AtomicBool,
 }
 
 /// How to put one record of a batch back as it was.
@@ -148,6 +163,8 @@ impl SledStore {
             sync_lock: Mutex::new(()),
             sync_each_write: std::sync::atomic::AtomicBool::new(true),
             poisoned: std::sync::atomic::AtomicBool::new(false),
+            out_of_space: std::sync::atomic::AtomicBool::new(false),
+            reopen_pending: std::sync::atomic::AtomicBool::new(false),
         };
         failpoints::kill_point(failpoints::STORE_OPEN);
         store.sync()?;
@@ -162,7 +179,42 @@ impl SledStore {
     }
 
     fn read_db(&self) -> Result<RwLockReadGuard<'_, Option<sled::Db>>, Error> {
-        self.db.read().map_err(|_| Error::Backend("store lock poisoned".into()))
+        let g = self
+            .db
+            .read()
+            .map_err(|_| Error::Backend("store lock poisoned".into()))?;
+        if g.is_none() && self.reopen_pending.load(std::sync::atomic::Ordering::SeqCst) {
+            // a reopen after a full disk failed half-way: try again
+            drop(g);
+            self.reopen()?;
+            return self.db.read().map_err(|_| Error::Backend("store lock poisoned".into()));
+        }
+        Ok(g)
+    }
+
+    /// After a write that failed for want of space (see the module
+    /// documentation): closes the database and opens it again from disk,
+    /// which clears sled's failed state and anything the failed batch left
+    /// in memory. Fails while the disk is still full (sled's open writes);
+    /// the database then stays closed and the next operation tries again.
+    fn reopen(&self) -> Result<(), Error> {
+        use std::sync::atomic::Ordering;
+        let mut guard = self
+            .db
+            .write()
+            .map_err(|_| Error::Backend("store lock poisoned".into()))?;
+        if !self.reopen_pending.load(Ordering::SeqCst) {
+            return Ok(()); // another caller reopened it meanwhile
+        }
+        *guard = None; // closes it (its closing flush fails, or finds nothing new)
+        *guard = Some(open_db(&self.path).map_err(|e| {
+            Error::Backend(format!(
+                "the disk was full and the store cannot be opened again yet ({e}); retried with the next call"
+            ))
+        })?);
+        self.reopen_pending.store(false, Ordering::SeqCst);
+        tracing::warn!(path = %self.path.display(), "store opened again from disk after a full disk; writes resume");
+        Ok(())
     }
 
     /// Rewrites the database into a fresh directory and scrubs the old
@@ -245,6 +297,9 @@ impl SledStore {
                     .into(),
             ));
         }
+        if self.reopen_pending.load(std::sync::atomic::Ordering::SeqCst) {
+            self.reopen()?;
+        }
         Ok(())
     }
 
@@ -262,7 +317,13 @@ impl SledStore {
     /// for the caller.
     fn undo(&self, undo: &[Undo], cause: Error) -> Error {
         use sled::transaction::ConflictableTransactionError as Cte;
-        self.poisoned.store(true, std::sync::atomic::Ordering::SeqCst);
+        use std::sync::atomic::Ordering;
+        // For want of space: nothing written was lost, the next write
+        // reopens the store (module documentation); else poisoned.
+        let full = self.out_of_space.swap(false, Ordering::SeqCst);
+        if !full {
+            self.poisoned.store(true, Ordering::SeqCst);
+        }
         let reverted = self.read_db().and_then(|g| {
             live(&g)?
                 .transaction(|tx| {
@@ -279,6 +340,23 @@ impl SledStore {
                 })
                 .map_err(|e| Error::Backend(format!("undoing a write that did not reach the disk: {e}")))
         });
+        if full {
+            self.reopen_pending.store(true, Ordering::SeqCst);
+            if reverted.is_err() {
+                // the batch is still in memory: close the database now (the
+                // reopen fails while the disk is full; reads then wait for it)
+                let _ = self.reopen();
+            }
+            tracing::error!(
+                error = %cause,
+                undone = reverted.is_ok(),
+                "a store write failed: the disk is full; undone, writes resume once space is freed"
+            );
+            return Error::Backend(format!(
+                "the disk is full: the write did not reach it and was undone ({cause}); \
+                 writes resume once space is freed"
+            ));
+        }
         // Best effort: the undo on disk too, before a restart reads it.
         let synced = reverted.as_ref().ok().map(|()| self.sync_for(&[]));
         tracing::error!(
@@ -331,7 +409,15 @@ impl SledStore {
         failpoints::store_fault(failpoints::STORE_FLUSH, names)?;
         {
             let g = self.read_db()?;
-            live(&g)?.flush()?;
+            if let Err(e) = live(&g)?.flush() {
+                if let sled::Error::Io(io) = &e {
+                    use std::io::ErrorKind;
+                    if matches!(io.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded) {
+                        self.out_of_space.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+                return Err(e.into());
+            }
         }
         failpoints::store_fault(failpoints::STORE_FSYNC, names)?;
         Self::fsync_path(&self.path.join("db"))?;
