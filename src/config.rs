@@ -267,8 +267,8 @@ impl Default for Limits {
             max_concurrent_streams: 256,
             max_batch_items: 10_000,
             shutdown_timeout: Duration::from_secs(10),
-            max_rotations_per_call: crate::keys::DEFAULT_MAX_ROTATIONS_PER_CALL,
-            usage_reservation_block: crate::keys::RESERVATION_BLOCK,
+            max_rotations_per_call: crate::rings::DEFAULT_MAX_ROTATIONS_PER_CALL,
+            usage_reservation_block: crate::rings::RESERVATION_BLOCK,
             max_redaction_bytes_in_flight: 256 * 1024 * 1024,
             max_pending_approvals: 64,
             max_pending_bytes: 256 << 20,
@@ -622,10 +622,10 @@ mod tests {
     fn the_usage_reservation_block_defaults_to_the_example_and_must_be_positive() {
         let example = include_str!("../kmsd.example.toml");
         let mut cfg: Config = toml::from_str(example).unwrap();
-        assert_eq!(cfg.limits.usage_reservation_block, crate::keys::RESERVATION_BLOCK);
+        assert_eq!(cfg.limits.usage_reservation_block, crate::rings::RESERVATION_BLOCK);
         assert_eq!(
             Limits::default().usage_reservation_block,
-            crate::keys::RESERVATION_BLOCK
+            crate::rings::RESERVATION_BLOCK
         );
         cfg.limits.usage_reservation_block = 0;
         let p = cfg.problems().join("\n");

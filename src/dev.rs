@@ -204,10 +204,10 @@ pub fn dev_officer_totp(config: &Config) -> Result<String, DevError> {
             let plain = sealer
                 .open(kmsd_keystore::RecordKind::Secret, &name, &entry.value)
                 .map_err(|x| e("store", x))?;
-            crate::otp::TotpSecret::from_slice(&plain)
+            crate::authz::otp::TotpSecret::from_slice(&plain)
                 .ok_or_else(|| DevError("dev officer secret is malformed".into()))?
         }
-        None => crate::access::enroll(store, sealer, DEV_OFFICER_ID, false)
+        None => crate::authz::officer::enroll(store, sealer, DEV_OFFICER_ID, false)
             .map_err(|x| e("enrolling the dev officer", x))?,
     };
     store.sync().map_err(|x| e("store", x))?;

@@ -8,20 +8,27 @@
 //!   ([`tls::server`]), client identities ([`tls::identity`]) and admission
 //!   ([`tls::acceptor`]: handshake budget with eviction, cap on
 //!   authenticated connections, idle timeout, the per-request identity).
-//! - [`service`]: the gRPC services (`kmsd.v1.Crypto`, `kmsd.v1.Keys`,
-//!   `kmsd.v1.Admin`); [`mask_service`]: `kmsd.v1.Mask`; [`deadline`]:
-//!   request deadlines.
-//! - [`access`]: the per-call gate: policy decision, officer second factor,
-//!   audit record; [`authz`]: the policy (identities → roles → allow/deny
-//!   rules; deny wins); [`otp`]: the officer second factor (TOTP);
+//! - [`api`]: one file per gRPC service ([`api::crypto`], [`api::keys`],
+//!   [`api::admin`], [`api::mask`]), the per-call pipeline every handler
+//!   goes through ([`api::call`]: identity, authorization, audit, metrics,
+//!   the one batch helper) and message ⇄ domain conversions
+//!   ([`api::convert`]); [`deadline`]: request deadlines.
+//! - [`authz`]: who may do what: the policy ([`authz::policy`]:
+//!   identities → roles → allow/deny rules; deny wins), the per-call gate
+//!   ([`authz::access`]: policy decision, second factor, audit records),
+//!   one-time codes ([`authz::otp`]), officer enrolment
+//!   ([`authz::officer`]) and dual control ([`authz::dual`]);
 //!   [`rate`]: per-identity token buckets (`Tokenize`).
 //! - [`audit`]: the hash-chained, MAC'd audit trail with group commit
 //!   (record, chain, handle, writer, recovery, verify).
-//! - [`keys`]: key rings in memory (zeroizing, cached so the data path
-//!   never reads the store) and their administration through the store;
-//!   [`crypto`]: the ciphertext envelope (format 1) over the keystore's
-//!   AES-256-GCM core; [`page_token`]: sealed `ListKeys` page tokens.
-//! - [`error`]: the daemon's error type and its one mapping to gRPC status.
+//! - [`rings`]: key rings in memory (zeroizing, cached so the data path
+//!   never reads the store) and their administration through the store
+//!   ("keys" names only the gRPC service, [`api::keys`]; the store crate
+//!   is `kmsd_keystore`); [`crypto`]: the ciphertext envelope (format 1)
+//!   over the keystore's AES-256-GCM core; [`page_token`]: sealed
+//!   `ListKeys` page tokens.
+//! - [`error`]: the daemon's error type, its one mapping to gRPC status
+//!   and the one table of status-code names (metrics, audit).
 //!
 //! Around it:
 //! - [`config`]: the typed TOML configuration (`deny_unknown_fields`).
@@ -35,13 +42,13 @@
 //!   generated API, with server stubs, and the mTLS client).
 //! - [`masking`]: the `kmsd-masking` crate (`masking/`), re-exported.
 //!
-//! Dependencies point one way: server → service, access → authz, audit,
-//! keys → crypto → keystore; config → tls → ops; nothing depends on
-//! server, and `ops` on nothing of the daemon. (service and access still
-//! use each other's types: the api/authz reorganisation of issue 15.)
+//! Dependencies point one way: server → api → authz, audit, rings →
+//! crypto → keystore; config → tls → ops; nothing depends on server, and
+//! `ops` on nothing of the daemon. (One exception left: a dual-control
+//! policy change applies its update with [`api::convert::merge_policy`].)
 #![deny(unsafe_code)]
 
-pub mod access;
+pub mod api;
 pub mod audit;
 pub mod authz;
 pub mod config;
@@ -49,15 +56,12 @@ pub mod crypto;
 pub mod deadline;
 pub mod dev;
 pub mod error;
-pub mod keys;
-pub mod mask_service;
 pub mod offline;
 pub mod ops;
-pub mod otp;
 pub mod page_token;
 pub mod rate;
+pub mod rings;
 pub mod server;
-pub mod service;
 pub mod tls;
 
 /// The mTLS gRPC client (the `kmsd-client` crate), kept at its old path.

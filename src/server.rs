@@ -8,13 +8,13 @@
 //! them; established connections keep theirs); a bad file is refused and
 //! the old configuration stays. SIGTERM stops accepting, lets in-flight
 //! calls finish within `limits.shutdown_timeout`, syncs the store and exits.
+use crate::api::{CryptoService, KeysService, Shared};
 use crate::config::Config;
-use crate::keys::Keys;
 use crate::ops::metrics::{KeySnapshot, Metrics};
 use crate::ops::notify::notify;
 use crate::ops::os::PassedSocket;
 use crate::proto;
-use crate::service::{CryptoService, KeysService, Shared};
+use crate::rings::Keys;
 use crate::tls::acceptor::{Acceptor, ConnLayer};
 use crate::tls::{self, RawStream};
 use kmsd_keystore::{KeyStore, RingStore, Sealer, SledStore, SystemClock};
@@ -316,13 +316,13 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-        .add_service(proto::admin_server::AdminServer::new(crate::service::AdminService {
+        .add_service(proto::admin_server::AdminServer::new(crate::api::AdminService {
             shared: shared.clone(),
         }))
         .add_service(
-            proto::mask_server::MaskServer::new(crate::mask_service::MaskService {
+            proto::mask_server::MaskServer::new(crate::api::mask::MaskService {
                 shared: shared.clone(),
-                limits: Arc::new(crate::mask_service::RedactionLimits::new(&config.limits)),
+                limits: Arc::new(crate::api::mask::RedactionLimits::new(&config.limits)),
                 tokenize_limit: Arc::new(crate::rate::RateLimiter::new(
                     config.limits.tokenize_rate,
                     config.limits.tokenize_burst,
@@ -364,7 +364,7 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
     let access = {
         let (keys, metrics, config) = (keys.clone(), metrics.clone(), config.clone());
         tokio::task::spawn_blocking(move || {
-            crate::access::Access::new(
+            crate::authz::Access::new(
                 config.policy.clone(),
                 config.audit.path.clone(),
                 config.audit.options(),
@@ -376,7 +376,7 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
         .map_err(|e| err("start-up", e))?
         .map_err(|e| StartError(format!("access control: {e}")))?
     };
-    access.set_pending_limits(crate::access::PendingLimits {
+    access.set_pending_limits(crate::authz::PendingLimits {
         count: config.limits.max_pending_approvals,
         bytes: config.limits.max_pending_bytes,
     });

@@ -155,7 +155,7 @@ impl Env {
         let step = now() / 30 + 1;
         assert!(self.last_step.get(who).is_none_or(|l| *l < step));
         self.last_step.insert(who.to_owned(), step);
-        format!("{:06}", kmsd::otp::code_at(&self.secrets[who], step * 30, 6))
+        format!("{:06}", kmsd::authz::otp::code_at(&self.secrets[who], step * 30, 6))
     }
 
     /// Restarts the daemon (same state) and reconnects every client.
@@ -187,7 +187,7 @@ impl Env {
         let next = self.last_step.get(who).map_or(step - 1, |l| (l + 1).max(step - 1));
         assert!(next <= step + 1, "{who} used up its codes for this window");
         self.last_step.insert(who.to_owned(), next);
-        format!("{:06}", kmsd::otp::code_at(&self.secrets[who], next * 30, 6))
+        format!("{:06}", kmsd::authz::otp::code_at(&self.secrets[who], next * 30, 6))
     }
 }
 

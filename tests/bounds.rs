@@ -225,7 +225,7 @@ impl Codes {
         let step = (self.last + 1).max(now / 30 - 1);
         assert!(step <= now / 30 + 1, "out of codes for this window");
         self.last = step;
-        format!("{:06}", kmsd::otp::code_at(&self.secret, step * 30, 6))
+        format!("{:06}", kmsd::authz::otp::code_at(&self.secret, step * 30, 6))
     }
 }
 

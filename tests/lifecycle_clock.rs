@@ -2,7 +2,7 @@
 //! usage limits, counting across restarts, destruction. The real key
 //! manager over the real (in-memory) store; only time is simulated.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-use kmsd::keys::{Keys, RESERVATION_BLOCK};
+use kmsd::rings::{Keys, RESERVATION_BLOCK};
 use kmsd::Error;
 use kmsd_keystore::keyring::{KeyPolicy, RotationReason};
 use kmsd_keystore::{Clock, KeyStore, MasterKey, MemoryStore, RingStore, Sealer, UnixTime, VersionState};

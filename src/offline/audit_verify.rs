@@ -21,7 +21,7 @@ impl std::fmt::Display for Verified {
 /// `[audit] path` (the rotated files, oldest first, then the live log).
 pub fn audit_verify(cfg: &Config, files: Vec<PathBuf>) -> Result<Verified, String> {
     let rings = crate::server::open_rings(cfg).map_err(text)?;
-    let key = crate::access::audit_key(rings.raw().as_ref(), rings.sealer()).map_err(text)?;
+    let key = crate::authz::access::audit_key(rings.raw().as_ref(), rings.sealer()).map_err(text)?;
     // the head first: the log read after it holds at least what it records
     let anchor = crate::audit::read_head(&cfg.audit.path, &key)?;
     let files = if files.is_empty() {

@@ -25,7 +25,8 @@ impl std::fmt::Display for Enrolled {
 /// and syncs the store.
 pub fn officer_enrol(cfg: &Config, identity: &str, replace: bool) -> Result<Enrolled, String> {
     let rings = crate::server::open_rings(cfg).map_err(text)?;
-    let secret = crate::access::enroll(rings.raw().as_ref(), rings.sealer(), identity, replace).map_err(text)?;
+    let secret =
+        crate::authz::officer::enroll(rings.raw().as_ref(), rings.sealer(), identity, replace).map_err(text)?;
     rings.raw().sync().map_err(text)?;
     Ok(Enrolled {
         identity: identity.to_owned(),

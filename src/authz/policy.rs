@@ -538,7 +538,7 @@ allow = [{ ops = ["key.*"], keys = ["*"] }]
 
     #[test]
     fn the_example_policy_parses() {
-        let p = Policy::parse(include_str!("../policy.example.toml")).unwrap();
+        let p = Policy::parse(include_str!("../../policy.example.toml")).unwrap();
         assert!(p
             .check("spiffe://bank.internal/payments", Op::Encrypt, Some("payments.pan"))
             .is_ok());

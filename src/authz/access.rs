@@ -1,7 +1,7 @@
 //! Access control for every call: who is calling (from the verified
 //! certificate), whether the policy allows it, the officer's second
-//! factor, dual control for destructive operations, and one audit record
-//! per request.
+//! factor, and one audit record per request. Dual control is in
+//! [`super::dual`], enrolment records in [`super::officer`].
 //!
 //! Order of checks, and why: the policy decides first (PERMISSION_DENIED,
 //! before any key lookup, so a caller without rights learns nothing about
@@ -10,11 +10,13 @@
 //! cannot be written the call fails closed (UNAVAILABLE) and nothing is
 //! done. Every call then ends with one audit record of its outcome
 //! (administrative: durable before the answer; data path: group-committed).
+use super::dual::{Pending, PendingLimits};
+use super::officer::{claim_enrolment, TOTP_STATE_PREFIX};
+use super::otp::{OfficerState, Outcome, TotpSecret, Verifier};
+use super::policy::{Op, Policy};
 use crate::audit::{AuditHandle, AuditKey, Event};
-use crate::authz::{Op, Policy};
-use crate::error::Error;
-use crate::keys::Keys;
-use crate::otp::{OfficerState, Outcome, TotpSecret, Verifier};
+use crate::error::{code_name, Error};
+use crate::rings::Keys;
 use crate::tls::PeerIdentity;
 use arc_swap::ArcSwap;
 use kmsd_keystore::{KeyStore, RecordKind, Sealer};
@@ -23,25 +25,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
 
 /// Request metadata carrying an officer's one-time code.
 pub const OTP_HEADER: &str = "x-kmsd-otp";
-/// Response metadata naming a dual-control request.
-pub const APPROVAL_HEADER: &str = "x-kmsd-approval-id";
-
-/// Record name of an officer's sealed TOTP secret.
-fn totp_record(identity: &str) -> String {
-    format!("totp:{identity}")
-}
-
-/// Record name of a new TOTP secret waiting for its officer to claim it.
-fn offer_record(identity: &str) -> String {
-    format!("totp-offer:{identity}")
-}
-
-/// Record name of an officer's sealed replay and lock-out memory.
-const TOTP_STATE_PREFIX: &str = "totp-state:";
 
 /// One call in progress.
 #[derive(Debug)]
@@ -109,172 +96,9 @@ impl Drop for Call {
     }
 }
 
-/// An operation waiting for a second officer.
-#[derive(Debug, Clone)]
-pub enum PendingOp {
-    /// Schedule a version's destruction.
-    DestroyVersion {
-        /// Key.
-        name: String,
-        /// Version.
-        version: u32,
-        /// Waiting period (seconds, 0 = default).
-        wait: u64,
-    },
-    /// Schedule the whole key's deletion.
-    DeleteKey {
-        /// Key.
-        name: String,
-        /// Waiting period (seconds, 0 = default).
-        wait: u64,
-    },
-    /// Restore a snapshot.
-    Restore {
-        /// The snapshot.
-        bytes: Arc<Vec<u8>>,
-    },
-    /// Replace another officer's second factor. The new secret then waits,
-    /// sealed, for that officer alone to claim it.
-    ReplaceOfficer {
-        /// The officer whose enrolment is replaced.
-        identity: String,
-        /// How long the new secret waits to be claimed (seconds).
-        claim_ttl: i64,
-    },
-    /// A policy change that moves `min_decryption_version` across versions
-    /// that still have material (raising strands their ciphertexts,
-    /// lowering revives retired versions).
-    SetPolicy {
-        /// Key.
-        name: String,
-        /// Only the fields the requester set: applied on top of the key's
-        /// policy *at approval*, and checked again then, so changes made
-        /// meanwhile are kept.
-        update: crate::proto::KeyPolicy,
-    },
-}
-
-impl PendingOp {
-    /// The operation, for policy and audit.
-    pub fn op(&self) -> Op {
-        match self {
-            PendingOp::DestroyVersion { .. } | PendingOp::DeleteKey { .. } => Op::KeyDestroy,
-            PendingOp::Restore { .. } => Op::Restore,
-            PendingOp::SetPolicy { .. } => Op::KeyPolicy,
-            PendingOp::ReplaceOfficer { .. } => Op::OfficerEnroll,
-        }
-    }
-
-    /// Bytes the pending request holds in memory (a restore's snapshot).
-    pub fn held_bytes(&self) -> usize {
-        match self {
-            PendingOp::Restore { bytes } => bytes.len(),
-            _ => 0,
-        }
-    }
-
-    /// The key concerned.
-    pub fn key(&self) -> Option<&str> {
-        match self {
-            PendingOp::DestroyVersion { name, .. }
-            | PendingOp::DeleteKey { name, .. }
-            | PendingOp::SetPolicy { name, .. } => Some(name),
-            PendingOp::Restore { .. } | PendingOp::ReplaceOfficer { .. } => None,
-        }
-    }
-
-    /// Exactly what will happen, in words.
-    pub fn describe(&self) -> String {
-        let wait = |w: u64| {
-            if w == 0 {
-                "the default 30 days".to_owned()
-            } else {
-                format!("{w} seconds")
-            }
-        };
-        match self {
-            PendingOp::DestroyVersion { name, version, wait: w } => format!(
-                "schedule destruction of version {version} of key {name:?} after {}; its material is then erased",
-                wait(*w)
-            ),
-            PendingOp::DeleteKey { name, wait: w } => {
-                format!("schedule deletion of every version of key {name:?} after {}", wait(*w))
-            }
-            PendingOp::Restore { bytes } => {
-                format!(
-                    "restore a {}-byte backup snapshot into the (empty) key store",
-                    bytes.len()
-                )
-            }
-            PendingOp::ReplaceOfficer { identity, claim_ttl } => format!(
-                "replace the second factor (TOTP secret) of officer {identity:?}: the new secret waits {claim_ttl} \
-                 seconds for {identity:?} alone to claim it with its own certificate (kmsctl officer claim); \
-                 the current secret stays valid until then"
-            ),
-            PendingOp::SetPolicy { name, update } => format!(
-                "change the policy of key {name:?}: {} (min_decryption_version decides which versions may decrypt: \
-                 raising it makes ciphertexts of the versions below undecryptable, lowering it lets retired versions \
-                 decrypt again)",
-                describe_update(update)
-            ),
-        }
-    }
-}
-
-/// The fields a policy update sets, in words (`0` disables a limit).
-fn describe_update(u: &crate::proto::KeyPolicy) -> String {
-    let mut parts = Vec::new();
-    let mut add = |name: &str, v: Option<String>| {
-        if let Some(v) = v {
-            parts.push(format!("{name}={v}"));
-        }
-    };
-    add(
-        "rotation_period_seconds",
-        u.rotation_period_seconds.map(|v| v.to_string()),
-    );
-    add(
-        "max_encryptions_per_version",
-        u.max_encryptions_per_version.map(|v| v.to_string()),
-    );
-    add(
-        "min_decryption_version",
-        u.min_decryption_version.map(|v| v.to_string()),
-    );
-    add(
-        "min_encryption_version",
-        u.min_encryption_version.map(|v| v.to_string()),
-    );
-    add("deletion_allowed", u.deletion_allowed.map(|v| v.to_string()));
-    add(
-        "manual_rotation_resets_schedule",
-        u.manual_rotation_resets_schedule.map(|v| v.to_string()),
-    );
-    if parts.is_empty() {
-        "no change".to_owned()
-    } else {
-        parts.join(", ")
-    }
-}
-
-/// A dual-control request.
-#[derive(Debug, Clone)]
-pub struct Pending {
-    /// Id.
-    pub id: String,
-    /// Who asked.
-    pub requester: String,
-    /// What.
-    pub op: PendingOp,
-    /// Unix time it expires unapproved.
-    pub expires_at: i64,
-    /// Unix time it was made.
-    pub created_at: i64,
-}
-
 /// Access state shared by every service.
 pub struct Access {
-    policy: ArcSwap<Policy>,
+    pub(super) policy: ArcSwap<Policy>,
     policy_path: PathBuf,
     /// The configuration's dev_mode: DEV ONLY roles are refused without it,
     /// on every reload as at start.
@@ -286,33 +110,15 @@ pub struct Access {
     pub audit_path: PathBuf,
     verifier: Mutex<Verifier>,
     totp: Mutex<HashMap<String, Arc<TotpSecret>>>,
-    pending: Mutex<HashMap<String, Pending>>,
+    pub(super) pending: Mutex<HashMap<String, Pending>>,
     /// Bounds of `pending` (count, bytes held): pending requests live in
     /// memory until approved or expired, a restore's whole snapshot
     /// included, so without a bound officers' requests could fill memory.
-    pending_limits: Mutex<PendingLimits>,
+    pub(super) pending_limits: Mutex<PendingLimits>,
     store: Arc<dyn KeyStore>,
     /// The key rings' store and sealer: officers' replay and lock-out
     /// memory is sealed into it like every other record.
     keys: Arc<Keys>,
-}
-
-/// Bounds of the pending dual-control requests (`[limits]`).
-#[derive(Debug, Clone, Copy)]
-pub struct PendingLimits {
-    /// Requests pending at once (`max_pending_approvals`).
-    pub count: usize,
-    /// Bytes they may hold together (`max_pending_bytes`): restore snapshots.
-    pub bytes: usize,
-}
-
-impl Default for PendingLimits {
-    fn default() -> Self {
-        PendingLimits {
-            count: 64,
-            bytes: 256 << 20,
-        }
-    }
 }
 
 impl std::fmt::Debug for Access {
@@ -321,11 +127,11 @@ impl std::fmt::Debug for Access {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn now() -> i64 {
+pub(super) fn now() -> i64 {
     kmsd_keystore::Clock::now(&kmsd_keystore::SystemClock)
 }
 
@@ -353,73 +159,6 @@ pub fn audit_key(store: &dyn KeyStore, sealer: &Sealer) -> Result<AuditKey, Erro
         }
     }
     Err(Error::StoreUnavailable)
-}
-
-/// Enrols (or re-enrols) an officer: a fresh TOTP secret sealed into the store.
-pub fn enroll(store: &dyn KeyStore, sealer: &Sealer, identity: &str, replace: bool) -> Result<TotpSecret, Error> {
-    let name = totp_record(identity);
-    let secret = TotpSecret::generate();
-    let sealed = sealer.seal(RecordKind::Secret, &name, secret.expose_secret())?;
-    let expected = match store.get(RecordKind::Secret, &name)? {
-        Some(_) if !replace => return Err(Error::KeyExists(format!("officer {identity}"))),
-        Some(e) => Some(e.revision),
-        None => None,
-    };
-    store.put(RecordKind::Secret, &name, expected, &sealed)?;
-    Ok(secret)
-}
-
-/// Seals a new TOTP secret for `identity` to claim (once, with its own
-/// certificate) until `claim_by`; an offer not yet claimed is replaced.
-/// Refused if the identity is enrolled and `replace` is not set.
-pub fn offer_enrolment(
-    store: &dyn KeyStore,
-    sealer: &Sealer,
-    identity: &str,
-    replace: bool,
-    claim_by: i64,
-) -> Result<(), Error> {
-    if !replace && store.get(RecordKind::Secret, &totp_record(identity))?.is_some() {
-        return Err(Error::KeyExists(format!("officer {identity}")));
-    }
-    let name = offer_record(identity);
-    let secret = TotpSecret::generate();
-    let mut plain = zeroize::Zeroizing::new(Vec::with_capacity(28));
-    plain.extend_from_slice(&claim_by.to_be_bytes());
-    plain.extend_from_slice(secret.expose_secret());
-    let sealed = sealer.seal(RecordKind::Secret, &name, &plain)?;
-    let expected = store.get(RecordKind::Secret, &name)?.map(|e| e.revision);
-    store.put(RecordKind::Secret, &name, expected, &sealed)?;
-    Ok(())
-}
-
-/// Takes the secret waiting for `identity` (once: the offer is deleted
-/// first) and makes it the officer's enrolment.
-pub fn claim_enrolment(store: &dyn KeyStore, sealer: &Sealer, identity: &str, now: i64) -> Result<TotpSecret, Error> {
-    let name = offer_record(identity);
-    let nothing = || {
-        Error::NotFound(format!(
-            "no officer enrolment waits for {identity} (none, claimed or expired)"
-        ))
-    };
-    let entry = store.get(RecordKind::Secret, &name)?.ok_or_else(nothing)?;
-    let plain = sealer.open(RecordKind::Secret, &name, &entry.value)?;
-    store.delete(RecordKind::Secret, &name, entry.revision)?;
-    let (claim_by, raw) = plain.split_at_checked(8).ok_or_else(|| Error::Corrupt(name.clone()))?;
-    let claim_by = i64::from_be_bytes(claim_by.try_into().map_err(|_| Error::Corrupt(name.clone()))?);
-    let secret = TotpSecret::from_slice(raw).ok_or_else(|| Error::Corrupt(name.clone()))?;
-    if claim_by <= now {
-        return Err(nothing());
-    }
-    let record = totp_record(identity);
-    let expected = store.get(RecordKind::Secret, &record)?.map(|e| e.revision);
-    store.put(
-        RecordKind::Secret,
-        &record,
-        expected,
-        &sealer.seal(RecordKind::Secret, &record, secret.expose_secret())?,
-    )?;
-    Ok(secret)
 }
 
 impl Access {
@@ -523,21 +262,6 @@ impl Access {
         Ok(secret)
     }
 
-    /// Sets the bounds of pending dual-control requests.
-    pub fn set_pending_limits(&self, limits: PendingLimits) {
-        *lock(&self.pending_limits) = limits;
-    }
-
-    /// The most bytes a snapshot from `identity` may have: a caller that
-    /// goes through dual control can only park it within the pending
-    /// bytes budget, so a larger upload is refused while it streams.
-    pub fn restore_upload_cap(&self, identity: &str) -> Option<usize> {
-        if self.policy.load().dev_bypass(identity) {
-            return None;
-        }
-        Some(lock(&self.pending_limits).bytes)
-    }
-
     /// Remembers a freshly enrolled officer's secret.
     pub fn remember_officer(&self, identity: &str, secret: TotpSecret) {
         lock(&self.totp).insert(identity.to_owned(), Arc::new(secret));
@@ -553,7 +277,7 @@ impl Access {
         &self.store
     }
 
-    fn event(&self, call: &Call, result: &'static str, detail: Option<String>) -> Event {
+    pub(super) fn event(&self, call: &Call, result: &'static str, detail: Option<String>) -> Event {
         let v = call.version.load(std::sync::atomic::Ordering::Relaxed);
         Event {
             request_id: call.request_id.clone(),
@@ -759,204 +483,5 @@ impl Access {
         let detail = Some("the call ended before its outcome (cancelled by the client, or its stream failed)".into());
         self.audit
             .record_anyway(self.event(call, code_name(Code::Cancelled), detail));
-    }
-
-    /// Whether `call` must go through a second officer: always, except
-    /// for DEV ONLY roles. A non-officer cannot start one.
-    pub fn dual_control(&self, call: &Call, op: PendingOp) -> Result<(), Status> {
-        let policy = self.policy.load();
-        let id = call.peer.id();
-        if policy.dev_bypass(id) {
-            return Ok(());
-        }
-        if !policy.is_officer(id) {
-            return Err(Status::permission_denied(format!(
-                "{} needs dual control: it must be requested by an officer and approved by another",
-                call.op.as_str()
-            )));
-        }
-        let mut raw = [0u8; 8];
-        rand::rngs::OsRng.fill_bytes(&mut raw);
-        let p = Pending {
-            id: hex::encode(raw),
-            requester: id.to_owned(),
-            expires_at: now() + policy.settings.approval_ttl.as_secs() as i64,
-            created_at: now(),
-            op,
-        };
-        let msg = format!(
-            "dual control: request {} created; a second officer must approve it before it runs \
-             (kmsctl approvals approve {}); expires at {} (Unix time): {}",
-            p.id,
-            p.id,
-            p.expires_at,
-            p.op.describe()
-        );
-        let limits = *lock(&self.pending_limits);
-        {
-            let mut m = lock(&self.pending);
-            let t = now();
-            m.retain(|_, p| p.expires_at > t);
-            if m.len() >= limits.count {
-                return Err(Status::resource_exhausted(format!(
-                    "dual control: {} requests are already pending, the most allowed (limits.max_pending_approvals); \
-                     approve, reject or let some expire first",
-                    m.len()
-                )));
-            }
-            let held: usize = m.values().map(|p| p.op.held_bytes()).sum();
-            if held.saturating_add(p.op.held_bytes()) > limits.bytes {
-                return Err(Status::resource_exhausted(format!(
-                    "dual control: this request would hold {} bytes in memory while pending, and pending requests \
-                     already hold {held}; the most allowed is {} (limits.max_pending_bytes)",
-                    p.op.held_bytes(),
-                    limits.bytes
-                )));
-            }
-            *lock(&call.detail) = Some(format!("approval request {} created", p.id));
-            m.insert(p.id.clone(), p.clone());
-        }
-        let mut status = Status::failed_precondition(msg);
-        if let Ok(v) = p.id.parse() {
-            status.metadata_mut().insert(APPROVAL_HEADER, v);
-        }
-        Err(status)
-    }
-
-    /// Pending requests (expired ones are dropped).
-    pub fn pending(&self) -> Vec<Pending> {
-        let mut m = lock(&self.pending);
-        let t = now();
-        m.retain(|_, p| p.expires_at > t);
-        let mut v: Vec<Pending> = m.values().cloned().collect();
-        v.sort_by_key(|p| p.created_at);
-        v
-    }
-
-    /// Takes a pending request for approval by `approver`, who must be an
-    /// officer other than the requester.
-    pub fn take_for_approval(&self, id: &str, approver: &str) -> Result<Pending, Status> {
-        let mut m = lock(&self.pending);
-        let t = now();
-        m.retain(|_, p| p.expires_at > t);
-        let Some(p) = m.get(id) else {
-            return Err(Status::not_found(format!(
-                "no pending approval request {id} (unknown or expired)"
-            )));
-        };
-        if p.requester == approver {
-            return Err(Status::permission_denied(
-                "dual control: the requester cannot approve their own request",
-            ));
-        }
-        let policy = self.policy.load();
-        if !policy.is_officer(approver) {
-            return Err(Status::permission_denied("dual control: only an officer can approve"));
-        }
-        Self::may_decide(&policy, p, approver)?;
-        m.remove(id).ok_or_else(|| Status::not_found("request vanished"))
-    }
-
-    /// The second officer must hold, in their own right, the operation they
-    /// approve or reject on its key: the `approval` right alone lets an
-    /// officer decide only within their own remit.
-    fn may_decide(policy: &Policy, p: &Pending, officer: &str) -> Result<(), Status> {
-        policy.check(officer, p.op.op(), p.op.key()).map_err(|d| {
-            Status::permission_denied(format!(
-                "dual control: approving or rejecting needs the right it decides on: {d}"
-            ))
-        })
-    }
-
-    /// Rejects (drops) a pending request; `officer` needs the request's
-    /// own right, as an approver does.
-    pub fn reject(&self, id: &str, officer: &str) -> Result<Pending, Status> {
-        let mut m = lock(&self.pending);
-        let Some(p) = m.get(id) else {
-            return Err(Status::not_found(format!("no pending approval request {id}")));
-        };
-        Self::may_decide(&self.policy.load(), p, officer)?;
-        m.remove(id).ok_or_else(|| Status::not_found("request vanished"))
-    }
-}
-
-/// The canonical name of a gRPC code.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
-/// A request id: the caller's `x-request-id` if it is short and plain,
-/// else a random one.
-pub fn request_id<T>(req: &Request<T>) -> String {
-    static REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-    if let Some(v) = req.metadata().as_ref().get(&REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        if !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) {
-            return v.to_owned();
-        }
-    }
-    // A per-process random prefix and a counter: unique, and no system
-    // call on the data path.
-    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let prefix = PREFIX.get_or_init(|| rand::rngs::OsRng.next_u32());
-    format!(
-        "{prefix:08x}-{:x}",
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    )
-}
-
-/// Executes an approved dual-control operation.
-pub fn execute(keys: &Keys, op: &PendingOp) -> Result<String, Error> {
-    match op {
-        PendingOp::DestroyVersion { name, version, wait } => {
-            let at = keys.destruction_time(*wait)?;
-            let v = *version;
-            keys.modify(name, |r| r.schedule_destruction(v, at))?;
-            Ok(format!("version {v} of key {name:?} will be destroyed at {at}"))
-        }
-        PendingOp::DeleteKey { name, wait } => {
-            let at = keys.destruction_time(*wait)?;
-            keys.modify(name, |r| r.schedule_deletion(at))?;
-            Ok(format!("key {name:?} will be deleted at {at}"))
-        }
-        PendingOp::Restore { bytes } => {
-            let (records, rings) = keys.restore(bytes)?;
-            Ok(format!("restored {records} records ({rings} keys)"))
-        }
-        PendingOp::ReplaceOfficer { identity, claim_ttl } => {
-            let rings = keys.ring_store();
-            let claim_by = now().saturating_add(*claim_ttl);
-            offer_enrolment(rings.raw().as_ref(), rings.sealer(), identity, true, claim_by)?;
-            Ok(format!(
-                "a new second factor waits for officer {identity:?} to claim it (kmsctl officer claim, with its own \
-                 certificate) until {claim_by} (Unix time)"
-            ))
-        }
-        PendingOp::SetPolicy { name, update } => {
-            let ring = keys.update_policy(name, |p| crate::service::merge_policy(p, Some(update)))?;
-            Ok(format!(
-                "policy of key {name:?} updated: {} (min_decryption_version now {})",
-                describe_update(update),
-                ring.policy.min_decryption_version
-            ))
-        }
     }
 }

@@ -9,13 +9,13 @@
 //! goes away (it is asked every [`masking::detect::STOP_CHECK_BYTES`]); and
 //! the bytes being redacted or waiting to be sent back are bounded per
 //! stream and over the process ([`RedactionLimits`]).
+use super::call::Shared;
 use crate::authz::Op;
 use crate::config::Limits;
 use crate::deadline::RequestDeadline;
 use crate::error::Error;
 use crate::masking::{self, Kind};
 use crate::proto;
-use crate::service::Shared;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -1,0 +1,276 @@
+//! `kmsd.v1.Crypto`: encrypt, decrypt, rewrap (single and batch) and data
+//! keys. Every handler goes through the call pipeline ([`super::call`]);
+//! the envelope and key material stay in [`crate::rings`].
+use super::call::{batch_parts, blocking, item_denied, item_error, Shared, BLOCK_IN_PLACE_ITEMS};
+use crate::authz::{Call, Op};
+use crate::error::Error;
+use crate::proto;
+use crate::rings::{EncryptCall, Keys};
+use rand::RngCore;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+use zeroize::Zeroizing;
+
+/// `kmsd.v1.Crypto`.
+#[derive(Debug, Clone)]
+pub struct CryptoService {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// Most items accepted in one batch call.
+    pub max_batch_items: usize,
+}
+
+impl CryptoService {
+    fn check_batch(&self, n: usize) -> Result<(), Error> {
+        if n > self.max_batch_items {
+            return Err(Error::TooLarge(format!(
+                "batch of {n} items exceeds the limit of {}",
+                self.max_batch_items
+            )));
+        }
+        Ok(())
+    }
+
+    fn rewrap_one(
+        keys: &Arc<Keys>,
+        enc: &mut EncryptCall,
+        r: &proto::RewrapRequest,
+    ) -> Result<proto::RewrapResponse, Error> {
+        let (plaintext, source) = keys.decrypt(&r.key, &r.ciphertext, &r.associated_data)?;
+        let plaintext = Zeroizing::new(plaintext);
+        let e = keys.encrypt_in(enc, &r.key, &plaintext, &r.associated_data)?;
+        Ok(proto::RewrapResponse {
+            ciphertext: e.ciphertext,
+            key_version: e.version,
+            source_key_version: source,
+        })
+    }
+
+    async fn data_key(
+        &self,
+        req: Request<proto::GenerateDataKeyRequest>,
+        with_plaintext: bool,
+    ) -> Result<Response<proto::GenerateDataKeyResponse>, Status> {
+        let call = self.shared.begin(&req, Op::Datakey, Some(&req.get_ref().key))?;
+        let r = req.into_inner();
+        let keys = self.shared.keys()?.clone();
+        let (key, aad, bits) = (r.key, r.associated_data, r.bits);
+        let result = blocking(move || {
+            let len = match bits {
+                0 | 256 => 32,
+                192 => 24,
+                128 => 16,
+                _ => return Err(Error::InvalidArgument("bits must be 128, 192 or 256".into())),
+            };
+            let mut dk = Zeroizing::new(vec![0u8; len]);
+            rand::rngs::OsRng.fill_bytes(&mut dk);
+            let e = keys.encrypt(&key, &dk, &aad)?;
+            Ok(proto::GenerateDataKeyResponse {
+                plaintext: if with_plaintext { dk.to_vec() } else { Vec::new() },
+                ciphertext: e.ciphertext,
+                key_version: e.version,
+            })
+        })
+        .await;
+        if let Ok(r) = &result {
+            call.used_version(r.key_version);
+        }
+        Ok(Response::new(self.shared.finish(&call, result)?))
+    }
+
+    /// Runs a batch: the size limit for the whole call, then each item on
+    /// its own, checked against the policy (a denied or failing item gets
+    /// its own error; one bad item never fails the batch).
+    ///
+    /// The audit trail gets one record per key, version and result of the
+    /// items (`version_of`: the version an item used and, for rewrap, the
+    /// one it came from), besides the call's own record.
+    fn run_batch<I, O>(
+        &self,
+        call: &Call,
+        items: &[I],
+        key_of: impl Fn(&I) -> &str,
+        mut f: impl FnMut(&I) -> Result<O, Error>,
+        version_of: impl Fn(&O) -> (u32, Option<u32>),
+    ) -> Result<Vec<Result<O, proto::ItemError>>, Error> {
+        self.check_batch(items.len())?;
+        let mut run = || -> Vec<Result<O, proto::ItemError>> {
+            items
+                .iter()
+                .map(|it| {
+                    let key = key_of(it);
+                    if self.shared.allowed(call, call.op, key) {
+                        f(it).map_err(item_error)
+                    } else {
+                        Err(item_denied(call.op, key))
+                    }
+                })
+                .collect()
+        };
+        // A large batch is milliseconds of CPU: hand this worker's other
+        // tasks (health, metrics, other callers) to another thread first.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let out = if items.len() > BLOCK_IN_PLACE_ITEMS && multi_thread {
+            tokio::task::block_in_place(run)
+        } else {
+            run()
+        };
+        let errors = out.iter().filter(|r| r.is_err()).count();
+        if let Ok(mut d) = call.detail.lock() {
+            *d = Some(format!("batch items={} errors={errors}", items.len()));
+        }
+        *call.batch.lock().unwrap_or_else(|p| p.into_inner()) = batch_parts(items, &out, key_of, version_of);
+        Ok(out)
+    }
+}
+
+#[tonic::async_trait]
+impl proto::crypto_server::Crypto for CryptoService {
+    async fn encrypt(&self, req: Request<proto::EncryptRequest>) -> Result<Response<proto::EncryptResponse>, Status> {
+        let call = self.shared.begin(&req, Op::Encrypt, Some(&req.get_ref().key))?;
+        let r = req.into_inner();
+        let result = self.shared.keys()?.encrypt(&r.key, &r.plaintext, &r.associated_data);
+        if let Ok(e) = &result {
+            call.used_version(e.version);
+        }
+        let e = self.shared.finish(&call, result)?;
+        Ok(Response::new(proto::EncryptResponse {
+            ciphertext: e.ciphertext,
+            key_version: e.version,
+        }))
+    }
+
+    async fn decrypt(&self, req: Request<proto::DecryptRequest>) -> Result<Response<proto::DecryptResponse>, Status> {
+        let call = self.shared.begin(&req, Op::Decrypt, Some(&req.get_ref().key))?;
+        let r = req.into_inner();
+        let result = self.shared.keys()?.decrypt(&r.key, &r.ciphertext, &r.associated_data);
+        if let Ok((_, v)) = &result {
+            call.used_version(*v);
+        }
+        let (plaintext, key_version) = self.shared.finish(&call, result)?;
+        Ok(Response::new(proto::DecryptResponse { plaintext, key_version }))
+    }
+
+    async fn rewrap(&self, req: Request<proto::RewrapRequest>) -> Result<Response<proto::RewrapResponse>, Status> {
+        let call = self.shared.begin(&req, Op::Rewrap, Some(&req.get_ref().key))?;
+        let r = req.into_inner();
+        let keys = self.shared.keys()?;
+        let result = Self::rewrap_one(keys, &mut keys.call(1), &r);
+        if let Ok(ok) = &result {
+            call.used_version(ok.key_version);
+        }
+        Ok(Response::new(self.shared.finish(&call, result)?))
+    }
+
+    async fn encrypt_batch(
+        &self,
+        req: Request<proto::EncryptBatchRequest>,
+    ) -> Result<Response<proto::EncryptBatchResponse>, Status> {
+        use proto::encrypt_batch_item::Result as R;
+        let call = self.batch_call(&req, Op::Encrypt)?;
+        let keys = self.shared.keys()?;
+        let r = req.into_inner();
+        let mut enc = keys.call(r.items.len());
+        let items = self.run_batch(
+            &call,
+            &r.items,
+            |it| &it.key,
+            |it| {
+                keys.encrypt_in(&mut enc, &it.key, &it.plaintext, &it.associated_data)
+                    .map(|e| proto::EncryptResponse {
+                        ciphertext: e.ciphertext,
+                        key_version: e.version,
+                    })
+            },
+            |o| (o.key_version, None),
+        );
+        let items = self.shared.finish(&call, items)?;
+        let items = items
+            .into_iter()
+            .map(|res| proto::EncryptBatchItem {
+                result: Some(res.map_or_else(R::Error, R::Ok)),
+            })
+            .collect();
+        Ok(Response::new(proto::EncryptBatchResponse { items }))
+    }
+
+    async fn decrypt_batch(
+        &self,
+        req: Request<proto::DecryptBatchRequest>,
+    ) -> Result<Response<proto::DecryptBatchResponse>, Status> {
+        use proto::decrypt_batch_item::Result as R;
+        let call = self.batch_call(&req, Op::Decrypt)?;
+        let keys = self.shared.keys()?;
+        let r = req.into_inner();
+        let items = self.run_batch(
+            &call,
+            &r.items,
+            |it| &it.key,
+            |it| {
+                keys.decrypt(&it.key, &it.ciphertext, &it.associated_data)
+                    .map(|(plaintext, key_version)| proto::DecryptResponse { plaintext, key_version })
+            },
+            |o| (o.key_version, None),
+        );
+        let items = self.shared.finish(&call, items)?;
+        let items = items
+            .into_iter()
+            .map(|res| proto::DecryptBatchItem {
+                result: Some(res.map_or_else(R::Error, R::Ok)),
+            })
+            .collect();
+        Ok(Response::new(proto::DecryptBatchResponse { items }))
+    }
+
+    async fn rewrap_batch(
+        &self,
+        req: Request<proto::RewrapBatchRequest>,
+    ) -> Result<Response<proto::RewrapBatchResponse>, Status> {
+        use proto::rewrap_batch_item::Result as R;
+        let call = self.batch_call(&req, Op::Rewrap)?;
+        let keys = self.shared.keys()?;
+        let r = req.into_inner();
+        let mut enc = keys.call(r.items.len());
+        let items = self.run_batch(
+            &call,
+            &r.items,
+            |it| &it.key,
+            |it| Self::rewrap_one(keys, &mut enc, it),
+            |o| (o.key_version, Some(o.source_key_version)),
+        );
+        let items = self.shared.finish(&call, items)?;
+        let items = items
+            .into_iter()
+            .map(|res| proto::RewrapBatchItem {
+                result: Some(res.map_or_else(R::Error, R::Ok)),
+            })
+            .collect();
+        Ok(Response::new(proto::RewrapBatchResponse { items }))
+    }
+
+    async fn generate_data_key(
+        &self,
+        req: Request<proto::GenerateDataKeyRequest>,
+    ) -> Result<Response<proto::GenerateDataKeyResponse>, Status> {
+        self.data_key(req, true).await
+    }
+
+    async fn generate_data_key_without_plaintext(
+        &self,
+        req: Request<proto::GenerateDataKeyRequest>,
+    ) -> Result<Response<proto::GenerateDataKeyResponse>, Status> {
+        self.data_key(req, false).await
+    }
+}
+
+impl CryptoService {
+    /// A batch names its keys per item: the call itself only needs the
+    /// caller to be known (each item is then checked against the policy).
+    fn batch_call<T>(&self, req: &Request<T>, op: Op) -> Result<Call, Status> {
+        self.shared.access()?;
+        let mut call = self.shared.begin_unchecked(req, op, "batch")?;
+        call.key = Some("(batch)".into());
+        Ok(call)
+    }
+}

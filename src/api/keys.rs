@@ -1,0 +1,377 @@
+//! `kmsd.v1.Keys`: key administration (create, read, list, rotate,
+//! policy, version states, destruction and deletion, backup and restore).
+//! Destructive changes go through dual control ([`crate::authz::dual`]);
+//! the rings themselves are changed by [`crate::rings`].
+use super::call::{blocking, ErrStatus as _, Shared};
+use super::convert::{key_info, merge_policy, purpose_from_proto};
+use crate::authz::{Call, Op, PendingOp};
+use crate::error::Error;
+use crate::proto;
+use crate::rings::Keys;
+use kmsd_keystore::keyring::{KeyPolicy, RotationReason};
+use kmsd_keystore::{KeyRing, VersionState};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// `kmsd.v1.Keys`.
+#[derive(Debug, Clone)]
+pub struct KeysService {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+}
+
+/// Whether moving `ring`'s `min_decryption_version` to `new_min` changes
+/// whether some version that still has material (any state but DESTROYED)
+/// may decrypt.
+fn min_decryption_change_is_guarded(ring: &KeyRing, new_min: u32) -> bool {
+    let old = ring.policy.min_decryption_version;
+    let (low, high) = (old.min(new_min), old.max(new_min));
+    ring.versions
+        .iter()
+        .any(|v| v.version >= low && v.version < high && v.state != VersionState::Destroyed)
+}
+
+/// Default and largest page of `ListKeys`.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// Largest snapshot accepted by `Restore` (1 GiB).
+const MAX_RESTORE_BYTES: usize = 1 << 30;
+
+impl KeysService {
+    /// Runs a ring-changing administrative operation off the async
+    /// workers and answers with the new metadata.
+    async fn admin(
+        &self,
+        call: Call,
+        f: impl FnOnce(&Keys, &str) -> Result<KeyRing, Error> + Send + 'static,
+    ) -> Result<Response<proto::KeyInfo>, Status> {
+        let keys = self.shared.keys()?.clone();
+        let name = call.key.clone().unwrap_or_default();
+        let result = blocking(move || f(&keys, &name).map(|ring| key_info(&ring, &keys.usage(&name)))).await;
+        Ok(Response::new(self.shared.finish(&call, result)?))
+    }
+
+    /// Dual control: creates the pending request (and answers with it), or
+    /// lets DEV ONLY roles through.
+    fn dual(&self, call: &Call, op: PendingOp) -> Result<(), Status> {
+        match self.shared.access()?.dual_control(call, op) {
+            Ok(()) => Ok(()),
+            Err(status) => {
+                let e = match status.code() {
+                    tonic::Code::ResourceExhausted => Error::TooLarge(status.message().to_owned()),
+                    tonic::Code::PermissionDenied => Error::PermissionDenied(status.message().to_owned()),
+                    _ => Error::FailedPrecondition(status.message().to_owned()),
+                };
+                let _ = self.shared.finish::<()>(call, Err(e));
+                Err(status)
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl proto::keys_server::Keys for KeysService {
+    async fn create_key(&self, req: Request<proto::CreateKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
+        let call = self.shared.begin(&req, Op::KeyCreate, Some(&req.get_ref().name))?;
+        let r = req.into_inner();
+        let algorithm = r.algorithm;
+        let policy = merge_policy(KeyPolicy::default(), r.policy.as_ref());
+        let purpose = purpose_from_proto(r.policy.as_ref());
+        self.admin(call, move |keys, name| {
+            if algorithm != proto::Algorithm::Unspecified as i32 && algorithm != proto::Algorithm::Aes256Gcm as i32 {
+                return Err(Error::InvalidArgument("unsupported algorithm; only AES_256_GCM".into()));
+            }
+            keys.create_for(name, policy, purpose?)
+        })
+        .await
+    }
+
+    async fn get_key(&self, req: Request<proto::GetKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
+        let call = self.shared.begin(&req, Op::KeyRead, Some(&req.get_ref().name))?;
+        self.admin(call, |keys, name| keys.get(name)).await
+    }
+
+    async fn list_keys(
+        &self,
+        req: Request<proto::ListKeysRequest>,
+    ) -> Result<Response<proto::ListKeysResponse>, Status> {
+        // Listing needs key.read on at least something; the names are then
+        // filtered one by one, and the page token names only the last name
+        // shown (sealed), so a caller learns nothing of the names it may
+        // not read: not even that there are more.
+        let call = self.shared.begin_unchecked(&req, Op::KeyRead, "list")?;
+        let access = self.shared.access()?.clone();
+        if let Err(d) = access.policy().allows_somewhere(call.peer.id(), Op::KeyRead) {
+            let e = Error::PermissionDenied(d.to_string());
+            return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status());
+        }
+        let r = req.into_inner();
+        let limit = match r.page_size as usize {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let keys = self.shared.keys()?.clone();
+        let identity = call.peer.id().to_owned();
+        let result = blocking(move || {
+            let token_key = keys
+                .ring_store()
+                .sealer()
+                .derive_subkey(crate::page_token::SUBKEY_LABEL);
+            let mut after = if r.page_token.is_empty() {
+                None
+            } else {
+                Some(crate::page_token::open(
+                    &token_key,
+                    &identity,
+                    &r.prefix,
+                    &r.page_token,
+                )?)
+            };
+            let policy = access.policy();
+            // One visible name more than the page, to know whether there
+            // is a next page without revealing unseen names.
+            let mut names = Vec::with_capacity(limit + 1);
+            'scan: loop {
+                let raw = keys.list(&r.prefix, after.as_deref(), MAX_PAGE)?;
+                let exhausted = raw.len() < MAX_PAGE;
+                for n in raw {
+                    if policy.check(&identity, Op::KeyRead, Some(&n)).is_ok() {
+                        names.push(n.clone());
+                        if names.len() > limit {
+                            break 'scan;
+                        }
+                    }
+                    after = Some(n);
+                }
+                if exhausted {
+                    break;
+                }
+            }
+            let next_page_token = if names.len() > limit {
+                names.truncate(limit);
+                match names.last() {
+                    Some(last) => crate::page_token::seal(&token_key, &identity, &r.prefix, last)?,
+                    None => String::new(),
+                }
+            } else {
+                String::new()
+            };
+            Ok(proto::ListKeysResponse { names, next_page_token })
+        })
+        .await;
+        Ok(Response::new(self.shared.finish(&call, result)?))
+    }
+
+    async fn rotate_key(&self, req: Request<proto::RotateKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
+        let call = self.shared.begin(&req, Op::KeyRotate, Some(&req.get_ref().name))?;
+        self.admin(call, |keys, name| keys.rotate(name, RotationReason::Manual))
+            .await
+    }
+
+    async fn update_key_policy(
+        &self,
+        req: Request<proto::UpdateKeyPolicyRequest>,
+    ) -> Result<Response<proto::KeyInfo>, Status> {
+        let call = self.shared.begin(&req, Op::KeyPolicy, Some(&req.get_ref().name))?;
+        let r = req.into_inner();
+        let keys = self.shared.keys()?.clone();
+        // Moving the minimum decryption version across versions that still
+        // have material, in either direction and whatever their states
+        // (disable, raise, re-enable would otherwise get around it), needs
+        // dual control: raising strands ciphertexts, lowering revives
+        // retired versions.
+        let current = match blocking({
+            let (keys, name) = (keys.clone(), r.name.clone());
+            move || keys.get(&name)
+        })
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status()),
+        };
+        if r.policy.as_ref().is_some_and(|p| p.purpose.is_some())
+            && purpose_from_proto(r.policy.as_ref()).ok() != Some(current.purpose)
+        {
+            let e = Error::InvalidArgument("a key's purpose is fixed at creation".into());
+            return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status());
+        }
+        let new = merge_policy(current.policy.clone(), r.policy.as_ref());
+        if min_decryption_change_is_guarded(&current, new.min_decryption_version) {
+            self.dual(
+                &call,
+                PendingOp::SetPolicy {
+                    name: r.name.clone(),
+                    update: r.policy.unwrap_or_default(),
+                },
+            )?;
+        }
+        self.admin(call, move |keys, name| keys.set_policy(name, new)).await
+    }
+
+    async fn set_version_state(
+        &self,
+        req: Request<proto::SetVersionStateRequest>,
+    ) -> Result<Response<proto::KeyInfo>, Status> {
+        let call = self
+            .shared
+            .begin(&req, Op::KeyVersionState, Some(&req.get_ref().name))?;
+        let r = req.into_inner();
+        let (version, state) = (r.version, r.state);
+        self.admin(call, move |keys, name| {
+            let state = match proto::VersionState::try_from(state) {
+                Ok(proto::VersionState::DecryptOnly) => VersionState::DecryptOnly,
+                Ok(proto::VersionState::Disabled) => VersionState::Disabled,
+                _ => return Err(Error::InvalidArgument("state must be DECRYPT_ONLY or DISABLED".into())),
+            };
+            Ok(keys.modify(name, |r| r.set_version_state(version, state))?.0)
+        })
+        .await
+    }
+
+    async fn schedule_version_destruction(
+        &self,
+        req: Request<proto::ScheduleVersionDestructionRequest>,
+    ) -> Result<Response<proto::KeyInfo>, Status> {
+        let call = self.shared.begin(&req, Op::KeyDestroy, Some(&req.get_ref().name))?;
+        let r = req.into_inner();
+        let (version, wait) = (r.version, r.waiting_period_seconds);
+        self.shared.keys()?.destruction_time(wait).map_err(Status::from)?;
+        self.dual(
+            &call,
+            PendingOp::DestroyVersion {
+                name: r.name.clone(),
+                version,
+                wait,
+            },
+        )?;
+        self.admin(call, move |keys, name| {
+            let at = keys.destruction_time(wait)?;
+            Ok(keys.modify(name, |r| r.schedule_destruction(version, at))?.0)
+        })
+        .await
+    }
+
+    async fn cancel_version_destruction(
+        &self,
+        req: Request<proto::CancelVersionDestructionRequest>,
+    ) -> Result<Response<proto::KeyInfo>, Status> {
+        let call = self
+            .shared
+            .begin(&req, Op::KeyVersionState, Some(&req.get_ref().name))?;
+        let version = req.get_ref().version;
+        self.admin(call, move |keys, name| {
+            Ok(keys.modify(name, |r| r.cancel_destruction(version))?.0)
+        })
+        .await
+    }
+
+    async fn schedule_key_deletion(
+        &self,
+        req: Request<proto::ScheduleKeyDeletionRequest>,
+    ) -> Result<Response<proto::KeyInfo>, Status> {
+        let call = self.shared.begin(&req, Op::KeyDestroy, Some(&req.get_ref().name))?;
+        let r = req.into_inner();
+        let wait = r.waiting_period_seconds;
+        self.shared.keys()?.destruction_time(wait).map_err(Status::from)?;
+        let current = self.shared.keys()?.get(&r.name).map_err(Status::from)?;
+        if !current.policy.deletion_allowed {
+            let e = Error::FailedPrecondition(format!(
+                "key {:?} does not allow deletion (policy deletion_allowed is false)",
+                r.name
+            ));
+            return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status());
+        }
+        self.dual(
+            &call,
+            PendingOp::DeleteKey {
+                name: r.name.clone(),
+                wait,
+            },
+        )?;
+        self.admin(call, move |keys, name| {
+            let at = keys.destruction_time(wait)?;
+            Ok(keys.modify(name, |r| r.schedule_deletion(at))?.0)
+        })
+        .await
+    }
+
+    async fn cancel_key_deletion(
+        &self,
+        req: Request<proto::CancelKeyDeletionRequest>,
+    ) -> Result<Response<proto::KeyInfo>, Status> {
+        let call = self
+            .shared
+            .begin(&req, Op::KeyVersionState, Some(&req.get_ref().name))?;
+        self.admin(call, |keys, name| Ok(keys.modify(name, |r| r.cancel_deletion())?.0))
+            .await
+    }
+
+    type BackupStream = tokio_stream::Iter<std::vec::IntoIter<Result<proto::BackupChunk, Status>>>;
+
+    async fn backup(&self, req: Request<proto::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        let call = self.shared.begin(&req, Op::Backup, None)?;
+        let keys = self.shared.keys()?.clone();
+        let result = blocking(move || {
+            keys.flush_usage()?;
+            let rings = keys.ring_store();
+            let mut buf = Vec::new();
+            let total =
+                kmsd_keystore::backup::write_snapshot(rings.raw().as_ref(), rings.sealer(), &mut buf, &mut |_, _| {})?;
+            Ok((buf, total))
+        })
+        .await;
+        let (buf, total) = self.shared.finish(&call, result)?;
+        const CHUNK: usize = 1 << 20;
+        let chunks: Vec<Result<proto::BackupChunk, Status>> = buf
+            .chunks(CHUNK)
+            .enumerate()
+            .map(|(i, c)| {
+                Ok(proto::BackupChunk {
+                    data: c.to_vec(),
+                    total_records: if i == 0 { total } else { 0 },
+                })
+            })
+            .collect();
+        Ok(Response::new(tokio_stream::iter(chunks)))
+    }
+
+    async fn restore(
+        &self,
+        req: Request<tonic::Streaming<proto::RestoreChunk>>,
+    ) -> Result<Response<proto::RestoreResponse>, Status> {
+        let call = self.shared.begin(&req, Op::Restore, None)?;
+        // A snapshot that must wait for a second officer is held in memory
+        // until then: refuse one larger than the pending budget while it
+        // streams, not after buffering it.
+        let (cap, what) = match self.shared.access()?.restore_upload_cap(call.peer.id()) {
+            Some(c) if c < MAX_RESTORE_BYTES => (c, "the pending dual-control budget (limits.max_pending_bytes)"),
+            _ => (MAX_RESTORE_BYTES, "the restore limit"),
+        };
+        let mut stream = req.into_inner();
+        let mut bytes = Vec::new();
+        let mut too_large = false;
+        loop {
+            let chunk = match stream.message().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(status) => return Err(self.shared.stream_failed(&call, status)),
+            };
+            if bytes.len() + chunk.data.len() > cap {
+                too_large = true;
+                break;
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        if too_large {
+            let e = Error::TooLarge(format!("backup larger than {cap} bytes, {what}"));
+            return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status());
+        }
+        let bytes = Arc::new(bytes);
+        self.dual(&call, PendingOp::Restore { bytes: bytes.clone() })?;
+        let keys = self.shared.keys()?.clone();
+        let result = blocking(move || keys.restore(&bytes)).await;
+        let (records, keys) = self.shared.finish(&call, result)?;
+        Ok(Response::new(proto::RestoreResponse { records, keys }))
+    }
+}

@@ -1,0 +1,25 @@
+//! The gRPC API: one file per `kmsd.v1` service, the per-call pipeline
+//! they all go through, and the conversions between messages and domain
+//! types.
+//!
+//! - [`call`]: identity, authorization, audit and metrics around each call
+//!   ([`Shared::begin`] / [`Shared::finish`]), batch bookkeeping, and
+//!   [`call::blocking`] for work that may touch the store.
+//! - [`crypto`]: `kmsd.v1.Crypto` (encrypt, decrypt, rewrap, data keys).
+//! - [`keys`]: `kmsd.v1.Keys` (key administration, backup, restore).
+//! - [`admin`]: `kmsd.v1.Admin` (status, policy reload, officers,
+//!   approvals, audit verification).
+//! - [`mask`]: `kmsd.v1.Mask` (masking, redaction, tokenization).
+//! - [`convert`]: messages ⇄ keystore types (metadata only).
+pub mod admin;
+pub mod call;
+pub mod convert;
+pub mod crypto;
+pub mod keys;
+pub mod mask;
+
+pub use admin::AdminService;
+pub use call::Shared;
+pub use crypto::CryptoService;
+pub use keys::KeysService;
+pub use mask::MaskService;

@@ -1,0 +1,370 @@
+//! Dual control: destructive or far-reaching operations (destroying a
+//! version, deleting a key, restoring a snapshot, replacing another
+//! officer's second factor, moving `min_decryption_version` across live
+//! versions) wait, in memory and bounded, for a second officer who holds
+//! the same right; then [`execute`] runs them.
+use super::access::{lock, now, Access, Call};
+use super::officer::offer_enrolment;
+use super::policy::{Op, Policy};
+use crate::error::Error;
+use crate::rings::Keys;
+use rand::RngCore;
+use std::sync::Arc;
+use tonic::Status;
+
+/// Response metadata naming a dual-control request.
+pub const APPROVAL_HEADER: &str = "x-kmsd-approval-id";
+
+/// An operation waiting for a second officer.
+#[derive(Debug, Clone)]
+pub enum PendingOp {
+    /// Schedule a version's destruction.
+    DestroyVersion {
+        /// Key.
+        name: String,
+        /// Version.
+        version: u32,
+        /// Waiting period (seconds, 0 = default).
+        wait: u64,
+    },
+    /// Schedule the whole key's deletion.
+    DeleteKey {
+        /// Key.
+        name: String,
+        /// Waiting period (seconds, 0 = default).
+        wait: u64,
+    },
+    /// Restore a snapshot.
+    Restore {
+        /// The snapshot.
+        bytes: Arc<Vec<u8>>,
+    },
+    /// Replace another officer's second factor. The new secret then waits,
+    /// sealed, for that officer alone to claim it.
+    ReplaceOfficer {
+        /// The officer whose enrolment is replaced.
+        identity: String,
+        /// How long the new secret waits to be claimed (seconds).
+        claim_ttl: i64,
+    },
+    /// A policy change that moves `min_decryption_version` across versions
+    /// that still have material (raising strands their ciphertexts,
+    /// lowering revives retired versions).
+    SetPolicy {
+        /// Key.
+        name: String,
+        /// Only the fields the requester set: applied on top of the key's
+        /// policy *at approval*, and checked again then, so changes made
+        /// meanwhile are kept.
+        update: crate::proto::KeyPolicy,
+    },
+}
+
+impl PendingOp {
+    /// The operation, for policy and audit.
+    pub fn op(&self) -> Op {
+        match self {
+            PendingOp::DestroyVersion { .. } | PendingOp::DeleteKey { .. } => Op::KeyDestroy,
+            PendingOp::Restore { .. } => Op::Restore,
+            PendingOp::SetPolicy { .. } => Op::KeyPolicy,
+            PendingOp::ReplaceOfficer { .. } => Op::OfficerEnroll,
+        }
+    }
+
+    /// Bytes the pending request holds in memory (a restore's snapshot).
+    pub fn held_bytes(&self) -> usize {
+        match self {
+            PendingOp::Restore { bytes } => bytes.len(),
+            _ => 0,
+        }
+    }
+
+    /// The key concerned.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            PendingOp::DestroyVersion { name, .. }
+            | PendingOp::DeleteKey { name, .. }
+            | PendingOp::SetPolicy { name, .. } => Some(name),
+            PendingOp::Restore { .. } | PendingOp::ReplaceOfficer { .. } => None,
+        }
+    }
+
+    /// Exactly what will happen, in words.
+    pub fn describe(&self) -> String {
+        let wait = |w: u64| {
+            if w == 0 {
+                "the default 30 days".to_owned()
+            } else {
+                format!("{w} seconds")
+            }
+        };
+        match self {
+            PendingOp::DestroyVersion { name, version, wait: w } => format!(
+                "schedule destruction of version {version} of key {name:?} after {}; its material is then erased",
+                wait(*w)
+            ),
+            PendingOp::DeleteKey { name, wait: w } => {
+                format!("schedule deletion of every version of key {name:?} after {}", wait(*w))
+            }
+            PendingOp::Restore { bytes } => {
+                format!(
+                    "restore a {}-byte backup snapshot into the (empty) key store",
+                    bytes.len()
+                )
+            }
+            PendingOp::ReplaceOfficer { identity, claim_ttl } => format!(
+                "replace the second factor (TOTP secret) of officer {identity:?}: the new secret waits {claim_ttl} \
+                 seconds for {identity:?} alone to claim it with its own certificate (kmsctl officer claim); \
+                 the current secret stays valid until then"
+            ),
+            PendingOp::SetPolicy { name, update } => format!(
+                "change the policy of key {name:?}: {} (min_decryption_version decides which versions may decrypt: \
+                 raising it makes ciphertexts of the versions below undecryptable, lowering it lets retired versions \
+                 decrypt again)",
+                describe_update(update)
+            ),
+        }
+    }
+}
+
+/// The fields a policy update sets, in words (`0` disables a limit).
+fn describe_update(u: &crate::proto::KeyPolicy) -> String {
+    let mut parts = Vec::new();
+    let mut add = |name: &str, v: Option<String>| {
+        if let Some(v) = v {
+            parts.push(format!("{name}={v}"));
+        }
+    };
+    add(
+        "rotation_period_seconds",
+        u.rotation_period_seconds.map(|v| v.to_string()),
+    );
+    add(
+        "max_encryptions_per_version",
+        u.max_encryptions_per_version.map(|v| v.to_string()),
+    );
+    add(
+        "min_decryption_version",
+        u.min_decryption_version.map(|v| v.to_string()),
+    );
+    add(
+        "min_encryption_version",
+        u.min_encryption_version.map(|v| v.to_string()),
+    );
+    add("deletion_allowed", u.deletion_allowed.map(|v| v.to_string()));
+    add(
+        "manual_rotation_resets_schedule",
+        u.manual_rotation_resets_schedule.map(|v| v.to_string()),
+    );
+    if parts.is_empty() {
+        "no change".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// A dual-control request.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// Id.
+    pub id: String,
+    /// Who asked.
+    pub requester: String,
+    /// What.
+    pub op: PendingOp,
+    /// Unix time it expires unapproved.
+    pub expires_at: i64,
+    /// Unix time it was made.
+    pub created_at: i64,
+}
+
+/// Bounds of the pending dual-control requests (`[limits]`).
+#[derive(Debug, Clone, Copy)]
+pub struct PendingLimits {
+    /// Requests pending at once (`max_pending_approvals`).
+    pub count: usize,
+    /// Bytes they may hold together (`max_pending_bytes`): restore snapshots.
+    pub bytes: usize,
+}
+
+impl Default for PendingLimits {
+    fn default() -> Self {
+        PendingLimits {
+            count: 64,
+            bytes: 256 << 20,
+        }
+    }
+}
+
+impl Access {
+    /// Sets the bounds of pending dual-control requests.
+    pub fn set_pending_limits(&self, limits: PendingLimits) {
+        *lock(&self.pending_limits) = limits;
+    }
+
+    /// The most bytes a snapshot from `identity` may have: a caller that
+    /// goes through dual control can only park it within the pending
+    /// bytes budget, so a larger upload is refused while it streams.
+    pub fn restore_upload_cap(&self, identity: &str) -> Option<usize> {
+        if self.policy.load().dev_bypass(identity) {
+            return None;
+        }
+        Some(lock(&self.pending_limits).bytes)
+    }
+
+    /// Whether `call` must go through a second officer: always, except
+    /// for DEV ONLY roles. A non-officer cannot start one.
+    pub fn dual_control(&self, call: &Call, op: PendingOp) -> Result<(), Status> {
+        let policy = self.policy.load();
+        let id = call.peer.id();
+        if policy.dev_bypass(id) {
+            return Ok(());
+        }
+        if !policy.is_officer(id) {
+            return Err(Status::permission_denied(format!(
+                "{} needs dual control: it must be requested by an officer and approved by another",
+                call.op.as_str()
+            )));
+        }
+        let mut raw = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut raw);
+        let p = Pending {
+            id: hex::encode(raw),
+            requester: id.to_owned(),
+            expires_at: now() + policy.settings.approval_ttl.as_secs() as i64,
+            created_at: now(),
+            op,
+        };
+        let msg = format!(
+            "dual control: request {} created; a second officer must approve it before it runs \
+             (kmsctl approvals approve {}); expires at {} (Unix time): {}",
+            p.id,
+            p.id,
+            p.expires_at,
+            p.op.describe()
+        );
+        let limits = *lock(&self.pending_limits);
+        {
+            let mut m = lock(&self.pending);
+            let t = now();
+            m.retain(|_, p| p.expires_at > t);
+            if m.len() >= limits.count {
+                return Err(Status::resource_exhausted(format!(
+                    "dual control: {} requests are already pending, the most allowed (limits.max_pending_approvals); \
+                     approve, reject or let some expire first",
+                    m.len()
+                )));
+            }
+            let held: usize = m.values().map(|p| p.op.held_bytes()).sum();
+            if held.saturating_add(p.op.held_bytes()) > limits.bytes {
+                return Err(Status::resource_exhausted(format!(
+                    "dual control: this request would hold {} bytes in memory while pending, and pending requests \
+                     already hold {held}; the most allowed is {} (limits.max_pending_bytes)",
+                    p.op.held_bytes(),
+                    limits.bytes
+                )));
+            }
+            *lock(&call.detail) = Some(format!("approval request {} created", p.id));
+            m.insert(p.id.clone(), p.clone());
+        }
+        let mut status = Status::failed_precondition(msg);
+        if let Ok(v) = p.id.parse() {
+            status.metadata_mut().insert(APPROVAL_HEADER, v);
+        }
+        Err(status)
+    }
+
+    /// Pending requests (expired ones are dropped).
+    pub fn pending(&self) -> Vec<Pending> {
+        let mut m = lock(&self.pending);
+        let t = now();
+        m.retain(|_, p| p.expires_at > t);
+        let mut v: Vec<Pending> = m.values().cloned().collect();
+        v.sort_by_key(|p| p.created_at);
+        v
+    }
+
+    /// Takes a pending request for approval by `approver`, who must be an
+    /// officer other than the requester.
+    pub fn take_for_approval(&self, id: &str, approver: &str) -> Result<Pending, Status> {
+        let mut m = lock(&self.pending);
+        let t = now();
+        m.retain(|_, p| p.expires_at > t);
+        let Some(p) = m.get(id) else {
+            return Err(Status::not_found(format!(
+                "no pending approval request {id} (unknown or expired)"
+            )));
+        };
+        if p.requester == approver {
+            return Err(Status::permission_denied(
+                "dual control: the requester cannot approve their own request",
+            ));
+        }
+        let policy = self.policy.load();
+        if !policy.is_officer(approver) {
+            return Err(Status::permission_denied("dual control: only an officer can approve"));
+        }
+        Self::may_decide(&policy, p, approver)?;
+        m.remove(id).ok_or_else(|| Status::not_found("request vanished"))
+    }
+
+    /// The second officer must hold, in their own right, the operation they
+    /// approve or reject on its key: the `approval` right alone lets an
+    /// officer decide only within their own remit.
+    fn may_decide(policy: &Policy, p: &Pending, officer: &str) -> Result<(), Status> {
+        policy.check(officer, p.op.op(), p.op.key()).map_err(|d| {
+            Status::permission_denied(format!(
+                "dual control: approving or rejecting needs the right it decides on: {d}"
+            ))
+        })
+    }
+
+    /// Rejects (drops) a pending request; `officer` needs the request's
+    /// own right, as an approver does.
+    pub fn reject(&self, id: &str, officer: &str) -> Result<Pending, Status> {
+        let mut m = lock(&self.pending);
+        let Some(p) = m.get(id) else {
+            return Err(Status::not_found(format!("no pending approval request {id}")));
+        };
+        Self::may_decide(&self.policy.load(), p, officer)?;
+        m.remove(id).ok_or_else(|| Status::not_found("request vanished"))
+    }
+}
+
+/// Executes an approved dual-control operation.
+pub fn execute(keys: &Keys, op: &PendingOp) -> Result<String, Error> {
+    match op {
+        PendingOp::DestroyVersion { name, version, wait } => {
+            let at = keys.destruction_time(*wait)?;
+            let v = *version;
+            keys.modify(name, |r| r.schedule_destruction(v, at))?;
+            Ok(format!("version {v} of key {name:?} will be destroyed at {at}"))
+        }
+        PendingOp::DeleteKey { name, wait } => {
+            let at = keys.destruction_time(*wait)?;
+            keys.modify(name, |r| r.schedule_deletion(at))?;
+            Ok(format!("key {name:?} will be deleted at {at}"))
+        }
+        PendingOp::Restore { bytes } => {
+            let (records, rings) = keys.restore(bytes)?;
+            Ok(format!("restored {records} records ({rings} keys)"))
+        }
+        PendingOp::ReplaceOfficer { identity, claim_ttl } => {
+            let rings = keys.ring_store();
+            let claim_by = now().saturating_add(*claim_ttl);
+            offer_enrolment(rings.raw().as_ref(), rings.sealer(), identity, true, claim_by)?;
+            Ok(format!(
+                "a new second factor waits for officer {identity:?} to claim it (kmsctl officer claim, with its own \
+                 certificate) until {claim_by} (Unix time)"
+            ))
+        }
+        PendingOp::SetPolicy { name, update } => {
+            let ring = keys.update_policy(name, |p| crate::api::convert::merge_policy(p, Some(update)))?;
+            Ok(format!(
+                "policy of key {name:?} updated: {} (min_decryption_version now {})",
+                describe_update(update),
+                ring.policy.min_decryption_version
+            ))
+        }
+    }
+}
