@@ -74,7 +74,8 @@ where
             match tokio::time::timeout_at(deadline.into(), call).await {
                 Ok(r) => r,
                 Err(_) => {
-                    Ok(tonic::Status::deadline_exceeded("the request did not finish within its deadline").into_http())
+                    let e = crate::Error::DeadlineExceeded("the request did not finish within its deadline".into());
+                    Ok(tonic::Status::from(e).into_http())
                 }
             }
         })

@@ -84,30 +84,118 @@ pub enum Error {
     /// The caller went away; the work was stopped.
     #[error("{0}")]
     Cancelled(String),
+    /// The policy does not allow the caller the operation (on the key).
+    #[error(transparent)]
+    Denied(#[from] crate::authz::Denied),
+    /// The connection did not come through the mTLS acceptor (it always
+    /// does): no verified client certificate to name the caller.
+    #[error("no verified client certificate")]
+    NoClientCertificate,
+    /// An officer's second factor is missing, wrong, replayed, not
+    /// enrolled, or the officer is locked out.
+    #[error(transparent)]
+    SecondFactor(#[from] crate::authz::SecondFactorError),
+    /// An accepted one-time code could not be recorded as used (the store
+    /// failed): the call fails closed.
+    #[error("the one-time code could not be recorded as used; the operation was not performed")]
+    CodeNotRecorded,
+    /// The daemon has not loaded its key store yet.
+    #[error("kmsd is starting: the key store is not loaded yet")]
+    Starting,
+    /// The audit trail cannot take the call's records (`on_failure =
+    /// "fail"`): the call (or administrative operation) was not performed.
+    #[error("{source}; the {what} was not performed")]
+    AuditRefused {
+        /// Why the audit trail refused.
+        source: crate::audit::AuditError,
+        /// "call" or "operation".
+        what: &'static str,
+    },
+    /// The call's outcome could not be written to the audit trail, so its
+    /// result is not given out.
+    #[error(transparent)]
+    AuditOutcome(crate::audit::AuditError),
+    /// Dual control: the request now waits for a second officer (the
+    /// status carries its id in the `x-kmsd-approval-id` metadata).
+    #[error(
+        "dual control: request {id} created; a second officer must approve it before it runs \
+         (kmsctl approvals approve {id}); expires at {expires_at} (Unix time): {description}"
+    )]
+    ApprovalPending {
+        /// The pending request's id.
+        id: String,
+        /// Unix time it expires unapproved.
+        expires_at: i64,
+        /// What will happen, in words.
+        description: String,
+    },
+    /// A policy reload was refused (the file does not parse, or names
+    /// DEV ONLY roles outside dev mode); the previous policy stays.
+    #[error("policy reload refused (the previous policy stays in force): {0}")]
+    PolicyRefused(#[source] crate::authz::PolicyError),
+    /// The request stream failed mid-call (reset by the client, the
+    /// connection lost): the caller gets the stream's own status.
+    #[error("request stream failed: {0}")]
+    RequestStream(tonic::Status),
 }
 
-impl From<Error> for tonic::Status {
-    fn from(e: Error) -> Self {
+impl Error {
+    /// The gRPC code this error is answered with: the one table.
+    pub fn code(&self) -> tonic::Code {
         use tonic::Code;
-        let code = match &e {
+        match self {
             Error::KeyNotFound(_) | Error::NotFound(_) => Code::NotFound,
             Error::KeyExists(_) => Code::AlreadyExists,
             Error::InvalidArgument(_) | Error::MalformedCiphertext(_) | Error::DecryptionFailed => {
                 Code::InvalidArgument
             }
-            Error::VersionUnusable { .. } | Error::VersionBelowMinimum { .. } | Error::FailedPrecondition(_) => {
-                Code::FailedPrecondition
-            }
+            Error::VersionUnusable { .. }
+            | Error::VersionBelowMinimum { .. }
+            | Error::FailedPrecondition(_)
+            | Error::PolicyRefused(_)
+            | Error::ApprovalPending { .. } => Code::FailedPrecondition,
             Error::TooLarge(_) => Code::ResourceExhausted,
-            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::PermissionDenied(_) | Error::Denied(_) => Code::PermissionDenied,
             Error::Corrupt(_) => Code::DataLoss,
-            Error::StoreUnavailable => Code::Unavailable,
+            Error::StoreUnavailable
+            | Error::Starting
+            | Error::CodeNotRecorded
+            | Error::AuditRefused { .. }
+            | Error::AuditOutcome(_) => Code::Unavailable,
             Error::Conflict(_) => Code::Aborted,
             Error::Internal(_) => Code::Internal,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Cancelled(_) => Code::Cancelled,
-        };
-        tonic::Status::new(code, e.to_string())
+            Error::NoClientCertificate | Error::SecondFactor(_) => Code::Unauthenticated,
+            Error::RequestStream(s) => s.code(),
+        }
+    }
+}
+
+/// The one place an [`Error`] becomes a gRPC status.
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::RequestStream(status) => status,
+            Error::ApprovalPending { ref id, .. } => {
+                let id = id.parse().ok();
+                let mut status = tonic::Status::new(e.code(), e.to_string());
+                if let Some(v) = id {
+                    status.metadata_mut().insert(crate::authz::APPROVAL_HEADER, v);
+                }
+                status
+            }
+            Error::SecondFactor(crate::authz::SecondFactorError::Missing { .. }) => {
+                let mut status = tonic::Status::new(e.code(), e.to_string());
+                // a client asks its officer for a code on this mark, not on the message text
+                status.metadata_mut().insert(
+                    crate::client::metadata::SECOND_FACTOR,
+                    tonic::metadata::MetadataValue::from_static("required"),
+                );
+                status
+            }
+            e => tonic::Status::new(e.code(), e.to_string()),
+        }
     }
 }
 
@@ -135,26 +223,60 @@ impl From<kmsd_keystore::Error> for Error {
     }
 }
 
-/// The canonical name of a gRPC code.
-pub fn code_name(code: tonic::Code) -> &'static str {
+/// The canonical name of a gRPC code: the one table, shared by metrics
+/// labels, audit records and log lines (kept in [`crate::ops::metrics`]
+/// so `ops` stays a leaf).
+pub use crate::ops::metrics::code_name;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
     use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
+
+    #[test]
+    fn code_names_are_the_canonical_grpc_names() {
+        let names: Vec<&str> = (0..17).map(|i| code_name(Code::from_i32(i))).collect();
+        assert_eq!(names.first(), Some(&"OK"));
+        assert_eq!(code_name(Code::InvalidArgument), "INVALID_ARGUMENT");
+        assert_eq!(code_name(Code::Unauthenticated), "UNAUTHENTICATED");
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), 17, "{names:?}");
+        assert!(names
+            .iter()
+            .all(|n| n.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')));
+    }
+
+    #[test]
+    fn a_pending_approval_is_failed_precondition_naming_the_request() {
+        let s = tonic::Status::from(Error::ApprovalPending {
+            id: "0123abcd".into(),
+            expires_at: 42,
+            description: "restore a 3-byte backup snapshot".into(),
+        });
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert_eq!(
+            s.metadata()
+                .get(crate::authz::APPROVAL_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            Some("0123abcd")
+        );
+        assert!(s.message().starts_with("dual control: request 0123abcd created; a second officer must approve it before it runs (kmsctl approvals approve 0123abcd); expires at 42 (Unix time): restore"), "{}", s.message());
+    }
+
+    #[test]
+    fn a_failed_request_stream_keeps_its_own_status() {
+        let s = tonic::Status::from(Error::RequestStream(tonic::Status::aborted("h2 reset")));
+        assert_eq!((s.code(), s.message()), (Code::Aborted, "h2 reset"));
+        let e = Error::AuditRefused {
+            source: crate::audit::AuditError("disk full".into()),
+            what: "operation",
+        };
+        assert_eq!(e.code(), Code::Unavailable);
+        assert_eq!(
+            e.to_string(),
+            "audit log unavailable: disk full; the operation was not performed"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! `kmsd.v1.Admin`: status, policy reload, officer enrolment, dual-control
 //! approvals and audit-log verification.
-use super::call::{blocking, ErrStatus as _, Shared};
+use super::call::{blocking, Shared};
 use crate::authz::{Op, PendingOp};
 use crate::error::Error;
 use crate::proto;
@@ -48,9 +48,7 @@ impl proto::admin_server::Admin for AdminService {
         let access = self.shared.access()?.clone();
         let result = access.reload_policy().map_err(|e| {
             tracing::error!(error = %e, "policy reload refused; the previous policy stays in force");
-            Error::FailedPrecondition(format!(
-                "policy reload refused (the previous policy stays in force): {e}"
-            ))
+            Error::PolicyRefused(e)
         });
         self.shared.finish(&call, result)?;
         tracing::info!("policy reloaded");
@@ -72,7 +70,7 @@ impl proto::admin_server::Admin for AdminService {
         *call.detail.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("officer {}", r.identity));
         if r.identity.is_empty() || r.identity.len() > 512 {
             let e = Error::InvalidArgument("identity must be 1-512 characters".into());
-            return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status());
+            return Err(self.shared.fail(&call, e));
         }
         let to_self = r.identity == call.peer.id();
         let claim_ttl = access.policy().settings.enrolment_claim_ttl.as_secs() as i64;
@@ -81,10 +79,8 @@ impl proto::admin_server::Admin for AdminService {
                 identity: r.identity.clone(),
                 claim_ttl,
             };
-            if let Err(status) = access.dual_control(&call, op) {
-                let e = Error::FailedPrecondition(status.message().to_owned());
-                let _ = self.shared.finish::<()>(&call, Err(e));
-                return Err(status);
+            if let Err(e) = access.dual_control(&call, op) {
+                return Err(self.shared.fail(&call, e));
             }
         }
         let id = r.identity.clone();
@@ -140,10 +136,7 @@ impl proto::admin_server::Admin for AdminService {
         let access = self.shared.access()?.clone();
         // Listing needs the approval right, without a second factor.
         if let Err(d) = access.policy().check(call.peer.id(), Op::Approval, None) {
-            return Err(self
-                .shared
-                .finish::<()>(&call, Err(Error::PermissionDenied(d.to_string())))
-                .unwrap_err_status());
+            return Err(self.shared.fail(&call, d.into()));
         }
         let approvals = access
             .pending()
@@ -169,15 +162,7 @@ impl proto::admin_server::Admin for AdminService {
         let access = self.shared.access()?.clone();
         let pending = match access.take_for_approval(&req.get_ref().id, call.peer.id()) {
             Ok(p) => p,
-            Err(status) => {
-                let code_err = match status.code() {
-                    tonic::Code::NotFound => Error::KeyNotFound(format!("approval {}", req.get_ref().id)),
-                    tonic::Code::PermissionDenied => Error::PermissionDenied(status.message().to_owned()),
-                    _ => Error::FailedPrecondition(status.message().to_owned()),
-                };
-                let _ = self.shared.finish::<()>(&call, Err(code_err));
-                return Err(status);
-            }
+            Err(e) => return Err(self.shared.fail(&call, e)),
         };
         *call.detail.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
             "approved request {} by {} for {}: {}",
@@ -200,9 +185,10 @@ impl proto::admin_server::Admin for AdminService {
         let result = access
             .reject(&req.get_ref().id, call.peer.id())
             .map(|_| ())
-            .map_err(|s| match s.code() {
-                tonic::Code::PermissionDenied => Error::PermissionDenied(s.message().to_owned()),
-                _ => Error::KeyNotFound(format!("approval {}: {}", req.get_ref().id, s.message())),
+            .map_err(|e| match e {
+                // (the answer's wording since the first release)
+                Error::NotFound(m) => Error::KeyNotFound(format!("approval {}: {m}", req.get_ref().id)),
+                e => e,
             });
         self.shared.finish(&call, result)?;
         Ok(Response::new(proto::RejectResponse {}))
@@ -263,7 +249,7 @@ impl proto::admin_server::Admin for AdminService {
                 (v, r)
             })
             .await
-            .map_err(|_| Status::internal("audit verification stopped"))?;
+            .map_err(|_| self.shared.fail(&call, Error::Internal("audit verification stopped")))?;
             if let Err(b) = r {
                 broken = Some(b);
             }

@@ -21,11 +21,11 @@ use tonic::{Request, Status};
 
 /// The caller's identity, or `UNAUTHENTICATED` if the connection did not
 /// come through the mTLS acceptor (it always does).
-pub fn identity<T>(req: &Request<T>) -> Result<Arc<PeerIdentity>, Status> {
+pub fn identity<T>(req: &Request<T>) -> Result<Arc<PeerIdentity>, Error> {
     req.extensions()
         .get::<Arc<PeerIdentity>>()
         .cloned()
-        .ok_or_else(|| Status::unauthenticated("no verified client certificate"))
+        .ok_or(Error::NoClientCertificate)
 }
 
 /// State every service shares: the key rings and access control (set
@@ -42,24 +42,22 @@ pub struct Shared {
 }
 
 /// Batches larger than this run in `block_in_place`.
-pub(super) const BLOCK_IN_PLACE_ITEMS: usize = 256;
-
-const STARTING: &str = "kmsd is starting: the key store is not loaded yet";
+const BLOCK_IN_PLACE_ITEMS: usize = 256;
 
 impl Shared {
     /// The key rings, or UNAVAILABLE while starting.
-    pub fn keys(&self) -> Result<&Arc<Keys>, Status> {
-        self.keys.get().ok_or_else(|| Status::unavailable(STARTING))
+    pub fn keys(&self) -> Result<&Arc<Keys>, Error> {
+        self.keys.get().ok_or(Error::Starting)
     }
 
     /// Access control, or UNAVAILABLE while starting.
-    pub fn access(&self) -> Result<&Arc<Access>, Status> {
-        self.access.get().ok_or_else(|| Status::unavailable(STARTING))
+    pub fn access(&self) -> Result<&Arc<Access>, Error> {
+        self.access.get().ok_or(Error::Starting)
     }
 
     /// Starts a call: identity, policy, second factor, and (administrative
     /// calls) the durable intent record. Refusals are audited.
-    pub fn begin<T>(&self, req: &Request<T>, op: Op, key: Option<&str>) -> Result<Call, Status> {
+    pub fn begin<T>(&self, req: &Request<T>, op: Op, key: Option<&str>) -> Result<Call, Error> {
         let peer = identity(req)?;
         let call = Call {
             peer,
@@ -76,23 +74,23 @@ impl Shared {
         // (a pre-parsed header name: no per-call parsing of the name)
         static OTP: http::HeaderName = http::HeaderName::from_static(crate::authz::OTP_HEADER);
         let otp = req.metadata().as_ref().get(&OTP).and_then(|v| v.to_str().ok());
-        if let Err(status) = access.authorize(&call, otp) {
-            self.observe(&call, Some(&status));
-            return Err(status);
+        if let Err(e) = access.authorize(&call, otp) {
+            self.observe(&call, Some(&e));
+            return Err(e);
         }
         call.owe_outcome(access.clone());
         Ok(call)
     }
 
-    fn observe(&self, call: &Call, status: Option<&Status>) {
+    fn observe(&self, call: &Call, error: Option<&Error>) {
         let elapsed = call.started.elapsed();
-        let code = status.map_or(tonic::Code::Ok, Status::code);
+        let code = error.map_or(tonic::Code::Ok, Error::code);
         self.metrics.observe(call.op.as_str(), code, elapsed);
         let (id, op, key) = (call.peer.id(), call.op.as_str(), call.key.as_deref().unwrap_or(""));
         let micros = elapsed.as_micros() as u64;
-        match status {
-            Some(s) => {
-                tracing::info!(identity = id, peer = %call.peer.peer_addr, request_id = %call.request_id, op, key, code = ?s.code(), error = s.message(), micros, "request")
+        match error {
+            Some(e) => {
+                tracing::info!(identity = id, peer = %call.peer.peer_addr, request_id = %call.request_id, op, key, code = ?code, error = %e, micros, "request")
             }
             None if call.op.is_admin() => {
                 tracing::info!(identity = id, peer = %call.peer.peer_addr, request_id = %call.request_id, op, key, code = "OK", micros, "request")
@@ -103,20 +101,28 @@ impl Shared {
         }
     }
 
-    /// Ends a call: metrics, log line, audit record; converts the error.
+    /// Ends a call: metrics, log line, audit record, and the error as a
+    /// status (the one `From<Error> for Status`). A result whose audit
+    /// record cannot be written (`on_failure = "fail"`) is not given out:
+    /// UNAVAILABLE.
     pub fn finish<T>(&self, call: &Call, result: Result<T, Error>) -> Result<T, Status> {
-        self.finish_status(call, result.map_err(Status::from))
+        self.end(call, result).map_err(Status::from)
     }
 
-    /// [`Shared::finish`] for a call that ends with a status already (a
-    /// failed request stream). A result whose audit record cannot be
-    /// written (`on_failure = "fail"`) is not given out: UNAVAILABLE.
-    pub fn finish_status<T>(&self, call: &Call, mut result: Result<T, Status>) -> Result<T, Status> {
-        let code = result.as_ref().map(|_| tonic::Code::Ok).unwrap_or_else(|s| s.code());
+    /// Ends a call that failed with `e`: [`Shared::finish`] of an error.
+    pub fn fail(&self, call: &Call, e: Error) -> Status {
+        match self.end::<std::convert::Infallible>(call, Err(e)) {
+            Ok(never) => match never {},
+            Err(e) => e.into(),
+        }
+    }
+
+    fn end<T>(&self, call: &Call, mut result: Result<T, Error>) -> Result<T, Error> {
+        let code = result.as_ref().map_or_else(Error::code, |_| tonic::Code::Ok);
         if let Some(access) = self.access.get() {
             if let Err(e) = access.record_outcome(call, code) {
                 if result.is_ok() {
-                    result = Err(Status::unavailable(e.to_string()));
+                    result = Err(Error::AuditOutcome(e));
                 }
             }
         }
@@ -131,13 +137,13 @@ impl Shared {
         let why: String = status.message().chars().take(200).collect();
         *call.detail.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(format!("request stream failed ({:?}): {why}", status.code()));
-        let _ = self.finish_status::<()>(call, Err(Status::cancelled("the request stream failed")));
-        status
+        let _ = self.end::<()>(call, Err(Error::Cancelled("the request stream failed".into())));
+        Error::RequestStream(status).into()
     }
 
     /// A call whose policy decision is made per item (batches, listings):
     /// still logged, measured and audited by `finish`.
-    pub fn begin_unchecked<T>(&self, req: &Request<T>, op: Op, detail: &str) -> Result<Call, Status> {
+    pub fn begin_unchecked<T>(&self, req: &Request<T>, op: Op, detail: &str) -> Result<Call, Error> {
         let call = Call {
             peer: identity(req)?,
             op,
@@ -150,10 +156,10 @@ impl Shared {
             owed: Default::default(),
         };
         if let Some(access) = self.access.get() {
-            if let Some(e) = access.audit.unavailable() {
-                let status = Status::unavailable(format!("{e}; the call was not performed"));
-                self.observe(&call, Some(&status));
-                return Err(status);
+            if let Some(source) = access.audit.unavailable() {
+                let e = Error::AuditRefused { source, what: "call" };
+                self.observe(&call, Some(&e));
+                return Err(e);
             }
             call.owe_outcome(access.clone());
         }
@@ -177,7 +183,90 @@ pub(super) async fn blocking<T: Send + 'static>(
         .unwrap_or(Err(Error::StoreUnavailable))
 }
 
-pub(super) fn item_error(e: Error) -> proto::ItemError {
+/// One batch call (`EncryptBatch`, `DecryptBatch`, `RewrapBatch`): the
+/// one place their items are checked, run, counted and answered.
+pub(super) struct Batch<'a> {
+    /// Shared state (policy for each item, the call's end).
+    pub(super) shared: &'a Shared,
+    /// The batch's own call.
+    pub(super) call: &'a Call,
+    /// Most items accepted in one call (`limits.max_batch_items`).
+    pub(super) max_items: usize,
+}
+
+impl Batch<'_> {
+    /// Runs a batch and ends its call: the size limit for the whole call,
+    /// then each item on its own, checked against the policy (a denied or
+    /// failing item gets its own error; one bad item never fails the
+    /// batch); `wrap` makes each result the response's item.
+    ///
+    /// The audit trail gets one record per key, version and result of the
+    /// items (`version_of`: the version an item used and, for rewrap, the
+    /// one it came from), besides the call's own record.
+    pub(super) fn run<I, O, W>(
+        &self,
+        items: &[I],
+        key_of: impl Fn(&I) -> &str,
+        f: impl FnMut(&I) -> Result<O, Error>,
+        version_of: impl Fn(&O) -> (u32, Option<u32>),
+        wrap: impl Fn(Result<O, proto::ItemError>) -> W,
+    ) -> Result<Vec<W>, Status> {
+        let out = self.items(items, key_of, f, version_of);
+        let out = self.shared.finish(self.call, out)?;
+        Ok(out.into_iter().map(wrap).collect())
+    }
+
+    fn items<I, O>(
+        &self,
+        items: &[I],
+        key_of: impl Fn(&I) -> &str,
+        mut f: impl FnMut(&I) -> Result<O, Error>,
+        version_of: impl Fn(&O) -> (u32, Option<u32>),
+    ) -> Result<Vec<Result<O, proto::ItemError>>, Error> {
+        let n = items.len();
+        if n > self.max_items {
+            return Err(Error::TooLarge(format!(
+                "batch of {n} items exceeds the limit of {}",
+                self.max_items
+            )));
+        }
+        let call = self.call;
+        let mut run = || -> Vec<Result<O, proto::ItemError>> {
+            items
+                .iter()
+                .map(|it| {
+                    let key = key_of(it);
+                    if self.shared.allowed(call, call.op, key) {
+                        f(it).map_err(item_error)
+                    } else {
+                        Err(item_error(Error::PermissionDenied(format!(
+                            "permission denied: may not {} on key {key:?}",
+                            call.op.as_str()
+                        ))))
+                    }
+                })
+                .collect()
+        };
+        // A large batch is milliseconds of CPU: hand this worker's other
+        // tasks (health, metrics, other callers) to another thread first.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let out = if n > BLOCK_IN_PLACE_ITEMS && multi_thread {
+            tokio::task::block_in_place(run)
+        } else {
+            run()
+        };
+        let errors = out.iter().filter(|r| r.is_err()).count();
+        if let Ok(mut d) = call.detail.lock() {
+            *d = Some(format!("batch items={n} errors={errors}"));
+        }
+        *call.batch.lock().unwrap_or_else(|p| p.into_inner()) = batch_parts(items, &out, key_of, version_of);
+        Ok(out)
+    }
+}
+
+/// A failed item, as the batch response carries it.
+fn item_error(e: Error) -> proto::ItemError {
     let s = Status::from(e);
     proto::ItemError {
         code: s.code() as i32,
@@ -185,16 +274,9 @@ pub(super) fn item_error(e: Error) -> proto::ItemError {
     }
 }
 
-pub(super) fn item_denied(op: Op, key: &str) -> proto::ItemError {
-    proto::ItemError {
-        code: tonic::Code::PermissionDenied as i32,
-        message: format!("permission denied: may not {} on key {key:?}", op.as_str()),
-    }
-}
-
 /// Counts a batch's items per key, version (and source version) and
 /// result, in the order each combination first appears.
-pub(super) fn batch_parts<I, O>(
+fn batch_parts<I, O>(
     items: &[I],
     out: &[Result<O, proto::ItemError>],
     key_of: impl Fn(&I) -> &str,
@@ -228,20 +310,6 @@ pub(super) fn batch_parts<I, O>(
         }
     }
     parts
-}
-
-/// `Err(status)` of a finished call as a plain `Status`.
-pub(super) trait ErrStatus {
-    fn unwrap_err_status(self) -> Status;
-}
-
-impl ErrStatus for Result<(), Status> {
-    fn unwrap_err_status(self) -> Status {
-        match self {
-            Ok(()) => Status::internal("unexpected success"),
-            Err(s) => s,
-        }
-    }
 }
 
 /// A request id: the caller's `x-request-id` if it is short and plain,

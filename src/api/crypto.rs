@@ -1,7 +1,7 @@
 //! `kmsd.v1.Crypto`: encrypt, decrypt, rewrap (single and batch) and data
 //! keys. Every handler goes through the call pipeline ([`super::call`]);
 //! the envelope and key material stay in [`crate::rings`].
-use super::call::{batch_parts, blocking, item_denied, item_error, Shared, BLOCK_IN_PLACE_ITEMS};
+use super::call::{blocking, Batch, Shared};
 use crate::authz::{Call, Op};
 use crate::error::Error;
 use crate::proto;
@@ -21,16 +21,6 @@ pub struct CryptoService {
 }
 
 impl CryptoService {
-    fn check_batch(&self, n: usize) -> Result<(), Error> {
-        if n > self.max_batch_items {
-            return Err(Error::TooLarge(format!(
-                "batch of {n} items exceeds the limit of {}",
-                self.max_batch_items
-            )));
-        }
-        Ok(())
-    }
-
     fn rewrap_one(
         keys: &Arc<Keys>,
         enc: &mut EncryptCall,
@@ -77,52 +67,6 @@ impl CryptoService {
         }
         Ok(Response::new(self.shared.finish(&call, result)?))
     }
-
-    /// Runs a batch: the size limit for the whole call, then each item on
-    /// its own, checked against the policy (a denied or failing item gets
-    /// its own error; one bad item never fails the batch).
-    ///
-    /// The audit trail gets one record per key, version and result of the
-    /// items (`version_of`: the version an item used and, for rewrap, the
-    /// one it came from), besides the call's own record.
-    fn run_batch<I, O>(
-        &self,
-        call: &Call,
-        items: &[I],
-        key_of: impl Fn(&I) -> &str,
-        mut f: impl FnMut(&I) -> Result<O, Error>,
-        version_of: impl Fn(&O) -> (u32, Option<u32>),
-    ) -> Result<Vec<Result<O, proto::ItemError>>, Error> {
-        self.check_batch(items.len())?;
-        let mut run = || -> Vec<Result<O, proto::ItemError>> {
-            items
-                .iter()
-                .map(|it| {
-                    let key = key_of(it);
-                    if self.shared.allowed(call, call.op, key) {
-                        f(it).map_err(item_error)
-                    } else {
-                        Err(item_denied(call.op, key))
-                    }
-                })
-                .collect()
-        };
-        // A large batch is milliseconds of CPU: hand this worker's other
-        // tasks (health, metrics, other callers) to another thread first.
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let out = if items.len() > BLOCK_IN_PLACE_ITEMS && multi_thread {
-            tokio::task::block_in_place(run)
-        } else {
-            run()
-        };
-        let errors = out.iter().filter(|r| r.is_err()).count();
-        if let Ok(mut d) = call.detail.lock() {
-            *d = Some(format!("batch items={} errors={errors}", items.len()));
-        }
-        *call.batch.lock().unwrap_or_else(|p| p.into_inner()) = batch_parts(items, &out, key_of, version_of);
-        Ok(out)
-    }
 }
 
 #[tonic::async_trait]
@@ -168,12 +112,9 @@ impl proto::crypto_server::Crypto for CryptoService {
         req: Request<proto::EncryptBatchRequest>,
     ) -> Result<Response<proto::EncryptBatchResponse>, Status> {
         use proto::encrypt_batch_item::Result as R;
-        let call = self.batch_call(&req, Op::Encrypt)?;
-        let keys = self.shared.keys()?;
-        let r = req.into_inner();
+        let (call, keys, r) = self.batch_call(req, Op::Encrypt)?;
         let mut enc = keys.call(r.items.len());
-        let items = self.run_batch(
-            &call,
+        let items = self.batch(&call).run(
             &r.items,
             |it| &it.key,
             |it| {
@@ -184,14 +125,10 @@ impl proto::crypto_server::Crypto for CryptoService {
                     })
             },
             |o| (o.key_version, None),
-        );
-        let items = self.shared.finish(&call, items)?;
-        let items = items
-            .into_iter()
-            .map(|res| proto::EncryptBatchItem {
+            |res| proto::EncryptBatchItem {
                 result: Some(res.map_or_else(R::Error, R::Ok)),
-            })
-            .collect();
+            },
+        )?;
         Ok(Response::new(proto::EncryptBatchResponse { items }))
     }
 
@@ -200,11 +137,8 @@ impl proto::crypto_server::Crypto for CryptoService {
         req: Request<proto::DecryptBatchRequest>,
     ) -> Result<Response<proto::DecryptBatchResponse>, Status> {
         use proto::decrypt_batch_item::Result as R;
-        let call = self.batch_call(&req, Op::Decrypt)?;
-        let keys = self.shared.keys()?;
-        let r = req.into_inner();
-        let items = self.run_batch(
-            &call,
+        let (call, keys, r) = self.batch_call(req, Op::Decrypt)?;
+        let items = self.batch(&call).run(
             &r.items,
             |it| &it.key,
             |it| {
@@ -212,14 +146,10 @@ impl proto::crypto_server::Crypto for CryptoService {
                     .map(|(plaintext, key_version)| proto::DecryptResponse { plaintext, key_version })
             },
             |o| (o.key_version, None),
-        );
-        let items = self.shared.finish(&call, items)?;
-        let items = items
-            .into_iter()
-            .map(|res| proto::DecryptBatchItem {
+            |res| proto::DecryptBatchItem {
                 result: Some(res.map_or_else(R::Error, R::Ok)),
-            })
-            .collect();
+            },
+        )?;
         Ok(Response::new(proto::DecryptBatchResponse { items }))
     }
 
@@ -228,24 +158,17 @@ impl proto::crypto_server::Crypto for CryptoService {
         req: Request<proto::RewrapBatchRequest>,
     ) -> Result<Response<proto::RewrapBatchResponse>, Status> {
         use proto::rewrap_batch_item::Result as R;
-        let call = self.batch_call(&req, Op::Rewrap)?;
-        let keys = self.shared.keys()?;
-        let r = req.into_inner();
+        let (call, keys, r) = self.batch_call(req, Op::Rewrap)?;
         let mut enc = keys.call(r.items.len());
-        let items = self.run_batch(
-            &call,
+        let items = self.batch(&call).run(
             &r.items,
             |it| &it.key,
-            |it| Self::rewrap_one(keys, &mut enc, it),
+            |it| Self::rewrap_one(&keys, &mut enc, it),
             |o| (o.key_version, Some(o.source_key_version)),
-        );
-        let items = self.shared.finish(&call, items)?;
-        let items = items
-            .into_iter()
-            .map(|res| proto::RewrapBatchItem {
+            |res| proto::RewrapBatchItem {
                 result: Some(res.map_or_else(R::Error, R::Ok)),
-            })
-            .collect();
+            },
+        )?;
         Ok(Response::new(proto::RewrapBatchResponse { items }))
     }
 
@@ -267,10 +190,19 @@ impl proto::crypto_server::Crypto for CryptoService {
 impl CryptoService {
     /// A batch names its keys per item: the call itself only needs the
     /// caller to be known (each item is then checked against the policy).
-    fn batch_call<T>(&self, req: &Request<T>, op: Op) -> Result<Call, Status> {
+    fn batch_call<T>(&self, req: Request<T>, op: Op) -> Result<(Call, Arc<Keys>, T), Error> {
         self.shared.access()?;
-        let mut call = self.shared.begin_unchecked(req, op, "batch")?;
+        let mut call = self.shared.begin_unchecked(&req, op, "batch")?;
         call.key = Some("(batch)".into());
-        Ok(call)
+        let keys = self.shared.keys()?.clone();
+        Ok((call, keys, req.into_inner()))
+    }
+
+    fn batch<'a>(&'a self, call: &'a Call) -> Batch<'a> {
+        Batch {
+            shared: &self.shared,
+            call,
+            max_items: self.max_batch_items,
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! policy, version states, destruction and deletion, backup and restore).
 //! Destructive changes go through dual control ([`crate::authz::dual`]);
 //! the rings themselves are changed by [`crate::rings`].
-use super::call::{blocking, ErrStatus as _, Shared};
+use super::call::{blocking, Shared};
 use super::convert::{key_info, merge_policy, purpose_from_proto};
 use crate::authz::{Call, Op, PendingOp};
 use crate::error::Error;
@@ -55,18 +55,10 @@ impl KeysService {
     /// Dual control: creates the pending request (and answers with it), or
     /// lets DEV ONLY roles through.
     fn dual(&self, call: &Call, op: PendingOp) -> Result<(), Status> {
-        match self.shared.access()?.dual_control(call, op) {
-            Ok(()) => Ok(()),
-            Err(status) => {
-                let e = match status.code() {
-                    tonic::Code::ResourceExhausted => Error::TooLarge(status.message().to_owned()),
-                    tonic::Code::PermissionDenied => Error::PermissionDenied(status.message().to_owned()),
-                    _ => Error::FailedPrecondition(status.message().to_owned()),
-                };
-                let _ = self.shared.finish::<()>(call, Err(e));
-                Err(status)
-            }
-        }
+        self.shared
+            .access()?
+            .dual_control(call, op)
+            .map_err(|e| self.shared.fail(call, e))
     }
 }
 
@@ -103,8 +95,8 @@ impl proto::keys_server::Keys for KeysService {
         let call = self.shared.begin_unchecked(&req, Op::KeyRead, "list")?;
         let access = self.shared.access()?.clone();
         if let Err(d) = access.policy().allows_somewhere(call.peer.id(), Op::KeyRead) {
-            let e = Error::PermissionDenied(d.to_string());
-            return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status());
+            let e = Error::from(d);
+            return Err(self.shared.fail(&call, e));
         }
         let r = req.into_inner();
         let limit = match r.page_size as usize {
@@ -188,13 +180,13 @@ impl proto::keys_server::Keys for KeysService {
         .await
         {
             Ok(c) => c,
-            Err(e) => return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status()),
+            Err(e) => return Err(self.shared.fail(&call, e)),
         };
         if r.policy.as_ref().is_some_and(|p| p.purpose.is_some())
             && purpose_from_proto(r.policy.as_ref()).ok() != Some(current.purpose)
         {
             let e = Error::InvalidArgument("a key's purpose is fixed at creation".into());
-            return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status());
+            return Err(self.shared.fail(&call, e));
         }
         let new = merge_policy(current.policy.clone(), r.policy.as_ref());
         if min_decryption_change_is_guarded(&current, new.min_decryption_version) {
@@ -236,7 +228,9 @@ impl proto::keys_server::Keys for KeysService {
         let call = self.shared.begin(&req, Op::KeyDestroy, Some(&req.get_ref().name))?;
         let r = req.into_inner();
         let (version, wait) = (r.version, r.waiting_period_seconds);
-        self.shared.keys()?.destruction_time(wait).map_err(Status::from)?;
+        if let Err(e) = self.shared.keys()?.destruction_time(wait) {
+            return Err(self.shared.fail(&call, e));
+        }
         self.dual(
             &call,
             PendingOp::DestroyVersion {
@@ -273,14 +267,17 @@ impl proto::keys_server::Keys for KeysService {
         let call = self.shared.begin(&req, Op::KeyDestroy, Some(&req.get_ref().name))?;
         let r = req.into_inner();
         let wait = r.waiting_period_seconds;
-        self.shared.keys()?.destruction_time(wait).map_err(Status::from)?;
-        let current = self.shared.keys()?.get(&r.name).map_err(Status::from)?;
+        let keys = self.shared.keys()?;
+        let current = match keys.destruction_time(wait).and_then(|_| keys.get(&r.name)) {
+            Ok(c) => c,
+            Err(e) => return Err(self.shared.fail(&call, e)),
+        };
         if !current.policy.deletion_allowed {
             let e = Error::FailedPrecondition(format!(
                 "key {:?} does not allow deletion (policy deletion_allowed is false)",
                 r.name
             ));
-            return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status());
+            return Err(self.shared.fail(&call, e));
         }
         self.dual(
             &call,
@@ -365,7 +362,7 @@ impl proto::keys_server::Keys for KeysService {
         }
         if too_large {
             let e = Error::TooLarge(format!("backup larger than {cap} bytes, {what}"));
-            return Err(self.shared.finish::<()>(&call, Err(e)).unwrap_err_status());
+            return Err(self.shared.fail(&call, e));
         }
         let bytes = Arc::new(bytes);
         self.dual(&call, PendingOp::Restore { bytes: bytes.clone() })?;

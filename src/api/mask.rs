@@ -374,10 +374,7 @@ impl proto::mask_server::Mask for MaskService {
                 "tokenize rate limit for this identity exceeded (limits.tokenize_rate); retry in {} ms",
                 wait.as_millis().max(1)
             ));
-            return Err(match self.shared.finish::<()>(&call, Err(e)) {
-                Err(s) => s,
-                Ok(()) => Status::internal("unexpected success"),
-            });
+            return Err(self.shared.fail(&call, e));
         }
         let r = req.into_inner();
         let keys = self.shared.keys()?;

@@ -11,6 +11,13 @@
 //!   approvals, audit verification).
 //! - [`mask`]: `kmsd.v1.Mask` (masking, redaction, tokenization).
 //! - [`convert`]: messages ⇄ keystore types (metadata only).
+//!
+//! Handlers never build a `Status` by hand: every failure is a
+//! [`crate::Error`] (access checks and dual control included), ended by
+//! [`Shared::finish`] or [`Shared::fail`] and converted in one place
+//! (`From<Error> for Status`, with [`crate::Error::code`] as the one
+//! table of codes; [`crate::error::code_name`] names them for metrics and
+//! audit).
 pub mod admin;
 pub mod call;
 pub mod convert;

@@ -13,7 +13,7 @@
 use super::dual::{Pending, PendingLimits};
 use super::officer::{claim_enrolment, TOTP_STATE_PREFIX};
 use super::otp::{OfficerState, Outcome, TotpSecret, Verifier};
-use super::policy::{Op, Policy};
+use super::policy::{Op, Policy, PolicyError};
 use crate::audit::{AuditHandle, AuditKey, Event};
 use crate::error::{code_name, Error};
 use crate::rings::Keys;
@@ -25,10 +25,42 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tonic::{Code, Status};
+use tonic::Code;
 
 /// Request metadata carrying an officer's one-time code.
 pub const OTP_HEADER: &str = "x-kmsd-otp";
+
+/// Why an officer's second factor was not accepted (UNAUTHENTICATED).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecondFactorError {
+    /// The officer has no TOTP secret enrolled.
+    #[error("{op} needs a second factor, but officer {identity} has no TOTP secret enrolled (kmsctl officer enroll)")]
+    NotEnrolled {
+        /// The operation that needs it.
+        op: &'static str,
+        /// The officer.
+        identity: String,
+    },
+    /// No code was sent.
+    #[error("{op} needs a second factor: send a fresh TOTP code in the {header} metadata (kmsctl --otp)", header = OTP_HEADER)]
+    Missing {
+        /// The operation that needs it.
+        op: &'static str,
+    },
+    /// The code is wrong (or outside the accepted window).
+    #[error("invalid one-time code")]
+    Invalid,
+    /// The code was used already.
+    #[error("one-time code already used; wait for the next one")]
+    Replayed,
+    /// Too many bad codes: the officer is locked out for a while.
+    #[error("too many bad one-time codes: officer locked out until {until} (Unix time)")]
+    LockedOut {
+        /// Unix time the lock-out ends.
+        until: i64,
+    },
+}
 
 /// One call in progress.
 #[derive(Debug)]
@@ -237,10 +269,10 @@ impl Access {
 
     /// Re-reads the policy file; a bad file is refused and the old policy
     /// stays in force.
-    pub fn reload_policy(&self) -> Result<(), String> {
-        let p = Policy::load(&self.policy_path).map_err(|e| e.to_string())?;
+    pub fn reload_policy(&self) -> Result<(), PolicyError> {
+        let p = Policy::load(&self.policy_path)?;
         p.check_mode(self.dev_mode)
-            .map_err(|e| format!("{}: {e}", self.policy_path.display()))?;
+            .map_err(|e| PolicyError(format!("{}: {e}", self.policy_path.display())))?;
         {
             let mut v = lock(&self.verifier);
             v.max_failures = p.settings.otp_max_failures.max(1);
@@ -294,17 +326,19 @@ impl Access {
 
     /// Checks policy and second factor for `call` and, for administrative
     /// operations, writes the durable intent record.
-    pub fn authorize(&self, call: &Call, otp: Option<&str>) -> Result<(), Status> {
+    pub fn authorize(&self, call: &Call, otp: Option<&str>) -> Result<(), Error> {
         // (`on_failure = "fail"` and the log cannot be written: no call
         // runs, since none could be audited)
-        if let Some(e) = self.audit.unavailable() {
-            return Err(Status::unavailable(format!("{e}; the call was not performed")));
+        if let Some(source) = self.audit.unavailable() {
+            return Err(Error::AuditRefused { source, what: "call" });
         }
         let policy = self.policy.load();
         let id = call.peer.id();
         if let Err(denied) = policy.check(id, call.op, call.key.as_deref()) {
-            let _ = self.audit.record(self.event(call, "PERMISSION_DENIED", None));
-            return Err(Status::permission_denied(denied.to_string()));
+            let _ = self
+                .audit
+                .record(self.event(call, code_name(Code::PermissionDenied), None));
+            return Err(denied.into());
         }
         if policy.needs_second_factor(id, call.op) {
             self.second_factor(call, otp)?;
@@ -316,10 +350,13 @@ impl Access {
                 // writer retries: it must not stay without an outcome)
                 self.audit.record_anyway(self.event(
                     call,
-                    "UNAVAILABLE",
+                    code_name(Code::Unavailable),
                     Some("not performed: its audit record could not be written".into()),
                 ));
-                return Err(Status::unavailable(format!("{e}; the operation was not performed")));
+                return Err(Error::AuditRefused {
+                    source: e,
+                    what: "operation",
+                });
             }
         }
         Ok(())
@@ -332,16 +369,19 @@ impl Access {
         crate::audit::blocking_section(f)
     }
 
-    fn second_factor(&self, call: &Call, otp: Option<&str>) -> Result<(), Status> {
+    fn second_factor(&self, call: &Call, otp: Option<&str>) -> Result<(), Error> {
         let id = call.peer.id();
         let Some(secret) = lock(&self.totp).get(id).cloned() else {
-            let _ = self
-                .audit
-                .record(self.event(call, "UNAUTHENTICATED", Some("officer not enrolled".into())));
-            return Err(Status::unauthenticated(format!(
-                "{} needs a second factor, but officer {id} has no TOTP secret enrolled (kmsctl officer enroll)",
-                call.op.as_str()
-            )));
+            let _ = self.audit.record(self.event(
+                call,
+                code_name(Code::Unauthenticated),
+                Some("officer not enrolled".into()),
+            ));
+            return Err(SecondFactorError::NotEnrolled {
+                op: call.op.as_str(),
+                identity: id.to_owned(),
+            }
+            .into());
         };
         // The state is persisted (durably, sealed) before the answer, under
         // the verifier's lock so writes stay in order: a code used once
@@ -359,54 +399,35 @@ impl Access {
         if let Err(e) = &persisted {
             tracing::error!(identity = id, error = %e, "officer one-time code state could not be stored");
         }
-        let (msg, detail) = match outcome {
+        let (refusal, detail) = match outcome {
             Outcome::Ok if persisted.is_ok() => return Ok(()),
             Outcome::Ok => {
                 let _ = self.audit.record(self.event(
                     call,
-                    "UNAVAILABLE",
+                    code_name(Code::Unavailable),
                     Some("one-time code could not be recorded".into()),
                 ));
-                return Err(Status::unavailable(
-                    "the one-time code could not be recorded as used; the operation was not performed",
-                ));
+                return Err(Error::CodeNotRecorded);
             }
             Outcome::Missing => (
-                format!(
-                    "{} needs a second factor: send a fresh TOTP code in the {OTP_HEADER} metadata (kmsctl --otp)",
-                    call.op.as_str()
-                ),
+                SecondFactorError::Missing { op: call.op.as_str() },
                 "second factor missing",
             ),
-            Outcome::Invalid => ("invalid one-time code".to_owned(), "invalid one-time code"),
-            Outcome::Replayed => (
-                "one-time code already used; wait for the next one".to_owned(),
-                "replayed one-time code",
-            ),
+            Outcome::Invalid => (SecondFactorError::Invalid, "invalid one-time code"),
+            Outcome::Replayed => (SecondFactorError::Replayed, "replayed one-time code"),
             Outcome::LockedOut { until } => {
                 tracing::warn!(
                     identity = id,
                     until,
                     "officer locked out after repeated bad one-time codes"
                 );
-                (
-                    format!("too many bad one-time codes: officer locked out until {until} (Unix time)"),
-                    "officer locked out",
-                )
+                (SecondFactorError::LockedOut { until }, "officer locked out")
             }
         };
         let _ = self
             .audit
-            .record(self.event(call, "UNAUTHENTICATED", Some(detail.into())));
-        let mut status = Status::unauthenticated(msg);
-        if outcome == Outcome::Missing {
-            // a client asks its officer for a code on this mark, not on the message text
-            status.metadata_mut().insert(
-                crate::client::metadata::SECOND_FACTOR,
-                tonic::metadata::MetadataValue::from_static("required"),
-            );
-        }
-        Err(status)
+            .record(self.event(call, code_name(Code::Unauthenticated), Some(detail.into())));
+        Err(refusal.into())
     }
 
     /// Seals an officer's replay and lock-out memory into the store.
@@ -471,7 +492,7 @@ impl Access {
         tracing::warn!(error = %e, op = call.op.as_str(), "call refused: its audit record could not be written");
         self.audit.record_anyway(self.event(
             call,
-            "UNAVAILABLE",
+            code_name(Code::Unavailable),
             Some("refused: its audit record could not be written".into()),
         ));
         e

@@ -10,7 +10,6 @@ use crate::error::Error;
 use crate::rings::Keys;
 use rand::RngCore;
 use std::sync::Arc;
-use tonic::Status;
 
 /// Response metadata naming a dual-control request.
 pub const APPROVAL_HEADER: &str = "x-kmsd-approval-id";
@@ -214,14 +213,14 @@ impl Access {
 
     /// Whether `call` must go through a second officer: always, except
     /// for DEV ONLY roles. A non-officer cannot start one.
-    pub fn dual_control(&self, call: &Call, op: PendingOp) -> Result<(), Status> {
+    pub fn dual_control(&self, call: &Call, op: PendingOp) -> Result<(), Error> {
         let policy = self.policy.load();
         let id = call.peer.id();
         if policy.dev_bypass(id) {
             return Ok(());
         }
         if !policy.is_officer(id) {
-            return Err(Status::permission_denied(format!(
+            return Err(Error::PermissionDenied(format!(
                 "{} needs dual control: it must be requested by an officer and approved by another",
                 call.op.as_str()
             )));
@@ -235,21 +234,13 @@ impl Access {
             created_at: now(),
             op,
         };
-        let msg = format!(
-            "dual control: request {} created; a second officer must approve it before it runs \
-             (kmsctl approvals approve {}); expires at {} (Unix time): {}",
-            p.id,
-            p.id,
-            p.expires_at,
-            p.op.describe()
-        );
         let limits = *lock(&self.pending_limits);
         {
             let mut m = lock(&self.pending);
             let t = now();
             m.retain(|_, p| p.expires_at > t);
             if m.len() >= limits.count {
-                return Err(Status::resource_exhausted(format!(
+                return Err(Error::TooLarge(format!(
                     "dual control: {} requests are already pending, the most allowed (limits.max_pending_approvals); \
                      approve, reject or let some expire first",
                     m.len()
@@ -257,7 +248,7 @@ impl Access {
             }
             let held: usize = m.values().map(|p| p.op.held_bytes()).sum();
             if held.saturating_add(p.op.held_bytes()) > limits.bytes {
-                return Err(Status::resource_exhausted(format!(
+                return Err(Error::TooLarge(format!(
                     "dual control: this request would hold {} bytes in memory while pending, and pending requests \
                      already hold {held}; the most allowed is {} (limits.max_pending_bytes)",
                     p.op.held_bytes(),
@@ -267,11 +258,11 @@ impl Access {
             *lock(&call.detail) = Some(format!("approval request {} created", p.id));
             m.insert(p.id.clone(), p.clone());
         }
-        let mut status = Status::failed_precondition(msg);
-        if let Ok(v) = p.id.parse() {
-            status.metadata_mut().insert(APPROVAL_HEADER, v);
-        }
-        Err(status)
+        Err(Error::ApprovalPending {
+            description: p.op.describe(),
+            id: p.id,
+            expires_at: p.expires_at,
+        })
     }
 
     /// Pending requests (expired ones are dropped).
@@ -286,34 +277,36 @@ impl Access {
 
     /// Takes a pending request for approval by `approver`, who must be an
     /// officer other than the requester.
-    pub fn take_for_approval(&self, id: &str, approver: &str) -> Result<Pending, Status> {
+    pub fn take_for_approval(&self, id: &str, approver: &str) -> Result<Pending, Error> {
         let mut m = lock(&self.pending);
         let t = now();
         m.retain(|_, p| p.expires_at > t);
         let Some(p) = m.get(id) else {
-            return Err(Status::not_found(format!(
+            return Err(Error::NotFound(format!(
                 "no pending approval request {id} (unknown or expired)"
             )));
         };
         if p.requester == approver {
-            return Err(Status::permission_denied(
-                "dual control: the requester cannot approve their own request",
+            return Err(Error::PermissionDenied(
+                "dual control: the requester cannot approve their own request".into(),
             ));
         }
         let policy = self.policy.load();
         if !policy.is_officer(approver) {
-            return Err(Status::permission_denied("dual control: only an officer can approve"));
+            return Err(Error::PermissionDenied(
+                "dual control: only an officer can approve".into(),
+            ));
         }
         Self::may_decide(&policy, p, approver)?;
-        m.remove(id).ok_or_else(|| Status::not_found("request vanished"))
+        m.remove(id).ok_or_else(|| Error::NotFound("request vanished".into()))
     }
 
     /// The second officer must hold, in their own right, the operation they
     /// approve or reject on its key: the `approval` right alone lets an
     /// officer decide only within their own remit.
-    fn may_decide(policy: &Policy, p: &Pending, officer: &str) -> Result<(), Status> {
+    fn may_decide(policy: &Policy, p: &Pending, officer: &str) -> Result<(), Error> {
         policy.check(officer, p.op.op(), p.op.key()).map_err(|d| {
-            Status::permission_denied(format!(
+            Error::PermissionDenied(format!(
                 "dual control: approving or rejecting needs the right it decides on: {d}"
             ))
         })
@@ -321,13 +314,13 @@ impl Access {
 
     /// Rejects (drops) a pending request; `officer` needs the request's
     /// own right, as an approver does.
-    pub fn reject(&self, id: &str, officer: &str) -> Result<Pending, Status> {
+    pub fn reject(&self, id: &str, officer: &str) -> Result<Pending, Error> {
         let mut m = lock(&self.pending);
         let Some(p) = m.get(id) else {
-            return Err(Status::not_found(format!("no pending approval request {id}")));
+            return Err(Error::NotFound(format!("no pending approval request {id}")));
         };
         Self::may_decide(&self.policy.load(), p, officer)?;
-        m.remove(id).ok_or_else(|| Status::not_found("request vanished"))
+        m.remove(id).ok_or_else(|| Error::NotFound("request vanished".into()))
     }
 }
 

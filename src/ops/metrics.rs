@@ -54,26 +54,30 @@ pub const OPS: &[&str] = &[
     "other",
 ];
 
-/// gRPC status code names, indexed by code.
-const CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
+/// The canonical name of a gRPC code (`INVALID_ARGUMENT`): the `code`
+/// label here, and the result of audit records ([`crate::error::code_name`]).
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
 
 /// Latency bucket upper bounds, seconds.
 const BUCKETS: [f64; 14] = [
@@ -200,7 +204,8 @@ impl Metrics {
             "# HELP kmsd_requests_total Requests by method and gRPC status.\n# TYPE kmsd_requests_total counter\n",
         );
         for (op, row) in OPS.iter().zip(&self.requests) {
-            for (code, n) in CODES.iter().zip(row) {
+            for (i, n) in row.iter().enumerate() {
+                let code = code_name(tonic::Code::from_i32(i as i32));
                 let n = n.load(Ordering::Relaxed);
                 if n > 0 {
                     let _ = writeln!(out, "kmsd_requests_total{{method=\"{op}\",code=\"{code}\"}} {n}");
