@@ -9,34 +9,6 @@ use kmsd::proto::{self, crypto_client::CryptoClient, keys_client::KeysClient};
 use tonic::transport::Channel;
 use tonic::Code;
 
-type Keys = KeysClient<Channel>;
-
-async fn create(keys: &mut Keys, name: &str, policy: Option<proto::KeyPolicy>) -> proto::KeyInfo {
-    keys.create_key(proto::CreateKeyRequest {
-        name: name.into(),
-        algorithm: 0,
-        policy,
-    })
-    .await
-    .unwrap()
-    .into_inner()
-}
-
-async fn get(keys: &mut Keys, name: &str) -> proto::KeyInfo {
-    keys.get_key(proto::GetKeyRequest { name: name.into() })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-fn enc(key: &str, pt: &[u8]) -> proto::EncryptRequest {
-    proto::EncryptRequest {
-        key: key.into(),
-        plaintext: pt.to_vec(),
-        associated_data: vec![],
-    }
-}
-
 /// One EncryptBatch on a key with a usage limit of one encryption per
 /// version used to rotate once per item (1,000 items, 1,000 versions).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,8 +21,8 @@ async fn one_batch_causes_at_most_max_rotations_per_call_usage_rotations() {
         max_encryptions_per_version: Some(1),
         ..Default::default()
     };
-    create(&mut keys, "tiny", Some(policy)).await;
-    let items: Vec<_> = (0..1000).map(|_| enc("tiny", b"m")).collect();
+    create_with(&mut keys, "tiny", policy).await;
+    let items: Vec<_> = (0..1000).map(|_| enc("tiny", b"m", b"")).collect();
     let out = crypto
         .encrypt_batch(proto::EncryptBatchRequest { items })
         .await
@@ -87,22 +59,12 @@ async fn one_batch_causes_at_most_max_rotations_per_call_usage_rotations() {
     assert!(info.rotations.len() <= 4, "{:?}", info.rotations);
     // the next call has its own budget
     let v = crypto
-        .encrypt(enc("tiny", b"m"))
+        .encrypt(enc("tiny", b"m", b""))
         .await
         .unwrap()
         .into_inner()
         .key_version;
     assert!(v > 1);
-}
-
-fn scrape(path: &std::path::Path) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: kmsd\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 fn miss_reads(metrics: &std::path::Path) -> u64 {
@@ -127,8 +89,13 @@ async fn a_batch_of_unknown_versions_reads_the_store_once_per_key() {
         &format!("[metrics]\nlisten = \"unix:{}\"\n", metrics.display()),
     );
     let (mut crypto, mut keys): (CryptoClient<Channel>, Keys) = d.clients().await;
-    create(&mut keys, "neg", None).await;
-    let ct = crypto.encrypt(enc("neg", b"m")).await.unwrap().into_inner().ciphertext;
+    create(&mut keys, "neg").await;
+    let ct = crypto
+        .encrypt(enc("neg", b"m", b""))
+        .await
+        .unwrap()
+        .into_inner()
+        .ciphertext;
     let with_version = |v: u32| {
         let mut c = ct.clone();
         c[2..6].copy_from_slice(&v.to_be_bytes());
@@ -161,7 +128,7 @@ async fn a_batch_of_unknown_versions_reads_the_store_once_per_key() {
     keys.rotate_key(proto::RotateKeyRequest { name: "neg".into() })
         .await
         .unwrap();
-    let ct2 = crypto.encrypt(enc("neg", b"two")).await.unwrap().into_inner();
+    let ct2 = crypto.encrypt(enc("neg", b"two", b"")).await.unwrap().into_inner();
     assert_eq!(ct2.key_version, 2);
     let back = crypto
         .decrypt(proto::DecryptRequest {
@@ -192,23 +159,6 @@ allow = [{ ops = ["*"], keys = ["*"] }]
 officer = true
 allow = [{ ops = ["key.*", "approval", "restore", "backup"], keys = ["*"] }]
 "#;
-
-fn b32decode(s: &str) -> Vec<u8> {
-    let (mut out, mut buf, mut bits) = (vec![], 0u32, 0);
-    for c in s.bytes() {
-        let v = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
-            .iter()
-            .position(|&a| a == c)
-            .unwrap() as u32;
-        buf = (buf << 5) | v;
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
-        }
-    }
-    out
-}
 
 /// Fresh TOTP codes for one officer: each step at most once, moving forward.
 struct Codes {
@@ -276,7 +226,7 @@ async fn pending_approvals_are_capped_in_number_and_bytes() {
         );
     }
     let mut keys = KeysClient::new(setup.clone());
-    create(&mut keys, "ring", None).await;
+    create(&mut keys, "ring").await;
     keys.rotate_key(proto::RotateKeyRequest { name: "ring".into() })
         .await
         .unwrap();
@@ -394,7 +344,7 @@ async fn tokens_need_their_version_and_token_keys_do_not_rotate_by_themselves() 
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("allow_token_rotation"), "{}", e.message());
-    let info = create(&mut keys, "tok.pan", Some(token_key(Default::default()))).await;
+    let info = create_with(&mut keys, "tok.pan", token_key(Default::default())).await;
     assert_eq!(info.policy.unwrap().purpose, Some(KeyPurpose::Tokenize as i32));
     assert_eq!(info.next_rotation_at, 0);
     let e = keys
@@ -410,16 +360,16 @@ async fn tokens_need_their_version_and_token_keys_do_not_rotate_by_themselves() 
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("allow_token_rotation"), "{}", e.message());
     // purpose separation: a token key does not encrypt
-    let e = crypto.encrypt(enc("tok.pan", b"x")).await.unwrap_err();
+    let e = crypto.encrypt(enc("tok.pan", b"x", b"")).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     // an ordinary key that rotates by itself does not tokenize
-    create(
+    create_with(
         &mut keys,
         "rotating",
-        Some(proto::KeyPolicy {
+        proto::KeyPolicy {
             rotation_period_seconds: Some(3600),
             ..Default::default()
-        }),
+        },
     )
     .await;
     let pan = "4539148803436467";
@@ -509,7 +459,7 @@ async fn tokenize_is_rate_limited_per_identity() {
     .unwrap();
     let d = Daemon::start_with(dir.path(), "[limits]\ntokenize_rate = 1\ntokenize_burst = 5\n");
     let mut keys = KeysClient::new(d.channel().await);
-    create(&mut keys, "tok", None).await;
+    create(&mut keys, "tok").await;
     let mut m = MaskClient::new(d.channel().await);
     let sort_code = |i: u32| format!("{:06}", 100_000 + i);
     let mut refused = None;

@@ -7,33 +7,6 @@ use common::*;
 use kmsd::proto::{self, crypto_client::CryptoClient, keys_client::KeysClient};
 use tonic::Code;
 
-fn enc(key: &str, pt: &[u8], aad: &[u8]) -> proto::EncryptRequest {
-    proto::EncryptRequest {
-        key: key.into(),
-        plaintext: pt.to_vec(),
-        associated_data: aad.to_vec(),
-    }
-}
-
-fn dec(key: &str, ct: &[u8], aad: &[u8]) -> proto::DecryptRequest {
-    proto::DecryptRequest {
-        key: key.into(),
-        ciphertext: ct.to_vec(),
-        associated_data: aad.to_vec(),
-    }
-}
-
-async fn create(keys: &mut KeysClient<tonic::transport::Channel>, name: &str) -> proto::KeyInfo {
-    keys.create_key(proto::CreateKeyRequest {
-        name: name.into(),
-        algorithm: 0,
-        policy: None,
-    })
-    .await
-    .unwrap()
-    .into_inner()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trip_over_unix_socket_and_tcp() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,47 +5,9 @@
 mod common;
 
 use common::*;
-use kmsd::proto::{self, crypto_client::CryptoClient, keys_client::KeysClient};
+use kmsd::proto;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 use tonic::Code;
-
-type Crypto = CryptoClient<Channel>;
-type Keys = KeysClient<Channel>;
-
-fn enc(key: &str, pt: &[u8], aad: &[u8]) -> proto::EncryptRequest {
-    proto::EncryptRequest {
-        key: key.into(),
-        plaintext: pt.to_vec(),
-        associated_data: aad.to_vec(),
-    }
-}
-
-fn dec(key: &str, ct: &[u8], aad: &[u8]) -> proto::DecryptRequest {
-    proto::DecryptRequest {
-        key: key.into(),
-        ciphertext: ct.to_vec(),
-        associated_data: aad.to_vec(),
-    }
-}
-
-async fn create(keys: &mut Keys, name: &str, policy: Option<proto::KeyPolicy>) -> proto::KeyInfo {
-    keys.create_key(proto::CreateKeyRequest {
-        name: name.into(),
-        algorithm: 0,
-        policy,
-    })
-    .await
-    .unwrap()
-    .into_inner()
-}
-
-async fn get(keys: &mut Keys, name: &str) -> proto::KeyInfo {
-    keys.get_key(proto::GetKeyRequest { name: name.into() })
-        .await
-        .unwrap()
-        .into_inner()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_rotation_happens_on_time_in_the_real_daemon() {
@@ -57,7 +19,7 @@ async fn scheduled_rotation_happens_on_time_in_the_real_daemon() {
         rotation_period_seconds: Some(2),
         ..Default::default()
     };
-    let info = create(&mut keys, "sched", Some(policy)).await;
+    let info = create_with(&mut keys, "sched", policy).await;
     assert_eq!(info.next_rotation_at, info.created_at + 2);
     let old = crypto.encrypt(enc("sched", b"before", b"")).await.unwrap().into_inner();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -121,7 +83,7 @@ async fn usage_limit_of_100_rotates_after_the_100th_encryption() {
         max_encryptions_per_version: Some(100),
         ..Default::default()
     };
-    create(&mut keys, "limited", Some(policy)).await;
+    create_with(&mut keys, "limited", policy).await;
     for i in 1..=100 {
         let v = crypto
             .encrypt(enc("limited", b"m", b""))
@@ -149,7 +111,7 @@ async fn version_states_answer_as_specified_and_destruction_really_destroys() {
     Pki::new(dir.path());
     let mut d = Daemon::start(dir.path());
     let (mut crypto, mut keys) = d.clients().await;
-    create(&mut keys, "st", None).await;
+    create(&mut keys, "st").await;
     let ct1 = crypto
         .encrypt(enc("st", b"one", b""))
         .await
@@ -330,7 +292,7 @@ async fn rewrap_batches_and_data_keys() {
     Pki::new(dir.path());
     let d = Daemon::start_with(dir.path(), "[limits]\nmax_batch_items = 50\n");
     let (mut crypto, mut keys) = d.clients().await;
-    create(&mut keys, "w", None).await;
+    create(&mut keys, "w").await;
     let old = crypto.encrypt(enc("w", b"secret", b"ctx")).await.unwrap().into_inner();
     keys.rotate_key(proto::RotateKeyRequest { name: "w".into() })
         .await
@@ -494,7 +456,7 @@ async fn fill(crypto: &mut Crypto, keys: &mut Keys, n: usize) -> Vec<(String, Ve
     let mut out = vec![];
     for i in 0..n {
         let name = format!("bk-{i}");
-        create(keys, &name, None).await;
+        create(keys, &name).await;
         let pt = format!("plaintext {i}").into_bytes();
         out.push((
             name.clone(),

@@ -9,6 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
+mod calls;
+// Not every test file makes gRPC calls through these helpers.
+#[allow(unused_imports)]
+pub use calls::*;
+
 /// The `kmsctl` binary of this build. It is its own package, so cargo
 /// defines no `CARGO_BIN_EXE_kmsctl` here; it sits beside `kmsd` in the
 /// target directory, and `cargo test --workspace` builds it (with the
@@ -50,6 +55,12 @@ impl Pki {
     /// Issues a client certificate `NAME.pem` / `NAME.key`.
     pub fn client(&self, name: &str, uri: Option<&str>) {
         let c = self.ca.issue_client(name, uri).unwrap();
+        self.write_issued(name, &c);
+    }
+
+    /// Writes a certificate issued by the test's CA as `NAME.pem` /
+    /// `NAME.key`.
+    pub fn write_issued(&self, name: &str, c: &kmsd::dev::Issued) {
         write_file(&self.dir.join(format!("{name}.pem")), c.cert_pem.as_bytes(), false).unwrap();
         write_file(&self.dir.join(format!("{name}.key")), c.key_pem.as_bytes(), true).unwrap();
     }
@@ -352,4 +363,61 @@ pub fn walk(p: &Path) -> Vec<PathBuf> {
 
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Sends signal `sig` (e.g. `"HUP"`) to process `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    assert!(Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// Waits up to 20 s for `f` to hold.
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One `GET /metrics` from the metrics endpoint on Unix socket `path`:
+/// the whole HTTP response.
+pub fn scrape(path: &Path) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: kmsd\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Whether the tests run as root (mount namespaces, tmpfs).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Decodes unpadded RFC 4648 base32 (an officer's TOTP secret).
+pub fn b32decode(s: &str) -> Vec<u8> {
+    let (mut out, mut buf, mut bits) = (vec![], 0u32, 0);
+    for c in s.bytes() {
+        let v = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+            .iter()
+            .position(|&a| a == c)
+            .unwrap() as u32;
+        buf = (buf << 5) | v;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+        }
+    }
+    out
 }
