@@ -60,24 +60,6 @@ struct Env {
     last_step: HashMap<String, i64>,
 }
 
-fn b32decode(s: &str) -> Vec<u8> {
-    let mut out = vec![];
-    let (mut buf, mut bits) = (0u32, 0);
-    for c in s.bytes() {
-        let v = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
-            .iter()
-            .position(|&a| a == c)
-            .unwrap() as u32;
-        buf = (buf << 5) | v;
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
-        }
-    }
-    out
-}
-
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -40,16 +40,6 @@ fn with_id<T>(msg: T, id: &str) -> Request<T> {
     r
 }
 
-async fn create(keys: &mut proto::keys_client::KeysClient<tonic::transport::Channel>, name: &str) {
-    keys.create_key(proto::CreateKeyRequest {
-        name: name.into(),
-        algorithm: 0,
-        policy: None,
-    })
-    .await
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_records_each_key_and_version_it_used() {
     let dir = tempfile::tempdir().unwrap();
@@ -336,13 +326,6 @@ async fn retention_prunes_and_verify_catches_a_deleted_oldest_file() {
         assert!(!out.status.success(), "{out:?}");
         assert!(err.contains("deleted from the start"), "{err}");
     }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// Runs `script` in the daemon's mount namespace.

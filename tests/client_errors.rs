@@ -9,11 +9,6 @@ use kmsd::client::certificate::Problem;
 use kmsd::client::{ClientSettings, Error};
 use rustls::AlertDescription;
 
-fn write_issued(pki: &Pki, name: &str, c: &kmsd::dev::Issued) {
-    kmsd::dev::write_file(&pki.dir.join(format!("{name}.pem")), c.cert_pem.as_bytes(), false).unwrap();
-    kmsd::dev::write_file(&pki.dir.join(format!("{name}.key")), c.key_pem.as_bytes(), true).unwrap();
-}
-
 /// Connects with the client's own checks (what kmsctl does).
 async fn checked(s: &ClientSettings) -> Error {
     match kmsd::client::connect(s).await {
@@ -50,7 +45,7 @@ async fn connection_failures_name_the_certificate_the_reason_and_the_fix() {
             p.not_after = rcgen::date_time_ymd(2021, 1, 1);
         })
         .unwrap();
-    write_issued(&pki, "expired", &expired);
+    pki.write_issued("expired", &expired);
     let future = pki
         .ca
         .issue_custom("future", app, |p| {
@@ -58,14 +53,14 @@ async fn connection_failures_name_the_certificate_the_reason_and_the_fix() {
             p.not_after = rcgen::date_time_ymd(2099, 1, 1);
         })
         .unwrap();
-    write_issued(&pki, "future", &future);
+    pki.write_issued("future", &future);
     let server_auth = pki
         .ca
         .issue_custom("server-auth", app, |p| {
             p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         })
         .unwrap();
-    write_issued(&pki, "server-auth", &server_auth);
+    pki.write_issued("server-auth", &server_auth);
     // a URI SAN that breaks the identity rules (spells a key-hash identity)
     pki.client("spoof", Some("sha256:00"));
     // certificates from CAs the daemon does not trust: one of another
@@ -74,7 +69,7 @@ async fn connection_failures_name_the_certificate_the_reason_and_the_fix() {
     let namesake = Pki::new(other.path());
     namesake.client("namesake", app);
     let another = kmsd::dev::Ca::new("another CA").unwrap();
-    write_issued(&namesake, "stranger", &another.issue_client("stranger", app).unwrap());
+    namesake.write_issued("stranger", &another.issue_client("stranger", app).unwrap());
     kmsd::dev::write_file(
         &other.path().join("another-ca.pem"),
         another.cert_pem().as_bytes(),

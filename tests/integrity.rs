@@ -12,30 +12,14 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::Code;
 
-fn enc(key: &str, pt: &[u8]) -> proto::EncryptRequest {
-    proto::EncryptRequest {
-        key: key.into(),
-        plaintext: pt.to_vec(),
-        associated_data: vec![],
-    }
-}
-
-fn dec(key: &str, ct: &[u8]) -> proto::DecryptRequest {
-    proto::DecryptRequest {
-        key: key.into(),
-        ciphertext: ct.to_vec(),
-        associated_data: vec![],
-    }
-}
-
 async fn round_trip(crypto: &mut CryptoClient<Channel>, key: &str) {
     let ct = crypto
-        .encrypt(enc(key, b"still fine"))
+        .encrypt(enc(key, b"still fine", b""))
         .await
         .unwrap()
         .into_inner()
         .ciphertext;
-    let pt = crypto.decrypt(dec(key, &ct)).await.unwrap().into_inner().plaintext;
+    let pt = crypto.decrypt(dec(key, &ct, b"")).await.unwrap().into_inner().plaintext;
     assert_eq!(pt, b"still fine");
 }
 
@@ -47,16 +31,10 @@ async fn a_ring_record_put_back_or_deleted_on_disk_is_data_loss_for_that_key_onl
     let mut d = Daemon::start(dir.path());
     let (mut crypto, mut keys) = d.clients().await;
     for n in ["victim", "bystander", "deleted"] {
-        keys.create_key(proto::CreateKeyRequest {
-            name: n.into(),
-            algorithm: 0,
-            policy: None,
-        })
-        .await
-        .unwrap();
+        create(&mut keys, n).await;
     }
     let ct1 = crypto
-        .encrypt(enc("victim", b"secret"))
+        .encrypt(enc("victim", b"secret", b""))
         .await
         .unwrap()
         .into_inner()
@@ -83,7 +61,7 @@ async fn a_ring_record_put_back_or_deleted_on_disk_is_data_loss_for_that_key_onl
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let e = crypto.decrypt(dec("victim", &ct1)).await.unwrap_err();
+        let e = crypto.decrypt(dec("victim", &ct1, b"")).await.unwrap_err();
         if e.message().contains("DESTROYED") {
             break;
         }
@@ -103,16 +81,16 @@ async fn a_ring_record_put_back_or_deleted_on_disk_is_data_loss_for_that_key_onl
     }
     d.restart_after_stop();
     let (mut crypto, mut keys) = d.clients().await;
-    let e = crypto.decrypt(dec("victim", &ct1)).await.unwrap_err();
+    let e = crypto.decrypt(dec("victim", &ct1, b"")).await.unwrap_err();
     assert_eq!(e.code(), Code::DataLoss, "{}", e.message());
-    let e = crypto.encrypt(enc("victim", b"x")).await.unwrap_err();
+    let e = crypto.encrypt(enc("victim", b"x", b"")).await.unwrap_err();
     assert_eq!(e.code(), Code::DataLoss, "{}", e.message());
     let e = keys
         .get_key(proto::GetKeyRequest { name: "deleted".into() })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::DataLoss, "{}", e.message());
-    let e = crypto.encrypt(enc("deleted", b"x")).await.unwrap_err();
+    let e = crypto.encrypt(enc("deleted", b"x", b"")).await.unwrap_err();
     assert_eq!(e.code(), Code::DataLoss, "{}", e.message());
     round_trip(&mut crypto, "bystander").await;
     let log = d.log_text();

@@ -10,33 +10,6 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn signal(pid: u32, sig: &str) {
-    assert!(Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap()
-        .success());
-}
-
-async fn create(keys: &mut KeysClient<tonic::transport::Channel>, name: &str) {
-    keys.create_key(proto::CreateKeyRequest {
-        name: name.into(),
-        algorithm: 0,
-        policy: None,
-    })
-    .await
-    .unwrap();
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_activation_with_systemd_socket_activate() {
     if Command::new("systemd-socket-activate").arg("--help").output().is_err() {
@@ -380,15 +353,6 @@ async fn a_stalled_handshake_is_dropped() {
     // and keeps serving others
     let (_, mut keys) = d.clients().await;
     keys.list_keys(proto::ListKeysRequest::default()).await.unwrap();
-}
-
-fn scrape(path: &std::path::Path) -> String {
-    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: kmsd\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

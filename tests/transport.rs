@@ -82,16 +82,6 @@ fn key_files_readable_by_group_or_others_are_refused() {
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 }
 
-fn scrape(path: &Path) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: kmsd\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 /// The value of a metric series (the whole line up to the value).
 fn metric(path: &Path, series: &str) -> u64 {
     let body = scrape(path);
@@ -281,15 +271,6 @@ async fn idle_authenticated_connections_are_closed() {
     assert_eq!(metric(&metrics, "kmsd_connections{state=\"established\"}"), 1);
 }
 
-fn signal(pid: u32, sig: &str) {
-    assert!(Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap()
-        .success());
-}
-
 fn wait_log(d: &Daemon, from: usize, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !d.log_text().get(from..).unwrap_or_default().contains(needle) {
@@ -472,11 +453,6 @@ async fn revoked_client_certificates_are_refused_and_a_crl_reload_takes_effect()
     assert_eq!(names, vec!["k1", "k2", "k5", "k7"]);
 }
 
-fn write_issued(pki: &Pki, name: &str, c: &kmsd::dev::Issued) {
-    kmsd::dev::write_file(&pki.dir.join(format!("{name}.pem")), c.cert_pem.as_bytes(), false).unwrap();
-    kmsd::dev::write_file(&pki.dir.join(format!("{name}.key")), c.key_pem.as_bytes(), true).unwrap();
-}
-
 /// The negative matrix of the client side of the handshake: expired and
 /// not-yet-valid certificates, a serverAuth-only certificate, the CA
 /// certificate itself, and a TLS 1.2-only client are all refused (and get
@@ -493,7 +469,7 @@ async fn invalid_client_certificates_and_tls_1_2_are_refused() {
             p.not_after = rcgen::date_time_ymd(2021, 1, 1);
         })
         .unwrap();
-    write_issued(&pki, "expired", &expired);
+    pki.write_issued("expired", &expired);
     let future = pki
         .ca
         .issue_custom("future", app, |p| {
@@ -501,14 +477,14 @@ async fn invalid_client_certificates_and_tls_1_2_are_refused() {
             p.not_after = rcgen::date_time_ymd(2099, 1, 1);
         })
         .unwrap();
-    write_issued(&pki, "future", &future);
+    pki.write_issued("future", &future);
     let server_auth = pki
         .ca
         .issue_custom("server-auth", app, |p| {
             p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         })
         .unwrap();
-    write_issued(&pki, "server-auth", &server_auth);
+    pki.write_issued("server-auth", &server_auth);
     // the CA certificate itself, with its own key
     kmsd::dev::write_file(&dir.path().join("the-ca.pem"), pki.ca.cert_pem().as_bytes(), false).unwrap();
     kmsd::dev::write_file(&dir.path().join("the-ca.key"), pki.ca.key_pem().as_bytes(), true).unwrap();
@@ -589,7 +565,7 @@ async fn a_client_ca_replaced_on_sighup_refuses_old_clients_on_their_next_handsh
     let newcomer = new_ca
         .issue_client("newcomer", Some("spiffe://test.internal/app"))
         .unwrap();
-    write_issued(&pki, "newcomer", &newcomer);
+    pki.write_issued("newcomer", &newcomer);
     kmsd::dev::write_file(&dir.path().join("ca.pem"), new_ca.cert_pem().as_bytes(), false).unwrap();
     let from = d.log_text().len();
     signal(d.pid(), "HUP");
