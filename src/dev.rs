@@ -306,3 +306,34 @@ pub fn setup(dir: &Path, tcp: Option<SocketAddr>) -> Result<(Config, DevPaths), 
     };
     Ok((config, paths))
 }
+
+/// Prints the `export` lines that point `kmsctl` at the dev daemon, and the
+/// dev officer's TOTP URI (DEV ONLY), on stdout.
+pub fn print_exports(p: &DevPaths, config: &Config) -> Result<(), DevError> {
+    // Never panic on a closed stdout (a parent that read what it needed).
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "# kmsd dev setup in {} (DEV ONLY: dev CA and keys on disk)",
+        p.dir.display()
+    );
+    let _ = writeln!(out, "export KMSD_ADDR=unix:{}", p.socket.display());
+    let _ = writeln!(out, "export KMSD_CA={}", p.ca.display());
+    let _ = writeln!(out, "export KMSD_CERT={}", p.client_cert.display());
+    let _ = writeln!(out, "export KMSD_KEY={}", p.client_key.display());
+    if let Some(tcp) = config.listen.tcp.first() {
+        let _ = writeln!(out, "# or over TCP: export KMSD_ADDR={tcp}");
+    }
+    let uri = dev_officer_totp(config)?;
+    let _ = writeln!(
+        out,
+        "# dev officer ({}): certificate {}/officer.pem, key {}/officer.key",
+        DEV_OFFICER_ID,
+        p.dir.display(),
+        p.dir.display()
+    );
+    let _ = writeln!(out, "# dev officer TOTP (DEV ONLY; add to an authenticator app): {uri}");
+    let _ = out.flush();
+    Ok(())
+}

@@ -37,7 +37,8 @@
 //!   permission rule. Leaves: they never read the key rings or services.
 //! - [`offline`]: the commands run against a stopped daemon's store and
 //!   log (rekey, restore, officer enrolment, audit verification).
-//! - [`dev`]: the embedded dev setup (dev CA, certificates, master key).
+//! - `dev` (cargo feature `dev`, on by default): the embedded dev setup
+//!   (dev CA, certificates, master key).
 //! - [`client`], [`proto`]: re-exports of the `kmsd-client` crate (the
 //!   generated API, with server stubs, and the mTLS client).
 //! - [`masking`]: the `kmsd-masking` crate (`masking/`), re-exported.
@@ -54,6 +55,7 @@ pub mod authz;
 pub mod config;
 pub mod crypto;
 pub mod deadline;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod error;
 pub mod offline;

@@ -12,8 +12,9 @@
 //!   VAES/VPCLMULQDQ, selected at run time. Measured here at 16 KiB:
 //!   7.9 GB/s, 1.9x `openssl speed -evp aes-256-gcm` (4.1 GB/s) on the
 //!   same machine (see BENCHMARKS.md).
-//! - [`RustCryptoAead`]: RustCrypto `aes-gcm` 0.10 (zeroize feature), two
-//!   passes (CTR, then GHASH): 1.4 GB/s, 0.34x OpenSSL.
+//! - `RustCryptoAead` (feature `rustcrypto`: tests and benchmarks only):
+//!   RustCrypto `aes-gcm` 0.10 (zeroize feature), two passes (CTR, then
+//!   GHASH): 1.4 GB/s, 0.34x OpenSSL.
 //!
 //! The trade-off: ring does not zeroize its expanded key schedule on drop.
 //! kmsd only ever keys the AEAD with short-lived per-message keys (derived,
@@ -21,7 +22,9 @@
 //! process memory is locked against swapping where the limit allows, and
 //! the process is non-dumpable; the long-lived secrets themselves
 //! (version keys, master key) stay in zeroizing `secrecy` boxes.
+#[cfg(feature = "rustcrypto")]
 use aes_gcm::aead::{AeadInPlace, KeyInit};
+#[cfg(feature = "rustcrypto")]
 use aes_gcm::{Aes256Gcm, Key, Nonce, Tag};
 
 /// Nonce length in bytes.
@@ -93,10 +96,13 @@ impl Aead for RingAead {
 }
 
 /// RustCrypto `aes-gcm` 0.10 (kept as a second, independent
-/// implementation; checked by the same vectors).
+/// implementation; checked by the same vectors). Feature `rustcrypto`
+/// only: tests and benchmarks, never the daemon.
+#[cfg(feature = "rustcrypto")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RustCryptoAead;
 
+#[cfg(feature = "rustcrypto")]
 impl Aead for RustCryptoAead {
     fn seal(&self, key: &[u8; 32], nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u8>) -> Result<(), SealError> {
         let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key));

@@ -86,6 +86,29 @@ enum Cmd {
     },
 }
 
+#[cfg(feature = "dev")]
+use kmsd::dev;
+
+/// A build without the cargo feature `dev` (a packaged daemon): `kmsd dev`
+/// says so and exits.
+#[cfg(not(feature = "dev"))]
+mod dev {
+    use kmsd::config::Config;
+    use std::net::SocketAddr;
+    use std::path::Path;
+
+    /// Never made: there is no dev setup in this build.
+    pub enum DevPaths {}
+
+    pub fn setup(_: &Path, _: Option<SocketAddr>) -> Result<(Config, DevPaths), String> {
+        Err("the dev setup is not in this build (built without the cargo feature `dev`)".into())
+    }
+
+    pub fn print_exports(p: &DevPaths, _: &Config) -> Result<(), String> {
+        match *p {}
+    }
+}
+
 /// Prefix of kmsd's own journal fields (`KMSD_OP`, ...); the README names them.
 const JOURNAL_FIELD_PREFIX: &str = "KMSD";
 
@@ -217,7 +240,7 @@ fn main() -> ExitCode {
             Ok(c) => (c, None),
             Err(e) => return fail(e),
         },
-        Cmd::Dev { dir, tcp, no_tcp } => match kmsd::dev::setup(&dir, (!no_tcp).then_some(tcp)) {
+        Cmd::Dev { dir, tcp, no_tcp } => match dev::setup(&dir, (!no_tcp).then_some(tcp)) {
             Ok((c, paths)) => (c, Some(paths)),
             Err(e) => return fail(e),
         },
@@ -234,35 +257,9 @@ fn main() -> ExitCode {
         tracing::warn!("{note}");
     }
     if let Some(p) = &dev {
-        // Never panic on a closed stdout (a parent that read what it needed).
-        use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(
-            out,
-            "# kmsd dev setup in {} (DEV ONLY: dev CA and keys on disk)",
-            p.dir.display()
-        );
-        let _ = writeln!(out, "export KMSD_ADDR=unix:{}", p.socket.display());
-        let _ = writeln!(out, "export KMSD_CA={}", p.ca.display());
-        let _ = writeln!(out, "export KMSD_CERT={}", p.client_cert.display());
-        let _ = writeln!(out, "export KMSD_KEY={}", p.client_key.display());
-        if let Some(tcp) = config.listen.tcp.first() {
-            let _ = writeln!(out, "# or over TCP: export KMSD_ADDR={tcp}");
+        if let Err(e) = dev::print_exports(p, &config) {
+            return fail(e);
         }
-        match kmsd::dev::dev_officer_totp(&config) {
-            Ok(uri) => {
-                let _ = writeln!(
-                    out,
-                    "# dev officer ({}): certificate {}/officer.pem, key {}/officer.key",
-                    kmsd::dev::DEV_OFFICER_ID,
-                    p.dir.display(),
-                    p.dir.display()
-                );
-                let _ = writeln!(out, "# dev officer TOTP (DEV ONLY; add to an authenticator app): {uri}");
-            }
-            Err(e) => return fail(e),
-        }
-        let _ = out.flush();
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
