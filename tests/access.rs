@@ -200,60 +200,28 @@ async fn policy_denies_everything_not_allowed_and_deny_wins() {
     }
     let mut pay = env.crypto("payments");
     let ct = pay
-        .encrypt(proto::EncryptRequest {
-            key: "payments.pan".into(),
-            plaintext: b"x".to_vec(),
-            associated_data: vec![],
-        })
+        .encrypt(enc("payments.pan", b"x", b""))
         .await
         .unwrap()
         .into_inner()
         .ciphertext;
-    pay.decrypt(proto::DecryptRequest {
-        key: "payments.pan".into(),
-        ciphertext: ct.clone(),
-        associated_data: vec![],
-    })
-    .await
-    .unwrap();
+    pay.decrypt(dec("payments.pan", &ct, b"")).await.unwrap();
     // deny beats allow
     let archived = pay
-        .encrypt(proto::EncryptRequest {
-            key: "payments.archive-2020".into(),
-            plaintext: b"x".to_vec(),
-            associated_data: vec![],
-        })
+        .encrypt(enc("payments.archive-2020", b"x", b""))
         .await
         .unwrap()
         .into_inner()
         .ciphertext;
     let e = pay
-        .decrypt(proto::DecryptRequest {
-            key: "payments.archive-2020".into(),
-            ciphertext: archived,
-            associated_data: vec![],
-        })
+        .decrypt(dec("payments.archive-2020", &archived, b""))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(e.message().contains("decrypt"), "{}", e.message());
     // no leak: an existing key and a missing one answer the same
-    let a = pay
-        .encrypt(proto::EncryptRequest {
-            key: "hr.salaries".into(),
-            plaintext: b"x".to_vec(),
-            associated_data: vec![],
-        })
-        .await
-        .unwrap_err();
-    let b = pay
-        .encrypt(proto::EncryptRequest {
-            key: "hr.nothing".into(),
-            plaintext: b"x".to_vec(),
-            associated_data: vec![],
-        })
-        .await
-        .unwrap_err();
+    let a = pay.encrypt(enc("hr.salaries", b"x", b"")).await.unwrap_err();
+    let b = pay.encrypt(enc("hr.nothing", b"x", b"")).await.unwrap_err();
     assert_eq!((a.code(), b.code()), (Code::PermissionDenied, Code::PermissionDenied));
     assert_eq!(
         a.message().replace("salaries", "X"),
@@ -435,18 +403,7 @@ async fn policy_denies_everything_not_allowed_and_deny_wins() {
     let out = env
         .crypto("payments")
         .encrypt_batch(proto::EncryptBatchRequest {
-            items: vec![
-                proto::EncryptRequest {
-                    key: "payments.pan".into(),
-                    plaintext: b"a".to_vec(),
-                    associated_data: vec![],
-                },
-                proto::EncryptRequest {
-                    key: "hr.salaries".into(),
-                    plaintext: b"b".to_vec(),
-                    associated_data: vec![],
-                },
-            ],
+            items: vec![enc("payments.pan", b"a", b""), enc("hr.salaries", b"b", b"")],
         })
         .await
         .unwrap()
@@ -604,13 +561,12 @@ async fn identities_from_spiffe_san_and_key_hash_and_policy_reload() {
         "[identities]\n\"spiffe://bank/stranger\" = [\"payments\"]\n",
     );
     std::fs::write(&policy_path, &granted).unwrap();
-    let enc = || proto::EncryptRequest {
-        key: "payments.x".into(),
-        plaintext: b"m".to_vec(),
-        associated_data: vec![],
-    };
     assert_eq!(
-        env.crypto("stranger").encrypt(enc()).await.unwrap_err().code(),
+        env.crypto("stranger")
+            .encrypt(enc("payments.x", b"m", b""))
+            .await
+            .unwrap_err()
+            .code(),
         Code::PermissionDenied
     );
     let off = env.d.log_text().len();
@@ -624,7 +580,10 @@ async fn identities_from_spiffe_san_and_key_hash_and_policy_reload() {
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    env.crypto("stranger").encrypt(enc()).await.unwrap();
+    env.crypto("stranger")
+        .encrypt(enc("payments.x", b"m", b""))
+        .await
+        .unwrap();
     // a bad file is refused (SIGHUP and the admin call) and the old policy stays
     std::fs::write(
         &policy_path,
@@ -646,7 +605,10 @@ async fn identities_from_spiffe_san_and_key_hash_and_policy_reload() {
     while !env.d.log_text()[off..].contains("policy reload refused") {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    env.crypto("stranger").encrypt(enc()).await.unwrap();
+    env.crypto("stranger")
+        .encrypt(enc("payments.x", b"m", b""))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -854,31 +816,14 @@ async fn the_audit_trail_detects_tampering_and_admin_calls_fail_closed() {
     let mut pay = env.crypto("payments");
     for _ in 0..10 {
         let ct = pay
-            .encrypt(proto::EncryptRequest {
-                key: "payments.a".into(),
-                plaintext: marker.to_vec(),
-                associated_data: vec![],
-            })
+            .encrypt(enc("payments.a", marker, b""))
             .await
             .unwrap()
             .into_inner()
             .ciphertext;
-        pay.decrypt(proto::DecryptRequest {
-            key: "payments.a".into(),
-            ciphertext: ct,
-            associated_data: vec![],
-        })
-        .await
-        .unwrap();
+        pay.decrypt(dec("payments.a", &ct, b"")).await.unwrap();
     }
-    let _ = env
-        .crypto("stranger")
-        .encrypt(proto::EncryptRequest {
-            key: "payments.a".into(),
-            plaintext: marker.to_vec(),
-            associated_data: vec![],
-        })
-        .await;
+    let _ = env.crypto("stranger").encrypt(enc("payments.a", marker, b"")).await;
     k.rotate_key(rotate("payments.a")).await.unwrap(); // durable: everything before it is on disk too
     let path = env.d.dir.join("audit.log");
     let head_first = env
@@ -968,14 +913,7 @@ async fn the_audit_trail_detects_tampering_and_admin_calls_fail_closed() {
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(e.message().contains("not performed"), "{}", e.message());
     // (on_failure = "fail": data-path calls are refused too while the log cannot be written)
-    let e = pay
-        .encrypt(proto::EncryptRequest {
-            key: "payments.a".into(),
-            plaintext: marker.to_vec(),
-            associated_data: vec![],
-        })
-        .await
-        .unwrap_err();
+    let e = pay.encrypt(enc("payments.a", marker, b"")).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     // writable again: the writer recovers on its own
     std::fs::remove_dir(&path).unwrap();

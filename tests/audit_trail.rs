@@ -286,13 +286,7 @@ async fn retention_prunes_and_verify_catches_a_deleted_oldest_file() {
     // writer batches it)
     let log = dir.path().join("audit.log");
     for i in 0..20_000 {
-        c.encrypt(proto::EncryptRequest {
-            key: "ret.a".into(),
-            plaintext: b"x".to_vec(),
-            associated_data: vec![],
-        })
-        .await
-        .unwrap();
+        c.encrypt(enc("ret.a", b"x", b"")).await.unwrap();
         if i % 50 == 49 && kmsd::audit::rotated_files(&log).first().is_some_and(|r| r.first > 1) {
             break;
         }
@@ -376,12 +370,7 @@ async fn a_full_disk_refuses_calls_until_the_audit_log_is_writable_again() {
     assert!(!fs.join("audit.log").exists(), "the tmpfs is not visible on the host");
     let (mut c, mut k) = d.clients().await;
     create(&mut k, "disk.a").await;
-    let enc = || proto::EncryptRequest {
-        key: "disk.a".into(),
-        plaintext: b"x".to_vec(),
-        associated_data: vec![],
-    };
-    c.encrypt(enc()).await.unwrap();
+    c.encrypt(enc("disk.a", b"x", b"")).await.unwrap();
     // fill the disk
     let out = in_namespace(
         pid,
@@ -391,7 +380,7 @@ async fn a_full_disk_refuses_calls_until_the_audit_log_is_writable_again() {
     // data-path calls: answered until the writer meets the full disk, then refused
     let mut refused = None;
     for _ in 0..500 {
-        match c.encrypt(enc()).await {
+        match c.encrypt(enc("disk.a", b"x", b"")).await {
             Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             Err(s) => {
                 refused = Some(s);
@@ -403,7 +392,7 @@ async fn a_full_disk_refuses_calls_until_the_audit_log_is_writable_again() {
     assert_eq!(s.code(), Code::Unavailable, "{s:?}");
     assert!(s.message().contains("audit log"), "{}", s.message());
     for _ in 0..3 {
-        let e = c.encrypt(enc()).await.unwrap_err();
+        let e = c.encrypt(enc("disk.a", b"x", b"")).await.unwrap_err();
         assert_eq!(e.code(), Code::Unavailable, "{e:?}");
         assert!(e.message().contains("cannot be written"), "{}", e.message());
     }
@@ -417,7 +406,7 @@ async fn a_full_disk_refuses_calls_until_the_audit_log_is_writable_again() {
     assert!(out.status.success(), "{out:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match c.encrypt(enc()).await {
+        match c.encrypt(enc("disk.a", b"x", b"")).await {
             Ok(_) => break,
             Err(e) => {
                 assert_eq!(e.code(), Code::Unavailable);

@@ -99,11 +99,7 @@ async fn a_batch_of_unknown_versions_reads_the_store_once_per_key() {
     let with_version = |v: u32| {
         let mut c = ct.clone();
         c[2..6].copy_from_slice(&v.to_be_bytes());
-        proto::DecryptRequest {
-            key: "neg".into(),
-            ciphertext: c,
-            associated_data: vec![],
-        }
+        dec("neg", &c, b"")
     };
     let before = miss_reads(&metrics);
     // 10,000 items, each naming a different version that does not exist
@@ -131,11 +127,7 @@ async fn a_batch_of_unknown_versions_reads_the_store_once_per_key() {
     let ct2 = crypto.encrypt(enc("neg", b"two", b"")).await.unwrap().into_inner();
     assert_eq!(ct2.key_version, 2);
     let back = crypto
-        .decrypt(proto::DecryptRequest {
-            key: "neg".into(),
-            ciphertext: ct2.ciphertext,
-            associated_data: vec![],
-        })
+        .decrypt(dec("neg", &ct2.ciphertext, b""))
         .await
         .unwrap()
         .into_inner();

@@ -38,29 +38,7 @@ async fn connection_failures_name_the_certificate_the_reason_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
     let app = Some("spiffe://test.internal/app");
-    let expired = pki
-        .ca
-        .issue_custom("expired", app, |p| {
-            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        })
-        .unwrap();
-    pki.write_issued("expired", &expired);
-    let future = pki
-        .ca
-        .issue_custom("future", app, |p| {
-            p.not_before = rcgen::date_time_ymd(2090, 1, 1);
-            p.not_after = rcgen::date_time_ymd(2099, 1, 1);
-        })
-        .unwrap();
-    pki.write_issued("future", &future);
-    let server_auth = pki
-        .ca
-        .issue_custom("server-auth", app, |p| {
-            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        })
-        .unwrap();
-    pki.write_issued("server-auth", &server_auth);
+    pki.unusable_clients(app);
     // a URI SAN that breaks the identity rules (spells a key-hash identity)
     pki.client("spoof", Some("sha256:00"));
     // certificates from CAs the daemon does not trust: one of another

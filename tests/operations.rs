@@ -77,21 +77,13 @@ async fn socket_activation_with_systemd_socket_activate() {
     }
     let mut crypto = CryptoClient::new(channel);
     let ct = crypto
-        .encrypt(proto::EncryptRequest {
-            key: "act".into(),
-            plaintext: b"via activation".to_vec(),
-            associated_data: vec![],
-        })
+        .encrypt(enc("act", b"via activation", b""))
         .await
         .unwrap()
         .into_inner()
         .ciphertext;
     let pt = crypto
-        .decrypt(proto::DecryptRequest {
-            key: "act".into(),
-            ciphertext: ct,
-            associated_data: vec![],
-        })
+        .decrypt(dec("act", &ct, b""))
         .await
         .unwrap()
         .into_inner()
@@ -228,13 +220,7 @@ async fn sigterm_lets_in_flight_calls_finish_then_exits_zero() {
     // server has accepted all three (a stream the server never saw is
     // refused by the GOAWAY, which gRPC clients may safely retry).
     const ITEMS: usize = 40_000;
-    let big: Vec<proto::EncryptRequest> = (0..ITEMS)
-        .map(|_| proto::EncryptRequest {
-            key: "drain".into(),
-            plaintext: vec![7u8],
-            associated_data: vec![],
-        })
-        .collect();
+    let big: Vec<proto::EncryptRequest> = (0..ITEMS).map(|_| enc("drain", &[7u8], b"")).collect();
     let mut calls = vec![];
     for _ in 0..3 {
         let mut crypto = CryptoClient::new(channel.clone())
@@ -377,22 +363,12 @@ async fn metrics_have_the_expected_series_and_no_secrets() {
     .await
     .unwrap();
     let ct = crypto
-        .encrypt(proto::EncryptRequest {
-            key: "customer-pan-key".into(),
-            plaintext: marker.to_vec(),
-            associated_data: vec![],
-        })
+        .encrypt(enc("customer-pan-key", marker, b""))
         .await
         .unwrap()
         .into_inner()
         .ciphertext;
-    let _ = crypto
-        .decrypt(proto::DecryptRequest {
-            key: "customer-pan-key".into(),
-            ciphertext: ct,
-            associated_data: b"bad".to_vec(),
-        })
-        .await;
+    let _ = crypto.decrypt(dec("customer-pan-key", &ct, b"bad")).await;
     keys.rotate_key(proto::RotateKeyRequest {
         name: "customer-pan-key".into(),
     })

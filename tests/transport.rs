@@ -462,29 +462,7 @@ async fn invalid_client_certificates_and_tls_1_2_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
     let app = Some("spiffe://test.internal/app");
-    let expired = pki
-        .ca
-        .issue_custom("expired", app, |p| {
-            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        })
-        .unwrap();
-    pki.write_issued("expired", &expired);
-    let future = pki
-        .ca
-        .issue_custom("future", app, |p| {
-            p.not_before = rcgen::date_time_ymd(2090, 1, 1);
-            p.not_after = rcgen::date_time_ymd(2099, 1, 1);
-        })
-        .unwrap();
-    pki.write_issued("future", &future);
-    let server_auth = pki
-        .ca
-        .issue_custom("server-auth", app, |p| {
-            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        })
-        .unwrap();
-    pki.write_issued("server-auth", &server_auth);
+    pki.unusable_clients(app);
     // the CA certificate itself, with its own key
     kmsd::dev::write_file(&dir.path().join("the-ca.pem"), pki.ca.cert_pem().as_bytes(), false).unwrap();
     kmsd::dev::write_file(&dir.path().join("the-ca.key"), pki.ca.key_pem().as_bytes(), true).unwrap();

@@ -58,6 +58,30 @@ impl Pki {
         self.write_issued(name, &c);
     }
 
+    /// Issues a client certificate `NAME.pem` / `NAME.key` whose
+    /// parameters `customize` changes.
+    pub fn client_custom(&self, name: &str, uri: Option<&str>, customize: impl FnOnce(&mut rcgen::CertificateParams)) {
+        let c = self.ca.issue_custom(name, uri, customize).unwrap();
+        self.write_issued(name, &c);
+    }
+
+    /// Issues the client certificates the daemon must refuse though its CA
+    /// signed them: `expired` (2020 to 2021), `future` (2090 to 2099) and
+    /// `server-auth` (for server authentication only).
+    pub fn unusable_clients(&self, uri: Option<&str>) {
+        self.client_custom("expired", uri, |p| {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        });
+        self.client_custom("future", uri, |p| {
+            p.not_before = rcgen::date_time_ymd(2090, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2099, 1, 1);
+        });
+        self.client_custom("server-auth", uri, |p| {
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        });
+    }
+
     /// Writes a certificate issued by the test's CA as `NAME.pem` /
     /// `NAME.key`.
     pub fn write_issued(&self, name: &str, c: &kmsd::dev::Issued) {
@@ -146,6 +170,18 @@ pub fn write_production_config(dir: &Path) -> PathBuf {
 }
 
 impl Daemon {
+    /// A daemon in `dir`, not started yet.
+    fn new(dir: &Path, tcp: Option<String>) -> Self {
+        Daemon {
+            dir: dir.to_owned(),
+            socket: dir.join("kmsd.sock"),
+            tcp,
+            log: dir.join("kmsd.log"),
+            child: None,
+            log_offset: 0,
+        }
+    }
+
     /// Starts `kmsd serve` in `dir` (which must hold the PKI) with a TCP
     /// listener on a free loopback port.
     pub fn start(dir: &Path) -> Self {
@@ -156,14 +192,7 @@ impl Daemon {
     /// rules: no DEV ONLY roles, full minimum periods); Unix socket only.
     pub fn start_production(dir: &Path) -> Self {
         let config = write_production_config(dir);
-        let mut d = Daemon {
-            dir: dir.to_owned(),
-            socket: dir.join("kmsd.sock"),
-            tcp: None,
-            log: dir.join("kmsd.log"),
-            child: None,
-            log_offset: 0,
-        };
+        let mut d = Daemon::new(dir, None);
         d.spawn(&config);
         d
     }
@@ -176,14 +205,7 @@ impl Daemon {
     pub fn start_with_tls(dir: &Path, tls_extra: &str, extra: &str) -> Self {
         let tcp = format!("127.0.0.1:{}", free_port());
         let config = write_config_tls(dir, Some(&tcp), tls_extra, extra);
-        let mut d = Daemon {
-            dir: dir.to_owned(),
-            socket: dir.join("kmsd.sock"),
-            tcp: Some(tcp),
-            log: dir.join("kmsd.log"),
-            child: None,
-            log_offset: 0,
-        };
+        let mut d = Daemon::new(dir, Some(tcp));
         d.spawn(&config);
         d
     }
@@ -200,14 +222,7 @@ impl Daemon {
     pub fn start_command(dir: &Path, extra: &str, make: impl FnOnce(&Path) -> Command) -> Self {
         let tcp = format!("127.0.0.1:{}", free_port());
         let config = write_config(dir, Some(&tcp), extra);
-        let mut d = Daemon {
-            dir: dir.to_owned(),
-            socket: dir.join("kmsd.sock"),
-            tcp: Some(tcp),
-            log: dir.join("kmsd.log"),
-            child: None,
-            log_offset: 0,
-        };
+        let mut d = Daemon::new(dir, Some(tcp));
         d.spawn_command(make(&config));
         d
     }
