@@ -83,11 +83,7 @@ fn miss_reads(metrics: &std::path::Path) -> u64 {
 async fn a_batch_of_unknown_versions_reads_the_store_once_per_key() {
     let dir = tempfile::tempdir().unwrap();
     Pki::new(dir.path());
-    let metrics = dir.path().join("metrics.sock");
-    let d = Daemon::start_with(
-        dir.path(),
-        &format!("[metrics]\nlisten = \"unix:{}\"\n", metrics.display()),
-    );
+    let (d, metrics) = Daemon::start_with_metrics(dir.path(), "");
     let (mut crypto, mut keys): (CryptoClient<Channel>, Keys) = d.clients().await;
     create(&mut keys, "neg").await;
     let ct = crypto

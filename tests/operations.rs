@@ -204,14 +204,9 @@ async fn sighup_reloads_certificates_without_dropping_connections() {
 async fn sigterm_lets_in_flight_calls_finish_then_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     Pki::new(dir.path());
-    let metrics = dir.path().join("metrics.sock");
-    let mut d = Daemon::start_with(
+    let (mut d, metrics) = Daemon::start_with_metrics(
         dir.path(),
-        &format!(
-            "[limits]\nmax_message_bytes = 67108864\nmax_batch_items = 100000\nshutdown_timeout = \"120s\"\n\
-             [metrics]\nlisten = \"unix:{}\"\n",
-            metrics.display()
-        ),
+        "[limits]\nmax_message_bytes = 67108864\nmax_batch_items = 100000\nshutdown_timeout = \"120s\"\n",
     );
     let channel = d.channel().await;
     let mut keys = KeysClient::new(channel.clone());
@@ -345,11 +340,7 @@ async fn a_stalled_handshake_is_dropped() {
 async fn metrics_have_the_expected_series_and_no_secrets() {
     let dir = tempfile::tempdir().unwrap();
     Pki::new(dir.path());
-    let metrics = dir.path().join("metrics.sock");
-    let d = Daemon::start_with(
-        dir.path(),
-        &format!("[metrics]\nlisten = \"unix:{}\"\n", metrics.display()),
-    );
+    let (d, metrics) = Daemon::start_with_metrics(dir.path(), "");
     let (mut crypto, mut keys) = d.clients().await;
     let marker = b"METRICS-MARKER-SECRET-91f2";
     create(&mut keys, "customer-pan-key").await;

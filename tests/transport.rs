@@ -203,14 +203,7 @@ async fn a_handshake_flood_does_not_keep_a_real_client_out() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         Pki::new(dir.path());
-        let metrics = dir.path().join("metrics.sock");
-        let d = Daemon::start_with(
-            dir.path(),
-            &format!(
-                "[limits]\n{limits}\n[metrics]\nlisten = \"unix:{}\"\n",
-                metrics.display()
-            ),
-        );
+        let (d, metrics) = Daemon::start_with_metrics(dir.path(), &format!("[limits]\n{limits}\n"));
         let unix = format!("unix:{}", d.socket.display());
         let (target, client_addr) = match phase {
             "tcp" => (d.tcp.clone().unwrap(), d.tcp.clone()),
@@ -246,14 +239,7 @@ async fn a_handshake_flood_does_not_keep_a_real_client_out() {
 async fn idle_authenticated_connections_are_closed() {
     let dir = tempfile::tempdir().unwrap();
     Pki::new(dir.path());
-    let metrics = dir.path().join("metrics.sock");
-    let d = Daemon::start_with(
-        dir.path(),
-        &format!(
-            "[limits]\nidle_timeout = \"1s\"\n[metrics]\nlisten = \"unix:{}\"\n",
-            metrics.display()
-        ),
-    );
+    let (d, metrics) = Daemon::start_with_metrics(dir.path(), "[limits]\nidle_timeout = \"1s\"\n");
     let mut keys = kmsd::proto::keys_client::KeysClient::new(d.channel().await);
     for _ in 0..8 {
         keys.list_keys(kmsd::proto::ListKeysRequest::default()).await.unwrap();

@@ -201,6 +201,18 @@ impl Daemon {
         Self::start_with_tls(dir, "", extra)
     }
 
+    /// [`Daemon::start_with`] plus a metrics endpoint on the Unix socket
+    /// `DIR/metrics.sock` (returned); `extra` must not have a `[metrics]`
+    /// table.
+    pub fn start_with_metrics(dir: &Path, extra: &str) -> (Self, PathBuf) {
+        let metrics = dir.join("metrics.sock");
+        let d = Self::start_with(
+            dir,
+            &format!("{extra}[metrics]\nlisten = \"unix:{}\"\n", metrics.display()),
+        );
+        (d, metrics)
+    }
+
     /// [`Daemon::start_with`], with more lines in the `[tls]` table.
     pub fn start_with_tls(dir: &Path, tls_extra: &str, extra: &str) -> Self {
         let tcp = format!("127.0.0.1:{}", free_port());
