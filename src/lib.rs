@@ -22,7 +22,10 @@
 //! - [`audit`]: the hash-chained, MAC'd audit trail with group commit
 //!   (record, chain, handle, writer, recovery, verify).
 //! - [`rings`]: key rings in memory (zeroizing, cached so the data path
-//!   never reads the store) and their administration through the store
+//!   never reads the store) and their administration through the store:
+//!   `mod.rs` the cache and loading, `data` encrypt/decrypt/tokenization
+//!   keys, `usage` reservation blocks and usage counts, `admin` create,
+//!   rotate, policy, restore, `schedule` rotation/destruction deadlines
 //!   ("keys" names only the gRPC service, [`api::keys`]; the store crate
 //!   is `kmsd_keystore`); [`crypto`]: the ciphertext envelope (format 1)
 //!   over the keystore's AES-256-GCM core; [`page_token`]: sealed

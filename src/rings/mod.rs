@@ -22,18 +22,30 @@
 //! Decryption counts and last-use times are kept in memory and persisted
 //! by [`Keys::flush_usage`] (periodically and at shutdown): they are for
 //! "is this version still used?" decisions, not for enforcement.
-use crate::crypto;
+//!
+//! # Layout
+//! This file holds [`Keys`] (the cache, loading, installing snapshots,
+//! `get`/`list`, statistics); `data` the data path (encrypt, decrypt,
+//! tokenization keys); `usage` usage counting (reservation blocks, usage
+//! rotation, `flush_usage`); `admin` create, rotate, policy changes,
+//! `modify`, restore; `schedule` the deadlines and `run_due`.
 use crate::error::Error;
 use dashmap::DashMap;
-use kmsd_keystore::keyring::{KeyPolicy, KeyPurpose, RotationReason};
-use kmsd_keystore::{Algorithm, Clock, KeyMaterial, KeyName, KeyRing, Revision, RingStore, UnixTime, VersionState};
-use std::collections::{BTreeSet, HashMap};
+use kmsd_keystore::keyring::{KeyPurpose, RotationReason};
+use kmsd_keystore::{Clock, KeyMaterial, KeyName, KeyRing, Revision, RingStore, UnixTime, VersionState};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Encryptions reserved per durable write, by default
-/// (`limits.usage_reservation_block`).
-pub const RESERVATION_BLOCK: u64 = 16_384;
+mod admin;
+mod data;
+mod schedule;
+mod usage;
+
+pub use admin::MIN_ROTATION_PERIOD;
+pub use data::{EncryptCall, Encrypted, DEFAULT_MAX_ROTATIONS_PER_CALL};
+use schedule::Schedule;
+pub use schedule::{DEFAULT_DESTRUCTION_WAIT, MIN_DESTRUCTION_WAIT};
+pub use usage::{Usage, RESERVATION_BLOCK};
 
 /// Live usage counters of one version; shared by every snapshot of its
 /// ring, so replacing a snapshot never resets them.
@@ -82,79 +94,6 @@ impl CachedRing {
     }
 }
 
-/// What the lock-free fast path of `encrypt` could not do itself.
-enum Slow {
-    /// The reservation is used up: reserve more (a durable write).
-    Reserve(u32),
-    /// The version reached its encryption limit: rotate.
-    Rotate(u32),
-}
-
-/// Result of a successful encryption.
-#[derive(Debug)]
-pub struct Encrypted {
-    /// The envelope.
-    pub ciphertext: Vec<u8>,
-    /// The version that encrypted it.
-    pub version: u32,
-}
-
-/// What one call's encryptions share: the salts and nonces drawn for the
-/// call (never kept beyond it, see [`crypto::Fresh`]) and how many usage
-/// rotations the call may still cause.
-#[derive(Debug)]
-pub struct EncryptCall {
-    fresh: crypto::Fresh,
-    /// Usage rotations this call may still start (foreground or
-    /// background). With a tiny `max_encryptions_per_version`, one batch
-    /// would otherwise rotate once per item: thousands of store writes
-    /// and versions from one request.
-    rotations_left: u32,
-}
-
-/// Default of `limits.max_rotations_per_call`.
-pub const DEFAULT_MAX_ROTATIONS_PER_CALL: u32 = 16;
-
-/// Live usage of one version, for `GetKey`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Usage {
-    /// Encryptions counted.
-    pub encryptions: u64,
-    /// Decryptions counted.
-    pub decryptions: u64,
-    /// Last use (0 = never).
-    pub last_used_at: UnixTime,
-}
-
-/// Envelope operations refuse a token key (purpose separation).
-fn not_a_token_key(name: &str, ring: &CachedRing) -> Result<(), Error> {
-    if ring.purpose == KeyPurpose::Tokenize {
-        return Err(Error::FailedPrecondition(format!(
-            "key {name:?} is a token key (purpose TOKENIZE): it only tokenizes and detokenizes"
-        )));
-    }
-    Ok(())
-}
-
-/// Minimum waiting periods for destruction (production, dev mode).
-pub const MIN_DESTRUCTION_WAIT: (u64, u64) = (86_400, 1);
-/// Default destruction waiting period.
-pub const DEFAULT_DESTRUCTION_WAIT: u64 = 30 * 86_400;
-/// Minimum rotation period (production, dev mode).
-pub const MIN_ROTATION_PERIOD: (u64, u64) = (3_600, 1);
-
-/// Reserves the first block of a fresh primary in the same write that
-/// creates it, so its first encryptions do not wait for a store write.
-fn pre_reserve(r: &mut KeyRing, block: u64) {
-    let limit = r.policy.max_encryptions_per_version;
-    let primary = r.primary;
-    if let Some(v) = r.version_mut(primary) {
-        if v.encryptions_reserved == 0 {
-            v.encryptions_reserved = limit.map_or(block, |l| l.min(block));
-        }
-    }
-}
-
 /// Key rings: cache plus store.
 pub struct Keys {
     rings: RingStore,
@@ -193,10 +132,6 @@ pub struct Keys {
     miss_reads: AtomicU64,
 }
 
-/// How long a negative version look-up is trusted without a store read
-/// (only matters when another process writes the same store).
-const ABSENT_TTL_SECS: i64 = 5;
-
 /// Counts for metrics and status.
 #[derive(Debug, Clone, Default)]
 pub struct KeyStats {
@@ -208,12 +143,6 @@ pub struct KeyStats {
     pub rotations_by_reason: [u64; 3],
     /// Store reads caused by ciphertexts naming versions not in the cache.
     pub version_miss_reads: u64,
-}
-
-#[derive(Default)]
-struct Schedule {
-    queue: BTreeSet<(UnixTime, String)>,
-    by_name: HashMap<String, UnixTime>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -268,14 +197,6 @@ impl Keys {
 
     fn block(&self) -> u64 {
         self.reservation_block.load(Ordering::Relaxed)
-    }
-
-    /// State for a call of up to `messages` encryptions.
-    pub fn call(&self, messages: usize) -> EncryptCall {
-        EncryptCall {
-            fresh: crypto::Fresh::for_messages(messages),
-            rotations_left: self.max_rotations_per_call.load(Ordering::Relaxed),
-        }
     }
 
     /// The injected clock.
@@ -391,33 +312,6 @@ impl Keys {
         snap
     }
 
-    fn reschedule(&self, name: &str, ring: &KeyRing) {
-        let deadline = [
-            if ring.delete_at.is_none() {
-                ring.next_rotation_at
-            } else {
-                None
-            },
-            ring.next_destruction(),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        let mut s = lock(&self.schedule);
-        let earliest_before = s.queue.first().map(|(t, _)| *t);
-        if let Some(old) = s.by_name.remove(name) {
-            s.queue.remove(&(old, name.to_owned()));
-        }
-        if let Some(t) = deadline {
-            s.queue.insert((t, name.to_owned()));
-            s.by_name.insert(name.to_owned(), t);
-            if earliest_before.is_none_or(|e| t < e) {
-                drop(s);
-                self.schedule_changed.notify_one();
-            }
-        }
-    }
-
     /// Counts for metrics and status (walks the cache; not for the data path).
     pub fn stats(&self) -> KeyStats {
         let mut s = KeyStats {
@@ -456,417 +350,8 @@ impl Keys {
         }
     }
 
-    /// Every scheduled deadline, by key.
-    pub fn scheduled(&self) -> Vec<(String, UnixTime)> {
-        lock(&self.schedule)
-            .by_name
-            .iter()
-            .map(|(n, t)| (n.clone(), *t))
-            .collect()
-    }
-
-    /// The earliest scheduled deadline (rotation or destruction).
-    pub fn next_deadline(&self) -> Option<UnixTime> {
-        lock(&self.schedule).queue.first().map(|(t, _)| *t)
-    }
-
     fn write_lock(&self, name: &str) -> Arc<Mutex<()>> {
         self.write_locks.entry(name.to_owned()).or_default().clone()
-    }
-
-    /// Encrypts under the ring's primary version (a call of one message).
-    pub fn encrypt(self: &Arc<Self>, name: &str, plaintext: &[u8], associated_data: &[u8]) -> Result<Encrypted, Error> {
-        self.encrypt_in(&mut self.call(1), name, plaintext, associated_data)
-    }
-
-    /// Encrypts one message of a call (batches share one [`EncryptCall`]).
-    pub fn encrypt_in(
-        self: &Arc<Self>,
-        call: &mut EncryptCall,
-        name: &str,
-        plaintext: &[u8],
-        associated_data: &[u8],
-    ) -> Result<Encrypted, Error> {
-        for _ in 0..8 {
-            match self.try_encrypt(call, name, plaintext, associated_data)? {
-                Ok(e) => return Ok(e),
-                Err(Slow::Reserve(v)) => self.reserve(name, v)?,
-                Err(Slow::Rotate(v)) => {
-                    if call.rotations_left == 0 {
-                        return Err(Error::TooLarge(format!(
-                            "key {name:?}: version {v} reached its usage limit (max_encryptions_per_version) and \
-                             this call already caused {} usage rotations, the most one call may \
-                             (limits.max_rotations_per_call); retry the rest in another call",
-                            self.max_rotations_per_call.load(Ordering::Relaxed)
-                        )));
-                    }
-                    if self.rotate_for_usage(name, v)? {
-                        call.rotations_left -= 1;
-                    }
-                }
-            }
-        }
-        Err(Error::Conflict(name.to_owned()))
-    }
-
-    /// The lock-free path: takes a counted encryption slot and encrypts.
-    fn try_encrypt(
-        self: &Arc<Self>,
-        call: &mut EncryptCall,
-        name: &str,
-        plaintext: &[u8],
-        associated_data: &[u8],
-    ) -> Result<Result<Encrypted, Slow>, Error> {
-        let ring = self.cached(name)?;
-        not_a_token_key(name, &ring)?;
-        let version = ring.primary;
-        let v = ring.version(version).ok_or_else(|| Error::Corrupt(name.to_owned()))?;
-        let material = match (v.state, &v.material) {
-            (VersionState::Active, Some(m)) => m,
-            (state, _) => {
-                return Err(Error::VersionUnusable {
-                    key: name.to_owned(),
-                    version,
-                    state,
-                    action: "encryption",
-                })
-            }
-        };
-        let c = &v.counters;
-        let mut n = c.used.load(Ordering::Acquire);
-        loop {
-            if ring.max_encryptions.is_some_and(|limit| n >= limit) {
-                return Ok(Err(Slow::Rotate(version)));
-            }
-            if n >= c.reserved.load(Ordering::Acquire) {
-                return Ok(Err(Slow::Reserve(version)));
-            }
-            match c
-                .used
-                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => break,
-                Err(cur) => n = cur,
-            }
-        }
-        // Slot n is ours. Look ahead: the last allowed slot triggers the usage
-        // rotation, and a half-used reservation triggers the next one, both in
-        // the background so that callers rarely wait for a durable write.
-        if ring.max_encryptions.is_some_and(|limit| n + 1 >= limit) {
-            // charged to this call; without budget the next encryption
-            // (of whichever call) rotates in the foreground, on its budget
-            if call.rotations_left > 0 {
-                call.rotations_left -= 1;
-                self.in_background(name, version, true);
-            }
-        } else if n + self.block() / 2 >= c.reserved.load(Ordering::Acquire)
-            && !c.reserving.swap(true, Ordering::AcqRel)
-        {
-            self.in_background(name, version, false);
-        }
-        c.last_used.store(self.clock.now(), Ordering::Relaxed);
-        let ciphertext = crypto::encrypt_fresh(&mut call.fresh, material, name, version, plaintext, associated_data)?;
-        Ok(Ok(Encrypted { ciphertext, version }))
-    }
-
-    fn in_background(self: &Arc<Self>, name: &str, version: u32, rotate: bool) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let this = self.clone();
-        let name = name.to_owned();
-        rt.spawn_blocking(move || {
-            let r = if rotate {
-                this.rotate_for_usage(&name, version).map(|_| ())
-            } else {
-                this.reserve(&name, version)
-            };
-            if let Err(e) = r {
-                tracing::warn!(key = %name, version, error = %e, "background key maintenance failed");
-            }
-        });
-    }
-
-    /// Durably reserves the next block of encryptions for `version`.
-    fn reserve(&self, name: &str, version: u32) -> Result<(), Error> {
-        let wl = self.write_lock(name);
-        let _g = lock(&wl);
-        let ring = self.cached(name)?;
-        let Some(v) = ring.version(version) else { return Ok(()) };
-        let c = v.counters.clone();
-        let result = (|| {
-            let used = c.used.load(Ordering::Acquire);
-            let reserved = c.reserved.load(Ordering::Acquire);
-            let block = self.block();
-            if used + block / 2 < reserved || ring.primary != version {
-                return Ok(()); // someone else reserved meanwhile, or it is no longer primary
-            }
-            let key = KeyName::parse(name)?;
-            let (ring, _) = self.rings.update(&key, |r| {
-                let limit = r.policy.max_encryptions_per_version;
-                let ver = r
-                    .version_mut(version)
-                    .ok_or_else(|| kmsd_keystore::Error::Precondition(format!("no version {version}")))?;
-                let mut target = ver.encryptions_reserved.max(reserved).max(used) + block;
-                if let Some(l) = limit {
-                    target = target.min(l);
-                }
-                ver.encryptions_reserved = ver.encryptions_reserved.max(target);
-                Ok(())
-            })?;
-            self.install(&ring);
-            Ok(())
-        })();
-        c.reserving.store(false, Ordering::Release);
-        result
-    }
-
-    /// Rotates because `version` reached its encryption limit, unless
-    /// someone already did. Returns whether this call rotated.
-    fn rotate_for_usage(&self, name: &str, version: u32) -> Result<bool, Error> {
-        let wl = self.write_lock(name);
-        let _g = lock(&wl);
-        if self.cached(name)?.primary != version {
-            return Ok(false);
-        }
-        let key = KeyName::parse(name)?;
-        let now = self.clock.now();
-        let block = self.block();
-        let (ring, rotated) = self.rings.update(&key, |r| {
-            if r.primary != version {
-                return Ok(None);
-            }
-            let v = r.rotate(now, RotationReason::Usage)?;
-            pre_reserve(r, block);
-            Ok(Some(v))
-        })?;
-        match rotated {
-            Some(to) => self.install_new(&ring, to),
-            None => self.install(&ring),
-        };
-        if let Some(to) = rotated {
-            self.count_rotation(RotationReason::Usage);
-            tracing::info!(key = name, from = version, to, reason = "usage", "key rotated");
-        }
-        Ok(rotated.is_some())
-    }
-
-    /// Decrypts an envelope; returns the plaintext and the version used.
-    pub fn decrypt(&self, name: &str, ciphertext: &[u8], associated_data: &[u8]) -> Result<(Vec<u8>, u32), Error> {
-        let header = crypto::parse_header(ciphertext)?;
-        let mut ring = self.cached(name)?;
-        not_a_token_key(name, &ring)?;
-        if ring.version(header.version).is_none() {
-            let now = self.clock.now();
-            let known_absent = self
-                .absent
-                .get(name)
-                .is_some_and(|e| e.0 == ring.versions.len() && now < e.1);
-            if !known_absent {
-                self.miss_reads.fetch_add(1, Ordering::Relaxed);
-                ring = self.refresh(name)?;
-                if ring.version(header.version).is_none() {
-                    self.absent.insert(
-                        name.to_owned(),
-                        (ring.versions.len(), now.saturating_add(ABSENT_TTL_SECS)),
-                    );
-                }
-            }
-        }
-        let Some(v) = ring.version(header.version) else {
-            tracing::info!(
-                key = name,
-                version = header.version,
-                "ciphertext names a version the key does not have"
-            );
-            return Err(Error::DecryptionFailed);
-        };
-        if header.version < ring.min_decryption_version {
-            return Err(Error::VersionBelowMinimum {
-                key: name.to_owned(),
-                version: header.version,
-                minimum: ring.min_decryption_version,
-                action: "decryption",
-            });
-        }
-        let material = match (v.state, &v.material) {
-            (VersionState::Active | VersionState::DecryptOnly, Some(m)) => m,
-            (state, _) => {
-                return Err(Error::VersionUnusable {
-                    key: name.to_owned(),
-                    version: header.version,
-                    state,
-                    action: "decryption",
-                })
-            }
-        };
-        let plaintext = crypto::decrypt(material, name, ciphertext, associated_data).inspect_err(|_| {
-            tracing::info!(key = name, version = header.version, "ciphertext failed authentication");
-        })?;
-        v.counters.decryptions.fetch_add(1, Ordering::Relaxed);
-        v.counters.last_used.store(self.clock.now(), Ordering::Relaxed);
-        v.counters.dirty.store(true, Ordering::Release);
-        Ok((plaintext, header.version))
-    }
-
-    /// Runs `f` with a version as a tokenization key: `None` uses the
-    /// primary (which must be ACTIVE, as for encryption); `Some(v)` (or
-    /// `Some(None)` = primary) a version allowed to decrypt. `f` gets the
-    /// keyed function tokenization needs ([`crypto::TokenPrf`]), never the
-    /// material.
-    pub fn with_token_key<T>(
-        &self,
-        name: &str,
-        version: Option<Option<u32>>,
-        f: impl FnOnce(&crypto::TokenPrf<'_>, u32) -> Result<T, Error>,
-    ) -> Result<T, Error> {
-        let ring = self.cached(name)?;
-        if version.is_none() && ring.purpose == KeyPurpose::EncryptDecrypt && ring.breaks_tokens {
-            // A token made now would silently stop matching after the
-            // next automatic rotation.
-            return Err(Error::FailedPrecondition(format!(
-                "key {name:?} rotates automatically (rotation period or usage limit): tokens are deterministic \
-                 and would change at each rotation; use a key created with purpose TOKENIZE, or set \
-                 allow_token_rotation on this key to accept that"
-            )));
-        }
-        let (v, action) = match version {
-            None => (ring.primary, "encryption"),
-            Some(v) => (v.unwrap_or(ring.primary), "decryption"),
-        };
-        let Some(ver) = ring.version(v) else {
-            return Err(Error::InvalidArgument(format!("key {name:?} has no version {v}")));
-        };
-        if action == "decryption" && v < ring.min_decryption_version {
-            return Err(Error::VersionBelowMinimum {
-                key: name.to_owned(),
-                version: v,
-                minimum: ring.min_decryption_version,
-                action,
-            });
-        }
-        let usable = match action {
-            "encryption" => ver.state == VersionState::Active,
-            _ => matches!(ver.state, VersionState::Active | VersionState::DecryptOnly),
-        };
-        match (&ver.material, usable) {
-            (Some(m), true) => {
-                ver.counters.last_used.store(self.clock.now(), Ordering::Relaxed);
-                f(&crypto::TokenPrf::new(m), v)
-            }
-            _ => Err(Error::VersionUnusable {
-                key: name.to_owned(),
-                version: v,
-                state: ver.state,
-                action,
-            }),
-        }
-    }
-
-    /// Live usage of every version of a ring.
-    pub fn usage(&self, name: &str) -> Vec<Usage> {
-        self.cache
-            .get(name)
-            .map(|r| {
-                r.versions
-                    .iter()
-                    .map(|v| Usage {
-                        encryptions: v.counters.used.load(Ordering::Acquire),
-                        decryptions: v.counters.decryptions.load(Ordering::Acquire),
-                        last_used_at: v.counters.last_used.load(Ordering::Acquire),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Persists changed decryption counts and last-use times.
-    pub fn flush_usage(&self) -> Result<usize, Error> {
-        let dirty: Vec<String> = self
-            .cache
-            .iter()
-            .filter(|e| {
-                e.value()
-                    .versions
-                    .iter()
-                    .any(|v| v.counters.dirty.load(Ordering::Acquire))
-            })
-            .map(|e| e.key().clone())
-            .collect();
-        for name in &dirty {
-            let Some(ring) = self.cache.get(name).map(|e| e.value().clone()) else {
-                continue;
-            };
-            let snapshot: Vec<(u64, i64)> = ring
-                .versions
-                .iter()
-                .map(|v| {
-                    v.counters.dirty.store(false, Ordering::Release);
-                    (
-                        v.counters.decryptions.load(Ordering::Acquire),
-                        v.counters.last_used.load(Ordering::Acquire),
-                    )
-                })
-                .collect();
-            let key = KeyName::parse(name)?;
-            let wl = self.write_lock(name);
-            let _g = lock(&wl);
-            let written = self.rings.update(&key, |r| {
-                for (ver, (d, t)) in r.versions.iter_mut().zip(&snapshot) {
-                    ver.decryptions = ver.decryptions.max(*d);
-                    if *t > 0 {
-                        ver.last_used_at = Some(ver.last_used_at.unwrap_or(0).max(*t));
-                    }
-                }
-                Ok(())
-            });
-            let (ring, _) = written.inspect_err(|_| {
-                // not persisted: the next flush (or shutdown) tries again
-                for v in &ring.versions {
-                    v.counters.dirty.store(true, Ordering::Release);
-                }
-            })?;
-            self.install(&ring);
-        }
-        Ok(dirty.len())
-    }
-
-    /// Creates a ring with one version. Durable when it returns.
-    pub fn create(&self, name: &str, policy: KeyPolicy) -> Result<KeyRing, Error> {
-        self.create_for(name, policy, KeyPurpose::EncryptDecrypt)
-    }
-
-    /// Creates a ring for `purpose` with one version. Durable when it returns.
-    pub fn create_for(&self, name: &str, policy: KeyPolicy, purpose: KeyPurpose) -> Result<KeyRing, Error> {
-        let key = KeyName::parse(name)?;
-        self.check_policy(&policy)?;
-        KeyRing::check_purpose_policy(purpose, &policy).map_err(|e| match e {
-            kmsd_keystore::Error::Precondition(m) => Error::InvalidArgument(m),
-            other => other.into(),
-        })?;
-        let mut ring = KeyRing::new(key, Algorithm::Aes256Gcm, policy, self.clock.now()).with_purpose(purpose);
-        pre_reserve(&mut ring, self.block());
-        let ring = self.rings.create(ring).map_err(|e| match e {
-            kmsd_keystore::Error::Conflict { name, .. } => Error::KeyExists(name),
-            other => other.into(),
-        })?;
-        self.install_new(&ring, 1);
-        tracing::info!(key = name, "key created");
-        Ok(ring)
-    }
-
-    fn check_policy(&self, p: &KeyPolicy) -> Result<(), Error> {
-        let min = if self.dev_mode {
-            MIN_ROTATION_PERIOD.1
-        } else {
-            MIN_ROTATION_PERIOD.0
-        };
-        if p.rotation_period_secs.is_some_and(|s| s < min) {
-            return Err(Error::InvalidArgument(format!(
-                "rotation_period must be at least {min} seconds"
-            )));
-        }
-        Ok(())
     }
 
     /// Reads a ring's metadata from the store, once a change of it under
@@ -881,163 +366,9 @@ impl Keys {
         self.rings.get(&key)?.ok_or_else(|| Error::KeyNotFound(name.to_owned()))
     }
 
-    /// Applies `f` to the stored ring under the ring's write lock, then
-    /// refreshes the cache. Durable when it returns.
-    pub fn modify<T>(
-        &self,
-        name: &str,
-        f: impl FnMut(&mut KeyRing) -> Result<T, kmsd_keystore::Error>,
-    ) -> Result<(KeyRing, T), Error> {
-        let key = KeyName::parse(name)?;
-        let wl = self.write_lock(name);
-        let _g = lock(&wl);
-        let (ring, out) = self.rings.update(&key, f)?;
-        kmsd_keystore::failpoints::kill_point(kmsd_keystore::failpoints::KEYS_INSTALL);
-        // A primary this process has not seen was created by `f` here.
-        self.install_new(&ring, ring.primary);
-        Ok((ring, out))
-    }
-
-    /// Adds a version and makes it primary. Durable when it returns.
-    pub fn rotate(&self, name: &str, reason: RotationReason) -> Result<KeyRing, Error> {
-        let now = self.clock.now();
-        let block = self.block();
-        let (ring, new_version) = self.modify(name, |r| {
-            let v = r.rotate(now, reason)?;
-            pre_reserve(r, block);
-            Ok(v)
-        })?;
-        self.count_rotation(reason);
-        tracing::info!(key = name, from = new_version - 1, to = new_version, reason = ?reason, "key rotated");
-        Ok(ring)
-    }
-
-    /// Replaces a ring's policy.
-    pub fn set_policy(&self, name: &str, policy: KeyPolicy) -> Result<KeyRing, Error> {
-        self.check_policy(&policy)?;
-        Ok(self.modify(name, |r| r.set_policy(policy.clone()))?.0)
-    }
-
-    /// Applies `f` to the key's policy as stored now and writes the result,
-    /// checked, under the ring's write lock: an approved change applies only
-    /// the fields it asked for, on top of changes made since it was asked.
-    pub fn update_policy(&self, name: &str, f: impl Fn(KeyPolicy) -> KeyPolicy) -> Result<KeyRing, Error> {
-        let mut refused = None;
-        let result = self.modify(name, |r| {
-            let p = f(r.policy.clone());
-            if let Err(e) = self.check_policy(&p) {
-                refused = Some(e);
-                return Err(kmsd_keystore::Error::Precondition("policy refused".into()));
-            }
-            r.set_policy(p)
-        });
-        match (result, refused) {
-            (_, Some(e)) => Err(e),
-            (result, None) => result.map(|(ring, ())| ring),
-        }
-    }
-
-    /// Checks a destruction waiting period against the minimum.
-    pub fn destruction_time(&self, waiting_secs: u64) -> Result<UnixTime, Error> {
-        let wait = if waiting_secs == 0 {
-            DEFAULT_DESTRUCTION_WAIT
-        } else {
-            waiting_secs
-        };
-        let min = if self.dev_mode {
-            MIN_DESTRUCTION_WAIT.1
-        } else {
-            MIN_DESTRUCTION_WAIT.0
-        };
-        if wait < min {
-            return Err(Error::InvalidArgument(format!(
-                "waiting_period must be at least {min} seconds"
-            )));
-        }
-        Ok(self.clock.now().saturating_add(i64::try_from(wait).unwrap_or(i64::MAX)))
-    }
-
-    /// Runs every scheduled action due at `now`: rotations and
-    /// destructions. Returns how many rings changed.
-    pub fn run_due(&self, now: UnixTime) -> Result<usize, Error> {
-        let due: Vec<String> = {
-            let s = lock(&self.schedule);
-            s.queue
-                .iter()
-                .take_while(|(t, _)| *t <= now)
-                .map(|(_, n)| n.clone())
-                .collect()
-        };
-        let mut changed = 0;
-        for name in due {
-            match self.run_scheduled(&name, now) {
-                Ok(true) => changed += 1,
-                Ok(false) => {}
-                Err(e) => tracing::error!(key = %name, error = %e, "scheduled key maintenance failed"),
-            }
-        }
-        Ok(changed)
-    }
-
-    fn run_scheduled(&self, name: &str, now: UnixTime) -> Result<bool, Error> {
-        let current = self.get(name)?;
-        if !current.rotation_due(now) && current.next_destruction().is_none_or(|t| t > now) {
-            self.install(&current); // the deadline moved; refresh the schedule
-            return Ok(false);
-        }
-        let block = self.block();
-        let (_, (rotated, destroyed)) = self.modify(name, |r| {
-            let rotated = if r.rotation_due(now) {
-                let from = r.primary;
-                let to = r.rotate(now, RotationReason::Scheduled)?;
-                pre_reserve(r, block);
-                Some((from, to))
-            } else {
-                None
-            };
-            Ok((rotated, r.destroy_due(now)))
-        })?;
-        if let Some((from, to)) = rotated {
-            self.count_rotation(RotationReason::Scheduled);
-            tracing::info!(key = name, from, to, reason = "scheduled", "key rotated");
-        }
-        for v in destroyed {
-            tracing::info!(key = name, version = v, "key version destroyed");
-        }
-        Ok(true)
-    }
-
     /// Lists key names.
     pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error> {
         Ok(self.rings.list(prefix, after, limit)?)
-    }
-
-    /// Restores a snapshot into this (empty) store and loads its rings.
-    /// Returns (records, key rings).
-    pub fn restore(&self, snapshot: &[u8]) -> Result<(u64, u64), Error> {
-        if !self.cache.is_empty() || !self.corrupt.is_empty() {
-            return Err(Error::FailedPrecondition(
-                "restore needs an empty store (this one has keys)".into(),
-            ));
-        }
-        let records = kmsd_keystore::backup::read_snapshot(snapshot, self.rings.sealer()).map_err(|e| match e {
-            kmsd_keystore::Error::Corrupt { reason, .. } => {
-                Error::InvalidArgument(format!("backup rejected: {reason}"))
-            }
-            other => other.into(),
-        })?;
-        let n = kmsd_keystore::backup::restore_snapshot(&self.rings, &records, &mut |_, _| {})?;
-        let mut rings = 0;
-        let failures = self.rings.load_all(|ring| {
-            self.install(&ring);
-            rings += 1;
-        })?;
-        for f in failures {
-            tracing::error!(key = %f.name, error = %f.error, "restored key ring does not load");
-            self.corrupt.insert(f.name, ());
-        }
-        tracing::info!(records = n, keys = rings, "backup restored");
-        Ok((n, rings))
     }
 
     /// The underlying ring store (backup).

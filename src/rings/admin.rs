@@ -1,0 +1,135 @@
+//! Administration of key rings: create, rotate, change policy, the
+//! generic `modify` under a ring's write lock, and restore from a backup.
+//! Every change is durable in the store before the cache sees it.
+use super::usage::pre_reserve;
+use super::{lock, Keys};
+use crate::error::Error;
+use kmsd_keystore::keyring::{KeyPolicy, KeyPurpose, RotationReason};
+use kmsd_keystore::{Algorithm, KeyName, KeyRing};
+
+/// Minimum rotation period (production, dev mode).
+pub const MIN_ROTATION_PERIOD: (u64, u64) = (3_600, 1);
+
+impl Keys {
+    /// Creates a ring with one version. Durable when it returns.
+    pub fn create(&self, name: &str, policy: KeyPolicy) -> Result<KeyRing, Error> {
+        self.create_for(name, policy, KeyPurpose::EncryptDecrypt)
+    }
+
+    /// Creates a ring for `purpose` with one version. Durable when it returns.
+    pub fn create_for(&self, name: &str, policy: KeyPolicy, purpose: KeyPurpose) -> Result<KeyRing, Error> {
+        let key = KeyName::parse(name)?;
+        self.check_policy(&policy)?;
+        KeyRing::check_purpose_policy(purpose, &policy).map_err(|e| match e {
+            kmsd_keystore::Error::Precondition(m) => Error::InvalidArgument(m),
+            other => other.into(),
+        })?;
+        let mut ring = KeyRing::new(key, Algorithm::Aes256Gcm, policy, self.clock.now()).with_purpose(purpose);
+        pre_reserve(&mut ring, self.block());
+        let ring = self.rings.create(ring).map_err(|e| match e {
+            kmsd_keystore::Error::Conflict { name, .. } => Error::KeyExists(name),
+            other => other.into(),
+        })?;
+        self.install_new(&ring, 1);
+        tracing::info!(key = name, "key created");
+        Ok(ring)
+    }
+
+    fn check_policy(&self, p: &KeyPolicy) -> Result<(), Error> {
+        let min = if self.dev_mode {
+            MIN_ROTATION_PERIOD.1
+        } else {
+            MIN_ROTATION_PERIOD.0
+        };
+        if p.rotation_period_secs.is_some_and(|s| s < min) {
+            return Err(Error::InvalidArgument(format!(
+                "rotation_period must be at least {min} seconds"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Applies `f` to the stored ring under the ring's write lock, then
+    /// refreshes the cache. Durable when it returns.
+    pub fn modify<T>(
+        &self,
+        name: &str,
+        f: impl FnMut(&mut KeyRing) -> Result<T, kmsd_keystore::Error>,
+    ) -> Result<(KeyRing, T), Error> {
+        let key = KeyName::parse(name)?;
+        let wl = self.write_lock(name);
+        let _g = lock(&wl);
+        let (ring, out) = self.rings.update(&key, f)?;
+        kmsd_keystore::failpoints::kill_point(kmsd_keystore::failpoints::KEYS_INSTALL);
+        // A primary this process has not seen was created by `f` here.
+        self.install_new(&ring, ring.primary);
+        Ok((ring, out))
+    }
+
+    /// Adds a version and makes it primary. Durable when it returns.
+    pub fn rotate(&self, name: &str, reason: RotationReason) -> Result<KeyRing, Error> {
+        let now = self.clock.now();
+        let block = self.block();
+        let (ring, new_version) = self.modify(name, |r| {
+            let v = r.rotate(now, reason)?;
+            pre_reserve(r, block);
+            Ok(v)
+        })?;
+        self.count_rotation(reason);
+        tracing::info!(key = name, from = new_version - 1, to = new_version, reason = ?reason, "key rotated");
+        Ok(ring)
+    }
+
+    /// Replaces a ring's policy.
+    pub fn set_policy(&self, name: &str, policy: KeyPolicy) -> Result<KeyRing, Error> {
+        self.check_policy(&policy)?;
+        Ok(self.modify(name, |r| r.set_policy(policy.clone()))?.0)
+    }
+
+    /// Applies `f` to the key's policy as stored now and writes the result,
+    /// checked, under the ring's write lock: an approved change applies only
+    /// the fields it asked for, on top of changes made since it was asked.
+    pub fn update_policy(&self, name: &str, f: impl Fn(KeyPolicy) -> KeyPolicy) -> Result<KeyRing, Error> {
+        let mut refused = None;
+        let result = self.modify(name, |r| {
+            let p = f(r.policy.clone());
+            if let Err(e) = self.check_policy(&p) {
+                refused = Some(e);
+                return Err(kmsd_keystore::Error::Precondition("policy refused".into()));
+            }
+            r.set_policy(p)
+        });
+        match (result, refused) {
+            (_, Some(e)) => Err(e),
+            (result, None) => result.map(|(ring, ())| ring),
+        }
+    }
+
+    /// Restores a snapshot into this (empty) store and loads its rings.
+    /// Returns (records, key rings).
+    pub fn restore(&self, snapshot: &[u8]) -> Result<(u64, u64), Error> {
+        if !self.cache.is_empty() || !self.corrupt.is_empty() {
+            return Err(Error::FailedPrecondition(
+                "restore needs an empty store (this one has keys)".into(),
+            ));
+        }
+        let records = kmsd_keystore::backup::read_snapshot(snapshot, self.rings.sealer()).map_err(|e| match e {
+            kmsd_keystore::Error::Corrupt { reason, .. } => {
+                Error::InvalidArgument(format!("backup rejected: {reason}"))
+            }
+            other => other.into(),
+        })?;
+        let n = kmsd_keystore::backup::restore_snapshot(&self.rings, &records, &mut |_, _| {})?;
+        let mut rings = 0;
+        let failures = self.rings.load_all(|ring| {
+            self.install(&ring);
+            rings += 1;
+        })?;
+        for f in failures {
+            tracing::error!(key = %f.name, error = %f.error, "restored key ring does not load");
+            self.corrupt.insert(f.name, ());
+        }
+        tracing::info!(records = n, keys = rings, "backup restored");
+        Ok((n, rings))
+    }
+}
