@@ -4,7 +4,7 @@
 //! one log line and one audit record — identity, operation, key, result;
 //! never plaintext, ciphertext, tokens, codes or key material — and the one
 //! `From<Error> for Status`). Also the batch bookkeeping shared by the
-//! batch calls, and [`blocking`] for work that may touch the store.
+//! batch calls, and `blocking` for work that may touch the store.
 //!
 //! Never decides policy itself (that is [`crate::authz`]) and never touches
 //! key material.

@@ -3,7 +3,7 @@
 //! under ordinary kmsd key rings.
 //!
 //! What one redaction may cost is bounded here: the scan is linear in the
-//! text (see [`crate::masking::detect`]); texts over [`INLINE_REDACT_BYTES`]
+//! text (see [`crate::masking::detect`]); texts over `INLINE_REDACT_BYTES`
 //! run on the blocking pool, never on the async workers that serve every
 //! other call; the scan stops at the request's deadline or when the caller
 //! goes away (it is asked every [`masking::detect::STOP_CHECK_BYTES`]); and

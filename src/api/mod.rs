@@ -4,7 +4,7 @@
 //!
 //! - [`call`]: identity, authorization, audit and metrics around each call
 //!   ([`Shared::begin`] / [`Shared::finish`]), batch bookkeeping, and
-//!   [`call::blocking`] for work that may touch the store.
+//!   `call::blocking` for work that may touch the store.
 //! - [`crypto`]: `kmsd.v1.Crypto` (encrypt, decrypt, rewrap, data keys).
 //! - [`keys`]: `kmsd.v1.Keys` (key administration, backup, restore).
 //! - [`admin`]: `kmsd.v1.Admin` (status, policy reload, officers,

@@ -18,7 +18,7 @@
 //!   short at its tail no longer reaches the head.
 //!
 //! Edits, deletions, insertions, reordering and truncation of the tail are
-//! all detected by [`verify`]. Writing is group-committed: a writer thread
+//! all detected by [`verify()`]. Writing is group-committed: a writer thread
 //! drains everything queued, appends it with one `write` and one
 //! `fdatasync`, and only then answers callers waiting for durability.
 //!
@@ -32,7 +32,7 @@
 //! - `writer`: the writer thread ([`spawn`]): group commit, rotation,
 //!   retention, retries.
 //! - `recovery`: opening the writer on an existing log after a crash.
-//! - `verify`: [`verify`] and the streaming [`Verifier`].
+//! - `verify`: [`verify()`] and the streaming [`Verifier`].
 //! - [`fuzzing`]: entry points for `fuzz/` (not an API).
 mod chain;
 #[doc(hidden)]

@@ -284,7 +284,7 @@ impl Access {
     }
 
     /// The caller takes the TOTP secret waiting for it (see
-    /// [`offer_enrolment`]); from then on it is the caller's second factor.
+    /// [`super::officer::offer_enrolment`]); from then on it is the caller's second factor.
     pub fn claim(&self, identity: &str) -> Result<TotpSecret, Error> {
         let rings = self.keys.ring_store();
         let secret = claim_enrolment(self.store.as_ref(), rings.sealer(), identity, now())?;
