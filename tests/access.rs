@@ -663,12 +663,14 @@ async fn officers_need_fresh_codes_and_destructive_calls_need_two_officers() {
     assert_eq!(e.code(), Code::Unauthenticated);
     assert!(e.message().contains("already used"), "{}", e.message());
 
-    // dual control: alice asks, alice cannot approve, bob approves
+    // dual control: alice asks, alice cannot approve, bob approves (a day's
+    // wait, so the state read after the approval is still SCHEDULED however
+    // slow the machine: with 1 s it was DESTROYED under load)
     let code = env.code("alice");
     let req = proto::ScheduleVersionDestructionRequest {
         name: "ring".into(),
         version: 1,
-        waiting_period_seconds: 1,
+        waiting_period_seconds: 86_400,
     };
     let e = alice
         .schedule_version_destruction(with_otp(req, Some(&code)))
