@@ -63,10 +63,6 @@ fn seed() -> u64 {
 }
 
 /// The key version written in an envelope's header (format 1).
-fn envelope_version(ct: &[u8]) -> u32 {
-    u32::from_be_bytes(ct[2..6].try_into().unwrap())
-}
-
 /// Encrypts until `stop` (or the daemon is gone), recording what the
 /// daemon acknowledged. Every fourth caller sends batches of 4.
 async fn caller(channel: Channel, id: usize, seed: u64, round: usize, acked: Log, stop: Arc<AtomicBool>) {

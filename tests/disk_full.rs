@@ -296,6 +296,17 @@ fn audit_records(s: &Setup) -> Vec<serde_json::Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+/// Three encryptions under `key` before the disk fills: (key, plaintext,
+/// ciphertext) each, for the checks after the restart.
+async fn encrypt_three(crypto: &mut CryptoClient<Channel>, key: &str) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+    let mut acked = vec![];
+    for i in 0..3 {
+        let pt = format!("before {i}").into_bytes();
+        acked.push((key.to_string(), pt.clone(), encrypt(crypto, key, &pt).await.unwrap()));
+    }
+    acked
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_audit_directory_refuses_admin_calls_and_recovers_when_space_is_freed() {
     let Some(mut s) = start("") else {
@@ -304,15 +315,7 @@ async fn a_full_audit_directory_refuses_admin_calls_and_recovers_when_space_is_f
     let channel = s.d.channel().await;
     let (mut crypto, mut keys) = (CryptoClient::new(channel.clone()), KeysClient::new(channel.clone()));
     create(&mut keys, "aud.a").await.unwrap();
-    let mut acked = vec![];
-    for i in 0..3 {
-        let pt = format!("before {i}").into_bytes();
-        acked.push((
-            "aud.a".to_string(),
-            pt.clone(),
-            encrypt(&mut crypto, "aud.a", &pt).await.unwrap(),
-        ));
-    }
+    let mut acked = encrypt_three(&mut crypto, "aud.a").await;
     s.ns.fill(&s.audit());
     let df = s.ns.sh_ok(&format!("df -k '{}'", s.state().display()));
     assert!(!df.contains("100%"), "only the audit directory is full: {df}");
@@ -423,10 +426,6 @@ async fn a_full_audit_directory_refuses_admin_calls_and_recovers_when_space_is_f
     assert_eq!(rotations, ["OK"], "one rotation happened and was recorded");
 }
 /// The key version in an envelope's header (format 1).
-fn envelope_version(ct: &[u8]) -> u32 {
-    u32::from_be_bytes(ct[2..6].try_into().unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_state_directory_refuses_admin_calls_and_recovers_when_space_is_freed() {
     // Small reservation blocks, so that the data path needs a store write
@@ -437,15 +436,7 @@ async fn a_full_state_directory_refuses_admin_calls_and_recovers_when_space_is_f
     let channel = s.d.channel().await;
     let (mut crypto, mut keys) = (CryptoClient::new(channel.clone()), KeysClient::new(channel.clone()));
     create(&mut keys, "full.a").await.unwrap();
-    let mut acked = vec![];
-    for i in 0..3 {
-        let pt = format!("before {i}").into_bytes();
-        acked.push((
-            "full.a".to_string(),
-            pt.clone(),
-            encrypt(&mut crypto, "full.a", &pt).await.unwrap(),
-        ));
-    }
+    let mut acked = encrypt_three(&mut crypto, "full.a").await;
     s.ns.fill(&s.state());
     let df = s.ns.sh_ok(&format!("df -k '{}'", s.audit().display()));
     assert!(!df.contains("100%"), "only the state directory is full: {df}");

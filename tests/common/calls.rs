@@ -53,3 +53,8 @@ pub async fn get(keys: &mut Keys, name: &str) -> proto::KeyInfo {
         .unwrap()
         .into_inner()
 }
+
+/// The key version an envelope names (its header, not yet authenticated).
+pub fn envelope_version(ct: &[u8]) -> u32 {
+    kmsd::crypto::parse_header(ct).unwrap().version
+}
