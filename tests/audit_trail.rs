@@ -14,11 +14,7 @@ use std::time::{Duration, Instant};
 use tonic::{Code, Request};
 
 fn records(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    audit_lines(&std::fs::read_to_string(path).unwrap_or_default())
 }
 
 /// Waits until the live log holds records matching `f`.

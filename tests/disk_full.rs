@@ -293,7 +293,7 @@ async fn assert_all_decrypt(crypto: &mut CryptoClient<Channel>, acked: &[(String
 /// never reaches `rotate_bytes`).
 fn audit_records(s: &Setup) -> Vec<serde_json::Value> {
     let text = s.ns.sh_ok(&format!("cat '{}/audit.log'", s.audit().display()));
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    audit_lines(&text)
 }
 
 /// Three encryptions under `key` before the disk fills: (key, plaintext,

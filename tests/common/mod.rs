@@ -159,6 +159,17 @@ master_key = "master-key"
     path
 }
 
+/// The records of an audit log's text: only lines the writer has finished
+/// (ending in a newline), so a test reading while the daemon writes never
+/// parses half a record.
+pub fn audit_lines(text: &str) -> Vec<serde_json::Value> {
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?}: {e}")))
+        .collect()
+}
+
 /// Writes a config like `write_config` (no TCP listener) with
 /// `dev_mode = false`.
 pub fn write_production_config(dir: &Path) -> PathBuf {
