@@ -23,7 +23,7 @@
 //!   (record, chain, handle, writer, recovery, verify).
 //! - [`rings`]: key rings in memory (zeroizing, cached so the data path
 //!   never reads the store) and their administration through the store:
-//!   `mod.rs` the cache and loading, `data` encrypt/decrypt/tokenization
+//!   `mod.rs` the cache ([`rings::Rings`]) and loading, `data` encrypt/decrypt/tokenization
 //!   keys, `usage` reservation blocks and usage counts, `admin` create,
 //!   rotate, policy, restore, `schedule` rotation/destruction deadlines
 //!   ("keys" names only the gRPC service, [`api::keys`]; the store crate

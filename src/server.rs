@@ -14,7 +14,7 @@ use crate::ops::metrics::{KeySnapshot, Metrics};
 use crate::ops::notify::notify;
 use crate::ops::os::PassedSocket;
 use crate::proto;
-use crate::rings::Keys;
+use crate::rings::Rings;
 use crate::tls::acceptor::{Acceptor, ConnLayer};
 use crate::tls::{self, RawStream};
 use kmsd_keystore::{KeyStore, RingStore, Sealer, SledStore, SystemClock};
@@ -61,13 +61,13 @@ pub fn open_rings(config: &Config) -> Result<RingStore, StartError> {
     RingStore::open(open_store(config)?, sealer(config)?).map_err(|e| err("key store", e))
 }
 
-/// Opens the store described by `config` and loads every key ring.
-pub fn open_keys(config: &Config) -> Result<Arc<Keys>, StartError> {
-    let rings = open_rings(config)?;
-    let keys = Keys::load(rings, Arc::new(SystemClock), config.dev_mode).map_err(|e| err("loading key rings", e))?;
-    keys.set_max_rotations_per_call(config.limits.max_rotations_per_call);
-    keys.set_reservation_block(config.limits.usage_reservation_block);
-    Ok(Arc::new(keys))
+/// Opens the store described by `config` and loads every key ring into the cache.
+pub fn load_rings(config: &Config) -> Result<Arc<Rings>, StartError> {
+    let store = open_rings(config)?;
+    let rings = Rings::load(store, Arc::new(SystemClock), config.dev_mode).map_err(|e| err("loading key rings", e))?;
+    rings.set_max_rotations_per_call(config.limits.max_rotations_per_call);
+    rings.set_reservation_block(config.limits.usage_reservation_block);
+    Ok(Arc::new(rings))
 }
 
 /// Binds the configured Unix socket, replacing a stale socket file but
@@ -243,7 +243,7 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
     ));
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
-        keys: std::sync::OnceLock::new(),
+        rings: std::sync::OnceLock::new(),
         access: std::sync::OnceLock::new(),
         metrics: metrics.clone(),
     });
@@ -264,8 +264,8 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
     if let Some(m) = &config.metrics.listen {
         let (shared, key_labels) = (shared.clone(), config.metrics.key_labels);
         let render = Arc::new(move || {
-            let keys = shared.keys.get().map(|k| key_snapshot(k, key_labels));
-            shared.metrics.render(keys.as_ref())
+            let snapshot = shared.rings.get().map(|k| key_snapshot(k, key_labels));
+            shared.metrics.render(snapshot.as_ref())
         });
         crate::ops::metrics_endpoint::serve(m, render, stop_rx.clone())
             .await
@@ -354,21 +354,21 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
     }
-    let keys = {
+    let rings = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || open_keys(&config))
+        tokio::task::spawn_blocking(move || load_rings(&config))
             .await
             .map_err(|e| err("start-up", e))??
     };
-    tracing::info!(keys = keys.len(), store = %config.store.path.display(), "key store opened");
+    tracing::info!(keys = rings.len(), store = %config.store.path.display(), "key store opened");
     let access = {
-        let (keys, metrics, config) = (keys.clone(), metrics.clone(), config.clone());
+        let (rings, metrics, config) = (rings.clone(), metrics.clone(), config.clone());
         tokio::task::spawn_blocking(move || {
             crate::authz::Access::new(
                 config.policy.clone(),
                 config.audit.path.clone(),
                 config.audit.options(),
-                &keys,
+                &rings,
                 metrics,
             )
         })
@@ -382,11 +382,11 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
     });
     let access = Arc::new(access);
     let _ = shared.access.set(access.clone());
-    let _ = shared.keys.set(keys.clone());
-    tokio::spawn(scheduler(keys.clone(), stop_rx.clone()));
-    tokio::spawn(usage_flusher(keys.clone(), stop_rx.clone()));
+    let _ = shared.rings.set(rings.clone());
+    tokio::spawn(scheduler(rings.clone(), stop_rx.clone()));
+    tokio::spawn(usage_flusher(rings.clone(), stop_rx.clone()));
     set_health(&health, tonic_health::ServingStatus::Serving).await;
-    let status = format!("serving {} keys", keys.len());
+    let status = format!("serving {} keys", rings.len());
     notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
     if let Some(interval) = crate::ops::notify::watchdog_interval() {
         tokio::spawn(watchdog(interval / 2, stop_rx.clone()));
@@ -445,7 +445,7 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
             let _ = std::fs::remove_file(path);
         }
     }
-    match tokio::task::spawn_blocking(move || keys.sync()).await {
+    match tokio::task::spawn_blocking(move || rings.sync()).await {
         Ok(Ok(())) => tracing::info!("store synced"),
         _ => tracing::error!("final store sync failed"),
     }
@@ -471,16 +471,16 @@ async fn set_health(h: &tonic_health::server::HealthReporter, status: tonic_heal
 
 /// What the metrics show of the key rings (each key's deadline only with
 /// `metrics.key_labels`).
-fn key_snapshot(keys: &Keys, per_key: bool) -> KeySnapshot {
-    let s = keys.stats();
+fn key_snapshot(rings: &Rings, per_key: bool) -> KeySnapshot {
+    let s = rings.stats();
     KeySnapshot {
         keys: s.keys,
         versions_by_state: s.versions_by_state,
         rotations_by_reason: s.rotations_by_reason,
         version_miss_reads: s.version_miss_reads,
-        now: keys.now(),
-        next_deadline: keys.next_deadline(),
-        scheduled: if per_key { keys.scheduled() } else { Vec::new() },
+        now: rings.now(),
+        next_deadline: rings.next_deadline(),
+        scheduled: if per_key { rings.scheduled() } else { Vec::new() },
     }
 }
 
@@ -498,21 +498,21 @@ async fn watchdog(every: std::time::Duration, mut stop: watch::Receiver<bool>) {
 /// Runs scheduled rotations and destructions at their second: sleeps
 /// until the earliest deadline (woken early when an earlier one appears),
 /// never longer than `MAX_SLEEP`, so a wall-clock jump is noticed soon.
-async fn scheduler(keys: Arc<Keys>, mut stop: watch::Receiver<bool>) {
+async fn scheduler(rings: Arc<Rings>, mut stop: watch::Receiver<bool>) {
     const MAX_SLEEP: std::time::Duration = std::time::Duration::from_secs(30);
     // A deadline still due right after a run is one whose write failed (a
     // storage fault): retry after 1 s, doubling up to MAX_SLEEP, rather
     // than at once in a loop that would spin a core and flood the log.
     let mut backoff = std::time::Duration::ZERO;
     loop {
-        let now = keys.now();
-        let k = keys.clone();
+        let now = rings.now();
+        let k = rings.clone();
         match tokio::task::spawn_blocking(move || k.run_due(now)).await {
             Ok(Ok(n)) if n > 0 => tracing::debug!(changed = n, "scheduled key maintenance ran"),
             Ok(Err(e)) => tracing::error!(error = %e, "scheduler"),
             _ => {}
         }
-        let wait = match keys.next_deadline() {
+        let wait = match rings.next_deadline() {
             Some(t) => {
                 let now_ms = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -534,20 +534,20 @@ async fn scheduler(keys: Arc<Keys>, mut stop: watch::Receiver<bool>) {
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = keys.schedule_changed.notified() => {}
+            _ = rings.schedule_changed.notified() => {}
             _ = stop.changed() => return,
         }
     }
 }
 
 /// Persists decryption counts and last-use times every minute.
-async fn usage_flusher(keys: Arc<Keys>, mut stop: watch::Receiver<bool>) {
+async fn usage_flusher(rings: Arc<Rings>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
             _ = stop.changed() => return,
         }
-        let k = keys.clone();
+        let k = rings.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || k.flush_usage()).await {
             tracing::warn!(error = %e, "persisting usage counters failed");
         }

@@ -2,7 +2,7 @@
 //! usage limits, counting across restarts, destruction. The real key
 //! manager over the real (in-memory) store; only time is simulated.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-use kmsd::rings::{Keys, RESERVATION_BLOCK};
+use kmsd::rings::{Rings, RESERVATION_BLOCK};
 use kmsd::Error;
 use kmsd_keystore::keyring::{KeyPolicy, RotationReason};
 use kmsd_keystore::{Clock, KeyStore, MasterKey, MemoryStore, RingStore, Sealer, UnixTime, VersionState};
@@ -29,10 +29,10 @@ impl World {
         }
     }
     /// A daemon instance over the world's store (a "restart" makes a new one).
-    fn keys(&self) -> Arc<Keys> {
+    fn keys(&self) -> Arc<Rings> {
         let store: Arc<dyn KeyStore> = self.store.clone();
         let rings = RingStore::open(store, Sealer::new(MasterKey::from_bytes(&[5; 32]))).unwrap();
-        Arc::new(Keys::load(rings, self.clock.clone(), false).unwrap())
+        Arc::new(Rings::load(rings, self.clock.clone(), false).unwrap())
     }
     fn set(&self, t: UnixTime) {
         self.clock.0.store(t, Ordering::SeqCst);

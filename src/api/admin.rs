@@ -30,12 +30,12 @@ impl proto::admin_server::Admin for AdminService {
             uptime_seconds: (now - m.started_at).max(0) as u64,
             ..Default::default()
         };
-        if let Some(keys) = self.shared.keys.get() {
-            let s = keys.stats();
+        if let Some(rings) = self.shared.rings.get() {
+            let s = rings.stats();
             resp.serving = true;
             resp.keys = s.keys;
             resp.versions_by_state = s.versions_by_state.to_vec();
-            resp.next_scheduled_at = keys.next_deadline().unwrap_or(0);
+            resp.next_scheduled_at = rings.next_deadline().unwrap_or(0);
         }
         Ok(Response::new(self.shared.finish(&call, Ok(resp))?))
     }
@@ -66,7 +66,7 @@ impl proto::admin_server::Admin for AdminService {
         let call = self.shared.begin(&req, Op::OfficerEnroll, None)?;
         let r = req.into_inner();
         let access = self.shared.access()?.clone();
-        let keys = self.shared.keys()?.clone();
+        let rings = self.shared.rings()?.clone();
         *call.detail.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("officer {}", r.identity));
         if r.identity.is_empty() || r.identity.len() > 512 {
             let e = Error::InvalidArgument("identity must be 1-512 characters".into());
@@ -85,9 +85,10 @@ impl proto::admin_server::Admin for AdminService {
         }
         let id = r.identity.clone();
         let result = blocking(move || {
-            let rings = keys.ring_store();
+            let ring_store = rings.ring_store();
             if to_self {
-                let secret = crate::authz::officer::enroll(rings.raw().as_ref(), rings.sealer(), &id, r.replace)?;
+                let secret =
+                    crate::authz::officer::enroll(ring_store.raw().as_ref(), ring_store.sealer(), &id, r.replace)?;
                 let resp = proto::EnrollOfficerResponse {
                     otpauth_uri: secret.otpauth_uri(&id),
                     secret_base32: secret.base32(),
@@ -97,7 +98,13 @@ impl proto::admin_server::Admin for AdminService {
                 return Ok(resp);
             }
             let claim_by = kmsd_keystore::Clock::now(&kmsd_keystore::SystemClock).saturating_add(claim_ttl);
-            crate::authz::officer::offer_enrolment(rings.raw().as_ref(), rings.sealer(), &id, r.replace, claim_by)?;
+            crate::authz::officer::offer_enrolment(
+                ring_store.raw().as_ref(),
+                ring_store.sealer(),
+                &id,
+                r.replace,
+                claim_by,
+            )?;
             Ok(proto::EnrollOfficerResponse {
                 claim_by,
                 ..Default::default()
@@ -171,9 +178,9 @@ impl proto::admin_server::Admin for AdminService {
             pending.requester,
             pending.op.op().as_str()
         ));
-        let keys = self.shared.keys()?.clone();
+        let rings = self.shared.rings()?.clone();
         let op = pending.op.clone();
-        let result = blocking(move || crate::authz::dual::execute(&keys, &op)).await;
+        let result = blocking(move || crate::authz::dual::execute(&rings, &op)).await;
         tracing::info!(id = %pending.id, requester = %pending.requester, approver = call.peer.id(), ok = result.is_ok(), "dual-control request approved");
         let result = self.shared.finish(&call, result)?;
         Ok(Response::new(proto::ApproveResponse { result }))

@@ -12,7 +12,7 @@ use crate::authz::{Access, Call, Op};
 use crate::error::Error;
 use crate::ops::metrics::Metrics;
 use crate::proto;
-use crate::rings::Keys;
+use crate::rings::Rings;
 use crate::tls::PeerIdentity;
 use rand::RngCore;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -34,7 +34,7 @@ pub fn identity<T>(req: &Request<T>) -> Result<Arc<PeerIdentity>, Error> {
 #[derive(Debug, Default)]
 pub struct Shared {
     /// The key rings, once loaded.
-    pub keys: OnceLock<Arc<Keys>>,
+    pub rings: OnceLock<Arc<Rings>>,
     /// Policy, second factor, dual control, audit; once loaded.
     pub access: OnceLock<Arc<Access>>,
     /// Metrics.
@@ -46,8 +46,8 @@ const BLOCK_IN_PLACE_ITEMS: usize = 256;
 
 impl Shared {
     /// The key rings, or UNAVAILABLE while starting.
-    pub fn keys(&self) -> Result<&Arc<Keys>, Error> {
-        self.keys.get().ok_or(Error::Starting)
+    pub fn rings(&self) -> Result<&Arc<Rings>, Error> {
+        self.rings.get().ok_or(Error::Starting)
     }
 
     /// Access control, or UNAVAILABLE while starting.

@@ -5,7 +5,7 @@ use super::call::{blocking, Batch, Shared};
 use crate::authz::{Call, Op};
 use crate::error::Error;
 use crate::proto;
-use crate::rings::{EncryptCall, Keys};
+use crate::rings::{EncryptCall, Rings};
 use rand::RngCore;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -22,13 +22,13 @@ pub struct CryptoService {
 
 impl CryptoService {
     fn rewrap_one(
-        keys: &Arc<Keys>,
+        rings: &Arc<Rings>,
         enc: &mut EncryptCall,
         r: &proto::RewrapRequest,
     ) -> Result<proto::RewrapResponse, Error> {
-        let (plaintext, source) = keys.decrypt(&r.key, &r.ciphertext, &r.associated_data)?;
+        let (plaintext, source) = rings.decrypt(&r.key, &r.ciphertext, &r.associated_data)?;
         let plaintext = Zeroizing::new(plaintext);
-        let e = keys.encrypt_in(enc, &r.key, &plaintext, &r.associated_data)?;
+        let e = rings.encrypt_in(enc, &r.key, &plaintext, &r.associated_data)?;
         Ok(proto::RewrapResponse {
             ciphertext: e.ciphertext,
             key_version: e.version,
@@ -43,7 +43,7 @@ impl CryptoService {
     ) -> Result<Response<proto::GenerateDataKeyResponse>, Status> {
         let call = self.shared.begin(&req, Op::Datakey, Some(&req.get_ref().key))?;
         let r = req.into_inner();
-        let keys = self.shared.keys()?.clone();
+        let rings = self.shared.rings()?.clone();
         let (key, aad, bits) = (r.key, r.associated_data, r.bits);
         let result = blocking(move || {
             let len = match bits {
@@ -54,7 +54,7 @@ impl CryptoService {
             };
             let mut dk = Zeroizing::new(vec![0u8; len]);
             rand::rngs::OsRng.fill_bytes(&mut dk);
-            let e = keys.encrypt(&key, &dk, &aad)?;
+            let e = rings.encrypt(&key, &dk, &aad)?;
             Ok(proto::GenerateDataKeyResponse {
                 plaintext: if with_plaintext { dk.to_vec() } else { Vec::new() },
                 ciphertext: e.ciphertext,
@@ -74,7 +74,7 @@ impl proto::crypto_server::Crypto for CryptoService {
     async fn encrypt(&self, req: Request<proto::EncryptRequest>) -> Result<Response<proto::EncryptResponse>, Status> {
         let call = self.shared.begin(&req, Op::Encrypt, Some(&req.get_ref().key))?;
         let r = req.into_inner();
-        let result = self.shared.keys()?.encrypt(&r.key, &r.plaintext, &r.associated_data);
+        let result = self.shared.rings()?.encrypt(&r.key, &r.plaintext, &r.associated_data);
         if let Ok(e) = &result {
             call.used_version(e.version);
         }
@@ -88,7 +88,7 @@ impl proto::crypto_server::Crypto for CryptoService {
     async fn decrypt(&self, req: Request<proto::DecryptRequest>) -> Result<Response<proto::DecryptResponse>, Status> {
         let call = self.shared.begin(&req, Op::Decrypt, Some(&req.get_ref().key))?;
         let r = req.into_inner();
-        let result = self.shared.keys()?.decrypt(&r.key, &r.ciphertext, &r.associated_data);
+        let result = self.shared.rings()?.decrypt(&r.key, &r.ciphertext, &r.associated_data);
         if let Ok((_, v)) = &result {
             call.used_version(*v);
         }
@@ -99,8 +99,8 @@ impl proto::crypto_server::Crypto for CryptoService {
     async fn rewrap(&self, req: Request<proto::RewrapRequest>) -> Result<Response<proto::RewrapResponse>, Status> {
         let call = self.shared.begin(&req, Op::Rewrap, Some(&req.get_ref().key))?;
         let r = req.into_inner();
-        let keys = self.shared.keys()?;
-        let result = Self::rewrap_one(keys, &mut keys.call(1), &r);
+        let rings = self.shared.rings()?;
+        let result = Self::rewrap_one(rings, &mut rings.call(1), &r);
         if let Ok(ok) = &result {
             call.used_version(ok.key_version);
         }
@@ -112,13 +112,14 @@ impl proto::crypto_server::Crypto for CryptoService {
         req: Request<proto::EncryptBatchRequest>,
     ) -> Result<Response<proto::EncryptBatchResponse>, Status> {
         use proto::encrypt_batch_item::Result as R;
-        let (call, keys, r) = self.batch_call(req, Op::Encrypt)?;
-        let mut enc = keys.call(r.items.len());
+        let (call, rings, r) = self.batch_call(req, Op::Encrypt)?;
+        let mut enc = rings.call(r.items.len());
         let items = self.batch(&call).run(
             &r.items,
             |it| &it.key,
             |it| {
-                keys.encrypt_in(&mut enc, &it.key, &it.plaintext, &it.associated_data)
+                rings
+                    .encrypt_in(&mut enc, &it.key, &it.plaintext, &it.associated_data)
                     .map(|e| proto::EncryptResponse {
                         ciphertext: e.ciphertext,
                         key_version: e.version,
@@ -137,12 +138,13 @@ impl proto::crypto_server::Crypto for CryptoService {
         req: Request<proto::DecryptBatchRequest>,
     ) -> Result<Response<proto::DecryptBatchResponse>, Status> {
         use proto::decrypt_batch_item::Result as R;
-        let (call, keys, r) = self.batch_call(req, Op::Decrypt)?;
+        let (call, rings, r) = self.batch_call(req, Op::Decrypt)?;
         let items = self.batch(&call).run(
             &r.items,
             |it| &it.key,
             |it| {
-                keys.decrypt(&it.key, &it.ciphertext, &it.associated_data)
+                rings
+                    .decrypt(&it.key, &it.ciphertext, &it.associated_data)
                     .map(|(plaintext, key_version)| proto::DecryptResponse { plaintext, key_version })
             },
             |o| (o.key_version, None),
@@ -158,12 +160,12 @@ impl proto::crypto_server::Crypto for CryptoService {
         req: Request<proto::RewrapBatchRequest>,
     ) -> Result<Response<proto::RewrapBatchResponse>, Status> {
         use proto::rewrap_batch_item::Result as R;
-        let (call, keys, r) = self.batch_call(req, Op::Rewrap)?;
-        let mut enc = keys.call(r.items.len());
+        let (call, rings, r) = self.batch_call(req, Op::Rewrap)?;
+        let mut enc = rings.call(r.items.len());
         let items = self.batch(&call).run(
             &r.items,
             |it| &it.key,
-            |it| Self::rewrap_one(&keys, &mut enc, it),
+            |it| Self::rewrap_one(&rings, &mut enc, it),
             |o| (o.key_version, Some(o.source_key_version)),
             |res| proto::RewrapBatchItem {
                 result: Some(res.map_or_else(R::Error, R::Ok)),
@@ -190,12 +192,12 @@ impl proto::crypto_server::Crypto for CryptoService {
 impl CryptoService {
     /// A batch names its keys per item: the call itself only needs the
     /// caller to be known (each item is then checked against the policy).
-    fn batch_call<T>(&self, req: Request<T>, op: Op) -> Result<(Call, Arc<Keys>, T), Error> {
+    fn batch_call<T>(&self, req: Request<T>, op: Op) -> Result<(Call, Arc<Rings>, T), Error> {
         self.shared.access()?;
         let mut call = self.shared.begin_unchecked(&req, op, "batch")?;
         call.key = Some("(batch)".into());
-        let keys = self.shared.keys()?.clone();
-        Ok((call, keys, req.into_inner()))
+        let rings = self.shared.rings()?.clone();
+        Ok((call, rings, req.into_inner()))
     }
 
     fn batch<'a>(&'a self, call: &'a Call) -> Batch<'a> {

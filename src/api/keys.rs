@@ -7,7 +7,7 @@ use super::convert::{key_info, merge_policy, purpose_from_proto};
 use crate::authz::{Call, Op, PendingOp};
 use crate::error::Error;
 use crate::proto;
-use crate::rings::Keys;
+use crate::rings::Rings;
 use kmsd_keystore::keyring::{KeyPolicy, RotationReason};
 use kmsd_keystore::{KeyRing, VersionState};
 use std::sync::Arc;
@@ -44,11 +44,11 @@ impl KeysService {
     async fn admin(
         &self,
         call: Call,
-        f: impl FnOnce(&Keys, &str) -> Result<KeyRing, Error> + Send + 'static,
+        f: impl FnOnce(&Rings, &str) -> Result<KeyRing, Error> + Send + 'static,
     ) -> Result<Response<proto::KeyInfo>, Status> {
-        let keys = self.shared.keys()?.clone();
+        let rings = self.shared.rings()?.clone();
         let name = call.key.clone().unwrap_or_default();
-        let result = blocking(move || f(&keys, &name).map(|ring| key_info(&ring, &keys.usage(&name)))).await;
+        let result = blocking(move || f(&rings, &name).map(|ring| key_info(&ring, &rings.usage(&name)))).await;
         Ok(Response::new(self.shared.finish(&call, result)?))
     }
 
@@ -70,18 +70,18 @@ impl proto::keys_server::Keys for KeysService {
         let algorithm = r.algorithm;
         let policy = merge_policy(KeyPolicy::default(), r.policy.as_ref());
         let purpose = purpose_from_proto(r.policy.as_ref());
-        self.admin(call, move |keys, name| {
+        self.admin(call, move |rings, name| {
             if algorithm != proto::Algorithm::Unspecified as i32 && algorithm != proto::Algorithm::Aes256Gcm as i32 {
                 return Err(Error::InvalidArgument("unsupported algorithm; only AES_256_GCM".into()));
             }
-            keys.create_for(name, policy, purpose?)
+            rings.create_for(name, policy, purpose?)
         })
         .await
     }
 
     async fn get_key(&self, req: Request<proto::GetKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
         let call = self.shared.begin(&req, Op::KeyRead, Some(&req.get_ref().name))?;
-        self.admin(call, |keys, name| keys.get(name)).await
+        self.admin(call, |rings, name| rings.get(name)).await
     }
 
     async fn list_keys(
@@ -103,10 +103,10 @@ impl proto::keys_server::Keys for KeysService {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
-        let keys = self.shared.keys()?.clone();
+        let rings = self.shared.rings()?.clone();
         let identity = call.peer.id().to_owned();
         let result = blocking(move || {
-            let token_key = keys
+            let token_key = rings
                 .ring_store()
                 .sealer()
                 .derive_subkey(crate::page_token::SUBKEY_LABEL);
@@ -125,7 +125,7 @@ impl proto::keys_server::Keys for KeysService {
             // is a next page without revealing unseen names.
             let mut names = Vec::with_capacity(limit + 1);
             'scan: loop {
-                let raw = keys.list(&r.prefix, after.as_deref(), MAX_PAGE)?;
+                let raw = rings.list(&r.prefix, after.as_deref(), MAX_PAGE)?;
                 let exhausted = raw.len() < MAX_PAGE;
                 for n in raw {
                     if policy.check(&identity, Op::KeyRead, Some(&n)).is_ok() {
@@ -157,7 +157,7 @@ impl proto::keys_server::Keys for KeysService {
 
     async fn rotate_key(&self, req: Request<proto::RotateKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
         let call = self.shared.begin(&req, Op::KeyRotate, Some(&req.get_ref().name))?;
-        self.admin(call, |keys, name| keys.rotate(name, RotationReason::Manual))
+        self.admin(call, |rings, name| rings.rotate(name, RotationReason::Manual))
             .await
     }
 
@@ -167,15 +167,15 @@ impl proto::keys_server::Keys for KeysService {
     ) -> Result<Response<proto::KeyInfo>, Status> {
         let call = self.shared.begin(&req, Op::KeyPolicy, Some(&req.get_ref().name))?;
         let r = req.into_inner();
-        let keys = self.shared.keys()?.clone();
+        let rings = self.shared.rings()?.clone();
         // Moving the minimum decryption version across versions that still
         // have material, in either direction and whatever their states
         // (disable, raise, re-enable would otherwise get around it), needs
         // dual control: raising strands ciphertexts, lowering revives
         // retired versions.
         let current = match blocking({
-            let (keys, name) = (keys.clone(), r.name.clone());
-            move || keys.get(&name)
+            let (rings, name) = (rings.clone(), r.name.clone());
+            move || rings.get(&name)
         })
         .await
         {
@@ -198,7 +198,7 @@ impl proto::keys_server::Keys for KeysService {
                 },
             )?;
         }
-        self.admin(call, move |keys, name| keys.set_policy(name, new)).await
+        self.admin(call, move |rings, name| rings.set_policy(name, new)).await
     }
 
     async fn set_version_state(
@@ -210,13 +210,13 @@ impl proto::keys_server::Keys for KeysService {
             .begin(&req, Op::KeyVersionState, Some(&req.get_ref().name))?;
         let r = req.into_inner();
         let (version, state) = (r.version, r.state);
-        self.admin(call, move |keys, name| {
+        self.admin(call, move |rings, name| {
             let state = match proto::VersionState::try_from(state) {
                 Ok(proto::VersionState::DecryptOnly) => VersionState::DecryptOnly,
                 Ok(proto::VersionState::Disabled) => VersionState::Disabled,
                 _ => return Err(Error::InvalidArgument("state must be DECRYPT_ONLY or DISABLED".into())),
             };
-            Ok(keys.modify(name, |r| r.set_version_state(version, state))?.0)
+            Ok(rings.modify(name, |r| r.set_version_state(version, state))?.0)
         })
         .await
     }
@@ -228,7 +228,7 @@ impl proto::keys_server::Keys for KeysService {
         let call = self.shared.begin(&req, Op::KeyDestroy, Some(&req.get_ref().name))?;
         let r = req.into_inner();
         let (version, wait) = (r.version, r.waiting_period_seconds);
-        if let Err(e) = self.shared.keys()?.destruction_time(wait) {
+        if let Err(e) = self.shared.rings()?.destruction_time(wait) {
             return Err(self.shared.fail(&call, e));
         }
         self.dual(
@@ -239,9 +239,9 @@ impl proto::keys_server::Keys for KeysService {
                 wait,
             },
         )?;
-        self.admin(call, move |keys, name| {
-            let at = keys.destruction_time(wait)?;
-            Ok(keys.modify(name, |r| r.schedule_destruction(version, at))?.0)
+        self.admin(call, move |rings, name| {
+            let at = rings.destruction_time(wait)?;
+            Ok(rings.modify(name, |r| r.schedule_destruction(version, at))?.0)
         })
         .await
     }
@@ -254,8 +254,8 @@ impl proto::keys_server::Keys for KeysService {
             .shared
             .begin(&req, Op::KeyVersionState, Some(&req.get_ref().name))?;
         let version = req.get_ref().version;
-        self.admin(call, move |keys, name| {
-            Ok(keys.modify(name, |r| r.cancel_destruction(version))?.0)
+        self.admin(call, move |rings, name| {
+            Ok(rings.modify(name, |r| r.cancel_destruction(version))?.0)
         })
         .await
     }
@@ -267,8 +267,8 @@ impl proto::keys_server::Keys for KeysService {
         let call = self.shared.begin(&req, Op::KeyDestroy, Some(&req.get_ref().name))?;
         let r = req.into_inner();
         let wait = r.waiting_period_seconds;
-        let keys = self.shared.keys()?;
-        let current = match keys.destruction_time(wait).and_then(|_| keys.get(&r.name)) {
+        let rings = self.shared.rings()?;
+        let current = match rings.destruction_time(wait).and_then(|_| rings.get(&r.name)) {
             Ok(c) => c,
             Err(e) => return Err(self.shared.fail(&call, e)),
         };
@@ -286,9 +286,9 @@ impl proto::keys_server::Keys for KeysService {
                 wait,
             },
         )?;
-        self.admin(call, move |keys, name| {
-            let at = keys.destruction_time(wait)?;
-            Ok(keys.modify(name, |r| r.schedule_deletion(at))?.0)
+        self.admin(call, move |rings, name| {
+            let at = rings.destruction_time(wait)?;
+            Ok(rings.modify(name, |r| r.schedule_deletion(at))?.0)
         })
         .await
     }
@@ -300,7 +300,7 @@ impl proto::keys_server::Keys for KeysService {
         let call = self
             .shared
             .begin(&req, Op::KeyVersionState, Some(&req.get_ref().name))?;
-        self.admin(call, |keys, name| Ok(keys.modify(name, |r| r.cancel_deletion())?.0))
+        self.admin(call, |rings, name| Ok(rings.modify(name, |r| r.cancel_deletion())?.0))
             .await
     }
 
@@ -308,13 +308,17 @@ impl proto::keys_server::Keys for KeysService {
 
     async fn backup(&self, req: Request<proto::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
         let call = self.shared.begin(&req, Op::Backup, None)?;
-        let keys = self.shared.keys()?.clone();
+        let rings = self.shared.rings()?.clone();
         let result = blocking(move || {
-            keys.flush_usage()?;
-            let rings = keys.ring_store();
+            rings.flush_usage()?;
+            let ring_store = rings.ring_store();
             let mut buf = Vec::new();
-            let total =
-                kmsd_keystore::backup::write_snapshot(rings.raw().as_ref(), rings.sealer(), &mut buf, &mut |_, _| {})?;
+            let total = kmsd_keystore::backup::write_snapshot(
+                ring_store.raw().as_ref(),
+                ring_store.sealer(),
+                &mut buf,
+                &mut |_, _| {},
+            )?;
             Ok((buf, total))
         })
         .await;
@@ -366,8 +370,8 @@ impl proto::keys_server::Keys for KeysService {
         }
         let bytes = Arc::new(bytes);
         self.dual(&call, PendingOp::Restore { bytes: bytes.clone() })?;
-        let keys = self.shared.keys()?.clone();
-        let result = blocking(move || keys.restore(&bytes)).await;
+        let rings = self.shared.rings()?.clone();
+        let result = blocking(move || rings.restore(&bytes)).await;
         let (records, keys) = self.shared.finish(&call, result)?;
         Ok(Response::new(proto::RestoreResponse { records, keys }))
     }

@@ -377,9 +377,9 @@ impl proto::mask_server::Mask for MaskService {
             return Err(self.shared.fail(&call, e));
         }
         let r = req.into_inner();
-        let keys = self.shared.keys()?;
+        let rings = self.shared.rings()?;
         let result = kind_from_proto(r.kind).and_then(|kind| {
-            keys.with_token_key(&r.key, None, |key, version| {
+            rings.with_token_key(&r.key, None, |key, version| {
                 masking::tokenize(key, &tweak(&r.key), &r.value, kind)
                     .map(|token| proto::TokenizeResponse {
                         token,
@@ -397,7 +397,7 @@ impl proto::mask_server::Mask for MaskService {
     ) -> Result<Response<proto::DetokenizeResponse>, Status> {
         let call = self.shared.begin(&req, Op::Detokenize, Some(&req.get_ref().key))?;
         let r = req.into_inner();
-        let keys = self.shared.keys()?;
+        let rings = self.shared.rings()?;
         let version = (r.key_version > 0).then_some(r.key_version);
         let result = kind_from_proto(r.kind).and_then(|kind| {
             if version.is_none() && masking::is_format_preserving(kind) {
@@ -407,7 +407,7 @@ impl proto::mask_server::Mask for MaskService {
                         .into(),
                 ));
             }
-            keys.with_token_key(&r.key, Some(version), |key, _| {
+            rings.with_token_key(&r.key, Some(version), |key, _| {
                 masking::detokenize(key, &tweak(&r.key), &r.token, kind)
                     .map(|value| proto::DetokenizeResponse { value })
                     .map_err(token_error)

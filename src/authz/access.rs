@@ -16,7 +16,7 @@ use super::otp::{OfficerState, Outcome, TotpSecret, Verifier};
 use super::policy::{Op, Policy, PolicyError};
 use crate::audit::{AuditHandle, AuditKey, Event};
 use crate::error::{code_name, Error};
-use crate::rings::Keys;
+use crate::rings::Rings;
 use crate::tls::PeerIdentity;
 use arc_swap::ArcSwap;
 use kmsd_keystore::{KeyStore, RecordKind, Sealer};
@@ -150,7 +150,7 @@ pub struct Access {
     store: Arc<dyn KeyStore>,
     /// The key rings' store and sealer: officers' replay and lock-out
     /// memory is sealed into it like every other record.
-    keys: Arc<Keys>,
+    rings: Arc<Rings>,
 }
 
 impl std::fmt::Debug for Access {
@@ -200,33 +200,33 @@ impl Access {
         policy_path: PathBuf,
         audit_path: PathBuf,
         audit_options: crate::audit::Options,
-        keys: &Arc<Keys>,
+        rings: &Arc<Rings>,
         metrics: Arc<crate::ops::metrics::Metrics>,
     ) -> Result<Self, String> {
         let policy = Policy::load(&policy_path).map_err(|e| e.to_string())?;
-        let dev_mode = keys.dev_mode();
+        let dev_mode = rings.dev_mode();
         policy
             .check_mode(dev_mode)
             .map_err(|e| format!("{}: {e}", policy_path.display()))?;
         if policy.has_dev_roles() {
             tracing::warn!(policy = %policy_path.display(), "the policy has DEV ONLY roles (dev_no_second_factor): never in production");
         }
-        let rings = keys.ring_store();
-        let store = rings.raw().clone();
-        let key = audit_key(store.as_ref(), rings.sealer()).map_err(|e| format!("audit key: {e}"))?;
-        let key_copy = audit_key(store.as_ref(), rings.sealer()).map_err(|e| format!("audit key: {e}"))?;
+        let ring_store = rings.ring_store();
+        let store = ring_store.raw().clone();
+        let key = audit_key(store.as_ref(), ring_store.sealer()).map_err(|e| format!("audit key: {e}"))?;
+        let key_copy = audit_key(store.as_ref(), ring_store.sealer()).map_err(|e| format!("audit key: {e}"))?;
         let audit = crate::audit::spawn(&audit_path, key_copy, audit_options, metrics).map_err(|e| e.to_string())?;
         let mut totp = HashMap::new();
         let mut states = Vec::new();
         store
             .for_each(RecordKind::Secret, &mut |name, entry| {
                 if let Some(id) = name.strip_prefix("totp:") {
-                    let plain = rings.sealer().open(RecordKind::Secret, name, &entry.value)?;
+                    let plain = ring_store.sealer().open(RecordKind::Secret, name, &entry.value)?;
                     if let Some(s) = TotpSecret::from_slice(&plain) {
                         totp.insert(id.to_owned(), Arc::new(s));
                     }
                 } else if let Some(id) = name.strip_prefix(TOTP_STATE_PREFIX) {
-                    let plain = rings.sealer().open(RecordKind::Secret, name, &entry.value)?;
+                    let plain = ring_store.sealer().open(RecordKind::Secret, name, &entry.value)?;
                     let state = OfficerState::decode(&plain).ok_or_else(|| kmsd_keystore::Error::Corrupt {
                         kind: RecordKind::Secret,
                         name: name.to_owned(),
@@ -258,7 +258,7 @@ impl Access {
             pending: Mutex::new(HashMap::new()),
             pending_limits: Mutex::new(PendingLimits::default()),
             store,
-            keys: keys.clone(),
+            rings: rings.clone(),
         })
     }
 
@@ -286,8 +286,8 @@ impl Access {
     /// The caller takes the TOTP secret waiting for it (see
     /// [`super::officer::offer_enrolment`]); from then on it is the caller's second factor.
     pub fn claim(&self, identity: &str) -> Result<TotpSecret, Error> {
-        let rings = self.keys.ring_store();
-        let secret = claim_enrolment(self.store.as_ref(), rings.sealer(), identity, now())?;
+        let ring_store = self.rings.ring_store();
+        let secret = claim_enrolment(self.store.as_ref(), ring_store.sealer(), identity, now())?;
         if let Some(copy) = TotpSecret::from_slice(secret.expose_secret()) {
             self.remember_officer(identity, copy);
         }
@@ -434,7 +434,7 @@ impl Access {
     fn persist_officer_state(&self, identity: &str, state: &OfficerState) -> Result<(), Error> {
         let name = format!("{TOTP_STATE_PREFIX}{identity}");
         let sealed = self
-            .keys
+            .rings
             .ring_store()
             .sealer()
             .seal(RecordKind::Secret, &name, &state.encode())?;

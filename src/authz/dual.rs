@@ -7,7 +7,7 @@ use super::access::{lock, now, Access, Call};
 use super::officer::offer_enrolment;
 use super::policy::{Op, Policy};
 use crate::error::Error;
-use crate::rings::Keys;
+use crate::rings::Rings;
 use rand::RngCore;
 use std::sync::Arc;
 
@@ -325,34 +325,34 @@ impl Access {
 }
 
 /// Executes an approved dual-control operation.
-pub fn execute(keys: &Keys, op: &PendingOp) -> Result<String, Error> {
+pub fn execute(rings: &Rings, op: &PendingOp) -> Result<String, Error> {
     match op {
         PendingOp::DestroyVersion { name, version, wait } => {
-            let at = keys.destruction_time(*wait)?;
+            let at = rings.destruction_time(*wait)?;
             let v = *version;
-            keys.modify(name, |r| r.schedule_destruction(v, at))?;
+            rings.modify(name, |r| r.schedule_destruction(v, at))?;
             Ok(format!("version {v} of key {name:?} will be destroyed at {at}"))
         }
         PendingOp::DeleteKey { name, wait } => {
-            let at = keys.destruction_time(*wait)?;
-            keys.modify(name, |r| r.schedule_deletion(at))?;
+            let at = rings.destruction_time(*wait)?;
+            rings.modify(name, |r| r.schedule_deletion(at))?;
             Ok(format!("key {name:?} will be deleted at {at}"))
         }
         PendingOp::Restore { bytes } => {
-            let (records, rings) = keys.restore(bytes)?;
-            Ok(format!("restored {records} records ({rings} keys)"))
+            let (records, restored) = rings.restore(bytes)?;
+            Ok(format!("restored {records} records ({restored} keys)"))
         }
         PendingOp::ReplaceOfficer { identity, claim_ttl } => {
-            let rings = keys.ring_store();
+            let ring_store = rings.ring_store();
             let claim_by = now().saturating_add(*claim_ttl);
-            offer_enrolment(rings.raw().as_ref(), rings.sealer(), identity, true, claim_by)?;
+            offer_enrolment(ring_store.raw().as_ref(), ring_store.sealer(), identity, true, claim_by)?;
             Ok(format!(
                 "a new second factor waits for officer {identity:?} to claim it (kmsctl officer claim, with its own \
                  certificate) until {claim_by} (Unix time)"
             ))
         }
         PendingOp::SetPolicy { name, update } => {
-            let ring = keys.update_policy(name, |p| crate::api::convert::merge_policy(p, Some(update)))?;
+            let ring = rings.update_policy(name, |p| crate::api::convert::merge_policy(p, Some(update)))?;
             Ok(format!(
                 "policy of key {name:?} updated: {} (min_decryption_version now {})",
                 describe_update(update),

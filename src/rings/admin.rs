@@ -2,7 +2,7 @@
 //! generic `modify` under a ring's write lock, and restore from a backup.
 //! Every change is durable in the store before the cache sees it.
 use super::usage::pre_reserve;
-use super::{lock, Keys};
+use super::{lock, Rings};
 use crate::error::Error;
 use kmsd_keystore::keyring::{KeyPolicy, KeyPurpose, RotationReason};
 use kmsd_keystore::{Algorithm, KeyName, KeyRing};
@@ -10,7 +10,7 @@ use kmsd_keystore::{Algorithm, KeyName, KeyRing};
 /// Minimum rotation period (production, dev mode).
 pub const MIN_ROTATION_PERIOD: (u64, u64) = (3_600, 1);
 
-impl Keys {
+impl Rings {
     /// Creates a ring with one version. Durable when it returns.
     pub fn create(&self, name: &str, policy: KeyPolicy) -> Result<KeyRing, Error> {
         self.create_for(name, policy, KeyPurpose::EncryptDecrypt)
@@ -26,7 +26,7 @@ impl Keys {
         })?;
         let mut ring = KeyRing::new(key, Algorithm::Aes256Gcm, policy, self.clock.now()).with_purpose(purpose);
         pre_reserve(&mut ring, self.block());
-        let ring = self.rings.create(ring).map_err(|e| match e {
+        let ring = self.store.create(ring).map_err(|e| match e {
             kmsd_keystore::Error::Conflict { name, .. } => Error::KeyExists(name),
             other => other.into(),
         })?;
@@ -59,7 +59,7 @@ impl Keys {
         let key = KeyName::parse(name)?;
         let wl = self.write_lock(name);
         let _g = lock(&wl);
-        let (ring, out) = self.rings.update(&key, f)?;
+        let (ring, out) = self.store.update(&key, f)?;
         kmsd_keystore::failpoints::kill_point(kmsd_keystore::failpoints::KEYS_INSTALL);
         // A primary this process has not seen was created by `f` here.
         self.install_new(&ring, ring.primary);
@@ -113,15 +113,15 @@ impl Keys {
                 "restore needs an empty store (this one has keys)".into(),
             ));
         }
-        let records = kmsd_keystore::backup::read_snapshot(snapshot, self.rings.sealer()).map_err(|e| match e {
+        let records = kmsd_keystore::backup::read_snapshot(snapshot, self.store.sealer()).map_err(|e| match e {
             kmsd_keystore::Error::Corrupt { reason, .. } => {
                 Error::InvalidArgument(format!("backup rejected: {reason}"))
             }
             other => other.into(),
         })?;
-        let n = kmsd_keystore::backup::restore_snapshot(&self.rings, &records, &mut |_, _| {})?;
+        let n = kmsd_keystore::backup::restore_snapshot(&self.store, &records, &mut |_, _| {})?;
         let mut rings = 0;
-        let failures = self.rings.load_all(|ring| {
+        let failures = self.store.load_all(|ring| {
             self.install(&ring);
             rings += 1;
         })?;

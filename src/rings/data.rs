@@ -2,7 +2,7 @@
 //! from the reserved block, lock-free), decryption, and tokenization keys.
 //! Reads only the in-memory cache; the one store read is a ring refresh
 //! when a ciphertext names a version the cache lacks.
-use super::{CachedRing, Keys};
+use super::{CachedRing, Rings};
 use crate::crypto;
 use crate::error::Error;
 use kmsd_keystore::keyring::KeyPurpose;
@@ -57,7 +57,7 @@ fn not_a_token_key(name: &str, ring: &CachedRing) -> Result<(), Error> {
 /// (only matters when another process writes the same store).
 const ABSENT_TTL_SECS: i64 = 5;
 
-impl Keys {
+impl Rings {
     /// State for a call of up to `messages` encryptions.
     pub fn call(&self, messages: usize) -> EncryptCall {
         EncryptCall {

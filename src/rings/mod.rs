@@ -20,11 +20,11 @@
 //! background, and a caller that finds the limit reached rotates it first.
 //!
 //! Decryption counts and last-use times are kept in memory and persisted
-//! by [`Keys::flush_usage`] (periodically and at shutdown): they are for
+//! by [`Rings::flush_usage`] (periodically and at shutdown): they are for
 //! "is this version still used?" decisions, not for enforcement.
 //!
 //! # Layout
-//! This file holds [`Keys`] (the cache, loading, installing snapshots,
+//! This file holds [`Rings`] (the cache, loading, installing snapshots,
 //! `get`/`list`, statistics); `data` the data path (encrypt, decrypt,
 //! tokenization keys); `usage` usage counting (reservation blocks, usage
 //! rotation, `flush_usage`); `admin` create, rotate, policy changes,
@@ -94,9 +94,10 @@ impl CachedRing {
     }
 }
 
-/// Key rings: cache plus store.
-pub struct Keys {
-    rings: RingStore,
+/// The key rings: the in-memory cache plus the store behind it (what the
+/// services share; "keys" is the gRPC service, `kmsd_keystore` the store).
+pub struct Rings {
+    store: RingStore,
     cache: DashMap<String, Arc<CachedRing>>,
     /// Rings whose stored record failed its integrity check at load: they
     /// answer DATA_LOSS (not NOT_FOUND) until repaired or restored.
@@ -145,9 +146,9 @@ pub struct KeyStats {
     pub version_miss_reads: u64,
 }
 
-impl std::fmt::Debug for Keys {
+impl std::fmt::Debug for Rings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Keys({} rings)", self.cache.len())
+        write!(f, "Rings({} rings)", self.cache.len())
     }
 }
 
@@ -155,13 +156,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Keys {
+impl Rings {
     /// Loads every ring from the store into memory. Rings whose records
     /// fail their integrity check are logged and remembered as corrupt;
     /// the rest serve.
-    pub fn load(rings: RingStore, clock: Arc<dyn Clock>, dev_mode: bool) -> Result<Self, Error> {
-        let keys = Keys {
-            rings,
+    pub fn load(store: RingStore, clock: Arc<dyn Clock>, dev_mode: bool) -> Result<Self, Error> {
+        let rings = Rings {
+            store,
             cache: DashMap::new(),
             corrupt: DashMap::new(),
             write_locks: DashMap::new(),
@@ -175,14 +176,14 @@ impl Keys {
             absent: DashMap::new(),
             miss_reads: AtomicU64::new(0),
         };
-        let failures = keys.rings.load_all(|ring| {
-            keys.install(&ring);
+        let failures = rings.store.load_all(|ring| {
+            rings.install(&ring);
         })?;
         for f in failures {
             tracing::error!(key = %f.name, error = %f.error, "key ring not loaded");
-            keys.corrupt.insert(f.name, ());
+            rings.corrupt.insert(f.name, ());
         }
-        Ok(keys)
+        Ok(rings)
     }
 
     /// Sets how many usage rotations one call may cause.
@@ -237,7 +238,7 @@ impl Keys {
     fn refresh(&self, name: &str) -> Result<Arc<CachedRing>, Error> {
         let key = KeyName::parse(name)?;
         let ring = self
-            .rings
+            .store
             .get(&key)?
             .ok_or_else(|| Error::KeyNotFound(name.to_owned()))?;
         Ok(self.install(&ring))
@@ -363,22 +364,22 @@ impl Keys {
         let key = KeyName::parse(name)?;
         let wl = self.cache.contains_key(name).then(|| self.write_lock(name));
         let _g = wl.as_ref().map(|wl| lock(wl));
-        self.rings.get(&key)?.ok_or_else(|| Error::KeyNotFound(name.to_owned()))
+        self.store.get(&key)?.ok_or_else(|| Error::KeyNotFound(name.to_owned()))
     }
 
     /// Lists key names.
     pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error> {
-        Ok(self.rings.list(prefix, after, limit)?)
+        Ok(self.store.list(prefix, after, limit)?)
     }
 
     /// The underlying ring store (backup).
     pub fn ring_store(&self) -> &RingStore {
-        &self.rings
+        &self.store
     }
 
     /// Flushes usage and syncs the store (at shutdown).
     pub fn sync(&self) -> Result<(), Error> {
         self.flush_usage()?;
-        Ok(self.rings.raw().sync()?)
+        Ok(self.store.raw().sync()?)
     }
 }

@@ -2,7 +2,7 @@
 //! destruction waiting periods, and running what is due at `now` (the
 //! caller passes the time, so tests drive it deterministically).
 use super::usage::pre_reserve;
-use super::{lock, Keys};
+use super::{lock, Rings};
 use crate::error::Error;
 use kmsd_keystore::keyring::RotationReason;
 use kmsd_keystore::{KeyRing, UnixTime};
@@ -20,7 +20,7 @@ pub(super) struct Schedule {
     by_name: HashMap<String, UnixTime>,
 }
 
-impl Keys {
+impl Rings {
     pub(super) fn reschedule(&self, name: &str, ring: &KeyRing) {
         let deadline = [
             if ring.delete_at.is_none() {

@@ -1,7 +1,7 @@
 //! Usage counting: durable reservation blocks for encryptions, the usage
 //! rotation when a version reaches its limit, and persisting decryption
-//! counts and last-use times ([`Keys::flush_usage`]).
-use super::{lock, Keys};
+//! counts and last-use times ([`Rings::flush_usage`]).
+use super::{lock, Rings};
 use crate::error::Error;
 use kmsd_keystore::keyring::RotationReason;
 use kmsd_keystore::{KeyName, KeyRing, UnixTime};
@@ -35,7 +35,7 @@ pub(super) fn pre_reserve(r: &mut KeyRing, block: u64) {
     }
 }
 
-impl Keys {
+impl Rings {
     pub(super) fn in_background(self: &Arc<Self>, name: &str, version: u32, rotate: bool) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
@@ -69,7 +69,7 @@ impl Keys {
                 return Ok(()); // someone else reserved meanwhile, or it is no longer primary
             }
             let key = KeyName::parse(name)?;
-            let (ring, _) = self.rings.update(&key, |r| {
+            let (ring, _) = self.store.update(&key, |r| {
                 let limit = r.policy.max_encryptions_per_version;
                 let ver = r
                     .version_mut(version)
@@ -99,7 +99,7 @@ impl Keys {
         let key = KeyName::parse(name)?;
         let now = self.clock.now();
         let block = self.block();
-        let (ring, rotated) = self.rings.update(&key, |r| {
+        let (ring, rotated) = self.store.update(&key, |r| {
             if r.primary != version {
                 return Ok(None);
             }
@@ -166,7 +166,7 @@ impl Keys {
             let key = KeyName::parse(name)?;
             let wl = self.write_lock(name);
             let _g = lock(&wl);
-            let written = self.rings.update(&key, |r| {
+            let written = self.store.update(&key, |r| {
                 for (ver, (d, t)) in r.versions.iter_mut().zip(&snapshot) {
                     ver.decryptions = ver.decryptions.max(*d);
                     if *t > 0 {
