@@ -1,5 +1,7 @@
 //! In-memory reference backend: the contract in its simplest form, run
-//! through the same conformance suite as the sled backend.
+//! through the same conformance suite as the sled backend. `put` and
+//! `delete` are the trait's single-operation batches, so every write goes
+//! through [`super::check_cond`] in `apply`.
 use super::{check_cond, Entry, KeyStore, Op, RecordKind, Revision};
 use crate::Error;
 use std::collections::BTreeMap;
@@ -42,54 +44,6 @@ impl KeyStore for MemoryStore {
         }))
     }
 
-    fn put(&self, kind: RecordKind, name: &str, expected: Option<Revision>, value: &[u8]) -> Result<Revision, Error> {
-        let mut m = self.lock()?;
-        let key = (kind.tag(), name.to_owned());
-        let next = match (m.get(&key), expected) {
-            (None, None) => 1,
-            (Some(_), None) => {
-                return Err(Error::Conflict {
-                    kind,
-                    name: name.into(),
-                })
-            }
-            (None, Some(_)) => {
-                return Err(Error::NotFound {
-                    kind,
-                    name: name.into(),
-                })
-            }
-            (Some((rev, _)), Some(exp)) if *rev == exp.0 => rev + 1,
-            (Some(_), Some(_)) => {
-                return Err(Error::Conflict {
-                    kind,
-                    name: name.into(),
-                })
-            }
-        };
-        m.insert(key, (next, value.to_vec()));
-        Ok(Revision(next))
-    }
-
-    fn delete(&self, kind: RecordKind, name: &str, expected: Revision) -> Result<(), Error> {
-        let mut m = self.lock()?;
-        let key = (kind.tag(), name.to_owned());
-        match m.get(&key) {
-            None => Err(Error::NotFound {
-                kind,
-                name: name.into(),
-            }),
-            Some((rev, _)) if *rev == expected.0 => {
-                m.remove(&key);
-                Ok(())
-            }
-            Some(_) => Err(Error::Conflict {
-                kind,
-                name: name.into(),
-            }),
-        }
-    }
-
     fn list(&self, kind: RecordKind, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error> {
         let m = self.lock()?;
         Ok(m.range((kind.tag(), prefix.to_owned())..)
@@ -123,7 +77,7 @@ impl KeyStore for MemoryStore {
         let mut m = self.lock()?;
         let mut next = Vec::with_capacity(ops.len());
         for op in ops {
-            let current = m.get(&(op.kind.tag(), op.name.to_owned())).map(|(r, _)| *r);
+            let current = m.get(&(op.kind.tag(), op.name.to_owned())).map(|(r, _)| Revision(*r));
             next.push(check_cond(op.kind, op.name, op.cond, current)?);
         }
         let mut out = Vec::with_capacity(ops.len());
@@ -131,8 +85,8 @@ impl KeyStore for MemoryStore {
             let key = (op.kind.tag(), op.name.to_owned());
             match op.value {
                 Some(v) => {
-                    m.insert(key, (rev, v.to_vec()));
-                    out.push(Some(Revision(rev)));
+                    m.insert(key, (rev.0, v.to_vec()));
+                    out.push(Some(rev));
                 }
                 None => {
                     m.remove(&key);

@@ -165,13 +165,26 @@ pub(crate) fn storage_key(kind: RecordKind, name: &str) -> Vec<u8> {
     k
 }
 
-/// Checks `cond` against a record's current revision (`None`: absent) and
-/// returns the revision a write would give it.
-pub(crate) fn check_cond(kind: RecordKind, name: &str, cond: Cond, current: Option<u64>) -> Result<u64, Error> {
+/// The revision compare-and-swap decision every backend takes for each
+/// operation of a batch, so that they cannot drift apart: checks `cond`
+/// against the record's current revision (`None`: the record is absent)
+/// and returns the revision the write gives it.
+///
+/// | `cond` | absent | at revision `c` |
+/// |---|---|---|
+/// | [`Cond::Absent`] | 1 | [`Error::Conflict`] |
+/// | [`Cond::At`]`(r)` | [`Error::NotFound`] | `c + 1` if `r == c`, else [`Error::Conflict`] |
+/// | [`Cond::Any`] | 1 | `c + 1` |
+///
+/// A backend reads the current revision and applies the writes inside one
+/// transaction (sled's, etcd's), so nothing changes between the decision
+/// and the write. A deletion takes the same decision and ignores the
+/// returned revision.
+pub fn check_cond(kind: RecordKind, name: &str, cond: Cond, current: Option<Revision>) -> Result<Revision, Error> {
     match (cond, current) {
-        (Cond::Absent, None) | (Cond::Any, None) => Ok(1),
-        (Cond::Any, Some(c)) => Ok(c.saturating_add(1)),
-        (Cond::At(r), Some(c)) if r.0 == c => Ok(c.saturating_add(1)),
+        (Cond::Absent, None) | (Cond::Any, None) => Ok(Revision(1)),
+        (Cond::Any, Some(c)) => Ok(Revision(c.0.saturating_add(1))),
+        (Cond::At(r), Some(c)) if r == c => Ok(Revision(c.0.saturating_add(1))),
         (Cond::At(_), None) => Err(Error::NotFound {
             kind,
             name: name.into(),
@@ -180,5 +193,33 @@ pub(crate) fn check_cond(kind: RecordKind, name: &str, cond: Cond, current: Opti
             kind,
             name: name.into(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole decision table, once, for every backend.
+    #[test]
+    fn check_cond_decides_every_case() {
+        let k = RecordKind::KeyRing;
+        let conflict = |r: Result<Revision, Error>| matches!(r, Err(Error::Conflict { .. }));
+        let not_found = |r: Result<Revision, Error>| matches!(r, Err(Error::NotFound { .. }));
+        assert_eq!(check_cond(k, "a", Cond::Absent, None).unwrap(), Revision(1));
+        assert!(conflict(check_cond(k, "a", Cond::Absent, Some(Revision(3)))));
+        assert!(not_found(check_cond(k, "a", Cond::At(Revision(3)), None)));
+        assert_eq!(
+            check_cond(k, "a", Cond::At(Revision(3)), Some(Revision(3))).unwrap(),
+            Revision(4)
+        );
+        assert!(conflict(check_cond(k, "a", Cond::At(Revision(2)), Some(Revision(3)))));
+        assert!(conflict(check_cond(k, "a", Cond::At(Revision(4)), Some(Revision(3)))));
+        assert_eq!(check_cond(k, "a", Cond::Any, None).unwrap(), Revision(1));
+        assert_eq!(check_cond(k, "a", Cond::Any, Some(Revision(7))).unwrap(), Revision(8));
+        assert_eq!(
+            check_cond(k, "a", Cond::Any, Some(Revision(u64::MAX))).unwrap(),
+            Revision(u64::MAX)
+        );
     }
 }

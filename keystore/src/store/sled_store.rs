@@ -512,14 +512,14 @@ impl KeyStore for SledStore {
                 let before = tx.get(&key)?;
                 let current = match &before {
                     None => None,
-                    Some(raw) => Some(Self::decode(op.kind, op.name, raw).map_err(Cte::Abort)?.revision.0),
+                    Some(raw) => Some(Self::decode(op.kind, op.name, raw).map_err(Cte::Abort)?.revision),
                 };
                 let rev = check_cond(op.kind, op.name, op.cond, current).map_err(Cte::Abort)?;
-                let after = op.value.map(|v| Self::encode(rev, v));
+                let after = op.value.map(|v| Self::encode(rev.0, v));
                 match &after {
                     Some(v) => {
                         tx.insert(key.clone(), v.clone())?;
-                        out.push(Some(Revision(rev)));
+                        out.push(Some(rev));
                     }
                     None => {
                         tx.remove(key.clone())?;
