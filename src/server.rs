@@ -294,7 +294,7 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
         // more than 20 streams reset by the client before they were accepted
         // (rapid reset, CVE-2023-44487) or 1024 streams the server had to
         // reset end the connection with GOAWAY ENHANCE_YOUR_CALM.
-        // tests/transport.rs: rapid_reset_leaves_other_clients_served,
+        // tests/floods.rs: rapid_reset_leaves_other_clients_served,
         // a_continuation_flood_is_cut_off_and_leaves_other_clients_served.
         .http2_max_header_list_size(16 * 1024)
         .http2_max_pending_accept_reset_streams(Some(20))

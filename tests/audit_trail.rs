@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
 
+use common::bank::*;
 use common::*;
 use kmsd::proto;
 use std::path::{Path, PathBuf};
@@ -446,4 +447,139 @@ async fn a_full_disk_refuses_calls_until_the_audit_log_is_writable_again() {
         recs.iter().any(|r| r["op"] == "encrypt" && r["result"] == "OK"),
         "records written before and after the full disk are there"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_detects_tampering_and_admin_calls_fail_closed() {
+    let env = Env::new().await;
+    let marker = b"AUDIT-MARKER-PLAINTEXT-55ab";
+    let mut k = env.keys("admin");
+    k.create_key(proto::CreateKeyRequest {
+        name: "payments.a".into(),
+        algorithm: 0,
+        policy: None,
+    })
+    .await
+    .unwrap();
+    let mut pay = env.crypto("payments");
+    for _ in 0..10 {
+        let ct = pay
+            .encrypt(enc("payments.a", marker, b""))
+            .await
+            .unwrap()
+            .into_inner()
+            .ciphertext;
+        pay.decrypt(dec("payments.a", &ct, b"")).await.unwrap();
+    }
+    let _ = env.crypto("stranger").encrypt(enc("payments.a", marker, b"")).await;
+    k.rotate_key(rotate("payments.a")).await.unwrap(); // durable: everything before it is on disk too
+    let path = env.d.dir.join("audit.log");
+    let head_first = env
+        .admin("auditor")
+        .audit_head(proto::AuditHeadRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.len() >= 23,
+        "one record per request (+ intent records for admin calls): {}",
+        lines.len()
+    );
+    assert!(text.contains("\"op\":\"encrypt\"") && text.contains("\"result\":\"PERMISSION_DENIED\""));
+    assert!(
+        !text.contains(std::str::from_utf8(marker).unwrap())
+            && !env.d.log_text().contains(std::str::from_utf8(marker).unwrap())
+    );
+    let rec: serde_json::Value =
+        serde_json::from_str(lines.iter().find(|l| l.contains("\"op\":\"decrypt\"")).unwrap()).unwrap();
+    for field in [
+        "time",
+        "request_id",
+        "identity",
+        "op",
+        "key",
+        "key_version",
+        "result",
+        "peer",
+        "latency_us",
+        "prev",
+        "mac",
+    ] {
+        assert!(!rec[field].is_null(), "{field} in {rec}");
+    }
+
+    let verify = |content: String| async {
+        env.admin("auditor")
+            .verify_audit(tokio_stream::iter(vec![proto::AuditChunk {
+                data: content.into_bytes(),
+                head: Some(head_first.clone()),
+            }]))
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let join = |v: &[&str]| v.iter().map(|l| format!("{l}\n")).collect::<String>();
+    let ok = verify(join(&lines)).await;
+    assert!(ok.ok && ok.records == lines.len() as u64, "{ok:?}");
+    let mut edited = lines.clone();
+    let e5 = edited[5].replace("\"OK\"", "\"NOT_FOUND\"");
+    edited[5] = &e5;
+    let r = verify(join(&edited)).await;
+    assert!(!r.ok && r.broken_line == 6, "{r:?}");
+    let mut deleted = lines.clone();
+    deleted.remove(7);
+    assert_eq!(verify(join(&deleted)).await.broken_line, 8);
+    let mut inserted = lines.clone();
+    inserted.insert(9, lines[3]);
+    assert_eq!(verify(join(&inserted)).await.broken_line, 10);
+    let mut swapped = lines.clone();
+    swapped.swap(10, 11);
+    assert_eq!(verify(join(&swapped)).await.broken_line, 11);
+    let cut = verify(join(&lines[..lines.len() - 2])).await;
+    assert!(!cut.ok && cut.reason.contains("truncated"), "{cut:?}");
+    // kmsctl audit verify (on the live log) prints OK with a count
+    let file = path.clone();
+    let out = std::process::Command::new(common::kmsctl_bin())
+        .args(["audit", "verify", file.to_str().unwrap()])
+        .env("KMSD_ADDR", format!("unix:{}", env.d.socket.display()))
+        .env("KMSD_CA", env.d.dir.join("ca.pem"))
+        .env("KMSD_CERT", env.d.dir.join("auditor.pem"))
+        .env("KMSD_KEY", env.d.dir.join("auditor.key"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("OK "),
+        "{out:?}"
+    );
+
+    // the audit file becomes unwritable: administrative calls are refused, and not performed
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    let e = k.rotate_key(rotate("payments.a")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("not performed"), "{}", e.message());
+    // (on_failure = "fail": data-path calls are refused too while the log cannot be written)
+    let e = pay.encrypt(enc("payments.a", marker, b"")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    // writable again: the writer recovers on its own
+    std::fs::remove_dir(&path).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let info = loop {
+        match k
+            .get_key(proto::GetKeyRequest {
+                name: "payments.a".into(),
+            })
+            .await
+        {
+            Ok(r) => break r.into_inner(),
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                assert!(std::time::Instant::now() < deadline, "no recovery");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(info.primary_version, 2, "the refused rotation did not happen");
 }

@@ -21,6 +21,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
 
+use common::faults::{create, decrypt, encrypt, get, health, rotate};
 use common::*;
 use kmsd::proto::{self, crypto_client::CryptoClient, keys_client::KeysClient};
 use std::io::{BufRead, BufReader, Read};
@@ -29,7 +30,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::Code;
-use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 /// Says why the test cannot run here; a failure where it must.
 fn skip(why: &str) {
@@ -37,13 +38,6 @@ fn skip(why: &str) {
         panic!("KMSD_REQUIRE_NAMESPACES is set but {why}");
     }
     eprintln!("SKIPPED: {why} (CI runs as root with KMSD_REQUIRE_NAMESPACES=1)");
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// A private mount namespace holding tmpfs mounts, kept alive by a
@@ -205,22 +199,6 @@ fn start(extra: &str) -> Option<Setup> {
     Some(Setup { d, ns, dir })
 }
 
-async fn create(keys: &mut KeysClient<Channel>, name: &str) -> Result<proto::KeyInfo, tonic::Status> {
-    keys.create_key(proto::CreateKeyRequest {
-        name: name.into(),
-        algorithm: 0,
-        policy: None,
-    })
-    .await
-    .map(|r| r.into_inner())
-}
-
-async fn rotate(keys: &mut KeysClient<Channel>, name: &str) -> Result<proto::KeyInfo, tonic::Status> {
-    keys.rotate_key(proto::RotateKeyRequest { name: name.into() })
-        .await
-        .map(|r| r.into_inner())
-}
-
 /// A policy change: a rotation period of `secs`.
 async fn set_period(keys: &mut KeysClient<Channel>, name: &str, secs: u64) -> Result<proto::KeyInfo, tonic::Status> {
     keys.update_key_policy(proto::UpdateKeyPolicyRequest {
@@ -232,43 +210,6 @@ async fn set_period(keys: &mut KeysClient<Channel>, name: &str, secs: u64) -> Re
     })
     .await
     .map(|r| r.into_inner())
-}
-
-async fn get(keys: &mut KeysClient<Channel>, name: &str) -> Result<proto::KeyInfo, tonic::Status> {
-    keys.get_key(proto::GetKeyRequest { name: name.into() })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn encrypt(crypto: &mut CryptoClient<Channel>, key: &str, pt: &[u8]) -> Result<Vec<u8>, tonic::Status> {
-    crypto
-        .encrypt(proto::EncryptRequest {
-            key: key.into(),
-            plaintext: pt.to_vec(),
-            associated_data: vec![],
-        })
-        .await
-        .map(|r| r.into_inner().ciphertext)
-}
-
-async fn decrypt(crypto: &mut CryptoClient<Channel>, key: &str, ct: &[u8]) -> Result<Vec<u8>, tonic::Status> {
-    crypto
-        .decrypt(proto::DecryptRequest {
-            key: key.into(),
-            ciphertext: ct.to_vec(),
-            associated_data: vec![],
-        })
-        .await
-        .map(|r| r.into_inner().plaintext)
-}
-
-async fn health(channel: Channel) -> i32 {
-    HealthClient::new(channel)
-        .check(HealthCheckRequest { service: String::new() })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
 }
 
 fn assert_refused(r: Result<proto::KeyInfo, tonic::Status>, what: &str, says: &str) {

@@ -1,7 +1,7 @@
 //! kmsctl without a daemon: the offline commands, `--output json`, and
 //! one-line errors for missing settings and unreadable certificates.
 //! (The commands against a real daemon are tested in the workspace's
-//! tests/cli.rs, tests/lifecycle.rs, tests/access.rs; this test also makes
+//! tests/cli.rs, tests/lifecycle.rs, tests/audit_trail.rs; this test also makes
 //! `cargo test --workspace` build the kmsctl binary they run.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 use std::io::Write;

@@ -9,7 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
+pub mod bank;
 mod calls;
+pub mod faults;
 // Not every test file makes gRPC calls through these helpers.
 #[allow(unused_imports)]
 pub use calls::*;
@@ -458,4 +460,39 @@ pub fn b32decode(s: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Creates key `key` as the client whose certificate is `NAME.pem`: the
+/// connection error or the gRPC status on failure. The client's own checks
+/// of its certificate are skipped (`connect_with`): the tests that use it
+/// are about what the daemon refuses.
+pub async fn create_as(d: &Daemon, name: &str, key: &str) -> Result<(), String> {
+    let s = d.settings(name, None);
+    let cfg = kmsd::client::tls_config(&s.ca, &s.cert, &s.key).map_err(|e| format!("config: {e}"))?;
+    let ch = kmsd::client::connect_with(&s, cfg)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    kmsd::proto::keys_client::KeysClient::new(ch)
+        .create_key(kmsd::proto::CreateKeyRequest {
+            name: key.into(),
+            algorithm: 0,
+            policy: None,
+        })
+        .await
+        .map(|_| ())
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+}
+
+/// Every key name the daemon holds (as the test client).
+pub async fn key_names(d: &Daemon) -> Vec<String> {
+    let mut keys = kmsd::proto::keys_client::KeysClient::new(d.channel().await);
+    let r = keys
+        .list_keys(kmsd::proto::ListKeysRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.names
 }

@@ -1,0 +1,555 @@
+//! Officers and dual control, against the real daemon over real mTLS:
+//! officer calls need a fresh one-time code (missing, wrong, replayed and
+//! locked-out codes are refused, and the replay and lock-out memory
+//! survives a restart); destructive and weakening calls need a second
+//! officer who holds the right they approve; requests expire; an
+//! officer's second factor reaches only that officer, and replacing
+//! another's needs two.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod common;
+
+use common::bank::*;
+use common::*;
+use kmsd::proto;
+use std::time::Duration;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn officers_need_fresh_codes_and_destructive_calls_need_two_officers() {
+    let mut env = Env::new().await;
+    let mut k = env.keys("admin");
+    k.create_key(proto::CreateKeyRequest {
+        name: "ring".into(),
+        algorithm: 0,
+        policy: None,
+    })
+    .await
+    .unwrap();
+    k.rotate_key(rotate("ring")).await.unwrap();
+    k.rotate_key(rotate("ring")).await.unwrap();
+
+    let mut alice = env.keys("alice");
+    // no code
+    let e = alice.rotate_key(with_otp(rotate("ring"), None)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(
+        e.message().contains("second factor") && e.message().contains("x-kmsd-otp"),
+        "{}",
+        e.message()
+    );
+    // marked for clients (kmsctl asks its officer on this mark)
+    assert!(kmsd::client::Error::from(e).needs_second_factor());
+    // wrong code
+    let e = alice
+        .rotate_key(with_otp(rotate("ring"), Some("000000")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(!kmsd::client::Error::from(e).needs_second_factor());
+    // reading needs no code
+    alice
+        .get_key(proto::GetKeyRequest { name: "ring".into() })
+        .await
+        .unwrap();
+    // a good code works once
+    let code = env.code("alice");
+    let info = alice
+        .rotate_key(with_otp(rotate("ring"), Some(&code)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.primary_version, 4);
+    let e = alice
+        .rotate_key(with_otp(rotate("ring"), Some(&code)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("already used"), "{}", e.message());
+
+    // dual control: alice asks, alice cannot approve, bob approves (a day's
+    // wait, so the state read after the approval is still SCHEDULED however
+    // slow the machine: with 1 s it was DESTROYED under load)
+    let code = env.code("alice");
+    let req = proto::ScheduleVersionDestructionRequest {
+        name: "ring".into(),
+        version: 1,
+        waiting_period_seconds: 86_400,
+    };
+    let e = alice
+        .schedule_version_destruction(with_otp(req, Some(&code)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let id = e
+        .metadata()
+        .get("x-kmsd-approval-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(e.message().contains("version 1 of key \"ring\""), "{}", e.message());
+    let pending = env
+        .admin("bob")
+        .list_approvals(proto::ListApprovalsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .approvals;
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (pending[0].id.as_str(), pending[0].requester.as_str()),
+        (id.as_str(), "spiffe://bank/alice")
+    );
+    // nothing happened yet
+    let info = env
+        .keys("admin")
+        .get_key(proto::GetKeyRequest { name: "ring".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.versions[0].state, proto::VersionState::DecryptOnly as i32);
+    let code = env.code("alice");
+    let e = env
+        .admin("alice")
+        .approve(with_otp(proto::ApproveRequest { id: id.clone() }, Some(&code)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("own request"), "{}", e.message());
+    let e = env
+        .admin("bob")
+        .approve(with_otp(proto::ApproveRequest { id: id.clone() }, None))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::Unauthenticated,
+        "approving needs the approver's own code"
+    );
+    let code = env.code("bob");
+    let r = env
+        .admin("bob")
+        .approve(with_otp(proto::ApproveRequest { id: id.clone() }, Some(&code)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.result.contains("version 1"), "{}", r.result);
+    let info = env
+        .keys("admin")
+        .get_key(proto::GetKeyRequest { name: "ring".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        info.versions[0].state,
+        proto::VersionState::ScheduledForDestruction as i32
+    );
+
+    // an unapproved request expires (approval_ttl = 3 s in this policy)
+    let code = env.code("carol");
+    let req = proto::ScheduleVersionDestructionRequest {
+        name: "ring".into(),
+        version: 2,
+        waiting_period_seconds: 1,
+    };
+    let e = env
+        .keys("carol")
+        .schedule_version_destruction(with_otp(req, Some(&code)))
+        .await
+        .unwrap_err();
+    let id2 = e
+        .metadata()
+        .get("x-kmsd-approval-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let code = env.code("bob");
+    let e = env
+        .admin("bob")
+        .approve(with_otp(proto::ApproveRequest { id: id2 }, Some(&code)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let info = env
+        .keys("admin")
+        .get_key(proto::GetKeyRequest { name: "ring".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.versions[1].state, proto::VersionState::DecryptOnly as i32);
+
+    // lock-out after 3 bad codes: even a good code is refused, and it is audited
+    let mut dave = env.keys("dave");
+    for _ in 0..3 {
+        let _ = dave.rotate_key(with_otp(rotate("ring"), Some("999999"))).await;
+    }
+    let code = env.code("dave");
+    let e = dave
+        .rotate_key(with_otp(rotate("ring"), Some(&code)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("locked out"), "{}", e.message());
+    // (refusals are data-path records: group-committed within a few ms)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let audit = loop {
+        let audit = std::fs::read_to_string(env.d.dir.join("audit.log")).unwrap();
+        if audit.contains("officer locked out") || std::time::Instant::now() > deadline {
+            break audit;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(audit.contains("officer locked out"));
+    // codes never reach the audit trail or the log
+    assert!(!audit.contains(&code) && !env.d.log_text().contains(&code));
+}
+
+fn get_key(name: &str) -> proto::GetKeyRequest {
+    proto::GetKeyRequest { name: name.into() }
+}
+
+fn min_dec(name: &str, v: u32) -> proto::UpdateKeyPolicyRequest {
+    proto::UpdateKeyPolicyRequest {
+        name: name.into(),
+        policy: Some(proto::KeyPolicy {
+            min_decryption_version: Some(v),
+            ..Default::default()
+        }),
+    }
+}
+
+fn approval_id(e: &tonic::Status) -> String {
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    e.metadata()
+        .get("x-kmsd-approval-id")
+        .unwrap_or_else(|| panic!("no approval id: {e:?}"))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Dual control that one insider cannot get around: the approver needs
+/// the right they approve; `min_decryption_version` moves (up whatever the
+/// versions' states, and down) need two officers; an approved policy
+/// change applies only the fields it asked for, on the policy of the day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvers_need_the_right_and_min_decryption_version_is_guarded_both_ways() {
+    let mut env = Env::new().await;
+    let mut admin = env.keys("admin");
+    for name in ["mdv", "payments.k"] {
+        admin
+            .create_key(proto::CreateKeyRequest {
+                name: name.into(),
+                algorithm: 0,
+                policy: None,
+            })
+            .await
+            .unwrap();
+        admin.rotate_key(rotate(name)).await.unwrap();
+        admin.rotate_key(rotate(name)).await.unwrap();
+    }
+    // alice asks to raise the minimum past version 1 (DECRYPT_ONLY)
+    let code = env.code("alice");
+    let e = env
+        .keys("alice")
+        .update_key_policy(with_otp(min_dec("mdv", 2), Some(&code)))
+        .await
+        .unwrap_err();
+    let raise = approval_id(&e);
+    assert!(e.message().contains("min_decryption_version=2"), "{}", e.message());
+    // meanwhile a change that needs no second officer
+    admin
+        .update_key_policy(proto::UpdateKeyPolicyRequest {
+            name: "mdv".into(),
+            policy: Some(proto::KeyPolicy {
+                deletion_allowed: Some(true),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    // (a) erin is an officer for payments.* only: she may neither approve nor reject it
+    let code = env.code("erin");
+    let e = env
+        .admin("erin")
+        .approve(with_otp(proto::ApproveRequest { id: raise.clone() }, Some(&code)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("key.policy"), "{}", e.message());
+    let code = env.code("erin");
+    let e = env
+        .admin("erin")
+        .reject(with_otp(proto::RejectRequest { id: raise.clone() }, Some(&code)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let info = admin.get_key(get_key("mdv")).await.unwrap().into_inner();
+    assert_eq!(info.policy.unwrap().min_decryption_version, Some(0), "not applied");
+    // bob may: (e) only the requested field is applied, the change made meanwhile stays
+    let code = env.code("bob");
+    env.admin("bob")
+        .approve(with_otp(proto::ApproveRequest { id: raise }, Some(&code)))
+        .await
+        .unwrap();
+    let p = admin
+        .get_key(get_key("mdv"))
+        .await
+        .unwrap()
+        .into_inner()
+        .policy
+        .unwrap();
+    assert_eq!(p.min_decryption_version, Some(2));
+    assert_eq!(
+        p.deletion_allowed,
+        Some(true),
+        "an approval must not revert changes made meanwhile"
+    );
+
+    // (d) lowering it again needs a second officer too
+    let code = env.code("alice");
+    let e = env
+        .keys("alice")
+        .update_key_policy(with_otp(min_dec("mdv", 1), Some(&code)))
+        .await
+        .unwrap_err();
+    approval_id(&e);
+    // (d) disable version 2, raise past it, re-enable: the raise is guarded whatever the state
+    let code = env.code("alice");
+    env.keys("alice")
+        .set_version_state(with_otp(
+            proto::SetVersionStateRequest {
+                name: "mdv".into(),
+                version: 2,
+                state: proto::VersionState::Disabled as i32,
+            },
+            Some(&code),
+        ))
+        .await
+        .unwrap();
+    let code = env.code("dave");
+    let e = env
+        .keys("dave")
+        .update_key_policy(with_otp(min_dec("mdv", 3), Some(&code)))
+        .await
+        .unwrap_err();
+    let raise_disabled = approval_id(&e);
+    let p = admin
+        .get_key(get_key("mdv"))
+        .await
+        .unwrap()
+        .into_inner()
+        .policy
+        .unwrap();
+    assert_eq!(p.min_decryption_version, Some(2), "neither change happened alone");
+    let code = env.code("carol");
+    env.admin("carol")
+        .approve(with_otp(proto::ApproveRequest { id: raise_disabled }, Some(&code)))
+        .await
+        .unwrap();
+    let p = admin
+        .get_key(get_key("mdv"))
+        .await
+        .unwrap()
+        .into_inner()
+        .policy
+        .unwrap();
+    assert_eq!(p.min_decryption_version, Some(3));
+
+    // (a) within her remit erin approves
+    let code = env.code("carol");
+    let e = env
+        .keys("carol")
+        .schedule_version_destruction(with_otp(
+            proto::ScheduleVersionDestructionRequest {
+                name: "payments.k".into(),
+                version: 1,
+                waiting_period_seconds: 3600,
+            },
+            Some(&code),
+        ))
+        .await
+        .unwrap_err();
+    let destroy = approval_id(&e);
+    let code = env.code("erin");
+    env.admin("erin")
+        .approve(with_otp(proto::ApproveRequest { id: destroy }, Some(&code)))
+        .await
+        .unwrap();
+    let info = admin.get_key(get_key("payments.k")).await.unwrap().into_inner();
+    assert_eq!(
+        info.versions[0].state,
+        proto::VersionState::ScheduledForDestruction as i32
+    );
+}
+
+/// The officers' replay and lock-out memory is sealed in the store: a code
+/// used before a restart stays used, and a lock-out stays in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_time_code_replay_and_lock_out_survive_a_restart() {
+    let mut env = Env::new().await;
+    env.keys("admin")
+        .create_key(proto::CreateKeyRequest {
+            name: "r".into(),
+            algorithm: 0,
+            policy: None,
+        })
+        .await
+        .unwrap();
+    // the latest code the window allows: still in the window after the
+    // restart (up to a minute), so its refusal can only be replay memory
+    let used = env.latest_code("alice");
+    env.keys("alice")
+        .rotate_key(with_otp(rotate("r"), Some(&used)))
+        .await
+        .unwrap();
+    let mut dave = env.keys("dave");
+    let mut last = None;
+    for _ in 0..3 {
+        last = Some(
+            dave.rotate_key(with_otp(rotate("r"), Some("999999")))
+                .await
+                .unwrap_err(),
+        );
+    }
+    assert!(last.unwrap().message().contains("locked out"));
+    env.restart().await;
+    let e = env
+        .keys("alice")
+        .rotate_key(with_otp(rotate("r"), Some(&used)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("already used"), "{}", e.message());
+    let code = env.code("dave");
+    let e = env
+        .keys("dave")
+        .rotate_key(with_otp(rotate("r"), Some(&code)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("locked out"), "{}", e.message());
+}
+
+/// An officer's second factor reaches only that officer: enrolling another
+/// identity leaves the secret waiting for it to claim with its own
+/// certificate (once), and replacing another officer's enrolment needs a
+/// second officer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_an_officers_second_factor_needs_two_officers_and_reaches_only_them() {
+    let mut env = Env::new().await;
+    // (Env::new enrolled the officers: the enroller got no secret, each
+    // officer claimed its own.) Nothing waits for anyone now.
+    for who in ["stranger", "alice", "admin"] {
+        let e = env
+            .admin(who)
+            .claim_officer_secret(proto::ClaimOfficerSecretRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{who}: {e:?}");
+    }
+    // alice alone cannot replace bob's second factor
+    let code = env.code("alice");
+    let e = env
+        .admin("alice")
+        .enroll_officer(with_otp(
+            proto::EnrollOfficerRequest {
+                identity: "spiffe://bank/bob".into(),
+                replace: true,
+            },
+            Some(&code),
+        ))
+        .await
+        .unwrap_err();
+    let id = approval_id(&e);
+    assert!(e.message().contains("spiffe://bank/bob"), "{}", e.message());
+    // nothing waits for bob yet, and his current secret still works
+    let e = env
+        .admin("bob")
+        .claim_officer_secret(proto::ClaimOfficerSecretRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let code = env.code("bob");
+    let e = env
+        .keys("bob")
+        .rotate_key(with_otp(rotate("nothing-here"), Some(&code)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "bob's current code is accepted: {e:?}");
+    // carol approves: the answer carries no secret; the new one waits for bob
+    let code = env.code("carol");
+    let r = env
+        .admin("carol")
+        .approve(with_otp(proto::ApproveRequest { id }, Some(&code)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.result.contains("claim"), "{}", r.result);
+    // alice (and the approver) cannot take it
+    for who in ["alice", "carol"] {
+        let e = env
+            .admin(who)
+            .claim_officer_secret(proto::ClaimOfficerSecretRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{who}");
+    }
+    let fresh = env
+        .admin("bob")
+        .claim_officer_secret(proto::ClaimOfficerSecretRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(fresh.otpauth_uri.contains("bob") && !fresh.secret_base32.is_empty());
+    assert!(!r.result.contains(&fresh.secret_base32));
+    let e = env
+        .admin("bob")
+        .claim_officer_secret(proto::ClaimOfficerSecretRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "claimed once only");
+    let old = env
+        .secrets
+        .insert("bob".into(), b32decode(&fresh.secret_base32))
+        .unwrap();
+    assert_ne!(old, env.secrets["bob"]);
+    let code = env.code("bob");
+    let e = env
+        .keys("bob")
+        .rotate_key(with_otp(rotate("nothing-here"), Some(&code)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "the new secret is bob's second factor: {e:?}");
+    // an officer re-enrols itself (with its current code) and gets the secret directly
+    let code = env.code("dave");
+    let mine = env
+        .admin("dave")
+        .enroll_officer(with_otp(
+            proto::EnrollOfficerRequest {
+                identity: "spiffe://bank/dave".into(),
+                replace: true,
+            },
+            Some(&code),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!mine.secret_base32.is_empty() && mine.claim_by == 0);
+    // enrolling an identity already enrolled without --replace is refused
+    let code = env.code("alice");
+    let e = env
+        .admin("alice")
+        .enroll_officer(with_otp(
+            proto::EnrollOfficerRequest {
+                identity: "spiffe://bank/carol".into(),
+                replace: false,
+            },
+            Some(&code),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+}
