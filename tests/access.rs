@@ -20,29 +20,13 @@ async fn policy_denies_everything_not_allowed_and_deny_wins() {
     let env = Env::new().await;
     let mut k = env.keys("admin");
     for name in ["payments.pan", "payments.archive-2020", "hr.salaries"] {
-        k.create_key(proto::CreateKeyRequest {
-            name: name.into(),
-            algorithm: 0,
-            policy: None,
-        })
-        .await
-        .unwrap();
+        create(&mut k, name).await;
     }
     let mut pay = env.crypto("payments");
-    let ct = pay
-        .encrypt(enc("payments.pan", b"x", b""))
-        .await
-        .unwrap()
-        .into_inner()
-        .ciphertext;
+    let ct = encrypted(&mut pay, "payments.pan", b"x").await;
     pay.decrypt(dec("payments.pan", &ct, b"")).await.unwrap();
     // deny beats allow
-    let archived = pay
-        .encrypt(enc("payments.archive-2020", b"x", b""))
-        .await
-        .unwrap()
-        .into_inner()
-        .ciphertext;
+    let archived = encrypted(&mut pay, "payments.archive-2020", b"x").await;
     let e = pay
         .decrypt(dec("payments.archive-2020", &archived, b""))
         .await
@@ -68,26 +52,8 @@ async fn policy_denies_everything_not_allowed_and_deny_wins() {
     );
     let key = || "payments.pan".to_string();
     let checks: Vec<(&str, tonic::Status)> = vec![
-        (
-            "encrypt",
-            c.encrypt(proto::EncryptRequest {
-                key: key(),
-                plaintext: vec![],
-                associated_data: vec![],
-            })
-            .await
-            .unwrap_err(),
-        ),
-        (
-            "decrypt",
-            c.decrypt(proto::DecryptRequest {
-                key: key(),
-                ciphertext: ct.clone(),
-                associated_data: vec![],
-            })
-            .await
-            .unwrap_err(),
-        ),
+        ("encrypt", c.encrypt(enc(&key(), b"", b"")).await.unwrap_err()),
+        ("decrypt", c.decrypt(dec(&key(), &ct, b"")).await.unwrap_err()),
         (
             "rewrap",
             c.rewrap(proto::RewrapRequest {
@@ -264,13 +230,7 @@ async fn listing_and_status_reveal_nothing_without_rights() {
     let mut k = env.keys("admin");
     let hidden = ["a.secret", "b.secret", "payments", "pz.secret", "z.secret"];
     for name in hidden.iter().chain(&["payments.a", "payments.b", "payments.c"]) {
-        k.create_key(proto::CreateKeyRequest {
-            name: (*name).into(),
-            algorithm: 0,
-            policy: None,
-        })
-        .await
-        .unwrap();
+        create(&mut k, name).await;
     }
     let list = |page_size: u32, page_token: &str, prefix: &str| proto::ListKeysRequest {
         page_size,
@@ -357,14 +317,7 @@ async fn listing_and_status_reveal_nothing_without_rights() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identities_from_spiffe_san_and_key_hash_and_policy_reload() {
     let env = Env::new().await;
-    env.keys("admin")
-        .create_key(proto::CreateKeyRequest {
-            name: "payments.x".into(),
-            algorithm: 0,
-            policy: None,
-        })
-        .await
-        .unwrap();
+    create(&mut env.keys("admin"), "payments.x").await;
     // the key-hash identity may read, via its sha256: entry
     env.keys("hashed")
         .get_key(proto::GetKeyRequest {

@@ -454,21 +454,10 @@ async fn the_audit_trail_detects_tampering_and_admin_calls_fail_closed() {
     let env = Env::new().await;
     let marker = b"AUDIT-MARKER-PLAINTEXT-55ab";
     let mut k = env.keys("admin");
-    k.create_key(proto::CreateKeyRequest {
-        name: "payments.a".into(),
-        algorithm: 0,
-        policy: None,
-    })
-    .await
-    .unwrap();
+    create(&mut k, "payments.a").await;
     let mut pay = env.crypto("payments");
     for _ in 0..10 {
-        let ct = pay
-            .encrypt(enc("payments.a", marker, b""))
-            .await
-            .unwrap()
-            .into_inner()
-            .ciphertext;
+        let ct = encrypted(&mut pay, "payments.a", marker).await;
         pay.decrypt(dec("payments.a", &ct, b"")).await.unwrap();
     }
     let _ = env.crypto("stranger").encrypt(enc("payments.a", marker, b"")).await;

@@ -23,12 +23,7 @@ async fn one_batch_causes_at_most_max_rotations_per_call_usage_rotations() {
     };
     create_with(&mut keys, "tiny", policy).await;
     let items: Vec<_> = (0..1000).map(|_| enc("tiny", b"m", b"")).collect();
-    let out = crypto
-        .encrypt_batch(proto::EncryptBatchRequest { items })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let out = encrypt_batch(&mut crypto, items).await;
     use proto::encrypt_batch_item::Result as R;
     let ok = out.iter().filter(|i| matches!(i.result, Some(R::Ok(_)))).count();
     let refused: Vec<_> = out
@@ -58,12 +53,7 @@ async fn one_batch_causes_at_most_max_rotations_per_call_usage_rotations() {
     );
     assert!(info.rotations.len() <= 4, "{:?}", info.rotations);
     // the next call has its own budget
-    let v = crypto
-        .encrypt(enc("tiny", b"m", b""))
-        .await
-        .unwrap()
-        .into_inner()
-        .key_version;
+    let v = encrypt_ok(&mut crypto, "tiny", b"m").await.key_version;
     assert!(v > 1);
 }
 
@@ -86,12 +76,7 @@ async fn a_batch_of_unknown_versions_reads_the_store_once_per_key() {
     let (d, metrics) = Daemon::start_with_metrics(dir.path(), "");
     let (mut crypto, mut keys): (CryptoClient<Channel>, Keys) = d.clients().await;
     create(&mut keys, "neg").await;
-    let ct = crypto
-        .encrypt(enc("neg", b"m", b""))
-        .await
-        .unwrap()
-        .into_inner()
-        .ciphertext;
+    let ct = encrypted(&mut crypto, "neg", b"m").await;
     let with_version = |v: u32| {
         let mut c = ct.clone();
         c[2..6].copy_from_slice(&v.to_be_bytes());
@@ -100,12 +85,7 @@ async fn a_batch_of_unknown_versions_reads_the_store_once_per_key() {
     let before = miss_reads(&metrics);
     // 10,000 items, each naming a different version that does not exist
     let items: Vec<_> = (0..10_000u32).map(|i| with_version(7 + i)).collect();
-    let out = crypto
-        .decrypt_batch(proto::DecryptBatchRequest { items })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let out = decrypt_batch(&mut crypto, items).await;
     use proto::decrypt_batch_item::Result as R;
     for i in &out {
         match &i.result {
@@ -120,7 +100,7 @@ async fn a_batch_of_unknown_versions_reads_the_store_once_per_key() {
     keys.rotate_key(proto::RotateKeyRequest { name: "neg".into() })
         .await
         .unwrap();
-    let ct2 = crypto.encrypt(enc("neg", b"two", b"")).await.unwrap().into_inner();
+    let ct2 = encrypt_ok(&mut crypto, "neg", b"two").await;
     assert_eq!(ct2.key_version, 2);
     let back = crypto
         .decrypt(dec("neg", &ct2.ciphertext, b""))
@@ -220,19 +200,19 @@ async fn pending_approvals_are_capped_in_number_and_bytes() {
         .unwrap();
     let alice = KeysClient::new(kmsd::client::connect(&d.settings("alice", None)).await.unwrap());
     let bob = KeysClient::new(kmsd::client::connect(&d.settings("bob", None)).await.unwrap());
-    let destroy = || proto::ScheduleVersionDestructionRequest {
-        name: "ring".into(),
-        version: 1,
-        waiting_period_seconds: 1,
+    // alice asks to destroy version 1 of "ring" with `code`
+    let destroy = |code: String| {
+        let mut alice = alice.clone();
+        let msg = proto::ScheduleVersionDestructionRequest {
+            name: "ring".into(),
+            version: 1,
+            waiting_period_seconds: 1,
+        };
+        async move { alice.schedule_version_destruction(with_otp(msg, &code)).await }
     };
     // two requests are parked
     for _ in 0..2 {
-        let code = codes.get_mut("alice").unwrap().next();
-        let e = alice
-            .clone()
-            .schedule_version_destruction(with_otp(destroy(), &code))
-            .await
-            .unwrap_err();
+        let e = destroy(codes.get_mut("alice").unwrap().next()).await.unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
         assert!(e.metadata().get("x-kmsd-approval-id").is_some());
     }
@@ -259,12 +239,7 @@ async fn pending_approvals_are_capped_in_number_and_bytes() {
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
     // the fourth request finds three pending: refused, nothing parked
-    let code = codes.get_mut("alice").unwrap().next();
-    let e = alice
-        .clone()
-        .schedule_version_destruction(with_otp(destroy(), &code))
-        .await
-        .unwrap_err();
+    let e = destroy(codes.get_mut("alice").unwrap().next()).await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
     assert!(e.message().contains("max_pending_approvals"), "{}", e.message());
     assert!(e.metadata().get("x-kmsd-approval-id").is_none());
@@ -335,14 +310,7 @@ async fn tokens_need_their_version_and_token_keys_do_not_rotate_by_themselves() 
     let info = create_with(&mut keys, "tok.pan", token_key(Default::default())).await;
     assert_eq!(info.policy.unwrap().purpose, Some(KeyPurpose::Tokenize as i32));
     assert_eq!(info.next_rotation_at, 0);
-    let e = keys
-        .update_key_policy(proto::UpdateKeyPolicyRequest {
-            name: "tok.pan".into(),
-            policy: Some(proto::KeyPolicy {
-                max_encryptions_per_version: Some(10),
-                ..Default::default()
-            }),
-        })
+    let e = set_policy(&mut keys, "tok.pan", |p| p.max_encryptions_per_version = Some(10))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
@@ -402,30 +370,19 @@ async fn tokens_need_their_version_and_token_keys_do_not_rotate_by_themselves() 
         .into_inner();
     assert_eq!(back.value, "a@example.com");
     // allow_token_rotation lets a token key rotate by itself
-    let info = keys
-        .update_key_policy(proto::UpdateKeyPolicyRequest {
-            name: "tok.pan".into(),
-            policy: Some(proto::KeyPolicy {
-                rotation_period_seconds: Some(3600),
-                allow_token_rotation: Some(true),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let info = set_policy(&mut keys, "tok.pan", |p| {
+        p.rotation_period_seconds = Some(3600);
+        p.allow_token_rotation = Some(true);
+    })
+    .await
+    .unwrap();
     assert!(info.next_rotation_at > 0);
     // the purpose is fixed at creation
-    let e = keys
-        .update_key_policy(proto::UpdateKeyPolicyRequest {
-            name: "tok.pan".into(),
-            policy: Some(proto::KeyPolicy {
-                purpose: Some(KeyPurpose::EncryptDecrypt as i32),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap_err();
+    let e = set_policy(&mut keys, "tok.pan", |p| {
+        p.purpose = Some(KeyPurpose::EncryptDecrypt as i32)
+    })
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 }
 

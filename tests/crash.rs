@@ -134,12 +134,7 @@ async fn verify_all(crypto: &mut CryptoClient<Channel>, all: &[Acked], when: &st
                 associated_data: a.key.as_bytes().to_vec(),
             })
             .collect();
-        let out = crypto
-            .decrypt_batch(proto::DecryptBatchRequest { items })
-            .await
-            .unwrap()
-            .into_inner()
-            .items;
+        let out = decrypt_batch(crypto, items).await;
         assert_eq!(out.len(), chunk.len());
         for (a, item) in chunk.iter().zip(out) {
             match item.result.unwrap() {

@@ -41,16 +41,8 @@ async fn round_trip_over_unix_socket_and_tcp() {
         .unwrap()
         .into_inner();
     assert_eq!(p.plaintext, b"4111111111111111");
-    let r2 = tcp.encrypt(enc("payments.pan", b"", b"")).await.unwrap().into_inner();
-    assert_eq!(
-        crypto
-            .decrypt(dec("payments.pan", &r2.ciphertext, b""))
-            .await
-            .unwrap()
-            .into_inner()
-            .plaintext,
-        b""
-    );
+    let r2 = encrypt_ok(&mut tcp, "payments.pan", b"").await;
+    assert_eq!(decrypted(&mut crypto, "payments.pan", &r2.ciphertext).await, b"");
 
     // listing, paging, metadata only
     for i in 0..5 {
@@ -116,25 +108,12 @@ async fn restart_keeps_keys_and_old_ciphertexts_decrypt() {
     assert_eq!(info.primary_version, 1);
     // acknowledged creation survives a crash (SIGKILL) too
     create(&mut keys, "after-restart").await;
-    let ct2 = crypto
-        .encrypt(enc("after-restart", b"x", b""))
-        .await
-        .unwrap()
-        .into_inner()
-        .ciphertext;
+    let ct2 = encrypted(&mut crypto, "after-restart", b"x").await;
     d.kill();
     let _ = std::fs::remove_file(&d.socket);
     let mut d = Daemon::start(dir.path());
     let (mut crypto, _) = d.clients().await;
-    assert_eq!(
-        crypto
-            .decrypt(dec("after-restart", &ct2, b""))
-            .await
-            .unwrap()
-            .into_inner()
-            .plaintext,
-        b"x"
-    );
+    assert_eq!(decrypted(&mut crypto, "after-restart", &ct2).await, b"x");
     d.stop();
 }
 
@@ -145,7 +124,7 @@ async fn rotation_keeps_old_ciphertexts_and_new_ones_use_new_version() {
     let d = Daemon::start(dir.path());
     let (mut crypto, mut keys) = d.clients().await;
     create(&mut keys, "r").await;
-    let old = crypto.encrypt(enc("r", b"v1 data", b"")).await.unwrap().into_inner();
+    let old = encrypt_ok(&mut crypto, "r", b"v1 data").await;
     assert_eq!(old.key_version, 1);
     let info = keys
         .rotate_key(proto::RotateKeyRequest { name: "r".into() })
@@ -155,7 +134,7 @@ async fn rotation_keeps_old_ciphertexts_and_new_ones_use_new_version() {
     assert_eq!(info.primary_version, 2);
     assert_eq!(info.versions[0].state, proto::VersionState::DecryptOnly as i32);
     assert_eq!(info.versions[1].state, proto::VersionState::Active as i32);
-    let new = crypto.encrypt(enc("r", b"v2 data", b"")).await.unwrap().into_inner();
+    let new = encrypt_ok(&mut crypto, "r", b"v2 data").await;
     assert_eq!(new.key_version, 2);
     let p = crypto
         .decrypt(dec("r", &old.ciphertext, b""))
@@ -380,12 +359,7 @@ async fn a_corrupt_store_record_is_data_loss_and_other_keys_keep_working() {
         let (mut crypto, mut keys) = d.clients().await;
         create(&mut keys, "victim").await;
         create(&mut keys, "bystander").await;
-        crypto
-            .encrypt(enc("bystander", b"fine", b""))
-            .await
-            .unwrap()
-            .into_inner()
-            .ciphertext
+        encrypted(&mut crypto, "bystander", b"fine").await
     };
     d.stop();
     {
@@ -410,13 +384,5 @@ async fn a_corrupt_store_record_is_data_loss_and_other_keys_keep_working() {
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::DataLoss);
-    assert_eq!(
-        crypto
-            .decrypt(dec("bystander", &good_ct, b""))
-            .await
-            .unwrap()
-            .into_inner()
-            .plaintext,
-        b"fine"
-    );
+    assert_eq!(decrypted(&mut crypto, "bystander", &good_ct).await, b"fine");
 }

@@ -174,9 +174,13 @@ impl Setup {
         self.d.restart_command(cmd);
     }
 
-    /// `kmsd audit-verify` in the namespace (every file of the trail).
-    fn audit_verify(&self) -> Output {
-        self.ns.kmsd(&["audit-verify"], &self.config()).output().unwrap()
+    /// `kmsd audit-verify` in the namespace accepts every file of the trail.
+    fn assert_audit_verifies(&self) {
+        let out = self.ns.kmsd(&["audit-verify"], &self.config()).output().unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("OK "),
+            "{out:?}"
+        );
     }
 }
 
@@ -201,15 +205,7 @@ fn start(extra: &str) -> Option<Setup> {
 
 /// A policy change: a rotation period of `secs`.
 async fn set_period(keys: &mut KeysClient<Channel>, name: &str, secs: u64) -> Result<proto::KeyInfo, tonic::Status> {
-    keys.update_key_policy(proto::UpdateKeyPolicyRequest {
-        name: name.into(),
-        policy: Some(proto::KeyPolicy {
-            rotation_period_seconds: Some(secs),
-            ..Default::default()
-        }),
-    })
-    .await
-    .map(|r| r.into_inner())
+    set_policy(keys, name, |p| p.rotation_period_seconds = Some(secs)).await
 }
 
 fn assert_refused(r: Result<proto::KeyInfo, tonic::Status>, what: &str, says: &str) {
@@ -237,15 +233,60 @@ fn audit_records(s: &Setup) -> Vec<serde_json::Value> {
     audit_lines(&text)
 }
 
-/// Three encryptions under `key` before the disk fills: (key, plaintext,
-/// ciphertext) each, for the checks after the restart.
-async fn encrypt_three(crypto: &mut CryptoClient<Channel>, key: &str) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+/// The clients of `s` and, before the disk fills, key `key` with three
+/// acknowledged encryptions under it (key, plaintext, ciphertext each, for
+/// the checks after the restart); then `full` is filled to the last page
+/// while `other` keeps room.
+async fn encrypt_three_then_fill(
+    s: &Setup,
+    key: &str,
+    full: &Path,
+    other: &Path,
+) -> (
+    Channel,
+    CryptoClient<Channel>,
+    KeysClient<Channel>,
+    Vec<(String, Vec<u8>, Vec<u8>)>,
+) {
+    let channel = s.d.channel().await;
+    let (mut crypto, mut keys) = (CryptoClient::new(channel.clone()), KeysClient::new(channel.clone()));
+    create(&mut keys, key).await.unwrap();
     let mut acked = vec![];
     for i in 0..3 {
         let pt = format!("before {i}").into_bytes();
-        acked.push((key.to_string(), pt.clone(), encrypt(crypto, key, &pt).await.unwrap()));
+        acked.push((
+            key.to_string(),
+            pt.clone(),
+            encrypt(&mut crypto, key, &pt).await.unwrap(),
+        ));
     }
-    acked
+    s.ns.fill(full);
+    let df = s.ns.sh_ok(&format!("df -k '{}'", other.display()));
+    assert!(!df.contains("100%"), "only {} is full: {df}", full.display());
+    (channel, crypto, keys, acked)
+}
+
+/// Encrypts `during 0`, `during 1`, ... under `key` (`pause` apart) until
+/// a call is refused, at most `n` times: the refusal, if any. Each
+/// acknowledged encryption is added to `acked`.
+async fn encrypt_until_refused(
+    crypto: &mut CryptoClient<Channel>,
+    key: &str,
+    n: usize,
+    pause: Duration,
+    acked: &mut Vec<(String, Vec<u8>, Vec<u8>)>,
+) -> Option<tonic::Status> {
+    for i in 0..n {
+        let pt = format!("during {i}").into_bytes();
+        match encrypt(crypto, key, &pt).await {
+            Ok(ct) => acked.push((key.to_string(), pt, ct)),
+            Err(e) => return Some(e),
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,28 +294,11 @@ async fn a_full_audit_directory_refuses_admin_calls_and_recovers_when_space_is_f
     let Some(mut s) = start("") else {
         return;
     };
-    let channel = s.d.channel().await;
-    let (mut crypto, mut keys) = (CryptoClient::new(channel.clone()), KeysClient::new(channel.clone()));
-    create(&mut keys, "aud.a").await.unwrap();
-    let mut acked = encrypt_three(&mut crypto, "aud.a").await;
-    s.ns.fill(&s.audit());
-    let df = s.ns.sh_ok(&format!("df -k '{}'", s.state().display()));
-    assert!(!df.contains("100%"), "only the audit directory is full: {df}");
+    let (channel, mut crypto, mut keys, mut acked) = encrypt_three_then_fill(&s, "aud.a", &s.audit(), &s.state()).await;
     // Data path (README, "Failing safe", on_failure = "fail"): answered
     // until the writer meets the full disk (the last page of the log may
     // take a few records), then every call is refused.
-    let mut refused = None;
-    for i in 0..500 {
-        let pt = format!("during {i}").into_bytes();
-        match encrypt(&mut crypto, "aud.a", &pt).await {
-            Ok(ct) => acked.push(("aud.a".to_string(), pt, ct)),
-            Err(e) => {
-                refused = Some(e);
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let refused = encrypt_until_refused(&mut crypto, "aud.a", 500, Duration::from_millis(5), &mut acked).await;
     let e = refused.expect("calls are refused once the audit log cannot be written");
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(e.message().contains("audit log"), "{}", e.message());
@@ -337,11 +361,7 @@ async fn a_full_audit_directory_refuses_admin_calls_and_recovers_when_space_is_f
     assert_eq!(a.primary_version, 2);
     assert_eq!(a.policy.unwrap().rotation_period_seconds, Some(86_400));
     s.d.stop();
-    let out = s.audit_verify();
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("OK "),
-        "{out:?}"
-    );
+    s.assert_audit_verifies();
     // every acknowledged encryption has its record; no refused change has one
     let recs = audit_records(&s);
     let ok_encrypts = recs
@@ -366,7 +386,7 @@ async fn a_full_audit_directory_refuses_admin_calls_and_recovers_when_space_is_f
         .collect();
     assert_eq!(rotations, ["OK"], "one rotation happened and was recorded");
 }
-/// The key version in an envelope's header (format 1).
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_state_directory_refuses_admin_calls_and_recovers_when_space_is_freed() {
     // Small reservation blocks, so that the data path needs a store write
@@ -374,13 +394,8 @@ async fn a_full_state_directory_refuses_admin_calls_and_recovers_when_space_is_f
     let Some(mut s) = start("[limits]\nusage_reservation_block = 8\n") else {
         return;
     };
-    let channel = s.d.channel().await;
-    let (mut crypto, mut keys) = (CryptoClient::new(channel.clone()), KeysClient::new(channel.clone()));
-    create(&mut keys, "full.a").await.unwrap();
-    let mut acked = encrypt_three(&mut crypto, "full.a").await;
-    s.ns.fill(&s.state());
-    let df = s.ns.sh_ok(&format!("df -k '{}'", s.audit().display()));
-    assert!(!df.contains("100%"), "only the state directory is full: {df}");
+    let (channel, mut crypto, mut keys, mut acked) =
+        encrypt_three_then_fill(&s, "full.a", &s.state(), &s.audit()).await;
     // Administrative calls: refused once the store cannot write (the last
     // page sled's file already has may take a record or two first).
     let mut created = vec![];
@@ -411,17 +426,7 @@ async fn a_full_state_directory_refuses_admin_calls_and_recovers_when_space_is_f
     // decryption is served from memory; encryption goes on within the
     // durable reservation, then is refused rather than counted on credit.
     assert_all_decrypt(&mut crypto, &acked, "full store").await;
-    let mut data_refused = None;
-    for i in 0..40 {
-        let pt = format!("during {i}").into_bytes();
-        match encrypt(&mut crypto, "full.a", &pt).await {
-            Ok(ct) => acked.push(("full.a".to_string(), pt, ct)),
-            Err(e) => {
-                data_refused = Some(e);
-                break;
-            }
-        }
-    }
+    let data_refused = encrypt_until_refused(&mut crypto, "full.a", 40, Duration::ZERO, &mut acked).await;
     let e = data_refused.expect("encryption beyond the durable reservation is refused on a full store");
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert_all_decrypt(&mut crypto, &acked, "full store").await;
@@ -489,11 +494,7 @@ async fn a_full_state_directory_refuses_admin_calls_and_recovers_when_space_is_f
         );
     }
     s.d.stop();
-    let out = s.audit_verify();
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("OK "),
-        "{out:?}"
-    );
+    s.assert_audit_verifies();
     // the refused creation was audited as attempted and refused
     let recs = audit_records(&s);
     let outcome: Vec<_> = recs

@@ -193,14 +193,7 @@ async fn a_one_mebibyte_header_leaves_other_clients_served() {
     Pki::new(dir.path());
     let d = Daemon::start(dir.path());
     let mut other = kmsd::proto::keys_client::KeysClient::new(d.channel().await);
-    other
-        .create_key(kmsd::proto::CreateKeyRequest {
-            name: "k1".into(),
-            algorithm: 0,
-            policy: None,
-        })
-        .await
-        .unwrap();
+    create(&mut other, "k1").await;
     let mut abuser = kmsd::proto::keys_client::KeysClient::new(d.channel().await);
     let mut req = tonic::Request::new(kmsd::proto::CreateKeyRequest {
         name: "by-abuser".into(),
@@ -214,14 +207,7 @@ async fn a_one_mebibyte_header_leaves_other_clients_served() {
         .expect("answered or closed, not hung");
     assert!(r.is_err(), "a 1 MiB header must be refused");
     for name in ["k2", "k3"] {
-        other
-            .create_key(kmsd::proto::CreateKeyRequest {
-                name: name.into(),
-                algorithm: 0,
-                policy: None,
-            })
-            .await
-            .unwrap();
+        create(&mut other, name).await;
     }
     create_as(&d, "client", "k4").await.unwrap();
     assert_eq!(key_names(&d).await, vec!["k1", "k2", "k3", "k4"]);

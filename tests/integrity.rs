@@ -13,13 +13,8 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 async fn round_trip(crypto: &mut CryptoClient<Channel>, key: &str) {
-    let ct = crypto
-        .encrypt(enc(key, b"still fine", b""))
-        .await
-        .unwrap()
-        .into_inner()
-        .ciphertext;
-    let pt = crypto.decrypt(dec(key, &ct, b"")).await.unwrap().into_inner().plaintext;
+    let ct = encrypted(crypto, key, b"still fine").await;
+    let pt = decrypted(crypto, key, &ct).await;
     assert_eq!(pt, b"still fine");
 }
 
@@ -33,12 +28,7 @@ async fn a_ring_record_put_back_or_deleted_on_disk_is_data_loss_for_that_key_onl
     for n in ["victim", "bystander", "deleted"] {
         create(&mut keys, n).await;
     }
-    let ct1 = crypto
-        .encrypt(enc("victim", b"secret", b""))
-        .await
-        .unwrap()
-        .into_inner()
-        .ciphertext;
+    let ct1 = encrypted(&mut crypto, "victim", b"secret").await;
     keys.rotate_key(proto::RotateKeyRequest { name: "victim".into() })
         .await
         .unwrap();

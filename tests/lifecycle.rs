@@ -21,7 +21,7 @@ async fn scheduled_rotation_happens_on_time_in_the_real_daemon() {
     };
     let info = create_with(&mut keys, "sched", policy).await;
     assert_eq!(info.next_rotation_at, info.created_at + 2);
-    let old = crypto.encrypt(enc("sched", b"before", b"")).await.unwrap().into_inner();
+    let old = encrypt_ok(&mut crypto, "sched", b"before").await;
     let deadline = Instant::now() + Duration::from_secs(15);
     let info = loop {
         let info = get(&mut keys, "sched").await;
@@ -52,12 +52,7 @@ async fn scheduled_rotation_happens_on_time_in_the_real_daemon() {
     // be a moment apart, so allow the cache that moment (never more).
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let v = crypto
-            .encrypt(enc("sched", b"x", b""))
-            .await
-            .unwrap()
-            .into_inner()
-            .key_version;
+        let v = encrypt_ok(&mut crypto, "sched", b"x").await.key_version;
         if v >= 2 {
             break;
         }
@@ -85,20 +80,10 @@ async fn usage_limit_of_100_rotates_after_the_100th_encryption() {
     };
     create_with(&mut keys, "limited", policy).await;
     for i in 1..=100 {
-        let v = crypto
-            .encrypt(enc("limited", b"m", b""))
-            .await
-            .unwrap()
-            .into_inner()
-            .key_version;
+        let v = encrypt_ok(&mut crypto, "limited", b"m").await.key_version;
         assert_eq!(v, 1, "encryption {i}");
     }
-    let v = crypto
-        .encrypt(enc("limited", b"m", b""))
-        .await
-        .unwrap()
-        .into_inner()
-        .key_version;
+    let v = encrypt_ok(&mut crypto, "limited", b"m").await.key_version;
     assert_eq!(v, 2);
     let info = get(&mut keys, "limited").await;
     assert_eq!(info.versions[0].encryptions, 100);
@@ -112,21 +97,11 @@ async fn version_states_answer_as_specified_and_destruction_really_destroys() {
     let mut d = Daemon::start(dir.path());
     let (mut crypto, mut keys) = d.clients().await;
     create(&mut keys, "st").await;
-    let ct1 = crypto
-        .encrypt(enc("st", b"one", b""))
-        .await
-        .unwrap()
-        .into_inner()
-        .ciphertext;
+    let ct1 = encrypted(&mut crypto, "st", b"one").await;
     keys.rotate_key(proto::RotateKeyRequest { name: "st".into() })
         .await
         .unwrap();
-    let ct2 = crypto
-        .encrypt(enc("st", b"two", b""))
-        .await
-        .unwrap()
-        .into_inner()
-        .ciphertext;
+    let ct2 = encrypted(&mut crypto, "st", b"two").await;
 
     // the primary cannot be disabled or destroyed
     let set = |v: u32, s: proto::VersionState| proto::SetVersionStateRequest {
@@ -149,40 +124,20 @@ async fn version_states_answer_as_specified_and_destruction_really_destroys() {
     keys.set_version_state(set(1, proto::VersionState::DecryptOnly))
         .await
         .unwrap();
-    assert_eq!(
-        crypto
-            .decrypt(dec("st", &ct1, b""))
-            .await
-            .unwrap()
-            .into_inner()
-            .plaintext,
-        b"one"
-    );
+    assert_eq!(decrypted(&mut crypto, "st", &ct1).await, b"one");
     // usage is visible for "safe to retire" decisions
     let info = get(&mut keys, "st").await;
     assert!(info.versions[0].decryptions >= 1 && info.versions[0].last_used_at > 0);
     // below the minimum decryption version
-    keys.update_key_policy(proto::UpdateKeyPolicyRequest {
-        name: "st".into(),
-        policy: Some(proto::KeyPolicy {
-            min_decryption_version: Some(2),
-            ..Default::default()
-        }),
-    })
-    .await
-    .unwrap();
+    set_policy(&mut keys, "st", |p| p.min_decryption_version = Some(2))
+        .await
+        .unwrap();
     let e = crypto.decrypt(dec("st", &ct1, b"")).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("below the minimum"), "{}", e.message());
-    keys.update_key_policy(proto::UpdateKeyPolicyRequest {
-        name: "st".into(),
-        policy: Some(proto::KeyPolicy {
-            min_decryption_version: Some(0),
-            ..Default::default()
-        }),
-    })
-    .await
-    .unwrap();
+    set_policy(&mut keys, "st", |p| p.min_decryption_version = Some(0))
+        .await
+        .unwrap();
 
     // a waiting period shorter than the minimum is refused... in dev mode 1 s is allowed
     let sched = |wait: u64| proto::ScheduleVersionDestructionRequest {
@@ -216,14 +171,7 @@ async fn version_states_answer_as_specified_and_destruction_really_destroys() {
     // capture the material as stored, to scan for it after destruction
     d.stop();
     let material = {
-        let store: std::sync::Arc<dyn kmsd_keystore::KeyStore> =
-            std::sync::Arc::new(kmsd_keystore::SledStore::open(&dir.path().join("store")).unwrap());
-        let mk = kmsd_keystore::MasterKey::load(&dir.path().join("master-key")).unwrap();
-        let rings = kmsd_keystore::RingStore::open(store, kmsd_keystore::Sealer::new(mk)).unwrap();
-        let ring = rings
-            .get(&kmsd_keystore::KeyName::parse("st").unwrap())
-            .unwrap()
-            .unwrap();
+        let ring = stored_ring(dir.path(), "st");
         *ring.versions[0].material.as_ref().unwrap().expose_secret()
     };
     d.restart_after_stop();
@@ -240,25 +188,10 @@ async fn version_states_answer_as_specified_and_destruction_really_destroys() {
     }
     let e = crypto.decrypt(dec("st", &ct1, b"")).await.unwrap_err();
     assert!(e.message().contains("version 1 is DESTROYED"), "{}", e.message());
-    assert_eq!(
-        crypto
-            .decrypt(dec("st", &ct2, b""))
-            .await
-            .unwrap()
-            .into_inner()
-            .plaintext,
-        b"two"
-    );
+    assert_eq!(decrypted(&mut crypto, "st", &ct2).await, b"two");
     d.stop();
     {
-        let store: std::sync::Arc<dyn kmsd_keystore::KeyStore> =
-            std::sync::Arc::new(kmsd_keystore::SledStore::open(&dir.path().join("store")).unwrap());
-        let mk = kmsd_keystore::MasterKey::load(&dir.path().join("master-key")).unwrap();
-        let rings = kmsd_keystore::RingStore::open(store, kmsd_keystore::Sealer::new(mk)).unwrap();
-        let ring = rings
-            .get(&kmsd_keystore::KeyName::parse("st").unwrap())
-            .unwrap()
-            .unwrap();
+        let ring = stored_ring(dir.path(), "st");
         assert!(
             ring.versions[0].material.is_none(),
             "destroyed material removed from the record"
@@ -297,15 +230,12 @@ async fn rewrap_batches_and_data_keys() {
     keys.rotate_key(proto::RotateKeyRequest { name: "w".into() })
         .await
         .unwrap();
-    let r = crypto
-        .rewrap(proto::RewrapRequest {
-            key: "w".into(),
-            ciphertext: old.ciphertext.clone(),
-            associated_data: b"ctx".to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let rewrap = |aad: &[u8]| proto::RewrapRequest {
+        key: "w".into(),
+        ciphertext: old.ciphertext.clone(),
+        associated_data: aad.to_vec(),
+    };
+    let r = crypto.rewrap(rewrap(b"ctx")).await.unwrap().into_inner();
     assert_eq!((r.source_key_version, r.key_version), (1, 2));
     assert!(!contains(&r.ciphertext, b"secret"));
     assert_eq!(
@@ -317,14 +247,7 @@ async fn rewrap_batches_and_data_keys() {
             .plaintext,
         b"secret"
     );
-    let e = crypto
-        .rewrap(proto::RewrapRequest {
-            key: "w".into(),
-            ciphertext: old.ciphertext.clone(),
-            associated_data: b"bad".to_vec(),
-        })
-        .await
-        .unwrap_err();
+    let e = crypto.rewrap(rewrap(b"bad")).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 
     // batches: one bad item never fails the batch
@@ -334,12 +257,7 @@ async fn rewrap_batches_and_data_keys() {
         enc("bad/name", b"c", b""),
         enc("w", b"d", b"x"),
     ];
-    let out = crypto
-        .encrypt_batch(proto::EncryptBatchRequest { items })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let out = encrypt_batch(&mut crypto, items).await;
     use proto::encrypt_batch_item::Result as E;
     let cts: Vec<_> = out
         .iter()
@@ -357,12 +275,7 @@ async fn rewrap_batches_and_data_keys() {
         dec("w", &[1, 2, 3], b""),
         dec("w", cts[3].as_ref().unwrap(), b"x"),
     ];
-    let out = crypto
-        .decrypt_batch(proto::DecryptBatchRequest { items: ditems })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let out = decrypt_batch(&mut crypto, ditems).await;
     use proto::decrypt_batch_item::Result as D;
     match (&out[0].result, &out[1].result, &out[2].result, &out[3].result) {
         (Some(D::Ok(a)), Some(D::Error(b)), Some(D::Error(c)), Some(D::Ok(d))) => {
@@ -404,12 +317,13 @@ async fn rewrap_batches_and_data_keys() {
     assert!(e.message().contains("limit of 50"), "{}", e.message());
 
     // data keys unwrap with Decrypt
+    let data_key = |bits: u32, aad: &[u8]| proto::GenerateDataKeyRequest {
+        key: "w".into(),
+        bits,
+        associated_data: aad.to_vec(),
+    };
     let dk = crypto
-        .generate_data_key(proto::GenerateDataKeyRequest {
-            key: "w".into(),
-            bits: 256,
-            associated_data: b"file-1".to_vec(),
-        })
+        .generate_data_key(data_key(256, b"file-1"))
         .await
         .unwrap()
         .into_inner();
@@ -422,33 +336,13 @@ async fn rewrap_batches_and_data_keys() {
         .plaintext;
     assert_eq!(unwrapped, dk.plaintext);
     let wrapped_only = crypto
-        .generate_data_key_without_plaintext(proto::GenerateDataKeyRequest {
-            key: "w".into(),
-            bits: 128,
-            associated_data: vec![],
-        })
+        .generate_data_key_without_plaintext(data_key(128, b""))
         .await
         .unwrap()
         .into_inner();
     assert!(wrapped_only.plaintext.is_empty());
-    assert_eq!(
-        crypto
-            .decrypt(dec("w", &wrapped_only.ciphertext, b""))
-            .await
-            .unwrap()
-            .into_inner()
-            .plaintext
-            .len(),
-        16
-    );
-    let e = crypto
-        .generate_data_key(proto::GenerateDataKeyRequest {
-            key: "w".into(),
-            bits: 100,
-            associated_data: vec![],
-        })
-        .await
-        .unwrap_err();
+    assert_eq!(decrypted(&mut crypto, "w", &wrapped_only.ciphertext).await.len(), 16);
+    let e = crypto.generate_data_key(data_key(100, b"")).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 }
 
@@ -458,31 +352,13 @@ async fn fill(crypto: &mut Crypto, keys: &mut Keys, n: usize) -> Vec<(String, Ve
         let name = format!("bk-{i}");
         create(keys, &name).await;
         let pt = format!("plaintext {i}").into_bytes();
-        out.push((
-            name.clone(),
-            pt.clone(),
-            crypto
-                .encrypt(enc(&name, &pt, b""))
-                .await
-                .unwrap()
-                .into_inner()
-                .ciphertext,
-        ));
+        out.push((name.clone(), pt.clone(), encrypted(crypto, &name, &pt).await));
         if i % 3 == 0 {
             keys.rotate_key(proto::RotateKeyRequest { name: name.clone() })
                 .await
                 .unwrap();
             let pt2 = format!("after rotation {i}").into_bytes();
-            out.push((
-                name.clone(),
-                pt2.clone(),
-                crypto
-                    .encrypt(enc(&name, &pt2, b""))
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .ciphertext,
-            ));
+            out.push((name.clone(), pt2.clone(), encrypted(crypto, &name, &pt2).await));
         }
     }
     out
@@ -526,11 +402,7 @@ async fn backup_then_restore_into_a_fresh_store_decrypts_everything() {
     let r = k2.restore(tokio_stream::iter(chunks)).await.unwrap().into_inner();
     assert_eq!(r.keys, 12);
     for (name, pt, ct) in &cts {
-        assert_eq!(
-            &c2.decrypt(dec(name, ct, b"")).await.unwrap().into_inner().plaintext,
-            pt,
-            "{name}"
-        );
+        assert_eq!(&decrypted(&mut c2, name, ct).await, pt, "{name}");
     }
     assert_eq!(get(&mut k2, "bk-0").await.primary_version, 2);
     // restoring over keys is refused
@@ -573,10 +445,7 @@ async fn backup_then_restore_into_a_fresh_store_decrypts_everything() {
     let d3 = Daemon::start(off.path());
     let (mut c3, _) = d3.clients().await;
     for (name, pt, ct) in &cts {
-        assert_eq!(
-            &c3.decrypt(dec(name, ct, b"")).await.unwrap().into_inner().plaintext,
-            pt
-        );
+        assert_eq!(&decrypted(&mut c3, name, ct).await, pt);
     }
 }
 
@@ -613,10 +482,7 @@ async fn rekey_reseals_everything_under_a_new_master_key() {
     d.restart_after_stop();
     let (mut crypto, _) = d.clients().await;
     for (name, pt, ct) in &cts {
-        assert_eq!(
-            &crypto.decrypt(dec(name, ct, b"")).await.unwrap().into_inner().plaintext,
-            pt
-        );
+        assert_eq!(&decrypted(&mut crypto, name, ct).await, pt);
     }
     d.stop();
     std::fs::copy(dir.path().join("master-key.old"), dir.path().join("master-key")).unwrap();
@@ -626,4 +492,17 @@ async fn rekey_reseals_everything_under_a_new_master_key() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not open this store"));
+}
+
+/// Key ring `name` as the store in `dir` holds it (the daemon stopped),
+/// opened with the configured master key.
+fn stored_ring(dir: &std::path::Path, name: &str) -> kmsd_keystore::KeyRing {
+    let store: std::sync::Arc<dyn kmsd_keystore::KeyStore> =
+        std::sync::Arc::new(kmsd_keystore::SledStore::open(&dir.join("store")).unwrap());
+    let mk = kmsd_keystore::MasterKey::load(&dir.join("master-key")).unwrap();
+    let rings = kmsd_keystore::RingStore::open(store, kmsd_keystore::Sealer::new(mk)).unwrap();
+    rings
+        .get(&kmsd_keystore::KeyName::parse(name).unwrap())
+        .unwrap()
+        .unwrap()
 }

@@ -144,13 +144,7 @@ async fn tokenization_is_deterministic_reversible_and_versioned() {
     let d = Daemon::start(dir.path());
     let ch = d.channel().await;
     let (mut m, mut keys) = (MaskClient::new(ch.clone()), KeysClient::new(ch));
-    keys.create_key(proto::CreateKeyRequest {
-        name: "tok".into(),
-        algorithm: 0,
-        policy: None,
-    })
-    .await
-    .unwrap();
+    create(&mut keys, "tok").await;
     let tok = |value: &str, kind: DataKind| proto::TokenizeRequest {
         key: "tok".into(),
         value: value.into(),

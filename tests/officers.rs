@@ -18,13 +18,7 @@ use tonic::Code;
 async fn officers_need_fresh_codes_and_destructive_calls_need_two_officers() {
     let mut env = Env::new().await;
     let mut k = env.keys("admin");
-    k.create_key(proto::CreateKeyRequest {
-        name: "ring".into(),
-        algorithm: 0,
-        policy: None,
-    })
-    .await
-    .unwrap();
+    create(&mut k, "ring").await;
     k.rotate_key(rotate("ring")).await.unwrap();
     k.rotate_key(rotate("ring")).await.unwrap();
 
@@ -69,24 +63,8 @@ async fn officers_need_fresh_codes_and_destructive_calls_need_two_officers() {
     // dual control: alice asks, alice cannot approve, bob approves (a day's
     // wait, so the state read after the approval is still SCHEDULED however
     // slow the machine: with 1 s it was DESTROYED under load)
-    let code = env.code("alice");
-    let req = proto::ScheduleVersionDestructionRequest {
-        name: "ring".into(),
-        version: 1,
-        waiting_period_seconds: 86_400,
-    };
-    let e = alice
-        .schedule_version_destruction(with_otp(req, Some(&code)))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition);
-    let id = e
-        .metadata()
-        .get("x-kmsd-approval-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let e = env.destroy_as("alice", "ring", 1, 86_400).await.unwrap_err();
+    let id = approval_id(&e);
     assert!(e.message().contains("version 1 of key \"ring\""), "{}", e.message());
     let pending = env
         .admin("bob")
@@ -101,19 +79,9 @@ async fn officers_need_fresh_codes_and_destructive_calls_need_two_officers() {
         (id.as_str(), "spiffe://bank/alice")
     );
     // nothing happened yet
-    let info = env
-        .keys("admin")
-        .get_key(proto::GetKeyRequest { name: "ring".into() })
-        .await
-        .unwrap()
-        .into_inner();
+    let info = get(&mut env.keys("admin"), "ring").await;
     assert_eq!(info.versions[0].state, proto::VersionState::DecryptOnly as i32);
-    let code = env.code("alice");
-    let e = env
-        .admin("alice")
-        .approve(with_otp(proto::ApproveRequest { id: id.clone() }, Some(&code)))
-        .await
-        .unwrap_err();
+    let e = env.approve("alice", &id).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(e.message().contains("own request"), "{}", e.message());
     let e = env
@@ -126,58 +94,21 @@ async fn officers_need_fresh_codes_and_destructive_calls_need_two_officers() {
         Code::Unauthenticated,
         "approving needs the approver's own code"
     );
-    let code = env.code("bob");
-    let r = env
-        .admin("bob")
-        .approve(with_otp(proto::ApproveRequest { id: id.clone() }, Some(&code)))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = env.approve("bob", &id).await.unwrap();
     assert!(r.result.contains("version 1"), "{}", r.result);
-    let info = env
-        .keys("admin")
-        .get_key(proto::GetKeyRequest { name: "ring".into() })
-        .await
-        .unwrap()
-        .into_inner();
+    let info = get(&mut env.keys("admin"), "ring").await;
     assert_eq!(
         info.versions[0].state,
         proto::VersionState::ScheduledForDestruction as i32
     );
 
     // an unapproved request expires (approval_ttl = 3 s in this policy)
-    let code = env.code("carol");
-    let req = proto::ScheduleVersionDestructionRequest {
-        name: "ring".into(),
-        version: 2,
-        waiting_period_seconds: 1,
-    };
-    let e = env
-        .keys("carol")
-        .schedule_version_destruction(with_otp(req, Some(&code)))
-        .await
-        .unwrap_err();
-    let id2 = e
-        .metadata()
-        .get("x-kmsd-approval-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let e = env.destroy_as("carol", "ring", 2, 1).await.unwrap_err();
+    let id2 = approval_id(&e);
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    let code = env.code("bob");
-    let e = env
-        .admin("bob")
-        .approve(with_otp(proto::ApproveRequest { id: id2 }, Some(&code)))
-        .await
-        .unwrap_err();
+    let e = env.approve("bob", &id2).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    let info = env
-        .keys("admin")
-        .get_key(proto::GetKeyRequest { name: "ring".into() })
-        .await
-        .unwrap()
-        .into_inner();
+    let info = get(&mut env.keys("admin"), "ring").await;
     assert_eq!(info.versions[1].state, proto::VersionState::DecryptOnly as i32);
 
     // lock-out after 3 bad codes: even a good code is refused, and it is audited
@@ -206,18 +137,8 @@ async fn officers_need_fresh_codes_and_destructive_calls_need_two_officers() {
     assert!(!audit.contains(&code) && !env.d.log_text().contains(&code));
 }
 
-fn get_key(name: &str) -> proto::GetKeyRequest {
-    proto::GetKeyRequest { name: name.into() }
-}
-
 fn min_dec(name: &str, v: u32) -> proto::UpdateKeyPolicyRequest {
-    proto::UpdateKeyPolicyRequest {
-        name: name.into(),
-        policy: Some(proto::KeyPolicy {
-            min_decryption_version: Some(v),
-            ..Default::default()
-        }),
-    }
+    policy_change(name, |p| p.min_decryption_version = Some(v))
 }
 
 fn approval_id(e: &tonic::Status) -> String {
@@ -239,14 +160,7 @@ async fn approvers_need_the_right_and_min_decryption_version_is_guarded_both_way
     let mut env = Env::new().await;
     let mut admin = env.keys("admin");
     for name in ["mdv", "payments.k"] {
-        admin
-            .create_key(proto::CreateKeyRequest {
-                name: name.into(),
-                algorithm: 0,
-                policy: None,
-            })
-            .await
-            .unwrap();
+        create(&mut admin, name).await;
         admin.rotate_key(rotate(name)).await.unwrap();
         admin.rotate_key(rotate(name)).await.unwrap();
     }
@@ -260,23 +174,11 @@ async fn approvers_need_the_right_and_min_decryption_version_is_guarded_both_way
     let raise = approval_id(&e);
     assert!(e.message().contains("min_decryption_version=2"), "{}", e.message());
     // meanwhile a change that needs no second officer
-    admin
-        .update_key_policy(proto::UpdateKeyPolicyRequest {
-            name: "mdv".into(),
-            policy: Some(proto::KeyPolicy {
-                deletion_allowed: Some(true),
-                ..Default::default()
-            }),
-        })
+    set_policy(&mut admin, "mdv", |p| p.deletion_allowed = Some(true))
         .await
         .unwrap();
     // (a) erin is an officer for payments.* only: she may neither approve nor reject it
-    let code = env.code("erin");
-    let e = env
-        .admin("erin")
-        .approve(with_otp(proto::ApproveRequest { id: raise.clone() }, Some(&code)))
-        .await
-        .unwrap_err();
+    let e = env.approve("erin", &raise).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("key.policy"), "{}", e.message());
     let code = env.code("erin");
@@ -286,21 +188,11 @@ async fn approvers_need_the_right_and_min_decryption_version_is_guarded_both_way
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
-    let info = admin.get_key(get_key("mdv")).await.unwrap().into_inner();
+    let info = get(&mut admin, "mdv").await;
     assert_eq!(info.policy.unwrap().min_decryption_version, Some(0), "not applied");
     // bob may: (e) only the requested field is applied, the change made meanwhile stays
-    let code = env.code("bob");
-    env.admin("bob")
-        .approve(with_otp(proto::ApproveRequest { id: raise }, Some(&code)))
-        .await
-        .unwrap();
-    let p = admin
-        .get_key(get_key("mdv"))
-        .await
-        .unwrap()
-        .into_inner()
-        .policy
-        .unwrap();
+    env.approve("bob", &raise).await.unwrap();
+    let p = get(&mut admin, "mdv").await.policy.unwrap();
     assert_eq!(p.min_decryption_version, Some(2));
     assert_eq!(
         p.deletion_allowed,
@@ -336,49 +228,17 @@ async fn approvers_need_the_right_and_min_decryption_version_is_guarded_both_way
         .await
         .unwrap_err();
     let raise_disabled = approval_id(&e);
-    let p = admin
-        .get_key(get_key("mdv"))
-        .await
-        .unwrap()
-        .into_inner()
-        .policy
-        .unwrap();
+    let p = get(&mut admin, "mdv").await.policy.unwrap();
     assert_eq!(p.min_decryption_version, Some(2), "neither change happened alone");
-    let code = env.code("carol");
-    env.admin("carol")
-        .approve(with_otp(proto::ApproveRequest { id: raise_disabled }, Some(&code)))
-        .await
-        .unwrap();
-    let p = admin
-        .get_key(get_key("mdv"))
-        .await
-        .unwrap()
-        .into_inner()
-        .policy
-        .unwrap();
+    env.approve("carol", &raise_disabled).await.unwrap();
+    let p = get(&mut admin, "mdv").await.policy.unwrap();
     assert_eq!(p.min_decryption_version, Some(3));
 
     // (a) within her remit erin approves
-    let code = env.code("carol");
-    let e = env
-        .keys("carol")
-        .schedule_version_destruction(with_otp(
-            proto::ScheduleVersionDestructionRequest {
-                name: "payments.k".into(),
-                version: 1,
-                waiting_period_seconds: 3600,
-            },
-            Some(&code),
-        ))
-        .await
-        .unwrap_err();
+    let e = env.destroy_as("carol", "payments.k", 1, 3600).await.unwrap_err();
     let destroy = approval_id(&e);
-    let code = env.code("erin");
-    env.admin("erin")
-        .approve(with_otp(proto::ApproveRequest { id: destroy }, Some(&code)))
-        .await
-        .unwrap();
-    let info = admin.get_key(get_key("payments.k")).await.unwrap().into_inner();
+    env.approve("erin", &destroy).await.unwrap();
+    let info = get(&mut admin, "payments.k").await;
     assert_eq!(
         info.versions[0].state,
         proto::VersionState::ScheduledForDestruction as i32
@@ -390,14 +250,7 @@ async fn approvers_need_the_right_and_min_decryption_version_is_guarded_both_way
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_time_code_replay_and_lock_out_survive_a_restart() {
     let mut env = Env::new().await;
-    env.keys("admin")
-        .create_key(proto::CreateKeyRequest {
-            name: "r".into(),
-            algorithm: 0,
-            policy: None,
-        })
-        .await
-        .unwrap();
+    create(&mut env.keys("admin"), "r").await;
     // the latest code the window allows: still in the window after the
     // restart (up to a minute), so its refusal can only be replay memory
     let used = env.latest_code("alice");
@@ -423,12 +276,7 @@ async fn one_time_code_replay_and_lock_out_survive_a_restart() {
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     assert!(e.message().contains("already used"), "{}", e.message());
-    let code = env.code("dave");
-    let e = env
-        .keys("dave")
-        .rotate_key(with_otp(rotate("r"), Some(&code)))
-        .await
-        .unwrap_err();
+    let e = env.rotate_as("dave", "r").await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     assert!(e.message().contains("locked out"), "{}", e.message());
 }
@@ -443,113 +291,42 @@ async fn replacing_an_officers_second_factor_needs_two_officers_and_reaches_only
     // (Env::new enrolled the officers: the enroller got no secret, each
     // officer claimed its own.) Nothing waits for anyone now.
     for who in ["stranger", "alice", "admin"] {
-        let e = env
-            .admin(who)
-            .claim_officer_secret(proto::ClaimOfficerSecretRequest {})
-            .await
-            .unwrap_err();
+        let e = env.claim(who).await.unwrap_err();
         assert_eq!(e.code(), Code::NotFound, "{who}: {e:?}");
     }
     // alice alone cannot replace bob's second factor
-    let code = env.code("alice");
-    let e = env
-        .admin("alice")
-        .enroll_officer(with_otp(
-            proto::EnrollOfficerRequest {
-                identity: "spiffe://bank/bob".into(),
-                replace: true,
-            },
-            Some(&code),
-        ))
-        .await
-        .unwrap_err();
+    let e = env.enroll("alice", "bob", true).await.unwrap_err();
     let id = approval_id(&e);
     assert!(e.message().contains("spiffe://bank/bob"), "{}", e.message());
     // nothing waits for bob yet, and his current secret still works
-    let e = env
-        .admin("bob")
-        .claim_officer_secret(proto::ClaimOfficerSecretRequest {})
-        .await
-        .unwrap_err();
+    let e = env.claim("bob").await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    let code = env.code("bob");
-    let e = env
-        .keys("bob")
-        .rotate_key(with_otp(rotate("nothing-here"), Some(&code)))
-        .await
-        .unwrap_err();
+    let e = env.rotate_as("bob", "nothing-here").await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "bob's current code is accepted: {e:?}");
     // carol approves: the answer carries no secret; the new one waits for bob
-    let code = env.code("carol");
-    let r = env
-        .admin("carol")
-        .approve(with_otp(proto::ApproveRequest { id }, Some(&code)))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = env.approve("carol", &id).await.unwrap();
     assert!(r.result.contains("claim"), "{}", r.result);
     // alice (and the approver) cannot take it
     for who in ["alice", "carol"] {
-        let e = env
-            .admin(who)
-            .claim_officer_secret(proto::ClaimOfficerSecretRequest {})
-            .await
-            .unwrap_err();
+        let e = env.claim(who).await.unwrap_err();
         assert_eq!(e.code(), Code::NotFound, "{who}");
     }
-    let fresh = env
-        .admin("bob")
-        .claim_officer_secret(proto::ClaimOfficerSecretRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let fresh = env.claim("bob").await.unwrap();
     assert!(fresh.otpauth_uri.contains("bob") && !fresh.secret_base32.is_empty());
     assert!(!r.result.contains(&fresh.secret_base32));
-    let e = env
-        .admin("bob")
-        .claim_officer_secret(proto::ClaimOfficerSecretRequest {})
-        .await
-        .unwrap_err();
+    let e = env.claim("bob").await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "claimed once only");
     let old = env
         .secrets
         .insert("bob".into(), b32decode(&fresh.secret_base32))
         .unwrap();
     assert_ne!(old, env.secrets["bob"]);
-    let code = env.code("bob");
-    let e = env
-        .keys("bob")
-        .rotate_key(with_otp(rotate("nothing-here"), Some(&code)))
-        .await
-        .unwrap_err();
+    let e = env.rotate_as("bob", "nothing-here").await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "the new secret is bob's second factor: {e:?}");
     // an officer re-enrols itself (with its current code) and gets the secret directly
-    let code = env.code("dave");
-    let mine = env
-        .admin("dave")
-        .enroll_officer(with_otp(
-            proto::EnrollOfficerRequest {
-                identity: "spiffe://bank/dave".into(),
-                replace: true,
-            },
-            Some(&code),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let mine = env.enroll("dave", "dave", true).await.unwrap();
     assert!(!mine.secret_base32.is_empty() && mine.claim_by == 0);
     // enrolling an identity already enrolled without --replace is refused
-    let code = env.code("alice");
-    let e = env
-        .admin("alice")
-        .enroll_officer(with_otp(
-            proto::EnrollOfficerRequest {
-                identity: "spiffe://bank/carol".into(),
-                replace: false,
-            },
-            Some(&code),
-        ))
-        .await
-        .unwrap_err();
+    let e = env.enroll("alice", "carol", false).await.unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
 }

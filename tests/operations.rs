@@ -76,18 +76,8 @@ async fn socket_activation_with_systemd_socket_activate() {
         }
     }
     let mut crypto = CryptoClient::new(channel);
-    let ct = crypto
-        .encrypt(enc("act", b"via activation", b""))
-        .await
-        .unwrap()
-        .into_inner()
-        .ciphertext;
-    let pt = crypto
-        .decrypt(dec("act", &ct, b""))
-        .await
-        .unwrap()
-        .into_inner()
-        .plaintext;
+    let ct = encrypted(&mut crypto, "act", b"via activation").await;
+    let pt = decrypted(&mut crypto, "act", &ct).await;
     assert_eq!(pt, b"via activation");
     let log = std::fs::read_to_string(dir.path().join("kmsd.log")).unwrap();
     assert!(log.contains("socket-activated Unix socket"), "{log}");
@@ -344,21 +334,12 @@ async fn metrics_have_the_expected_series_and_no_secrets() {
     let (mut crypto, mut keys) = d.clients().await;
     let marker = b"METRICS-MARKER-SECRET-91f2";
     create(&mut keys, "customer-pan-key").await;
-    keys.update_key_policy(proto::UpdateKeyPolicyRequest {
-        name: "customer-pan-key".into(),
-        policy: Some(proto::KeyPolicy {
-            rotation_period_seconds: Some(3600),
-            ..Default::default()
-        }),
+    set_policy(&mut keys, "customer-pan-key", |p| {
+        p.rotation_period_seconds = Some(3600)
     })
     .await
     .unwrap();
-    let ct = crypto
-        .encrypt(enc("customer-pan-key", marker, b""))
-        .await
-        .unwrap()
-        .into_inner()
-        .ciphertext;
+    let ct = encrypted(&mut crypto, "customer-pan-key", marker).await;
     let _ = crypto.decrypt(dec("customer-pan-key", &ct, b"bad")).await;
     keys.rotate_key(proto::RotateKeyRequest {
         name: "customer-pan-key".into(),

@@ -103,6 +103,18 @@ fn issue_uris(pki: &Pki, name: &str, uris: &[&str]) {
     kmsd::dev::write_file(&pki.dir.join(format!("{name}.key")), c.key_pem.as_bytes(), true).unwrap();
 }
 
+/// `who`'s certificate is refused at the handshake (not by the policy:
+/// it gets no `PermissionDenied`), and the daemon's log says `why`.
+async fn refused_at_handshake(d: &Daemon, who: &str, why: &str) {
+    let from = d.log_text().len();
+    let e = create_as(d, who, &format!("by-{who}")).await.unwrap_err();
+    assert!(
+        !e.starts_with("PermissionDenied"),
+        "{who}: refused at the handshake: {e}"
+    );
+    wait_log(d, from, why);
+}
+
 /// A certificate whose URI SAN spells another principal's key-hash
 /// identity (`sha256:<hash>`) is refused at the handshake and gets nothing,
 /// though the policy grants that key-hash identity everything.
@@ -164,13 +176,7 @@ async fn uri_san_rules_and_trust_domains_are_enforced_at_the_handshake() {
         ("lookalike", "OutsideTrustDomains(\"spiffe://test.internal.evil/app\")"),
         ("relative", "MalformedUri(\"test.internal/app\")"),
     ] {
-        let from = d.log_text().len();
-        let e = create_as(&d, who, &format!("by-{who}")).await.unwrap_err();
-        assert!(
-            !e.starts_with("PermissionDenied"),
-            "{who}: refused at the handshake: {e}"
-        );
-        wait_log(&d, from, why);
+        refused_at_handshake(&d, who, why).await;
     }
     let e = create_as(&d, "hashed", "by-hashed").await.unwrap_err();
     assert!(
@@ -253,13 +259,7 @@ async fn invalid_client_certificates_and_tls_1_2_are_refused() {
         ("server-auth", "extended key usage"),
         ("the-ca", "invalid peer certificate"),
     ] {
-        let from = d.log_text().len();
-        let e = create_as(&d, who, &format!("by-{who}")).await.unwrap_err();
-        assert!(
-            !e.starts_with("PermissionDenied"),
-            "{who}: refused at the handshake: {e}"
-        );
-        wait_log(&d, from, why);
+        refused_at_handshake(&d, who, why).await;
     }
 
     // a TLS 1.2-only client with a valid certificate

@@ -166,6 +166,73 @@ impl Env {
         AdminClient::new(self.ch(who))
     }
 
+    /// `who` approves request `id` with a fresh code of its own.
+    pub async fn approve(&mut self, who: &str, id: &str) -> Result<proto::ApproveResponse, tonic::Status> {
+        let code = self.code(who);
+        let msg = proto::ApproveRequest { id: id.to_owned() };
+        self.admin(who)
+            .approve(with_otp(msg, Some(&code)))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// `who` enrols `spiffe://bank/OFFICER` as an officer (`replace`: a new
+    /// second factor for one already enrolled) with a fresh code of its own.
+    pub async fn enroll(
+        &mut self,
+        who: &str,
+        officer: &str,
+        replace: bool,
+    ) -> Result<proto::EnrollOfficerResponse, tonic::Status> {
+        let code = self.code(who);
+        let msg = proto::EnrollOfficerRequest {
+            identity: format!("spiffe://bank/{officer}"),
+            replace,
+        };
+        self.admin(who)
+            .enroll_officer(with_otp(msg, Some(&code)))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// `who` rotates key `name` with a fresh code of its own.
+    pub async fn rotate_as(&mut self, who: &str, name: &str) -> Result<proto::KeyInfo, tonic::Status> {
+        let code = self.code(who);
+        self.keys(who)
+            .rotate_key(with_otp(rotate(name), Some(&code)))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// `who` schedules the destruction of `version` of key `name` after
+    /// `wait` seconds, with a fresh code of its own.
+    pub async fn destroy_as(
+        &mut self,
+        who: &str,
+        name: &str,
+        version: u32,
+        wait: u64,
+    ) -> Result<proto::KeyInfo, tonic::Status> {
+        let code = self.code(who);
+        let msg = proto::ScheduleVersionDestructionRequest {
+            name: name.into(),
+            version,
+            waiting_period_seconds: wait,
+        };
+        self.keys(who)
+            .schedule_version_destruction(with_otp(msg, Some(&code)))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// `who` claims the second-factor secret waiting for it.
+    pub async fn claim(&self, who: &str) -> Result<proto::EnrollOfficerResponse, tonic::Status> {
+        self.admin(who)
+            .claim_officer_secret(proto::ClaimOfficerSecretRequest {})
+            .await
+            .map(|r| r.into_inner())
+    }
+
     /// A fresh, never-used code for `who` (steps only move forward).
     pub fn code(&mut self, who: &str) -> String {
         let step = now() / 30;

@@ -26,6 +26,21 @@ pub fn dec(key: &str, ct: &[u8], aad: &[u8]) -> proto::DecryptRequest {
     }
 }
 
+/// The answer to an encryption of `pt` under `key` (no associated data).
+pub async fn encrypt_ok(crypto: &mut Crypto, key: &str, pt: &[u8]) -> proto::EncryptResponse {
+    crypto.encrypt(enc(key, pt, b"")).await.unwrap().into_inner()
+}
+
+/// The ciphertext of `pt` under `key` (no associated data).
+pub async fn encrypted(crypto: &mut Crypto, key: &str, pt: &[u8]) -> Vec<u8> {
+    encrypt_ok(crypto, key, pt).await.ciphertext
+}
+
+/// The plaintext of `ct` under `key` (no associated data).
+pub async fn decrypted(crypto: &mut Crypto, key: &str, ct: &[u8]) -> Vec<u8> {
+    crypto.decrypt(dec(key, ct, b"")).await.unwrap().into_inner().plaintext
+}
+
 /// Creates key `name` with the default policy.
 pub async fn create(keys: &mut Keys, name: &str) -> proto::KeyInfo {
     create_key(keys, name, None).await
@@ -57,4 +72,47 @@ pub async fn get(keys: &mut Keys, name: &str) -> proto::KeyInfo {
 /// The key version an envelope names (its header, not yet authenticated).
 pub fn envelope_version(ct: &[u8]) -> u32 {
     kmsd::crypto::parse_header(ct).unwrap().version
+}
+
+/// A change of key `name`'s policy: the fields `change` sets; the others
+/// stay as they are.
+pub fn policy_change(name: &str, change: impl FnOnce(&mut proto::KeyPolicy)) -> proto::UpdateKeyPolicyRequest {
+    let mut policy = proto::KeyPolicy::default();
+    change(&mut policy);
+    proto::UpdateKeyPolicyRequest {
+        name: name.into(),
+        policy: Some(policy),
+    }
+}
+
+/// Changes key `name`'s policy (see [`policy_change`]): the key as it is
+/// now, or the status of the refusal.
+pub async fn set_policy(
+    keys: &mut Keys,
+    name: &str,
+    change: impl FnOnce(&mut proto::KeyPolicy),
+) -> Result<proto::KeyInfo, tonic::Status> {
+    keys.update_key_policy(policy_change(name, change))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// The answers of one `EncryptBatch` call with `items`.
+pub async fn encrypt_batch(crypto: &mut Crypto, items: Vec<proto::EncryptRequest>) -> Vec<proto::EncryptBatchItem> {
+    crypto
+        .encrypt_batch(proto::EncryptBatchRequest { items })
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+}
+
+/// The answers of one `DecryptBatch` call with `items`.
+pub async fn decrypt_batch(crypto: &mut Crypto, items: Vec<proto::DecryptRequest>) -> Vec<proto::DecryptBatchItem> {
+    crypto
+        .decrypt_batch(proto::DecryptBatchRequest { items })
+        .await
+        .unwrap()
+        .into_inner()
+        .items
 }
