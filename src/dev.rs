@@ -191,7 +191,8 @@ pub const DEV_OFFICER_ID: &str = "spiffe://kmsd.dev/officer";
 pub fn dev_officer_totp(config: &Config) -> Result<String, DevError> {
     let mk = kmsd_keystore::MasterKey::load(&config.master_key_path().map_err(|x| e("master key", x))?)
         .map_err(|x| e("master key", x))?;
-    let raw = kmsd_keystore::SledStore::open(&config.store.path).map_err(|x| e("store", x))?;
+    let raw = kmsd_keystore::SledStore::open(config.store.sled_path().map_err(|x| e("store", x))?)
+        .map_err(|x| e("store", x))?;
     let rings = kmsd_keystore::RingStore::open(std::sync::Arc::new(raw), kmsd_keystore::Sealer::new(mk))
         .map_err(|x| e("store", x))?;
     let (store, sealer) = (rings.raw().as_ref(), rings.sealer());
@@ -284,11 +285,7 @@ pub fn setup(dir: &Path, tcp: Option<SocketAddr>) -> Result<(Config, DevPaths), 
             trust_domains: Vec::new(),
             allow_multiple_uri_sans: false,
         },
-        store: Store {
-            path: p("store"),
-            master_key: Some(p("master-key")),
-            previous_master_key: None,
-        },
+        store: Store::sled(p("store"), Some(p("master-key"))),
         limits: Limits::default(),
         log: Log::default(),
         metrics: crate::config::MetricsConfig {

@@ -9,7 +9,7 @@
 //! the old configuration stays. SIGTERM stops accepting, lets in-flight
 //! calls finish within `limits.shutdown_timeout`, syncs the store and exits.
 use crate::api::{CryptoService, KeysService, Shared};
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::ops::metrics::{KeySnapshot, Metrics};
 use crate::ops::notify::notify;
 use crate::ops::os::PassedSocket;
@@ -48,11 +48,20 @@ pub fn sealer(config: &Config) -> Result<Sealer, StartError> {
     Ok(sealer)
 }
 
-/// Opens the raw store of `config`.
+/// Opens the raw store of `config`: the sled directory, or the etcd
+/// cluster.
 pub fn open_store(config: &Config) -> Result<Arc<dyn KeyStore>, StartError> {
-    Ok(Arc::new(
-        SledStore::open(&config.store.path).map_err(|e| err("key store", e))?,
-    ))
+    match config.store.backend {
+        Backend::Sled => {
+            let path = config.store.sled_path().map_err(|e| err("key store", e))?;
+            Ok(Arc::new(SledStore::open(path).map_err(|e| err("key store", e))?))
+        }
+        Backend::Etcd => Err(StartError(
+            "key store: store.backend = \"etcd\" is not available in this build yet (issue 13: the etcd \
+             client is being built); use backend = \"sled\""
+                .into(),
+        )),
+    }
 }
 
 /// Opens the store of `config` behind its integrity manifest (migrating a
@@ -360,7 +369,7 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
             .await
             .map_err(|e| err("start-up", e))??
     };
-    tracing::info!(keys = rings.len(), store = %config.store.path.display(), "key store opened");
+    tracing::info!(keys = rings.len(), store = %config.store.describe(), "key store opened");
     let access = {
         let (rings, metrics, config) = (rings.clone(), metrics.clone(), config.clone());
         tokio::task::spawn_blocking(move || {
