@@ -58,6 +58,21 @@ enum Cmd {
         /// Snapshot file.
         file: PathBuf,
     },
+    /// Copy every sealed record from one configuration's store to another's
+    /// (offline; byte for byte, never unsealed; e.g. sled to etcd). Both must
+    /// use the same master key; the source's daemon(s) must be stopped.
+    Migrate {
+        /// Configuration of the store to copy from.
+        #[arg(long)]
+        from: PathBuf,
+        /// Configuration of the store to copy to (empty, unless --resume).
+        #[arg(long)]
+        to: PathBuf,
+        /// Continue an interrupted migration: records already at the
+        /// destination with the same bytes are skipped (different bytes stop it).
+        #[arg(long)]
+        resume: bool,
+    },
     /// Enrol an officer's TOTP second factor (offline; for the first officer).
     OfficerEnroll {
         /// TOML configuration.
@@ -217,6 +232,12 @@ fn main() -> ExitCode {
         Cmd::Restore { config, file } => {
             return offline(&config, |cfg| {
                 with_progress("restore", |p| kmsd::offline::restore(cfg, &file, p))
+            })
+        }
+        Cmd::Migrate { from, to, resume } => {
+            return offline(&from, |src| {
+                let dst = Config::load(&to).map_err(|e| e.to_string())?;
+                with_progress("migrate", |p| kmsd::offline::migrate(src, &dst, resume, p))
             })
         }
         Cmd::OfficerEnroll {

@@ -1,6 +1,6 @@
 //! The offline commands of `kmsd`: what an operator runs against a stopped
 //! daemon's store and audit log (`kmsd rekey`, `restore`, `officer-enroll`,
-//! `audit-verify`). Each opens the store through the integrity manifest,
+//! `audit-verify`, `migrate`). Each opens the store through the integrity manifest,
 //! exactly as the daemon would, does one job and returns what happened;
 //! the binary prints it.
 //!
@@ -11,11 +11,13 @@
 //! file or record they concern.
 mod audit_verify;
 mod enrol;
+pub mod migrate;
 mod rekey;
 mod restore;
 
 pub use audit_verify::{audit_verify, Verified};
 pub use enrol::{officer_enrol, Enrolled};
+pub use migrate::{migrate, Migrated};
 pub use rekey::{rekey, Rekeyed};
 pub use restore::{restore, Restored};
 
