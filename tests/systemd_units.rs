@@ -107,3 +107,65 @@ fn socket_directory_and_reload_command_survive_the_sandbox() {
         assert!(socket.contains(s), "kmsd.socket lacks {s}");
     }
 }
+
+/// The etcd drop-in (issue 13) opens the network to TCP only, towards the
+/// addresses it lists, and the unit with it stays at 1.0 or better; alone
+/// the unit keeps its 0.3-class rating (the figures are in
+/// systemd/README.md).
+#[test]
+fn the_etcd_drop_in_opens_only_tcp_and_stays_at_1_0() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let drop_in = std::fs::read_to_string(format!("{root}/systemd/kmsd.service.d/etcd.conf.example")).unwrap();
+    let values = |name: &str| -> Vec<&str> {
+        drop_in
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{name}=")))
+            .collect()
+    };
+    assert_eq!(values("PrivateNetwork"), ["no"]);
+    // reset, then exactly these families
+    assert_eq!(values("RestrictAddressFamilies"), ["", "AF_UNIX AF_INET AF_INET6"]);
+    // reset the unit's private ranges, deny everything, allow loopback and the members
+    assert_eq!(values("IPAddressAllow").first(), Some(&""));
+    assert_eq!(values("IPAddressDeny"), ["any"]);
+    assert!(values("IPAddressAllow")
+        .get(1)
+        .is_some_and(|a| a.starts_with("localhost ")));
+    let sysroot = tempfile::tempdir().unwrap();
+    let units = sysroot.path().join("etc/systemd/system");
+    std::fs::create_dir_all(units.join("kmsd.service.d")).unwrap();
+    std::fs::copy(format!("{root}/systemd/kmsd.service"), units.join("kmsd.service")).unwrap();
+    let rating = || -> Option<f64> {
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=true"])
+            .arg(format!("--root={}", sysroot.path().display()))
+            .arg("kmsd.service")
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let score = text
+            .lines()
+            .find_map(|l| l.split("Overall exposure level for kmsd.service:").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok());
+        assert!(
+            score.is_some(),
+            "no exposure level in:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        score
+    };
+    let Some(alone) = rating() else {
+        assert!(
+            std::env::var_os("KMSD_REQUIRE_SYSTEMD").is_none(),
+            "systemd-analyze is required"
+        );
+        eprintln!("SKIPPED: systemd-analyze not installed");
+        return;
+    };
+    std::fs::write(units.join("kmsd.service.d/etcd.conf"), &drop_in).unwrap();
+    let with_etcd = rating().unwrap();
+    assert!(alone <= 0.5, "the unit alone rates {alone}");
+    assert!(with_etcd > alone, "the drop-in was not read ({with_etcd})");
+    assert!(with_etcd <= 1.0, "the unit with the etcd drop-in rates {with_etcd}");
+}
