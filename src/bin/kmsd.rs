@@ -85,13 +85,15 @@ enum Cmd {
         replace: bool,
     },
     /// Verify the audit log (offline): every retained file, oldest first,
-    /// or the file(s) given, in chain order.
+    /// or the file(s) given, in chain order; or, given directories, one
+    /// chain per directory (one per node of a cluster), each on its own.
     AuditVerify {
         /// TOML configuration.
         #[arg(long)]
         config: PathBuf,
-        /// Audit log file(s); default: the rotated files and the live log
-        /// of `[audit] path`.
+        /// Audit log file(s) of one chain, or one directory per node
+        /// holding that node's files (named as `[audit] path` names them);
+        /// default: the rotated files and the live log of `[audit] path`.
         files: Vec<PathBuf>,
     },
     /// Validate a configuration file and report every problem.
@@ -245,7 +247,14 @@ fn main() -> ExitCode {
             identity,
             replace,
         } => return offline(&config, |cfg| kmsd::offline::officer_enrol(cfg, &identity, replace)),
-        Cmd::AuditVerify { config, files } => return offline(&config, |cfg| kmsd::offline::audit_verify(cfg, files)),
+        Cmd::AuditVerify { config, files } => {
+            let dirs = files.iter().filter(|f| f.is_dir()).count();
+            return match dirs {
+                0 => offline(&config, |cfg| kmsd::offline::audit_verify(cfg, files)),
+                n if n == files.len() => offline(&config, |cfg| kmsd::offline::audit_verify_nodes(cfg, &files)),
+                _ => fail("give the files of one chain, or one directory per node, not both"),
+            };
+        }
         Cmd::CheckConfig { file } => {
             let problems = Config::check_file(&file);
             if problems.is_empty() {

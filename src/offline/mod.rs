@@ -15,7 +15,7 @@ pub mod migrate;
 mod rekey;
 mod restore;
 
-pub use audit_verify::{audit_verify, Verified};
+pub use audit_verify::{audit_verify, audit_verify_nodes, NodesVerified, Verified};
 pub use enrol::{officer_enrol, Enrolled};
 pub use migrate::{migrate, Migrated};
 pub use rekey::{rekey, Rekeyed};
