@@ -17,6 +17,8 @@
 //!   master key.
 //! - [`failpoints`]: the names of every injected fault (live in test
 //!   builds only).
+//! - `conformance` (feature `conformance`, tests only): the `KeyStore`
+//!   contract as a suite every backend's tests run.
 //! - [`rings`]: [`RingStore`], the typed API the daemon uses: key rings
 //!   sealed and stored through any [`KeyStore`].
 //!
@@ -27,6 +29,8 @@
 
 pub mod aead;
 pub mod backup;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod error;
 pub mod failpoints;
 pub mod keyring;

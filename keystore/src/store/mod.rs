@@ -52,7 +52,10 @@ impl fmt::Display for RecordKind {
     }
 }
 
-/// A record's revision: 1 when created, incremented by every write.
+/// A record's revision: it grows with every write of the record, and a
+/// record deleted and created again never gets an old revision back.
+/// Callers compare revisions for equality only. (sled and memory: 1 when
+/// created, +1 per write; etcd: the record's `mod_revision`.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Revision(pub u64);
 
@@ -178,7 +181,9 @@ pub(crate) fn storage_key(kind: RecordKind, name: &str) -> Vec<u8> {
 ///
 /// A backend reads the current revision and applies the writes inside one
 /// transaction (sled's, etcd's), so nothing changes between the decision
-/// and the write. A deletion takes the same decision and ignores the
+/// and the write (etcd numbers revisions itself: it compares in its
+/// transaction and calls this on the records a failed one read, for the
+/// exact `Conflict` or `NotFound`). A deletion takes the same decision and ignores the
 /// returned revision.
 pub fn check_cond(kind: RecordKind, name: &str, cond: Cond, current: Option<Revision>) -> Result<Revision, Error> {
     match (cond, current) {

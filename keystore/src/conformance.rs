@@ -1,0 +1,156 @@
+//! The conformance suite of the [`KeyStore`] contract, shared by every
+//! backend's tests: the memory and sled backends in this crate
+//! (`tests/conformance.rs`) and the etcd backend in kmsd-etcd. Compiled
+//! only with the feature `conformance`, which only dev-dependencies turn
+//! on.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+use crate::store::{KeyStore, RecordKind, Revision};
+use crate::Error;
+use std::sync::Arc;
+
+/// The whole contract on an empty store `s`: create, read, conditional
+/// replace and delete with the exact `Conflict`/`NotFound` answers, kinds
+/// as separate namespaces, listing and paging, `for_each`, and atomic
+/// batches. Panics (with the failed assertion) where `s` departs from it.
+pub fn run(s: &dyn KeyStore) {
+    let k = RecordKind::KeyRing;
+    // create, read
+    assert!(s.get(k, "a").unwrap().is_none());
+    let r1 = s.put(k, "a", None, b"v1").unwrap();
+    assert_eq!(s.get(k, "a").unwrap().unwrap().value, b"v1");
+    assert_eq!(s.get(k, "a").unwrap().unwrap().revision, r1);
+    // create again conflicts and changes nothing
+    assert!(matches!(s.put(k, "a", None, b"x"), Err(Error::Conflict { .. })));
+    assert_eq!(s.get(k, "a").unwrap().unwrap().value, b"v1");
+    // conditional replace
+    let r2 = s.put(k, "a", Some(r1), b"v2").unwrap();
+    assert!(r2 > r1);
+    assert!(matches!(s.put(k, "a", Some(r1), b"stale"), Err(Error::Conflict { .. })));
+    assert_eq!(s.get(k, "a").unwrap().unwrap().value, b"v2");
+    assert!(matches!(
+        s.put(k, "missing", Some(r1), b"x"),
+        Err(Error::NotFound { .. })
+    ));
+    // revision 0 is no record's revision: absent is NotFound, present Conflict
+    assert!(matches!(
+        s.put(k, "missing", Some(Revision(0)), b"x"),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.put(k, "a", Some(Revision(0)), b"x"),
+        Err(Error::Conflict { .. })
+    ));
+    assert!(s.get(k, "missing").unwrap().is_none());
+    // kinds are separate namespaces
+    assert!(s.get(RecordKind::Meta, "a").unwrap().is_none());
+    s.put(RecordKind::Meta, "a", None, b"meta").unwrap();
+    assert_eq!(s.get(k, "a").unwrap().unwrap().value, b"v2");
+    // list with prefix and paging
+    for n in ["b1", "b2", "b3", "c"] {
+        s.put(k, n, None, n.as_bytes()).unwrap();
+    }
+    assert_eq!(s.list(k, "", None, 100).unwrap(), vec!["a", "b1", "b2", "b3", "c"]);
+    assert_eq!(s.list(k, "b", None, 2).unwrap(), vec!["b1", "b2"]);
+    assert_eq!(s.list(k, "b", Some("b2"), 2).unwrap(), vec!["b3"]);
+    assert_eq!(s.list(k, "", Some("b3"), 10).unwrap(), vec!["c"]);
+    assert!(s.list(k, "z", None, 10).unwrap().is_empty());
+    // for_each sees one kind only, in order
+    let mut seen = vec![];
+    s.for_each(k, &mut |n, _| {
+        seen.push(n.to_owned());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen, vec!["a", "b1", "b2", "b3", "c"]);
+    // conditional delete
+    let rc = s.get(k, "c").unwrap().unwrap().revision;
+    assert!(matches!(
+        s.delete(k, "c", Revision(rc.0 + 7)),
+        Err(Error::Conflict { .. })
+    ));
+    s.delete(k, "c", rc).unwrap();
+    assert!(s.get(k, "c").unwrap().is_none());
+    assert!(matches!(s.delete(k, "c", rc), Err(Error::NotFound { .. })));
+    // re-create after delete starts fresh
+    s.put(k, "c", None, b"again").unwrap();
+    s.sync().unwrap();
+    batches(s);
+}
+
+/// `apply`: all operations or none.
+pub fn batches(s: &dyn KeyStore) {
+    use crate::store::{Cond, Op};
+    let (k, m) = (RecordKind::KeyRing, RecordKind::Meta);
+    let op = |kind, name, cond, value| Op {
+        kind,
+        name,
+        cond,
+        value,
+    };
+    let revs = s
+        .apply(&[
+            op(k, "t1", Cond::Absent, Some(&b"one"[..])),
+            op(m, "t1", Cond::Any, Some(&b"meta one"[..])),
+        ])
+        .unwrap();
+    assert_eq!(revs.len(), 2);
+    let r1 = revs[0].unwrap();
+    assert_eq!(s.get(k, "t1").unwrap().unwrap().value, b"one");
+    assert_eq!(s.get(m, "t1").unwrap().unwrap().revision, revs[1].unwrap());
+    // one failing condition: nothing of the batch is applied
+    for bad in [
+        op(k, "t1", Cond::Absent, Some(&b"x"[..])),
+        op(k, "t1", Cond::At(Revision(r1.0 + 5)), Some(&b"x"[..])),
+        op(k, "nope", Cond::At(r1), None),
+    ] {
+        let e = s
+            .apply(&[
+                op(m, "t1", Cond::Any, Some(&b"changed"[..])),
+                op(k, "t2", Cond::Absent, Some(&b"new"[..])),
+                bad,
+            ])
+            .unwrap_err();
+        assert!(matches!(e, Error::Conflict { .. } | Error::NotFound { .. }), "{e}");
+        assert_eq!(s.get(m, "t1").unwrap().unwrap().value, b"meta one");
+        assert!(s.get(k, "t2").unwrap().is_none());
+    }
+    // replace and delete together
+    let revs = s
+        .apply(&[
+            op(k, "t1", Cond::At(r1), None),
+            op(m, "t1", Cond::Any, Some(&b"meta two"[..])),
+        ])
+        .unwrap();
+    assert_eq!(revs[0], None);
+    assert!(s.get(k, "t1").unwrap().is_none());
+    assert_eq!(s.get(m, "t1").unwrap().unwrap().value, b"meta two");
+}
+
+/// Four threads increment one counter record by compare-and-swap, 25
+/// times each: no update is lost. `s` must not hold a `ctr` key ring.
+pub fn concurrent_cas(s: Arc<dyn KeyStore>) {
+    s.put(RecordKind::KeyRing, "ctr", None, &0u64.to_be_bytes()).unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for _ in 0..25 {
+                    loop {
+                        let e = s.get(RecordKind::KeyRing, "ctr").unwrap().unwrap();
+                        let n = u64::from_be_bytes(e.value.try_into().unwrap()) + 1;
+                        if s.put(RecordKind::KeyRing, "ctr", Some(e.revision), &n.to_be_bytes())
+                            .is_ok()
+                        {
+                            break;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let e = s.get(RecordKind::KeyRing, "ctr").unwrap().unwrap();
+    assert_eq!(u64::from_be_bytes(e.value.try_into().unwrap()), 100, "no lost update");
+}
