@@ -1,0 +1,1297 @@
+//! [`EtcdClient`]: a small typed async client for etcd's v3 API.
+//!
+//! # Endpoints and failover
+//! One lazily connected HTTP/2 channel per endpoint. A call goes to the
+//! endpoint that answered last; when it cannot be reached the call moves
+//! on to the next one. Reads, watches and status calls (idempotent) are
+//! retried on the other endpoints on any unavailability until the request
+//! timeout; writes (transactions, lease grants) only when the request
+//! never left (the connection to that endpoint could not be made), since a
+//! write that reached a member and then timed out may have been applied.
+//!
+//! # Timeouts
+//! Every call ends within [`Settings::request_timeout`] (with
+//! [`Error::Timeout`] or [`Error::Unavailable`]): a member that lost
+//! quorum, or a stopped process whose socket still accepts connections,
+//! never hangs a caller. Connections (TCP, TLS handshake, and the server's
+//! first bytes) are bounded by [`Settings::connect_timeout`]; HTTP/2 pings
+//! every second detect a member that stopped answering on an open
+//! connection.
+//!
+//! # TLS
+//! With [`TlsSettings`], on the workspace's rustls (ring): the server
+//! certificate is verified against the CA for the endpoint's host (an IP
+//! address or a DNS name), and a client certificate is presented when
+//! configured (etcd's `--client-cert-auth`; with etcd's auth enabled the
+//! certificate's CN names the etcd user). After the handshake the
+//! connector waits for etcd's first HTTP/2 bytes: in TLS 1.3 etcd judges
+//! the client certificate after the client's side of the handshake ended,
+//! so a refusal is read here and reported as [`Error::Tls`] naming the
+//! endpoint and the alert, instead of a bare transport error at the
+//! first call.
+use crate::error::Error;
+use crate::proto::etcdserverpb as pb;
+use crate::proto::{authpb, mvccpb};
+use crate::watch::Watcher;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Largest answer accepted from etcd (a page of [`EtcdClient::range`]).
+/// etcd refuses requests over its `--max-request-bytes` (1.5 MiB by
+/// default) so no single value is larger than that; a page of many values
+/// can be, and [`crate::EtcdStore`] halves its page size when a page is
+/// refused as too large.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Where and how to reach etcd.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Client URLs of the members: `host:port`, `http://host:port` or
+    /// `https://host:port` (the scheme must agree with [`Settings::tls`]).
+    pub endpoints: Vec<String>,
+    /// TLS towards etcd; `None` for plain TCP (loopback tests only).
+    pub tls: Option<TlsSettings>,
+    /// Bound on one connection attempt: TCP, TLS handshake and etcd's first
+    /// bytes.
+    pub connect_timeout: Duration,
+    /// Bound on every call, all failover attempts included.
+    pub request_timeout: Duration,
+}
+
+impl Settings {
+    /// Plain TCP to `endpoints` with a 1 s connect and a 5 s request timeout.
+    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Self {
+        Settings {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            tls: None,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// TLS towards etcd (PEM files).
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// The CA that signed etcd's server certificates.
+    pub ca: PathBuf,
+    /// The client certificate (etcd `--client-cert-auth`); with `key`.
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key.
+    pub key: Option<PathBuf>,
+    /// The name to verify the server certificates against (default: each
+    /// endpoint's host).
+    pub server_name: Option<String>,
+}
+
+/// A key-value as etcd stores it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value.
+    pub value: Vec<u8>,
+    /// The revision of the key's creation (0: absent).
+    pub create_revision: i64,
+    /// The revision of its last modification.
+    pub mod_revision: i64,
+    /// The number of modifications since its creation.
+    pub version: i64,
+    /// The lease attached to it (0: none).
+    pub lease: i64,
+}
+
+impl std::fmt::Debug for KeyValue {
+    /// Values are sealed records or leader/fencing tokens: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyValue")
+            .field("key", &String::from_utf8_lossy(&self.key))
+            .field("value_len", &self.value.len())
+            .field("create_revision", &self.create_revision)
+            .field("mod_revision", &self.mod_revision)
+            .field("version", &self.version)
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
+impl From<mvccpb::KeyValue> for KeyValue {
+    fn from(kv: mvccpb::KeyValue) -> Self {
+        KeyValue {
+            key: kv.key,
+            value: kv.value,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+            lease: kv.lease,
+        }
+    }
+}
+
+/// A range read.
+#[derive(Debug, Clone, Default)]
+pub struct Range {
+    /// First key.
+    pub key: Vec<u8>,
+    /// End of the range, exclusive (empty: `key` alone; see
+    /// [`crate::prefix_end`] for a prefix).
+    pub range_end: Vec<u8>,
+    /// At most this many keys (0: no limit).
+    pub limit: i64,
+    /// Read at this revision (0: the latest).
+    pub revision: i64,
+    /// Keys and revisions without values.
+    pub keys_only: bool,
+    /// The count only.
+    pub count_only: bool,
+    /// Serve from the member's local state without a quorum round trip
+    /// (may be stale). `false`, the default, is linearizable.
+    pub serializable: bool,
+}
+
+impl Range {
+    /// The one key `key`.
+    pub fn key(key: impl Into<Vec<u8>>) -> Self {
+        Range {
+            key: key.into(),
+            ..Range::default()
+        }
+    }
+
+    /// Every key starting with `prefix`.
+    pub fn prefix(prefix: impl Into<Vec<u8>>) -> Self {
+        let key = prefix.into();
+        Range {
+            range_end: crate::prefix_end(&key),
+            key,
+            ..Range::default()
+        }
+    }
+
+    fn into_proto(self) -> pb::RangeRequest {
+        pb::RangeRequest {
+            key: self.key,
+            range_end: self.range_end,
+            limit: self.limit,
+            revision: self.revision,
+            keys_only: self.keys_only,
+            count_only: self.count_only,
+            serializable: self.serializable,
+            ..Default::default()
+        }
+    }
+}
+
+/// What a range read found.
+#[derive(Debug, Clone, Default)]
+pub struct RangeResult {
+    /// The keys, in byte order.
+    pub kvs: Vec<KeyValue>,
+    /// More keys are in the range past `limit`.
+    pub more: bool,
+    /// Number of keys in the range (all of them, not only this page).
+    pub count: i64,
+    /// The store's revision the read saw.
+    pub revision: i64,
+}
+
+impl From<pb::RangeResponse> for RangeResult {
+    fn from(r: pb::RangeResponse) -> Self {
+        RangeResult {
+            revision: r.header.map(|h| h.revision).unwrap_or(0),
+            kvs: r.kvs.into_iter().map(KeyValue::from).collect(),
+            more: r.more,
+            count: r.count,
+        }
+    }
+}
+
+/// A comparison's operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmp {
+    /// `==`
+    Equal,
+    /// `!=`
+    NotEqual,
+    /// `>`
+    Greater,
+    /// `<`
+    Less,
+}
+
+/// One condition of a transaction, on one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compare {
+    /// The key's last modification revision (0 when absent).
+    ModRevision(Vec<u8>, Cmp, i64),
+    /// The key's creation revision (0 when absent: `== 0` is "absent").
+    CreateRevision(Vec<u8>, Cmp, i64),
+    /// The key's version (modifications since creation; 0 when absent).
+    Version(Vec<u8>, Cmp, i64),
+    /// The key's value.
+    Value(Vec<u8>, Cmp, Vec<u8>),
+    /// The lease attached to the key.
+    Lease(Vec<u8>, Cmp, i64),
+}
+
+impl Compare {
+    fn into_proto(self) -> pb::Compare {
+        use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+        let result = |c: Cmp| match c {
+            Cmp::Equal => CompareResult::Equal,
+            Cmp::NotEqual => CompareResult::NotEqual,
+            Cmp::Greater => CompareResult::Greater,
+            Cmp::Less => CompareResult::Less,
+        };
+        let (key, cmp, target, union) = match self {
+            Compare::ModRevision(k, c, r) => (k, c, CompareTarget::Mod, TargetUnion::ModRevision(r)),
+            Compare::CreateRevision(k, c, r) => (k, c, CompareTarget::Create, TargetUnion::CreateRevision(r)),
+            Compare::Version(k, c, v) => (k, c, CompareTarget::Version, TargetUnion::Version(v)),
+            Compare::Value(k, c, v) => (k, c, CompareTarget::Value, TargetUnion::Value(v)),
+            Compare::Lease(k, c, l) => (k, c, CompareTarget::Lease, TargetUnion::Lease(l)),
+        };
+        pb::Compare {
+            result: result(cmp) as i32,
+            target: target as i32,
+            key,
+            target_union: Some(union),
+            range_end: Vec::new(),
+        }
+    }
+}
+
+/// One operation of a transaction branch.
+#[derive(Debug, Clone)]
+pub enum TxnOp {
+    /// Writes `value` at `key`, attached to `lease` (0: none).
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+        /// The lease (0: none).
+        lease: i64,
+    },
+    /// Deletes `key` (with a non-empty `range_end`, the range).
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+        /// End of the range, exclusive (empty: `key` alone).
+        range_end: Vec<u8>,
+    },
+    /// Reads a range, at the transaction's revision.
+    Get(Range),
+}
+
+impl TxnOp {
+    /// A put without a lease.
+    pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        TxnOp::Put {
+            key: key.into(),
+            value: value.into(),
+            lease: 0,
+        }
+    }
+
+    /// The deletion of one key.
+    pub fn delete(key: impl Into<Vec<u8>>) -> Self {
+        TxnOp::Delete {
+            key: key.into(),
+            range_end: Vec::new(),
+        }
+    }
+
+    fn into_proto(self) -> pb::RequestOp {
+        use pb::request_op::Request;
+        let request = match self {
+            TxnOp::Put { key, value, lease } => Request::RequestPut(pb::PutRequest {
+                key,
+                value,
+                lease,
+                ..Default::default()
+            }),
+            TxnOp::Delete { key, range_end } => Request::RequestDeleteRange(pb::DeleteRangeRequest {
+                key,
+                range_end,
+                prev_kv: false,
+            }),
+            TxnOp::Get(r) => Request::RequestRange(r.into_proto()),
+        };
+        pb::RequestOp { request: Some(request) }
+    }
+}
+
+/// A transaction: if every comparison holds, the `success` branch, else
+/// the `failure` branch, atomically at one revision.
+#[derive(Debug, Clone, Default)]
+pub struct Txn {
+    compare: Vec<Compare>,
+    success: Vec<TxnOp>,
+    failure: Vec<TxnOp>,
+}
+
+impl Txn {
+    /// An empty transaction (no condition: the success branch runs).
+    pub fn new() -> Self {
+        Txn::default()
+    }
+
+    /// Adds conditions (all must hold).
+    pub fn when(mut self, compare: impl IntoIterator<Item = Compare>) -> Self {
+        self.compare.extend(compare);
+        self
+    }
+
+    /// Adds operations to the branch run when the conditions hold.
+    pub fn and_then(mut self, ops: impl IntoIterator<Item = TxnOp>) -> Self {
+        self.success.extend(ops);
+        self
+    }
+
+    /// Adds operations to the branch run when a condition fails.
+    pub fn or_else(mut self, ops: impl IntoIterator<Item = TxnOp>) -> Self {
+        self.failure.extend(ops);
+        self
+    }
+
+    fn into_proto(self) -> pb::TxnRequest {
+        pb::TxnRequest {
+            compare: self.compare.into_iter().map(Compare::into_proto).collect(),
+            success: self.success.into_iter().map(TxnOp::into_proto).collect(),
+            failure: self.failure.into_iter().map(TxnOp::into_proto).collect(),
+        }
+    }
+}
+
+/// The result of one operation of the branch a transaction ran.
+#[derive(Debug, Clone)]
+pub enum TxnOpResult {
+    /// A put.
+    Put,
+    /// A deletion: how many keys it removed.
+    Delete(i64),
+    /// A read.
+    Get(RangeResult),
+}
+
+/// What a transaction did.
+#[derive(Debug, Clone)]
+pub struct TxnResult {
+    /// Whether the conditions held (the success branch ran).
+    pub succeeded: bool,
+    /// The store's revision after the transaction (the `mod_revision` of
+    /// every key it wrote).
+    pub revision: i64,
+    /// One result per operation of the branch that ran.
+    pub responses: Vec<TxnOpResult>,
+}
+
+impl From<pb::TxnResponse> for TxnResult {
+    fn from(r: pb::TxnResponse) -> Self {
+        use pb::response_op::Response;
+        TxnResult {
+            succeeded: r.succeeded,
+            revision: r.header.map(|h| h.revision).unwrap_or(0),
+            responses: r
+                .responses
+                .into_iter()
+                .map(|op| match op.response {
+                    Some(Response::ResponseRange(r)) => TxnOpResult::Get(r.into()),
+                    Some(Response::ResponseDeleteRange(d)) => TxnOpResult::Delete(d.deleted),
+                    Some(Response::ResponsePut(_)) | Some(Response::ResponseTxn(_)) | None => TxnOpResult::Put,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A lease granted by etcd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// Its id (attach it to keys with [`TxnOp::Put`]).
+    pub id: i64,
+    /// Its time to live in seconds, as granted.
+    pub ttl: i64,
+}
+
+/// A member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its id.
+    pub id: u64,
+    /// Its name (empty until it started).
+    pub name: String,
+    /// Its client URLs.
+    pub client_urls: Vec<String>,
+    /// Its peer URLs.
+    pub peer_urls: Vec<String>,
+}
+
+/// One member's own view of itself (etcd's Maintenance.Status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// The member's id.
+    pub member_id: u64,
+    /// The id of the leader it follows (0: none).
+    pub leader: u64,
+    /// etcd's version.
+    pub version: String,
+    /// The database's size in bytes (allocated).
+    pub db_size: i64,
+    /// The raft term.
+    pub raft_term: u64,
+    /// The last raft index applied.
+    pub raft_applied_index: u64,
+    /// The store's revision.
+    pub revision: i64,
+    /// Alarms and errors the member reports (`NOSPACE`...).
+    pub errors: Vec<String>,
+}
+
+/// A lease kept alive over one stream: call [`LeaseKeeper::keep_alive`]
+/// at least every third of the TTL.
+pub struct LeaseKeeper {
+    id: i64,
+    requests: tokio::sync::mpsc::Sender<pb::LeaseKeepAliveRequest>,
+    responses: tonic::Streaming<pb::LeaseKeepAliveResponse>,
+    timeout: Duration,
+    endpoint: String,
+}
+
+impl std::fmt::Debug for LeaseKeeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LeaseKeeper({:x} via {})", self.id, self.endpoint)
+    }
+}
+
+impl LeaseKeeper {
+    /// The lease's id.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// Renews the lease once; returns its new TTL in seconds, 0 if it had
+    /// already expired (then it is gone: grant a new one).
+    pub async fn keep_alive(&mut self) -> Result<i64, Error> {
+        let once = async {
+            self.requests
+                .send(pb::LeaseKeepAliveRequest { id: self.id })
+                .await
+                .map_err(|_| Error::unavailable(format!("{}: lease keep-alive stream closed", self.endpoint)))?;
+            match self.responses.message().await {
+                Ok(Some(r)) => Ok(r.ttl),
+                Ok(None) => Err(Error::unavailable(format!(
+                    "{}: lease keep-alive stream ended",
+                    self.endpoint
+                ))),
+                Err(s) => Err(Error::from_status(&self.endpoint, s)),
+            }
+        };
+        tokio::time::timeout(self.timeout, once)
+            .await
+            .map_err(|_| Error::Timeout {
+                timeout: self.timeout,
+                what: "lease keep-alive",
+            })?
+    }
+}
+
+/// Whether a failed call may be sent again to another endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Reads, watches, status: on any unavailability.
+    Idempotent,
+    /// Writes: only when the request never left.
+    Unsent,
+}
+
+/// One endpoint.
+struct Member_ {
+    /// As configured, for messages.
+    addr: String,
+    channel: Channel,
+    /// The last connection failure of this endpoint (typed: tonic passes
+    /// on only a boxed, stringly cause).
+    failure: Arc<Mutex<Option<Error>>>,
+    /// Incremented by every connection failure: a call that saw it change
+    /// was never sent.
+    failures: Arc<AtomicU64>,
+}
+
+impl Member_ {
+    fn take_failure(&self) -> Option<Error> {
+        self.failure.lock().ok().and_then(|mut f| f.take())
+    }
+}
+
+struct Inner {
+    members: Vec<Member_>,
+    /// The endpoint that answered last: calls start there.
+    preferred: AtomicUsize,
+    request_timeout: Duration,
+}
+
+/// A typed etcd v3 client over one or more endpoints. Cheap to clone;
+/// every clone shares the connections.
+///
+/// It must be created inside a tokio runtime (its connections' tasks run
+/// there) and that runtime must outlive it; calls may come from any
+/// runtime.
+#[derive(Clone)]
+pub struct EtcdClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EtcdClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let addrs: Vec<&str> = self.inner.members.iter().map(|m| m.addr.as_str()).collect();
+        write!(f, "EtcdClient({addrs:?})")
+    }
+}
+
+fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let file = |reason: String| Error::File {
+        what,
+        path: path.to_owned(),
+        reason,
+    };
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file(format!("cannot read: {e}")))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file(format!("bad PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(file("no certificate in it".to_owned()));
+    }
+    Ok(certs)
+}
+
+/// The rustls configuration for `tls` (ring provider, TLS 1.2 and 1.3,
+/// ALPN h2, the client certificate when configured).
+pub fn tls_config(tls: &TlsSettings) -> Result<Arc<ClientConfig>, Error> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(&tls.ca, "CA certificate")? {
+        roots.add(c).map_err(|e| Error::File {
+            what: "CA certificate",
+            path: tls.ca.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Settings(format!("TLS: {e}")))?
+        .with_root_certificates(roots);
+    let mut cfg = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            let chain = load_certs(cert, "client certificate")?;
+            // (the key's error never contains key bytes)
+            let private = PrivateKeyDer::from_pem_file(key).map_err(|e| Error::File {
+                what: "client key",
+                path: key.clone(),
+                reason: e.to_string(),
+            })?;
+            builder.with_client_auth_cert(chain, private).map_err(|e| Error::File {
+                what: "client certificate",
+                path: cert.clone(),
+                reason: e.to_string(),
+            })?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => {
+            return Err(Error::Settings(
+                "a client certificate needs its key and a key its certificate".into(),
+            ))
+        }
+    };
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// `host:port` of an endpoint, checking its scheme against the TLS setting.
+fn host_port(endpoint: &str, tls: bool) -> Result<String, Error> {
+    let (scheme, rest) = match endpoint.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, endpoint),
+    };
+    match (scheme, tls) {
+        (None, _) | (Some("https"), true) | (Some("http"), false) => {}
+        (Some(s), _) => {
+            return Err(Error::Settings(format!(
+                "endpoint {endpoint:?}: scheme {s:?} does not match the TLS setting ({})",
+                if tls { "TLS on: https" } else { "TLS off: http" }
+            )))
+        }
+    }
+    let hp = rest.trim_end_matches('/');
+    if hp.is_empty() || !hp.contains(':') || hp.contains('/') {
+        return Err(Error::Settings(format!("endpoint {endpoint:?}: expected host:port")));
+    }
+    Ok(hp.to_owned())
+}
+
+/// What a connection attempt needs (tonic reconnects with it).
+struct Dial {
+    addr: String,
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    timeout: Duration,
+}
+
+/// A TCP stream, perhaps in TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<Rewind<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
+
+impl Dial {
+    async fn run(&self) -> Result<Conn, Error> {
+        let attempt = async {
+            let unreachable = |e: io::Error| Error::unavailable(format!("{}: cannot connect: {e}", self.addr));
+            let tcp = TcpStream::connect(&self.addr).await.map_err(unreachable)?;
+            tcp.set_nodelay(true).map_err(unreachable)?;
+            let Some((cfg, name)) = &self.tls else {
+                return Ok(Conn::Plain(tcp));
+            };
+            let mut tls = tokio_rustls::TlsConnector::from(cfg.clone())
+                .connect(name.clone(), tcp)
+                .await
+                .map_err(|e| self.classify(e))?;
+            // etcd's HTTP/2 server speaks first (SETTINGS) once it has
+            // accepted the client certificate; else an alert or EOF.
+            let mut first = vec![0u8; 4096];
+            let n = tls.read(&mut first).await.map_err(|e| self.classify(e))?;
+            if n == 0 {
+                return Err(Error::Tls {
+                    endpoint: self.addr.clone(),
+                    reason: "etcd closed the connection after the handshake (client certificate refused?)".into(),
+                });
+            }
+            first.truncate(n);
+            Ok(Conn::Tls(Box::new(Rewind::new(first, tls))))
+        };
+        tokio::time::timeout(self.timeout, attempt)
+            .await
+            .map_err(|_| Error::unavailable(format!("{}: no connection within {:?}", self.addr, self.timeout)))?
+    }
+
+    fn classify(&self, e: io::Error) -> Error {
+        let tls = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .cloned();
+        let reason = match tls {
+            Some(rustls::Error::AlertReceived(alert)) => format!(
+                "etcd refused the connection with the alert {alert:?} (a client certificate missing, \
+                 expired or not signed by a CA etcd trusts: --trusted-ca-file)"
+            ),
+            Some(rustls::Error::InvalidCertificate(problem)) => {
+                format!("etcd's server certificate does not verify against the configured CA: {problem:?}")
+            }
+            Some(other) => other.to_string(),
+            None => return Error::unavailable(format!("{}: connection failed during TLS: {e}", self.addr)),
+        };
+        Error::Tls {
+            endpoint: self.addr.clone(),
+            reason,
+        }
+    }
+}
+
+impl EtcdClient {
+    /// Builds the client (connections are made at the first call: it
+    /// fails here only on bad settings or unreadable TLS files). Must run
+    /// inside a tokio runtime.
+    pub fn connect(settings: &Settings) -> Result<Self, Error> {
+        if settings.endpoints.is_empty() {
+            return Err(Error::Settings("no endpoint".into()));
+        }
+        if settings.request_timeout.is_zero() || settings.connect_timeout.is_zero() {
+            return Err(Error::Settings("timeouts must be above zero".into()));
+        }
+        let tls = settings.tls.as_ref().map(tls_config).transpose()?;
+        let mut members = Vec::with_capacity(settings.endpoints.len());
+        for endpoint in &settings.endpoints {
+            let addr = host_port(endpoint, tls.is_some())?;
+            let tls = match &tls {
+                None => None,
+                Some(cfg) => {
+                    let host = match &settings.tls.as_ref().and_then(|t| t.server_name.clone()) {
+                        Some(n) => n.clone(),
+                        None => addr
+                            .rsplit_once(':')
+                            .map(|(h, _)| h)
+                            .unwrap_or(&addr)
+                            .trim_matches(['[', ']'])
+                            .to_owned(),
+                    };
+                    let name = ServerName::try_from(host.clone())
+                        .map_err(|_| Error::Settings(format!("invalid server name {host:?}")))?;
+                    Some((cfg.clone(), name))
+                }
+            };
+            let failure: Arc<Mutex<Option<Error>>> = Arc::default();
+            let failures: Arc<AtomicU64> = Arc::default();
+            let dial = Arc::new(Dial {
+                addr: addr.clone(),
+                tls,
+                timeout: settings.connect_timeout,
+            });
+            let (slot, count) = (failure.clone(), failures.clone());
+            let connector = tower::service_fn(move |_: Uri| {
+                let (dial, slot, count) = (dial.clone(), slot.clone(), count.clone());
+                async move {
+                    match dial.run().await {
+                        Ok(conn) => Ok(TokioIo::new(conn)),
+                        Err(e) => {
+                            let line = e.to_string();
+                            if let Ok(mut slot) = slot.lock() {
+                                *slot = Some(e);
+                            }
+                            count.fetch_add(1, Ordering::SeqCst);
+                            Err(io::Error::other(line))
+                        }
+                    }
+                }
+            });
+            let channel = Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| Error::Settings(format!("endpoint {endpoint:?}: {e}")))?
+                .connect_timeout(settings.connect_timeout + Duration::from_millis(100))
+                .http2_keep_alive_interval(Duration::from_secs(1))
+                .keep_alive_timeout(settings.connect_timeout)
+                .keep_alive_while_idle(true)
+                .connect_with_connector_lazy(connector);
+            members.push(Member_ {
+                addr,
+                channel,
+                failure,
+                failures,
+            });
+        }
+        Ok(EtcdClient {
+            inner: Arc::new(Inner {
+                members,
+                preferred: AtomicUsize::new(0),
+                request_timeout: settings.request_timeout,
+            }),
+        })
+    }
+
+    /// The request timeout every call is bounded by.
+    pub fn request_timeout(&self) -> Duration {
+        self.inner.request_timeout
+    }
+
+    /// The endpoints, as `host:port`.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.inner.members.iter().map(|m| m.addr.clone()).collect()
+    }
+
+    /// Runs `f` against the endpoints, failing over as the module
+    /// documentation says, within the request timeout.
+    async fn call<T, F, Fut>(&self, what: &'static str, retry: Retry, mut f: F) -> Result<T, Error>
+    where
+        F: FnMut(Channel, String) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let inner = &*self.inner;
+        let n = inner.members.len();
+        let deadline = Instant::now() + inner.request_timeout;
+        let start = inner.preferred.load(Ordering::Relaxed);
+        let mut last: Option<Error> = None;
+        let mut all_tls = true;
+        for attempt in 0.. {
+            let idx = (start + attempt) % n;
+            let Some(m) = inner.members.get(idx) else {
+                return Err(Error::Settings("no endpoint".into()));
+            };
+            if attempt > 0 && attempt % n == 0 {
+                // a full round failed: a refused certificate will not
+                // change; else pause before the next round
+                if all_tls {
+                    break;
+                }
+                all_tls = true;
+                let pause = Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now()));
+                tokio::time::sleep(pause).await;
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            // an idempotent call leaves time for another endpoint
+            let budget = if retry == Retry::Idempotent && n > 1 && remaining > Duration::from_millis(400) {
+                remaining / 2
+            } else {
+                remaining
+            };
+            let failures_before = m.failures.load(Ordering::SeqCst);
+            let err = match tokio::time::timeout(budget, f(m.channel.clone(), m.addr.clone())).await {
+                Ok(Ok(v)) => {
+                    inner.preferred.store(idx, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Ok(Err(status)) => {
+                    let unsent = m.failures.load(Ordering::SeqCst) != failures_before
+                        && matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown);
+                    let err = if unsent {
+                        m.take_failure().unwrap_or_else(|| Error::from_status(&m.addr, status))
+                    } else {
+                        Error::from_status(&m.addr, status)
+                    };
+                    if !(err.is_unavailable() && (retry == Retry::Idempotent || unsent)) {
+                        return Err(err);
+                    }
+                    err
+                }
+                Err(_) if retry == Retry::Idempotent => Error::Timeout { timeout: budget, what },
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        timeout: inner.request_timeout,
+                        what,
+                    })
+                }
+            };
+            if !matches!(err, Error::Tls { .. }) {
+                all_tls = false;
+            }
+            tracing::debug!(endpoint = %m.addr, error = %err, what, "etcd call failed; trying the next endpoint");
+            inner.preferred.store((idx + 1) % n, Ordering::Relaxed);
+            last = Some(err);
+        }
+        Err(match last {
+            Some(e @ Error::Tls { .. }) => e,
+            Some(e) => Error::unavailable(format!(
+                "no endpoint answered {what} within {:?} (last: {e})",
+                inner.request_timeout
+            )),
+            None => Error::Timeout {
+                timeout: inner.request_timeout,
+                what,
+            },
+        })
+    }
+
+    /// Reads a range (linearizable unless [`Range::serializable`]).
+    pub async fn range(&self, range: Range) -> Result<RangeResult, Error> {
+        let req = range.into_proto();
+        let r = self
+            .call("range", Retry::Idempotent, |ch, _| {
+                let req = req.clone();
+                async move {
+                    pb::kv_client::KvClient::new(ch)
+                        .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                        .range(req)
+                        .await
+                }
+            })
+            .await
+            .map_err(|e| match e {
+                Error::Compacted { .. } => Error::Compacted {
+                    requested: req.revision,
+                    compacted: 0,
+                },
+                e => e,
+            })?;
+        Ok(r.into_inner().into())
+    }
+
+    /// Reads one key (linearizable).
+    pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<KeyValue>, Error> {
+        Ok(self.range(Range::key(key)).await?.kvs.into_iter().next())
+    }
+
+    /// The store's current revision (a linearizable read).
+    pub async fn revision(&self) -> Result<i64, Error> {
+        let r = self
+            .range(Range {
+                key: vec![0],
+                count_only: true,
+                ..Range::default()
+            })
+            .await?;
+        Ok(r.revision)
+    }
+
+    /// Runs a transaction. Not retried once sent: after
+    /// [`Error::Unavailable`]/[`Error::Timeout`] it may or may not have
+    /// been applied (its comparisons, read again, tell).
+    pub async fn txn(&self, txn: Txn) -> Result<TxnResult, Error> {
+        let req = txn.into_proto();
+        let r = self
+            .call("transaction", Retry::Unsent, |ch, _| {
+                let req = req.clone();
+                async move {
+                    pb::kv_client::KvClient::new(ch)
+                        .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                        .txn(req)
+                        .await
+                }
+            })
+            .await?;
+        Ok(r.into_inner().into())
+    }
+
+    /// Compacts the history up to `revision` (etcd keeps every older
+    /// version of every key until then). Needs etcd's root role when auth
+    /// is on.
+    pub async fn compact(&self, revision: i64, physical: bool) -> Result<(), Error> {
+        let req = pb::CompactionRequest { revision, physical };
+        self.call("compaction", Retry::Idempotent, |ch, _| async move {
+            pb::kv_client::KvClient::new(ch).compact(req).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Grants a lease of `ttl` seconds.
+    pub async fn lease_grant(&self, ttl: i64) -> Result<Lease, Error> {
+        let req = pb::LeaseGrantRequest { ttl, id: 0 };
+        let r = self
+            .call("lease grant", Retry::Unsent, |ch, _| async move {
+                pb::lease_client::LeaseClient::new(ch).lease_grant(req).await
+            })
+            .await?
+            .into_inner();
+        if !r.error.is_empty() {
+            return Err(Error::Status(Box::new(tonic::Status::unknown(r.error))));
+        }
+        Ok(Lease { id: r.id, ttl: r.ttl })
+    }
+
+    /// Revokes a lease (its keys are deleted). Revoking a lease that is
+    /// already gone succeeds.
+    pub async fn lease_revoke(&self, id: i64) -> Result<(), Error> {
+        let req = pb::LeaseRevokeRequest { id };
+        match self
+            .call("lease revoke", Retry::Idempotent, |ch, _| async move {
+                pb::lease_client::LeaseClient::new(ch).lease_revoke(req).await
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Error::Status(s)) if s.message().contains("lease not found") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens a keep-alive stream for lease `id`.
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeeper, Error> {
+        let (endpoint, requests, responses) = self
+            .call("lease keep-alive", Retry::Idempotent, |ch, endpoint| {
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                async move {
+                    // the first request goes with the stream, so the
+                    // server's headers come back with its answer
+                    let _ = tx.send(pb::LeaseKeepAliveRequest { id }).await;
+                    let resp = pb::lease_client::LeaseClient::new(ch)
+                        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+                        .await?;
+                    let mut stream = resp.into_inner();
+                    stream.message().await?;
+                    Ok((endpoint, tx, stream))
+                }
+            })
+            .await?;
+        Ok(LeaseKeeper {
+            id,
+            requests,
+            responses,
+            timeout: self.inner.request_timeout,
+            endpoint,
+        })
+    }
+
+    /// Watches `range` (its key and range end) from `start_revision`
+    /// (0: from now), with progress notifications requested. See
+    /// [`Watcher`].
+    pub async fn watch(&self, range: Range, start_revision: i64) -> Result<Watcher, Error> {
+        let create = pb::WatchCreateRequest {
+            key: range.key,
+            range_end: range.range_end,
+            start_revision,
+            progress_notify: true,
+            prev_kv: false,
+            ..Default::default()
+        };
+        let timeout = self.inner.request_timeout;
+        let (endpoint, requests, responses, first) = self
+            .call("watch", Retry::Idempotent, |ch, endpoint| {
+                let (tx, rx) = tokio::sync::mpsc::channel(8);
+                let create = create.clone();
+                async move {
+                    let _ = tx
+                        .send(pb::WatchRequest {
+                            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(create)),
+                        })
+                        .await;
+                    let resp = pb::watch_client::WatchClient::new(ch)
+                        .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+                        .await?;
+                    let mut stream = resp.into_inner();
+                    let first = stream
+                        .message()
+                        .await?
+                        .ok_or_else(|| tonic::Status::unavailable("watch stream ended before it was created"))?;
+                    Ok((endpoint, tx, stream, first))
+                }
+            })
+            .await?;
+        Ok(Watcher::new(
+            endpoint,
+            requests,
+            responses,
+            first,
+            timeout,
+            start_revision,
+        ))
+    }
+
+    /// The cluster's members.
+    pub async fn member_list(&self) -> Result<Vec<Member>, Error> {
+        let r = self
+            .call("member list", Retry::Idempotent, |ch, _| async move {
+                pb::cluster_client::ClusterClient::new(ch)
+                    .member_list(pb::MemberListRequest {})
+                    .await
+            })
+            .await?
+            .into_inner();
+        Ok(r.members
+            .into_iter()
+            .map(|m| Member {
+                id: m.id,
+                name: m.name,
+                client_urls: m.client_ur_ls,
+                peer_urls: m.peer_ur_ls,
+            })
+            .collect())
+    }
+
+    /// Each endpoint's own status (no failover: one answer per endpoint,
+    /// in the order of the settings).
+    pub async fn member_status(&self) -> Vec<(String, Result<MemberStatus, Error>)> {
+        let timeout = self.inner.request_timeout;
+        let calls = self.inner.members.iter().map(|m| {
+            let ch = m.channel.clone();
+            let addr = m.addr.clone();
+            async move {
+                let r = tokio::time::timeout(
+                    timeout,
+                    pb::maintenance_client::MaintenanceClient::new(ch).status(pb::StatusRequest {}),
+                )
+                .await;
+                let r = match r {
+                    Err(_) => Err(Error::Timeout {
+                        timeout,
+                        what: "status",
+                    }),
+                    Ok(Err(s)) => Err(m.take_failure().unwrap_or_else(|| Error::from_status(&addr, s))),
+                    Ok(Ok(r)) => {
+                        let r = r.into_inner();
+                        Ok(MemberStatus {
+                            member_id: r.header.as_ref().map(|h| h.member_id).unwrap_or(0),
+                            revision: r.header.as_ref().map(|h| h.revision).unwrap_or(0),
+                            leader: r.leader,
+                            version: r.version,
+                            db_size: r.db_size,
+                            raft_term: r.raft_term,
+                            raft_applied_index: r.raft_applied_index,
+                            errors: r.errors,
+                        })
+                    }
+                };
+                (addr, r)
+            }
+        });
+        let mut out = Vec::new();
+        for c in calls {
+            out.push(c.await);
+        }
+        out
+    }
+
+    /// Operator: adds an etcd user. With client-certificate
+    /// authentication the certificate's CN names the user, so it gets no
+    /// password.
+    pub async fn user_add(&self, name: &str) -> Result<(), Error> {
+        let req = pb::AuthUserAddRequest {
+            name: name.to_owned(),
+            password: String::new(),
+            options: Some(authpb::UserAddOptions { no_password: true }),
+        };
+        self.call("user add", Retry::Unsent, |ch, _| {
+            let req = req.clone();
+            async move { pb::auth_client::AuthClient::new(ch).user_add(req).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Operator: adds a role allowed to read and write every key under
+    /// `prefix`, and nothing else.
+    pub async fn role_add_for_prefix(&self, role: &str, prefix: &[u8]) -> Result<(), Error> {
+        let add = pb::AuthRoleAddRequest { name: role.to_owned() };
+        self.call("role add", Retry::Unsent, |ch, _| {
+            let add = add.clone();
+            async move { pb::auth_client::AuthClient::new(ch).role_add(add).await }
+        })
+        .await?;
+        let grant = pb::AuthRoleGrantPermissionRequest {
+            name: role.to_owned(),
+            perm: Some(authpb::Permission {
+                perm_type: authpb::permission::Type::Readwrite as i32,
+                key: prefix.to_vec(),
+                range_end: crate::prefix_end(prefix),
+            }),
+        };
+        self.call("role grant", Retry::Unsent, |ch, _| {
+            let grant = grant.clone();
+            async move { pb::auth_client::AuthClient::new(ch).role_grant_permission(grant).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Operator: grants `role` to `user`.
+    pub async fn user_grant_role(&self, user: &str, role: &str) -> Result<(), Error> {
+        let req = pb::AuthUserGrantRoleRequest {
+            user: user.to_owned(),
+            role: role.to_owned(),
+        };
+        self.call("user grant role", Retry::Unsent, |ch, _| {
+            let req = req.clone();
+            async move { pb::auth_client::AuthClient::new(ch).user_grant_role(req).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Operator: turns etcd's authentication on (a `root` user with the
+    /// `root` role must exist).
+    pub async fn auth_enable(&self) -> Result<(), Error> {
+        self.call("auth enable", Retry::Unsent, |ch, _| async move {
+            pb::auth_client::AuthClient::new(ch)
+                .auth_enable(pb::AuthEnableRequest {})
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// `inner` with `prefix` replayed before its own bytes (the bytes read
+/// while waiting for etcd's verdict on the client certificate).
+struct Rewind<T> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    fn new(prefix: Vec<u8>, inner: T) -> Self {
+        Rewind { prefix, pos: 0, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let rest = this.prefix.get(this.pos..).unwrap_or_default();
+        if rest.is_empty() {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let n = rest.len().min(buf.remaining());
+        buf.put_slice(rest.get(..n).unwrap_or_default());
+        this.pos += n;
+        if this.pos == this.prefix.len() {
+            this.prefix = Vec::new();
+            this.pos = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn endpoints_must_agree_with_the_tls_setting() {
+        assert_eq!(host_port("127.0.0.1:2379", false).unwrap(), "127.0.0.1:2379");
+        assert_eq!(host_port("http://127.0.0.1:2379/", false).unwrap(), "127.0.0.1:2379");
+        assert_eq!(host_port("https://etcd1:2379", true).unwrap(), "etcd1:2379");
+        assert!(host_port("https://etcd1:2379", false).is_err());
+        assert!(host_port("http://etcd1:2379", true).is_err());
+        assert!(host_port("etcd1", false).is_err());
+    }
+
+    #[test]
+    fn values_never_reach_debug_output() {
+        let kv = KeyValue {
+            key: b"/kmsd/a/kpayments".to_vec(),
+            value: b"sealed-bytes-here".to_vec(),
+            create_revision: 1,
+            mod_revision: 2,
+            version: 1,
+            lease: 0,
+        };
+        let s = format!("{kv:?}");
+        assert!(s.contains("kpayments") && !s.contains("sealed-bytes"), "{s}");
+    }
+}

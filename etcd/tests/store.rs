@@ -1,0 +1,106 @@
+//! `EtcdStore` against a real 3-member etcd cluster: the keystore's
+//! conformance suite, and what a lost member or a lost quorum does.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+use kmsd_etcd::testing::Cluster;
+use kmsd_etcd::EtcdStore;
+use kmsd_keystore::store::{KeyStore, RecordKind};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[test]
+fn conformance_on_a_three_member_cluster() {
+    let cluster = Cluster::start(3).expect("etcd");
+    let s = EtcdStore::open(&cluster.settings(), "/kmsd/conf/").unwrap();
+    kmsd_keystore::conformance::run(&s);
+    let cas = Arc::new(EtcdStore::open(&cluster.settings(), "/kmsd/cas/").unwrap());
+    kmsd_keystore::conformance::concurrent_cas(cas);
+    // the records are where the layout says, and nothing else is
+    let c = s.client();
+    let keys = kmsd_etcd::testing::block_on(async move {
+        c.range(kmsd_etcd::Range::prefix(b"/kmsd/conf/".to_vec()))
+            .await
+            .unwrap()
+            .kvs
+    });
+    assert!(keys.iter().any(|kv| kv.key == b"/kmsd/conf/ka"), "{keys:?}");
+    assert!(keys.iter().all(|kv| s.decode_key(&kv.key).is_some()));
+}
+
+/// A fresh store on `cluster` under `prefix`, with a short request timeout.
+fn store(settings: kmsd_etcd::Settings, prefix: &str) -> EtcdStore {
+    EtcdStore::open(&settings, prefix).unwrap()
+}
+
+fn leader(cluster: &Cluster) -> usize {
+    let c = cluster.settings();
+    let st =
+        kmsd_etcd::testing::block_on(async move { kmsd_etcd::EtcdClient::connect(&c).unwrap().member_status().await });
+    let id = st.iter().find_map(|(_, s)| s.as_ref().ok().map(|s| s.leader)).unwrap();
+    st.iter()
+        .position(|(_, s)| s.as_ref().is_ok_and(|s| s.member_id == id))
+        .unwrap()
+}
+
+#[test]
+fn one_member_killed_changes_nothing() {
+    let mut cluster = Cluster::start(3).expect("etcd");
+    let s = store(cluster.settings(), "/kmsd/k/");
+    s.put(RecordKind::KeyRing, "before", None, b"v").unwrap();
+    // the member every call went to so far
+    cluster.kill(0).unwrap();
+    kmsd_keystore::conformance::run(&store(cluster.settings(), "/kmsd/k1/"));
+    assert_eq!(s.get(RecordKind::KeyRing, "before").unwrap().unwrap().value, b"v");
+    cluster.restart(0).unwrap();
+    // the raft leader
+    let l = leader(&cluster);
+    cluster.kill(l).unwrap();
+    kmsd_keystore::conformance::run(&store(cluster.settings(), "/kmsd/k2/"));
+    let e = s.get(RecordKind::KeyRing, "before").unwrap().unwrap();
+    s.put(RecordKind::KeyRing, "before", Some(e.revision), b"w").unwrap();
+}
+
+#[test]
+fn quorum_lost_fails_within_the_timeout_then_recovers() {
+    let mut cluster = Cluster::start(3).expect("etcd");
+    let mut settings = cluster.settings();
+    settings.request_timeout = Duration::from_secs(1);
+    let s = store(settings, "/kmsd/q/");
+    let r1 = s.put(RecordKind::KeyRing, "r", None, b"1").unwrap();
+    // two of three stopped, among them the one the store talks to
+    cluster.stop(0).unwrap();
+    cluster.stop(1).unwrap();
+    let bound = Duration::from_secs(3); // the 1 s timeout, with room for a loaded machine
+    let t = Instant::now();
+    let e = s.put(RecordKind::KeyRing, "r", Some(r1), b"2").unwrap_err();
+    assert!(t.elapsed() < bound, "the write hung {:?}", t.elapsed());
+    assert!(
+        matches!(e, kmsd_keystore::Error::Backend(ref m) if m.contains("etcd unavailable")),
+        "{e}"
+    );
+    let t = Instant::now();
+    let e = s.get(RecordKind::KeyRing, "r").unwrap_err();
+    assert!(t.elapsed() < bound, "the read hung {:?}", t.elapsed());
+    assert!(e.to_string().contains("etcd unavailable"), "{e}");
+    let t = Instant::now();
+    assert!(s.list(RecordKind::KeyRing, "", None, 10).is_err());
+    assert!(t.elapsed() < bound, "the listing hung {:?}", t.elapsed());
+    // resumed: everything works again, without reopening the store
+    cluster.cont(0).unwrap();
+    cluster.cont(1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let e = loop {
+        match s.get(RecordKind::KeyRing, "r") {
+            Ok(e) => break e.unwrap(),
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("not back after SIGCONT: {e}"),
+        }
+    };
+    // the failed write may or may not have been applied; the next
+    // compare-and-swap sees which, and succeeds
+    assert!(e.value == b"1" || e.value == b"2");
+    s.put(RecordKind::KeyRing, "r", Some(e.revision), b"3").unwrap();
+    kmsd_keystore::conformance::run(&store(cluster.settings(), "/kmsd/q2/"));
+}
