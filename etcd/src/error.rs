@@ -104,7 +104,9 @@ impl Error {
                 requested: 0,
                 compacted: 0,
             },
-            Code::InvalidArgument | Code::ResourceExhausted if msg.contains("too large") => {
+            Code::InvalidArgument | Code::ResourceExhausted
+                if msg.contains("too large") || msg.contains("larger than max") =>
+            {
                 Error::TooLarge(msg.to_owned())
             }
             // etcd's "leader changed", "timed out", "no leader" arrive as

@@ -104,3 +104,79 @@ fn quorum_lost_fails_within_the_timeout_then_recovers() {
     s.put(RecordKind::KeyRing, "r", Some(e.revision), b"3").unwrap();
     kmsd_keystore::conformance::run(&store(cluster.settings(), "/kmsd/q2/"));
 }
+
+/// etcd refuses a request over `--max-request-bytes` (1.5 MiB by
+/// default): a record near the bound is stored, one over it is refused
+/// with a clear error and changes nothing. (A key ring takes about 45
+/// bytes per version, so about 34,000 versions fit.)
+#[test]
+fn etcds_request_limit_bounds_a_record() {
+    let cluster = Cluster::start(1).expect("etcd");
+    let s = store(cluster.settings(), "/kmsd/big/");
+    let near = vec![7u8; 1_400_000];
+    let r = s.put(RecordKind::KeyRing, "big", None, &near).unwrap();
+    for over in [1_700_000usize, 3_000_000] {
+        let e = s
+            .put(RecordKind::KeyRing, "big", Some(r), &vec![8u8; over])
+            .unwrap_err();
+        assert!(e.to_string().contains("too large"), "{over}: {e}");
+    }
+    let e = s.get(RecordKind::KeyRing, "big").unwrap().unwrap();
+    assert_eq!((e.revision, e.value.len()), (r, near.len()));
+}
+
+/// What a cache built on the store uses: `for_each` fixes the snapshot
+/// revision it read at, a watch from the next revision reports every
+/// later write (by another node's store) keyed back to its record, with
+/// progress on request, and a compaction past it as `Compacted`.
+#[test]
+fn a_watch_from_the_snapshot_sees_other_nodes_writes() {
+    use kmsd_etcd::{EventKind, WatchEvent};
+    let cluster = Cluster::start(1).expect("etcd");
+    let a = store(cluster.settings(), "/kmsd/w/");
+    let b = store(cluster.settings(), "/kmsd/w/");
+    a.put(RecordKind::KeyRing, "k1", None, b"1").unwrap();
+    a.for_each(RecordKind::KeyRing, &mut |_, _| Ok(())).unwrap();
+    let snap = a.snapshot_revision();
+    assert!(snap >= a.opened_revision() && snap > 0);
+    let mut w = a.watch(snap + 1).unwrap();
+    let r = b.put(RecordKind::Meta, "m", None, b"2").unwrap();
+    let e = b.get(RecordKind::KeyRing, "k1").unwrap().unwrap();
+    b.delete(RecordKind::KeyRing, "k1", e.revision).unwrap();
+    b.put(RecordKind::KeyRing, "k1", None, b"3").unwrap();
+    let (seen, progress, compacted) = kmsd_etcd::testing::block_on(async move {
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            match w.next().await.unwrap() {
+                WatchEvent::Events { events, .. } => seen.extend(events),
+                WatchEvent::Progress { .. } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        w.request_progress().await.unwrap();
+        let progress = w.next().await.unwrap();
+        (seen, progress, w)
+    });
+    let decoded: Vec<_> = seen
+        .iter()
+        .map(|e| (e.kind, a.decode_key(&e.kv.key).unwrap()))
+        .collect();
+    assert_eq!(
+        decoded,
+        vec![
+            (EventKind::Put, (RecordKind::Meta, "m".to_owned())),
+            (EventKind::Delete, (RecordKind::KeyRing, "k1".to_owned())),
+            (EventKind::Put, (RecordKind::KeyRing, "k1".to_owned())),
+        ]
+    );
+    assert_eq!(seen[0].kv.mod_revision as u64, r.0);
+    assert_eq!(seen[0].kv.value, b"2");
+    let now = a.revision().unwrap();
+    assert_eq!(progress, WatchEvent::Progress { revision: now });
+    drop(compacted);
+    // compacted past the snapshot: a watch from it is told to reload
+    a.reclaim().unwrap();
+    let mut w = a.watch(snap + 1).unwrap();
+    let ev = kmsd_etcd::testing::block_on(async move { w.next().await.unwrap() });
+    assert_eq!(ev, WatchEvent::Compacted { compact_revision: now });
+}
