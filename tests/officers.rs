@@ -330,3 +330,41 @@ async fn replacing_an_officers_second_factor_needs_two_officers_and_reaches_only
     let e = env.enroll("alice", "carol", false).await.unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
 }
+
+/// `kmsctl` asks an officer for the one-time code on the terminal when the
+/// daemon wants one (no `--otp`): without echo, and from the terminal even
+/// when stdin carries data. The terminal is a pseudo-terminal with echo
+/// turned on before kmsctl starts (so only kmsctl can turn it off); stdin
+/// is a file holding a wrong code, which the daemon would refuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kmsctl_reads_the_code_from_the_terminal_without_echo() {
+    let mut env = Env::new().await;
+    create(&mut env.keys("admin"), "ring").await;
+    let dir = env.d.dir.clone();
+    let stdin = dir.join("stdin-data");
+    std::fs::write(&stdin, "999999\n").unwrap();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "stty echo && \"$0\" key rotate ring < \"$1\"; echo \"exit=$?\""])
+        .arg(kmsctl_bin())
+        .arg(&stdin)
+        .env("KMSD_ADDR", format!("unix:{}", env.d.socket.display()))
+        .env("KMSD_CA", dir.join("ca.pem"))
+        .env("KMSD_CERT", dir.join("alice.pem"))
+        .env("KMSD_KEY", dir.join("alice.key"))
+        .env_remove("KMSD_OTP");
+    let code = env.code("alice");
+    let typed = code.clone();
+    let (before, after) = tokio::task::spawn_blocking(move || {
+        let mut tty = rexpect::session::spawn_command(cmd, Some(20_000)).unwrap();
+        let before = tty.exp_string("one-time code: ").unwrap();
+        tty.send_line(&typed).unwrap();
+        let after = tty.exp_string("exit=").unwrap();
+        let status = tty.read_line().unwrap();
+        (before, format!("{after}exit={status}"))
+    })
+    .await
+    .unwrap();
+    assert!(after.ends_with("exit=0"), "kmsctl failed: {before}{after}");
+    assert!(!after.contains(&code), "the code was echoed: {after:?}");
+    assert_eq!(get(&mut env.keys("admin"), "ring").await.primary_version, 2);
+}
