@@ -74,7 +74,7 @@ where
             match tokio::time::timeout_at(deadline.into(), call).await {
                 Ok(r) => r,
                 Err(_) => {
-                    let e = crate::Error::DeadlineExceeded("the request did not finish within its deadline".into());
+                    let e = crate::Error::DeadlineExceeded(crate::error::Deadline::Request);
                     Ok(tonic::Status::from(e).into_http())
                 }
             }

@@ -15,9 +15,9 @@ pub enum Error {
     /// A key with that name exists already.
     #[error("key {0:?} already exists")]
     KeyExists(String),
-    /// A malformed request field.
-    #[error("{0}")]
-    InvalidArgument(String),
+    /// A malformed request field: which one and why.
+    #[error(transparent)]
+    InvalidArgument(Invalid),
     /// The ciphertext is not a kmsd envelope this version can read.
     #[error("malformed ciphertext: {0}")]
     MalformedCiphertext(&'static str),
@@ -49,9 +49,10 @@ pub enum Error {
         /// "encryption" or "decryption".
         action: &'static str,
     },
-    /// A message, field or batch over a configured limit.
-    #[error("{0}")]
-    TooLarge(String),
+    /// A message, field, batch or rate over a configured limit: which
+    /// limit, and its value.
+    #[error(transparent)]
+    TooLarge(Limit),
     /// A stored record failed its integrity check.
     #[error("key {0:?}: stored record is corrupt or was tampered with")]
     Corrupt(String),
@@ -64,26 +65,28 @@ pub enum Error {
     #[error("key {0:?} was changed concurrently; retry")]
     Conflict(String),
     /// A request the key's state or policy does not allow.
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// The caller's policy does not allow the operation.
-    #[error("{0}")]
-    PermissionDenied(String),
+    #[error(transparent)]
+    FailedPrecondition(Precondition),
+    /// The caller may not do this (dual-control rules, a batch item the
+    /// policy refuses).
+    #[error(transparent)]
+    PermissionDenied(Forbidden),
     /// An internal failure (the AEAD refused to encrypt). The static text
     /// names what failed, never data or key material.
     #[error("internal error: {0}")]
     Internal(&'static str),
     /// Something other than a key is not there (an officer enrolment
-    /// waiting to be claimed).
-    #[error("{0}")]
-    NotFound(String),
+    /// waiting to be claimed, a pending approval request).
+    #[error(transparent)]
+    NotFound(Missing),
     /// The request's work did not finish within its deadline (the request
     /// timeout, or the caller's `grpc-timeout` if shorter), and was stopped.
-    #[error("{0}")]
-    DeadlineExceeded(String),
-    /// The caller went away; the work was stopped.
-    #[error("{0}")]
-    Cancelled(String),
+    #[error(transparent)]
+    DeadlineExceeded(Deadline),
+    /// The caller went away (or its request stream failed); the work was
+    /// stopped.
+    #[error(transparent)]
+    Cancelled(Cancel),
     /// The policy does not allow the caller the operation (on the key).
     #[error(transparent)]
     Denied(#[from] crate::authz::Denied),
@@ -137,6 +140,284 @@ pub enum Error {
     /// connection lost): the caller gets the stream's own status.
     #[error("request stream failed: {0}")]
     RequestStream(tonic::Status),
+}
+
+/// Which request field is malformed, and why ([`Error::InvalidArgument`]).
+/// The texts are the ones clients see; none carries a value the caller
+/// sent except key names and the approval identity.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Invalid {
+    /// A key name outside the keystore's rules.
+    #[error("{0}")]
+    KeyName(#[source] kmsd_keystore::Error),
+    /// `CreateKey.algorithm` other than AES-256-GCM.
+    #[error("unsupported algorithm; only AES_256_GCM")]
+    Algorithm,
+    /// `CreateKey.purpose` is not a known purpose.
+    #[error("unknown key purpose")]
+    UnknownPurpose,
+    /// `UpdateKeyPolicy` tried to change the purpose.
+    #[error("a key's purpose is fixed at creation")]
+    PurposeFixed,
+    /// A policy the key's purpose does not allow (the keystore's rule).
+    #[error("{0}")]
+    PurposePolicy(#[source] kmsd_keystore::Error),
+    /// `rotation_period` under the minimum.
+    #[error("rotation_period must be at least {minimum} seconds")]
+    RotationPeriod {
+        /// The minimum (shorter in dev mode).
+        minimum: u64,
+    },
+    /// `waiting_period` under the minimum.
+    #[error("waiting_period must be at least {minimum} seconds")]
+    WaitingPeriod {
+        /// The minimum (shorter in dev mode).
+        minimum: u64,
+    },
+    /// `SetVersionState` to a state it cannot set.
+    #[error("state must be DECRYPT_ONLY or DISABLED")]
+    VersionState,
+    /// A version the key does not have.
+    #[error("key {key:?} has no version {version}")]
+    NoSuchVersion {
+        /// Key name.
+        key: String,
+        /// The version asked for.
+        version: u32,
+    },
+    /// `GenerateDataKey.bits` other than 128, 192 or 256.
+    #[error("bits must be 128, 192 or 256")]
+    DataKeyBits,
+    /// `ListKeys.page_token` that does not open for this caller and prefix.
+    #[error(
+        "invalid page_token (not from a previous ListKeys with the same prefix by this caller, \
+         or the master key changed): list again from the start"
+    )]
+    PageToken,
+    /// `EnrollOfficer.identity` empty or too long.
+    #[error("identity must be 1-512 characters")]
+    OfficerIdentity,
+    /// A snapshot that is not a valid kmsd backup for this master key.
+    #[error("backup rejected: {reason}")]
+    Backup {
+        /// What failed (static text from the keystore).
+        reason: &'static str,
+        /// The keystore's error.
+        source: kmsd_keystore::Error,
+    },
+    /// A data kind left unspecified.
+    #[error("kind is required")]
+    DataKind,
+    /// `Mask.pan_keep_bin` other than 0, 6 or 8.
+    #[error("pan_keep_bin must be 0, 6 or 8")]
+    PanKeepBin,
+    /// A value `Mask` refuses (never contains the value).
+    #[error("{0}")]
+    Mask(#[source] crate::masking::MaskError),
+    /// A value or token tokenization refuses (never contains either).
+    #[error("{0}")]
+    Token(#[source] crate::masking::TokenError),
+    /// `Detokenize` of a format-preserving kind without `key_version`.
+    #[error(
+        "key_version is required to detokenize a format-preserving token (PAN, sort code, account \
+         number, phone): it carries no version, and the wrong one gives a wrong value silently"
+    )]
+    TokenVersionRequired,
+    /// A `RedactStream` that ended with an error (the audit outcome; the
+    /// caller gets the stream's own status).
+    #[error("stream failed")]
+    RedactStream,
+}
+
+/// Which configured limit a request went over, and its value
+/// ([`Error::TooLarge`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Limit {
+    /// A batch with more items than `limits.max_batch_items`.
+    #[error("batch of {items} items exceeds the limit of {max}")]
+    BatchItems {
+        /// Items sent.
+        items: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A restore upload over its cap.
+    #[error("backup larger than {cap} bytes, {what}")]
+    Backup {
+        /// The cap in bytes.
+        cap: usize,
+        /// Which cap ("the restore limit", or the pending-bytes room).
+        what: &'static str,
+    },
+    /// `limits.max_pending_approvals` requests already wait.
+    #[error(
+        "dual control: {pending} requests are already pending, the most allowed (limits.max_pending_approvals); \
+         approve, reject or let some expire first"
+    )]
+    PendingApprovals {
+        /// Requests pending.
+        pending: usize,
+    },
+    /// The request would take pending requests over `limits.max_pending_bytes`.
+    #[error(
+        "dual control: this request would hold {request} bytes in memory while pending, and pending requests \
+         already hold {held}; the most allowed is {max} (limits.max_pending_bytes)"
+    )]
+    PendingBytes {
+        /// Bytes this request holds.
+        request: usize,
+        /// Bytes pending requests hold.
+        held: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A call that would cause more usage rotations than
+    /// `limits.max_rotations_per_call`.
+    #[error(
+        "key {key:?}: version {version} reached its usage limit (max_encryptions_per_version) and \
+         this call already caused {max} usage rotations, the most one call may \
+         (limits.max_rotations_per_call); retry the rest in another call"
+    )]
+    UsageRotations {
+        /// Key name.
+        key: String,
+        /// The version at its limit.
+        version: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// The caller's `limits.tokenize_rate` bucket is empty.
+    #[error("tokenize rate limit for this identity exceeded (limits.tokenize_rate); retry in {retry_ms} ms")]
+    TokenizeRate {
+        /// When a token is next available (at least 1).
+        retry_ms: u128,
+    },
+}
+
+/// What the key's state or policy does not allow
+/// ([`Error::FailedPrecondition`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Precondition {
+    /// A ring change its state refuses (the keystore's rule and text).
+    #[error("{0}")]
+    Ring(#[source] kmsd_keystore::Error),
+    /// An envelope operation on a token key.
+    #[error("key {key:?} is a token key (purpose TOKENIZE): it only tokenizes and detokenizes")]
+    TokenKey {
+        /// Key name.
+        key: String,
+    },
+    /// Tokenizing under a key that rotates by itself.
+    #[error(
+        "key {key:?} rotates automatically (rotation period or usage limit): tokens are deterministic \
+         and would change at each rotation; use a key created with purpose TOKENIZE, or set \
+         allow_token_rotation on this key to accept that"
+    )]
+    RotatingTokenKey {
+        /// Key name.
+        key: String,
+    },
+    /// `ScheduleKeyDeletion` on a key whose policy forbids it.
+    #[error("key {key:?} does not allow deletion (policy deletion_allowed is false)")]
+    DeletionNotAllowed {
+        /// Key name.
+        key: String,
+    },
+    /// `Restore` into a store that has keys.
+    #[error("restore needs an empty store (this one has keys)")]
+    RestoreNotEmpty,
+}
+
+/// Why the caller may not do this ([`Error::PermissionDenied`]; the
+/// policy's own denials are [`Error::Denied`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Forbidden {
+    /// A dual-control operation requested by a non-officer.
+    #[error("{op} needs dual control: it must be requested by an officer and approved by another")]
+    DualControlRequester {
+        /// The operation.
+        op: &'static str,
+    },
+    /// An officer approving their own request.
+    #[error("dual control: the requester cannot approve their own request")]
+    OwnRequest,
+    /// A non-officer approving.
+    #[error("dual control: only an officer can approve")]
+    NotAnOfficer,
+    /// An officer deciding on a request outside their own rights.
+    #[error("dual control: approving or rejecting needs the right it decides on: {0}")]
+    DecisionOutsideRights(#[source] crate::authz::Denied),
+    /// One item of a batch the policy refuses on its key.
+    #[error("permission denied: may not {op} on key {key:?}")]
+    BatchItem {
+        /// The operation.
+        op: &'static str,
+        /// The item's key.
+        key: String,
+    },
+}
+
+/// What is not there, other than a key ([`Error::NotFound`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Missing {
+    /// No officer enrolment offer waits for this identity.
+    #[error("no officer enrolment waits for {identity} (none, claimed or expired)")]
+    Enrolment {
+        /// The identity.
+        identity: String,
+    },
+    /// No pending approval request with this id, to approve.
+    #[error("no pending approval request {id} (unknown or expired)")]
+    Approval {
+        /// The request id given.
+        id: String,
+    },
+    /// No pending approval request with this id, to reject.
+    #[error("no pending approval request {id}")]
+    Rejection {
+        /// The request id given.
+        id: String,
+    },
+    /// The request went between look-up and removal (cannot happen under
+    /// the lock; kept rather than a panic).
+    #[error("request vanished")]
+    Vanished,
+}
+
+/// Which deadline passed ([`Error::DeadlineExceeded`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Deadline {
+    /// The call as a whole (`deadline.rs`).
+    #[error("the request did not finish within its deadline")]
+    Request,
+    /// Waiting for room under `limits.max_redaction_bytes_in_flight`.
+    #[error("no room for the redaction before the request deadline (limits.max_redaction_bytes_in_flight)")]
+    RedactionRoom,
+    /// Redaction itself.
+    #[error("redaction did not finish within the request deadline")]
+    Redaction,
+}
+
+/// What stopped because the caller went away ([`Error::Cancelled`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Cancel {
+    /// The request stream failed mid-call (the audit outcome; the caller
+    /// gets the stream's own status).
+    #[error("the request stream failed")]
+    RequestStream,
+    /// Redaction, because the caller went away.
+    #[error("the caller went away; redaction stopped")]
+    Redaction,
+    /// Redaction, stopped by its caller (the pure entry point).
+    #[error("redaction stopped")]
+    RedactionStopped,
 }
 
 impl Error {
@@ -209,8 +490,8 @@ impl From<kmsd_keystore::Error> for Error {
                 tracing::error!(key = %name, reason, "stored record failed its integrity check");
                 Error::Corrupt(name)
             }
-            K::InvalidName(why) => Error::InvalidArgument(format!("invalid key name: {why}")),
-            K::Precondition(m) => Error::FailedPrecondition(m),
+            e @ K::InvalidName(_) => Error::InvalidArgument(Invalid::KeyName(e)),
+            e @ K::Precondition(_) => Error::FailedPrecondition(Precondition::Ring(e)),
             K::Seal { kind, name } => {
                 tracing::error!(kind = %kind, name = %name, "a record could not be sealed");
                 Error::Internal("a record could not be sealed")
@@ -263,6 +544,116 @@ mod tests {
             Some("0123abcd")
         );
         assert!(s.message().starts_with("dual control: request 0123abcd created; a second officer must approve it before it runs (kmsctl approvals approve 0123abcd); expires at 42 (Unix time): restore"), "{}", s.message());
+    }
+
+    /// The typed variants answer with the codes and texts the free-form
+    /// strings had (clients and tests match on them).
+    #[test]
+    fn typed_variants_keep_their_codes_and_texts() {
+        let denied = crate::authz::Denied {
+            identity: "spiffe://x/officer/b".into(),
+            op: "key.destroy",
+            on: " on key \"k\"".into(),
+        };
+        let cases: Vec<(Error, Code, &str)> = vec![
+            (
+                Error::InvalidArgument(Invalid::NoSuchVersion {
+                    key: "k".into(),
+                    version: 3,
+                }),
+                Code::InvalidArgument,
+                "key \"k\" has no version 3",
+            ),
+            (
+                Error::InvalidArgument(Invalid::WaitingPeriod { minimum: 86400 }),
+                Code::InvalidArgument,
+                "waiting_period must be at least 86400 seconds",
+            ),
+            (
+                Error::InvalidArgument(Invalid::Token(crate::masking::TokenError::InvalidToken)),
+                Code::InvalidArgument,
+                "token is invalid for this key, tweak and kind",
+            ),
+            (
+                Error::from(kmsd_keystore::KeyName::parse("a b").unwrap_err()),
+                Code::InvalidArgument,
+                "invalid key name: only A-Z a-z 0-9 . _ - are allowed",
+            ),
+            (
+                Error::TooLarge(Limit::BatchItems { items: 5, max: 4 }),
+                Code::ResourceExhausted,
+                "batch of 5 items exceeds the limit of 4",
+            ),
+            (
+                Error::TooLarge(Limit::PendingBytes {
+                    request: 10,
+                    held: 20,
+                    max: 25,
+                }),
+                Code::ResourceExhausted,
+                "dual control: this request would hold 10 bytes in memory while pending, and pending requests \
+                 already hold 20; the most allowed is 25 (limits.max_pending_bytes)",
+            ),
+            (
+                Error::TooLarge(Limit::TokenizeRate { retry_ms: 7 }),
+                Code::ResourceExhausted,
+                "tokenize rate limit for this identity exceeded (limits.tokenize_rate); retry in 7 ms",
+            ),
+            (
+                Error::FailedPrecondition(Precondition::TokenKey { key: "t".into() }),
+                Code::FailedPrecondition,
+                "key \"t\" is a token key (purpose TOKENIZE): it only tokenizes and detokenizes",
+            ),
+            (
+                Error::from(kmsd_keystore::Error::Precondition("version 2 is DESTROYED".into())),
+                Code::FailedPrecondition,
+                "version 2 is DESTROYED",
+            ),
+            (
+                Error::PermissionDenied(Forbidden::BatchItem {
+                    op: "decrypt",
+                    key: "k".into(),
+                }),
+                Code::PermissionDenied,
+                "permission denied: may not decrypt on key \"k\"",
+            ),
+            (
+                Error::PermissionDenied(Forbidden::DecisionOutsideRights(denied)),
+                Code::PermissionDenied,
+                "dual control: approving or rejecting needs the right it decides on: permission denied: \
+                 spiffe://x/officer/b may not key.destroy on key \"k\"",
+            ),
+            (
+                Error::NotFound(Missing::Enrolment {
+                    identity: "spiffe://x/o".into(),
+                }),
+                Code::NotFound,
+                "no officer enrolment waits for spiffe://x/o (none, claimed or expired)",
+            ),
+            (
+                Error::DeadlineExceeded(Deadline::Request),
+                Code::DeadlineExceeded,
+                "the request did not finish within its deadline",
+            ),
+            (
+                Error::Cancelled(Cancel::Redaction),
+                Code::Cancelled,
+                "the caller went away; redaction stopped",
+            ),
+        ];
+        for (e, code, text) in cases {
+            let s = tonic::Status::from(e);
+            assert_eq!((s.code(), s.message()), (code, text));
+        }
+    }
+
+    #[test]
+    fn typed_variants_keep_their_sources() {
+        use std::error::Error as _;
+        let e = Error::InvalidArgument(Invalid::Mask(crate::masking::MaskError::Empty));
+        assert_eq!(e.source().map(|s| s.to_string()).as_deref(), Some("value is empty"));
+        let e = Error::from(kmsd_keystore::Error::Precondition("no".into()));
+        assert!(e.source().is_some_and(|s| s.is::<kmsd_keystore::Error>()));
     }
 
     #[test]

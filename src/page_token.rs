@@ -8,7 +8,7 @@
 //! master-key rekey (`INVALID_ARGUMENT`: list again from the start).
 //!
 //! This module never sees key material other than the derived token key.
-use crate::error::Error;
+use crate::error::{Error, Invalid};
 use kmsd_keystore::aead::{self, NONCE_LEN, TAG_LEN};
 use rand::RngCore;
 use zeroize::Zeroizing;
@@ -49,13 +49,7 @@ pub fn seal(key: &Zeroizing<[u8; 32]>, identity: &str, prefix: &str, last_shown:
 
 /// Opens a token made by [`seal`] for the same identity and prefix.
 pub fn open(key: &Zeroizing<[u8; 32]>, identity: &str, prefix: &str, token: &str) -> Result<String, Error> {
-    let invalid = || {
-        Error::InvalidArgument(
-            "invalid page_token (not from a previous ListKeys with the same prefix by this caller, \
-             or the master key changed): list again from the start"
-                .into(),
-        )
-    };
+    let invalid = || Error::InvalidArgument(Invalid::PageToken);
     if token.len() > 2 * (1 + NONCE_LEN + MAX_NAME + TAG_LEN) {
         return Err(invalid());
     }

@@ -2,7 +2,7 @@
 //! approvals and audit-log verification.
 use super::call::{blocking, Shared};
 use crate::authz::{Op, PendingOp};
-use crate::error::Error;
+use crate::error::{Error, Invalid};
 use crate::proto;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -69,7 +69,7 @@ impl proto::admin_server::Admin for AdminService {
         let rings = self.shared.rings()?.clone();
         *call.detail.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("officer {}", r.identity));
         if r.identity.is_empty() || r.identity.len() > 512 {
-            let e = Error::InvalidArgument("identity must be 1-512 characters".into());
+            let e = Error::InvalidArgument(Invalid::OfficerIdentity);
             return Err(self.shared.fail(&call, e));
         }
         let to_self = r.identity == call.peer.id();

@@ -9,7 +9,7 @@
 //! Never decides policy itself (that is [`crate::authz`]) and never touches
 //! key material.
 use crate::authz::{Access, Call, Op};
-use crate::error::Error;
+use crate::error::{Cancel, Error, Forbidden, Limit};
 use crate::ops::metrics::Metrics;
 use crate::proto;
 use crate::rings::Rings;
@@ -137,7 +137,7 @@ impl Shared {
         let why: String = status.message().chars().take(200).collect();
         *call.detail.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(format!("request stream failed ({:?}): {why}", status.code()));
-        let _ = self.end::<()>(call, Err(Error::Cancelled("the request stream failed".into())));
+        let _ = self.end::<()>(call, Err(Error::Cancelled(Cancel::RequestStream)));
         Error::RequestStream(status).into()
     }
 
@@ -225,10 +225,10 @@ impl Batch<'_> {
     ) -> Result<Vec<Result<O, proto::ItemError>>, Error> {
         let n = items.len();
         if n > self.max_items {
-            return Err(Error::TooLarge(format!(
-                "batch of {n} items exceeds the limit of {}",
-                self.max_items
-            )));
+            return Err(Error::TooLarge(Limit::BatchItems {
+                items: n,
+                max: self.max_items,
+            }));
         }
         let call = self.call;
         let mut run = || -> Vec<Result<O, proto::ItemError>> {
@@ -239,10 +239,10 @@ impl Batch<'_> {
                     if self.shared.allowed(call, call.op, key) {
                         f(it).map_err(item_error)
                     } else {
-                        Err(item_error(Error::PermissionDenied(format!(
-                            "permission denied: may not {} on key {key:?}",
-                            call.op.as_str()
-                        ))))
+                        Err(item_error(Error::PermissionDenied(Forbidden::BatchItem {
+                            op: call.op.as_str(),
+                            key: key.to_owned(),
+                        })))
                     }
                 })
                 .collect()

@@ -1,7 +1,7 @@
 //! Conversions between the `kmsd.v1` messages and the keystore's domain
 //! types (key metadata, policies, purposes, version states). Metadata
 //! only: no key material passes through here.
-use crate::error::Error;
+use crate::error::{Error, Invalid};
 use crate::proto;
 use crate::rings::Usage;
 use kmsd_keystore::keyring::{KeyPolicy, KeyPurpose, RotationReason};
@@ -57,7 +57,7 @@ pub fn purpose_from_proto(update: Option<&proto::KeyPolicy>) -> Result<KeyPurpos
             Ok(KeyPurpose::EncryptDecrypt)
         }
         Some(Ok(proto::KeyPurpose::Tokenize)) => Ok(KeyPurpose::Tokenize),
-        Some(Err(_)) => Err(Error::InvalidArgument("unknown key purpose".into())),
+        Some(Err(_)) => Err(Error::InvalidArgument(Invalid::UnknownPurpose)),
     }
 }
 

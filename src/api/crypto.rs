@@ -3,7 +3,7 @@
 //! the envelope and key material stay in [`crate::rings`].
 use super::call::{blocking, Batch, Shared};
 use crate::authz::{Call, Op};
-use crate::error::Error;
+use crate::error::{Error, Invalid};
 use crate::proto;
 use crate::rings::{EncryptCall, Rings};
 use rand::RngCore;
@@ -50,7 +50,7 @@ impl CryptoService {
                 0 | 256 => 32,
                 192 => 24,
                 128 => 16,
-                _ => return Err(Error::InvalidArgument("bits must be 128, 192 or 256".into())),
+                _ => return Err(Error::InvalidArgument(Invalid::DataKeyBits)),
             };
             let mut dk = Zeroizing::new(vec![0u8; len]);
             rand::rngs::OsRng.fill_bytes(&mut dk);

@@ -5,7 +5,7 @@
 use super::call::{blocking, Shared};
 use super::convert::{key_info, merge_policy, purpose_from_proto};
 use crate::authz::{Call, Op, PendingOp};
-use crate::error::Error;
+use crate::error::{Error, Invalid, Limit, Precondition};
 use crate::proto;
 use crate::rings::Rings;
 use kmsd_keystore::keyring::{KeyPolicy, RotationReason};
@@ -72,7 +72,7 @@ impl proto::keys_server::Keys for KeysService {
         let purpose = purpose_from_proto(r.policy.as_ref());
         self.admin(call, move |rings, name| {
             if algorithm != proto::Algorithm::Unspecified as i32 && algorithm != proto::Algorithm::Aes256Gcm as i32 {
-                return Err(Error::InvalidArgument("unsupported algorithm; only AES_256_GCM".into()));
+                return Err(Error::InvalidArgument(Invalid::Algorithm));
             }
             rings.create_for(name, policy, purpose?)
         })
@@ -185,7 +185,7 @@ impl proto::keys_server::Keys for KeysService {
         if r.policy.as_ref().is_some_and(|p| p.purpose.is_some())
             && purpose_from_proto(r.policy.as_ref()).ok() != Some(current.purpose)
         {
-            let e = Error::InvalidArgument("a key's purpose is fixed at creation".into());
+            let e = Error::InvalidArgument(Invalid::PurposeFixed);
             return Err(self.shared.fail(&call, e));
         }
         let new = merge_policy(current.policy.clone(), r.policy.as_ref());
@@ -214,7 +214,7 @@ impl proto::keys_server::Keys for KeysService {
             let state = match proto::VersionState::try_from(state) {
                 Ok(proto::VersionState::DecryptOnly) => VersionState::DecryptOnly,
                 Ok(proto::VersionState::Disabled) => VersionState::Disabled,
-                _ => return Err(Error::InvalidArgument("state must be DECRYPT_ONLY or DISABLED".into())),
+                _ => return Err(Error::InvalidArgument(Invalid::VersionState)),
             };
             Ok(rings.modify(name, |r| r.set_version_state(version, state))?.0)
         })
@@ -273,10 +273,7 @@ impl proto::keys_server::Keys for KeysService {
             Err(e) => return Err(self.shared.fail(&call, e)),
         };
         if !current.policy.deletion_allowed {
-            let e = Error::FailedPrecondition(format!(
-                "key {:?} does not allow deletion (policy deletion_allowed is false)",
-                r.name
-            ));
+            let e = Error::FailedPrecondition(Precondition::DeletionNotAllowed { key: r.name.clone() });
             return Err(self.shared.fail(&call, e));
         }
         self.dual(
@@ -365,7 +362,7 @@ impl proto::keys_server::Keys for KeysService {
             bytes.extend_from_slice(&chunk.data);
         }
         if too_large {
-            let e = Error::TooLarge(format!("backup larger than {cap} bytes, {what}"));
+            let e = Error::TooLarge(Limit::Backup { cap, what });
             return Err(self.shared.fail(&call, e));
         }
         let bytes = Arc::new(bytes);

@@ -13,7 +13,7 @@ use super::call::Shared;
 use crate::authz::Op;
 use crate::config::Limits;
 use crate::deadline::RequestDeadline;
-use crate::error::Error;
+use crate::error::{Cancel, Deadline, Error, Invalid, Limit};
 use crate::masking::{self, Kind};
 use crate::proto;
 use std::pin::Pin;
@@ -141,9 +141,7 @@ async fn hold(
         }),
         // The semaphores are never closed.
         Ok(_) => Err(Error::StoreUnavailable),
-        Err(_) => Err(Error::DeadlineExceeded(
-            "no room for the redaction before the request deadline (limits.max_redaction_bytes_in_flight)".into(),
-        )),
+        Err(_) => Err(Error::DeadlineExceeded(Deadline::RedactionRoom)),
     }
 }
 
@@ -171,9 +169,9 @@ fn redact_until(
     let stop = || gone() || Instant::now() >= deadline;
     let stopped = || {
         if gone() {
-            Error::Cancelled("the caller went away; redaction stopped".into())
+            Error::Cancelled(Cancel::Redaction)
         } else {
-            Error::DeadlineExceeded("redaction did not finish within the request deadline".into())
+            Error::DeadlineExceeded(Deadline::Redaction)
         }
     };
     redact_with(req, &stop, &stopped)
@@ -195,7 +193,7 @@ pub fn kind_from_proto(k: i32) -> Result<Kind, Error> {
         D::BearerToken => Kind::BearerToken,
         D::ApiKey => Kind::ApiKey,
         D::Password => Kind::Password,
-        D::Unspecified => return Err(Error::InvalidArgument("kind is required".into())),
+        D::Unspecified => return Err(Error::InvalidArgument(Invalid::DataKind)),
     })
 }
 
@@ -219,7 +217,7 @@ fn kind_to_proto(k: Kind) -> proto::DataKind {
 
 /// Redacts one request (pure).
 pub fn redact(req: &proto::RedactRequest) -> Result<proto::RedactResponse, Error> {
-    redact_with(req, &|| false, &|| Error::Cancelled("redaction stopped".into()))
+    redact_with(req, &|| false, &|| Error::Cancelled(Cancel::RedactionStopped))
 }
 
 /// Redacts one request, asking `stop` as it goes; `stopped` is the error
@@ -262,7 +260,7 @@ fn tweak(key: &str) -> Vec<u8> {
 }
 
 fn token_error(e: masking::TokenError) -> Error {
-    Error::InvalidArgument(e.to_string())
+    Error::InvalidArgument(Invalid::Token(e))
 }
 
 #[tonic::async_trait]
@@ -274,14 +272,14 @@ impl proto::mask_server::Mask for MaskService {
             let bin = match r.pan_keep_bin {
                 0 => None,
                 6 | 8 => Some(r.pan_keep_bin as u8),
-                _ => return Err(Error::InvalidArgument("pan_keep_bin must be 0, 6 or 8".into())),
+                _ => return Err(Error::InvalidArgument(Invalid::PanKeepBin)),
             };
             masking::mask(&r.value, kind, &masking::MaskOptions { pan_keep_bin: bin })
                 .map(|m| proto::MaskResponse {
                     masked: m.masked,
                     valid: m.valid,
                 })
-                .map_err(|e| Error::InvalidArgument(e.to_string()))
+                .map_err(|e| Error::InvalidArgument(Invalid::Mask(e)))
         });
         Ok(Response::new(self.shared.finish(&call, result)?))
     }
@@ -355,7 +353,7 @@ impl proto::mask_server::Mask for MaskService {
             }
             let _ = shared.finish(
                 &call,
-                outcome.map_err(|_| Error::InvalidArgument("stream failed".into())),
+                outcome.map_err(|_| Error::InvalidArgument(Invalid::RedactStream)),
             );
             tracing::debug!(lines, "redaction stream ended");
         });
@@ -370,10 +368,9 @@ impl proto::mask_server::Mask for MaskService {
     ) -> Result<Response<proto::TokenizeResponse>, Status> {
         let call = self.shared.begin(&req, Op::Tokenize, Some(&req.get_ref().key))?;
         if let Err(wait) = self.tokenize_limit.check(call.peer.id(), std::time::Instant::now()) {
-            let e = Error::TooLarge(format!(
-                "tokenize rate limit for this identity exceeded (limits.tokenize_rate); retry in {} ms",
-                wait.as_millis().max(1)
-            ));
+            let e = Error::TooLarge(Limit::TokenizeRate {
+                retry_ms: wait.as_millis().max(1),
+            });
             return Err(self.shared.fail(&call, e));
         }
         let r = req.into_inner();
@@ -401,11 +398,7 @@ impl proto::mask_server::Mask for MaskService {
         let version = (r.key_version > 0).then_some(r.key_version);
         let result = kind_from_proto(r.kind).and_then(|kind| {
             if version.is_none() && masking::is_format_preserving(kind) {
-                return Err(Error::InvalidArgument(
-                    "key_version is required to detokenize a format-preserving token (PAN, sort code, account \
-                     number, phone): it carries no version, and the wrong one gives a wrong value silently"
-                        .into(),
-                ));
+                return Err(Error::InvalidArgument(Invalid::TokenVersionRequired));
             }
             rings.with_token_key(&r.key, Some(version), |key, _| {
                 masking::detokenize(key, &tweak(&r.key), &r.token, kind)

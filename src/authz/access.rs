@@ -193,6 +193,34 @@ pub fn audit_key(store: &dyn KeyStore, sealer: &Sealer) -> Result<AuditKey, Erro
     Err(Error::StoreUnavailable)
 }
 
+/// Why access control could not be set up at start (the daemon does not
+/// start; `server` reports it as "access control: …").
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AccessError {
+    /// The policy file does not load or parse.
+    #[error("{0}")]
+    Policy(#[source] PolicyError),
+    /// The policy is not allowed in this mode (DEV ONLY roles outside dev
+    /// mode).
+    #[error("{}: {source}", path.display())]
+    PolicyMode {
+        /// The policy file.
+        path: PathBuf,
+        /// What the mode refuses.
+        source: PolicyError,
+    },
+    /// The audit key could not be read or created.
+    #[error("audit key: {0}")]
+    AuditKey(#[source] Error),
+    /// The audit log could not be opened or recovered.
+    #[error("{0}")]
+    AuditLog(#[source] crate::audit::AuditError),
+    /// Officers' sealed secrets or states could not be read.
+    #[error("officer secrets: {0}")]
+    OfficerSecrets(#[source] kmsd_keystore::Error),
+}
+
 impl Access {
     /// Sets up access control: loads the policy, the audit key and every
     /// officer's TOTP secret, and starts the audit writer.
@@ -202,20 +230,22 @@ impl Access {
         audit_options: crate::audit::Options,
         rings: &Arc<Rings>,
         metrics: Arc<crate::ops::metrics::Metrics>,
-    ) -> Result<Self, String> {
-        let policy = Policy::load(&policy_path).map_err(|e| e.to_string())?;
+    ) -> Result<Self, AccessError> {
+        let policy = Policy::load(&policy_path).map_err(AccessError::Policy)?;
         let dev_mode = rings.dev_mode();
-        policy
-            .check_mode(dev_mode)
-            .map_err(|e| format!("{}: {e}", policy_path.display()))?;
+        policy.check_mode(dev_mode).map_err(|source| AccessError::PolicyMode {
+            path: policy_path.clone(),
+            source,
+        })?;
         if policy.has_dev_roles() {
             tracing::warn!(policy = %policy_path.display(), "the policy has DEV ONLY roles (dev_no_second_factor): never in production");
         }
         let ring_store = rings.ring_store();
         let store = ring_store.raw().clone();
-        let key = audit_key(store.as_ref(), ring_store.sealer()).map_err(|e| format!("audit key: {e}"))?;
-        let key_copy = audit_key(store.as_ref(), ring_store.sealer()).map_err(|e| format!("audit key: {e}"))?;
-        let audit = crate::audit::spawn(&audit_path, key_copy, audit_options, metrics).map_err(|e| e.to_string())?;
+        let key = audit_key(store.as_ref(), ring_store.sealer()).map_err(AccessError::AuditKey)?;
+        let key_copy = audit_key(store.as_ref(), ring_store.sealer()).map_err(AccessError::AuditKey)?;
+        let audit =
+            crate::audit::spawn(&audit_path, key_copy, audit_options, metrics).map_err(AccessError::AuditLog)?;
         let mut totp = HashMap::new();
         let mut states = Vec::new();
         store
@@ -236,7 +266,7 @@ impl Access {
                 }
                 Ok(())
             })
-            .map_err(|e| format!("officer secrets: {e}"))?;
+            .map_err(AccessError::OfficerSecrets)?;
         let s = &policy.settings;
         let mut verifier = Verifier::new(
             s.otp_max_failures,

@@ -6,7 +6,7 @@
 use super::access::{lock, now, Access, Call};
 use super::officer::offer_enrolment;
 use super::policy::{Op, Policy};
-use crate::error::Error;
+use crate::error::{Error, Forbidden, Limit, Missing};
 use crate::rings::Rings;
 use rand::RngCore;
 use std::sync::Arc;
@@ -220,10 +220,9 @@ impl Access {
             return Ok(());
         }
         if !policy.is_officer(id) {
-            return Err(Error::PermissionDenied(format!(
-                "{} needs dual control: it must be requested by an officer and approved by another",
-                call.op.as_str()
-            )));
+            return Err(Error::PermissionDenied(Forbidden::DualControlRequester {
+                op: call.op.as_str(),
+            }));
         }
         let mut raw = [0u8; 8];
         rand::rngs::OsRng.fill_bytes(&mut raw);
@@ -240,20 +239,15 @@ impl Access {
             let t = now();
             m.retain(|_, p| p.expires_at > t);
             if m.len() >= limits.count {
-                return Err(Error::TooLarge(format!(
-                    "dual control: {} requests are already pending, the most allowed (limits.max_pending_approvals); \
-                     approve, reject or let some expire first",
-                    m.len()
-                )));
+                return Err(Error::TooLarge(Limit::PendingApprovals { pending: m.len() }));
             }
             let held: usize = m.values().map(|p| p.op.held_bytes()).sum();
             if held.saturating_add(p.op.held_bytes()) > limits.bytes {
-                return Err(Error::TooLarge(format!(
-                    "dual control: this request would hold {} bytes in memory while pending, and pending requests \
-                     already hold {held}; the most allowed is {} (limits.max_pending_bytes)",
-                    p.op.held_bytes(),
-                    limits.bytes
-                )));
+                return Err(Error::TooLarge(Limit::PendingBytes {
+                    request: p.op.held_bytes(),
+                    held,
+                    max: limits.bytes,
+                }));
             }
             *lock(&call.detail) = Some(format!("approval request {} created", p.id));
             m.insert(p.id.clone(), p.clone());
@@ -282,34 +276,26 @@ impl Access {
         let t = now();
         m.retain(|_, p| p.expires_at > t);
         let Some(p) = m.get(id) else {
-            return Err(Error::NotFound(format!(
-                "no pending approval request {id} (unknown or expired)"
-            )));
+            return Err(Error::NotFound(Missing::Approval { id: id.to_owned() }));
         };
         if p.requester == approver {
-            return Err(Error::PermissionDenied(
-                "dual control: the requester cannot approve their own request".into(),
-            ));
+            return Err(Error::PermissionDenied(Forbidden::OwnRequest));
         }
         let policy = self.policy.load();
         if !policy.is_officer(approver) {
-            return Err(Error::PermissionDenied(
-                "dual control: only an officer can approve".into(),
-            ));
+            return Err(Error::PermissionDenied(Forbidden::NotAnOfficer));
         }
         Self::may_decide(&policy, p, approver)?;
-        m.remove(id).ok_or_else(|| Error::NotFound("request vanished".into()))
+        m.remove(id).ok_or(Error::NotFound(Missing::Vanished))
     }
 
     /// The second officer must hold, in their own right, the operation they
     /// approve or reject on its key: the `approval` right alone lets an
     /// officer decide only within their own remit.
     fn may_decide(policy: &Policy, p: &Pending, officer: &str) -> Result<(), Error> {
-        policy.check(officer, p.op.op(), p.op.key()).map_err(|d| {
-            Error::PermissionDenied(format!(
-                "dual control: approving or rejecting needs the right it decides on: {d}"
-            ))
-        })
+        policy
+            .check(officer, p.op.op(), p.op.key())
+            .map_err(|d| Error::PermissionDenied(Forbidden::DecisionOutsideRights(d)))
     }
 
     /// Rejects (drops) a pending request; `officer` needs the request's
@@ -317,10 +303,10 @@ impl Access {
     pub fn reject(&self, id: &str, officer: &str) -> Result<Pending, Error> {
         let mut m = lock(&self.pending);
         let Some(p) = m.get(id) else {
-            return Err(Error::NotFound(format!("no pending approval request {id}")));
+            return Err(Error::NotFound(Missing::Rejection { id: id.to_owned() }));
         };
         Self::may_decide(&self.policy.load(), p, officer)?;
-        m.remove(id).ok_or_else(|| Error::NotFound("request vanished".into()))
+        m.remove(id).ok_or(Error::NotFound(Missing::Vanished))
     }
 }
 

@@ -19,6 +19,6 @@ pub mod officer;
 pub mod otp;
 pub mod policy;
 
-pub use access::{Access, BatchPart, Call, SecondFactorError, OTP_HEADER};
+pub use access::{Access, AccessError, BatchPart, Call, SecondFactorError, OTP_HEADER};
 pub use dual::{Pending, PendingLimits, PendingOp, APPROVAL_HEADER};
 pub use policy::{dev_policy, glob, Denied, Op, Policy, PolicyError, Settings};

@@ -2,7 +2,7 @@
 //! (enrolled directly, or offered and then claimed once by the officer's
 //! own certificate), and the names of the records that hold them.
 use super::otp::TotpSecret;
-use crate::error::Error;
+use crate::error::{Error, Missing};
 use kmsd_keystore::{KeyStore, RecordKind, Sealer};
 
 /// Record name of an officer's sealed TOTP secret.
@@ -61,9 +61,9 @@ pub fn offer_enrolment(
 pub fn claim_enrolment(store: &dyn KeyStore, sealer: &Sealer, identity: &str, now: i64) -> Result<TotpSecret, Error> {
     let name = offer_record(identity);
     let nothing = || {
-        Error::NotFound(format!(
-            "no officer enrolment waits for {identity} (none, claimed or expired)"
-        ))
+        Error::NotFound(Missing::Enrolment {
+            identity: identity.to_owned(),
+        })
     };
     let entry = store.get(RecordKind::Secret, &name)?.ok_or_else(nothing)?;
     let plain = sealer.open(RecordKind::Secret, &name, &entry.value)?;

@@ -3,7 +3,7 @@
 //! Every change is durable in the store before the cache sees it.
 use super::usage::pre_reserve;
 use super::{lock, Rings};
-use crate::error::Error;
+use crate::error::{Error, Invalid, Precondition};
 use kmsd_keystore::keyring::{KeyPolicy, KeyPurpose, RotationReason};
 use kmsd_keystore::{Algorithm, KeyName, KeyRing};
 
@@ -21,7 +21,7 @@ impl Rings {
         let key = KeyName::parse(name)?;
         self.check_policy(&policy)?;
         KeyRing::check_purpose_policy(purpose, &policy).map_err(|e| match e {
-            kmsd_keystore::Error::Precondition(m) => Error::InvalidArgument(m),
+            e @ kmsd_keystore::Error::Precondition(_) => Error::InvalidArgument(Invalid::PurposePolicy(e)),
             other => other.into(),
         })?;
         let mut ring = KeyRing::new(key, Algorithm::Aes256Gcm, policy, self.clock.now()).with_purpose(purpose);
@@ -42,9 +42,7 @@ impl Rings {
             MIN_ROTATION_PERIOD.0
         };
         if p.rotation_period_secs.is_some_and(|s| s < min) {
-            return Err(Error::InvalidArgument(format!(
-                "rotation_period must be at least {min} seconds"
-            )));
+            return Err(Error::InvalidArgument(Invalid::RotationPeriod { minimum: min }));
         }
         Ok(())
     }
@@ -109,13 +107,11 @@ impl Rings {
     /// Returns (records, key rings).
     pub fn restore(&self, snapshot: &[u8]) -> Result<(u64, u64), Error> {
         if !self.cache.is_empty() || !self.corrupt.is_empty() {
-            return Err(Error::FailedPrecondition(
-                "restore needs an empty store (this one has keys)".into(),
-            ));
+            return Err(Error::FailedPrecondition(Precondition::RestoreNotEmpty));
         }
         let records = kmsd_keystore::backup::read_snapshot(snapshot, self.store.sealer()).map_err(|e| match e {
-            kmsd_keystore::Error::Corrupt { reason, .. } => {
-                Error::InvalidArgument(format!("backup rejected: {reason}"))
+            source @ kmsd_keystore::Error::Corrupt { reason, .. } => {
+                Error::InvalidArgument(Invalid::Backup { reason, source })
             }
             other => other.into(),
         })?;

@@ -4,7 +4,7 @@
 //! when a ciphertext names a version the cache lacks.
 use super::{CachedRing, Rings};
 use crate::crypto;
-use crate::error::Error;
+use crate::error::{Error, Invalid, Limit, Precondition};
 use kmsd_keystore::keyring::KeyPurpose;
 use kmsd_keystore::VersionState;
 use std::sync::atomic::Ordering;
@@ -46,9 +46,9 @@ pub const DEFAULT_MAX_ROTATIONS_PER_CALL: u32 = 16;
 /// Envelope operations refuse a token key (purpose separation).
 fn not_a_token_key(name: &str, ring: &CachedRing) -> Result<(), Error> {
     if ring.purpose == KeyPurpose::Tokenize {
-        return Err(Error::FailedPrecondition(format!(
-            "key {name:?} is a token key (purpose TOKENIZE): it only tokenizes and detokenizes"
-        )));
+        return Err(Error::FailedPrecondition(Precondition::TokenKey {
+            key: name.to_owned(),
+        }));
     }
     Ok(())
 }
@@ -85,12 +85,11 @@ impl Rings {
                 Err(Slow::Reserve(v)) => self.reserve(name, v)?,
                 Err(Slow::Rotate(v)) => {
                     if call.rotations_left == 0 {
-                        return Err(Error::TooLarge(format!(
-                            "key {name:?}: version {v} reached its usage limit (max_encryptions_per_version) and \
-                             this call already caused {} usage rotations, the most one call may \
-                             (limits.max_rotations_per_call); retry the rest in another call",
-                            self.max_rotations_per_call.load(Ordering::Relaxed)
-                        )));
+                        return Err(Error::TooLarge(Limit::UsageRotations {
+                            key: name.to_owned(),
+                            version: v,
+                            max: self.max_rotations_per_call.load(Ordering::Relaxed),
+                        }));
                     }
                     if self.rotate_for_usage(name, v)? {
                         call.rotations_left -= 1;
@@ -234,18 +233,19 @@ impl Rings {
         if version.is_none() && ring.purpose == KeyPurpose::EncryptDecrypt && ring.breaks_tokens {
             // A token made now would silently stop matching after the
             // next automatic rotation.
-            return Err(Error::FailedPrecondition(format!(
-                "key {name:?} rotates automatically (rotation period or usage limit): tokens are deterministic \
-                 and would change at each rotation; use a key created with purpose TOKENIZE, or set \
-                 allow_token_rotation on this key to accept that"
-            )));
+            return Err(Error::FailedPrecondition(Precondition::RotatingTokenKey {
+                key: name.to_owned(),
+            }));
         }
         let (v, action) = match version {
             None => (ring.primary, "encryption"),
             Some(v) => (v.unwrap_or(ring.primary), "decryption"),
         };
         let Some(ver) = ring.version(v) else {
-            return Err(Error::InvalidArgument(format!("key {name:?} has no version {v}")));
+            return Err(Error::InvalidArgument(Invalid::NoSuchVersion {
+                key: name.to_owned(),
+                version: v,
+            }));
         };
         if action == "decryption" && v < ring.min_decryption_version {
             return Err(Error::VersionBelowMinimum {

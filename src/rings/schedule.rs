@@ -3,7 +3,7 @@
 //! caller passes the time, so tests drive it deterministically).
 use super::usage::pre_reserve;
 use super::{lock, Rings};
-use crate::error::Error;
+use crate::error::{Error, Invalid};
 use kmsd_keystore::keyring::RotationReason;
 use kmsd_keystore::{KeyRing, UnixTime};
 use std::collections::{BTreeSet, HashMap};
@@ -75,9 +75,7 @@ impl Rings {
             MIN_DESTRUCTION_WAIT.0
         };
         if wait < min {
-            return Err(Error::InvalidArgument(format!(
-                "waiting_period must be at least {min} seconds"
-            )));
+            return Err(Error::InvalidArgument(Invalid::WaitingPeriod { minimum: min }));
         }
         Ok(self.clock.now().saturating_add(i64::try_from(wait).unwrap_or(i64::MAX)))
     }
