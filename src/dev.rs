@@ -202,11 +202,16 @@ pub fn dev_officer_totp(config: &Config) -> Result<String, DevError> {
         .map_err(|x| e("store", x))?;
     let secret = match existing {
         Some(entry) => {
-            let plain = sealer
-                .open(kmsd_keystore::RecordKind::Secret, &name, &entry.value)
-                .map_err(|x| e("store", x))?;
-            crate::authz::otp::TotpSecret::from_slice(&plain)
-                .ok_or_else(|| DevError("dev officer secret is malformed".into()))?
+            crate::authz::otp::TotpSecret::open_sealed(
+                sealer,
+                kmsd_keystore::RecordKind::Secret,
+                &name,
+                &entry.value,
+                0,
+            )
+            .map_err(|x| e("store", x))?
+            .ok_or_else(|| DevError("dev officer secret is malformed".into()))?
+            .1
         }
         None => crate::authz::officer::enroll(store, sealer, DEV_OFFICER_ID, false)
             .map_err(|x| e("enrolling the dev officer", x))?,

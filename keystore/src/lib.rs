@@ -3,8 +3,9 @@
 //! # Layout
 //! - [`aead`]: the AES-256-GCM core every other part uses (96-bit nonce,
 //!   128-bit tag), checked against the Wycheproof vectors.
-//! - [`secret`]: secret types ([`KeyMaterial`], [`MasterKey`]): no `Debug`
-//!   that shows bytes, zeroized on drop.
+//! - [`secret`]: secret types ([`KeyMaterial`], [`MasterKey`], and the
+//!   daemon's [`TotpSecret`] and [`MacKey`], used only through methods):
+//!   no `Debug` that shows bytes, zeroized on drop.
 //! - [`seal`]: seals and opens stored records under per-record keys derived
 //!   from the master key, binding the record's kind and name as associated
 //!   data; per-purpose subkeys of the master key.
@@ -46,7 +47,7 @@ pub use keyring::{Algorithm, KeyRing, KeyVersion, VersionState};
 pub use name::KeyName;
 pub use rings::RingStore;
 pub use seal::Sealer;
-pub use secret::{KeyMaterial, MasterKey};
+pub use secret::{KeyMaterial, MacKey, MasterKey, TotpSecret};
 pub use store::{memory::MemoryStore, sled_store::SledStore, KeyStore, RecordKind, Revision};
 
 /// Seconds since the Unix epoch, the one time unit of stored records.

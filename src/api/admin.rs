@@ -91,7 +91,7 @@ impl proto::admin_server::Admin for AdminService {
                     crate::authz::officer::enroll(ring_store.raw().as_ref(), ring_store.sealer(), &id, r.replace)?;
                 let resp = proto::EnrollOfficerResponse {
                     otpauth_uri: secret.otpauth_uri(&id),
-                    secret_base32: secret.base32(),
+                    secret_base32: secret.to_base32_for_enrolment(),
                     claim_by: 0,
                 };
                 access.remember_officer(&id, secret);
@@ -127,7 +127,7 @@ impl proto::admin_server::Admin for AdminService {
             let secret = access.claim(&id)?;
             Ok(proto::EnrollOfficerResponse {
                 otpauth_uri: secret.otpauth_uri(&id),
-                secret_base32: secret.base32(),
+                secret_base32: secret.to_base32_for_enrolment(),
                 claim_by: 0,
             })
         })

@@ -3,12 +3,13 @@
 //! how a line splits back into its body and MAC, and its chain hash.
 //! No I/O.
 use hmac::{Hmac, Mac};
-use secrecy::{ExposeSecret, SecretBox};
+use kmsd_keystore::MacKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The audit HMAC key.
-pub struct AuditKey(SecretBox<[u8; 32]>);
+/// The audit HMAC key (a keystore [`MacKey`]: the daemon holds the keyed
+/// MAC, never the bytes).
+pub struct AuditKey(MacKey);
 
 impl std::fmt::Debug for AuditKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -17,14 +18,19 @@ impl std::fmt::Debug for AuditKey {
 }
 
 impl AuditKey {
-    /// Wraps key bytes.
-    pub fn from_bytes(b: &[u8; 32]) -> Self {
-        AuditKey(SecretBox::new(Box::new(*b)))
+    /// The audit key held in `key`.
+    pub fn new(key: MacKey) -> Self {
+        AuditKey(key)
     }
 
-    /// The keyed HMAC, ready for data (the one place the key is exposed).
+    /// Wraps key bytes (tests).
+    pub fn from_bytes(b: &[u8; 32]) -> Self {
+        AuditKey(MacKey::from_bytes(b))
+    }
+
+    /// The keyed HMAC, ready for data.
     pub(super) fn hmac(&self) -> Option<Hmac<Sha256>> {
-        Hmac::<Sha256>::new_from_slice(self.0.expose_secret()).ok()
+        self.0.hmac()
     }
 
     pub(super) fn mac(&self, data: &[u8]) -> String {

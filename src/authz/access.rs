@@ -19,8 +19,7 @@ use crate::error::{code_name, Error};
 use crate::rings::Rings;
 use crate::tls::PeerIdentity;
 use arc_swap::ArcSwap;
-use kmsd_keystore::{KeyStore, RecordKind, Sealer};
-use rand::RngCore;
+use kmsd_keystore::{KeyStore, MacKey, RecordKind, Sealer};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -171,20 +170,16 @@ pub(super) fn now() -> i64 {
 pub fn audit_key(store: &dyn KeyStore, sealer: &Sealer) -> Result<AuditKey, Error> {
     for _ in 0..2 {
         if let Some(e) = store.get(RecordKind::Secret, "audit-key")? {
-            let plain = sealer.open(RecordKind::Secret, "audit-key", &e.value)?;
-            let bytes: [u8; 32] = plain
-                .as_slice()
-                .try_into()
-                .map_err(|_| Error::Corrupt("audit-key".into()))?;
-            return Ok(AuditKey::from_bytes(&bytes));
+            let key = MacKey::open_sealed(sealer, RecordKind::Secret, "audit-key", &e.value)?
+                .ok_or_else(|| Error::Corrupt("audit-key".into()))?;
+            return Ok(AuditKey::new(key));
         }
-        let mut fresh = zeroize::Zeroizing::new([0u8; 32]);
-        rand::rngs::OsRng.fill_bytes(fresh.as_mut());
+        let fresh = MacKey::generate();
         match store.put(
             RecordKind::Secret,
             "audit-key",
             None,
-            &sealer.seal(RecordKind::Secret, "audit-key", fresh.as_ref())?,
+            &fresh.seal_with(sealer, RecordKind::Secret, "audit-key")?,
         ) {
             Ok(_) | Err(kmsd_keystore::Error::Conflict { .. }) => {}
             Err(e) => return Err(e.into()),
@@ -251,8 +246,9 @@ impl Access {
         store
             .for_each(RecordKind::Secret, &mut |name, entry| {
                 if let Some(id) = name.strip_prefix("totp:") {
-                    let plain = ring_store.sealer().open(RecordKind::Secret, name, &entry.value)?;
-                    if let Some(s) = TotpSecret::from_slice(&plain) {
+                    let opened =
+                        TotpSecret::open_sealed(ring_store.sealer(), RecordKind::Secret, name, &entry.value, 0)?;
+                    if let Some((_, s)) = opened {
                         totp.insert(id.to_owned(), Arc::new(s));
                     }
                 } else if let Some(id) = name.strip_prefix(TOTP_STATE_PREFIX) {
@@ -318,9 +314,7 @@ impl Access {
     pub fn claim(&self, identity: &str) -> Result<TotpSecret, Error> {
         let ring_store = self.rings.ring_store();
         let secret = claim_enrolment(self.store.as_ref(), ring_store.sealer(), identity, now())?;
-        if let Some(copy) = TotpSecret::from_slice(secret.expose_secret()) {
-            self.remember_officer(identity, copy);
-        }
+        self.remember_officer(identity, secret.clone());
         Ok(secret)
     }
 

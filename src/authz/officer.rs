@@ -22,7 +22,7 @@ pub(super) const TOTP_STATE_PREFIX: &str = "totp-state:";
 pub fn enroll(store: &dyn KeyStore, sealer: &Sealer, identity: &str, replace: bool) -> Result<TotpSecret, Error> {
     let name = totp_record(identity);
     let secret = TotpSecret::generate();
-    let sealed = sealer.seal(RecordKind::Secret, &name, secret.expose_secret())?;
+    let sealed = secret.seal_with(sealer, RecordKind::Secret, &name, &[])?;
     let expected = match store.get(RecordKind::Secret, &name)? {
         Some(_) if !replace => return Err(Error::KeyExists(format!("officer {identity}"))),
         Some(e) => Some(e.revision),
@@ -47,10 +47,7 @@ pub fn offer_enrolment(
     }
     let name = offer_record(identity);
     let secret = TotpSecret::generate();
-    let mut plain = zeroize::Zeroizing::new(Vec::with_capacity(28));
-    plain.extend_from_slice(&claim_by.to_be_bytes());
-    plain.extend_from_slice(secret.expose_secret());
-    let sealed = sealer.seal(RecordKind::Secret, &name, &plain)?;
+    let sealed = secret.seal_with(sealer, RecordKind::Secret, &name, &claim_by.to_be_bytes())?;
     let expected = store.get(RecordKind::Secret, &name)?.map(|e| e.revision);
     store.put(RecordKind::Secret, &name, expected, &sealed)?;
     Ok(())
@@ -66,11 +63,10 @@ pub fn claim_enrolment(store: &dyn KeyStore, sealer: &Sealer, identity: &str, no
         })
     };
     let entry = store.get(RecordKind::Secret, &name)?.ok_or_else(nothing)?;
-    let plain = sealer.open(RecordKind::Secret, &name, &entry.value)?;
+    let offer = TotpSecret::open_sealed(sealer, RecordKind::Secret, &name, &entry.value, 8)?;
     store.delete(RecordKind::Secret, &name, entry.revision)?;
-    let (claim_by, raw) = plain.split_at_checked(8).ok_or_else(|| Error::Corrupt(name.clone()))?;
+    let (claim_by, secret) = offer.ok_or_else(|| Error::Corrupt(name.clone()))?;
     let claim_by = i64::from_be_bytes(claim_by.try_into().map_err(|_| Error::Corrupt(name.clone()))?);
-    let secret = TotpSecret::from_slice(raw).ok_or_else(|| Error::Corrupt(name.clone()))?;
     if claim_by <= now {
         return Err(nothing());
     }
@@ -80,7 +76,7 @@ pub fn claim_enrolment(store: &dyn KeyStore, sealer: &Sealer, identity: &str, no
         RecordKind::Secret,
         &record,
         expected,
-        &sealer.seal(RecordKind::Secret, &record, secret.expose_secret())?,
+        &secret.seal_with(sealer, RecordKind::Secret, &record, &[])?,
     )?;
     Ok(secret)
 }

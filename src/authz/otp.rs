@@ -9,103 +9,27 @@
 //! ([`OfficerState`]) has a versioned encoding so the daemon can keep it
 //! sealed in the store across restarts. Time is a parameter, so all of it
 //! is tested exactly.
-use hmac::{Hmac, Mac};
-use rand::RngCore;
-use secrecy::{ExposeSecret, SecretBox};
-use sha1::Sha1;
 use std::collections::HashMap;
 use subtle::ConstantTimeEq;
 
+/// The secret type lives in the keystore, which alone touches its bytes.
+pub use kmsd_keystore::secret::TotpSecret;
+
 /// Step length, seconds.
-pub const STEP: i64 = 30;
+pub const STEP: i64 = kmsd_keystore::secret::TOTP_STEP;
 /// Code length.
-pub const DIGITS: u32 = 6;
+pub const DIGITS: u32 = kmsd_keystore::secret::TOTP_DIGITS;
 
-/// A shared TOTP secret (160 bits). No `Debug` bytes; zeroized on drop.
-pub struct TotpSecret(SecretBox<[u8; 20]>);
-
-impl std::fmt::Debug for TotpSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TotpSecret([REDACTED])")
-    }
-}
-
-impl TotpSecret {
-    /// A fresh secret from the OS CSPRNG.
-    pub fn generate() -> Self {
-        let mut b = Box::new([0u8; 20]);
-        rand::rngs::OsRng.fill_bytes(b.as_mut());
-        TotpSecret(SecretBox::new(b))
-    }
-
-    /// Wraps stored bytes.
-    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
-        let arr: [u8; 20] = bytes.try_into().ok()?;
-        Some(TotpSecret(SecretBox::new(Box::new(arr))))
-    }
-
-    /// The raw secret (for sealing into the store).
-    pub fn expose_secret(&self) -> &[u8; 20] {
-        self.0.expose_secret()
-    }
-
-    /// RFC 4648 base32 (no padding), as authenticator apps expect.
-    pub fn base32(&self) -> String {
-        base32(self.expose_secret())
-    }
-
-    /// The `otpauth://` URI for enrolment (contains the secret: show it
-    /// once, to the officer).
-    pub fn otpauth_uri(&self, account: &str) -> String {
-        let label: String = account
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
-        format!(
-            "otpauth://totp/kmsd:{label}?secret={}&issuer=kmsd&algorithm=SHA1&digits={DIGITS}&period={STEP}",
-            self.base32()
-        )
-    }
-}
-
-fn base32(data: &[u8]) -> String {
-    const A: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut out = String::new();
-    let (mut buf, mut bits) = (0u32, 0);
-    for &b in data {
-        buf = (buf << 8) | u32::from(b);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(A[((buf >> bits) & 31) as usize] as char);
-        }
-    }
-    if bits > 0 {
-        out.push(A[((buf << (5 - bits)) & 31) as usize] as char);
-    }
-    out
-}
-
-/// The code for `unix_time` with `digits` digits (RFC 6238 / RFC 4226).
+/// The code for `unix_time` with `digits` digits (RFC 6238 / RFC 4226),
+/// from a secret the caller holds (an authenticator: tests, tools).
 pub fn code_at(secret: &[u8], unix_time: i64, digits: u32) -> u32 {
-    code_for_step(secret, unix_time.div_euclid(STEP), digits)
+    kmsd_keystore::secret::hotp(secret, step_counter(unix_time.div_euclid(STEP)), digits)
 }
 
-fn code_for_step(secret: &[u8], step: i64, digits: u32) -> u32 {
-    let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(secret) else {
-        return 0;
-    };
-    mac.update(&step.to_be_bytes());
-    let h = mac.finalize().into_bytes();
-    let off = (h.get(19).copied().unwrap_or(0) & 0x0f) as usize;
-    let word = h
-        .get(off..off + 4)
-        .map(|w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]))
-        .unwrap_or(0);
-    (word & 0x7fff_ffff) % 10u32.pow(digits)
+/// The HOTP counter of a time step (steps before 1970 wrap, as the
+/// big-endian bytes of the signed step always did).
+fn step_counter(step: i64) -> u64 {
+    step as u64
 }
 
 /// The outcome of presenting a code.
@@ -235,7 +159,7 @@ impl Verifier {
             for s in [step - 1, step, step + 1] {
                 let expected = format!(
                     "{:0width$}",
-                    code_for_step(secret.expose_secret(), s, DIGITS),
+                    secret.hotp(step_counter(s), DIGITS),
                     width = DIGITS as usize
                 );
                 // constant-time comparison; every candidate is checked
@@ -283,14 +207,15 @@ mod tests {
         ] {
             assert_eq!(code_at(secret, t, 8), want, "t={t}");
             assert_eq!(code_at(secret, t, 6), want % 1_000_000, "t={t}");
+            let s = TotpSecret::from_slice(secret).unwrap();
+            assert_eq!(s.hotp(step_counter(t.div_euclid(STEP)), 8), want, "t={t}");
         }
     }
 
     #[test]
     fn base32_and_uri() {
-        assert_eq!(base32(b"foobar"), "MZXW6YTBOI");
         let s = TotpSecret::from_slice(b"12345678901234567890").unwrap();
-        assert_eq!(s.base32(), "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ");
+        assert_eq!(s.to_base32_for_enrolment(), "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ");
         let uri = s.otpauth_uri("spiffe://bank/alice");
         assert!(
             uri.starts_with("otpauth://totp/kmsd:spiffe%3A%2F%2Fbank%2Falice?secret=GEZDGNBV"),
@@ -302,7 +227,7 @@ mod tests {
     #[test]
     fn verifier_outcomes() {
         let s = TotpSecret::from_slice(&[7; 20]).unwrap();
-        let code = |t: i64| format!("{:06}", code_at(s.expose_secret(), t, 6));
+        let code = |t: i64| format!("{:06}", s.hotp(step_counter(t.div_euclid(STEP)), 6));
         let mut v = Verifier::new(3, 300, 3600);
         let now = 1_800_000_000;
         assert_eq!(v.verify("a", &s, None, now), Outcome::Missing);
@@ -338,8 +263,9 @@ mod tests {
     #[test]
     fn lock_outs_double_until_a_good_code_and_the_state_round_trips() {
         let s = TotpSecret::from_slice(&[9; 20]).unwrap();
-        let code = |t: i64| format!("{:06}", code_at(s.expose_secret(), t, 6));
-        let bad = |t: i64| format!("{:06}", (code_at(s.expose_secret(), t, 6) + 1) % 1_000_000);
+        let at = |t: i64| s.hotp(step_counter(t.div_euclid(STEP)), 6);
+        let code = |t: i64| format!("{:06}", at(t));
+        let bad = |t: i64| format!("{:06}", (at(t) + 1) % 1_000_000);
         let mut v = Verifier::new(2, 300, 1000);
         let mut t = 1_800_000_000;
         let mut lengths = vec![];
