@@ -6,8 +6,11 @@
 //! on to the next one. Reads, watches and status calls (idempotent) are
 //! retried on the other endpoints on any unavailability until the request
 //! timeout; writes (transactions, lease grants) only when the request
-//! never left (the connection to that endpoint could not be made), since a
-//! write that reached a member and then timed out may have been applied.
+//! never left (the connection to that endpoint could not be made) or the
+//! member refused it for want of a leader (etcd checks that before taking
+//! a request), since a write that reached a member and then timed out may
+//! have been applied. So a leader election delays a write rather than
+//! failing it, within the request timeout.
 //!
 //! # Timeouts
 //! Every call ends within [`Settings::request_timeout`] (with
@@ -845,12 +848,16 @@ impl EtcdClient {
                 Ok(Err(status)) => {
                     let unsent = m.failures.load(Ordering::SeqCst) != failures_before
                         && matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown);
+                    // etcd checks for a leader before it takes a request
+                    // (its gRPC interceptor): refused so, it was not applied
+                    let no_leader =
+                        status.code() == tonic::Code::Unavailable && status.message() == "etcdserver: no leader";
                     let err = if unsent {
                         m.take_failure().unwrap_or_else(|| Error::from_status(&m.addr, status))
                     } else {
                         Error::from_status(&m.addr, status)
                     };
-                    if !(err.is_unavailable() && (retry == Retry::Idempotent || unsent)) {
+                    if !(err.is_unavailable() && (retry == Retry::Idempotent || unsent || no_leader)) {
                         return Err(err);
                     }
                     err
@@ -892,7 +899,7 @@ impl EtcdClient {
                 async move {
                     pb::kv_client::KvClient::new(ch)
                         .max_decoding_message_size(MAX_RESPONSE_BYTES)
-                        .range(req)
+                        .range(leader_required(req))
                         .await
                 }
             })
@@ -935,7 +942,7 @@ impl EtcdClient {
                 async move {
                     pb::kv_client::KvClient::new(ch)
                         .max_decoding_message_size(MAX_RESPONSE_BYTES)
-                        .txn(req)
+                        .txn(leader_required(req))
                         .await
                 }
             })
@@ -949,7 +956,7 @@ impl EtcdClient {
     pub async fn compact(&self, revision: i64, physical: bool) -> Result<(), Error> {
         let req = pb::CompactionRequest { revision, physical };
         self.call("compaction", Retry::Idempotent, |ch, _| async move {
-            pb::kv_client::KvClient::new(ch).compact(req).await
+            pb::kv_client::KvClient::new(ch).compact(leader_required(req)).await
         })
         .await?;
         Ok(())
@@ -960,7 +967,9 @@ impl EtcdClient {
         let req = pb::LeaseGrantRequest { ttl, id: 0 };
         let r = self
             .call("lease grant", Retry::Unsent, |ch, _| async move {
-                pb::lease_client::LeaseClient::new(ch).lease_grant(req).await
+                pb::lease_client::LeaseClient::new(ch)
+                    .lease_grant(leader_required(req))
+                    .await
             })
             .await?
             .into_inner();
@@ -976,7 +985,9 @@ impl EtcdClient {
         let req = pb::LeaseRevokeRequest { id };
         match self
             .call("lease revoke", Retry::Idempotent, |ch, _| async move {
-                pb::lease_client::LeaseClient::new(ch).lease_revoke(req).await
+                pb::lease_client::LeaseClient::new(ch)
+                    .lease_revoke(leader_required(req))
+                    .await
             })
             .await
         {
@@ -996,7 +1007,7 @@ impl EtcdClient {
                     // server's headers come back with its answer
                     let _ = tx.send(pb::LeaseKeepAliveRequest { id }).await;
                     let resp = pb::lease_client::LeaseClient::new(ch)
-                        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+                        .lease_keep_alive(leader_required(tokio_stream::wrappers::ReceiverStream::new(rx)))
                         .await?;
                     let mut stream = resp.into_inner();
                     stream.message().await?;
@@ -1038,7 +1049,7 @@ impl EtcdClient {
                         .await;
                     let resp = pb::watch_client::WatchClient::new(ch)
                         .max_decoding_message_size(MAX_RESPONSE_BYTES)
-                        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+                        .watch(leader_required(tokio_stream::wrappers::ReceiverStream::new(rx)))
                         .await?;
                     let mut stream = resp.into_inner();
                     let first = stream
@@ -1190,6 +1201,19 @@ impl EtcdClient {
         .await?;
         Ok(())
     }
+}
+
+/// `message` with etcd's "require leader" mark (`hasleader: true`, as
+/// etcd's own client sends on watches): a member without a leader refuses
+/// the request at once with "etcdserver: no leader", before taking it (so
+/// a write is retried on another member), and ends such a stream when it
+/// loses its leader (so a watch on a member cut off from the quorum
+/// breaks instead of going silent).
+fn leader_required<T>(message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("hasleader", tonic::metadata::MetadataValue::from_static("true"));
+    r
 }
 
 /// `inner` with `prefix` replayed before its own bytes (the bytes read

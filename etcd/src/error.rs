@@ -99,6 +99,10 @@ impl Error {
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
                 Error::unavailable(format!("{endpoint}: {}", describe(&s)))
             }
+            // made on this side from a transport failure (a connection
+            // reset, a stream broken by missed pings): etcd's own answers
+            // carry no source
+            _ if std::error::Error::source(&s).is_some() => Error::unavailable(format!("{endpoint}: {}", describe(&s))),
             Code::PermissionDenied | Code::Unauthenticated => Error::PermissionDenied(format!("{endpoint}: {msg}")),
             Code::OutOfRange if msg.contains("compacted") => Error::Compacted {
                 requested: 0,

@@ -54,6 +54,9 @@ fn one_member_killed_changes_nothing() {
     // the raft leader
     let l = leader(&cluster);
     cluster.kill(l).unwrap();
+    // at once, during the election: delayed, not failed
+    let e = s.get(RecordKind::KeyRing, "before").unwrap().unwrap();
+    s.put(RecordKind::KeyRing, "before", Some(e.revision), b"v").unwrap();
     kmsd_keystore::conformance::run(&store(cluster.settings(), "/kmsd/k2/"));
     let e = s.get(RecordKind::KeyRing, "before").unwrap().unwrap();
     s.put(RecordKind::KeyRing, "before", Some(e.revision), b"w").unwrap();
@@ -98,10 +101,25 @@ fn quorum_lost_fails_within_the_timeout_then_recovers() {
             Err(e) => panic!("not back after SIGCONT: {e}"),
         }
     };
-    // the failed write may or may not have been applied; the next
-    // compare-and-swap sees which, and succeeds
+    // the failed write may or may not have been applied (even a little
+    // later); compare-and-swap from what is read succeeds once the
+    // cluster has settled (its first writes may still time out)
     assert!(e.value == b"1" || e.value == b"2");
-    s.put(RecordKind::KeyRing, "r", Some(e.revision), b"3").unwrap();
+    let mut current = e;
+    loop {
+        match s.put(RecordKind::KeyRing, "r", Some(current.revision), b"3") {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("after SIGCONT: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                if let Ok(Some(now)) = s.get(RecordKind::KeyRing, "r") {
+                    current = now;
+                }
+            }
+            Err(e) => panic!("no write after SIGCONT: {e}"),
+        }
+    }
+    assert_eq!(s.get(RecordKind::KeyRing, "r").unwrap().unwrap().value, b"3");
     kmsd_keystore::conformance::run(&store(cluster.settings(), "/kmsd/q2/"));
 }
 
@@ -179,4 +197,43 @@ fn a_watch_from_the_snapshot_sees_other_nodes_writes() {
     let mut w = a.watch(snap + 1).unwrap();
     let ev = kmsd_etcd::testing::block_on(async move { w.next().await.unwrap() });
     assert_eq!(ev, WatchEvent::Compacted { compact_revision: now });
+}
+
+/// A watch never goes silent: on a member that lost its quorum etcd ends
+/// it ("no leader": the client asks for that), and on a member that
+/// stopped answering the connection's pings end it; either way `next`
+/// returns `Unavailable` and the follower can watch again elsewhere.
+#[test]
+fn a_watch_breaks_instead_of_going_silent() {
+    let mut cluster = Cluster::start(3).expect("etcd");
+    let mut settings = cluster.settings();
+    settings.endpoints.truncate(1); // watch through member 0
+    let s = store(settings, "/kmsd/ws/");
+    let next_within = |mut w: kmsd_etcd::Watcher| {
+        kmsd_etcd::testing::block_on(async move { tokio::time::timeout(Duration::from_secs(5), w.next()).await })
+    };
+    // member 0 loses its quorum
+    let w = s.watch(s.revision().unwrap() + 1).unwrap();
+    cluster.stop(1).unwrap();
+    cluster.stop(2).unwrap();
+    let r = next_within(w).expect("the watch went silent without a quorum");
+    assert!(matches!(r, Err(ref e) if e.is_unavailable()), "{r:?}");
+    cluster.cont(1).unwrap();
+    cluster.cont(2).unwrap();
+    // member 0 itself stops answering
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let w = loop {
+        match s.watch(s.revision().unwrap_or(0) + 1) {
+            Ok(w) => break w,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("no watch after SIGCONT: {e}"),
+        }
+    };
+    cluster.stop(0).unwrap();
+    let r = next_within(w).expect("the watch went silent on a stopped member");
+    assert!(matches!(r, Err(ref e) if e.is_unavailable()), "{r:?}");
+    cluster.cont(0).unwrap();
 }
