@@ -25,9 +25,15 @@ fn config_with_store(dir: &Path, store: &str) -> PathBuf {
 fn check(store: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = config_with_store(dir.path(), store);
+    check_config(&path)
+}
+
+/// Runs `kmsd check-config` on the config at `path`: (success, stdout +
+/// stderr).
+fn check_config(path: &Path) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_kmsd"))
         .arg("check-config")
-        .arg(&path)
+        .arg(path)
         .output()
         .unwrap();
     let text = format!(
@@ -125,22 +131,26 @@ fn plain_http_is_refused_off_loopback_unless_declared_insecure() {
 #[test]
 fn https_needs_a_ca_and_a_client_certificate_with_its_key() {
     let ep = "\"https://10.0.0.1:2379\"";
-    refused(
-        &etcd(ep, "cert = \"etcd.pem\"\nkey = \"etcd.key\"\n"),
-        "store.etcd.ca: https:// endpoints need the CA",
-    );
-    refused(
-        &etcd(ep, "ca = \"ca.pem\"\ncert = \"etcd.pem\"\n"),
-        "store.etcd.cert is set without store.etcd.key",
-    );
-    refused(
-        &etcd(ep, "ca = \"ca.pem\"\nkey = \"etcd.key\"\n"),
-        "store.etcd.key is set without store.etcd.cert",
-    );
-    refused(
-        &etcd(ep, "ca = \"ca.pem\"\n"),
-        "kmsd authenticates to etcd with a client certificate",
-    );
+    for (rest, why) in [
+        (
+            "cert = \"etcd.pem\"\nkey = \"etcd.key\"\n",
+            "store.etcd.ca: https:// endpoints need the CA",
+        ),
+        (
+            "ca = \"ca.pem\"\ncert = \"etcd.pem\"\n",
+            "store.etcd.cert is set without store.etcd.key",
+        ),
+        (
+            "ca = \"ca.pem\"\nkey = \"etcd.key\"\n",
+            "store.etcd.key is set without store.etcd.cert",
+        ),
+        (
+            "ca = \"ca.pem\"\n",
+            "kmsd authenticates to etcd with a client certificate",
+        ),
+    ] {
+        refused(&etcd(ep, rest), why);
+    }
     // files that do not load
     refused(
         &etcd(ep, "ca = \"missing.pem\"\ncert = \"etcd.pem\"\nkey = \"etcd.key\"\n"),
@@ -154,13 +164,8 @@ fn https_needs_a_ca_and_a_client_certificate_with_its_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = config_with_store(dir.path(), &etcd(ep, TLS_FILES));
     kmsd::dev::write_file(&dir.path().join("etcd.key"), b"not a key\n", true).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kmsd"))
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let (ok, err) = check_config(&path);
+    assert!(!ok, "{err}");
     assert!(err.contains("store.etcd.key: cannot read private key"), "{err}");
 }
 
@@ -170,13 +175,8 @@ fn a_client_key_readable_by_others_is_refused() {
     let path = config_with_store(dir.path(), &etcd("\"https://10.0.0.1:2379\"", TLS_FILES));
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path().join("etcd.key"), std::fs::Permissions::from_mode(0o640)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kmsd"))
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let (ok, err) = check_config(&path);
+    assert!(!ok, "{err}");
     assert!(
         err.contains("store.etcd.key:") && err.contains("mode 0640") && err.contains("TLS private key (etcd client)"),
         "{err}"
@@ -196,25 +196,29 @@ fn prefix_cluster_and_durations_are_bounded() {
     ] {
         refused(&etcd(ep, &format!("prefix = \"{prefix}\"\n")), why);
     }
-    refused(&etcd(ep, "cluster = \"Prod\"\n"), "store.etcd.cluster \"Prod\"");
-    refused(&etcd(ep, "cluster = \"\"\n"), "store.etcd.cluster \"\"");
-    refused(
-        &etcd(ep, "max_staleness = \"500ms\"\n"),
-        "store.etcd.max_staleness must be between 1s and 10m (is 500ms)",
-    );
-    refused(
-        &etcd(ep, "max_staleness = \"11m\"\n"),
-        "store.etcd.max_staleness must be between 1s and 10m",
-    );
-    refused(
-        &etcd(ep, "request_timeout = \"10ms\"\n"),
-        "store.etcd.request_timeout must be between 100ms and 1m",
-    );
-    refused(
-        &etcd(ep, "connect_timeout = \"2m\"\n"),
-        "store.etcd.connect_timeout must be between 100ms and 1m",
-    );
-    refused(&etcd(ep, "max_staleness = \"soon\"\n"), "kmsd.toml:");
+    for (rest, why) in [
+        ("cluster = \"Prod\"\n", "store.etcd.cluster \"Prod\""),
+        ("cluster = \"\"\n", "store.etcd.cluster \"\""),
+        (
+            "max_staleness = \"500ms\"\n",
+            "store.etcd.max_staleness must be between 1s and 10m (is 500ms)",
+        ),
+        (
+            "max_staleness = \"11m\"\n",
+            "store.etcd.max_staleness must be between 1s and 10m",
+        ),
+        (
+            "request_timeout = \"10ms\"\n",
+            "store.etcd.request_timeout must be between 100ms and 1m",
+        ),
+        (
+            "connect_timeout = \"2m\"\n",
+            "store.etcd.connect_timeout must be between 100ms and 1m",
+        ),
+        ("max_staleness = \"soon\"\n", "kmsd.toml:"),
+    ] {
+        refused(&etcd(ep, rest), why);
+    }
 }
 
 #[test]
