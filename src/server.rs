@@ -56,12 +56,35 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn KeyStore>, StartError> {
             let path = config.store.sled_path().map_err(|e| err("key store", e))?;
             Ok(Arc::new(SledStore::open(path).map_err(|e| err("key store", e))?))
         }
-        Backend::Etcd => Err(StartError(
-            "key store: store.backend = \"etcd\" is not available in this build yet (issue 13: the etcd \
-             client is being built); use backend = \"sled\""
-                .into(),
-        )),
+        Backend::Etcd => {
+            let etcd = config.store.etcd.as_ref().ok_or_else(|| {
+                StartError("key store: store.backend is \"etcd\" but there is no [store.etcd]".into())
+            })?;
+            let prefix = etcd.prefix();
+            let store = kmsd_etcd::EtcdStore::open(&etcd_settings(etcd), &prefix)
+                .map_err(|e| err(&format!("key store (etcd, prefix {prefix})"), e))?;
+            Ok(Arc::new(store))
+        }
     }
+}
+
+/// What the etcd client is built from: `[store.etcd]` (checked by
+/// [`Config::problems`]: https with a CA and a client certificate, or
+/// plain http on loopback).
+pub fn etcd_settings(etcd: &crate::config::Etcd) -> kmsd_etcd::Settings {
+    let mut s = kmsd_etcd::Settings::new(etcd.endpoints.iter().map(|e| e.to_string()));
+    s.connect_timeout = etcd.connect_timeout;
+    s.request_timeout = etcd.request_timeout;
+    s.tls = match (etcd.tls(), &etcd.ca) {
+        (true, Some(ca)) => Some(kmsd_etcd::TlsSettings {
+            ca: ca.clone(),
+            cert: etcd.cert.clone(),
+            key: etcd.key.clone(),
+            server_name: None,
+        }),
+        _ => None,
+    };
+    s
 }
 
 /// Opens the store of `config` behind its integrity manifest (migrating a

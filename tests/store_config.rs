@@ -248,22 +248,3 @@ fn sections_that_contradict_the_backend_are_refused() {
         "unknown field `password`",
     );
 }
-
-/// Until the etcd client lands (issue 13), serving on etcd stops at once
-/// with a message that says so, rather than starting without a store.
-#[test]
-fn serving_on_etcd_without_the_backend_fails_clearly() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = config_with_store(dir.path(), &etcd("\"http://127.0.0.1:2379\"", ""));
-    let out = Command::new(env!("CARGO_BIN_EXE_kmsd"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
-    assert!(
-        err.contains("store.backend = \"etcd\" is not available in this build yet"),
-        "{err}"
-    );
-}

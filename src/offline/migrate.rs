@@ -40,8 +40,13 @@ const KINDS: [RecordKind; 4] = [
     RecordKind::Manifest,
 ];
 
-/// Records written per batch (one atomic, durable write each).
-const BATCH: usize = 256;
+/// Records written per batch (one atomic, durable write each): within
+/// etcd's default limits of 128 operations (`--max-txn-ops`) and 1.5 MiB
+/// (`--max-request-bytes`) per transaction, with [`BATCH_BYTES`].
+const BATCH: usize = 64;
+
+/// A batch is written once its records hold this many bytes.
+const BATCH_BYTES: usize = 512 * 1024;
 
 /// What a completed migration did.
 #[derive(Debug)]
@@ -196,7 +201,7 @@ pub fn count(store: &dyn KeyStore) -> Result<u64, kmsd_keystore::Error> {
 }
 
 /// Copies every record of `src` to `dst`, sealed bytes as they are, in
-/// batches of [`BATCH`]; the manifest's head (`#`-names of the manifest
+/// batches of [`BATCH`] records or [`BATCH_BYTES`]; the manifest's head (`#`-names of the manifest
 /// kind) last. A record already at `dst` with the same bytes is skipped;
 /// with different bytes the copy stops. Returns (copied, skipped).
 pub fn copy_records(src: &dyn KeyStore, dst: &dyn KeyStore, progress: Progress<'_>) -> Result<(u64, u64), String> {
@@ -206,6 +211,7 @@ pub fn copy_records(src: &dyn KeyStore, dst: &dyn KeyStore, progress: Progress<'
     let mut deferred: Vec<(String, Vec<u8>)> = Vec::new();
     for kind in KINDS {
         let mut batch: Vec<(String, Vec<u8>)> = Vec::with_capacity(BATCH);
+        let mut batch_bytes = 0usize;
         let mut failure: Option<String> = None;
         let mut flush = |batch: &mut Vec<(String, Vec<u8>)>, copied: &mut u64, skipped: &mut u64| {
             let (c, s) = write_batch(dst, kind, batch)?;
@@ -220,8 +226,10 @@ pub fn copy_records(src: &dyn KeyStore, dst: &dyn KeyStore, progress: Progress<'
                 deferred.push((name.to_owned(), entry.value));
                 return Ok(());
             }
+            batch_bytes += entry.value.len();
             batch.push((name.to_owned(), entry.value));
-            if batch.len() >= BATCH {
+            if batch.len() >= BATCH || batch_bytes >= BATCH_BYTES {
+                batch_bytes = 0;
                 if let Err(e) = flush(&mut batch, &mut copied, &mut skipped) {
                     failure = Some(e);
                     return Err(kmsd_keystore::Error::Backend("copy stopped".into()));
