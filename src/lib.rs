@@ -48,8 +48,7 @@
 //!
 //! Dependencies point one way: server → api → authz, audit, rings →
 //! crypto → keystore; config → tls → ops; nothing depends on server, and
-//! `ops` on nothing of the daemon. (One exception left: a dual-control
-//! policy change applies its update with [`api::convert::merge_policy`].)
+//! `ops` on nothing of the daemon.
 #![deny(unsafe_code)]
 
 pub mod api;

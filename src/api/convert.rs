@@ -3,7 +3,7 @@
 //! only: no key material passes through here.
 use crate::error::{Error, Invalid};
 use crate::proto;
-use crate::rings::Usage;
+use crate::rings::{PolicyUpdate, Usage};
 use kmsd_keystore::keyring::{KeyPolicy, KeyPurpose, RotationReason};
 use kmsd_keystore::{KeyRing, VersionState};
 
@@ -23,31 +23,22 @@ fn policy_to_proto(p: &KeyPolicy, purpose: KeyPurpose) -> proto::KeyPolicy {
     }
 }
 
-/// Applies the set fields of `update` to `base` (0 disables a limit).
-pub fn merge_policy(mut base: KeyPolicy, update: Option<&proto::KeyPolicy>) -> KeyPolicy {
-    let Some(u) = update else { return base };
-    if let Some(s) = u.rotation_period_seconds {
-        base.rotation_period_secs = (s > 0).then_some(s);
+/// The policy change a message asks for: its set fields (none when the
+/// message is absent). The purpose is not part of it (fixed at creation;
+/// see [`purpose_from_proto`]).
+pub fn policy_update(update: Option<&proto::KeyPolicy>) -> PolicyUpdate {
+    let Some(u) = update else {
+        return PolicyUpdate::default();
+    };
+    PolicyUpdate {
+        rotation_period_secs: u.rotation_period_seconds,
+        max_encryptions_per_version: u.max_encryptions_per_version,
+        min_decryption_version: u.min_decryption_version,
+        min_encryption_version: u.min_encryption_version,
+        deletion_allowed: u.deletion_allowed,
+        manual_rotation_resets_schedule: u.manual_rotation_resets_schedule,
+        allow_token_rotation: u.allow_token_rotation,
     }
-    if let Some(n) = u.max_encryptions_per_version {
-        base.max_encryptions_per_version = (n > 0).then_some(n);
-    }
-    if let Some(v) = u.min_decryption_version {
-        base.min_decryption_version = v;
-    }
-    if let Some(v) = u.min_encryption_version {
-        base.min_encryption_version = v;
-    }
-    if let Some(b) = u.deletion_allowed {
-        base.deletion_allowed = b;
-    }
-    if let Some(b) = u.manual_rotation_resets_schedule {
-        base.manual_rotation_resets_schedule = b;
-    }
-    if let Some(b) = u.allow_token_rotation {
-        base.allow_token_rotation = b;
-    }
-    base
 }
 
 /// The purpose named by a policy message (unset = encrypt/decrypt).

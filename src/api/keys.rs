@@ -3,7 +3,7 @@
 //! Destructive changes go through dual control ([`crate::authz::dual`]);
 //! the rings themselves are changed by [`crate::rings`].
 use super::call::{blocking, Shared};
-use super::convert::{key_info, merge_policy, purpose_from_proto};
+use super::convert::{key_info, policy_update, purpose_from_proto};
 use crate::authz::{Call, Op, PendingOp};
 use crate::error::{Error, Invalid, Limit, Precondition};
 use crate::proto;
@@ -68,7 +68,7 @@ impl proto::keys_server::Keys for KeysService {
         let call = self.shared.begin(&req, Op::KeyCreate, Some(&req.get_ref().name))?;
         let r = req.into_inner();
         let algorithm = r.algorithm;
-        let policy = merge_policy(KeyPolicy::default(), r.policy.as_ref());
+        let policy = policy_update(r.policy.as_ref()).apply(KeyPolicy::default());
         let purpose = purpose_from_proto(r.policy.as_ref());
         self.admin(call, move |rings, name| {
             if algorithm != proto::Algorithm::Unspecified as i32 && algorithm != proto::Algorithm::Aes256Gcm as i32 {
@@ -188,13 +188,14 @@ impl proto::keys_server::Keys for KeysService {
             let e = Error::InvalidArgument(Invalid::PurposeFixed);
             return Err(self.shared.fail(&call, e));
         }
-        let new = merge_policy(current.policy.clone(), r.policy.as_ref());
+        let update = policy_update(r.policy.as_ref());
+        let new = update.apply(current.policy.clone());
         if min_decryption_change_is_guarded(&current, new.min_decryption_version) {
             self.dual(
                 &call,
                 PendingOp::SetPolicy {
                     name: r.name.clone(),
-                    update: r.policy.unwrap_or_default(),
+                    update,
                 },
             )?;
         }

@@ -7,7 +7,7 @@ use super::access::{lock, now, Access, Call};
 use super::officer::offer_enrolment;
 use super::policy::{Op, Policy};
 use crate::error::{Error, Forbidden, Limit, Missing};
-use crate::rings::Rings;
+use crate::rings::{PolicyUpdate, Rings};
 use rand::RngCore;
 use std::sync::Arc;
 
@@ -55,7 +55,7 @@ pub enum PendingOp {
         /// Only the fields the requester set: applied on top of the key's
         /// policy *at approval*, and checked again then, so changes made
         /// meanwhile are kept.
-        update: crate::proto::KeyPolicy,
+        update: PolicyUpdate,
     },
 }
 
@@ -127,17 +127,14 @@ impl PendingOp {
 }
 
 /// The fields a policy update sets, in words (`0` disables a limit).
-fn describe_update(u: &crate::proto::KeyPolicy) -> String {
+fn describe_update(u: &PolicyUpdate) -> String {
     let mut parts = Vec::new();
     let mut add = |name: &str, v: Option<String>| {
         if let Some(v) = v {
             parts.push(format!("{name}={v}"));
         }
     };
-    add(
-        "rotation_period_seconds",
-        u.rotation_period_seconds.map(|v| v.to_string()),
-    );
+    add("rotation_period_seconds", u.rotation_period_secs.map(|v| v.to_string()));
     add(
         "max_encryptions_per_version",
         u.max_encryptions_per_version.map(|v| v.to_string()),
@@ -338,7 +335,7 @@ pub fn execute(rings: &Rings, op: &PendingOp) -> Result<String, Error> {
             ))
         }
         PendingOp::SetPolicy { name, update } => {
-            let ring = rings.update_policy(name, |p| crate::api::convert::merge_policy(p, Some(update)))?;
+            let ring = rings.update_policy(name, |p| update.apply(p))?;
             Ok(format!(
                 "policy of key {name:?} updated: {} (min_decryption_version now {})",
                 describe_update(update),

@@ -10,6 +10,57 @@ use kmsd_keystore::{Algorithm, KeyName, KeyRing};
 /// Minimum rotation period (production, dev mode).
 pub const MIN_ROTATION_PERIOD: (u64, u64) = (3_600, 1);
 
+/// A change to a key's policy: only the fields the caller set (`Some`).
+/// For the two limits, `0` disables the limit. Built from the API message
+/// by `api::convert::policy_update`; applied at creation, at
+/// `UpdateKeyPolicy`, and by an approved dual-control change (on top of
+/// the policy as it is *then*, so changes made meanwhile are kept).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyUpdate {
+    /// Rotation period, seconds (`0`: no scheduled rotation).
+    pub rotation_period_secs: Option<u64>,
+    /// Usage limit per version (`0`: none).
+    pub max_encryptions_per_version: Option<u64>,
+    /// Versions below this never decrypt.
+    pub min_decryption_version: Option<u32>,
+    /// Versions below this never encrypt.
+    pub min_encryption_version: Option<u32>,
+    /// Whether the whole key may be scheduled for deletion.
+    pub deletion_allowed: Option<bool>,
+    /// Whether a manual rotation restarts the rotation schedule.
+    pub manual_rotation_resets_schedule: Option<bool>,
+    /// Whether a token key may rotate automatically.
+    pub allow_token_rotation: Option<bool>,
+}
+
+impl PolicyUpdate {
+    /// `base` with the set fields of this update applied.
+    pub fn apply(&self, mut base: KeyPolicy) -> KeyPolicy {
+        if let Some(s) = self.rotation_period_secs {
+            base.rotation_period_secs = (s > 0).then_some(s);
+        }
+        if let Some(n) = self.max_encryptions_per_version {
+            base.max_encryptions_per_version = (n > 0).then_some(n);
+        }
+        if let Some(v) = self.min_decryption_version {
+            base.min_decryption_version = v;
+        }
+        if let Some(v) = self.min_encryption_version {
+            base.min_encryption_version = v;
+        }
+        if let Some(b) = self.deletion_allowed {
+            base.deletion_allowed = b;
+        }
+        if let Some(b) = self.manual_rotation_resets_schedule {
+            base.manual_rotation_resets_schedule = b;
+        }
+        if let Some(b) = self.allow_token_rotation {
+            base.allow_token_rotation = b;
+        }
+        base
+    }
+}
+
 impl Rings {
     /// Creates a ring with one version. Durable when it returns.
     pub fn create(&self, name: &str, policy: KeyPolicy) -> Result<KeyRing, Error> {
@@ -127,5 +178,41 @@ impl Rings {
         }
         tracing::info!(records = n, keys = rings, "backup restored");
         Ok((n, rings))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_update_applies_only_its_set_fields_and_zero_disables_a_limit() {
+        let base = KeyPolicy {
+            rotation_period_secs: Some(7200),
+            max_encryptions_per_version: Some(10),
+            min_decryption_version: 2,
+            deletion_allowed: true,
+            ..KeyPolicy::default()
+        };
+        assert_eq!(PolicyUpdate::default().apply(base.clone()), base);
+        let update = PolicyUpdate {
+            rotation_period_secs: Some(0),
+            max_encryptions_per_version: Some(20),
+            min_encryption_version: Some(3),
+            allow_token_rotation: Some(true),
+            ..PolicyUpdate::default()
+        };
+        let p = update.apply(base.clone());
+        assert_eq!(p.rotation_period_secs, None, "0 disables scheduled rotation");
+        assert_eq!(p.max_encryptions_per_version, Some(20));
+        assert_eq!((p.min_decryption_version, p.min_encryption_version), (2, 3));
+        assert!(p.deletion_allowed && p.allow_token_rotation && !p.manual_rotation_resets_schedule);
+        let p = PolicyUpdate {
+            max_encryptions_per_version: Some(0),
+            deletion_allowed: Some(false),
+            ..PolicyUpdate::default()
+        }
+        .apply(base);
+        assert_eq!((p.max_encryptions_per_version, p.deletion_allowed), (None, false));
     }
 }

@@ -41,7 +41,7 @@ mod data;
 mod schedule;
 mod usage;
 
-pub use admin::MIN_ROTATION_PERIOD;
+pub use admin::{PolicyUpdate, MIN_ROTATION_PERIOD};
 pub use data::{EncryptCall, Encrypted, DEFAULT_MAX_ROTATIONS_PER_CALL};
 use schedule::Schedule;
 pub use schedule::{DEFAULT_DESTRUCTION_WAIT, MIN_DESTRUCTION_WAIT};
