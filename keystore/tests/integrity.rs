@@ -14,6 +14,31 @@ fn open(store: &Arc<dyn KeyStore>) -> Result<RingStore, Error> {
     RingStore::open(store.clone(), Sealer::new(MasterKey::from_bytes(&MK)))
 }
 
+/// A temporary directory and the path of a sled store in it.
+fn sled_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s");
+    (dir, p)
+}
+
+/// The sled store at `p` and its rings.
+fn open_sled(p: &std::path::Path) -> (Arc<dyn KeyStore>, RingStore) {
+    let raw: Arc<dyn KeyStore> = Arc::new(SledStore::open(p).unwrap());
+    let rings = open(&raw).unwrap();
+    (raw, rings)
+}
+
+/// A memory store and its rings holding key `k` with versions 1 and 2.
+fn memory_with_two_versions() -> (Arc<dyn KeyStore>, RingStore) {
+    let raw: Arc<dyn KeyStore> = Arc::new(MemoryStore::new());
+    let rings = open(&raw).unwrap();
+    create(&rings, "k");
+    rings
+        .update(&name("k"), |r| r.rotate(2, RotationReason::Manual))
+        .unwrap();
+    (raw, rings)
+}
+
 fn name(n: &str) -> KeyName {
     KeyName::parse(n).unwrap()
 }
@@ -44,12 +69,10 @@ fn put_back(raw: &dyn KeyStore, kind: RecordKind, n: &str, value: &[u8]) {
 
 #[test]
 fn an_old_ring_record_put_back_after_a_destruction_is_data_loss_and_never_opens() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("s");
+    let (_dir, p) = sled_dir();
     let old;
     {
-        let raw: Arc<dyn KeyStore> = Arc::new(SledStore::open(&p).unwrap());
-        let rings = open(&raw).unwrap();
+        let (raw, rings) = open_sled(&p);
         create(&rings, "k");
         create(&rings, "other");
         rings
@@ -67,8 +90,7 @@ fn an_old_ring_record_put_back_after_a_destruction_is_data_loss_and_never_opens(
         put_back(&raw, RecordKind::KeyRing, "k", &old);
         raw.sync().unwrap();
     }
-    let raw: Arc<dyn KeyStore> = Arc::new(SledStore::open(&p).unwrap());
-    let rings = open(&raw).unwrap();
+    let (raw, rings) = open_sled(&p);
     let mut loaded = vec![];
     let failures = rings.load_all(|r| loaded.push(r)).unwrap();
     assert_eq!(failures.len(), 1);
@@ -90,20 +112,14 @@ fn an_old_ring_record_put_back_after_a_destruction_is_data_loss_and_never_opens(
     // and so it stays after another restart
     drop(rings);
     drop(raw);
-    let raw: Arc<dyn KeyStore> = Arc::new(SledStore::open(&p).unwrap());
-    let rings = open(&raw).unwrap();
+    let (_raw, rings) = open_sled(&p);
     assert!(is_data_loss(&rings.get(&name("k")).unwrap_err(), "k"));
     assert_eq!(rings.get(&name("other")).unwrap().unwrap().primary, 2);
 }
 
 #[test]
 fn undoing_disabled_or_a_raised_minimum_is_data_loss() {
-    let raw: Arc<dyn KeyStore> = Arc::new(MemoryStore::new());
-    let rings = open(&raw).unwrap();
-    create(&rings, "k");
-    rings
-        .update(&name("k"), |r| r.rotate(2, RotationReason::Manual))
-        .unwrap();
+    let (raw, rings) = memory_with_two_versions();
     let before = raw.get(RecordKind::KeyRing, "k").unwrap().unwrap().value;
     rings
         .update(&name("k"), |r| r.set_version_state(1, VersionState::Disabled))
@@ -115,12 +131,7 @@ fn undoing_disabled_or_a_raised_minimum_is_data_loss() {
     let failures = again.load_all(|_| {}).unwrap();
     assert_eq!(failures.len(), 1);
 
-    let raw: Arc<dyn KeyStore> = Arc::new(MemoryStore::new());
-    let rings = open(&raw).unwrap();
-    create(&rings, "k");
-    rings
-        .update(&name("k"), |r| r.rotate(2, RotationReason::Manual))
-        .unwrap();
+    let (raw, rings) = memory_with_two_versions();
     let before = raw.get(RecordKind::KeyRing, "k").unwrap().unwrap().value;
     rings
         .update(&name("k"), |r| {
@@ -135,11 +146,9 @@ fn undoing_disabled_or_a_raised_minimum_is_data_loss() {
 
 #[test]
 fn a_deleted_ring_or_officer_record_is_detected() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("s");
+    let (_dir, p) = sled_dir();
     {
-        let raw: Arc<dyn KeyStore> = Arc::new(SledStore::open(&p).unwrap());
-        let rings = open(&raw).unwrap();
+        let (_raw, rings) = open_sled(&p);
         create(&rings, "gone");
         create(&rings, "kept");
         let totp = rings
@@ -158,8 +167,7 @@ fn a_deleted_ring_or_officer_record_is_detected() {
         let r = raw.get(RecordKind::Secret, "totp:officer").unwrap().unwrap().revision;
         raw.delete(RecordKind::Secret, "totp:officer", r).unwrap();
     }
-    let raw: Arc<dyn KeyStore> = Arc::new(SledStore::open(&p).unwrap());
-    let rings = open(&raw).unwrap();
+    let (raw, rings) = open_sled(&p);
     let mut loaded = vec![];
     let failures = rings.load_all(|r| loaded.push(r.name.to_string())).unwrap();
     assert_eq!(loaded, vec!["kept"]);
@@ -231,8 +239,7 @@ fn a_tampered_manifest_fails_the_open_and_a_deleted_head_is_not_rebuilt() {
 
 #[test]
 fn many_writes_and_reopens_keep_the_manifest_consistent() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("s");
+    let (_dir, p) = sled_dir();
     for round in 0..3 {
         let raw: Arc<dyn KeyStore> = Arc::new(SledStore::open(&p).unwrap());
         let rings = Arc::new(open(&raw).unwrap());
@@ -256,8 +263,7 @@ fn many_writes_and_reopens_keep_the_manifest_consistent() {
         let failures = rings.load_all(|_| {}).unwrap();
         assert!(failures.is_empty());
     }
-    let raw: Arc<dyn KeyStore> = Arc::new(SledStore::open(&p).unwrap());
-    let rings = open(&raw).unwrap();
+    let (_raw, rings) = open_sled(&p);
     let mut n = 0;
     assert!(rings.load_all(|_| n += 1).unwrap().is_empty());
     assert_eq!(n, 12);
@@ -272,12 +278,7 @@ fn snapshot(rings: &RingStore) -> Vec<u8> {
 
 #[test]
 fn a_restore_never_brings_back_a_version_destroyed_after_the_backup() {
-    let raw: Arc<dyn KeyStore> = Arc::new(MemoryStore::new());
-    let rings = open(&raw).unwrap();
-    create(&rings, "k");
-    rings
-        .update(&name("k"), |r| r.rotate(2, RotationReason::Manual))
-        .unwrap();
+    let (raw, rings) = memory_with_two_versions();
     let v1 = *rings.get(&name("k")).unwrap().unwrap().versions[0]
         .material
         .as_ref()
@@ -404,10 +405,8 @@ fn files(p: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn after_a_destruction_the_old_sealed_ring_record_is_nowhere_in_the_store_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("s");
-    let raw: Arc<dyn KeyStore> = Arc::new(SledStore::open(&p).unwrap());
-    let rings = open(&raw).unwrap();
+    let (dir, p) = sled_dir();
+    let (raw, rings) = open_sled(&p);
     create(&rings, "k");
     create(&rings, "other");
     rings
@@ -440,8 +439,7 @@ fn after_a_destruction_the_old_sealed_ring_record_is_nowhere_in_the_store_files(
     assert!(rings.get(&name("other")).unwrap().is_some());
     drop(rings);
     drop(raw);
-    let raw: Arc<dyn KeyStore> = Arc::new(SledStore::open(&p).unwrap());
-    let rings = open(&raw).unwrap();
+    let (_raw, rings) = open_sled(&p);
     assert!(rings.load_all(|_| {}).unwrap().is_empty());
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
@@ -452,11 +450,9 @@ fn after_a_destruction_the_old_sealed_ring_record_is_nowhere_in_the_store_files(
 
 #[test]
 fn an_interrupted_reclaim_is_finished_at_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("s");
+    let (dir, p) = sled_dir();
     {
-        let raw: Arc<dyn KeyStore> = Arc::new(SledStore::open(&p).unwrap());
-        let rings = open(&raw).unwrap();
+        let (_raw, rings) = open_sled(&p);
         create(&rings, "k");
     }
     // crash after the old directory was renamed away, before the copy was
@@ -466,8 +462,7 @@ fn an_interrupted_reclaim_is_finished_at_open() {
     std::fs::write(copy.join("kmsd-reclaim-complete"), b"").unwrap();
     std::fs::create_dir(dir.path().join("s.reclaim-old")).unwrap();
     std::fs::write(dir.path().join("s.reclaim-old/db"), b"old bytes").unwrap();
-    let raw: Arc<dyn KeyStore> = Arc::new(SledStore::open(&p).unwrap());
-    let rings = open(&raw).unwrap();
+    let (raw, rings) = open_sled(&p);
     assert!(rings.get(&name("k")).unwrap().is_some());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     // a half-built copy (not marked complete) is discarded
