@@ -145,3 +145,66 @@ impl From<Error> for kmsd_keystore::Error {
         kmsd_keystore::Error::Backend(e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::{Code, Status};
+
+    #[test]
+    fn statuses_map_to_typed_errors() {
+        let e = |code, msg: &str| Error::from_status("127.0.0.1:2379", Status::new(code, msg));
+        for (code, msg) in [
+            (Code::Unavailable, "etcdserver: no leader"),
+            (Code::Unavailable, "etcdserver: request timed out"),
+            (Code::DeadlineExceeded, "context deadline exceeded"),
+            (Code::Unknown, "etcdserver: leader changed"),
+        ] {
+            let err = e(code, msg);
+            assert!(err.is_unavailable(), "{code:?} {msg}: {err:?}");
+            assert!(err.to_string().contains("127.0.0.1:2379"), "{err}");
+        }
+        assert!(matches!(
+            e(Code::PermissionDenied, "etcdserver: permission denied"),
+            Error::PermissionDenied(_)
+        ));
+        assert!(matches!(
+            e(Code::InvalidArgument, "etcdserver: request is too large"),
+            Error::TooLarge(_)
+        ));
+        assert!(matches!(
+            e(
+                Code::ResourceExhausted,
+                "grpc: received message larger than max (3000000 vs. 2097152)"
+            ),
+            Error::TooLarge(_)
+        ));
+        assert!(matches!(
+            e(
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted"
+            ),
+            Error::Compacted { .. }
+        ));
+        // etcd's own refusals stay what they are
+        assert!(matches!(
+            e(Code::InvalidArgument, "etcdserver: duplicate key given in txn request"),
+            Error::Status(_)
+        ));
+        // a status made on this side from a broken connection is unavailability
+        let broken = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "broken pipe",
+        )));
+        assert!(Error::from_status("x:1", broken).is_unavailable());
+    }
+
+    #[test]
+    fn everything_reaches_the_keystore_as_backend() {
+        let k: kmsd_keystore::Error = Error::unavailable("x:1: connection refused").into();
+        assert!(
+            matches!(k, kmsd_keystore::Error::Backend(ref m) if m.contains("etcd unavailable")),
+            "{k}"
+        );
+    }
+}
