@@ -11,7 +11,7 @@
 //! done. Every call then ends with one audit record of its outcome
 //! (administrative: durable before the answer; data path: group-committed).
 use super::dual::{Pending, PendingLimits};
-use super::officer::{claim_enrolment, TOTP_STATE_PREFIX};
+use super::officer::{claim_enrolment, totp_record, TOTP_STATE_PREFIX};
 use super::otp::{OfficerState, Outcome, TotpSecret, Verifier};
 use super::policy::{Op, Policy, PolicyError};
 use crate::audit::{AuditHandle, AuditKey, Event};
@@ -156,6 +156,55 @@ impl std::fmt::Debug for Access {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Access")
     }
+}
+
+/// Attempts at the compare-and-swap of an officer's replay and lock-out
+/// memory while other nodes keep changing it, before failing closed.
+const STATE_CAS_ATTEMPTS: usize = 16;
+
+/// Verifies `otp` against the officer's replay and lock-out memory as
+/// stored, and stores the new memory by compare-and-swap on the
+/// record's revision; when another node changed it in between, verifies
+/// again against its state (so a code accepted there is a replay
+/// here). `Err`: the state could not be read; the inner `Err`: the new
+/// state could not be stored.
+pub(super) fn verify_shared(
+    store: &dyn KeyStore,
+    sealer: &Sealer,
+    v: &mut Verifier,
+    identity: &str,
+    secret: &TotpSecret,
+    otp: Option<&str>,
+    at: i64,
+) -> Result<(Outcome, Result<(), Error>), Error> {
+    let name = format!("{TOTP_STATE_PREFIX}{identity}");
+    let mut outcome = Outcome::Missing;
+    for _ in 0..STATE_CAS_ATTEMPTS {
+        let entry = store.get(RecordKind::Secret, &name)?;
+        let before = match &entry {
+            Some(e) => OfficerState::decode(&sealer.open(RecordKind::Secret, &name, &e.value)?)
+                .ok_or_else(|| Error::Corrupt(name.clone()))?,
+            None => OfficerState::default(),
+        };
+        v.restore(identity, before.clone());
+        outcome = v.verify(identity, secret, otp, at);
+        let after = v.state(identity).cloned().unwrap_or_default();
+        if after == before {
+            return Ok((outcome, Ok(())));
+        }
+        let sealed = match sealer.seal(RecordKind::Secret, &name, &after.encode()) {
+            Ok(s) => s,
+            Err(e) => return Ok((outcome, Err(e.into()))),
+        };
+        match store.put(RecordKind::Secret, &name, entry.map(|e| e.revision), &sealed) {
+            Ok(_) => return Ok((outcome, Ok(()))),
+            Err(kmsd_keystore::Error::Conflict { .. } | kmsd_keystore::Error::NotFound { .. }) => {
+                tracing::debug!(identity, "officer state changed by another node; verifying again");
+            }
+            Err(e) => return Ok((outcome, Err(e.into()))),
+        }
+    }
+    Ok((outcome, Err(Error::CodeNotRecorded)))
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -395,30 +444,45 @@ impl Access {
 
     fn second_factor(&self, call: &Call, otp: Option<&str>) -> Result<(), Error> {
         let id = call.peer.id();
-        let Some(secret) = lock(&self.totp).get(id).cloned() else {
-            let _ = self.audit.record(self.event(
-                call,
-                code_name(Code::Unauthenticated),
-                Some("officer not enrolled".into()),
-            ));
-            return Err(SecondFactorError::NotEnrolled {
-                op: call.op.as_str(),
-                identity: id.to_owned(),
+        // The store is the authority on an officer's secret and replay and
+        // lock-out memory (several nodes may share it): both are read from
+        // it at each verification, and the state is updated by
+        // compare-and-swap, durably and sealed, before the answer, under
+        // the verifier's lock so this node's writes stay in order. A code
+        // used once stays used, and a lock-out stays, across restarts and
+        // across the nodes of a cluster. If the state cannot be read, or an
+        // accepted code cannot be recorded, the call fails closed.
+        let secret = match self.durable(|| self.officer_secret(id)) {
+            Ok(Some(secret)) => secret,
+            Ok(None) => {
+                let _ = self.audit.record(self.event(
+                    call,
+                    code_name(Code::Unauthenticated),
+                    Some("officer not enrolled".into()),
+                ));
+                return Err(SecondFactorError::NotEnrolled {
+                    op: call.op.as_str(),
+                    identity: id.to_owned(),
+                }
+                .into());
             }
-            .into());
+            Err(e) => {
+                tracing::error!(identity = id, error = %e, "officer one-time code secret could not be read");
+                let _ = self.audit.record(self.event(
+                    call,
+                    code_name(Code::Unavailable),
+                    Some("officer secret could not be read".into()),
+                ));
+                return Err(Error::CodeNotRecorded);
+            }
         };
-        // The state is persisted (durably, sealed) before the answer, under
-        // the verifier's lock so writes stay in order: a code used once
-        // stays used, and a lock-out stays, across restarts. If an accepted
-        // code cannot be recorded, the call fails closed.
         let (outcome, persisted) = {
             let mut v = lock(&self.verifier);
-            let outcome = v.verify(id, &secret, otp, now());
-            let persisted = match (outcome, v.state(id)) {
-                (Outcome::Missing | Outcome::Replayed, _) | (_, None) => Ok(()),
-                (_, Some(state)) => self.durable(|| self.persist_officer_state(id, state)),
-            };
-            (outcome, persisted)
+            let sealer = self.rings.ring_store().sealer();
+            match self.durable(|| verify_shared(self.store.as_ref(), sealer, &mut v, id, &secret, otp, now())) {
+                Ok(r) => r,
+                Err(e) => (Outcome::Ok, Err(e)),
+            }
         };
         if let Err(e) = &persisted {
             tracing::error!(identity = id, error = %e, "officer one-time code state could not be stored");
@@ -454,17 +518,20 @@ impl Access {
         Err(refusal.into())
     }
 
-    /// Seals an officer's replay and lock-out memory into the store.
-    fn persist_officer_state(&self, identity: &str, state: &OfficerState) -> Result<(), Error> {
-        let name = format!("{TOTP_STATE_PREFIX}{identity}");
-        let sealed = self
-            .rings
-            .ring_store()
-            .sealer()
-            .seal(RecordKind::Secret, &name, &state.encode())?;
-        let expected = self.store.get(RecordKind::Secret, &name)?.map(|e| e.revision);
-        self.store.put(RecordKind::Secret, &name, expected, &sealed)?;
-        Ok(())
+    /// The officer's TOTP secret, read from the store (an officer enrolled
+    /// or re-enrolled through another node is followed); `None` if not
+    /// enrolled.
+    fn officer_secret(&self, identity: &str) -> Result<Option<Arc<TotpSecret>>, Error> {
+        let name = totp_record(identity);
+        let Some(entry) = self.store.get(RecordKind::Secret, &name)? else {
+            return Ok(None);
+        };
+        let sealer = self.rings.ring_store().sealer();
+        let (_, secret) = TotpSecret::open_sealed(sealer, RecordKind::Secret, &name, &entry.value, 0)?
+            .ok_or_else(|| Error::Corrupt(name.clone()))?;
+        let secret = Arc::new(secret);
+        lock(&self.totp).insert(identity.to_owned(), secret.clone());
+        Ok(Some(secret))
     }
 
     /// Ends a call: the outcome record (durable for administrative
@@ -528,5 +595,120 @@ impl Access {
         let detail = Some("the call ended before its outcome (cancelled by the client, or its stream failed)".into());
         self.audit
             .record_anyway(self.event(call, code_name(Code::Cancelled), detail));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authz::otp::{step_counter, STEP};
+    use kmsd_keystore::{MasterKey, MemoryStore};
+
+    /// Two nodes: each its own verifier (its memory), one shared store.
+    fn nodes() -> (Arc<dyn KeyStore>, Arc<Sealer>, TotpSecret) {
+        let store: Arc<dyn KeyStore> = Arc::new(MemoryStore::new());
+        let sealer = Arc::new(Sealer::new(MasterKey::from_bytes(&[3; 32])));
+        (store, sealer, TotpSecret::from_slice(&[5; 20]).unwrap())
+    }
+
+    fn code(s: &TotpSecret, t: i64) -> String {
+        format!("{:06}", s.hotp(step_counter(t.div_euclid(STEP)), 6))
+    }
+
+    #[test]
+    fn a_code_used_on_one_node_is_a_replay_on_another_and_a_lock_out_holds_on_both() {
+        let (store, _, _) = nodes();
+        replay_and_lock_out_shared([store.clone(), store]);
+    }
+
+    /// The same on a real etcd, each node with its own connection.
+    #[test]
+    fn on_etcd_a_code_used_on_one_node_is_a_replay_on_another_and_a_lock_out_holds_on_both() {
+        let cluster = kmsd_etcd::testing::Cluster::start(1).unwrap();
+        let open = || -> Arc<dyn KeyStore> {
+            Arc::new(kmsd_etcd::EtcdStore::open(&cluster.settings(), "/kmsd/officers/").unwrap())
+        };
+        replay_and_lock_out_shared([open(), open()]);
+    }
+
+    fn replay_and_lock_out_shared([store_a, store_b]: [Arc<dyn KeyStore>; 2]) {
+        let (_, sealer, s) = nodes();
+        let (mut a, mut b) = (Verifier::new(2, 300, 1000), Verifier::new(2, 300, 1000));
+        let t = 1_800_000_000;
+        let verify = |v: &mut Verifier, on: &Arc<dyn KeyStore>, otp: &str, at: i64| {
+            let (outcome, stored) = verify_shared(on.as_ref(), &sealer, v, "o", &s, Some(otp), at).unwrap();
+            stored.unwrap();
+            outcome
+        };
+        assert_eq!(verify(&mut a, &store_a, &code(&s, t), t), Outcome::Ok);
+        assert_eq!(
+            verify(&mut b, &store_b, &code(&s, t), t + 1),
+            Outcome::Replayed,
+            "used on A"
+        );
+        assert_eq!(verify(&mut b, &store_b, &code(&s, t + STEP), t + STEP), Outcome::Ok);
+        assert_eq!(
+            verify(&mut a, &store_a, &code(&s, t + STEP), t + STEP),
+            Outcome::Replayed,
+            "used on B"
+        );
+        // two bad codes, one on each node, lock the officer out on both
+        let bad = |t: i64| format!("{:06}", (s.hotp(step_counter(t.div_euclid(STEP)), 6) + 1) % 1_000_000);
+        let t2 = t + 4 * STEP;
+        assert_eq!(verify(&mut a, &store_a, &bad(t2), t2), Outcome::Invalid);
+        assert!(
+            matches!(verify(&mut b, &store_b, &bad(t2), t2), Outcome::LockedOut { .. }),
+            "failures add up across nodes"
+        );
+        assert!(
+            matches!(
+                verify(&mut a, &store_a, &code(&s, t2), t2 + 1),
+                Outcome::LockedOut { .. }
+            ),
+            "locked out on A"
+        );
+        assert!(
+            matches!(
+                verify(&mut b, &store_b, &code(&s, t2), t2 + 1),
+                Outcome::LockedOut { .. }
+            ),
+            "and on B"
+        );
+        // and the stored state is what a restarted node loads
+        let name = format!("{TOTP_STATE_PREFIX}o");
+        let e = store_a.get(RecordKind::Secret, &name).unwrap().unwrap();
+        let st = OfficerState::decode(&sealer.open(RecordKind::Secret, &name, &e.value).unwrap()).unwrap();
+        assert!(st.locked_until > t2 && st.lockouts == 1);
+    }
+
+    #[test]
+    fn a_code_presented_on_two_nodes_at_once_is_accepted_once() {
+        let (store, sealer, s) = nodes();
+        let t0 = 1_800_000_000;
+        let rounds = 50;
+        let barrier = std::sync::Barrier::new(2);
+        let accepted: Vec<usize> = std::thread::scope(|scope| {
+            let node = || {
+                scope.spawn(|| {
+                    let mut v = Verifier::new(1000, 300, 1000);
+                    let mut ok = 0;
+                    for r in 0..rounds {
+                        let at = t0 + r * STEP;
+                        barrier.wait();
+                        let (outcome, stored) =
+                            verify_shared(store.as_ref(), &sealer, &mut v, "o", &s, Some(&code(&s, at)), at).unwrap();
+                        stored.unwrap();
+                        match outcome {
+                            Outcome::Ok => ok += 1,
+                            other => assert_eq!(other, Outcome::Replayed),
+                        }
+                    }
+                    ok
+                })
+            };
+            let (a, b) = (node(), node());
+            vec![a.join().unwrap(), b.join().unwrap()]
+        });
+        assert_eq!(accepted.iter().sum::<usize>(), rounds as usize, "{accepted:?}");
     }
 }

@@ -6,7 +6,7 @@ use crate::error::{Error, Missing};
 use kmsd_keystore::{KeyStore, RecordKind, Sealer};
 
 /// Record name of an officer's sealed TOTP secret.
-fn totp_record(identity: &str) -> String {
+pub(super) fn totp_record(identity: &str) -> String {
     format!("totp:{identity}")
 }
 

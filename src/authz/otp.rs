@@ -28,7 +28,7 @@ pub fn code_at(secret: &[u8], unix_time: i64, digits: u32) -> u32 {
 
 /// The HOTP counter of a time step (steps before 1970 wrap, as the
 /// big-endian bytes of the signed step always did).
-fn step_counter(step: i64) -> u64 {
+pub(crate) fn step_counter(step: i64) -> u64 {
     step as u64
 }
 
