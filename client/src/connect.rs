@@ -9,17 +9,14 @@
 //! `Broken pipe`. The bytes read are replayed to the HTTP/2 client.
 use crate::certificate;
 use crate::error::{classify, Error};
-use crate::stream::{Rewind, Socket};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use kmsd_tlsconn::{load_certs, load_key, load_roots, provider, HandshakeError, Rewind, Socket};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
-use tokio::io::AsyncReadExt as _;
 use tokio::net::{TcpStream, UnixStream};
-use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Where and how to connect.
@@ -43,46 +40,13 @@ enum Target {
     Tcp(String),
 }
 
-/// The crypto provider (ring), as the daemon uses.
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let file = |reason: String| Error::File {
-        what,
-        path: path.to_owned(),
-        reason,
-    };
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file(format!("cannot read: {e}")))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| file(format!("bad PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(file("no certificate in it".to_owned()));
-    }
-    Ok(certs)
-}
-
 /// Builds the rustls client configuration (TLS 1.3, ALPN h2, client
 /// certificate). It does not judge the certificate's validity: [`connect`]
 /// does, before connecting.
 pub fn tls_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientConfig>, Error> {
-    let mut roots = RootCertStore::empty();
-    for c in load_certs(ca, "CA certificate")? {
-        roots.add(c).map_err(|e| Error::File {
-            what: "CA certificate",
-            path: ca.to_owned(),
-            reason: e.to_string(),
-        })?;
-    }
+    let roots = load_roots(ca)?;
     let chain = load_certs(cert, "client certificate")?;
-    // (the key's error never contains key bytes)
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| Error::File {
-        what: "client key",
-        path: key.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let private = load_key(key)?;
     let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Settings(format!("TLS 1.3: {e}")))?
@@ -106,8 +70,8 @@ pub fn tls_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientConfig
 /// Checks the client certificate at `now` (validity period, extended key
 /// usage), so a certificate the daemon would refuse is named locally.
 pub fn check_client_certificate(cert: &Path, now: SystemTime) -> Result<(), Error> {
-    let certs = load_certs(cert, "client certificate")?;
-    let leaf = certs.first().ok_or_else(|| Error::File {
+    let chain = load_certs(cert, "client certificate")?;
+    let leaf = chain.first().ok_or_else(|| Error::File {
         what: "client certificate",
         path: cert.to_owned(),
         reason: "no certificate in it".to_owned(),
@@ -209,22 +173,16 @@ impl Handshake {
                 Box::new(s)
             }
         };
-        let classify = |e| classify(e, &self.addr, &self.cert, &self.name, &self.ca);
-        let mut tls = TlsConnector::from(self.cfg.clone())
-            .connect(self.server_name.clone(), raw)
-            .await
-            .map_err(classify)?;
         // The daemon speaks first (its HTTP/2 SETTINGS) once it has
         // accepted the client certificate, or sends an alert, or closes.
-        let mut first = vec![0u8; 4096];
-        let n = tls.read(&mut first).await.map_err(classify)?;
-        if n == 0 {
-            return Err(Error::Closed {
-                addr: self.addr.clone(),
-                cert: self.cert.clone(),
-            });
-        }
-        first.truncate(n);
-        Ok(Rewind::new(first, tls))
+        kmsd_tlsconn::handshake(self.cfg.clone(), self.server_name.clone(), raw)
+            .await
+            .map_err(|e| match e {
+                HandshakeError::Io(e) => classify(e, &self.addr, &self.cert, &self.name, &self.ca),
+                HandshakeError::Closed => Error::Closed {
+                    addr: self.addr.clone(),
+                    cert: self.cert.clone(),
+                },
+            })
     }
 }

@@ -271,11 +271,7 @@ fn unreachable_hint(e: &io::Error) -> &'static str {
 
 /// Turns a failed handshake into the error that explains it.
 pub(crate) fn classify(e: io::Error, addr: &str, cert: &std::path::Path, name: &str, ca: &std::path::Path) -> Error {
-    let rustls_error = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .cloned();
-    match rustls_error {
+    match kmsd_tlsconn::rustls_error(&e) {
         Some(rustls::Error::AlertReceived(alert)) => Error::Refused {
             addr: addr.to_owned(),
             cert: cert.to_owned(),
@@ -305,6 +301,16 @@ pub(crate) fn classify(e: io::Error, addr: &str, cert: &std::path::Path, name: &
             addr: addr.to_owned(),
             cause: e,
         },
+    }
+}
+
+impl From<kmsd_tlsconn::FileError> for Error {
+    fn from(e: kmsd_tlsconn::FileError) -> Self {
+        Error::File {
+            what: e.what,
+            path: e.path,
+            reason: e.reason,
+        }
     }
 }
 

@@ -19,7 +19,6 @@
 pub mod certificate;
 pub mod connect;
 pub mod error;
-mod stream;
 
 pub use connect::{connect, connect_with, tls_config, ClientSettings};
 pub use error::{source_chain, Error};

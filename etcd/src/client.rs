@@ -37,18 +37,15 @@ use crate::proto::etcdserverpb as pb;
 use crate::proto::{authpb, mvccpb};
 use crate::watch::Watcher;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use kmsd_tlsconn::{load_certs, load_key, load_roots, HandshakeError, Socket};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use std::future::Future;
 use std::io;
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -566,46 +563,18 @@ impl std::fmt::Debug for EtcdClient {
     }
 }
 
-fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let file = |reason: String| Error::File {
-        what,
-        path: path.to_owned(),
-        reason,
-    };
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file(format!("cannot read: {e}")))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| file(format!("bad PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(file("no certificate in it".to_owned()));
-    }
-    Ok(certs)
-}
-
 /// The rustls configuration for `tls` (ring provider, TLS 1.2 and 1.3,
 /// ALPN h2, the client certificate when configured).
 pub fn tls_config(tls: &TlsSettings) -> Result<Arc<ClientConfig>, Error> {
-    let mut roots = RootCertStore::empty();
-    for c in load_certs(&tls.ca, "CA certificate")? {
-        roots.add(c).map_err(|e| Error::File {
-            what: "CA certificate",
-            path: tls.ca.clone(),
-            reason: e.to_string(),
-        })?;
-    }
-    let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let roots = load_roots(&tls.ca)?;
+    let builder = ClientConfig::builder_with_provider(kmsd_tlsconn::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Settings(format!("TLS: {e}")))?
         .with_root_certificates(roots);
     let mut cfg = match (&tls.cert, &tls.key) {
         (Some(cert), Some(key)) => {
             let chain = load_certs(cert, "client certificate")?;
-            // (the key's error never contains key bytes)
-            let private = PrivateKeyDer::from_pem_file(key).map_err(|e| Error::File {
-                what: "client key",
-                path: key.clone(),
-                reason: e.to_string(),
-            })?;
+            let private = load_key(key)?;
             builder.with_client_auth_cert(chain, private).map_err(|e| Error::File {
                 what: "client certificate",
                 path: cert.clone(),
@@ -652,37 +621,27 @@ struct Dial {
     timeout: Duration,
 }
 
-/// A TCP stream, perhaps in TLS.
-enum Conn {
-    Plain(TcpStream),
-    Tls(Box<Rewind<tokio_rustls::client::TlsStream<TcpStream>>>),
-}
-
 impl Dial {
-    async fn run(&self) -> Result<Conn, Error> {
+    async fn run(&self) -> Result<Box<dyn Socket>, Error> {
         let attempt = async {
             let unreachable = |e: io::Error| Error::unavailable(format!("{}: cannot connect: {e}", self.addr));
             let tcp = TcpStream::connect(&self.addr).await.map_err(unreachable)?;
             tcp.set_nodelay(true).map_err(unreachable)?;
             let Some((cfg, name)) = &self.tls else {
-                return Ok(Conn::Plain(tcp));
+                return Ok(Box::new(tcp) as Box<dyn Socket>);
             };
-            let mut tls = tokio_rustls::TlsConnector::from(cfg.clone())
-                .connect(name.clone(), tcp)
-                .await
-                .map_err(|e| self.classify(e))?;
             // etcd's HTTP/2 server speaks first (SETTINGS) once it has
             // accepted the client certificate; else an alert or EOF.
-            let mut first = vec![0u8; 4096];
-            let n = tls.read(&mut first).await.map_err(|e| self.classify(e))?;
-            if n == 0 {
-                return Err(Error::Tls {
-                    endpoint: self.addr.clone(),
-                    reason: "etcd closed the connection after the handshake (client certificate refused?)".into(),
-                });
-            }
-            first.truncate(n);
-            Ok(Conn::Tls(Box::new(Rewind::new(first, tls))))
+            let tls = kmsd_tlsconn::handshake(cfg.clone(), name.clone(), tcp)
+                .await
+                .map_err(|e| match e {
+                    HandshakeError::Io(e) => self.classify(e),
+                    HandshakeError::Closed => Error::Tls {
+                        endpoint: self.addr.clone(),
+                        reason: "etcd closed the connection after the handshake (client certificate refused?)".into(),
+                    },
+                })?;
+            Ok(Box::new(tls))
         };
         tokio::time::timeout(self.timeout, attempt)
             .await
@@ -690,11 +649,7 @@ impl Dial {
     }
 
     fn classify(&self, e: io::Error) -> Error {
-        let tls = e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            .cloned();
-        let reason = match tls {
+        let reason = match kmsd_tlsconn::rustls_error(&e) {
             Some(rustls::Error::AlertReceived(alert)) => format!(
                 "etcd refused the connection with the alert {alert:?} (a client certificate missing, \
                  expired or not signed by a CA etcd trusts: --trusted-ca-file)"
@@ -1214,80 +1169,6 @@ fn leader_required<T>(message: T) -> tonic::Request<T> {
     r.metadata_mut()
         .insert("hasleader", tonic::metadata::MetadataValue::from_static("true"));
     r
-}
-
-/// `inner` with `prefix` replayed before its own bytes (the bytes read
-/// while waiting for etcd's verdict on the client certificate).
-struct Rewind<T> {
-    prefix: Vec<u8>,
-    pos: usize,
-    inner: T,
-}
-
-impl<T> Rewind<T> {
-    fn new(prefix: Vec<u8>, inner: T) -> Self {
-        Rewind { prefix, pos: 0, inner }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let rest = this.prefix.get(this.pos..).unwrap_or_default();
-        if rest.is_empty() {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
-        }
-        let n = rest.len().min(buf.remaining());
-        buf.put_slice(rest.get(..n).unwrap_or_default());
-        this.pos += n;
-        if this.pos == this.prefix.len() {
-            this.prefix = Vec::new();
-            this.pos = 0;
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -138,6 +138,16 @@ fn describe(s: &tonic::Status) -> String {
     out
 }
 
+impl From<kmsd_tlsconn::FileError> for Error {
+    fn from(e: kmsd_tlsconn::FileError) -> Self {
+        Error::File {
+            what: e.what,
+            path: e.path,
+            reason: e.reason,
+        }
+    }
+}
+
 impl From<Error> for kmsd_keystore::Error {
     /// Everything becomes the keystore's `Backend` (which the daemon
     /// answers as `UNAVAILABLE`), with the reason for the log.

@@ -1,18 +1,18 @@
 //! The byte stream under the HTTP/2 connection: a Unix or TCP socket in
-//! TLS, with the bytes read while waiting for the daemon's verdict on the
+//! TLS, with the bytes read while waiting for the server's verdict on the
 //! client certificate put back in front.
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// A socket of either kind.
-pub(crate) trait Socket: AsyncRead + AsyncWrite + Send + Unpin {}
+/// A socket of any kind (Unix or TCP), boxed by a client that dials both.
+pub trait Socket: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Socket for T {}
 
 /// `inner` with `prefix` replayed before its own bytes.
-pub(crate) struct Rewind<T> {
-    /// Bytes already read from `inner` (the daemon's first HTTP/2 frames).
+pub struct Rewind<T> {
+    /// Bytes already read from `inner` (the server's first HTTP/2 frames).
     prefix: Vec<u8>,
     /// How much of `prefix` has been handed out.
     pos: usize,
@@ -20,7 +20,8 @@ pub(crate) struct Rewind<T> {
 }
 
 impl<T> Rewind<T> {
-    pub(crate) fn new(prefix: Vec<u8>, inner: T) -> Self {
+    /// `inner`, whose first bytes `prefix` were already read from it.
+    pub fn new(prefix: Vec<u8>, inner: T) -> Self {
         Rewind { prefix, pos: 0, inner }
     }
 }
