@@ -26,6 +26,17 @@ fn conformance_on_a_three_member_cluster() {
     assert!(keys.iter().all(|kv| s.decode_key(&kv.key).is_some()));
 }
 
+/// Two kmsd nodes' integrity manifests over one prefix (two stores, two
+/// connections): each catches up with the other's writes, tampering behind
+/// both is still caught (keystore's `conformance::two_writers`).
+#[test]
+fn two_manifests_share_one_prefix() {
+    let cluster = Cluster::start(3).expect("etcd");
+    let open = || Arc::new(EtcdStore::open(&cluster.settings(), "/kmsd/two/").unwrap());
+    let (a, b, raw) = (open(), open(), open());
+    kmsd_keystore::conformance::two_writers(a, b, raw.as_ref());
+}
+
 /// A fresh store on `cluster` under `prefix`, with a short request timeout.
 fn store(settings: kmsd_etcd::Settings, prefix: &str) -> EtcdStore {
     EtcdStore::open(&settings, prefix).unwrap()

@@ -35,9 +35,34 @@
 //! before). If format-2 records exist without a head, the head was
 //! deleted: the open fails rather than vouch for whatever is there.
 //!
-//! One process writes a store ([`crate::SledStore`] takes an exclusive
-//! lock): the verified manifest is kept in memory and updated with each
-//! write.
+//! # Several writers (etcd)
+//! The verified manifest is kept in memory and updated with each write.
+//! With sled one process writes a store ([`crate::SledStore`] takes an
+//! exclusive lock) and that copy is always current. On a shared store
+//! (several kmsd nodes on one etcd prefix) other nodes' writes move the
+//! head: every write compares the head's revision, so a node that missed
+//! a write gets `Conflict` on the head, and a read of a record another node
+//! wrote finds a hash its copy does not list. Either way the node *catches
+//! up* ([`CheckedStore::catch_up`]): it re-reads the head and every entry,
+//! checks the entries against the head's set MAC exactly as at open (an
+//! entry changed behind the store's back still fails), refuses a head
+//! whose generation went backwards (a rollback of the whole manifest that
+//! this node had seen past), and then retries the write or the check.
+//! The head is read before and after the entries: if it moved meanwhile
+//! (another node wrote), the catch-up starts again, so a race is never
+//! mistaken for tampering.
+//!
+//! Why a full re-read and not an incremental one (only the entries changed
+//! since the generation this node knew): the set MAC covers the whole set,
+//! and deletions leave no entry to find, so an incremental catch-up needs
+//! the change log (etcd's watch) to know what left. The full re-read is
+//! one ranged read of small entries (about 70 bytes each), needs nothing
+//! from the backend beyond the `KeyStore` trait (so it is the same on every
+//! backend), and only happens when another node wrote; the daemon's ring
+//! cache does not depend on it (it follows the watch and reads each
+//! changed ring through this store). With many keys and a high write rate
+//! across nodes it costs O(records) per missed write: the incremental form
+//! on the watch is the next step if that ever shows.
 use crate::error::Error;
 use crate::seal::{Purpose, Sealer, Subkey, FORMAT_V2};
 use crate::store::{Cond, Entry, KeyStore, Op, RecordKind, Revision};
@@ -53,6 +78,10 @@ const HEAD_FORMAT: u8 = 1;
 const HEAD_LEN: usize = 1 + 8 + 8 + 32;
 const ENTRY_LEN: usize = 8 + 32;
 const PRF_LABEL: &[u8] = b"kmsd manifest entry v1\0";
+/// How often a catch-up re-reads a manifest that other writers keep moving.
+const MAX_CATCH_UP: usize = 16;
+/// How often a write whose head another writer moved is retried.
+const MAX_HEAD_RETRIES: usize = 16;
 
 /// What the manifest says about one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,8 +179,21 @@ fn manifest_corrupt(reason: &'static str) -> Error {
     }
 }
 
+/// Logs a record's failed check once it is final (not a race with another
+/// writer, see `CheckedStore::get`).
+fn report(r: &Result<Entry, Error>) {
+    if let Err(Error::Corrupt { kind, name, reason }) = r {
+        tracing::error!(kind = %kind, name, reason, "DATA LOSS: a stored record failed the integrity manifest");
+    }
+}
+
+fn report_opt(r: &Result<Option<Entry>, Error>) {
+    if let Err(Error::Corrupt { kind, name, reason }) = r {
+        tracing::error!(kind = %kind, name, reason, "DATA LOSS: a stored record failed the integrity manifest");
+    }
+}
+
 fn lost(kind: RecordKind, name: &str, reason: &'static str) -> Error {
-    tracing::error!(kind = %kind, name, reason, "DATA LOSS: a stored record failed the integrity manifest");
     Error::Corrupt {
         kind,
         name: name.to_owned(),
@@ -327,6 +369,50 @@ impl CheckedStore {
         })
     }
 
+    /// Brings the in-memory manifest up to the store's head when another
+    /// writer moved it (see the module documentation). Returns whether
+    /// anything changed; the state is untouched on error.
+    pub fn catch_up(&self) -> Result<bool, Error> {
+        let mut st = self.write()?;
+        self.catch_up_locked(&mut st)
+    }
+
+    fn catch_up_locked(&self, st: &mut State) -> Result<bool, Error> {
+        for _ in 0..MAX_CATCH_UP {
+            let Some(head) = self.inner.get(RecordKind::Manifest, HEAD)? else {
+                return Err(manifest_corrupt(
+                    "the manifest head is gone (deleted behind the store's back)",
+                ));
+            };
+            if head.revision == st.head_rev {
+                return Ok(false);
+            }
+            let at = head.revision;
+            let loaded = Self::load(self.inner.as_ref(), &self.sealer, head);
+            let after = self.inner.get(RecordKind::Manifest, HEAD)?.map(|h| h.revision);
+            if after != Some(at) {
+                continue; // another node wrote while we read: read again
+            }
+            let new = loaded?;
+            if new.generation < st.generation {
+                return Err(manifest_corrupt(
+                    "the manifest's generation went backwards (the store was rolled back behind this node's back)",
+                ));
+            }
+            *st = new;
+            return Ok(true);
+        }
+        Err(Error::Backend(
+            "the integrity manifest kept changing while this node caught up with it; retry".into(),
+        ))
+    }
+
+    fn write(&self) -> Result<std::sync::RwLockWriteGuard<'_, State>, Error> {
+        self.state
+            .write()
+            .map_err(|_| Error::Backend("manifest lock poisoned".into()))
+    }
+
     fn read(&self) -> Result<std::sync::RwLockReadGuard<'_, State>, Error> {
         self.state
             .read()
@@ -371,6 +457,30 @@ impl CheckedStore {
         f: &mut dyn FnMut(&str, Result<Entry, Error>),
     ) -> Result<(), Error> {
         Self::internal(kind)?;
+        // another writer may have moved the manifest since we last looked
+        self.catch_up()?;
+        let mut out = self.checked_records(kind)?;
+        for _ in 0..MAX_CATCH_UP {
+            // a record that failed may be another writer's, written while
+            // we read: if the head moved, catch up and read again
+            if out.values().all(Result::is_ok) || !self.catch_up()? {
+                break;
+            }
+            out = self.checked_records(kind)?;
+        }
+        for (n, r) in out {
+            report(&r);
+            f(&n, r);
+        }
+        Ok(())
+    }
+
+    /// Every record of `kind` the manifest lists or the store holds, with
+    /// the record or why it failed its check.
+    fn checked_records(
+        &self,
+        kind: RecordKind,
+    ) -> Result<std::collections::BTreeMap<String, Result<Entry, Error>>, Error> {
         let mut out: std::collections::BTreeMap<String, Result<Entry, Error>> = Default::default();
         {
             let st = self.read()?;
@@ -395,10 +505,7 @@ impl CheckedStore {
                 }
             }
         }
-        for (n, r) in out {
-            f(&n, r);
-        }
-        Ok(())
+        Ok(out)
     }
 
     /// The generation the manifest lists for a record (tests, tooling).
@@ -419,10 +526,33 @@ impl CheckedStore {
 impl KeyStore for CheckedStore {
     fn get(&self, kind: RecordKind, name: &str) -> Result<Option<Entry>, Error> {
         Self::internal(kind)?;
-        let st = self.read()?;
-        let rec = self.inner.get(kind, name)?;
-        Self::verify(&st, kind, name, rec.as_ref())?;
-        Ok(rec)
+        let checked = {
+            let st = self.read()?;
+            let rec = self.inner.get(kind, name)?;
+            Self::verify(&st, kind, name, rec.as_ref()).map(|()| rec)
+        };
+        let mut checked = checked;
+        for _ in 0..MAX_CATCH_UP {
+            match checked {
+                Err(Error::Corrupt { .. }) => {
+                    // Another writer (a node sharing the store) may have
+                    // written it: catch up, then check again. Tampering
+                    // still fails, against the caught-up manifest (the
+                    // head did not move: no other writer explains it).
+                    if !matches!(self.catch_up(), Ok(true)) {
+                        report_opt(&checked);
+                        return checked;
+                    }
+                    let st = self.read()?;
+                    let rec = self.inner.get(kind, name)?;
+                    checked = Self::verify(&st, kind, name, rec.as_ref()).map(|()| rec);
+                }
+                other => return other,
+            }
+        }
+        Err(Error::Backend(format!(
+            "{kind} {name:?} kept changing while this node checked it against the integrity manifest; retry"
+        )))
     }
 
     fn list(&self, kind: RecordKind, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error> {
@@ -450,10 +580,39 @@ impl KeyStore for CheckedStore {
         for op in ops {
             Self::internal(op.kind)?;
         }
-        let mut st = self
-            .state
-            .write()
-            .map_err(|_| Error::Backend("manifest lock poisoned".into()))?;
+        let mut st = self.write()?;
+        for _ in 0..MAX_HEAD_RETRIES {
+            match self.apply_locked(&mut st, ops) {
+                Err(Error::Conflict {
+                    kind: RecordKind::Manifest,
+                    ref name,
+                }) if name == HEAD => {
+                    // another writer moved the head: catch up, retry
+                    self.catch_up_locked(&mut st)?;
+                }
+                other => return other,
+            }
+        }
+        Err(Error::Conflict {
+            kind: RecordKind::Manifest,
+            name: HEAD.into(),
+        })
+    }
+
+    fn reclaim(&self) -> Result<(), Error> {
+        // Writers wait: the backend is being swapped.
+        let _st = self.write()?;
+        self.inner.reclaim()
+    }
+
+    fn sync(&self) -> Result<(), Error> {
+        self.inner.sync()
+    }
+}
+
+impl CheckedStore {
+    /// One attempt of [`KeyStore::apply`] under the manifest's write lock.
+    fn apply_locked(&self, st: &mut State, ops: &[Op<'_>]) -> Result<Vec<Option<Revision>>, Error> {
         let mut acc = st.acc;
         let mut generation = st.generation;
         let mut count = st.entries.len() as i64;
@@ -510,18 +669,5 @@ impl KeyStore for CheckedStore {
         }
         revs.truncate(ops.len());
         Ok(revs)
-    }
-
-    fn reclaim(&self) -> Result<(), Error> {
-        // Writers wait: the backend is being swapped.
-        let _st = self
-            .state
-            .write()
-            .map_err(|_| Error::Backend("manifest lock poisoned".into()))?;
-        self.inner.reclaim()
-    }
-
-    fn sync(&self) -> Result<(), Error> {
-        self.inner.sync()
     }
 }

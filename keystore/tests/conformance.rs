@@ -14,6 +14,15 @@ fn memory_backend_conforms() {
     concurrent_cas(Arc::new(MemoryStore::new()));
 }
 
+/// Two integrity manifests over one shared in-memory store: each writer
+/// catches up with the other's writes, tampering is still caught (the
+/// same check runs on one etcd prefix in kmsd-etcd's tests).
+#[test]
+fn two_manifests_share_a_memory_store() {
+    let shared = Arc::new(MemoryStore::new());
+    kmsd_keystore::conformance::two_writers(shared.clone(), shared.clone(), shared.as_ref());
+}
+
 #[test]
 fn sled_backend_conforms() {
     let dir = tempfile::tempdir().unwrap();
