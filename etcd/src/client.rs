@@ -751,6 +751,14 @@ impl EtcdClient {
         self.inner.request_timeout
     }
 
+    /// Moves the next calls on to the next endpoint (a caller that gave
+    /// up waiting on the current one: the client saw no failure of it).
+    pub fn prefer_next(&self) {
+        let n = self.inner.members.len().max(1);
+        let cur = self.inner.preferred.load(Ordering::Relaxed);
+        self.inner.preferred.store((cur + 1) % n, Ordering::Relaxed);
+    }
+
     /// The endpoints, as `host:port`.
     pub fn endpoints(&self) -> Vec<String> {
         self.inner.members.iter().map(|m| m.addr.clone()).collect()

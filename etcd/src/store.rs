@@ -263,6 +263,61 @@ impl Drop for EtcdStore {
     }
 }
 
+/// Runs a write transaction so that a lost member changes nothing the
+/// caller sees. When the answer is lost (the member died, the connection
+/// broke: the client does not resend a write that may have reached a
+/// member), the transaction is sent once more, to whichever member
+/// answers. Its comparisons make that safe: if the first attempt was not
+/// applied, the second is the only one; if it was, the second fails its
+/// comparisons and the keys are read back: every put's value byte for
+/// byte (sealed values carry a fresh nonce, so no other write leaves the
+/// same bytes) and every deleted key absent means the first attempt was
+/// applied, reported as the success it was; anything else is the second
+/// attempt's answer (`Conflict`/`NotFound` as usual). A transaction
+/// without comparisons is idempotent and simply runs again.
+async fn txn_once(
+    c: &EtcdClient,
+    txn: Txn,
+    writes: &[(Vec<u8>, Option<Vec<u8>>)],
+) -> Result<crate::client::TxnResult, EtcdError> {
+    // The first attempt gets half the request timeout: a member whose
+    // leader just died holds a forwarded proposal until its own timeout,
+    // far longer than ours; the second goes to the next member.
+    let half = c.request_timeout() / 2;
+    let first = match tokio::time::timeout(half, c.txn(txn.clone())).await {
+        Ok(Err(e)) if e.is_unavailable() => e.to_string(),
+        Ok(other) => return other,
+        Err(_) => {
+            c.prefer_next();
+            format!("no answer within {half:?}")
+        }
+    };
+    tracing::debug!(error = %first, "etcd write without an answer: sending it once more");
+    let again = c.txn(txn).await?;
+    if again.succeeded {
+        return Ok(again);
+    }
+    let mut revision = None;
+    for (key, value) in writes {
+        let kv = c.get(key.clone()).await?;
+        match (kv, value) {
+            (Some(kv), Some(v)) if kv.value == *v => {
+                revision = Some(revision.map_or(kv.mod_revision, |r: i64| r.max(kv.mod_revision)));
+            }
+            (None, None) => {}
+            _ => return Ok(again),
+        }
+    }
+    match revision {
+        Some(revision) => Ok(crate::client::TxnResult {
+            succeeded: true,
+            revision,
+            responses: Vec::new(),
+        }),
+        None => Ok(again), // only deletions: nothing tells them apart
+    }
+}
+
 fn revision_of(kind: RecordKind, name: &str, r: i64) -> Result<Revision, Error> {
     u64::try_from(r).map(Revision).map_err(|_| Error::Corrupt {
         kind,
@@ -398,7 +453,12 @@ impl KeyStore for EtcdStore {
             }]);
         }
         let c = self.client.clone();
-        let result = self.run(async move { c.txn(txn).await })?;
+        // what this write leaves: each put's key and value, each deleted key
+        let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = ops
+            .iter()
+            .map(|op| (self.key(op.kind, op.name), op.value.map(<[u8]>::to_vec)))
+            .collect();
+        let result = self.run(async move { txn_once(&c, txn, &writes).await })?;
         if result.succeeded {
             let rev = u64::try_from(result.revision)
                 .map_err(|_| Error::Backend("etcd returned a negative revision".into()))?;
