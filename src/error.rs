@@ -61,6 +61,20 @@ pub enum Error {
     /// fails so was not made.
     #[error("key store unavailable (a storage fault; details in the daemon's log): retry later")]
     StoreUnavailable,
+    /// This node has not heard from etcd within `max_staleness`: its
+    /// cache may miss a change made on another node (a key disabled or
+    /// destroyed there), so it refuses to serve from it until the watch
+    /// reports again.
+    #[error(
+        "this node's key cache may be stale: no word from etcd for {age_ms} ms (max_staleness is {max_ms} ms); \
+         it serves again as soon as etcd answers, retry on another node or later"
+    )]
+    Stale {
+        /// How long since the cache was last confirmed current.
+        age_ms: u64,
+        /// `[store.etcd] max_staleness`.
+        max_ms: u64,
+    },
     /// Concurrent changes kept conflicting.
     #[error("key {0:?} was changed concurrently; retry")]
     Conflict(String),
@@ -439,6 +453,7 @@ impl Error {
             Error::PermissionDenied(_) | Error::Denied(_) => Code::PermissionDenied,
             Error::Corrupt(_) => Code::DataLoss,
             Error::StoreUnavailable
+            | Error::Stale { .. }
             | Error::Starting
             | Error::CodeNotRecorded
             | Error::AuditRefused { .. }

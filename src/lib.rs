@@ -30,6 +30,8 @@
 //!   is `kmsd_keystore`); [`crypto`]: the ciphertext envelope (format 1)
 //!   over the keystore's AES-256-GCM core; [`page_token`]: sealed
 //!   `ListKeys` page tokens.
+//! - [`cluster`]: several nodes on one etcd store: each follows the
+//!   store's watch into its ring cache and bounds the cache's staleness.
 //! - [`error`]: the daemon's error type, its one mapping to gRPC status
 //!   and the one table of status-code names (metrics, audit).
 //!
@@ -54,6 +56,7 @@
 pub mod api;
 pub mod audit;
 pub mod authz;
+pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod deadline;

@@ -51,10 +51,19 @@ pub fn sealer(config: &Config) -> Result<Sealer, StartError> {
 /// Opens the raw store of `config`: the sled directory, or the etcd
 /// cluster.
 pub fn open_store(config: &Config) -> Result<Arc<dyn KeyStore>, StartError> {
+    Ok(open_backend(config)?.0)
+}
+
+/// The etcd store itself, when that is the backend.
+type EtcdHandle = Arc<kmsd_etcd::EtcdStore>;
+
+/// [`open_store`], plus the etcd store itself when that is the backend
+/// (the daemon follows its watch: `crate::cluster`).
+fn open_backend(config: &Config) -> Result<(Arc<dyn KeyStore>, Option<EtcdHandle>), StartError> {
     match config.store.backend {
         Backend::Sled => {
             let path = config.store.sled_path().map_err(|e| err("key store", e))?;
-            Ok(Arc::new(SledStore::open(path).map_err(|e| err("key store", e))?))
+            Ok((Arc::new(SledStore::open(path).map_err(|e| err("key store", e))?), None))
         }
         Backend::Etcd => {
             let etcd = config.store.etcd.as_ref().ok_or_else(|| {
@@ -63,7 +72,8 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn KeyStore>, StartError> {
             let prefix = etcd.prefix();
             let store = kmsd_etcd::EtcdStore::open(&etcd_settings(etcd), &prefix)
                 .map_err(|e| err(&format!("key store (etcd, prefix {prefix})"), e))?;
-            Ok(Arc::new(store))
+            let store = Arc::new(store);
+            Ok((store.clone(), Some(store)))
         }
     }
 }
@@ -95,11 +105,17 @@ pub fn open_rings(config: &Config) -> Result<RingStore, StartError> {
 
 /// Opens the store described by `config` and loads every key ring into the cache.
 pub fn load_rings(config: &Config) -> Result<Arc<Rings>, StartError> {
-    let store = open_rings(config)?;
+    Ok(load_rings_backend(config)?.0)
+}
+
+/// [`load_rings`], plus the etcd store when that is the backend.
+fn load_rings_backend(config: &Config) -> Result<(Arc<Rings>, Option<EtcdHandle>), StartError> {
+    let (raw, etcd) = open_backend(config)?;
+    let store = RingStore::open(raw, sealer(config)?).map_err(|e| err("key store", e))?;
     let rings = Rings::load(store, Arc::new(SystemClock), config.dev_mode).map_err(|e| err("loading key rings", e))?;
     rings.set_max_rotations_per_call(config.limits.max_rotations_per_call);
     rings.set_reservation_block(config.limits.usage_reservation_block);
-    Ok(Arc::new(rings))
+    Ok((Arc::new(rings), etcd))
 }
 
 /// Binds the configured Unix socket, replacing a stale socket file but
@@ -386,12 +402,19 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
     }
-    let rings = {
+    let (rings, etcd) = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || load_rings(&config))
+        tokio::task::spawn_blocking(move || load_rings_backend(&config))
             .await
             .map_err(|e| err("start-up", e))??
     };
+    if let (Some(etcd), Some(settings)) = (etcd, config.store.etcd.as_ref()) {
+        // Several nodes share this store: follow its changes, and bound
+        // how stale the cache may be when serving.
+        let fresh = Arc::new(crate::rings::Freshness::new(settings.max_staleness));
+        rings.set_freshness(fresh.clone());
+        tokio::spawn(crate::cluster::follow(rings.clone(), etcd, fresh, stop_rx.clone()));
+    }
     tracing::info!(keys = rings.len(), store = %config.store.describe(), "key store opened");
     let access = {
         let (rings, metrics, config) = (rings.clone(), metrics.clone(), config.clone());

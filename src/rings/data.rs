@@ -79,6 +79,7 @@ impl Rings {
         plaintext: &[u8],
         associated_data: &[u8],
     ) -> Result<Encrypted, Error> {
+        self.check_fresh()?;
         for _ in 0..8 {
             match self.try_encrypt(call, name, plaintext, associated_data)? {
                 Ok(e) => return Ok(e),
@@ -163,6 +164,7 @@ impl Rings {
     /// Decrypts an envelope; returns the plaintext and the version used.
     pub fn decrypt(&self, name: &str, ciphertext: &[u8], associated_data: &[u8]) -> Result<(Vec<u8>, u32), Error> {
         let header = crypto::parse_header(ciphertext)?;
+        self.check_fresh()?;
         let mut ring = self.cached(name)?;
         not_a_token_key(name, &ring)?;
         if ring.version(header.version).is_none() {
@@ -229,6 +231,7 @@ impl Rings {
         version: Option<Option<u32>>,
         f: impl FnOnce(&crypto::TokenPrf<'_>, u32) -> Result<T, Error>,
     ) -> Result<T, Error> {
+        self.check_fresh()?;
         let ring = self.cached(name)?;
         if version.is_none() && ring.purpose == KeyPurpose::EncryptDecrypt && ring.breaks_tokens {
             // A token made now would silently stop matching after the

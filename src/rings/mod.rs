@@ -19,6 +19,15 @@
 //! encryptions; when the `L`-th is taken the key is rotated in the
 //! background, and a caller that finds the limit reached rotates it first.
 //!
+//! Several nodes on one store (etcd) each count inside their own window
+//! `[used, reserved)`: the stored `encryptions_reserved` is the cluster's
+//! high-water mark, each reservation is a compare-and-swap of the ring
+//! record that moves it by one block and hands this node exactly the
+//! block it added (usage.rs), and installing a ring another node wrote
+//! never widens a window. Windows are disjoint, so no version performs
+//! more than its limit cluster-wide; what a node leaves unused in an
+//! abandoned window is over-counted, never reused.
+//!
 //! Decryption counts and last-use times are kept in memory and persisted
 //! by [`Rings::flush_usage`] (periodically and at shutdown): they are for
 //! "is this version still used?" decisions, not for enforcement.
@@ -38,11 +47,13 @@ use std::sync::{Arc, Mutex};
 
 mod admin;
 mod data;
+mod remote;
 mod schedule;
 mod usage;
 
 pub use admin::{PolicyUpdate, MIN_ROTATION_PERIOD};
 pub use data::{EncryptCall, Encrypted, DEFAULT_MAX_ROTATIONS_PER_CALL};
+pub use remote::Freshness;
 use schedule::Schedule;
 pub use schedule::{DEFAULT_DESTRUCTION_WAIT, MIN_DESTRUCTION_WAIT};
 pub use usage::{Usage, RESERVATION_BLOCK};
@@ -131,6 +142,10 @@ pub struct Rings {
     absent: DashMap<String, (usize, UnixTime)>,
     /// Store reads caused by versions missing from the cache.
     miss_reads: AtomicU64,
+    /// On a shared store (etcd): when the cache was last known current;
+    /// the data path refuses past `max_staleness` (remote.rs). Unset: the
+    /// only writer's cache, always current.
+    freshness: std::sync::OnceLock<Arc<remote::Freshness>>,
 }
 
 /// Counts for metrics and status.
@@ -175,6 +190,7 @@ impl Rings {
             reservation_block: AtomicU64::new(RESERVATION_BLOCK),
             absent: DashMap::new(),
             miss_reads: AtomicU64::new(0),
+            freshness: std::sync::OnceLock::new(),
         };
         let failures = rings.store.load_all(|ring| {
             rings.install(&ring);
@@ -282,12 +298,15 @@ impl Rings {
                         };
                         Arc::new(Counters {
                             used: AtomicU64::new(used),
+                            reserved: AtomicU64::new(v.encryptions_reserved),
                             decryptions: AtomicU64::new(v.decryptions),
                             last_used: AtomicI64::new(v.last_used_at.unwrap_or(0)),
                             ..Counters::default()
                         })
                     });
-                counters.reserved.fetch_max(v.encryptions_reserved, Ordering::AcqRel);
+                // An existing version's window is never widened here: the
+                // stored reservation may include blocks other nodes
+                // reserved (usage.rs); only `reserve` moves this node's.
                 CachedVersion {
                     state: v.state,
                     material: v.material.clone(),

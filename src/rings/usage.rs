@@ -69,18 +69,30 @@ impl Rings {
                 return Ok(()); // someone else reserved meanwhile, or it is no longer primary
             }
             let key = KeyName::parse(name)?;
-            let (ring, _) = self.store.update(&key, |r| {
+            // The new block starts where the store's reservation ended:
+            // above this node's window, or above other nodes' blocks when
+            // they reserved since (then this node's window jumps there and
+            // the rest of its old one is never used).
+            let (ring, (start, end)) = self.store.update(&key, |r| {
                 let limit = r.policy.max_encryptions_per_version;
                 let ver = r
                     .version_mut(version)
                     .ok_or_else(|| kmsd_keystore::Error::Precondition(format!("no version {version}")))?;
-                let mut target = ver.encryptions_reserved.max(reserved).max(used) + block;
+                let start = ver.encryptions_reserved.max(reserved).max(used);
+                let mut end = start + block;
                 if let Some(l) = limit {
-                    target = target.min(l);
+                    end = end.min(l);
                 }
-                ver.encryptions_reserved = ver.encryptions_reserved.max(target);
-                Ok(())
+                ver.encryptions_reserved = ver.encryptions_reserved.max(end);
+                Ok((start, end))
             })?;
+            if start > reserved {
+                // Other nodes reserved since: jump. `used` first: a slot
+                // is taken only below `reserved`, so no slot between the
+                // old window and `start` is ever handed out.
+                c.used.fetch_max(start, Ordering::AcqRel);
+            }
+            c.reserved.fetch_max(end, Ordering::AcqRel);
             self.install(&ring);
             Ok(())
         })();

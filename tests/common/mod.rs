@@ -11,6 +11,7 @@ use tonic::transport::Channel;
 
 pub mod bank;
 mod calls;
+pub mod cluster;
 pub mod faults;
 // Not every test file makes gRPC calls through these helpers.
 #[allow(unused_imports)]
