@@ -13,9 +13,15 @@ use tonic::transport::Channel;
 /// The etcd key prefix every node of a test cluster uses.
 pub const PREFIX: &str = "/kmsd/test/";
 
-/// Timers short enough for tests: etcd requests time out in 1 s, a node
-/// serves from its cache at most 2 s after its last word from etcd.
-pub const STORE_TIMERS: &str = "connect_timeout = \"500ms\"\nrequest_timeout = \"1s\"\nmax_staleness = \"2s\"\n";
+/// Timers for tests: etcd requests time out in 2 s, a node serves from
+/// its cache at most 5 s after its last confirmation (generous: a loaded
+/// CI machine must not see a stale cache where a test does not look for
+/// one; tests of staleness set their own).
+pub const STORE_TIMERS: &str = "connect_timeout = \"500ms\"\nrequest_timeout = \"2s\"\nmax_staleness = \"5s\"\n";
+
+/// Short timers for the tests of a lost quorum: requests time out in 1 s,
+/// the cache is refused 3 s after its last confirmation.
+pub const SHORT_TIMERS: &str = "connect_timeout = \"500ms\"\nrequest_timeout = \"1s\"\nmax_staleness = \"3s\"\n";
 
 /// etcd plus kmsd nodes (see the module documentation).
 pub struct KmsCluster {
