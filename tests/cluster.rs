@@ -85,6 +85,29 @@ async fn changes_on_one_node_reach_the_others() {
     // and the other version still serves on both
     assert_eq!(decrypted(&mut crypto_b, "orders", &ct2.ciphertext).await, b"second");
 
+    // version 1 destroyed through B (every node's scheduler may carry it
+    // out; the compare-and-swap lets one do it): A reports it DESTROYED
+    // and refuses to decrypt under it, version 2 still serves on A
+    keys_b
+        .schedule_version_destruction(proto::ScheduleVersionDestructionRequest {
+            name: "orders".into(),
+            version: 1,
+            waiting_period_seconds: 1,
+        })
+        .await
+        .unwrap();
+    eventually("A to see version 1 DESTROYED", PROPAGATION, || {
+        let mut k = keys_a.clone();
+        async move {
+            let info = get(&mut k, "orders").await;
+            (info.versions[0].state == proto::VersionState::Destroyed as i32).then_some(())
+        }
+    })
+    .await;
+    let e = crypto_a.decrypt(dec("orders", &ct1.ciphertext, b"")).await.unwrap_err();
+    assert!(e.message().contains("version 1 is DESTROYED"), "{}", e.message());
+    assert_eq!(decrypted(&mut crypto_a, "orders", &ct2.ciphertext).await, b"second");
+
     // a key created on B with a policy reaches A with its policy
     create_with(
         &mut keys_b,
