@@ -110,6 +110,10 @@ pub enum Error {
     /// A call was answered with a gRPC status.
     #[error("{}", status_line(.0))]
     Status(Box<tonic::Status>),
+    /// An envelope or stream cannot be opened (malformed, truncated, or
+    /// failed authentication) or a message cannot be sealed.
+    #[error("{0}")]
+    Format(#[from] crate::format::FormatError),
 }
 
 impl Error {

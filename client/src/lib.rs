@@ -11,6 +11,10 @@
 //!   the daemon's verdict on the client certificate before any call.
 //! - [`certificate`]: the checks of the client's own certificate made
 //!   before connecting (validity period, extended key usage).
+//! - [`envelope`] and [`stream`]: the client-side encryption formats of
+//!   `docs/formats.md` (`0xE1` one message, `0xE2` a segmented stream),
+//!   pure code with no I/O; [`format`] holds what they share (the
+//!   zeroizing [`format::DataKey`], the [`format::FormatError`] kinds).
 //! - [`error`]: the one error enum. A connection failure names which
 //!   certificate, why, and what to do, in one line.
 #![forbid(unsafe_code)]
@@ -18,7 +22,10 @@
 
 pub mod certificate;
 pub mod connect;
+pub mod envelope;
 pub mod error;
+pub mod format;
+pub mod stream;
 
 pub use connect::{connect, connect_with, tls_config, ClientSettings};
 pub use error::{source_chain, Error};
