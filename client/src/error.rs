@@ -4,7 +4,8 @@
 //! one line: the client's own certificate is checked before connecting
 //! ([`crate::certificate`]), the daemon's TLS alerts are classified, the
 //! server certificate's verification errors are explained. A call that
-//! reached the daemon fails with its gRPC status, printed with the
+//! reached the daemon fails with its gRPC status, as the variant of its
+//! code (mapped in one place, `From<tonic::Status>`), printed with the
 //! status's canonical name (`INVALID_ARGUMENT`).
 use crate::certificate::Problem;
 use crate::metadata;
@@ -107,9 +108,67 @@ pub enum Error {
         /// The transport error.
         cause: tonic::transport::Error,
     },
-    /// A call was answered with a gRPC status.
+    /// A setting the client needs is not set (environment variable).
+    #[error("{var} is not set")]
+    NotSet {
+        /// The environment variable.
+        var: &'static str,
+    },
+    /// `INVALID_ARGUMENT`: the request itself is wrong (a bad key name, a
+    /// ciphertext that is not one, associated data that does not match:
+    /// the daemon's message says which). Retrying does not help.
+    #[error("{}", status_line(.0))]
+    InvalidArgument(Box<tonic::Status>),
+    /// `NOT_FOUND`: no such key (or approval request).
+    #[error("{}", status_line(.0))]
+    NotFound(Box<tonic::Status>),
+    /// `ALREADY_EXISTS`: a key of that name exists.
+    #[error("{}", status_line(.0))]
+    AlreadyExists(Box<tonic::Status>),
+    /// `PERMISSION_DENIED`: the daemon's policy does not allow this caller
+    /// this operation on this key.
+    #[error("{}", status_line(.0))]
+    PermissionDenied(Box<tonic::Status>),
+    /// `UNAUTHENTICATED`: the call needs an officer's one-time code (see
+    /// [`Error::needs_second_factor`]) or the code was wrong.
+    #[error("{}", status_line(.0))]
+    Unauthenticated(Box<tonic::Status>),
+    /// `FAILED_PRECONDITION`: the key or version is in a state that
+    /// refuses the operation (disabled, destroyed, pending deletion), or
+    /// the call created a dual-control request ([`Error::pending_approval`]).
+    #[error("{}", status_line(.0))]
+    FailedPrecondition(Box<tonic::Status>),
+    /// `RESOURCE_EXHAUSTED`: a rate limit or size limit of the daemon.
+    #[error("{}", status_line(.0))]
+    ResourceExhausted(Box<tonic::Status>),
+    /// `UNAVAILABLE`: no endpoint could serve the call (down, draining,
+    /// store unreachable), after the retries the call allowed.
+    #[error("{}", status_line(.0))]
+    Unavailable(Box<tonic::Status>),
+    /// `DEADLINE_EXCEEDED`: the call's deadline passed (the daemon's
+    /// answer, or this client's own deadline across retries).
+    #[error("{}", status_line(.0))]
+    DeadlineExceeded(Box<tonic::Status>),
+    /// `ABORTED`: a concurrent change won (e.g. two rotations at once).
+    #[error("{}", status_line(.0))]
+    Aborted(Box<tonic::Status>),
+    /// `INTERNAL` or `DATA_LOSS`: the daemon failed (its log says why).
+    #[error("{}", status_line(.0))]
+    Internal(Box<tonic::Status>),
+    /// Any other status (`CANCELLED`, `UNKNOWN`, `OUT_OF_RANGE`,
+    /// `UNIMPLEMENTED`).
     #[error("{}", status_line(.0))]
     Status(Box<tonic::Status>),
+    /// Reading or writing a stream's bytes failed (the stream adapters).
+    #[error("stream I/O: {0}")]
+    Io(#[source] io::Error),
+    /// An envelope blob names a key outside the caller's expected keys
+    /// (refused before any call to the daemon).
+    #[error("the envelope names key {key:?}, not one of the keys this caller expects")]
+    UnexpectedKey {
+        /// The key the blob names.
+        key: String,
+    },
     /// An envelope or stream cannot be opened (malformed, truncated, or
     /// failed authentication) or a message cannot be sealed.
     #[error("{0}")]
@@ -120,9 +179,26 @@ impl Error {
     /// The gRPC status of a failed call, if the call reached the daemon.
     pub fn status(&self) -> Option<&tonic::Status> {
         match self {
-            Error::Status(s) => Some(s.as_ref()),
+            Error::InvalidArgument(s)
+            | Error::NotFound(s)
+            | Error::AlreadyExists(s)
+            | Error::PermissionDenied(s)
+            | Error::Unauthenticated(s)
+            | Error::FailedPrecondition(s)
+            | Error::ResourceExhausted(s)
+            | Error::Unavailable(s)
+            | Error::DeadlineExceeded(s)
+            | Error::Aborted(s)
+            | Error::Internal(s)
+            | Error::Status(s) => Some(s.as_ref()),
             _ => None,
         }
+    }
+
+    /// The gRPC code of a failed call, if the call reached the daemon (or
+    /// ran out of time or endpoints).
+    pub fn code(&self) -> Option<tonic::Code> {
+        self.status().map(tonic::Status::code)
     }
 
     /// The call needs an officer's one-time code and none was sent
@@ -318,15 +394,53 @@ impl From<kmsd_tlsconn::FileError> for Error {
     }
 }
 
+/// The one place gRPC codes become variants.
 impl From<tonic::Status> for Error {
     fn from(s: tonic::Status) -> Self {
-        Error::Status(Box::new(s))
+        use tonic::Code as C;
+        let code = s.code();
+        let s = Box::new(s);
+        match code {
+            C::InvalidArgument => Error::InvalidArgument(s),
+            C::NotFound => Error::NotFound(s),
+            C::AlreadyExists => Error::AlreadyExists(s),
+            C::PermissionDenied => Error::PermissionDenied(s),
+            C::Unauthenticated => Error::Unauthenticated(s),
+            C::FailedPrecondition => Error::FailedPrecondition(s),
+            C::ResourceExhausted => Error::ResourceExhausted(s),
+            C::Unavailable => Error::Unavailable(s),
+            C::DeadlineExceeded => Error::DeadlineExceeded(s),
+            C::Aborted => Error::Aborted(s),
+            C::Internal | C::DataLoss => Error::Internal(s),
+            C::Ok | C::Cancelled | C::Unknown | C::OutOfRange | C::Unimplemented => Error::Status(s),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codes_map_to_variants() {
+        use tonic::{Code, Status};
+        assert!(matches!(Error::from(Status::not_found("x")), Error::NotFound(_)));
+        assert!(matches!(Error::from(Status::unavailable("x")), Error::Unavailable(_)));
+        assert!(matches!(
+            Error::from(Status::permission_denied("x")),
+            Error::PermissionDenied(_)
+        ));
+        assert!(matches!(Error::from(Status::data_loss("x")), Error::Internal(_)));
+        assert!(matches!(Error::from(Status::unimplemented("x")), Error::Status(_)));
+        for code in [
+            Code::InvalidArgument,
+            Code::FailedPrecondition,
+            Code::Aborted,
+            Code::Unknown,
+        ] {
+            assert_eq!(Error::from(Status::new(code, "m")).code(), Some(code));
+        }
+    }
 
     #[test]
     fn statuses_print_with_their_canonical_name() {

@@ -11,6 +11,10 @@
 //!   the daemon's verdict on the client certificate before any call.
 //! - [`certificate`]: the checks of the client's own certificate made
 //!   before connecting (validity period, extended key usage).
+//! - [`client`](mod@client): the typed [`Client`] over the whole API:
+//!   [`ClientBuilder`] (or the `KMSD_*` environment), several endpoints with
+//!   failover, retries with backoff and jitter on the data path, per-call
+//!   deadlines, `x-request-id`, officers' one-time codes ([`CallOptions`]).
 //! - [`envelope`] and [`stream`]: the client-side encryption formats of
 //!   `docs/formats.md` (`0xE1` one message, `0xE2` a segmented stream),
 //!   pure code with no I/O; [`format`] holds what they share (the
@@ -21,12 +25,14 @@
 #![deny(missing_docs)]
 
 pub mod certificate;
+pub mod client;
 pub mod connect;
 pub mod envelope;
 pub mod error;
 pub mod format;
 pub mod stream;
 
+pub use client::{env, CallOptions, Client, ClientBuilder, RetryPolicy};
 pub use connect::{connect, connect_with, tls_config, ClientSettings};
 pub use error::{source_chain, Error};
 

@@ -1,25 +1,26 @@
 //! The command line: every command, flag and environment variable.
 use clap::{Parser, Subcommand};
-use kmsd_client::proto;
+use kmsd_client::{env, proto};
 use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(name = "kmsctl", version, about = "Command-line client for kmsd")]
 pub struct Cli {
-    /// Daemon address: unix:/path or host:port.
-    #[arg(long, env = "KMSD_ADDR", global = true)]
+    /// Daemon address: unix:/path or host:port; several separated by
+    /// commas are tried in order (failover).
+    #[arg(long, env = env::ADDR, global = true)]
     pub addr: Option<String>,
     /// CA certificate that signed the daemon's certificate.
-    #[arg(long, env = "KMSD_CA", global = true)]
+    #[arg(long, env = env::CA, global = true)]
     pub ca: Option<PathBuf>,
     /// Client certificate.
-    #[arg(long, env = "KMSD_CERT", global = true)]
+    #[arg(long, env = env::CERT, global = true)]
     pub cert: Option<PathBuf>,
     /// Client private key (`--key` names the kmsd key in subcommands).
-    #[arg(long = "tls-key", env = "KMSD_KEY", global = true)]
+    #[arg(long = "tls-key", env = env::KEY, global = true)]
     pub tls_key: Option<PathBuf>,
     /// Server name to verify (default: TCP host, or localhost for a socket).
-    #[arg(long, env = "KMSD_SERVER_NAME", global = true)]
+    #[arg(long, env = env::SERVER_NAME, global = true)]
     pub server_name: Option<String>,
     /// An officer's one-time code (TOTP) for administrative calls; asked
     /// for on the terminal (not echoed) when needed and not given.

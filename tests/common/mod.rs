@@ -13,6 +13,7 @@ pub mod bank;
 mod calls;
 pub mod cluster;
 pub mod faults;
+pub mod lib_client;
 // Not every test file makes gRPC calls through these helpers.
 #[allow(unused_imports)]
 pub use calls::*;

@@ -1,15 +1,15 @@
 //! `kmsctl encrypt | decrypt | rewrap | datakey`: the data path.
 use crate::cli::Cmd;
-use crate::connection::Chan;
 use crate::error::Error;
 use crate::output::{fields, Out};
 use base64::Engine as _;
-use kmsd_client::proto::{self, crypto_client::CryptoClient};
+use kmsd_client::{proto, Client};
 use serde_json::json;
 use std::io::{Read, Write};
 
-pub async fn run(cmd: &Cmd, channel: Chan, out: Out) -> Result<(), Error> {
-    let mut crypto = CryptoClient::new(channel);
+/// Through the typed client: retried on `UNAVAILABLE`, failing over to the
+/// next endpoint of `KMSD_ADDR`.
+pub async fn run(cmd: &Cmd, crypto: &Client, out: Out) -> Result<(), Error> {
     match cmd {
         Cmd::Encrypt { key, aad, data } => {
             let r = crypto
@@ -18,8 +18,7 @@ pub async fn run(cmd: &Cmd, channel: Chan, out: Out) -> Result<(), Error> {
                     plaintext: read_input(data)?,
                     associated_data: aad.clone().into_bytes(),
                 })
-                .await?
-                .into_inner();
+                .await?;
             let ct = b64(&r.ciphertext);
             out.emit(&json!({"ciphertext": ct, "key_version": r.key_version}), || ct.clone());
         }
@@ -30,8 +29,7 @@ pub async fn run(cmd: &Cmd, channel: Chan, out: Out) -> Result<(), Error> {
                     ciphertext: unb64(&read_input(data)?)?,
                     associated_data: aad.clone().into_bytes(),
                 })
-                .await?
-                .into_inner();
+                .await?;
             if out.is_json() {
                 println!(
                     "{}",
@@ -52,8 +50,7 @@ pub async fn run(cmd: &Cmd, channel: Chan, out: Out) -> Result<(), Error> {
                     ciphertext: unb64(&read_input(data)?)?,
                     associated_data: aad.clone().into_bytes(),
                 })
-                .await?
-                .into_inner();
+                .await?;
             let ct = b64(&r.ciphertext);
             out.emit(&json!({"ciphertext": ct, "key_version": r.key_version}), || ct.clone());
         }
@@ -72,8 +69,7 @@ pub async fn run(cmd: &Cmd, channel: Chan, out: Out) -> Result<(), Error> {
                 crypto.generate_data_key_without_plaintext(req).await
             } else {
                 crypto.generate_data_key(req).await
-            }?
-            .into_inner();
+            }?;
             let mut value = json!({"ciphertext": b64(&r.ciphertext), "key_version": r.key_version});
             let mut rows = vec![
                 ("ciphertext", b64(&r.ciphertext)),

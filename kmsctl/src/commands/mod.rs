@@ -20,12 +20,13 @@ pub async fn run(cli: &Cli, otp: Otp) -> Result<(), Error> {
         Cmd::Mask { kind, keep_bin, value } => return mask::mask(kind, *keep_bin, value, out),
         _ => {}
     }
-    let channel = connection::connect(cli, otp).await?;
+    let client = connection::connect(cli, &otp).await?;
+    if let cmd @ (Cmd::Encrypt { .. } | Cmd::Decrypt { .. } | Cmd::Rewrap { .. } | Cmd::Datakey { .. }) = &cli.cmd {
+        return data::run(cmd, &client, out).await;
+    }
+    let channel = connection::channel(&client, otp).await?;
     match &cli.cmd {
         Cmd::Key(cmd) => key::run(cmd, channel, out).await,
-        cmd @ (Cmd::Encrypt { .. } | Cmd::Decrypt { .. } | Cmd::Rewrap { .. } | Cmd::Datakey { .. }) => {
-            data::run(cmd, channel, out).await
-        }
         Cmd::Backup { file } => backup::backup(channel, file, out).await,
         Cmd::Restore { file } => backup::restore(channel, file, out).await,
         Cmd::Status => admin::status(channel, out).await,
@@ -40,6 +41,11 @@ pub async fn run(cli: &Cli, otp: Otp) -> Result<(), Error> {
             key_version,
             token,
         } => mask::detokenize(channel, (key, kind, *key_version, token), out).await,
-        Cmd::Redact { .. } | Cmd::Mask { .. } => Ok(()),
+        Cmd::Redact { .. }
+        | Cmd::Mask { .. }
+        | Cmd::Encrypt { .. }
+        | Cmd::Decrypt { .. }
+        | Cmd::Rewrap { .. }
+        | Cmd::Datakey { .. } => Ok(()),
     }
 }
