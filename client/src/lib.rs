@@ -15,6 +15,10 @@
 //!   [`ClientBuilder`] (or the `KMSD_*` environment), several endpoints with
 //!   failover, retries with backoff and jitter on the data path, per-call
 //!   deadlines, `x-request-id`, officers' one-time codes ([`CallOptions`]).
+//! - [`envelopes`]: [`Envelopes::seal`] / [`Envelopes::open`], envelope
+//!   encryption with data keys from `GenerateDataKey`, cached within the
+//!   limits of [`cache`] (the AWS Encryption SDK's: age, messages, bytes,
+//!   entries).
 //! - [`envelope`] and [`stream`]: the client-side encryption formats of
 //!   `docs/formats.md` (`0xE1` one message, `0xE2` a segmented stream),
 //!   pure code with no I/O; [`format`] holds what they share (the
@@ -24,16 +28,19 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod cache;
 pub mod certificate;
 pub mod client;
 pub mod connect;
 pub mod envelope;
+pub mod envelopes;
 pub mod error;
 pub mod format;
 pub mod stream;
 
 pub use client::{env, CallOptions, Client, ClientBuilder, RetryPolicy};
 pub use connect::{connect, connect_with, tls_config, ClientSettings};
+pub use envelopes::{CacheLimits, Envelopes, UnwrapLimits};
 pub use error::{source_chain, Error};
 
 /// Names of the gRPC metadata the API uses beside its messages.
