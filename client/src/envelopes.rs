@@ -19,10 +19,13 @@ use crate::envelope::{self, Envelope};
 use crate::error::Error;
 use crate::format::{DataKey, FormatError, DATA_KEY_AAD};
 use crate::proto;
+use crate::stream::{Header, SEGMENT_SIZE};
+use crate::stream_io::{StreamReader, StreamStart, StreamWriter};
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite};
 use zeroize::Zeroize;
 
 /// Seals and opens envelopes through one [`Client`]. Cheap to clone (the
@@ -104,6 +107,33 @@ impl Envelopes {
         let env = Envelope::parse(blob)?;
         let key = self.unwrap(env.key_name(), env.wrapped_key()).await?;
         Ok(env.open(&key, aad)?)
+    }
+
+    /// A writer that encrypts what is written to it into the stream format
+    /// ([`crate::stream`], segments of 64 KiB) on `out`, under a fresh data
+    /// key wrapped by kmsd key `key` (one `GenerateDataKey` per stream, not
+    /// cached). Call `shutdown` at the end: it seals the final segment.
+    pub async fn stream_writer<W: AsyncWrite + Unpin>(
+        &self,
+        key: &str,
+        out: W,
+        aad: &[u8],
+    ) -> Result<StreamWriter<W>, Error> {
+        let (data_key, wrapped) = self.generate(key).await?;
+        let header = Header::new(SEGMENT_SIZE, key, &wrapped)?;
+        Ok(StreamWriter::new(out, &header, &data_key, aad)?)
+    }
+
+    /// A reader of the plaintext of the stream on `input`: reads the
+    /// header, unwraps its data key (cache, expected keys and `Decrypt` as
+    /// for [`open`](Self::open)), then decrypts segment by segment. Its
+    /// output is complete only once it reaches end-of-file without error.
+    pub async fn stream_reader<R: AsyncRead + Unpin>(&self, input: R, aad: &[u8]) -> Result<StreamReader<R>, Error> {
+        let start = StreamStart::read(input).await?;
+        let key = self
+            .unwrap(start.header().key_name(), start.header().wrapped_key())
+            .await?;
+        Ok(start.into_reader(&key, aad)?)
     }
 
     /// A fresh data key from the daemon: the key, and its wrapped form.

@@ -18,11 +18,12 @@
 //! - [`envelopes`]: [`Envelopes::seal`] / [`Envelopes::open`], envelope
 //!   encryption with data keys from `GenerateDataKey`, cached within the
 //!   limits of [`cache`] (the AWS Encryption SDK's: age, messages, bytes,
-//!   entries).
+//!   entries), and the stream helpers.
 //! - [`envelope`] and [`stream`]: the client-side encryption formats of
 //!   `docs/formats.md` (`0xE1` one message, `0xE2` a segmented stream),
 //!   pure code with no I/O; [`format`] holds what they share (the
-//!   zeroizing [`format::DataKey`], the [`format::FormatError`] kinds).
+//!   zeroizing [`format::DataKey`], the [`format::FormatError`] kinds);
+//!   [`stream_io`] has the tokio `AsyncRead`/`AsyncWrite` adapters.
 //! - [`error`]: the one error enum. A connection failure names which
 //!   certificate, why, and what to do, in one line.
 #![forbid(unsafe_code)]
@@ -37,6 +38,7 @@ pub mod envelopes;
 pub mod error;
 pub mod format;
 pub mod stream;
+pub mod stream_io;
 
 pub use client::{env, CallOptions, Client, ClientBuilder, RetryPolicy};
 pub use connect::{connect, connect_with, tls_config, ClientSettings};

@@ -90,6 +90,40 @@ pub enum Cmd {
         #[arg(long)]
         wrapped_only: bool,
     },
+    /// Encrypt file IN into OUT in the stream format (segments of 64 KiB
+    /// under one data key from kmsd, constant memory). `-` is stdin/stdout;
+    /// a file OUT is written beside it and renamed when complete.
+    EncryptFile {
+        /// Input file, or - for stdin.
+        #[arg(value_name = "IN")]
+        infile: PathBuf,
+        /// Output file, or - for stdout.
+        #[arg(value_name = "OUT")]
+        outfile: PathBuf,
+        /// Key that wraps the stream's data key.
+        #[arg(long)]
+        key: String,
+        /// Associated data (authenticated, not encrypted; needed to decrypt).
+        #[arg(long, default_value = "")]
+        aad: String,
+    },
+    /// Decrypt a stream made by encrypt-file. A file OUT appears only if the
+    /// whole stream authenticates (written beside it, renamed at the end);
+    /// with - (stdout) output made before a failure must be discarded.
+    DecryptFile {
+        /// Input file, or - for stdin.
+        #[arg(value_name = "IN")]
+        infile: PathBuf,
+        /// Output file, or - for stdout.
+        #[arg(value_name = "OUT")]
+        outfile: PathBuf,
+        /// Associated data given at encryption.
+        #[arg(long, default_value = "")]
+        aad: String,
+        /// Only open streams under these keys (comma-separated); default any.
+        #[arg(long, value_delimiter = ',')]
+        expect_key: Vec<String>,
+    },
     /// Write an integrity-protected snapshot of every key ring to FILE (records stay sealed).
     Backup {
         /// Output file (created, mode 0600).

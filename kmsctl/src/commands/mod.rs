@@ -3,6 +3,7 @@ mod admin;
 mod audit;
 mod backup;
 mod data;
+mod files;
 mod key;
 mod mask;
 
@@ -21,8 +22,23 @@ pub async fn run(cli: &Cli, otp: Otp) -> Result<(), Error> {
         _ => {}
     }
     let client = connection::connect(cli, &otp).await?;
-    if let cmd @ (Cmd::Encrypt { .. } | Cmd::Decrypt { .. } | Cmd::Rewrap { .. } | Cmd::Datakey { .. }) = &cli.cmd {
-        return data::run(cmd, &client, out).await;
+    match &cli.cmd {
+        cmd @ (Cmd::Encrypt { .. } | Cmd::Decrypt { .. } | Cmd::Rewrap { .. } | Cmd::Datakey { .. }) => {
+            return data::run(cmd, &client, out).await
+        }
+        Cmd::EncryptFile {
+            infile,
+            outfile,
+            key,
+            aad,
+        } => return files::encrypt(&client, infile, outfile, key, aad).await,
+        Cmd::DecryptFile {
+            infile,
+            outfile,
+            aad,
+            expect_key,
+        } => return files::decrypt(&client, infile, outfile, aad, expect_key).await,
+        _ => {}
     }
     let channel = connection::channel(&client, otp).await?;
     match &cli.cmd {
@@ -46,6 +62,8 @@ pub async fn run(cli: &Cli, otp: Otp) -> Result<(), Error> {
         | Cmd::Encrypt { .. }
         | Cmd::Decrypt { .. }
         | Cmd::Rewrap { .. }
-        | Cmd::Datakey { .. } => Ok(()),
+        | Cmd::Datakey { .. }
+        | Cmd::EncryptFile { .. }
+        | Cmd::DecryptFile { .. } => Ok(()),
     }
 }
