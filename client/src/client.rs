@@ -31,7 +31,7 @@ use rustls::ClientConfig;
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tonic::metadata::MetadataValue;
@@ -296,6 +296,8 @@ impl ClientBuilder {
                 current: AtomicUsize::new(0),
                 timeout: self.timeout,
                 retry: self.retry,
+                retries: AtomicU64::new(0),
+                failovers: AtomicU64::new(0),
             }),
             opts: CallOptions::default(),
         })
@@ -316,6 +318,10 @@ struct Shared {
     current: AtomicUsize,
     timeout: Duration,
     retry: RetryPolicy,
+    /// Attempts repeated after a failure (for [`Client::retries`]).
+    retries: AtomicU64,
+    /// Moves to the next endpoint (for [`Client::failovers`]).
+    failovers: AtomicU64,
 }
 
 /// The typed kmsd client. Cheap to clone (one set of connections shared);
@@ -339,6 +345,8 @@ impl fmt::Debug for Client {
                     .collect::<Vec<_>>(),
             )
             .field("current", &self.shared.current.load(Ordering::Relaxed))
+            .field("retries", &self.retries())
+            .field("failovers", &self.failovers())
             .field("options", &self.opts)
             .finish()
     }
@@ -446,10 +454,26 @@ impl Client {
     /// Moves to the next endpoint, unless another call already did.
     fn fail_over(&self, from: usize) {
         let n = self.shared.nodes.len();
-        let _ = self
-            .shared
-            .current
-            .compare_exchange(from, (from + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
+        if n > 1
+            && self
+                .shared
+                .current
+                .compare_exchange(from, (from + 1) % n, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.shared.failovers.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Attempts this client (all its views) repeated after a failure so
+    /// far: for a service's metrics.
+    pub fn retries(&self) -> u64 {
+        self.shared.retries.load(Ordering::Relaxed)
+    }
+
+    /// Times this client (all its views) moved to the next endpoint so far.
+    pub fn failovers(&self) -> u64 {
+        self.shared.failovers.load(Ordering::Relaxed)
     }
 
     /// One logical call: request id, deadline, one-time code, failover and
@@ -530,6 +554,7 @@ impl Client {
                 return Err(failure);
             }
             tokio::time::sleep(pause).await;
+            self.shared.retries.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
