@@ -14,7 +14,10 @@
 //! [`KeyStore::apply`] (and so `put` and `delete`) is one etcd
 //! transaction: it compares each record's `mod_revision` with the expected
 //! revision (`create_revision == 0` for "absent"), then writes every
-//! record. When a comparison fails, the transaction's failure branch reads
+//! record. A fenced batch ([`KeyStore::apply_fenced`]) compares the fence
+//! record's `mod_revision` in the same transaction: the scheduler leader's
+//! writes compare the leader key its election created, so they apply only
+//! while that key (and the lease it hangs on) is still this node's. When a comparison fails, the transaction's failure branch reads
 //! the same records (keys and revisions only, at the same revision) and
 //! the keystore's own condition check ([`kmsd_keystore::store::check_cond`])
 //! names the first failing one, `Conflict` or `NotFound`, exactly as the
@@ -56,7 +59,7 @@
 use crate::client::{Cmp, Compare, EtcdClient, Range, Settings, Txn, TxnOp, TxnOpResult};
 use crate::error::Error as EtcdError;
 use crate::watch::Watcher;
-use kmsd_keystore::store::{check_cond, Cond, Entry, KeyStore, Op, RecordKind, Revision};
+use kmsd_keystore::store::{check_cond, check_fence, Cond, Entry, Fence, KeyStore, Op, RecordKind, Revision};
 use kmsd_keystore::Error;
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -68,11 +71,12 @@ use std::time::Duration;
 const PAGE: i64 = 1000;
 
 /// The kinds a stored key can name (for [`EtcdStore::decode_key`]).
-const KINDS: [RecordKind; 4] = [
+const KINDS: [RecordKind; 5] = [
     RecordKind::KeyRing,
     RecordKind::Meta,
     RecordKind::Secret,
     RecordKind::Manifest,
+    RecordKind::Lease,
 ];
 
 /// A [`KeyStore`] on etcd (see the module documentation).
@@ -421,11 +425,25 @@ impl KeyStore for EtcdStore {
         Ok(())
     }
 
-    fn apply(&self, ops: &[Op<'_>]) -> Result<Vec<Option<Revision>>, Error> {
+    fn apply_fenced(&self, fence: Option<Fence<'_>>, ops: &[Op<'_>]) -> Result<Vec<Option<Revision>>, Error> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
         let mut txn = Txn::new();
+        if let Some(f) = fence {
+            // the fence first: compared, read back on failure, never written
+            let key = self.key(f.kind, f.name);
+            let r = i64::try_from(f.revision.0).unwrap_or(i64::MAX);
+            txn = txn
+                .when([
+                    Compare::ModRevision(key.clone(), Cmp::Equal, r),
+                    Compare::CreateRevision(key.clone(), Cmp::NotEqual, 0),
+                ])
+                .or_else([TxnOp::Get(Range {
+                    keys_only: true,
+                    ..Range::key(key)
+                })]);
+        }
         for op in ops {
             let key = self.key(op.kind, op.name);
             match op.cond {
@@ -464,18 +482,23 @@ impl KeyStore for EtcdStore {
                 .map_err(|_| Error::Backend("etcd returned a negative revision".into()))?;
             return Ok(ops.iter().map(|op| op.value.map(|_| Revision(rev))).collect());
         }
-        // Which condition failed: the records as the transaction saw them.
+        // Which condition failed: the records as the transaction saw them
+        // (the fence's first, as the other backends decide it first).
         let mut reads = result.responses.into_iter();
+        let read_revision = |reads: &mut std::vec::IntoIter<TxnOpResult>| match reads.next() {
+            Some(TxnOpResult::Get(r)) => Ok(r
+                .kvs
+                .first()
+                .map(|kv| Revision(u64::try_from(kv.mod_revision).unwrap_or(0)))),
+            _ => Err(Error::Backend(
+                "etcd answered a failed transaction without its reads".into(),
+            )),
+        };
+        if fence.is_some() {
+            check_fence(fence, read_revision(&mut reads)?)?;
+        }
         for op in ops.iter().filter(|op| op.cond != Cond::Any) {
-            let current = match reads.next() {
-                Some(TxnOpResult::Get(r)) => r.kvs.first().map(|kv| kv.mod_revision),
-                _ => {
-                    return Err(Error::Backend(
-                        "etcd answered a failed transaction without its reads".into(),
-                    ))
-                }
-            };
-            let current = current.map(|r| Revision(u64::try_from(r).unwrap_or(0)));
+            let current = read_revision(&mut reads)?;
             check_cond(op.kind, op.name, op.cond, current)?;
         }
         Err(Error::Backend(

@@ -35,6 +35,11 @@ fn two_manifests_share_one_prefix() {
     let open = || Arc::new(EtcdStore::open(&cluster.settings(), "/kmsd/two/").unwrap());
     let (a, b, raw) = (open(), open(), open());
     kmsd_keystore::conformance::two_writers(a, b, raw.as_ref());
+    // fenced batches through a manifest on etcd (the fence is a compare
+    // in the batch's transaction)
+    kmsd_keystore::conformance::fences_through_the_manifest(Arc::new(
+        EtcdStore::open(&cluster.settings(), "/kmsd/fence/").unwrap(),
+    ));
 }
 
 /// A fresh store on `cluster` under `prefix`, with a short request timeout.

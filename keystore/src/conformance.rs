@@ -75,6 +75,86 @@ pub fn run(s: &dyn KeyStore) {
     s.put(k, "c", None, b"again").unwrap();
     s.sync().unwrap();
     batches(s);
+    fences(s);
+}
+
+/// `apply_fenced`: a batch applies only while its fence record is at the
+/// fence's revision; once the record is gone or written again (another
+/// node's leadership), the batch is `Fenced` and changes nothing; the
+/// fence record itself is never written by the batch.
+pub fn fences(s: &dyn KeyStore) {
+    use crate::store::{Cond, Fence, Op};
+    let (k, l) = (RecordKind::KeyRing, RecordKind::Lease);
+    let lead = s.put(l, "leader", None, b"node-a").unwrap();
+    let fence = |revision| {
+        Some(Fence {
+            kind: l,
+            name: "leader",
+            revision,
+        })
+    };
+    let write = |name, cond, value| Op {
+        kind: k,
+        name,
+        cond,
+        value: Some(value),
+    };
+    // the fence holds: the batch applies, the fence record is untouched
+    let revs = s
+        .apply_fenced(fence(lead), &[write("fenced", Cond::Absent, &b"one"[..])])
+        .unwrap();
+    let r1 = revs[0].unwrap();
+    assert_eq!(s.get(k, "fenced").unwrap().unwrap().value, b"one");
+    let held = s.get(l, "leader").unwrap().unwrap();
+    assert_eq!((held.revision, &held.value[..]), (lead, &b"node-a"[..]));
+    // another revision of the fence record: Fenced, nothing applied, even
+    // with every operation's own condition holding
+    let taken = s.put(l, "leader", Some(lead), b"node-b").unwrap();
+    for stale in [lead, Revision(taken.0 + 1), Revision(0)] {
+        let e = s
+            .apply_fenced(
+                fence(stale),
+                &[
+                    write("fenced", Cond::At(r1), &b"two"[..]),
+                    write("other", Cond::Absent, &b"x"[..]),
+                ],
+            )
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Fenced {
+                    kind: RecordKind::Lease,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(s.get(k, "fenced").unwrap().unwrap().value, b"one");
+        assert!(s.get(k, "other").unwrap().is_none());
+    }
+    // the fence is decided before the operations: a stale fence with a
+    // failing condition is still Fenced
+    let e = s
+        .apply_fenced(fence(lead), &[write("fenced", Cond::Absent, &b"x"[..])])
+        .unwrap_err();
+    assert!(matches!(e, Error::Fenced { .. }), "{e}");
+    // the new holder's fence holds; the record gone (its lease expired):
+    // Fenced, also for a revision the record had
+    let r2 = s
+        .apply_fenced(fence(taken), &[write("fenced", Cond::At(r1), &b"two"[..])])
+        .unwrap()[0]
+        .unwrap();
+    s.delete(l, "leader", taken).unwrap();
+    let e = s
+        .apply_fenced(fence(taken), &[write("fenced", Cond::At(r2), &b"three"[..])])
+        .unwrap_err();
+    assert!(matches!(e, Error::Fenced { .. }), "{e}");
+    assert_eq!(s.get(k, "fenced").unwrap().unwrap().value, b"two");
+    // without a fence, the same batch applies
+    s.apply_fenced(None, &[write("fenced", Cond::At(r2), &b"three"[..])])
+        .unwrap();
+    assert_eq!(s.get(k, "fenced").unwrap().unwrap().value, b"three");
 }
 
 /// `apply`: all operations or none.
@@ -235,4 +315,74 @@ pub fn two_writers(a: Arc<dyn KeyStore>, b: Arc<dyn KeyStore>, raw: &dyn KeyStor
         .unwrap();
     mb.put(k, "later", None, b"moves the head").ok();
     assert!(ma.catch_up().is_err(), "a forged entry must fail the catch-up");
+}
+
+/// Fenced batches through the integrity manifest
+/// ([`crate::manifest::CheckedStore`]): the fence reaches the backend with
+/// the record and its manifest entries, a `Fenced` batch leaves record,
+/// entries and head as they were (the store opens and reads clean after),
+/// and the manifest refuses lease records as records. `raw` is the store
+/// `s` wraps, where the lease record is written (as the election does).
+pub fn fences_through_the_manifest(s: Arc<dyn KeyStore>) {
+    use crate::manifest::CheckedStore;
+    use crate::store::{Cond, Fence, Op};
+    use crate::{MasterKey, Sealer};
+    let sealer = || Arc::new(Sealer::new(MasterKey::from_bytes(&[7u8; 32])));
+    let m = CheckedStore::open(s.clone(), sealer()).unwrap();
+    let (k, l) = (RecordKind::KeyRing, RecordKind::Lease);
+    let lead = s.put(l, "leader", None, b"node-a").unwrap();
+    let fence = |revision| {
+        Some(Fence {
+            kind: l,
+            name: "leader",
+            revision,
+        })
+    };
+    let r1 = m
+        .apply_fenced(
+            fence(lead),
+            &[Op {
+                kind: k,
+                name: "ring",
+                cond: Cond::Absent,
+                value: Some(b"one"),
+            }],
+        )
+        .unwrap()[0]
+        .unwrap();
+    let generation = m.generation(k, "ring");
+    let taken = s.put(l, "leader", Some(lead), b"node-b").unwrap();
+    assert_ne!(taken, lead);
+    let e = m
+        .apply_fenced(
+            fence(lead),
+            &[Op {
+                kind: k,
+                name: "ring",
+                cond: Cond::At(r1),
+                value: Some(b"two"),
+            }],
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Fenced { .. }), "{e}");
+    assert_eq!(m.get(k, "ring").unwrap().unwrap().value, b"one");
+    assert_eq!(m.generation(k, "ring"), generation, "no manifest entry written");
+    // a fresh open checks every entry against the head: all intact
+    let again = CheckedStore::open(s.clone(), sealer()).unwrap();
+    assert_eq!(again.get(k, "ring").unwrap().unwrap().value, b"one");
+    // lease records are not records of the manifest
+    assert!(matches!(m.get(l, "leader"), Err(Error::Precondition(_))));
+    assert!(matches!(m.put(l, "leader", None, b"x"), Err(Error::Precondition(_))));
+    // the current holder's fence holds
+    m.apply_fenced(
+        fence(taken),
+        &[Op {
+            kind: k,
+            name: "ring",
+            cond: Cond::At(r1),
+            value: Some(b"two"),
+        }],
+    )
+    .unwrap();
+    assert_eq!(again.get(k, "ring").unwrap().unwrap().value, b"two");
 }

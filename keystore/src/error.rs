@@ -30,6 +30,16 @@ pub enum Error {
         /// Record name.
         name: String,
     },
+    /// A fenced batch ([`crate::KeyStore::apply_fenced`]) found its fence
+    /// record gone or at another revision: the writer lost what the fence
+    /// stood for (the scheduler's leadership). Nothing was written.
+    #[error("{kind} {name:?} no longer holds this writer's revision (fenced: another writer took over); nothing was written")]
+    Fenced {
+        /// Fence record kind.
+        kind: RecordKind,
+        /// Fence record name.
+        name: String,
+    },
     /// A stored record failed its integrity check or could not be decoded:
     /// it was corrupted, tampered with, copied from another name, or sealed
     /// under an unknown master key.

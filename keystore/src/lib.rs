@@ -48,7 +48,7 @@ pub use name::KeyName;
 pub use rings::RingStore;
 pub use seal::Sealer;
 pub use secret::{KeyMaterial, MacKey, MasterKey, TotpSecret};
-pub use store::{memory::MemoryStore, sled_store::SledStore, KeyStore, RecordKind, Revision};
+pub use store::{memory::MemoryStore, sled_store::SledStore, Fence, KeyStore, RecordKind, Revision};
 
 /// Seconds since the Unix epoch, the one time unit of stored records.
 pub type UnixTime = i64;

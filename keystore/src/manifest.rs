@@ -65,7 +65,7 @@
 //! on the watch is the next step if that ever shows.
 use crate::error::Error;
 use crate::seal::{Purpose, Sealer, Subkey, FORMAT_V2};
-use crate::store::{Cond, Entry, KeyStore, Op, RecordKind, Revision};
+use crate::store::{Cond, Entry, Fence, KeyStore, Op, RecordKind, Revision};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -442,10 +442,14 @@ impl CheckedStore {
     }
 
     fn internal(kind: RecordKind) -> Result<(), Error> {
-        if kind == RecordKind::Manifest {
-            return Err(Error::Precondition("manifest records are internal".into()));
+        match kind {
+            RecordKind::Manifest => Err(Error::Precondition("manifest records are internal".into())),
+            // not sealed records: only a batch's fence names them here
+            RecordKind::Lease => Err(Error::Precondition(
+                "lease records are not sealed records: read them on the backend".into(),
+            )),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Calls `f` for every record of `kind` the manifest lists or the
@@ -576,13 +580,19 @@ impl KeyStore for CheckedStore {
         Ok(())
     }
 
-    fn apply(&self, ops: &[Op<'_>]) -> Result<Vec<Option<Revision>>, Error> {
+    /// The fence goes to the backend with the batch, records and manifest
+    /// entries alike: it adds no entry (the fence record is not written)
+    /// and a `Fenced` batch is never retried.
+    fn apply_fenced(&self, fence: Option<Fence<'_>>, ops: &[Op<'_>]) -> Result<Vec<Option<Revision>>, Error> {
         for op in ops {
             Self::internal(op.kind)?;
         }
+        if fence.is_some_and(|f| f.kind == RecordKind::Manifest) {
+            return Err(Error::Precondition("manifest records are internal".into()));
+        }
         let mut st = self.write()?;
         for _ in 0..MAX_HEAD_RETRIES {
-            match self.apply_locked(&mut st, ops) {
+            match self.apply_locked(&mut st, fence, ops) {
                 Err(Error::Conflict {
                     kind: RecordKind::Manifest,
                     ref name,
@@ -612,7 +622,12 @@ impl KeyStore for CheckedStore {
 
 impl CheckedStore {
     /// One attempt of [`KeyStore::apply`] under the manifest's write lock.
-    fn apply_locked(&self, st: &mut State, ops: &[Op<'_>]) -> Result<Vec<Option<Revision>>, Error> {
+    fn apply_locked(
+        &self,
+        st: &mut State,
+        fence: Option<Fence<'_>>,
+        ops: &[Op<'_>],
+    ) -> Result<Vec<Option<Revision>>, Error> {
         let mut acc = st.acc;
         let mut generation = st.generation;
         let mut count = st.entries.len() as i64;
@@ -657,7 +672,7 @@ impl CheckedStore {
             cond: Cond::At(st.head_rev),
             value: Some(&head),
         });
-        let mut revs = self.inner.apply(&all)?;
+        let mut revs = self.inner.apply_fenced(fence, &all)?;
         st.head_rev = revs.last().copied().flatten().unwrap_or(st.head_rev);
         st.acc = acc;
         st.generation = generation;

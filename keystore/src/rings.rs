@@ -229,6 +229,18 @@ impl RingStore {
     pub fn update<T>(
         &self,
         name: &KeyName,
+        f: impl FnMut(&mut KeyRing) -> Result<T, Error>,
+    ) -> Result<(KeyRing, T), Error> {
+        self.update_fenced(name, None, f)
+    }
+
+    /// [`RingStore::update`] whose write (ring and tombstone) also needs
+    /// `fence` to hold ([`KeyStore::apply_fenced`]): `Error::Fenced`, never
+    /// retried, once it does not. The scheduler's writes on a shared store.
+    pub fn update_fenced<T>(
+        &self,
+        name: &KeyName,
+        fence: Option<crate::store::Fence<'_>>,
         mut f: impl FnMut(&mut KeyRing) -> Result<T, Error>,
     ) -> Result<(KeyRing, T), Error> {
         for _ in 0..MAX_CAS_RETRIES {
@@ -275,7 +287,7 @@ impl RingStore {
                     value: Some(&tomb_sealed),
                 });
             }
-            match self.store.apply(&ops) {
+            match self.store.apply_fenced(fence, &ops) {
                 Ok(revs) => {
                     ring.revision = revs.first().copied().flatten();
                     if ops.len() > 1 {

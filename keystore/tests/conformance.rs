@@ -23,6 +23,16 @@ fn two_manifests_share_a_memory_store() {
     kmsd_keystore::conformance::two_writers(shared.clone(), shared.clone(), shared.as_ref());
 }
 
+/// Fenced batches through the integrity manifest, on memory and sled
+/// (`conformance::run` checks the fence on each raw backend; kmsd-etcd
+/// runs both on etcd).
+#[test]
+fn fences_pass_through_the_manifest() {
+    kmsd_keystore::conformance::fences_through_the_manifest(Arc::new(MemoryStore::new()));
+    let dir = tempfile::tempdir().unwrap();
+    kmsd_keystore::conformance::fences_through_the_manifest(Arc::new(SledStore::open(&dir.path().join("s")).unwrap()));
+}
+
 #[test]
 fn sled_backend_conforms() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,8 +1,9 @@
 //! In-memory reference backend: the contract in its simplest form, run
 //! through the same conformance suite as the sled backend. `put` and
 //! `delete` are the trait's single-operation batches, so every write goes
-//! through [`super::check_cond`] in `apply`.
-use super::{check_cond, Entry, KeyStore, Op, RecordKind, Revision};
+//! through [`super::check_cond`] (and a fence through
+//! [`super::check_fence`]) in `apply_fenced`.
+use super::{check_cond, check_fence, Entry, Fence, KeyStore, Op, RecordKind, Revision};
 use crate::Error;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -73,8 +74,10 @@ impl KeyStore for MemoryStore {
         Ok(())
     }
 
-    fn apply(&self, ops: &[Op<'_>]) -> Result<Vec<Option<Revision>>, Error> {
+    fn apply_fenced(&self, fence: Option<Fence<'_>>, ops: &[Op<'_>]) -> Result<Vec<Option<Revision>>, Error> {
         let mut m = self.lock()?;
+        let fenced = fence.and_then(|f| m.get(&(f.kind.tag(), f.name.to_owned())).map(|(r, _)| Revision(*r)));
+        check_fence(fence, fenced)?;
         let mut next = Vec::with_capacity(ops.len());
         for op in ops {
             let current = m.get(&(op.kind.tag(), op.name.to_owned())).map(|(r, _)| Revision(*r));

@@ -27,6 +27,13 @@ pub enum RecordKind {
     /// entry (generation, hash) per record of the other kinds. Never in a
     /// backup, never visible through a [`crate::manifest::CheckedStore`].
     Manifest,
+    /// Coordination records that live only as long as their writer's
+    /// lease: the scheduler leader of several nodes on etcd, written by the
+    /// election with an etcd lease (kmsd's `leader` module). Not sealed
+    /// (it holds a node's name, no secret), not covered by the manifest,
+    /// never in a backup; a [`crate::manifest::CheckedStore`] uses one
+    /// only as a batch's [`Fence`].
+    Lease,
 }
 
 impl RecordKind {
@@ -37,6 +44,7 @@ impl RecordKind {
             RecordKind::Meta => b'm',
             RecordKind::Secret => b's',
             RecordKind::Manifest => b'g',
+            RecordKind::Lease => b'l',
         }
     }
 }
@@ -48,6 +56,7 @@ impl fmt::Display for RecordKind {
             RecordKind::Meta => "metadata record",
             RecordKind::Secret => "secret record",
             RecordKind::Manifest => "manifest record",
+            RecordKind::Lease => "lease record",
         })
     }
 }
@@ -94,6 +103,24 @@ pub struct Op<'a> {
     pub value: Option<&'a [u8]>,
 }
 
+/// A condition a batch puts on a record it does not write: the batch
+/// applies only while that record exists at `revision`
+/// ([`KeyStore::apply_fenced`]). A node that holds the scheduler's
+/// leadership fences its scheduled writes with the leader record at the
+/// revision its election created, so that once another node took over
+/// (the record expired with the lease and was created again, at a new
+/// revision) a write the former leader still had under way changes
+/// nothing, however long it was paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence<'a> {
+    /// Record kind (the leader record is [`RecordKind::Lease`]).
+    pub kind: RecordKind,
+    /// Record name.
+    pub name: &'a str,
+    /// The revision the record must still have.
+    pub revision: Revision,
+}
+
 /// Storage for sealed records.
 ///
 /// # Contract
@@ -112,6 +139,11 @@ pub struct Op<'a> {
 ///   none is. After a crash, either all or none of an acknowledged batch
 ///   is there, and a batch that returned `Err` changed nothing. A batch
 ///   names each record at most once.
+/// - `apply_fenced` with a [`Fence`] is `apply` under one more condition,
+///   checked in the same transaction and before the operations' own:
+///   the fence record exists at the fence's revision, else
+///   [`Error::Fenced`] and nothing is applied. The fence record is only
+///   compared, never written, and is not one of the batch's records.
 /// - Backends never panic on any stored byte string.
 pub trait KeyStore: Send + Sync + 'static {
     /// Reads a record.
@@ -147,8 +179,14 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Calls `f` on every record of `kind`, in name order.
     fn for_each(&self, kind: RecordKind, f: &mut dyn FnMut(&str, Entry) -> Result<(), Error>) -> Result<(), Error>;
     /// Applies a batch atomically (see the contract). Returns, per
-    /// operation, the record's new revision (`None` for a deletion).
-    fn apply(&self, ops: &[Op<'_>]) -> Result<Vec<Option<Revision>>, Error>;
+    /// operation, the record's new revision (`None` for a deletion). By
+    /// default [`apply_fenced`](Self::apply_fenced) without a fence.
+    fn apply(&self, ops: &[Op<'_>]) -> Result<Vec<Option<Revision>>, Error> {
+        self.apply_fenced(None, ops)
+    }
+    /// Applies a batch atomically while `fence` (if any) holds (see the
+    /// contract; every backend decides the fence with [`check_fence`]).
+    fn apply_fenced(&self, fence: Option<Fence<'_>>, ops: &[Op<'_>]) -> Result<Vec<Option<Revision>>, Error>;
     /// Removes superseded versions of records from the backend's files,
     /// so that a record overwritten to destroy key material leaves nothing
     /// behind (called after a destruction). Backends that keep no old
@@ -201,9 +239,41 @@ pub fn check_cond(kind: RecordKind, name: &str, cond: Cond, current: Option<Revi
     }
 }
 
+/// The fence decision every backend takes ([`KeyStore::apply_fenced`]):
+/// `current` is the fence record's revision (`None`: absent), read in the
+/// batch's transaction. The fence holds only at its exact revision.
+pub fn check_fence(fence: Option<Fence<'_>>, current: Option<Revision>) -> Result<(), Error> {
+    match fence {
+        Some(f) if current != Some(f.revision) => Err(Error::Fenced {
+            kind: f.kind,
+            name: f.name.into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fence_holds_only_at_its_exact_revision() {
+        let f = Fence {
+            kind: RecordKind::Lease,
+            name: "leader",
+            revision: Revision(5),
+        };
+        let fenced = |r: Result<(), Error>| matches!(r, Err(Error::Fenced { .. }));
+        assert!(check_fence(None, None).is_ok());
+        assert!(check_fence(None, Some(Revision(1))).is_ok());
+        assert!(check_fence(Some(f), Some(Revision(5))).is_ok());
+        assert!(fenced(check_fence(Some(f), None)), "record gone: the lease expired");
+        assert!(
+            fenced(check_fence(Some(f), Some(Revision(9)))),
+            "created again by another node"
+        );
+        assert!(fenced(check_fence(Some(f), Some(Revision(4)))));
+    }
 
     /// The whole decision table, once, for every backend.
     #[test]

@@ -32,7 +32,7 @@
 //! and the write is refused, and reads then wait for the same reopen.
 //! Once space is freed writes succeed again without a restart
 //! (tests/disk_full.rs).
-use super::{check_cond, storage_key, Entry, KeyStore, Op, RecordKind, Revision};
+use super::{check_cond, check_fence, storage_key, Entry, Fence, KeyStore, Op, RecordKind, Revision};
 use crate::{failpoints, Error};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -496,7 +496,7 @@ impl KeyStore for SledStore {
         Ok(())
     }
 
-    fn apply(&self, ops: &[Op<'_>]) -> Result<Vec<Option<Revision>>, Error> {
+    fn apply_fenced(&self, fence: Option<Fence<'_>>, ops: &[Op<'_>]) -> Result<Vec<Option<Revision>>, Error> {
         use sled::transaction::{ConflictableTransactionError as Cte, TransactionError};
         let names: Vec<&str> = ops.iter().map(|o| o.name).collect();
         self.writable()?;
@@ -505,6 +505,13 @@ impl KeyStore for SledStore {
         // recovery finds all of it or none of it.
         let g = self.read_db()?;
         let result = live(&g)?.transaction(|tx| {
+            if let Some(f) = fence {
+                let current = match tx.get(storage_key(f.kind, f.name))? {
+                    None => None,
+                    Some(raw) => Some(Self::decode(f.kind, f.name, &raw).map_err(Cte::Abort)?.revision),
+                };
+                check_fence(fence, current).map_err(Cte::Abort)?;
+            }
             let mut out = Vec::with_capacity(ops.len());
             let mut undo = Vec::with_capacity(ops.len());
             for op in ops {
