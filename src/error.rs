@@ -61,6 +61,11 @@ pub enum Error {
     /// fails so was not made.
     #[error("key store unavailable (a storage fault; details in the daemon's log): retry later")]
     StoreUnavailable,
+    /// A scheduled write was refused by its fence: this node is no longer
+    /// the scheduler leader (another node took over while it was paused or
+    /// cut off), so the write was not made. Only the scheduler sees it.
+    #[error("this node is no longer the scheduler leader (its write was fenced off): nothing was written")]
+    Fenced,
     /// This node has not heard from etcd within `max_staleness`: its
     /// cache may miss a change made on another node (a key disabled or
     /// destroyed there), so it refuses to serve from it until the watch
@@ -453,6 +458,7 @@ impl Error {
             Error::PermissionDenied(_) | Error::Denied(_) => Code::PermissionDenied,
             Error::Corrupt(_) => Code::DataLoss,
             Error::StoreUnavailable
+            | Error::Fenced
             | Error::Stale { .. }
             | Error::Starting
             | Error::CodeNotRecorded
@@ -501,6 +507,7 @@ impl From<kmsd_keystore::Error> for Error {
         match e {
             K::NotFound { name, .. } => Error::KeyNotFound(name),
             K::Conflict { name, .. } => Error::Conflict(name),
+            K::Fenced { .. } => Error::Fenced,
             K::Corrupt { name, reason, .. } => {
                 tracing::error!(key = %name, reason, "stored record failed its integrity check");
                 Error::Corrupt(name)

@@ -32,6 +32,8 @@
 //!   `ListKeys` page tokens.
 //! - [`cluster`]: several nodes on one etcd store: each follows the
 //!   store's watch into its ring cache and bounds the cache's staleness.
+//!   [`leader`]: their election (an etcd lease) of the one node that runs
+//!   scheduled work, whose writes are fenced with its term.
 //! - [`error`]: the daemon's error type, its one mapping to gRPC status
 //!   and the one table of status-code names (metrics, audit).
 //!
@@ -63,6 +65,7 @@ pub mod deadline;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod error;
+pub mod leader;
 pub mod offline;
 pub mod ops;
 pub mod page_token;

@@ -413,7 +413,21 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
         // how stale the cache may be when serving.
         let fresh = Arc::new(crate::rings::Freshness::new(settings.max_staleness));
         rings.set_freshness(fresh.clone());
-        tokio::spawn(crate::cluster::follow(rings.clone(), etcd, fresh, stop_rx.clone()));
+        tokio::spawn(crate::cluster::follow(
+            rings.clone(),
+            etcd.clone(),
+            fresh,
+            stop_rx.clone(),
+        ));
+        // and only the elected leader runs scheduled work, fenced
+        let lead = Arc::new(crate::rings::Leadership::new());
+        rings.set_leadership(lead.clone());
+        tokio::spawn(crate::leader::campaign(
+            lead,
+            etcd,
+            settings.leader_lease_ttl,
+            stop_rx.clone(),
+        ));
     }
     tracing::info!(keys = rings.len(), store = %config.store.describe(), "key store opened");
     let access = {
@@ -533,6 +547,8 @@ fn key_snapshot(rings: &Rings, per_key: bool) -> KeySnapshot {
         versions_by_state: s.versions_by_state,
         rotations_by_reason: s.rotations_by_reason,
         version_miss_reads: s.version_miss_reads,
+        scheduler_leader: s.scheduler_leader,
+        fenced_writes: s.fenced_writes,
         now: rings.now(),
         next_deadline: rings.next_deadline(),
         scheduled: if per_key { rings.scheduled() } else { Vec::new() },
@@ -560,12 +576,29 @@ async fn scheduler(rings: Arc<Rings>, mut stop: watch::Receiver<bool>) {
     // than at once in a loop that would spin a core and flood the log.
     let mut backoff = std::time::Duration::ZERO;
     loop {
+        // On a shared store, only the leader schedules: a follower waits
+        // for its election (crate::leader) instead of deadlines.
+        if let Some(lead) = rings.leadership() {
+            if !lead.is_leader() {
+                let mut term = lead.subscribe();
+                tokio::select! {
+                    _ = term.wait_for(|t| matches!(t, crate::rings::Term::Leader { .. })) => {}
+                    _ = stop.changed() => return,
+                }
+                backoff = std::time::Duration::ZERO;
+                continue;
+            }
+        }
         let now = rings.now();
         let k = rings.clone();
         match tokio::task::spawn_blocking(move || k.run_due(now)).await {
             Ok(Ok(n)) if n > 0 => tracing::debug!(changed = n, "scheduled key maintenance ran"),
+            Ok(Err(crate::error::Error::Fenced)) => continue, // no longer the leader: logged, counted
             Ok(Err(e)) => tracing::error!(error = %e, "scheduler"),
             _ => {}
+        }
+        if rings.leadership().is_some_and(|l| !l.is_leader()) {
+            continue;
         }
         let wait = match rings.next_deadline() {
             Some(t) => {

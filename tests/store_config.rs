@@ -216,6 +216,18 @@ fn prefix_cluster_and_durations_are_bounded() {
             "store.etcd.connect_timeout must be between 100ms and 1m",
         ),
         ("max_staleness = \"soon\"\n", "kmsd.toml:"),
+        (
+            "leader_lease_ttl = \"500ms\"\n",
+            "store.etcd.leader_lease_ttl must be between 1s and 1m (is 500ms)",
+        ),
+        (
+            "leader_lease_ttl = \"2m\"\n",
+            "store.etcd.leader_lease_ttl must be between 1s and 1m",
+        ),
+        (
+            "leader_lease_ttl = \"2500ms\"\n",
+            "store.etcd.leader_lease_ttl must be whole seconds",
+        ),
     ] {
         refused(&etcd(ep, rest), why);
     }

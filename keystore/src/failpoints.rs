@@ -47,6 +47,12 @@
 //! | --- | --- |
 //! | [`KEYS_INSTALL`] (daemon) | an administrative change of a ring is durable, the data path's cache not yet updated |
 //!
+//! # Pause points (`return(MS)` prints `kmsd failpoint: NAME` to stderr
+//! and sleeps MS milliseconds, so that a test stops the process there)
+//! | name | where |
+//! | --- | --- |
+//! | [`SCHEDULED_WRITE`] (daemon) | a scheduled rotation or destruction is decided (ring read, change computed), its fenced write not yet sent |
+//!
 //! Use counts to pick the N-th occurrence: `REKEY_RECORD=2*off->return`
 //! stops after the third record.
 use crate::Error;
@@ -76,9 +82,13 @@ pub const AUDIT_ROTATE_HEAD: &str = "audit-rotate-head";
 /// Delay point (daemon): a ring change is durable, not yet in the cache.
 pub const KEYS_INSTALL: &str = "keys-install";
 
+/// Pause point (daemon): a scheduled change decided, not yet written.
+pub const SCHEDULED_WRITE: &str = "scheduled-write";
+
 /// Every failpoint name.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 12] = [
     KEYS_INSTALL,
+    SCHEDULED_WRITE,
     STORE_WRITE,
     STORE_FLUSH,
     STORE_FSYNC,
@@ -188,6 +198,22 @@ pub fn decide(point: &'static str, arg: Option<&str>, names: &[&str]) -> Result<
 pub fn kill_point(point: &'static str) {
     let _ = point; // unused where failpoints compile to nothing
     fail::fail_point!(point, |_| stop_here(point));
+}
+
+/// A pause point: when triggered with `return(MS)`, says so on stderr and
+/// sleeps MS milliseconds (1000 without a number), then carries on.
+#[inline]
+pub fn pause_point(point: &'static str) {
+    let _ = point; // unused where failpoints compile to nothing
+    fail::fail_point!(point, |arg: Option<String>| pause_here(point, arg.as_deref()));
+}
+
+/// Public for the failpoint macro only.
+#[doc(hidden)]
+pub fn pause_here(point: &str, ms: Option<&str>) {
+    eprintln!("kmsd failpoint: {point}");
+    let ms = ms.and_then(|m| m.trim().parse::<u64>().ok()).unwrap_or(1000);
+    std::thread::sleep(std::time::Duration::from_millis(ms));
 }
 
 /// Public for the failpoint macro only.

@@ -666,6 +666,7 @@ mod tests {
         assert_eq!(etcd.endpoints.len(), 3);
         assert_eq!(etcd.prefix(), "/kmsd/payments/");
         assert_eq!(etcd.max_staleness, Duration::from_secs(10));
+        assert_eq!(etcd.leader_lease_ttl, Duration::from_secs(5));
         assert!(etcd.key.is_some() && !etcd.insecure_plaintext);
         assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
     }

@@ -141,6 +141,13 @@ pub struct Etcd {
     /// last word from etcd (default 10 s; 1 s to 10 min).
     #[serde(default = "default_max_staleness", with = "humantime_serde")]
     pub max_staleness: Duration,
+    /// The TTL of the etcd lease that holds the scheduler leadership
+    /// (default 5 s; 1 s to 60 s, whole seconds: etcd's unit). A leader
+    /// that cannot renew it stops scheduled work before it runs out;
+    /// another node takes over at most about this long after a leader
+    /// dies.
+    #[serde(default = "default_leader_lease_ttl", with = "humantime_serde")]
+    pub leader_lease_ttl: Duration,
     /// Accept `http://` endpoints that are not loopback. Off: plain HTTP
     /// carries kmsd's etcd traffic unauthenticated (no client
     /// certificate, so etcd cannot limit kmsd to its prefix, and anyone on
@@ -155,6 +162,8 @@ const ETCD_TIMEOUT_MIN: Duration = Duration::from_millis(100);
 const ETCD_TIMEOUT_MAX: Duration = Duration::from_secs(60);
 const STALENESS_MIN: Duration = Duration::from_secs(1);
 const STALENESS_MAX: Duration = Duration::from_secs(600);
+const LEASE_TTL_MIN: Duration = Duration::from_secs(1);
+const LEASE_TTL_MAX: Duration = Duration::from_secs(60);
 
 fn default_cluster() -> ClusterName {
     ClusterName("default".into())
@@ -170,6 +179,10 @@ fn default_etcd_request_timeout() -> Duration {
 
 fn default_max_staleness() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_leader_lease_ttl() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl Etcd {
@@ -235,6 +248,7 @@ impl Etcd {
                 ETCD_TIMEOUT_MAX,
             ),
             ("max_staleness", self.max_staleness, STALENESS_MIN, STALENESS_MAX),
+            ("leader_lease_ttl", self.leader_lease_ttl, LEASE_TTL_MIN, LEASE_TTL_MAX),
         ] {
             if d < min || d > max {
                 out.push(format!(
@@ -244,6 +258,12 @@ impl Etcd {
                     humantime::format_duration(d)
                 ));
             }
+        }
+        if self.leader_lease_ttl.subsec_nanos() != 0 {
+            out.push(format!(
+                "store.etcd.leader_lease_ttl must be whole seconds (etcd grants leases in seconds; is {})",
+                humantime::format_duration(self.leader_lease_ttl)
+            ));
         }
     }
 

@@ -20,6 +20,11 @@ pub struct KeySnapshot {
     pub rotations_by_reason: [u64; 3],
     /// Store reads caused by ciphertexts naming versions not in memory.
     pub version_miss_reads: u64,
+    /// Whether this node runs scheduled work (always, alone on sled; the
+    /// elected leader on etcd).
+    pub scheduler_leader: bool,
+    /// Scheduled writes refused by their fence (another node leads).
+    pub fenced_writes: u64,
     /// The keys' clock at the snapshot.
     pub now: UnixTime,
     /// The earliest scheduled deadline (rotation or destruction).
@@ -313,6 +318,10 @@ impl Metrics {
             }
             out.push_str("# HELP kmsd_version_miss_store_reads_total Store reads for ciphertexts naming a key version not in memory.\n# TYPE kmsd_version_miss_store_reads_total counter\n");
             let _ = writeln!(out, "kmsd_version_miss_store_reads_total {}", s.version_miss_reads);
+            out.push_str("# HELP kmsd_scheduler_leader Whether this node runs scheduled rotations and destructions (1: alone on its store, or the elected leader).\n# TYPE kmsd_scheduler_leader gauge\n");
+            let _ = writeln!(out, "kmsd_scheduler_leader {}", u8::from(s.scheduler_leader));
+            out.push_str("# HELP kmsd_scheduler_fenced_writes_total Scheduled writes refused by their fence: this node had lost the leadership.\n# TYPE kmsd_scheduler_fenced_writes_total counter\n");
+            let _ = writeln!(out, "kmsd_scheduler_fenced_writes_total {}", s.fenced_writes);
             let now = s.now;
             out.push_str("# HELP kmsd_next_rotation_seconds Seconds until the next scheduled rotation.\n# TYPE kmsd_next_rotation_seconds gauge\n");
             if let Some(t) = s.next_deadline {

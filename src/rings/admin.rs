@@ -105,10 +105,21 @@ impl Rings {
         name: &str,
         f: impl FnMut(&mut KeyRing) -> Result<T, kmsd_keystore::Error>,
     ) -> Result<(KeyRing, T), Error> {
+        self.modify_fenced(name, None, f)
+    }
+
+    /// [`Rings::modify`] whose write also needs `fence` to hold
+    /// (`Error::Fenced` otherwise, nothing written): scheduled work.
+    pub(super) fn modify_fenced<T>(
+        &self,
+        name: &str,
+        fence: Option<kmsd_keystore::Fence<'_>>,
+        f: impl FnMut(&mut KeyRing) -> Result<T, kmsd_keystore::Error>,
+    ) -> Result<(KeyRing, T), Error> {
         let key = KeyName::parse(name)?;
         let wl = self.write_lock(name);
         let _g = lock(&wl);
-        let (ring, out) = self.store.update(&key, f)?;
+        let (ring, out) = self.store.update_fenced(&key, fence, f)?;
         kmsd_keystore::failpoints::kill_point(kmsd_keystore::failpoints::KEYS_INSTALL);
         // A primary this process has not seen was created by `f` here.
         self.install_new(&ring, ring.primary);

@@ -37,7 +37,8 @@
 //! `get`/`list`, statistics); `data` the data path (encrypt, decrypt,
 //! tokenization keys); `usage` usage counting (reservation blocks, usage
 //! rotation, `flush_usage`); `admin` create, rotate, policy changes,
-//! `modify`, restore; `schedule` the deadlines and `run_due`.
+//! `modify`, restore; `schedule` the deadlines and `run_due`;
+//! `leadership` whether this node runs scheduled work, and its fence.
 use crate::error::Error;
 use dashmap::DashMap;
 use kmsd_keystore::keyring::{KeyPurpose, RotationReason};
@@ -47,12 +48,14 @@ use std::sync::{Arc, Mutex};
 
 mod admin;
 mod data;
+mod leadership;
 mod remote;
 mod schedule;
 mod usage;
 
 pub use admin::{PolicyUpdate, MIN_ROTATION_PERIOD};
 pub use data::{EncryptCall, Encrypted, DEFAULT_MAX_ROTATIONS_PER_CALL};
+pub use leadership::{Leadership, Term, LEADER_RECORD};
 pub use remote::Freshness;
 use schedule::Schedule;
 pub use schedule::{DEFAULT_DESTRUCTION_WAIT, MIN_DESTRUCTION_WAIT};
@@ -146,6 +149,10 @@ pub struct Rings {
     /// the data path refuses past `max_staleness` (remote.rs). Unset: the
     /// only writer's cache, always current.
     freshness: std::sync::OnceLock<Arc<remote::Freshness>>,
+    /// On a shared store (etcd): whether this node is the scheduler
+    /// leader, and the fence of its scheduled writes (leadership.rs).
+    /// Unset: the only writer, always scheduling, unfenced.
+    leadership: std::sync::OnceLock<Arc<Leadership>>,
 }
 
 /// Counts for metrics and status.
@@ -159,6 +166,10 @@ pub struct KeyStats {
     pub rotations_by_reason: [u64; 3],
     /// Store reads caused by ciphertexts naming versions not in the cache.
     pub version_miss_reads: u64,
+    /// Whether this node runs scheduled work now (always alone on sled).
+    pub scheduler_leader: bool,
+    /// Scheduled writes refused by their fence (another node leads).
+    pub fenced_writes: u64,
 }
 
 impl std::fmt::Debug for Rings {
@@ -191,6 +202,7 @@ impl Rings {
             absent: DashMap::new(),
             miss_reads: AtomicU64::new(0),
             freshness: std::sync::OnceLock::new(),
+            leadership: std::sync::OnceLock::new(),
         };
         let failures = rings.store.load_all(|ring| {
             rings.install(&ring);
@@ -356,6 +368,9 @@ impl Rings {
             *out = c.load(Ordering::Relaxed);
         }
         s.version_miss_reads = self.miss_reads.load(Ordering::Relaxed);
+        let lead = self.leadership.get();
+        s.scheduler_leader = lead.is_none_or(|l| l.is_leader());
+        s.fenced_writes = lead.map_or(0, |l| l.fenced_writes());
         s
     }
 

@@ -63,6 +63,18 @@ impl Rings {
         let _ = self.freshness.set(freshness);
     }
 
+    /// Shares the store with other nodes: scheduled work runs only while
+    /// `leadership` says this node leads, each write fenced (schedule.rs).
+    pub fn set_leadership(&self, leadership: std::sync::Arc<super::Leadership>) {
+        let _ = self.leadership.set(leadership);
+    }
+
+    /// The election's state, on a shared store (`None`: this node is the
+    /// only writer and always schedules).
+    pub fn leadership(&self) -> Option<&std::sync::Arc<super::Leadership>> {
+        self.leadership.get()
+    }
+
     /// `UNAVAILABLE` when the cache may be older than `max_staleness`: a
     /// key disabled or destroyed on another node must not keep serving
     /// here while this node cannot hear about it.

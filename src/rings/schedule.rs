@@ -1,11 +1,15 @@
 //! The rotation/destruction scheduler's core: the queue of deadlines,
 //! destruction waiting periods, and running what is due at `now` (the
 //! caller passes the time, so tests drive it deterministically).
+//!
+//! On a shared store only the leader runs what is due, and every write it
+//! makes is fenced with its term (leadership.rs): a write refused by the
+//! fence ends the run and the term, and is counted.
 use super::usage::pre_reserve;
 use super::{lock, Rings};
 use crate::error::{Error, Invalid};
 use kmsd_keystore::keyring::RotationReason;
-use kmsd_keystore::{KeyRing, UnixTime};
+use kmsd_keystore::{KeyRing, Revision, UnixTime};
 use std::collections::{BTreeSet, HashMap};
 
 /// Minimum waiting periods for destruction (production, dev mode).
@@ -81,8 +85,18 @@ impl Rings {
     }
 
     /// Runs every scheduled action due at `now`: rotations and
-    /// destructions. Returns how many rings changed.
+    /// destructions. Returns how many rings changed. On a shared store, a
+    /// node that is not the leader runs nothing (`Ok(0)`), and the
+    /// leader's writes are fenced with its term: once one is refused
+    /// (another node took over), the run stops with `Error::Fenced`.
     pub fn run_due(&self, now: UnixTime) -> Result<usize, Error> {
+        let term = match self.leadership.get() {
+            None => None,
+            Some(l) => match l.fence() {
+                Some(revision) => Some(revision),
+                None => return Ok(0),
+            },
+        };
         let due: Vec<String> = {
             let s = lock(&self.schedule);
             s.queue
@@ -93,23 +107,36 @@ impl Rings {
         };
         let mut changed = 0;
         for name in due {
-            match self.run_scheduled(&name, now) {
+            match self.run_scheduled(&name, now, term) {
                 Ok(true) => changed += 1,
                 Ok(false) => {}
+                Err(Error::Fenced) => {
+                    if let (Some(l), Some(revision)) = (self.leadership.get(), term) {
+                        l.fenced_off(revision);
+                    }
+                    tracing::warn!(
+                        key = %name,
+                        term = term.map_or(0, |r| r.0),
+                        "scheduled write refused by its fence: another node is the scheduler leader now; \
+                         this node stops scheduling"
+                    );
+                    return Err(Error::Fenced);
+                }
                 Err(e) => tracing::error!(key = %name, error = %e, "scheduled key maintenance failed"),
             }
         }
         Ok(changed)
     }
 
-    fn run_scheduled(&self, name: &str, now: UnixTime) -> Result<bool, Error> {
+    fn run_scheduled(&self, name: &str, now: UnixTime, term: Option<Revision>) -> Result<bool, Error> {
         let current = self.get(name)?;
         if !current.rotation_due(now) && current.next_destruction().is_none_or(|t| t > now) {
             self.install(&current); // the deadline moved; refresh the schedule
             return Ok(false);
         }
         let block = self.block();
-        let (_, (rotated, destroyed)) = self.modify(name, |r| {
+        let fence = term.map(super::leadership::fence);
+        let (_, (rotated, destroyed)) = self.modify_fenced(name, fence, |r| {
             let rotated = if r.rotation_due(now) {
                 let from = r.primary;
                 let to = r.rotate(now, RotationReason::Scheduled)?;
@@ -118,7 +145,10 @@ impl Rings {
             } else {
                 None
             };
-            Ok((rotated, r.destroy_due(now)))
+            let destroyed = r.destroy_due(now);
+            // decided, not yet written: where a pause hurts (tests)
+            kmsd_keystore::failpoints::pause_point(kmsd_keystore::failpoints::SCHEDULED_WRITE);
+            Ok((rotated, destroyed))
         })?;
         if let Some((from, to)) = rotated {
             self.count_rotation(RotationReason::Scheduled);

@@ -43,6 +43,12 @@ impl KmsCluster {
 
     /// [`KmsCluster::start`] with other `[store.etcd]` timer lines.
     pub fn start_with(members: usize, nodes: usize, timers: &str, extra: &str) -> Self {
+        Self::start_env(members, nodes, timers, extra, &[])
+    }
+
+    /// [`KmsCluster::start_with`], every node started with `env` in its
+    /// environment (such as `FAILPOINTS`; a restarted node has it no more).
+    pub fn start_env(members: usize, nodes: usize, timers: &str, extra: &str, env: &[(&str, &str)]) -> Self {
         let etcd = Cluster::start(members).expect("a real etcd cluster (apt-get install etcd-server)");
         let root = tempfile::Builder::new().prefix("kmsd-cluster-").tempdir().unwrap();
         // one CA, server and client certificate, master key and policy
@@ -73,7 +79,9 @@ impl KmsCluster {
             let config = write_config(&dir, Some(&tcp), "");
             set_store(&config, &c.store_section(timers), extra);
             let mut d = Daemon::new(&dir, Some(tcp));
-            d.spawn(&config);
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kmsd"));
+            cmd.args(["serve", "--config"]).arg(&config).envs(env.iter().copied());
+            d.spawn_command(cmd);
             c.nodes.push(d);
         }
         c
@@ -118,6 +126,26 @@ impl KmsCluster {
     pub fn restart_node(&mut self, i: usize) {
         self.nodes[i].kill();
         self.nodes[i].restart_after_stop();
+    }
+
+    /// What the scheduler leader record (`<prefix>lleader`) holds: the
+    /// leader's host and pid, `None` when no node leads.
+    pub fn leader_record(&self) -> Option<String> {
+        let settings = self.etcd.settings();
+        kmsd_etcd::testing::block_on(async move {
+            let c = kmsd_etcd::EtcdClient::connect(&settings).unwrap();
+            c.get(format!("{PREFIX}lleader").into_bytes()).await.unwrap()
+        })
+        .map(|kv| String::from_utf8(kv.value).unwrap())
+    }
+
+    /// The node the leader record names (`None`: none, or a process that
+    /// is not one of the running nodes).
+    pub fn leader(&self) -> Option<usize> {
+        let record = self.leader_record()?;
+        self.nodes
+            .iter()
+            .position(|d| d.child.is_some() && record.ends_with(&format!(" pid {}", d.pid())))
     }
 
     /// Every node's audit log.
