@@ -582,7 +582,9 @@ async fn scheduler(rings: Arc<Rings>, mut stop: watch::Receiver<bool>) {
             if !lead.is_leader() {
                 let mut term = lead.subscribe();
                 tokio::select! {
-                    _ = term.wait_for(|t| matches!(t, crate::rings::Term::Leader { .. })) => {}
+                    // a term already past its lease's certain life is no
+                    // term: wait for the next change, not spin on it
+                    _ = term.wait_for(|t| matches!(t, crate::rings::Term::Leader { until, .. } if *until > std::time::Instant::now())) => {}
                     _ = stop.changed() => return,
                 }
                 backoff = std::time::Duration::ZERO;

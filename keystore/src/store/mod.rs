@@ -31,8 +31,9 @@ pub enum RecordKind {
     /// lease: the scheduler leader of several nodes on etcd, written by the
     /// election with an etcd lease (kmsd's `leader` module). Not sealed
     /// (it holds a node's name, no secret), not covered by the manifest,
-    /// never in a backup; a [`crate::manifest::CheckedStore`] uses one
-    /// only as a batch's [`Fence`].
+    /// never in a backup nor copied by `kmsd migrate`; a
+    /// [`crate::manifest::CheckedStore`] uses one only as a batch's
+    /// [`Fence`].
     Lease,
 }
 
