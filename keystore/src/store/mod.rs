@@ -112,6 +112,11 @@ pub struct Op<'a> {
 /// (the record expired with the lease and was created again, at a new
 /// revision) a write the former leader still had under way changes
 /// nothing, however long it was paused.
+///
+/// The fence record must not come back at a revision it had: etcd's
+/// revisions are store-wide and never reused; memory and sled number a
+/// record deleted and created again from 1, so there a fence record is
+/// only ever replaced (a sled node has no election: it never fences).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fence<'a> {
     /// Record kind (the leader record is [`RecordKind::Lease`]).
