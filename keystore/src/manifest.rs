@@ -530,12 +530,12 @@ impl CheckedStore {
 impl KeyStore for CheckedStore {
     fn get(&self, kind: RecordKind, name: &str) -> Result<Option<Entry>, Error> {
         Self::internal(kind)?;
-        let checked = {
+        // the check, and the manifest (head revision) it was made against
+        let (mut checked, mut against) = {
             let st = self.read()?;
             let rec = self.inner.get(kind, name)?;
-            Self::verify(&st, kind, name, rec.as_ref()).map(|()| rec)
+            (Self::verify(&st, kind, name, rec.as_ref()).map(|()| rec), st.head_rev)
         };
-        let mut checked = checked;
         for _ in 0..MAX_CATCH_UP {
             match checked {
                 Err(Error::Corrupt { .. }) => {
@@ -543,12 +543,22 @@ impl KeyStore for CheckedStore {
                     // written it: catch up, then check again. Tampering
                     // still fails, against the caught-up manifest (the
                     // head did not move: no other writer explains it).
-                    if !matches!(self.catch_up(), Ok(true)) {
+                    // Another thread of this node may have caught up
+                    // since the check: then the manifest moved although
+                    // this catch-up finds nothing new, and the record is
+                    // checked again, not reported. A catch-up that fails
+                    // (other writers kept moving the head: `Backend`,
+                    // retry; or a manifest that no longer checks) is that
+                    // answer, not a verdict on this record.
+                    let moved = self.catch_up()?;
+                    let st = self.read()?;
+                    if !moved && st.head_rev == against {
+                        drop(st);
                         report_opt(&checked);
                         return checked;
                     }
-                    let st = self.read()?;
                     let rec = self.inner.get(kind, name)?;
+                    against = st.head_rev;
                     checked = Self::verify(&st, kind, name, rec.as_ref()).map(|()| rec);
                 }
                 other => return other,
