@@ -60,3 +60,52 @@ fn python_package_tests_pass_against_the_daemon() {
     assert!(ran >= 30, "only {ran} Python tests ran:\n{report}");
     assert!(!report.contains("skipped"), "a Python test was skipped:\n{report}");
 }
+
+/// The failover case for the Python client: two nodes on one etcd
+/// store, 10,000 decrypts from 4 threads through one client that knows
+/// both, the node it is on killed with SIGKILL a third of the way through:
+/// zero failed calls (clients/python/tests/cluster_failover.py).
+#[test]
+fn python_client_survives_a_node_killed_under_load() {
+    let python = std::env::var("KMSD_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let have = Command::new(&python)
+        .args(["-c", "import grpc, google.protobuf, cryptography"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !have {
+        assert!(
+            std::env::var_os("KMSD_REQUIRE_PYTHON").is_none(),
+            "python3 with grpcio, protobuf and cryptography is required"
+        );
+        eprintln!("SKIPPED: python3 grpcio/protobuf/cryptography not installed");
+        return;
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let c = common::cluster::KmsCluster::start(1, 2, "");
+    let shared = c.root.path().join("shared");
+    let addrs = format!(
+        "unix:{},unix:{}",
+        c.node(0).socket.display(),
+        c.node(1).socket.display()
+    );
+    let o = Command::new(&python)
+        .arg(format!("{root}/clients/python/tests/cluster_failover.py"))
+        .env("PYTHONPATH", format!("{root}/clients/python/src"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("KMSD_ADDR", addrs)
+        .env("KMSD_CA", shared.join("ca.pem"))
+        .env("KMSD_CERT", shared.join("client.pem"))
+        .env("KMSD_KEY", shared.join("client.key"))
+        .env("KMSD_TEST_KILL_PID", c.node(0).pid().to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        o.status.success(),
+        "failover run failed: {stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("ok decrypts=10000 failed=0"), "{stdout}");
+}
