@@ -109,3 +109,134 @@ fn python_client_survives_a_node_killed_under_load() {
     );
     assert!(stdout.contains("ok decrypts=10000 failed=0"), "{stdout}");
 }
+
+/// Python seals, Rust opens; Rust seals, Python opens: envelope messages
+/// and streams, with data keys from this real daemon. The Rust side is the
+/// `kmsd-client` format code (`envelope`, `stream`) with `GenerateDataKey`
+/// and `Decrypt` made here; the Python side is
+/// clients/python/tests/interop.py.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_rust_open_each_others_envelopes_and_streams() {
+    use kmsd::client::envelope::{self, Envelope};
+    use kmsd::client::format::{DataKey, DATA_KEY_AAD};
+    use kmsd::client::stream::{self, Header};
+    use kmsd::proto;
+
+    let python = std::env::var("KMSD_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let have = Command::new(&python)
+        .args(["-c", "import grpc, google.protobuf, cryptography"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !have {
+        assert!(
+            std::env::var_os("KMSD_REQUIRE_PYTHON").is_none(),
+            "python3 with grpcio, protobuf and cryptography is required"
+        );
+        eprintln!("SKIPPED: python3 grpcio/protobuf/cryptography not installed");
+        return;
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    let d = Daemon::start(dir.path());
+    let (mut crypto, mut keys) = d.clients().await;
+    create(&mut keys, "interop").await;
+    let files = dir.path().join("interop");
+    std::fs::create_dir_all(&files).unwrap();
+    let python_run = |what: &str| {
+        let o = Command::new(&python)
+            .arg(format!("{root}/clients/python/tests/interop.py"))
+            .args([what, files.to_str().unwrap(), "interop"])
+            .env("PYTHONPATH", format!("{root}/clients/python/src"))
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("KMSD_ADDR", format!("unix:{}", d.socket.display()))
+            .env("KMSD_CA", dir.path().join("ca.pem"))
+            .env("KMSD_CERT", dir.path().join("client.pem"))
+            .env("KMSD_KEY", dir.path().join("client.key"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "interop.py {what} failed: {stdout}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        stdout
+    };
+    let read = |name: String| std::fs::read(files.join(name)).unwrap();
+
+    // Python seals; Rust opens.
+    assert!(python_run("seal").contains("ok sealed messages=5 streams=5"));
+    for i in 0..5 {
+        let blob = read(format!("py-msg-{i}.bin"));
+        let e = Envelope::parse(&blob).unwrap();
+        assert_eq!(e.key_name(), "interop");
+        let dk = unwrap(&mut crypto, e.key_name(), e.wrapped_key()).await;
+        let aad = read(format!("py-msg-{i}.aad"));
+        assert_eq!(
+            e.open(&dk, &aad).unwrap(),
+            read(format!("py-msg-{i}.plain")),
+            "message {i}"
+        );
+        assert!(e.open(&dk, b"other").is_err());
+    }
+    for j in 0..5 {
+        let blob = read(format!("py-stream-{j}.kmsd"));
+        let h = Header::parse(&blob).unwrap();
+        assert_eq!(h.segment_size(), 65536);
+        let dk = unwrap(&mut crypto, h.key_name(), h.wrapped_key()).await;
+        let aad = read(format!("py-stream-{j}.aad"));
+        let plain = stream::open_all(&h, &dk, &blob, &aad).unwrap();
+        assert_eq!(plain, read(format!("py-stream-{j}.plain")), "stream {j}");
+        assert!(stream::open_all(&h, &dk, &blob[..blob.len() - 1], &aad).is_err());
+    }
+
+    // Rust seals; Python opens.
+    let messages: [&[u8]; 4] = [b"", b"4111 1111 1111 1111", &[7u8; 1024], &[9u8; 70_000]];
+    for (i, pt) in messages.iter().enumerate() {
+        let (dk, wrapped) = data_key(&mut crypto, "interop").await;
+        let aad = format!("rust-row-{i}");
+        let blob = envelope::seal(&dk, "interop", &wrapped, pt, aad.as_bytes()).unwrap();
+        std::fs::write(files.join(format!("rs-msg-{i}.bin")), blob).unwrap();
+        std::fs::write(files.join(format!("rs-msg-{i}.plain")), pt).unwrap();
+        std::fs::write(files.join(format!("rs-msg-{i}.aad")), aad).unwrap();
+    }
+    for (j, size) in [0usize, 1, 65536, 3 * 65536 + 123].into_iter().enumerate() {
+        let pt: Vec<u8> = (0..size).map(|b| (b % 251) as u8).collect();
+        let (dk, wrapped) = data_key(&mut crypto, "interop").await;
+        let h = Header::new(65536, "interop", &wrapped).unwrap();
+        let aad = if j % 2 == 1 { b"rust-file".to_vec() } else { Vec::new() };
+        let blob = stream::seal_all(&h, &dk, &pt, &aad).unwrap();
+        std::fs::write(files.join(format!("rs-stream-{j}.kmsd")), blob).unwrap();
+        std::fs::write(files.join(format!("rs-stream-{j}.plain")), &pt).unwrap();
+        std::fs::write(files.join(format!("rs-stream-{j}.aad")), &aad).unwrap();
+    }
+    assert!(python_run("open").contains("ok opened messages=4 streams=4"));
+
+    async fn unwrap(crypto: &mut Crypto, key: &str, wrapped: &[u8]) -> DataKey {
+        let r = crypto
+            .decrypt(proto::DecryptRequest {
+                key: key.into(),
+                ciphertext: wrapped.to_vec(),
+                associated_data: DATA_KEY_AAD.to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        DataKey::from_slice(&r.plaintext).unwrap()
+    }
+
+    async fn data_key(crypto: &mut Crypto, key: &str) -> (DataKey, Vec<u8>) {
+        let r = crypto
+            .generate_data_key(proto::GenerateDataKeyRequest {
+                key: key.into(),
+                bits: 256,
+                associated_data: DATA_KEY_AAD.to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (DataKey::from_slice(&r.plaintext).unwrap(), r.ciphertext)
+    }
+}
