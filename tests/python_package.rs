@@ -111,15 +111,18 @@ fn python_client_survives_a_node_killed_under_load() {
 }
 
 /// Python seals, Rust opens; Rust seals, Python opens: envelope messages
-/// and streams, with data keys from this real daemon. The Rust side is the
-/// `kmsd-client` format code (`envelope`, `stream`) with `GenerateDataKey`
-/// and `Decrypt` made here; the Python side is
+/// and streams, with data keys from this real daemon. The Rust side of the
+/// messages is `kmsd_client::Envelopes` (seal/open with its caches), of the
+/// streams the `kmsd-client` stream format with `GenerateDataKey` and
+/// `Decrypt` made here (`kmsctl encrypt-file`/`decrypt-file` are crossed
+/// with Python in clients/python/tests/test_daemon.py); the Python side is
 /// clients/python/tests/interop.py.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_and_rust_open_each_others_envelopes_and_streams() {
-    use kmsd::client::envelope::{self, Envelope};
+    use kmsd::client::envelope::Envelope;
     use kmsd::client::format::{DataKey, DATA_KEY_AAD};
     use kmsd::client::stream::{self, Header};
+    use kmsd::client::{CacheLimits, ClientBuilder, Envelopes, UnwrapLimits};
     use kmsd::proto;
 
     let python = std::env::var("KMSD_PYTHON").unwrap_or_else(|_| "python3".to_owned());
@@ -168,18 +171,22 @@ async fn python_and_rust_open_each_others_envelopes_and_streams() {
 
     // Python seals; Rust opens.
     assert!(python_run("seal").contains("ok sealed messages=5 streams=5"));
+    let client = ClientBuilder::new()
+        .endpoint(format!("unix:{}", d.socket.display()))
+        .ca(dir.path().join("ca.pem"))
+        .cert(dir.path().join("client.pem"))
+        .key(dir.path().join("client.key"))
+        .connect()
+        .await
+        .unwrap();
+    let opener = Envelopes::new(client.clone()).expect_keys(["interop"]);
     for i in 0..5 {
         let blob = read(format!("py-msg-{i}.bin"));
-        let e = Envelope::parse(&blob).unwrap();
-        assert_eq!(e.key_name(), "interop");
-        let dk = unwrap(&mut crypto, e.key_name(), e.wrapped_key()).await;
+        assert_eq!(Envelope::parse(&blob).unwrap().key_name(), "interop");
         let aad = read(format!("py-msg-{i}.aad"));
-        assert_eq!(
-            e.open(&dk, &aad).unwrap(),
-            read(format!("py-msg-{i}.plain")),
-            "message {i}"
-        );
-        assert!(e.open(&dk, b"other").is_err());
+        let plain = opener.open(&blob, &aad).await.unwrap();
+        assert_eq!(plain, read(format!("py-msg-{i}.plain")), "message {i}");
+        assert!(opener.open(&blob, b"other").await.is_err());
     }
     for j in 0..5 {
         let blob = read(format!("py-stream-{j}.kmsd"));
@@ -193,11 +200,16 @@ async fn python_and_rust_open_each_others_envelopes_and_streams() {
     }
 
     // Rust seals; Python opens.
+    // Two messages per data key: some share one.
+    let limits = CacheLimits {
+        max_messages: 2,
+        ..CacheLimits::default()
+    };
+    let sealer = Envelopes::with_limits(client, limits, UnwrapLimits::default());
     let messages: [&[u8]; 4] = [b"", b"4111 1111 1111 1111", &[7u8; 1024], &[9u8; 70_000]];
     for (i, pt) in messages.iter().enumerate() {
-        let (dk, wrapped) = data_key(&mut crypto, "interop").await;
         let aad = format!("rust-row-{i}");
-        let blob = envelope::seal(&dk, "interop", &wrapped, pt, aad.as_bytes()).unwrap();
+        let blob = sealer.seal("interop", pt, aad.as_bytes()).await.unwrap();
         std::fs::write(files.join(format!("rs-msg-{i}.bin")), blob).unwrap();
         std::fs::write(files.join(format!("rs-msg-{i}.plain")), pt).unwrap();
         std::fs::write(files.join(format!("rs-msg-{i}.aad")), aad).unwrap();

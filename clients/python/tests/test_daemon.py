@@ -261,6 +261,35 @@ class Envelopes(unittest.TestCase):
         with self.assertRaises(kmsd.AuthenticationError):
             env.open(blob, b"row-2")
 
+    def test_python_stream_rust_decrypts_and_back(self):
+        data = os.urandom(3 * 65536 + 12345)
+        tmp = tempfile.mkdtemp()
+        enc, dec = os.path.join(tmp, "py.kmsd"), os.path.join(tmp, "py.out")
+        env = self.client.envelope()
+        with open(enc, "wb") as f, env.stream_writer(f, "py.interop", aad=b"export-7") as w:
+            for i in range(0, len(data), 10_000):
+                w.write(data[i : i + 10_000])
+        kmsctl("decrypt-file", enc, dec, "--aad", "export-7", "--expect-key", "py.interop")
+        with open(dec, "rb") as f:
+            self.assertEqual(f.read(), data)
+        src, enc2 = os.path.join(tmp, "plain"), os.path.join(tmp, "rust.kmsd")
+        with open(src, "wb") as f:
+            f.write(data)
+        kmsctl("encrypt-file", src, enc2, "--key", "py.interop", "--aad", "export-8")
+        with open(enc2, "rb") as f:
+            reader = env.stream_reader(f, aad=b"export-8", expected_keys={"py.interop"})
+            self.assertEqual(reader.read(), data)
+            self.assertTrue(reader.complete)
+        # kmsctl refuses a Python stream with its last byte cut, and leaves no output.
+        with open(enc, "rb") as f:
+            blob = f.read()
+        cut, out = os.path.join(tmp, "cut.kmsd"), os.path.join(tmp, "cut.out")
+        with open(cut, "wb") as f:
+            f.write(blob[:-1])
+        r = subprocess.run([os.environ["KMSCTL"], "decrypt-file", cut, out, "--aad", "export-7"], capture_output=True)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertFalse(os.path.exists(out))
+
 
 if __name__ == "__main__":
     unittest.main()
