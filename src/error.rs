@@ -270,7 +270,8 @@ pub enum Limit {
         /// Which cap ("the restore limit", or the pending-bytes room).
         what: &'static str,
     },
-    /// `limits.max_pending_approvals` requests already wait.
+    /// `limits.max_pending_approvals` requests already wait (counted over
+    /// every node of a cluster: they are in the shared store).
     #[error(
         "dual control: {pending} requests are already pending, the most allowed (limits.max_pending_approvals); \
          approve, reject or let some expire first"
@@ -281,8 +282,8 @@ pub enum Limit {
     },
     /// The request would take pending requests over `limits.max_pending_bytes`.
     #[error(
-        "dual control: this request would hold {request} bytes in memory while pending, and pending requests \
-         already hold {held}; the most allowed is {max} (limits.max_pending_bytes)"
+        "dual control: this request would hold {request} bytes in the key store while pending, and pending \
+         requests already hold {held}; the most allowed is {max} (limits.max_pending_bytes)"
     )]
     PendingBytes {
         /// Bytes this request holds.
@@ -402,10 +403,14 @@ pub enum Missing {
         /// The request id given.
         id: String,
     },
-    /// The request went between look-up and removal (cannot happen under
-    /// the lock; kept rather than a panic).
-    #[error("request vanished")]
-    Vanished,
+    /// The request was there when this call read it, and another officer
+    /// (on this node or another of the cluster) approved or rejected it
+    /// before this call could: a request is decided once.
+    #[error("pending approval request {id} was approved or rejected meanwhile by another officer")]
+    Vanished {
+        /// The request id given.
+        id: String,
+    },
 }
 
 /// Which deadline passed ([`Error::DeadlineExceeded`]).
@@ -613,8 +618,8 @@ mod tests {
                     max: 25,
                 }),
                 Code::ResourceExhausted,
-                "dual control: this request would hold 10 bytes in memory while pending, and pending requests \
-                 already hold 20; the most allowed is 25 (limits.max_pending_bytes)",
+                "dual control: this request would hold 10 bytes in the key store while pending, and pending \
+                 requests already hold 20; the most allowed is 25 (limits.max_pending_bytes)",
             ),
             (
                 Error::TooLarge(Limit::TokenizeRate { retry_ms: 7 }),

@@ -145,8 +145,11 @@ impl proto::admin_server::Admin for AdminService {
         if let Err(d) = access.policy().check(call.peer.id(), Op::Approval, None) {
             return Err(self.shared.fail(&call, d.into()));
         }
-        let approvals = access
-            .pending()
+        let pending = match access.pending() {
+            Ok(p) => p,
+            Err(e) => return Err(self.shared.fail(&call, e)),
+        };
+        let approvals = pending
             .into_iter()
             .map(|p| proto::Approval {
                 id: p.id.clone(),

@@ -367,7 +367,13 @@ impl proto::keys_server::Keys for KeysService {
             return Err(self.shared.fail(&call, e));
         }
         let bytes = Arc::new(bytes);
-        self.dual(&call, PendingOp::Restore { bytes: bytes.clone() })?;
+        self.dual(
+            &call,
+            PendingOp::Restore {
+                len: bytes.len(),
+                bytes: bytes.clone(),
+            },
+        )?;
         let rings = self.shared.rings()?.clone();
         let result = blocking(move || rings.restore(&bytes)).await;
         let (records, keys) = self.shared.finish(&call, result)?;

@@ -10,7 +10,7 @@
 //! cannot be written the call fails closed (UNAVAILABLE) and nothing is
 //! done. Every call then ends with one audit record of its outcome
 //! (administrative: durable before the answer; data path: group-committed).
-use super::dual::{Pending, PendingLimits};
+use super::dual::PendingLimits;
 use super::officer::{claim_enrolment, totp_record, TOTP_STATE_PREFIX};
 use super::otp::{OfficerState, Outcome, TotpSecret, Verifier};
 use super::policy::{Op, Policy, PolicyError};
@@ -141,10 +141,11 @@ pub struct Access {
     pub audit_path: PathBuf,
     verifier: Mutex<Verifier>,
     totp: Mutex<HashMap<String, Arc<TotpSecret>>>,
-    pub(super) pending: Mutex<HashMap<String, Pending>>,
-    /// Bounds of `pending` (count, bytes held): pending requests live in
-    /// memory until approved or expired, a restore's whole snapshot
-    /// included, so without a bound officers' requests could fill memory.
+    /// Bounds of the pending dual-control requests (count, bytes held):
+    /// they live in the store until approved, rejected or expired, a
+    /// restore's whole snapshot included, so without a bound officers'
+    /// requests could fill it. (Each node checks its own configured bounds
+    /// against the requests of the whole cluster.)
     pub(super) pending_limits: Mutex<PendingLimits>,
     store: Arc<dyn KeyStore>,
     /// The key rings' store and sealer: officers' replay and lock-out
@@ -330,7 +331,6 @@ impl Access {
             audit_path,
             verifier: Mutex::new(verifier),
             totp: Mutex::new(totp),
-            pending: Mutex::new(HashMap::new()),
             pending_limits: Mutex::new(PendingLimits::default()),
             store,
             rings: rings.clone(),
@@ -380,6 +380,11 @@ impl Access {
     /// The raw store (officer enrolment).
     pub fn store(&self) -> &Arc<dyn KeyStore> {
         &self.store
+    }
+
+    /// The sealer of the store's records (pending requests).
+    pub(super) fn sealer(&self) -> &Sealer {
+        self.rings.ring_store().sealer()
     }
 
     pub(super) fn event(&self, call: &Call, result: &'static str, detail: Option<String>) -> Event {
@@ -435,7 +440,7 @@ impl Access {
         Ok(())
     }
 
-    fn durable<T>(&self, f: impl FnOnce() -> T) -> T {
+    pub(super) fn durable<T>(&self, f: impl FnOnce() -> T) -> T {
         // The handlers run on a multi-threaded runtime (or on a blocking
         // thread): block_in_place keeps the other tasks moving while the
         // audit record is fsynced.

@@ -1,12 +1,16 @@
 //! Dual control: destructive or far-reaching operations (destroying a
 //! version, deleting a key, restoring a snapshot, replacing another
 //! officer's second factor, moving `min_decryption_version` across live
-//! versions) wait, in memory and bounded, for a second officer who holds
-//! the same right; then [`execute`] runs them.
+//! versions) wait, sealed in the key store and bounded
+//! ([`super::pending`]), for a second officer who holds the same right;
+//! then [`execute`] runs them. On a cluster the store is shared: a request
+//! made on one node is listed, approved or rejected on any, and taken
+//! exactly once.
 use super::access::{lock, now, Access, Call};
 use super::officer::offer_enrolment;
+use super::pending::{Requests, Taken};
 use super::policy::{Op, Policy};
-use crate::error::{Error, Forbidden, Limit, Missing};
+use crate::error::{Error, Forbidden, Missing};
 use crate::rings::{PolicyUpdate, Rings};
 use rand::RngCore;
 use std::sync::Arc;
@@ -14,8 +18,10 @@ use std::sync::Arc;
 /// Response metadata naming a dual-control request.
 pub const APPROVAL_HEADER: &str = "x-kmsd-approval-id";
 
-/// An operation waiting for a second officer.
-#[derive(Debug, Clone)]
+/// An operation waiting for a second officer (stored, sealed, as JSON in
+/// the pending requests' record: renaming a variant or field changes the
+/// stored format).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum PendingOp {
     /// Schedule a version's destruction.
     DestroyVersion {
@@ -35,7 +41,11 @@ pub enum PendingOp {
     },
     /// Restore a snapshot.
     Restore {
-        /// The snapshot.
+        /// The snapshot's length in bytes.
+        len: usize,
+        /// The snapshot: stored apart from the list (sealed chunks), so
+        /// empty in a listing and read back when the request is approved.
+        #[serde(skip)]
         bytes: Arc<Vec<u8>>,
     },
     /// Replace another officer's second factor. The new secret then waits,
@@ -70,10 +80,10 @@ impl PendingOp {
         }
     }
 
-    /// Bytes the pending request holds in memory (a restore's snapshot).
+    /// Bytes the pending request holds in the store (a restore's snapshot).
     pub fn held_bytes(&self) -> usize {
         match self {
-            PendingOp::Restore { bytes } => bytes.len(),
+            PendingOp::Restore { len, .. } => *len,
             _ => 0,
         }
     }
@@ -105,11 +115,8 @@ impl PendingOp {
             PendingOp::DeleteKey { name, wait: w } => {
                 format!("schedule deletion of every version of key {name:?} after {}", wait(*w))
             }
-            PendingOp::Restore { bytes } => {
-                format!(
-                    "restore a {}-byte backup snapshot into the (empty) key store",
-                    bytes.len()
-                )
+            PendingOp::Restore { len, .. } => {
+                format!("restore a {len}-byte backup snapshot into the (empty) key store")
             }
             PendingOp::ReplaceOfficer { identity, claim_ttl } => format!(
                 "replace the second factor (TOTP secret) of officer {identity:?}: the new secret waits {claim_ttl} \
@@ -160,7 +167,7 @@ fn describe_update(u: &PolicyUpdate) -> String {
 }
 
 /// A dual-control request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Pending {
     /// Id.
     pub id: String,
@@ -231,24 +238,8 @@ impl Access {
             op,
         };
         let limits = *lock(&self.pending_limits);
-        {
-            let mut m = lock(&self.pending);
-            let t = now();
-            m.retain(|_, p| p.expires_at > t);
-            if m.len() >= limits.count {
-                return Err(Error::TooLarge(Limit::PendingApprovals { pending: m.len() }));
-            }
-            let held: usize = m.values().map(|p| p.op.held_bytes()).sum();
-            if held.saturating_add(p.op.held_bytes()) > limits.bytes {
-                return Err(Error::TooLarge(Limit::PendingBytes {
-                    request: p.op.held_bytes(),
-                    held,
-                    max: limits.bytes,
-                }));
-            }
-            *lock(&call.detail) = Some(format!("approval request {} created", p.id));
-            m.insert(p.id.clone(), p.clone());
-        }
+        self.durable(|| self.requests().create(&p, limits, now()))?;
+        *lock(&call.detail) = Some(format!("approval request {} created", p.id));
         Err(Error::ApprovalPending {
             description: p.op.describe(),
             id: p.id,
@@ -256,34 +247,32 @@ impl Access {
         })
     }
 
-    /// Pending requests (expired ones are dropped).
-    pub fn pending(&self) -> Vec<Pending> {
-        let mut m = lock(&self.pending);
-        let t = now();
-        m.retain(|_, p| p.expires_at > t);
-        let mut v: Vec<Pending> = m.values().cloned().collect();
-        v.sort_by_key(|p| p.created_at);
-        v
+    /// The pending requests in the store, not yet expired, oldest first
+    /// (a restore's snapshot is not read: `bytes` is empty).
+    pub fn pending(&self) -> Result<Vec<Pending>, Error> {
+        self.durable(|| self.requests().live(now()))
     }
 
     /// Takes a pending request for approval by `approver`, who must be an
-    /// officer other than the requester.
+    /// officer other than the requester: removed from the store by
+    /// compare-and-swap, so on a cluster one approval alone takes it.
     pub fn take_for_approval(&self, id: &str, approver: &str) -> Result<Pending, Error> {
-        let mut m = lock(&self.pending);
-        let t = now();
-        m.retain(|_, p| p.expires_at > t);
-        let Some(p) = m.get(id) else {
-            return Err(Error::NotFound(Missing::Approval { id: id.to_owned() }));
-        };
-        if p.requester == approver {
-            return Err(Error::PermissionDenied(Forbidden::OwnRequest));
-        }
         let policy = self.policy.load();
-        if !policy.is_officer(approver) {
-            return Err(Error::PermissionDenied(Forbidden::NotAnOfficer));
+        let taken = self.durable(|| {
+            self.requests().take(id, now(), true, |p| {
+                if p.requester == approver {
+                    return Err(Error::PermissionDenied(Forbidden::OwnRequest));
+                }
+                if !policy.is_officer(approver) {
+                    return Err(Error::PermissionDenied(Forbidden::NotAnOfficer));
+                }
+                Self::may_decide(&policy, p, approver)
+            })
+        })?;
+        match taken {
+            Taken::Done(p) => Ok(p),
+            Taken::Missing => Err(Error::NotFound(Missing::Approval { id: id.to_owned() })),
         }
-        Self::may_decide(&policy, p, approver)?;
-        m.remove(id).ok_or(Error::NotFound(Missing::Vanished))
     }
 
     /// The second officer must hold, in their own right, the operation they
@@ -298,12 +287,23 @@ impl Access {
     /// Rejects (drops) a pending request; `officer` needs the request's
     /// own right, as an approver does.
     pub fn reject(&self, id: &str, officer: &str) -> Result<Pending, Error> {
-        let mut m = lock(&self.pending);
-        let Some(p) = m.get(id) else {
-            return Err(Error::NotFound(Missing::Rejection { id: id.to_owned() }));
-        };
-        Self::may_decide(&self.policy.load(), p, officer)?;
-        m.remove(id).ok_or(Error::NotFound(Missing::Vanished))
+        let policy = self.policy.load();
+        let taken = self.durable(|| {
+            self.requests()
+                .take(id, now(), false, |p| Self::may_decide(&policy, p, officer))
+        })?;
+        match taken {
+            Taken::Done(p) => Ok(p),
+            Taken::Missing => Err(Error::NotFound(Missing::Rejection { id: id.to_owned() })),
+        }
+    }
+
+    /// The pending requests of this node's store.
+    fn requests(&self) -> Requests<'_> {
+        Requests {
+            store: self.store().as_ref(),
+            sealer: self.sealer(),
+        }
     }
 }
 
@@ -321,7 +321,7 @@ pub fn execute(rings: &Rings, op: &PendingOp) -> Result<String, Error> {
             rings.modify(name, |r| r.schedule_deletion(at))?;
             Ok(format!("key {name:?} will be deleted at {at}"))
         }
-        PendingOp::Restore { bytes } => {
+        PendingOp::Restore { bytes, .. } => {
             let (records, restored) = rings.restore(bytes)?;
             Ok(format!("restored {records} records ({restored} keys)"))
         }

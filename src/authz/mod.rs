@@ -9,7 +9,8 @@
 //! - [`officer`]: officer enrolment records (sealed TOTP secrets, offers
 //!   and claims).
 //! - [`dual`]: dual control (pending requests, approval, rejection,
-//!   execution).
+//!   execution); `pending`: the requests kept sealed in the store, shared
+//!   by the nodes of a cluster and decided once by compare-and-swap.
 //!
 //! Never touches key material; key rings are changed only through
 //! [`crate::rings`].
@@ -17,6 +18,7 @@ pub mod access;
 pub mod dual;
 pub mod officer;
 pub mod otp;
+mod pending;
 pub mod policy;
 
 pub use access::{Access, AccessError, BatchPart, Call, SecondFactorError, OTP_HEADER};

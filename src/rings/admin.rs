@@ -15,7 +15,8 @@ pub const MIN_ROTATION_PERIOD: (u64, u64) = (3_600, 1);
 /// by `api::convert::policy_update`; applied at creation, at
 /// `UpdateKeyPolicy`, and by an approved dual-control change (on top of
 /// the policy as it is *then*, so changes made meanwhile are kept).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Serialized into a pending dual-control request (`authz::pending`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PolicyUpdate {
     /// Rotation period, seconds (`0`: no scheduled rotation).
     pub rotation_period_secs: Option<u64>,

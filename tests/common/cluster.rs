@@ -49,13 +49,32 @@ impl KmsCluster {
     /// [`KmsCluster::start_with`], every node started with `env` in its
     /// environment (such as `FAILPOINTS`; a restarted node has it no more).
     pub fn start_env(members: usize, nodes: usize, timers: &str, extra: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_full(members, nodes, timers, extra, env, |_| {})
+    }
+
+    /// [`KmsCluster::start_with`] after `prepare` ran on the shared
+    /// directory (more client certificates from its [`Pki`], another
+    /// `policy.toml`): each node gets a copy of every file there.
+    pub fn start_prepared(members: usize, nodes: usize, timers: &str, extra: &str, prepare: impl FnOnce(&Pki)) -> Self {
+        Self::start_full(members, nodes, timers, extra, &[], prepare)
+    }
+
+    fn start_full(
+        members: usize,
+        nodes: usize,
+        timers: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&Pki),
+    ) -> Self {
         let etcd = Cluster::start(members).expect("a real etcd cluster (apt-get install etcd-server)");
         let root = tempfile::Builder::new().prefix("kmsd-cluster-").tempdir().unwrap();
         // one CA, server and client certificate, master key and policy
         let shared = root.path().join("shared");
-        Pki::new(&shared);
+        let pki = Pki::new(&shared);
         kmsd_keystore::MasterKey::create_file(&shared.join("master-key")).unwrap();
         std::fs::write(shared.join("policy.toml"), super::TEST_POLICY).unwrap();
+        prepare(&pki);
         let mut c = KmsCluster {
             etcd,
             root,
@@ -64,16 +83,9 @@ impl KmsCluster {
         for i in 0..nodes {
             let dir = c.root.path().join(format!("node{i}"));
             std::fs::create_dir_all(&dir).unwrap();
-            for f in [
-                "ca.pem",
-                "server.pem",
-                "server.key",
-                "client.pem",
-                "client.key",
-                "master-key",
-                "policy.toml",
-            ] {
-                std::fs::copy(shared.join(f), dir.join(f)).unwrap();
+            for f in std::fs::read_dir(&shared).unwrap() {
+                let f = f.unwrap();
+                std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
             }
             let tcp = format!("127.0.0.1:{}", free_port());
             let config = write_config(&dir, Some(&tcp), "");
