@@ -70,7 +70,15 @@ pub enum Error {
         /// Record name.
         name: String,
     },
-    /// The storage backend failed (I/O error, lock held by another process).
+    /// The store is held open by another process: sled takes an exclusive
+    /// lock on its directory's `db` file, so a store a running daemon
+    /// serves cannot be opened beside it. Nothing was read or changed.
+    #[error("the store at {path} is held by another process (is kmsd serving it?)")]
+    Locked {
+        /// The store's directory.
+        path: String,
+    },
+    /// The storage backend failed (I/O error).
     #[error("storage backend: {0}")]
     Backend(String),
 }

@@ -173,19 +173,24 @@ fn canonical(p: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// Opens one side's raw store, saying which side failed and, for a sled
-/// store another process holds, that a daemon is probably serving it.
+/// store another process holds ([`kmsd_keystore::Error::Locked`]), that a
+/// daemon is probably serving it.
 fn open_side(cfg: &Config, side: &str) -> Result<Arc<dyn KeyStore>, String> {
-    crate::server::open_store(cfg).map_err(|e| {
-        let msg = e.to_string();
-        if cfg.store.backend == Backend::Sled && (msg.contains("lock") || msg.contains("WouldBlock")) {
-            format!(
-                "{side} store {}: another process holds it (is kmsd serving it? stop it first): {msg}",
+    if cfg.store.backend == Backend::Sled {
+        let path = cfg
+            .store
+            .sled_path()
+            .map_err(|e| format!("{side} store: key store: {e}"))?;
+        return match kmsd_keystore::SledStore::open(path) {
+            Ok(s) => Ok(Arc::new(s)),
+            Err(e @ kmsd_keystore::Error::Locked { .. }) => Err(format!(
+                "{side} store {}: another process holds it (is kmsd serving it? stop it first): {e}",
                 cfg.store.describe()
-            )
-        } else {
-            format!("{side} store: {msg}")
-        }
-    })
+            )),
+            Err(e) => Err(format!("{side} store: key store: {e}")),
+        };
+    }
+    crate::server::open_store(cfg).map_err(|e| format!("{side} store: {e}"))
 }
 
 /// Records of every kind in `store`.

@@ -88,7 +88,35 @@ fn open_db(path: &Path) -> Result<sled::Db, Error> {
         .path(path)
         .mode(sled::Mode::HighThroughput)
         .open()
-        .map_err(|e| Error::Backend(format!("cannot open store at {}: {e}", path.display())))
+        .map_err(|e| {
+            if held_by_another(path) {
+                locked(path)
+            } else {
+                Error::Backend(format!("cannot open store at {}: {e}", path.display()))
+            }
+        })
+}
+
+/// Whether another process holds the store's lock: sled locks its `db`
+/// file exclusively (`flock` through fs2) while open. Asked before
+/// anything is touched and again when sled's open fails, so that the
+/// failure is typed ([`Error::Locked`]) without reading sled's message.
+fn held_by_another(path: &Path) -> bool {
+    use fs2::FileExt;
+    let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(path.join("db")) else {
+        return false;
+    };
+    match f.try_lock_exclusive() {
+        // (free: released when `f` closes, before sled takes it)
+        Ok(()) => false,
+        Err(e) => e.kind() == fs2::lock_contended_error().kind(),
+    }
+}
+
+fn locked(path: &Path) -> Error {
+    Error::Locked {
+        path: path.display().to_string(),
+    }
 }
 
 /// Marks a compacted copy as complete (see [`SledStore::reclaim`]).
@@ -135,9 +163,14 @@ impl std::fmt::Debug for SledStore {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store at `path`. Fails if another process
-    /// holds it open.
+    /// Opens (or creates) the store at `path`. Fails with
+    /// [`Error::Locked`] if another process holds it open.
     pub fn open(path: &Path) -> Result<Self, Error> {
+        // A store another process serves is left alone: its reclaim
+        // directories below are that process's work in progress.
+        if held_by_another(path) {
+            return Err(locked(path));
+        }
         // Finish or undo an interrupted reclaim: a complete copy waiting
         // for its rename, a half-built copy, old files not yet scrubbed.
         if !path.exists() && new_dir(path).join(RECLAIM_DONE).exists() {
@@ -558,5 +591,32 @@ impl KeyStore for SledStore {
 
     fn sync(&self) -> Result<(), Error> {
         self.sync_for(&[])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store held open elsewhere is refused with the typed error, and
+    /// its reclaim directories are left alone; once released it opens.
+    #[test]
+    fn a_store_held_open_elsewhere_is_locked_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s");
+        let first = SledStore::open(&p).unwrap();
+        first.put(RecordKind::KeyRing, "k", None, b"v").unwrap();
+        // (sled's lock is an flock on the `db` file: a second open file
+        // description conflicts with it, in this process as in another)
+        std::fs::create_dir_all(new_dir(&p)).unwrap();
+        match SledStore::open(&p) {
+            Err(Error::Locked { path }) => assert_eq!(path, p.display().to_string()),
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        assert!(new_dir(&p).exists(), "the holder's work in progress is not touched");
+        std::fs::remove_dir_all(new_dir(&p)).unwrap();
+        drop(first);
+        let again = SledStore::open(&p).unwrap();
+        assert_eq!(again.get(RecordKind::KeyRing, "k").unwrap().unwrap().value, b"v");
     }
 }
