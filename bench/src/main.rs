@@ -8,6 +8,7 @@
 //! on), runs the matrix and prints a table; see `--help` and BENCHMARKS.md.
 #![forbid(unsafe_code)]
 mod echo;
+mod etcd;
 mod floors;
 mod load;
 mod matrix;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 #[allow(unused_imports)]
-use {echo::*, floors::*, load::*, matrix::*, scale::*, setup::*};
+use {echo::*, etcd::*, floors::*, load::*, matrix::*, scale::*, setup::*};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -62,6 +63,18 @@ struct Cli {
     /// Also measure a key with this many versions.
     #[arg(long, default_value_t = 0)]
     versions: u32,
+    /// Run the etcd-backend figures instead of the matrix (issue 13): a
+    /// node on etcd against one on sled, admin writes against one etcd
+    /// transaction, two nodes against one, and with --keys the time to
+    /// ready with that many keys loaded from etcd.
+    #[arg(long)]
+    etcd: bool,
+    /// etcd members (with --etcd).
+    #[arg(long, default_value_t = 1)]
+    etcd_members: usize,
+    /// Sequential admin calls of each kind timed (with --etcd).
+    #[arg(long, default_value_t = 200)]
+    admin_calls: usize,
     /// Skip `openssl speed`.
     #[arg(long)]
     no_openssl: bool,
@@ -104,6 +117,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = match &cli.cmd {
         Some(Sub::EchoServer { dir, socket, tcp }) => rt.block_on(echo_server(dir, socket, tcp)),
+        None if cli.etcd => rt.block_on(etcd_suite(&cli)),
         None => rt.block_on(run(cli)),
     };
     match result {

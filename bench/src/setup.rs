@@ -35,8 +35,18 @@ pub(crate) fn pki(dir: &Path) -> Result<(), BoxError> {
 }
 
 pub(crate) fn write_config(dir: &Path, name: &str, tcp: &str) -> Result<PathBuf, BoxError> {
+    write_config_store(
+        dir,
+        name,
+        tcp,
+        &format!("path = \"{name}-store\"\nmaster_key = \"master-key\"\n"),
+    )
+}
+
+/// [`write_config`] with these `[store]` lines (and sub-tables).
+pub(crate) fn write_config_store(dir: &Path, name: &str, tcp: &str, store: &str) -> Result<PathBuf, BoxError> {
     let cfg = format!(
-        "dev_mode = true\npolicy = \"policy.toml\"\n[listen]\nunix = \"{name}.sock\"\ntcp = [\"{tcp}\"]\n[tls]\ncert = \"server.pem\"\nkey = \"server.key\"\nclient_ca = \"ca.pem\"\n[store]\npath = \"{name}-store\"\nmaster_key = \"master-key\"\n[audit]\npath = \"{name}-audit.log\"\n[limits]\nmax_message_bytes = 16777216\n"
+        "dev_mode = true\npolicy = \"policy.toml\"\n[listen]\nunix = \"{name}.sock\"\ntcp = [\"{tcp}\"]\n[tls]\ncert = \"server.pem\"\nkey = \"server.key\"\nclient_ca = \"ca.pem\"\n[audit]\npath = \"{name}-audit.log\"\n[limits]\nmax_message_bytes = 16777216\n[store]\n{store}"
     );
     let p = dir.join(format!("{name}.toml"));
     std::fs::write(&p, cfg)?;
@@ -51,7 +61,20 @@ pub(crate) fn sibling(bin: &str) -> Result<PathBuf, BoxError> {
 /// Starts `kmsd serve` and waits until it answers; returns the process and
 /// the time from spawn to ready.
 pub(crate) async fn start_kmsd(dir: &Path, name: &str, tcp: &str) -> Result<(Proc, Duration), BoxError> {
-    let config = write_config(dir, name, tcp)?;
+    spawn_kmsd(dir, name, write_config(dir, name, tcp)?).await
+}
+
+/// [`start_kmsd`] on a store given by its `[store]` lines (etcd).
+pub(crate) async fn start_kmsd_store(
+    dir: &Path,
+    name: &str,
+    tcp: &str,
+    store: &str,
+) -> Result<(Proc, Duration), BoxError> {
+    spawn_kmsd(dir, name, write_config_store(dir, name, tcp, store)?).await
+}
+
+async fn spawn_kmsd(dir: &Path, name: &str, config: PathBuf) -> Result<(Proc, Duration), BoxError> {
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
     let started = Instant::now();
     let child = Command::new(sibling("kmsd")?)
