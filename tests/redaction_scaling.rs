@@ -124,6 +124,34 @@ const TRIGGERS: &[&str] = &[
     "-----BEGIN PRIVATE KEY-----x\"",
     "-----BEGIN PRIVATE KEY-----\\n",
     "-----END ",
+    // issue 16: track data, SWIFT tags, dotted cards, Basic, webhook paths,
+    // NINOs, dates of birth, KYC keys
+    "4111111111111111=",
+    "4111111111111111D2512",
+    "4111111111111111=2512",
+    "B4111111111111111^",
+    "B4111111111111111^AAAA",
+    ":59:/",
+    ":50K:/1",
+    ":59F:/GB/",
+    "4111.1111.",
+    "Basic ",
+    "Basic dXNlcjpw",
+    "/webhook/",
+    "/webhook/a1",
+    "/hooks/catch/",
+    "AB 12 34 56 ",
+    "AB123456",
+    "dob=",
+    "dob=1985-04-",
+    "born 12/04/",
+    "address=",
+    "address=a ",
+    "\"addressLine1\":\"",
+    "postcode=SW1A ",
+    "zip=",
+    "settled on 12-03-",
+    "ean ",
     // redaction markers
     "[REDACTED]",
     "****",
@@ -215,5 +243,84 @@ fn all_triggers_interleaved_scale_linearly() {
         }
         attempt += 1;
         assert!(attempt < 3, "interleaved triggers: {ts:?} -> {tl:?} ({ratio:.1}x)");
+    }
+}
+
+/// Operator rules (issue 16): twenty pattern rules, among them run-on
+/// patterns (`a*b|a`, `[a-z]+@|[a-z]`) that a naive find-all would rescan
+/// to the end of the text for each match, plus key-name and JSON-path field
+/// rules, over their own triggers repeated and over every built-in trigger.
+#[test]
+fn custom_and_field_rules_scale_linearly() {
+    use kmsd::masking::{redact_with, rules::parse_toml};
+    let mut file = String::new();
+    let patterns = [
+        r"a*b|a",
+        r"[a-z]+@|[a-z]",
+        r"(?-u:\b)CUST-[0-9]{8}(?-u:\b)",
+        r"E[0-9]{6}",
+        r"[0-9]+X|[0-9]",
+        r"(?i)ref[:=]?[a-z0-9]{6,40}",
+        r"\w+\.\w+@corp",
+        r"PR[0-9A-Z]{9}",
+    ];
+    for i in 0..20 {
+        let p = patterns[i % patterns.len()];
+        let extra = if i % 3 == 0 { "validator = \"luhn\"\n" } else { "" };
+        let ctx = if i % 4 == 0 {
+            "context = [\"customer\", \"staff\"]\nwindow = 64\n"
+        } else {
+            ""
+        };
+        file.push_str(&format!("[[rules]]\nname = \"r{i}\"\npattern = '{p}'\n{extra}{ctx}\n"));
+    }
+    file.push_str("[[fields]]\npath = \"*.memo\"\n[[fields]]\npath = \"$.a.b\"\n[[fields]]\npath = \"$.items.x\"\n");
+    let rules = parse_toml(&file).unwrap();
+    let release = !cfg!(debug_assertions);
+    let (small, large) = if release {
+        (128 * 1024, 512 * 1024)
+    } else {
+        (8 * 1024, 32 * 1024)
+    };
+    let time_with = |text: &str| {
+        let t = Instant::now();
+        std::hint::black_box(redact_with(text, &RedactOptions::default(), &rules));
+        t.elapsed()
+    };
+    let own: &[&str] = &[
+        "a",
+        "ab",
+        "aaaa@",
+        "1",
+        "1X",
+        "memo=",
+        "\"memo\":\"",
+        "memo=memo=",
+        "{\"a\":{\"b\":",
+        "{\"a\":[",
+        "{\"items\":[{\"x\":1},",
+        "{",
+        "{\"",
+        "[[[[",
+        "ref:",
+        "a.b@",
+        "CUST-1234567",
+    ];
+    for trigger in own.iter().chain(TRIGGERS.iter().step_by(16)) {
+        let (a, b) = (repeated(trigger, small), repeated(trigger, large));
+        let mut attempt = 0;
+        loop {
+            let (mut ts, mut tl) = (Duration::MAX, Duration::MAX);
+            for _ in 0..3 {
+                ts = ts.min(time_with(&a));
+                tl = tl.min(time_with(&b));
+            }
+            let ratio = tl.as_secs_f64() / ts.as_secs_f64().max(1e-4);
+            if ratio <= MAX_RATIO || tl < Duration::from_millis(25) {
+                break;
+            }
+            attempt += 1;
+            assert!(attempt < 4, "rules over {trigger:?}: {ts:?} -> {tl:?} ({ratio:.1}x)");
+        }
     }
 }

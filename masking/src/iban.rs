@@ -162,6 +162,12 @@ fn mod97(chars: &[u8]) -> Option<u32> {
     Some(rem)
 }
 
+/// ISO 7064 mod 97-10 as IBANs use it (the first four characters moved to
+/// the end, letters 10..=35) equals 1: the `mod97` validator of custom rules.
+pub(crate) fn mod97_is_one(chars: &[u8]) -> bool {
+    mod97(chars) == Some(1)
+}
+
 /// True when `compact` (alphanumerics only, any case) is a valid IBAN: known
 /// country, that country's length, check digits in 02..=98, mod-97 == 1.
 pub fn is_valid_compact(compact: &[u8]) -> bool {

@@ -32,7 +32,8 @@
 //! # Layout
 //! - [`detect`]: the one-pass scanner behind [`redact`].
 //! - [`mask()`](mod@mask): per-kind mask formats.
-//! - [`luhn`], [`iban`]: validators.
+//! - [`rules`]: the operator's own pattern and field rules.
+//! - [`luhn`], [`iban`], [`kyc`]: validators.
 //! - [`ff1`]: FF1 format-preserving encryption (AES-256, radix 2..=36).
 //! - [`token`]: key derivation and the tokenization formats.
 
@@ -42,15 +43,20 @@
 pub mod detect;
 pub mod ff1;
 pub mod iban;
+pub mod kyc;
 pub mod luhn;
 pub mod mask;
+pub mod rules;
 pub mod token;
 
 use std::fmt;
 use std::str::FromStr;
 
-pub use detect::{redact, redact_until, Finding, RedactOptions, Redacted, Stopped};
-pub use mask::{mask, MaskOptions, Masked};
+pub use detect::{
+    redact, redact_until, redact_until_with, redact_with, Finding, RedactOptions, Redacted, Rule, Stopped,
+};
+pub use mask::{mask, MaskOptions, MaskStyle, Masked};
+pub use rules::Rules;
 pub use token::{detokenize, is_format_preserving, tokenize, TokenKey};
 
 /// The kinds of sensitive value this crate knows how to find, mask and
@@ -81,11 +87,23 @@ pub enum Kind {
     ApiKey,
     /// A password.
     Password,
+    /// Magnetic-stripe track data or its ISO 8583 track-2 equivalent (PAN,
+    /// expiry, service code, discretionary data): never kept after
+    /// authorisation (PCI DSS 3.3.1), so masked whole.
+    TrackData,
+    /// A national identity number (today: the UK National Insurance number).
+    NationalId,
+    /// A date of birth.
+    DateOfBirth,
+    /// A postal address, an address line or a postcode.
+    Address,
+    /// A value found by an operator's own rule (see [`rules`]).
+    Custom,
 }
 
 impl Kind {
     /// Every kind, in declaration order.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Pan,
         Kind::Iban,
         Kind::UkSortCode,
@@ -98,6 +116,11 @@ impl Kind {
         Kind::BearerToken,
         Kind::ApiKey,
         Kind::Password,
+        Kind::TrackData,
+        Kind::NationalId,
+        Kind::DateOfBirth,
+        Kind::Address,
+        Kind::Custom,
     ];
 
     /// The stable wire name of the kind (`"PAN"`, `"IBAN"`, `"UK_SORT_CODE"`…).
@@ -115,6 +138,11 @@ impl Kind {
             Kind::BearerToken => "BEARER_TOKEN",
             Kind::ApiKey => "API_KEY",
             Kind::Password => "PASSWORD",
+            Kind::TrackData => "TRACK_DATA",
+            Kind::NationalId => "NATIONAL_ID",
+            Kind::DateOfBirth => "DATE_OF_BIRTH",
+            Kind::Address => "ADDRESS",
+            Kind::Custom => "CUSTOM",
         }
     }
 
@@ -134,6 +162,11 @@ impl Kind {
             Kind::BearerToken => 10,
             Kind::ApiKey => 11,
             Kind::Password => 12,
+            Kind::TrackData => 13,
+            Kind::NationalId => 14,
+            Kind::DateOfBirth => 15,
+            Kind::Address => 16,
+            Kind::Custom => 17,
         }
     }
 }

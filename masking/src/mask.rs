@@ -9,6 +9,9 @@
 //! | e-mail | first character of the local part + domain | `jane.doe@example.com` → `j***@example.com` |
 //! | phone | last three digits; `+`, spaces, dashes, brackets kept | `+44 7700 900123` → `+** **** ***123` |
 //! | name | initials | `Mrs Lucy Johnson` → `M. L. J.` |
+//! | national id (NINO), date of birth | separators only | `AB 12 34 56 C` → `** ** ** ** *`, `1985-04-12` → `****-**-**` |
+//! | UK postcode | outward code (the district) | `SW1A 1AA` → `SW1A ***` |
+//! | address line, track data, custom rule | nothing | `[REDACTED]` (custom rules choose: see [`MaskStyle`]) |
 //! | secret, password, JWT, bearer token, API key | nothing | `[REDACTED]` (fixed length) |
 //!
 //! Every digit that is not kept becomes `*`, which no detector accepts as a
@@ -16,7 +19,7 @@
 //! idempotent). The `*` count of an e-mail local part is fixed at three so
 //! the mask does not reveal the local part's length.
 
-use super::{iban, luhn, Kind, MaskError};
+use super::{iban, kyc, luhn, Kind, MaskError};
 
 /// The fixed replacement for secrets of every kind.
 pub const REDACTED: &str = "[REDACTED]";
@@ -130,7 +133,17 @@ pub fn mask(value: &str, kind: Kind, opts: &MaskOptions) -> Result<Masked, MaskE
                 .all(|w| w.chars().next().is_some_and(char::is_alphabetic));
             (initials(value), valid)
         }
-        Kind::Secret | Kind::Jwt | Kind::BearerToken | Kind::ApiKey | Kind::Password => (REDACTED.to_owned(), true),
+        Kind::NationalId => (stars(value), kyc::is_nino(b)),
+        Kind::DateOfBirth => (stars(value), kyc::date_len(b) == Some(b.len())),
+        Kind::Address if kyc::is_uk_postcode(b) => (postcode(value), true),
+        Kind::Secret
+        | Kind::Jwt
+        | Kind::BearerToken
+        | Kind::ApiKey
+        | Kind::Password
+        | Kind::TrackData
+        | Kind::Address
+        | Kind::Custom => (REDACTED.to_owned(), true),
     };
     Ok(Masked { masked, valid })
 }
@@ -255,6 +268,98 @@ pub(crate) fn iban_mask(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Every ASCII letter and digit becomes `*`; separators stay.
+pub(crate) fn stars(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { '*' } else { c })
+        .collect()
+}
+
+/// UK postcode mask: the outward code (everything but the last three
+/// letters and digits) stays, the inward code becomes `***`.
+pub(crate) fn postcode(s: &str) -> String {
+    let total = s.bytes().filter(u8::is_ascii_alphanumeric).count();
+    let mut seen = 0usize;
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                seen += 1;
+                if seen + 3 > total {
+                    return '*';
+                }
+            }
+            c
+        })
+        .collect()
+}
+
+/// The last `n` ASCII letters and digits stay, the others become `*`.
+pub(crate) fn keep_last_alnum(s: &str, n: usize) -> String {
+    let total = s.bytes().filter(u8::is_ascii_alphanumeric).count();
+    let keep = if total > 2 * n { n } else { 0 };
+    let mut seen = 0usize;
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                seen += 1;
+                if seen + keep <= total {
+                    return '*';
+                }
+            }
+            c
+        })
+        .collect()
+}
+
+/// How a custom or field rule masks what it finds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MaskStyle {
+    /// `[REDACTED]` (the default).
+    #[default]
+    Redact,
+    /// Every letter and digit becomes `*`, separators stay (the length shows).
+    Stars,
+    /// The last four letters and digits stay (only when there are more than
+    /// eight), the others become `*`.
+    Last4,
+    /// Initials, as for names (`Lucy Johnson` → `L. J.`).
+    Initials,
+}
+
+impl MaskStyle {
+    /// The style's name in rule files: `redact`, `stars`, `last4`, `initials`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MaskStyle::Redact => "redact",
+            MaskStyle::Stars => "stars",
+            MaskStyle::Last4 => "last4",
+            MaskStyle::Initials => "initials",
+        }
+    }
+
+    /// Parses a style name (ASCII case-insensitive).
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            MaskStyle::Redact,
+            MaskStyle::Stars,
+            MaskStyle::Last4,
+            MaskStyle::Initials,
+        ]
+        .into_iter()
+        .find(|m| m.as_str().eq_ignore_ascii_case(s))
+    }
+
+    /// Masks `value` in this style.
+    pub fn apply(self, value: &str) -> String {
+        match self {
+            MaskStyle::Redact => REDACTED.to_owned(),
+            MaskStyle::Stars => stars(value),
+            MaskStyle::Last4 => keep_last_alnum(value, 4),
+            MaskStyle::Initials => initials(value),
+        }
+    }
 }
 
 /// E-mail mask: first character of the local part, three `*`, the

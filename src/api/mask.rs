@@ -193,6 +193,11 @@ pub fn kind_from_proto(k: i32) -> Result<Kind, Error> {
         D::BearerToken => Kind::BearerToken,
         D::ApiKey => Kind::ApiKey,
         D::Password => Kind::Password,
+        D::TrackData => Kind::TrackData,
+        D::NationalId => Kind::NationalId,
+        D::DateOfBirth => Kind::DateOfBirth,
+        D::Address => Kind::Address,
+        D::Custom => Kind::Custom,
         D::Unspecified => return Err(Error::InvalidArgument(Invalid::DataKind)),
     })
 }
@@ -212,6 +217,11 @@ fn kind_to_proto(k: Kind) -> proto::DataKind {
         Kind::BearerToken => D::BearerToken,
         Kind::ApiKey => D::ApiKey,
         Kind::Password => D::Password,
+        Kind::TrackData => D::TrackData,
+        Kind::NationalId => D::NationalId,
+        Kind::DateOfBirth => D::DateOfBirth,
+        Kind::Address => D::Address,
+        Kind::Custom => D::Custom,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::numbers::{ends_with_any, Chain};
 use super::scanner::{is_word, Scanner};
-use crate::luhn;
+use crate::{kyc, luhn};
 
 pub(super) fn is_card_word(w: &[u8]) -> bool {
     ends_with_any(
@@ -51,7 +51,7 @@ impl Scanner<'_> {
     /// The last group of the longest card number starting at group `g`:
     /// 13–19 digits passing Luhn, or 12 with a Maestro prefix or a card
     /// context word (a bare 12-digit id passes Luhn one time in ten).
-    pub(super) fn longest_card(&self, ch: &Chain, g: usize, card_ctx: bool) -> Option<usize> {
+    pub(super) fn longest_card(&self, ch: &Chain, g: usize, card_ctx: bool, barcode_ctx: bool) -> Option<usize> {
         let mut digits = 0usize;
         let mut best = None;
         let mut z = g;
@@ -67,7 +67,10 @@ impl Scanner<'_> {
                 let whole = g == 0 && z + 1 == ch.n;
                 let length_ok =
                     card_ctx || (digits >= 13 && issuer_plausible(span, digits)) || (maestro_prefix(span) && whole);
-                if length_ok && luhn::is_valid(span) {
+                // An EAN-13 / ISBN-13 with a valid check digit after a
+                // product-code word is a barcode, not a 13-digit card.
+                let barcode = digits == 13 && barcode_ctx && !card_ctx && kyc::is_ean13(span);
+                if length_ok && !barcode && luhn::is_valid(span) {
                     best = Some(z);
                 }
             }

@@ -6,7 +6,52 @@ use memchr::memmem;
 
 use super::scanner::{is_b64url, is_word, Scanner};
 use super::spans::{P_KEYED, P_SHAPE};
+use super::Rule;
 use crate::Kind;
+
+/// Whether standard base64 `t` decodes to `user:password`: printable ASCII
+/// with a colon somewhere (the user may be empty, as with API tokens).
+fn decodes_to_userpass(t: &[u8]) -> bool {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        })
+    };
+    let body: &[u8] = {
+        let mut e = t.len();
+        while e > 0 && t.get(e - 1) == Some(&b'=') {
+            e -= 1;
+        }
+        t.get(..e).unwrap_or(&[])
+    };
+    if t.len() - body.len() > 2 || body.contains(&b'=') {
+        return false;
+    }
+    let mut colon = false;
+    let mut acc = 0u32;
+    let mut bits = 0u32;
+    for &c in body {
+        let Some(v) = val(c) else {
+            return false;
+        };
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            let byte = ((acc >> bits) & 0xff) as u8;
+            if !(byte.is_ascii_graphic() || byte == b' ') {
+                return false;
+            }
+            colon |= byte == b':';
+        }
+    }
+    colon
+}
 
 #[derive(Clone, Copy)]
 pub(super) enum Charset {
@@ -253,6 +298,61 @@ impl Scanner<'_> {
             }
         }
         None
+    }
+
+    /// `Basic <base64>` outside an `Authorization` header (a curl command,
+    /// a proxy log): masked when the base64 decodes to `user:password`.
+    pub(super) fn basic_credential(&mut self, v: usize) -> Option<usize> {
+        if self.is_redacted(v) {
+            return None;
+        }
+        let mut e = v;
+        while e - v < 1024 && (self.at(e).is_ascii_alphanumeric() || matches!(self.at(e), b'+' | b'/' | b'=')) {
+            e += 1;
+        }
+        let t = self.b.get(v..e)?;
+        if t.len() < 8 || is_word(self.at(e)) || !decodes_to_userpass(t) {
+            return None;
+        }
+        self.push_rule(v, e, Kind::Password, P_KEYED, 0, Rule::Builtin("basic-auth"));
+        Some(e)
+    }
+
+    /// A webhook URL path whose last segments are the secret:
+    /// `/webhook/<token>`, `/webhooks/<id>/<token>`, `/webhookb2/…`
+    /// (Microsoft Teams), `/hooks/catch/…` (Zapier). The rest of the path
+    /// is masked when it has at least 16 characters (8 for Zapier), a digit
+    /// and a letter (so `/webhooks/settings` stays).
+    pub(super) fn webhook_path(&mut self, i: usize) -> usize {
+        // (prefix, shortest secret path): Zapier's are short.
+        let Some((plen, min)) = [
+            (&b"/webhook/"[..], 16),
+            (b"/webhooks/", 16),
+            (b"/webhookb2/", 16),
+            (b"/hooks/catch/", 8),
+        ]
+        .iter()
+        .find(|(p, _)| self.starts_with_ci(i, p))
+        .map(|(p, min)| (p.len(), *min)) else {
+            return i + 1;
+        };
+        let v = i + plen;
+        if self.is_redacted(v) {
+            return v;
+        }
+        let mut e = v;
+        while e - v < 512 && (is_b64url(self.at(e)) || matches!(self.at(e), b'/' | b'.' | b'@' | b'~')) {
+            e += 1;
+        }
+        while e > v && self.at(e - 1) == b'/' {
+            e -= 1;
+        }
+        let path = self.b.get(v..e).unwrap_or(&[]);
+        if path.len() >= min && path.iter().any(u8::is_ascii_digit) && path.iter().any(u8::is_ascii_alphabetic) {
+            self.push_rule(v, e, Kind::ApiKey, P_SHAPE, 0, Rule::Builtin("webhook-url"));
+            return e;
+        }
+        v
     }
 
     /// `scheme://user:password@host`: masks the password.

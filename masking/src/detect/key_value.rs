@@ -5,8 +5,25 @@
 use memchr::memmem;
 
 use super::scanner::{is_word, Scanner};
-use super::spans::{P_KEYED, P_NAME};
-use crate::Kind;
+use super::spans::{AUX_POSTCODE, P_KEYED, P_NAME};
+use super::Rule;
+use crate::{kyc, Kind};
+
+/// The explain-mode name of the rule behind a key class.
+const fn key_rule(class: KeyClass) -> &'static str {
+    match class {
+        KeyClass::Password => "key:password",
+        KeyClass::Secret => "key:secret",
+        KeyClass::Token => "key:token",
+        KeyClass::ApiKey => "key:api-key",
+        KeyClass::Authorization => "key:authorization",
+        KeyClass::Name => "key:name",
+        KeyClass::Dob => "key:date-of-birth",
+        KeyClass::Address | KeyClass::AddressBare => "key:address",
+        KeyClass::Postcode => "key:postcode",
+        KeyClass::NationalId => "key:national-id",
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum KeyClass {
@@ -16,6 +33,18 @@ pub(super) enum KeyClass {
     ApiKey,
     Authorization,
     Name,
+    /// A date of birth: masked when the value is a valid date.
+    Dob,
+    /// An address line (also the bare key `address` when its value reads
+    /// like a postal address).
+    Address,
+    /// The bare key `address`: also IP, e-mail or wallet addresses, so the
+    /// value must have a space and a letter.
+    AddressBare,
+    /// A postcode or ZIP code: masked when it validates.
+    Postcode,
+    /// A national identity number key (`nino`, `ni_number`…).
+    NationalId,
 }
 
 /// Classifies a key by its normalised form (ASCII letters and digits,
@@ -147,6 +176,39 @@ const KEY_RULES: &[(&[u8], KeyMatch, KeyClass)] = {
         (b"debtorname", Exact, Name),
         (b"creditorname", Exact, Name),
         (b"maidenname", Exact, Name),
+        (b"middlenames", Exact, Name),
+        (b"preferredname", Exact, Name),
+        (b"legalname", Exact, Name),
+        (b"dob", LastWord, Dob),
+        (b"dateofbirth", Suffix, Dob),
+        (b"birthdate", Suffix, Dob),
+        (b"birthday", Suffix, Dob),
+        (b"birthdt", Suffix, Dob),
+        (b"addressline", Suffix, Address),
+        (b"addressline1", Suffix, Address),
+        (b"addressline2", Suffix, Address),
+        (b"addressline3", Suffix, Address),
+        (b"addressline4", Suffix, Address),
+        (b"streetaddress", Suffix, Address),
+        (b"street", LastWord, Address),
+        (b"streetname", Suffix, Address),
+        (b"homeaddress", Suffix, Address),
+        (b"postaladdress", Suffix, Address),
+        (b"residentialaddress", Suffix, Address),
+        (b"billingaddress", Suffix, Address),
+        (b"shippingaddress", Suffix, Address),
+        (b"mailingaddress", Suffix, Address),
+        (b"deliveryaddress", Suffix, Address),
+        (b"address", Exact, AddressBare),
+        (b"postcode", Suffix, Postcode),
+        (b"postalcode", Suffix, Postcode),
+        (b"zipcode", Suffix, Postcode),
+        (b"zip", LastWord, Postcode),
+        (b"nino", Suffix, NationalId),
+        (b"ninumber", Suffix, NationalId),
+        (b"nationalinsurance", Suffix, NationalId),
+        (b"nationalinsurancenumber", Suffix, NationalId),
+        (b"nationalinsuranceno", Suffix, NationalId),
     ]
 };
 
@@ -329,6 +391,9 @@ impl Scanner<'_> {
             KeyClass::Token | KeyClass::Authorization => Kind::BearerToken,
             KeyClass::ApiKey => Kind::ApiKey,
             KeyClass::Name => Kind::Name,
+            KeyClass::Dob => Kind::DateOfBirth,
+            KeyClass::Address | KeyClass::AddressBare | KeyClass::Postcode => Kind::Address,
+            KeyClass::NationalId => Kind::NationalId,
         };
         let Some(value) = self.b.get(vs..ve) else {
             return p + 1;
@@ -341,6 +406,9 @@ impl Scanner<'_> {
             )
         {
             return after.max(p + 1);
+        }
+        if let Some(r) = self.personal_value(p, class, vs, ve, after) {
+            return r;
         }
         // For an Authorization value, skip the scheme word; a bare value
         // then runs to the end of the credential.
@@ -383,11 +451,123 @@ impl Scanner<'_> {
             return p + 1;
         }
         let prio = if kind == Kind::Name { P_NAME } else { P_KEYED };
-        self.push(vs, ve, kind, prio);
+        self.push_rule(vs, ve, kind, prio, 0, Rule::Builtin(key_rule(class)));
         // Scan the value too: a spaced IBAN or card number after `pin = `
         // runs past the bare value, and the union is then masked whole.
         let _ = after;
         vs.max(p + 1)
+    }
+
+    /// The value of a KYC key (date of birth, address, postcode, national
+    /// id): validated, recorded, and where scanning resumes; `None` for the
+    /// other classes.
+    fn personal_value(&mut self, p: usize, class: KeyClass, vs: usize, ve: usize, after: usize) -> Option<usize> {
+        let quoted = matches!(self.before(vs), b'"' | b'\'' | b'>');
+        let value = self.b.get(vs..ve).unwrap_or(&[]);
+        let resume = vs.max(p + 1);
+        let _ = after;
+        match class {
+            KeyClass::Dob => {
+                if kyc::date_len(value).is_some() {
+                    self.push_rule(
+                        vs,
+                        ve,
+                        Kind::DateOfBirth,
+                        P_KEYED,
+                        0,
+                        Rule::Builtin("key:date-of-birth"),
+                    );
+                    return Some(ve.max(p + 1));
+                }
+                // A bare `dob=12 April 1985`: the date runs past the blank.
+                if !quoted {
+                    if let Some(l) = kyc::date_len(self.b.get(vs..).unwrap_or(&[])) {
+                        self.push_rule(
+                            vs,
+                            vs + l,
+                            Kind::DateOfBirth,
+                            P_KEYED,
+                            0,
+                            Rule::Builtin("key:date-of-birth"),
+                        );
+                        return Some(vs + l);
+                    }
+                }
+                Some(resume)
+            }
+            KeyClass::Postcode => {
+                let mut e = ve;
+                // A bare `postcode=SW1A 1AA`: the inward code after the blank.
+                if !quoted && self.at(e) == b' ' {
+                    let w = self.word_end(e + 1);
+                    if w - (e + 1) == 3 {
+                        e = w;
+                    }
+                }
+                let v = self.b.get(vs..e).unwrap_or(&[]);
+                let us_zip = (v.len() == 5 && v.iter().all(u8::is_ascii_digit))
+                    || (v.len() == 10
+                        && v.get(5) == Some(&b'-')
+                        && v.iter().enumerate().all(|(k, c)| k == 5 || c.is_ascii_digit()));
+                if kyc::is_uk_postcode(v) {
+                    self.push_rule(
+                        vs,
+                        e,
+                        Kind::Address,
+                        P_KEYED,
+                        AUX_POSTCODE,
+                        Rule::Builtin("key:postcode"),
+                    );
+                } else if us_zip {
+                    self.push_rule(vs, e, Kind::Address, P_KEYED, 0, Rule::Builtin("key:postcode"));
+                } else {
+                    return Some(resume);
+                }
+                Some(e.max(p + 1))
+            }
+            KeyClass::Address | KeyClass::AddressBare => {
+                let mut e = ve;
+                if !quoted {
+                    // A bare address runs past blanks and commas to the end of
+                    // the field: the next delimiter, or the blank before the
+                    // next `key=`.
+                    let mut last_blank = None;
+                    let mut j = vs;
+                    while j - vs < 256 {
+                        match self.at(j) {
+                            0 | b'\n' | b'\r' | b'&' | b';' | b'|' | b'"' | b'<' | b'}' | b']' | b'\t' => break,
+                            b'=' => {
+                                if let Some(lb) = last_blank {
+                                    j = lb;
+                                }
+                                break;
+                            }
+                            b' ' => last_blank = Some(j),
+                            _ => {}
+                        }
+                        j += 1;
+                    }
+                    while j > vs && matches!(self.at(j - 1), b' ' | b',') {
+                        j -= 1;
+                    }
+                    // Not `ve`: a bare run can reach the end of the text, and
+                    // each address key reads at most 256 bytes.
+                    e = j;
+                }
+                let v = self.b.get(vs..e).unwrap_or(&[]);
+                let postal = v.contains(&b' ') && v.iter().any(u8::is_ascii_alphabetic) && !v.contains(&b'@');
+                if class == KeyClass::AddressBare && !postal {
+                    return Some(resume);
+                }
+                self.push_rule(vs, e, Kind::Address, P_KEYED, 0, Rule::Builtin("key:address"));
+                Some(e.max(p + 1))
+            }
+            KeyClass::NationalId => {
+                self.push_rule(vs, ve, Kind::NationalId, P_KEYED, 0, Rule::Builtin("key:national-id"));
+                Some(ve.max(p + 1))
+            }
+            _ => None,
+        }
     }
 
     fn bare_end(&self, v: usize) -> usize {

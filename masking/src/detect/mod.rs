@@ -25,6 +25,9 @@
 //! - **`@` or `%40`**: e-mail addresses, and passwords in `scheme://user:pass@`.
 //! - **`+`, `%2B`, `(`**: international and bracketed phone numbers.
 //! - **`-----BEGIN … PRIVATE KEY-----`** blocks.
+//! - **`:` of a SWIFT tag** (`:50K:/`, `:59:/`): the party account line.
+//! - **`/webhook/`, `/webhooks/`, `/hooks/catch/`**: the secret path.
+//! - **digits before `=` or `D`**: track-2 equivalent data, masked whole.
 //!
 //! Every candidate starts and ends on an ASCII byte or the end of the text, so
 //! spans are always on `char` boundaries; the rewrite also checks this and
@@ -43,24 +46,39 @@
 //! - `key_value.rs`: secrets named by their key (`password=…`, XML, flags).
 //! - `credentials.rs`: secrets known by their shape (JWTs, API keys, bearer
 //!   tokens, webhook URLs, URL passwords, PEM private keys).
-//! - `tests.rs`: examples per detector and the property tests.
+//! - `payments.rs`: track data (ISO 8583 field 35, track 1), SWIFT MT
+//!   party account lines, card numbers grouped by dots.
+//! - `kyc.rs`: UK National Insurance numbers, dates of birth after a birth
+//!   word (keyed dates of birth, addresses and postcodes are key rules).
+//! - `tests.rs`, `tests_round2.rs`: examples per detector, decoys, and the
+//!   property tests.
+//!
+//! The operator's own rules ([`Rules`]) run after the
+//! pass, as one multi-pattern automaton search, and their candidates join
+//! the same overlap resolution (a field rule wins over everything, a
+//! pattern rule over context-only detectors but not over validated ones).
 
 mod bank;
 mod cards;
 mod contact;
 mod credentials;
 mod key_value;
+mod kyc;
 mod numbers;
+mod payments;
 mod scanner;
 mod spans;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_round2;
 
 use std::cell::Cell;
 
+use crate::rules::Rules;
 use crate::Kind;
 use scanner::{RunMemo, Scanner};
-use spans::{bit, rewrite};
+use spans::{bit, rewrite, P_CUSTOM, P_FIELD};
 
 /// Options for [`redact`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -79,6 +97,19 @@ pub struct Finding {
     pub start: usize,
     /// Byte offset one past the last byte of the value in the input.
     pub end: usize,
+    /// The detector or operator rule that fired (for explain mode).
+    pub rule: Rule,
+}
+
+/// Which detector or rule produced a [`Finding`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rule {
+    /// A built-in detector, by a stable name (`card-luhn`, `uk-nino`…).
+    Builtin(&'static str),
+    /// The operator's pattern rule with this index in its [`Rules`].
+    Custom(u16),
+    /// The operator's field rule with this index in its [`Rules`].
+    Field(u16),
 }
 
 /// The result of [`redact`].
@@ -97,9 +128,17 @@ pub struct Redacted {
 /// are never detected again, so `redact(redact(x).text) == redact(x).text`.
 /// Time and memory are linear in the length of `text`, whatever it holds.
 pub fn redact(text: &str, opts: &RedactOptions) -> Redacted {
-    let (sc, _) = scanned(text, opts, &|| false);
+    redact_with(text, opts, &EMPTY)
+}
+
+/// [`redact`] with the operator's own pattern and field rules too (see
+/// [`Rules`]); still linear in the text.
+pub fn redact_with(text: &str, opts: &RedactOptions, rules: &Rules) -> Redacted {
+    let (sc, _) = scanned(text, opts, rules, &|| false);
     rewrite(text, sc.cands)
 }
+
+static EMPTY: std::sync::LazyLock<Rules> = std::sync::LazyLock::new(Rules::default);
 
 /// [`redact_until`] gave up because its `stop` said so.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,7 +153,17 @@ pub const STOP_CHECK_BYTES: usize = 64 * 1024;
 /// can bound the work one request costs. Returns [`Stopped`] when `stop`
 /// said so; nothing partial is returned.
 pub fn redact_until(text: &str, opts: &RedactOptions, stop: &dyn Fn() -> bool) -> Result<Redacted, Stopped> {
-    let (sc, finished) = scanned(text, opts, stop);
+    redact_until_with(text, opts, &EMPTY, stop)
+}
+
+/// [`redact_until`] with the operator's own rules too.
+pub fn redact_until_with(
+    text: &str,
+    opts: &RedactOptions,
+    rules: &Rules,
+    stop: &dyn Fn() -> bool,
+) -> Result<Redacted, Stopped> {
+    let (sc, finished) = scanned(text, opts, rules, stop);
     if !finished || stop() {
         return Err(Stopped);
     }
@@ -122,10 +171,10 @@ pub fn redact_until(text: &str, opts: &RedactOptions, stop: &dyn Fn() -> bool) -
 }
 
 /// Runs the scanner over `text`; `false` when `stop` ended it early.
-fn scanned<'a>(text: &'a str, opts: &RedactOptions, stop: &dyn Fn() -> bool) -> (Scanner<'a>, bool) {
-    let mut enabled = 0u16;
+fn scanned<'a>(text: &'a str, opts: &RedactOptions, rules: &Rules, stop: &dyn Fn() -> bool) -> (Scanner<'a>, bool) {
+    let mut enabled = 0u32;
     match &opts.kinds {
-        None => enabled = u16::MAX,
+        None => enabled = u32::MAX,
         Some(kinds) => {
             for k in kinds {
                 enabled |= bit(*k);
@@ -144,6 +193,16 @@ fn scanned<'a>(text: &'a str, opts: &RedactOptions, stop: &dyn Fn() -> bool) -> 
         jwt_tail: Cell::new(None),
         pem_end: Cell::new(None),
     };
-    let finished = sc.scan(stop);
+    let mut finished = sc.scan(stop);
+    if finished && !rules.is_empty() {
+        finished = rules.scan(text, stop, &mut |start, end, kind, rule, style| {
+            let prio = if matches!(rule, Rule::Field(_)) {
+                P_FIELD
+            } else {
+                P_CUSTOM
+            };
+            sc.push_styled(start, end, kind, prio, rule, style);
+        });
+    }
     (sc, finished)
 }

@@ -7,7 +7,7 @@ use super::cards::is_card_word;
 use super::contact::{is_phone_word, PhoneMode};
 use super::scanner::{is_word, Scanner};
 use super::spans::{P_CONTEXT, P_VALIDATED};
-use crate::Kind;
+use crate::{kyc, Kind};
 
 /// Digit groups of a number chain: `(start, end)` byte spans.
 const MAX_GROUPS: usize = 12;
@@ -55,6 +55,15 @@ pub(super) struct Ctx {
     /// A bank-details word (`payee`, `beneficiary`, `bank details`): a
     /// sort code followed by an account number after it is a pair.
     pub(super) bank: bool,
+    /// A birth word (`dob`, `born`, `date of birth`): a valid date after it
+    /// is a date of birth.
+    pub(super) dob: bool,
+    /// A date word (`on`, `settled`, `dated`, `value date`): `12-03-24`
+    /// after it is a date, not a sort code.
+    pub(super) date: bool,
+    /// A product-code word (`isbn`, `ean`, `barcode`): a checksum-valid
+    /// EAN-13 after it is not a card number.
+    pub(super) barcode: bool,
 }
 
 /// A lower-cased word of letters read backwards from the text, at most
@@ -79,7 +88,18 @@ pub(super) fn ends_with_any(w: &[u8], list: &[&[u8]]) -> bool {
     list.iter().any(|s| w.ends_with(s))
 }
 
+/// Product codes: a checksum-valid EAN-13 / ISBN after one is a barcode.
+fn is_barcode_word(w: &[u8]) -> bool {
+    matches!(
+        w,
+        b"isbn" | b"ean" | b"gtin" | b"upc" | b"barcode" | b"sku" | b"product" | b"item"
+    )
+}
+
 fn is_id_word(w: &[u8]) -> bool {
+    if is_barcode_word(w) || matches!(w, b"commit" | b"sha" | b"hash" | b"digest" | b"rev" | b"revision") {
+        return true;
+    }
     ends_with_any(
         w,
         &[
@@ -191,6 +211,11 @@ impl Scanner<'_> {
 
     pub(super) fn number(&mut self, i: usize) -> usize {
         let wend = self.word_end(i);
+        if !is_word(self.before(i)) {
+            if let Some(e) = self.track2(i) {
+                return e;
+            }
+        }
         if is_word(self.before(i)) || self.digits_end(i) != wend {
             // Mid-word, or a word mixing digits and letters (hashes, ids).
             return wend;
@@ -198,6 +223,11 @@ impl Scanner<'_> {
         if let Some(e) = self.nanp_dotted(i) {
             self.push(i, e, Kind::Phone, P_CONTEXT);
             return e;
+        }
+        if self.at(wend) == b'.' {
+            if let Some(e) = self.dotted_card(i) {
+                return e;
+            }
         }
         let ch = self.chain(i);
         // A chain cut off at MAX_GROUPS is resumed five groups before its
@@ -210,6 +240,13 @@ impl Scanner<'_> {
         let lead_ok = !ch.is_bad(0);
         let mut ctx: Option<Ctx> = None;
         let mut get_ctx = |sc: &Self| *ctx.get_or_insert_with(|| sc.context(i));
+
+        // A date of birth after its word ("born 12/04/1985", "DOB: 1985-04-12").
+        if lead_ok && get_ctx(self).dob {
+            if let Some(e) = self.dob_after_context(i) {
+                return e;
+            }
+        }
 
         // 0. A card security code after its word, without `:` or `=`
         //    ("cvv 123", "security code 4321"); keyed forms are handled as
@@ -251,7 +288,9 @@ impl Scanner<'_> {
                 let c = get_ctx(self);
                 c.bank || c.account
             };
-            if get_ctx(self).sort || (dashed && acct.is_some()) || csv_pair || pair_ctx {
+            // "settled on 12-03-24 …": a date, not a sort code.
+            let dated = get_ctx(self).date && kyc::date_len(self.b.get(i..).unwrap_or(&[])).is_some();
+            if get_ctx(self).sort || (dashed && acct.is_some() && !dated) || csv_pair || pair_ctx {
                 self.push(i, sc_end, Kind::UkSortCode, P_CONTEXT);
                 self.last_sort_end = Some(sc_end);
                 if let Some((a, b)) = acct {
@@ -267,16 +306,17 @@ impl Scanner<'_> {
         //    reaches further, the two are masked as one.
         let total: usize = (0..ch.n).map(|g| ch.len(g)).sum();
         let card_ctx = lead_ok && total >= 12 && get_ctx(self).card;
+        let barcode = total == 13 && get_ctx(self).barcode;
         let mut first_covered = false;
         let mut g = 0usize;
         while g < ch.n {
-            let Some(mut best) = self.longest_card(&ch, g, card_ctx && g == 0) else {
+            let Some(mut best) = self.longest_card(&ch, g, card_ctx && g == 0, barcode) else {
                 g += 1;
                 continue;
             };
             let mut h = g + 1;
             while h <= best {
-                if let Some(z) = self.longest_card(&ch, h, false).filter(|&z| z > best) {
+                if let Some(z) = self.longest_card(&ch, h, false, barcode).filter(|&z| z > best) {
                     best = z;
                 }
                 h += 1;
@@ -395,6 +435,7 @@ impl Scanner<'_> {
         }
         Ctx {
             id: is_id_word(w1),
+            barcode: is_barcode_word(w1),
             card: is_card_word(w1),
             sort: is_sort_word(w1, w2),
             account: is_account_word(w1),
@@ -404,6 +445,30 @@ impl Scanner<'_> {
                 w1,
                 b"bank" | b"payee" | b"beneficiary" | b"creditor" | b"debtor" | b"remitter" | b"bankdetails"
             ) || (w1 == b"details" && matches!(w2, b"bank" | b"payee" | b"beneficiary" | b"account")),
+            dob: matches!(
+                w1,
+                b"dob" | b"birth" | b"born" | b"birthdate" | b"dateofbirth" | b"birthday" | b"bday" | b"geboren"
+            ) || (w1 == b"on" && w2 == b"born"),
+            date: matches!(
+                w1,
+                b"on"
+                    | b"date"
+                    | b"dated"
+                    | b"settled"
+                    | b"due"
+                    | b"valuedate"
+                    | b"posted"
+                    | b"booked"
+                    | b"effective"
+                    | b"until"
+                    | b"since"
+                    | b"expires"
+                    | b"expiry"
+                    | b"from"
+                    | b"to"
+                    | b"before"
+                    | b"after"
+            ),
         }
     }
 }

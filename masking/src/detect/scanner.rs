@@ -8,8 +8,8 @@ use std::cell::Cell;
 
 use super::key_value::{classify_key, KeyClass};
 use super::spans::{bit, Cand, P_SHAPE, P_VALIDATED};
-use super::STOP_CHECK_BYTES;
-use crate::mask::REDACTED;
+use super::{Rule, STOP_CHECK_BYTES};
+use crate::mask::{MaskStyle, REDACTED};
 use crate::Kind;
 
 /// `[A-Za-z0-9_]` as a table: the scanner's innermost test.
@@ -27,6 +27,30 @@ static WORD: [bool; 256] = {
 
 pub(super) fn is_word(c: u8) -> bool {
     WORD.get(usize::from(c)).copied().unwrap_or(false)
+}
+
+/// The name of the built-in detector behind a kind, when the detector did
+/// not say more precisely.
+pub(super) const fn default_rule(k: Kind) -> &'static str {
+    match k {
+        Kind::Pan => "card-luhn",
+        Kind::Iban => "iban-mod97",
+        Kind::UkSortCode => "sort-code",
+        Kind::UkAccountNumber => "account-number",
+        Kind::Email => "email",
+        Kind::Phone => "phone",
+        Kind::Name => "name-key",
+        Kind::Secret => "secret",
+        Kind::Jwt => "jwt",
+        Kind::BearerToken => "bearer-token",
+        Kind::ApiKey => "api-key-shape",
+        Kind::Password => "password",
+        Kind::TrackData => "track-data",
+        Kind::NationalId => "uk-nino",
+        Kind::DateOfBirth => "date-of-birth",
+        Kind::Address => "address-key",
+        Kind::Custom => "custom",
+    }
 }
 
 pub(super) const fn is_b64url(c: u8) -> bool {
@@ -64,7 +88,7 @@ pub(super) struct Scanner<'a> {
     pub(super) s: &'a str,
     pub(super) b: &'a [u8],
     pub(super) cands: Vec<Cand>,
-    pub(super) enabled: u16,
+    pub(super) enabled: u32,
     /// End of the last sort code found, for the account number after it.
     pub(super) last_sort_end: Option<usize>,
     /// Bare values (`key=value` up to a delimiter).
@@ -105,6 +129,27 @@ impl Scanner<'_> {
     }
 
     pub(super) fn push_aux(&mut self, start: usize, end: usize, kind: Kind, prio: u8, aux: usize) {
+        self.push_rule(start, end, kind, prio, aux, Rule::Builtin(default_rule(kind)));
+    }
+
+    /// An operator rule's finding, masked in the rule's style.
+    pub(super) fn push_styled(&mut self, start: usize, end: usize, kind: Kind, prio: u8, rule: Rule, style: MaskStyle) {
+        if self.on(kind) && start < end {
+            self.cands.push(Cand {
+                start,
+                end,
+                kind,
+                prio,
+                aux: 0,
+                merged: false,
+                rule,
+                style: Some(style),
+            });
+        }
+    }
+
+    /// [`Self::push`] naming the detector (or operator rule) that fired.
+    pub(super) fn push_rule(&mut self, start: usize, end: usize, kind: Kind, prio: u8, aux: usize, rule: Rule) {
         if self.on(kind) && start < end {
             self.cands.push(Cand {
                 start,
@@ -113,6 +158,8 @@ impl Scanner<'_> {
                 prio,
                 aux,
                 merged: false,
+                rule,
+                style: None,
             });
         }
     }
@@ -166,7 +213,12 @@ impl Scanner<'_> {
                 match c {
                     b'@' => self.at_sign(i, 1),
                     b'%' => self.percent(i),
-                    b'=' | b':' => self.key_value(i),
+                    b':' => match self.swift_account(i) {
+                        Some(e) => e,
+                        None => self.key_value(i),
+                    },
+                    b'=' => self.key_value(i),
+                    b'/' => self.webhook_path(i),
                     b'>' => self.xml_value(i),
                     b'+' => self.plus(i, i + 1),
                     b'(' => self.paren(i),
@@ -205,6 +257,24 @@ impl Scanner<'_> {
                     .and_then(|v| v.iter().rposition(|&c| c == b' '))
                     .map_or(e, |x| i + x + 1);
                 return last_group;
+            }
+        }
+        if !in_ident && c.is_ascii_alphabetic() && self.at(i + 1).is_ascii_alphabetic() && self.on(Kind::NationalId) {
+            let d = self.at(i + 2);
+            if d.is_ascii_digit() || (d == b' ' && self.at(i + 3).is_ascii_digit()) {
+                if let Some(e) = self.nino(i) {
+                    return e;
+                }
+            }
+        }
+        if c == b'B' && self.at(i + 1).is_ascii_digit() {
+            if let Some(e) = self.track1(i) {
+                return e;
+            }
+        }
+        if end - i == 5 && self.starts_with_ci(i, b"basic") && self.at(end) == b' ' {
+            if let Some(e) = self.basic_credential(end + 1) {
+                return e;
             }
         }
         if c == b'e' && self.starts_with(i, b"eyJ") {

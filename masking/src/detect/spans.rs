@@ -2,11 +2,11 @@
 //! (with a kind and a priority), the resolution of overlapping ones, and
 //! the rewrite that masks each surviving span.
 
-use super::{Finding, Redacted};
-use crate::mask::REDACTED;
+use super::{Finding, Redacted, Rule};
+use crate::mask::{MaskStyle, REDACTED};
 use crate::{mask, Kind};
 
-pub(super) const fn bit(k: Kind) -> u16 {
+pub(super) const fn bit(k: Kind) -> u32 {
     1 << (k.id() - 1)
 }
 
@@ -20,7 +20,14 @@ pub(super) struct Cand {
     pub(super) prio: u8,
     pub(super) aux: usize,
     pub(super) merged: bool,
+    /// What proposed it (explain mode).
+    pub(super) rule: Rule,
+    /// A rule's own mask style, instead of the kind's.
+    pub(super) style: Option<MaskStyle>,
 }
+
+/// `aux` of an [`Kind::Address`] candidate that is a UK postcode.
+pub(super) const AUX_POSTCODE: usize = 1;
 
 /// Resolution priorities: on equal spans the higher wins; on partial overlap
 /// the union takes the higher one's kind.
@@ -31,6 +38,10 @@ pub(super) const P_KEYED: u8 = 85; // value of a secret key, bearer token, URL p
 pub(super) const P_VALIDATED: u8 = 80; // PAN, IBAN
 
 pub(super) const P_EMAIL: u8 = 70;
+
+pub(super) const P_FIELD: u8 = 95; // a field rule: the operator said so
+
+pub(super) const P_CUSTOM: u8 = 75; // an operator's pattern rule
 
 pub(super) const P_NAME: u8 = 50;
 
@@ -54,6 +65,7 @@ fn resolve(text: &str, mut cands: Vec<Cand>) -> Vec<Cand> {
                         } else {
                             last.kind = c.kind;
                             last.prio = c.prio;
+                            last.rule = c.rule;
                             last.merged = true;
                         }
                     }
@@ -62,6 +74,7 @@ fn resolve(text: &str, mut cands: Vec<Cand>) -> Vec<Cand> {
                     if c.prio > last.prio {
                         last.kind = c.kind;
                         last.prio = c.prio;
+                        last.rule = c.rule;
                     }
                     last.end = c.end;
                     last.merged = true;
@@ -89,6 +102,7 @@ pub(super) fn rewrite(text: &str, cands: Vec<Cand>) -> Redacted {
             kind: c.kind,
             start: c.start,
             end: c.end,
+            rule: c.rule,
         });
         last = c.end;
     }
@@ -99,6 +113,10 @@ pub(super) fn rewrite(text: &str, cands: Vec<Cand>) -> Redacted {
 fn replacement(text: &str, c: &Cand, value: &str, out: &mut String) {
     if c.merged {
         out.push_str(REDACTED);
+        return;
+    }
+    if let Some(style) = c.style {
+        out.push_str(&style.apply(value));
         return;
     }
     match c.kind {
@@ -123,6 +141,15 @@ fn replacement(text: &str, c: &Cand, value: &str, out: &mut String) {
                 _ => out.push_str(REDACTED),
             }
         }
-        Kind::Secret | Kind::Jwt | Kind::BearerToken | Kind::ApiKey | Kind::Password => out.push_str(REDACTED),
+        Kind::NationalId | Kind::DateOfBirth => out.push_str(&mask::stars(value)),
+        Kind::Address if c.aux == AUX_POSTCODE => out.push_str(&mask::postcode(value)),
+        Kind::Secret
+        | Kind::Jwt
+        | Kind::BearerToken
+        | Kind::ApiKey
+        | Kind::Password
+        | Kind::TrackData
+        | Kind::Address
+        | Kind::Custom => out.push_str(REDACTED),
     }
 }
