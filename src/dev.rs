@@ -278,6 +278,7 @@ pub fn setup(dir: &Path, tcp: Option<SocketAddr>) -> Result<(Config, DevPaths), 
         dev_mode: true,
         policy: p("policy.toml"),
         audit: crate::config::AuditConfig::at(p("audit.log")),
+        redaction: Default::default(),
         listen: Listen {
             unix: Some(p("kmsd.sock")),
             tcp: tcp.into_iter().collect(),

@@ -371,6 +371,7 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
             proto::mask_server::MaskServer::new(crate::api::mask::MaskService {
                 shared: shared.clone(),
                 limits: Arc::new(crate::api::mask::RedactionLimits::new(&config.limits)),
+                rules: Arc::new(config.redaction.compile().map_err(|e| err("redaction rules", e))?),
                 tokenize_limit: Arc::new(crate::rate::RateLimiter::new(
                     config.limits.tokenize_rate,
                     config.limits.tokenize_burst,

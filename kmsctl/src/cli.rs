@@ -148,6 +148,16 @@ pub enum Cmd {
         /// Only these kinds (comma-separated, e.g. PAN,IBAN); default all.
         #[arg(long, value_delimiter = ',')]
         kinds: Vec<String>,
+        /// The operator's own pattern and field rules (TOML: `[[rules]]`,
+        /// `[[fields]]`; see the README). A rule that cannot be used is
+        /// refused with its line.
+        #[arg(long, value_name = "FILE")]
+        rules: Option<PathBuf>,
+        /// Print, per input line, each finding's kind, byte span and the
+        /// rule that fired (never the value) instead of the redacted line.
+        /// With `--output json`, one JSON object per line.
+        #[arg(long)]
+        explain: bool,
     },
     /// Mask one value of a kind (PAN, IBAN, UK_SORT_CODE, UK_ACCOUNT_NUMBER,
     /// EMAIL, PHONE, NAME, SECRET, ...). Offline.

@@ -781,23 +781,6 @@ pub fn line_of(text: &str, at: usize) -> usize {
         + 1
 }
 
-/// Compiles TOML-written rules whose spans are in `text`.
-pub fn compile_spanned(
-    text: &str,
-    rules: &[toml::Spanned<RuleToml>],
-    fields: &[toml::Spanned<FieldToml>],
-) -> Result<Rules, RulesError> {
-    let specs = rules
-        .iter()
-        .map(|r| r.get_ref().spec(Some(line_of(text, r.span().start))))
-        .collect::<Result<Vec<_>, _>>()?;
-    let fspecs = fields
-        .iter()
-        .map(|f| f.get_ref().spec(Some(line_of(text, f.span().start))))
-        .collect::<Result<Vec<_>, _>>()?;
-    Rules::new(&specs, &fspecs)
-}
-
 /// Parses and compiles a rules file:
 ///
 /// ```toml
@@ -816,11 +799,36 @@ pub fn compile_spanned(
 /// mask = "stars"
 /// ```
 pub fn parse_toml(text: &str) -> Result<Rules, RulesError> {
+    let (rules, fields) = specs_unchecked(text)?;
+    Rules::new(&rules, &fields)
+}
+
+/// Parses a rules file into its (not yet compiled) rules, each with its
+/// line, to be joined with rules from elsewhere (the daemon's inline
+/// `[[redaction.rules]]`).
+pub fn specs_from_toml(text: &str) -> Result<(Vec<RuleSpec>, Vec<FieldSpec>), RulesError> {
+    let (specs, fields) = specs_unchecked(text)?;
+    // Compiled here too, so that an unusable rule is named in this file.
+    Rules::new(&specs, &fields)?;
+    Ok((specs, fields))
+}
+
+fn specs_unchecked(text: &str) -> Result<(Vec<RuleSpec>, Vec<FieldSpec>), RulesError> {
     let file: FileToml = toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| line_of(text, s.start));
         err(line, e.message().trim().to_owned())
     })?;
-    compile_spanned(text, &file.rules, &file.fields)
+    let specs = file
+        .rules
+        .iter()
+        .map(|r| r.get_ref().spec(Some(line_of(text, r.span().start))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let fields = file
+        .fields
+        .iter()
+        .map(|f| f.get_ref().spec(Some(line_of(text, f.span().start))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((specs, fields))
 }
 
 #[cfg(test)]

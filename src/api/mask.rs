@@ -39,6 +39,8 @@ pub struct MaskService {
     /// with only `tokenize` can otherwise recover values of a small
     /// domain by tokenizing every candidate (tokens are deterministic).
     pub tokenize_limit: Arc<crate::rate::RateLimiter>,
+    /// The operator's own redaction rules (`[redaction]`).
+    pub rules: Arc<masking::Rules>,
 }
 
 /// Time and memory bounds of redaction.
@@ -150,19 +152,21 @@ async fn hold(
 /// caller went away.
 async fn redact_bounded(
     req: proto::RedactRequest,
+    rules: Arc<masking::Rules>,
     deadline: Instant,
     gone: impl Fn() -> bool + Send + 'static,
 ) -> Result<proto::RedactResponse, Error> {
     if req.text.len() <= INLINE_REDACT_BYTES {
-        return redact_until(&req, deadline, &gone);
+        return redact_until(&req, &rules, deadline, &gone);
     }
-    tokio::task::spawn_blocking(move || redact_until(&req, deadline, &gone))
+    tokio::task::spawn_blocking(move || redact_until(&req, &rules, deadline, &gone))
         .await
         .unwrap_or(Err(Error::StoreUnavailable))
 }
 
 fn redact_until(
     req: &proto::RedactRequest,
+    rules: &masking::Rules,
     deadline: Instant,
     gone: &dyn Fn() -> bool,
 ) -> Result<proto::RedactResponse, Error> {
@@ -174,7 +178,7 @@ fn redact_until(
             Error::DeadlineExceeded(Deadline::Redaction)
         }
     };
-    redact_with(req, &stop, &stopped)
+    redact_with(req, rules, &stop, &stopped)
 }
 
 /// The wire kind as a masking kind.
@@ -227,13 +231,16 @@ fn kind_to_proto(k: Kind) -> proto::DataKind {
 
 /// Redacts one request (pure).
 pub fn redact(req: &proto::RedactRequest) -> Result<proto::RedactResponse, Error> {
-    redact_with(req, &|| false, &|| Error::Cancelled(Cancel::RedactionStopped))
+    redact_with(req, &masking::Rules::default(), &|| false, &|| {
+        Error::Cancelled(Cancel::RedactionStopped)
+    })
 }
 
 /// Redacts one request, asking `stop` as it goes; `stopped` is the error
 /// when it said to stop.
 fn redact_with(
     req: &proto::RedactRequest,
+    rules: &masking::Rules,
     stop: &dyn Fn() -> bool,
     stopped: &dyn Fn() -> Error,
 ) -> Result<proto::RedactResponse, Error> {
@@ -247,7 +254,8 @@ fn redact_with(
                 .collect::<Result<Vec<_>, _>>()?,
         )
     };
-    let r = masking::redact_until(&req.text, &masking::RedactOptions { kinds }, stop).map_err(|_| stopped())?;
+    let r =
+        masking::redact_until_with(&req.text, &masking::RedactOptions { kinds }, rules, stop).map_err(|_| stopped())?;
     Ok(proto::RedactResponse {
         text: r.text,
         findings: r
@@ -304,7 +312,7 @@ impl proto::mask_server::Mask for MaskService {
         let result = match hold(&self.limits, None, r.text.len(), deadline).await {
             Ok(_held) => {
                 let flag = cancel.0.clone();
-                redact_bounded(r, deadline, move || flag.load(Ordering::Relaxed)).await
+                redact_bounded(r, self.rules.clone(), deadline, move || flag.load(Ordering::Relaxed)).await
             }
             Err(e) => Err(e),
         };
@@ -327,6 +335,7 @@ impl proto::mask_server::Mask for MaskService {
         let (tx, rx) = tokio::sync::mpsc::channel::<(Result<proto::RedactResponse, Status>, Option<Held>)>(32);
         let shared = self.shared.clone();
         let limits = self.limits.clone();
+        let rules = self.rules.clone();
         let share = Arc::new(Semaphore::new(limits.per_stream_kib as usize));
         tokio::spawn(async move {
             let mut lines = 0u64;
@@ -339,7 +348,8 @@ impl proto::mask_server::Mask for MaskService {
                         let (out, held) = match hold(&limits, Some(&share), line.text.len(), deadline).await {
                             Ok(held) => {
                                 let responses = tx.clone();
-                                let out = redact_bounded(line, deadline, move || responses.is_closed()).await;
+                                let out =
+                                    redact_bounded(line, rules.clone(), deadline, move || responses.is_closed()).await;
                                 (out, Some(held))
                             }
                             Err(e) => (Err(e), None),

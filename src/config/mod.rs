@@ -37,6 +37,62 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The audit trail.
     pub audit: AuditConfig,
+    /// Redaction: the operator's own pattern and field rules.
+    #[serde(default)]
+    pub redaction: RedactionConfig,
+}
+
+/// `[redaction]`: the operator's own rules for `Redact` and
+/// `RedactStream`, added to the built-in detectors (issue 16). Inline
+/// `[[redaction.rules]]` / `[[redaction.fields]]` and, or, a `rules_file` in
+/// the `kmsctl redact --rules` format. A rule that cannot be used stops the
+/// daemon at start (and `check-config` names its line).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedactionConfig {
+    /// A rules file (`[[rules]]`, `[[fields]]`), relative to this file.
+    pub rules_file: Option<PathBuf>,
+    /// Pattern rules.
+    pub rules: Vec<toml::Spanned<crate::masking::rules::RuleToml>>,
+    /// Field rules.
+    pub fields: Vec<toml::Spanned<crate::masking::rules::FieldToml>>,
+    /// The configuration text the spans point into, for line numbers.
+    #[serde(skip)]
+    source: std::sync::Arc<str>,
+}
+
+impl RedactionConfig {
+    /// Compiles the inline rules and the rules file into one rule set; an
+    /// unusable rule is named with its file and line.
+    pub fn compile(&self) -> Result<crate::masking::Rules, String> {
+        use crate::masking::rules::{self, line_of, Rules};
+        let mut specs = Vec::new();
+        let mut fields = Vec::new();
+        for r in &self.rules {
+            specs.push(
+                r.get_ref()
+                    .spec(Some(line_of(&self.source, r.span().start)))
+                    .map_err(|e| format!("redaction.rules: {e}"))?,
+            );
+        }
+        for f in &self.fields {
+            fields.push(
+                f.get_ref()
+                    .spec(Some(line_of(&self.source, f.span().start)))
+                    .map_err(|e| format!("redaction.fields: {e}"))?,
+            );
+        }
+        Rules::new(&specs, &fields).map_err(|e| format!("redaction: {e}"))?;
+        if let Some(path) = &self.rules_file {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("redaction.rules_file {}: {e}", path.display()))?;
+            let (file_specs, file_fields) =
+                rules::specs_from_toml(&text).map_err(|e| format!("redaction.rules_file {}: {e}", path.display()))?;
+            specs.extend(file_specs);
+            fields.extend(file_fields);
+        }
+        Rules::new(&specs, &fields).map_err(|e| format!("redaction: {e}"))
+    }
 }
 
 /// The audit trail.
@@ -321,6 +377,7 @@ impl Config {
             path: path.into(),
             message: e.to_string(),
         })?;
+        cfg.redaction.source = text.as_str().into();
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve(base);
         cfg.validate()?;
@@ -353,6 +410,9 @@ impl Config {
         }
         fix(&mut self.policy);
         fix(&mut self.audit.path);
+        if let Some(p) = self.redaction.rules_file.as_mut() {
+            fix(p);
+        }
         if let Some(m) = self.store.master_key.as_mut() {
             fix(m);
         }
@@ -443,6 +503,9 @@ impl Config {
         if self.limits.max_redaction_bytes_in_flight < 64 * 1024 {
             out.push("limits.max_redaction_bytes_in_flight must be at least 65536".into());
         }
+        if let Err(e) = self.redaction.compile() {
+            out.push(e);
+        }
         out
     }
 
@@ -454,7 +517,10 @@ impl Config {
         let mut problems = Vec::new();
         let cfg = loop {
             match toml::from_str::<Config>(&text) {
-                Ok(cfg) => break Some(cfg),
+                Ok(mut cfg) => {
+                    cfg.redaction.source = text.as_str().into();
+                    break Some(cfg);
+                }
                 Err(e) => {
                     let line = e
                         .span()

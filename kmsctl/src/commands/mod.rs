@@ -17,7 +17,7 @@ pub async fn run(cli: &Cli, otp: Otp) -> Result<(), Error> {
     let out = Out(cli.output);
     // offline commands: no daemon, no settings needed
     match &cli.cmd {
-        Cmd::Redact { kinds } => return mask::redact(kinds),
+        Cmd::Redact { kinds, rules, explain } => return mask::redact(kinds, rules.as_deref(), *explain, out),
         Cmd::Mask { kind, keep_bin, value } => return mask::mask(kind, *keep_bin, value, out),
         _ => {}
     }
