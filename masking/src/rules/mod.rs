@@ -19,9 +19,11 @@
 //! Every pattern rule and key-name field rule is compiled into one
 //! multi-pattern automaton, searched once over the text; JSON paths are
 //! followed by one pass over each JSON object. The search is linear in the
-//! text: each search reads from the last match on to the earliest end of
-//! the next one, then at most [`MAX_OVERRUN`] bytes further to find where
-//! that match really ends (a match cannot extend further than that), so a
+//! text: the first search is a plain one (a single pass when nothing
+//! matches); after a match, each search reads from the last match on to
+//! the earliest end of the next one, then at most [`MAX_OVERRUN`] bytes
+//! further to find where that match really ends (a match cannot extend
+//! further than that), so a
 //! pattern that could run on (`a*b|a`) costs at most that much per match,
 //! never a rescan to the end of the text. Bounds: [`MAX_RULES`] pattern rules,
 //! [`MAX_FIELDS`] field rules, [`MAX_PATTERN_BYTES`] per pattern, and the
@@ -32,10 +34,12 @@
 use memchr::memmem;
 use regex_automata::meta::Regex;
 use regex_automata::{Input, MatchKind};
-use serde::Deserialize;
 
 use crate::mask::MaskStyle;
 use crate::{iban, luhn, Kind};
+
+mod file;
+pub use file::{line_of, parse_toml, specs_from_toml, FieldToml, RuleToml};
 
 /// Most pattern rules in one rule set.
 pub const MAX_RULES: usize = 256;
@@ -394,14 +398,26 @@ impl Rules {
                     }
                     next_check = pos + crate::detect::STOP_CHECK_BYTES;
                 }
-                let Some(first) = re.search_half(&Input::new(b).range(pos..).earliest(true)) else {
-                    break;
-                };
-                let e0 = first.offset();
-                let limit = (e0 + MAX_OVERRUN).min(n);
-                let Some(m) = re.find(Input::new(b).range(pos..limit)) else {
-                    pos = e0.max(pos + 1);
-                    continue;
+                // The first search is a plain one (one pass when nothing
+                // matches, the usual case, and the fastest); after a match,
+                // searches are bounded as the module docs say, so matches
+                // that could run on are not rescanned to the end each time.
+                let (m, e0) = if pos == 0 {
+                    let Some(m) = re.find(Input::new(b)) else {
+                        break;
+                    };
+                    (m, m.end())
+                } else {
+                    let Some(first) = re.search_half(&Input::new(b).range(pos..).earliest(true)) else {
+                        break;
+                    };
+                    let e0 = first.offset();
+                    let limit = (e0 + MAX_OVERRUN).min(n);
+                    let Some(m) = re.find(Input::new(b).range(pos..limit)) else {
+                        pos = e0.max(pos + 1);
+                        continue;
+                    };
+                    (m, e0)
                 };
                 let (s, e) = (m.start(), m.end());
                 let id = m.pattern().as_usize();
@@ -679,158 +695,5 @@ fn value_span(b: &[u8], v: usize) -> (usize, usize) {
     }
 }
 
-// ---- rule files -------------------------------------------------------
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileToml {
-    #[serde(default)]
-    rules: Vec<toml::Spanned<RuleToml>>,
-    #[serde(default)]
-    fields: Vec<toml::Spanned<FieldToml>>,
-}
-
-/// A pattern rule as written in TOML (`[[rules]]` in a rules file,
-/// `[[redaction.rules]]` in the daemon's configuration).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleToml {
-    /// See [`RuleSpec::name`].
-    pub name: String,
-    /// See [`RuleSpec::kind`].
-    #[serde(default)]
-    pub kind: String,
-    /// See [`RuleSpec::pattern`].
-    pub pattern: String,
-    /// `luhn`, `mod97` or `none` (default).
-    #[serde(default)]
-    pub validator: Option<String>,
-    /// See [`RuleSpec::context`].
-    #[serde(default)]
-    pub context: Vec<String>,
-    /// See [`RuleSpec::window`].
-    #[serde(default)]
-    pub window: usize,
-    /// `redact` (default), `stars`, `last4` or `initials`.
-    #[serde(default)]
-    pub mask: Option<String>,
-}
-
-/// A field rule as written in TOML (`[[fields]]`, `[[redaction.fields]]`).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FieldToml {
-    /// See [`FieldSpec::path`].
-    pub path: String,
-    /// See [`FieldSpec::kind`].
-    #[serde(default)]
-    pub kind: String,
-    /// `redact` (default), `stars`, `last4` or `initials`.
-    #[serde(default)]
-    pub mask: Option<String>,
-}
-
-fn mask_style(s: Option<&str>, line: Option<usize>) -> Result<MaskStyle, RulesError> {
-    match s {
-        None => Ok(MaskStyle::Redact),
-        Some(s) => {
-            MaskStyle::parse(s).ok_or_else(|| err(line, format!("unknown mask {s:?} (redact, stars, last4, initials)")))
-        }
-    }
-}
-
-impl RuleToml {
-    /// The rule, written at `line`.
-    pub fn spec(&self, line: Option<usize>) -> Result<RuleSpec, RulesError> {
-        let validator = match self.validator.as_deref() {
-            None | Some("none") => Validator::None,
-            Some("luhn") => Validator::Luhn,
-            Some("mod97") => Validator::Mod97,
-            Some(v) => return Err(err(line, format!("unknown validator {v:?} (luhn, mod97, none)"))),
-        };
-        Ok(RuleSpec {
-            name: self.name.clone(),
-            kind: self.kind.clone(),
-            pattern: self.pattern.clone(),
-            validator,
-            context: self.context.clone(),
-            window: self.window,
-            mask: mask_style(self.mask.as_deref(), line)?,
-            line,
-        })
-    }
-}
-
-impl FieldToml {
-    /// The field rule, written at `line`.
-    pub fn spec(&self, line: Option<usize>) -> Result<FieldSpec, RulesError> {
-        Ok(FieldSpec {
-            path: self.path.clone(),
-            kind: self.kind.clone(),
-            mask: mask_style(self.mask.as_deref(), line)?,
-            line,
-        })
-    }
-}
-
-/// The 1-based line of byte offset `at` in `text`.
-pub fn line_of(text: &str, at: usize) -> usize {
-    text.as_bytes()
-        .get(..at.min(text.len()))
-        .map_or(0, |b| memchr::memchr_iter(b'\n', b).count())
-        + 1
-}
-
-/// Parses and compiles a rules file:
-///
-/// ```toml
-/// [[rules]]
-/// name = "customer-id"
-/// kind = "CUSTOMER_ID"
-/// pattern = 'CUST-[0-9]{8}'
-/// validator = "luhn"            # or "mod97", "none" (default)
-/// context = ["customer", "cust"]
-/// window = 32
-/// mask = "last4"                # redact (default), stars, last4, initials
-///
-/// [[fields]]
-/// path = "$.customer.dob"
-/// kind = "DATE_OF_BIRTH"
-/// mask = "stars"
-/// ```
-pub fn parse_toml(text: &str) -> Result<Rules, RulesError> {
-    let (rules, fields) = specs_unchecked(text)?;
-    Rules::new(&rules, &fields)
-}
-
-/// Parses a rules file into its (not yet compiled) rules, each with its
-/// line, to be joined with rules from elsewhere (the daemon's inline
-/// `[[redaction.rules]]`).
-pub fn specs_from_toml(text: &str) -> Result<(Vec<RuleSpec>, Vec<FieldSpec>), RulesError> {
-    let (specs, fields) = specs_unchecked(text)?;
-    // Compiled here too, so that an unusable rule is named in this file.
-    Rules::new(&specs, &fields)?;
-    Ok((specs, fields))
-}
-
-fn specs_unchecked(text: &str) -> Result<(Vec<RuleSpec>, Vec<FieldSpec>), RulesError> {
-    let file: FileToml = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| line_of(text, s.start));
-        err(line, e.message().trim().to_owned())
-    })?;
-    let specs = file
-        .rules
-        .iter()
-        .map(|r| r.get_ref().spec(Some(line_of(text, r.span().start))))
-        .collect::<Result<Vec<_>, _>>()?;
-    let fields = file
-        .fields
-        .iter()
-        .map(|f| f.get_ref().spec(Some(line_of(text, f.span().start))))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((specs, fields))
-}
-
 #[cfg(test)]
-#[path = "rules_tests.rs"]
 mod tests;
