@@ -51,6 +51,11 @@ class DataKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BEARER_TOKEN: _ClassVar[DataKind]
     API_KEY: _ClassVar[DataKind]
     PASSWORD: _ClassVar[DataKind]
+    TRACK_DATA: _ClassVar[DataKind]
+    NATIONAL_ID: _ClassVar[DataKind]
+    DATE_OF_BIRTH: _ClassVar[DataKind]
+    ADDRESS: _ClassVar[DataKind]
+    CUSTOM: _ClassVar[DataKind]
 KEY_PURPOSE_UNSPECIFIED: KeyPurpose
 ENCRYPT_DECRYPT: KeyPurpose
 TOKENIZE: KeyPurpose
@@ -79,6 +84,11 @@ JWT: DataKind
 BEARER_TOKEN: DataKind
 API_KEY: DataKind
 PASSWORD: DataKind
+TRACK_DATA: DataKind
+NATIONAL_ID: DataKind
+DATE_OF_BIRTH: DataKind
+ADDRESS: DataKind
+CUSTOM: DataKind
 
 class RewrapRequest(_message.Message):
     __slots__ = ("key", "ciphertext", "associated_data")
