@@ -126,12 +126,12 @@ class Calls(unittest.TestCase):
                 ct = c.encrypt("py.failover", b"%d" % i)
                 self.assertEqual(c.decrypt("py.failover", ct), b"%d" % i)
             self.assertEqual(c.current_endpoint, live)
-        # A call that is not safe to retry fails over for the next call only.
+        # A call that is not safe to repeat still fails over when it never
+        # reached a daemon (no connection to the first endpoint).
         with Client(settings(dead, live)) as c:
-            with self.assertRaises(kmsd.Unavailable):
-                c.create_key("py.failover")
             with self.assertRaises(kmsd.AlreadyExists):
                 c.create_key("py.failover")
+            self.assertEqual(c.current_endpoint, live)
 
     def test_retries_back_off_with_jitter_and_stop(self):
         tmp = tempfile.mkdtemp()
@@ -207,10 +207,14 @@ class Metadata(unittest.TestCase):
         self.assertNotIn("x-kmsd-otp", rec.calls[0])
 
     def test_not_retried_unless_safe(self):
+        # Answered UNAVAILABLE by a node: a call not safe to repeat is not
+        # repeated, not even on the other node; the next call goes there.
         rec, addr = self.serve(fail=1)
-        with Client(settings(addr), sleep=lambda s: None) as c:
+        live = os.environ["KMSD_ADDR"]
+        with Client(settings(addr, live), sleep=lambda s: None) as c:
             with self.assertRaises(kmsd.Unavailable):
                 c.call("Crypto", "Encrypt", kmsd_pb2.EncryptRequest(key="k"), retry=False)
+            self.assertEqual(c.current_endpoint, live)
         self.assertEqual(len(rec.calls), 1)
 
     def test_a_node_going_away_fails_over_to_the_daemon(self):

@@ -14,13 +14,16 @@ Settings (:meth:`Settings.from_env`), as ``kmsctl``:
   checked against; by default ``localhost`` for a Unix socket and the host
   for TCP, as ``kmsctl``.
 
-Retries: the data-path calls (``Crypto``, the unary ``Mask`` calls) and the
-read-only calls (``GetKey``, ``ListKeys``, ``Status``, ``ListApprovals``,
-``AuditHead``) are safe to repeat, and are retried on ``UNAVAILABLE``: at
-once on the next endpoint, and after a full round of endpoints with
+Retries: a call that never reached a daemon (no connection could be made
+to the endpoint) goes to the next endpoint, whatever it is. The data-path
+calls (``Crypto``, the unary ``Mask`` calls) and the read-only calls
+(``GetKey``, ``ListKeys``, ``Status``, ``ListApprovals``, ``AuditHead``)
+are safe to repeat, and are also retried when a daemon answered
+``UNAVAILABLE`` or the connection broke during the call. Retries go at
+once to the next endpoint, and after a full round of endpoints wait with
 exponential backoff and full jitter, within the call's deadline. Other
-calls fail over for the *next* call only (an ``UNAVAILABLE`` administrative
-call may have been carried out).
+calls answered ``UNAVAILABLE`` fail over for the *next* call only (an
+administrative call may have been carried out).
 """
 import os
 import random
@@ -195,6 +198,15 @@ class _Endpoint:
         self.stubs = {name: cls(self.channel) for name, cls in _STUBS.items()}
 
 
+def _never_sent(err):
+    """Whether a call failed before any connection to a daemon existed
+    (grpc's "failed to connect to all addresses": refused, no socket, a
+    failed TLS handshake), so that no daemon can have carried it out and
+    any call may go to the next endpoint."""
+    details = err.details() or ""
+    return details.startswith("failed to connect to all addresses")
+
+
 def _new_request_id():
     return uuid.uuid4().hex
 
@@ -307,7 +319,7 @@ class Client:
                 self._failed(i)
                 attempt += 1
                 in_round += 1
-                if not retryable or attempt >= self.retry.max_attempts:
+                if not (retryable or _never_sent(e)) or attempt >= self.retry.max_attempts:
                     raise errors.from_grpc(e, request_id=rid, endpoint=ep.addr) from None
             if in_round >= n:
                 # Every endpoint failed once: back off before the next round.
