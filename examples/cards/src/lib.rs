@@ -1,0 +1,224 @@
+//! An internal service's card vault: customers' card numbers (PANs) kept
+//! in a SQLite database, each sealed with kmsd envelope encryption
+//! (`kmsd_client::Envelopes`) with its row id as associated data, and a
+//! tokenized last four digits for search.
+//!
+//! - **Per-row binding**: the associated data is `cards/v1/row/<id>`, so a
+//!   sealed PAN copied or moved to another row (a confused-deputy or
+//!   SQL-injection attempt to read card A through row B) fails to open.
+//! - **Search by last four**: `last4_token` is kmsd's deterministic
+//!   `Tokenize` of the last four digits under key `cards.last4` (kind
+//!   `SECRET`): equal digits give equal tokens, so the column is indexed and
+//!   searched by tokenizing the query; the key stays in kmsd, so the
+//!   database alone does not reveal the digits. (Four digits have only
+//!   10,000 values: anyone who may call `Tokenize` on that key can build
+//!   the table, so grant it only to this service. Tokens change when the
+//!   key rotates: keep that key's rotation manual, or re-index.)
+//! - **Caching**: one data key seals many rows (`CacheLimits`), so adding a
+//!   card costs a `Tokenize` call and, at most every `max_messages` rows, a
+//!   `GenerateDataKey`.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use kmsd_client::proto::{self, DataKind};
+use kmsd_client::{Client, Envelopes};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// The kmsd key the PANs' data keys are wrapped under.
+pub const PAN_KEY: &str = "cards.pan";
+/// The kmsd key the last four digits are tokenized under.
+pub const INDEX_KEY: &str = "cards.last4";
+
+/// What can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Not a card number: 12 to 19 digits passing the Luhn check.
+    #[error("not a card number (12-19 digits passing Luhn)")]
+    NotAPan,
+    /// No card with that id.
+    #[error("no card {0}")]
+    NoSuchCard(i64),
+    /// The database.
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// kmsd (the call or the envelope).
+    #[error("kmsd: {0}")]
+    Kms(#[from] kmsd_client::Error),
+}
+
+/// A customer's card as listed by a search (no PAN).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardRef {
+    /// Row id.
+    pub id: i64,
+    /// The customer.
+    pub customer: String,
+}
+
+/// The vault: a SQLite database and a kmsd client.
+pub struct CardVault {
+    // rusqlite's Connection is not Sync; never locked across an await
+    db: Mutex<Connection>,
+    envelopes: Envelopes,
+    client: Client,
+}
+
+/// The associated data of row `id`.
+pub fn row_aad(id: i64) -> Vec<u8> {
+    format!("cards/v1/row/{id}").into_bytes()
+}
+
+fn luhn(digits: &[u8]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, d)| {
+            let d = u32::from(*d - b'0');
+            if i % 2 == 1 {
+                let x = d * 2;
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum % 10 == 0
+}
+
+/// The PAN's digits, if it is one (spaces and dashes ignored).
+pub fn normalize_pan(pan: &str) -> Result<String, Error> {
+    let digits: String = pan.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
+    if !(12..=19).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) || !luhn(digits.as_bytes()) {
+        return Err(Error::NotAPan);
+    }
+    Ok(digits)
+}
+
+impl CardVault {
+    /// Opens (or creates) the database at `path`; `envelopes` seals and
+    /// opens, `expect_keys` restricted to [`PAN_KEY`].
+    pub fn open(path: &Path, client: Client) -> Result<CardVault, Error> {
+        let db = Connection::open(path)?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS cards (
+                 id INTEGER PRIMARY KEY,
+                 customer TEXT NOT NULL,
+                 pan_sealed BLOB NOT NULL,
+                 last4_token TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS cards_last4 ON cards (last4_token);",
+        )?;
+        Ok(CardVault {
+            db: Mutex::new(db),
+            envelopes: Envelopes::new(client.clone()).expect_keys([PAN_KEY]),
+            client,
+        })
+    }
+
+    /// Creates the two kmsd keys if they do not exist.
+    pub async fn create_keys(&self) -> Result<(), Error> {
+        for name in [PAN_KEY, INDEX_KEY] {
+            match self
+                .client
+                .create_key(proto::CreateKeyRequest {
+                    name: name.into(),
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(_) | Err(kmsd_client::Error::AlreadyExists(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn last4_token(&self, last4: &str) -> Result<String, Error> {
+        let r = self
+            .client
+            .tokenize(proto::TokenizeRequest {
+                key: INDEX_KEY.into(),
+                value: last4.into(),
+                kind: DataKind::Secret as i32,
+            })
+            .await?;
+        Ok(r.token)
+    }
+
+    /// Stores a customer's card; returns its row id.
+    pub async fn add(&self, customer: &str, pan: &str) -> Result<i64, Error> {
+        let pan = normalize_pan(pan)?;
+        let token = self.last4_token(pan.get(pan.len() - 4..).unwrap_or_default()).await?;
+        // the row id is the associated data, so take it first
+        let id = {
+            let db = self.db();
+            db.execute(
+                "INSERT INTO cards (customer, pan_sealed, last4_token) VALUES (?1, x'', ?2)",
+                params![customer, token],
+            )?;
+            db.last_insert_rowid()
+        };
+        let sealed = match self.envelopes.seal(PAN_KEY, pan.as_bytes(), &row_aad(id)).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.db().execute("DELETE FROM cards WHERE id = ?1", params![id])?;
+                return Err(e.into());
+            }
+        };
+        self.db()
+            .execute("UPDATE cards SET pan_sealed = ?1 WHERE id = ?2", params![sealed, id])?;
+        Ok(id)
+    }
+
+    /// The card number of row `id`.
+    pub async fn pan(&self, id: i64) -> Result<String, Error> {
+        let sealed: Vec<u8> = self
+            .db()
+            .query_row("SELECT pan_sealed FROM cards WHERE id = ?1", params![id], |r| r.get(0))
+            .optional()?
+            .ok_or(Error::NoSuchCard(id))?;
+        let pan = self.envelopes.open(&sealed, &row_aad(id)).await?;
+        String::from_utf8(pan).map_err(|_| Error::NotAPan)
+    }
+
+    /// The cards whose number ends in `last4`.
+    pub async fn find_by_last4(&self, last4: &str) -> Result<Vec<CardRef>, Error> {
+        if last4.len() != 4 || !last4.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Error::NotAPan);
+        }
+        let token = self.last4_token(last4).await?;
+        let db = self.db();
+        let mut st = db.prepare("SELECT id, customer FROM cards WHERE last4_token = ?1 ORDER BY id")?;
+        let rows = st.query_map(params![token], |r| {
+            Ok(CardRef {
+                id: r.get(0)?,
+                customer: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pans_are_checked() {
+        assert_eq!(normalize_pan("4111 1111 1111 1111").unwrap(), "4111111111111111");
+        assert!(normalize_pan("4111 1111 1111 1112").is_err());
+        assert!(normalize_pan("12345").is_err());
+        assert!(normalize_pan("4111-1111-1111-111a").is_err());
+    }
+}
