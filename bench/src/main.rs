@@ -7,6 +7,7 @@
 //! `kmsd-bench` alone starts its own daemon and echo server (audit trail
 //! on), runs the matrix and prints a table; see `--help` and BENCHMARKS.md.
 #![forbid(unsafe_code)]
+mod client_lib;
 mod echo;
 mod etcd;
 mod floors;
@@ -92,6 +93,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Sub {
+    /// The client library: envelope seal with cached data keys against
+    /// direct Encrypt calls, and stream encryption against openssl speed.
+    Client {
+        /// Measuring time per case.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Runs per case; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Concurrent callers (comma-separated list).
+        #[arg(long, default_value = "1,64", value_delimiter = ',')]
+        concurrency: Vec<usize>,
+        /// GiB per stream.
+        #[arg(long, default_value_t = 1)]
+        gib: u64,
+    },
     /// (internal) The echo baseline server.
     EchoServer {
         /// Directory with the PKI.
@@ -117,6 +134,12 @@ fn main() -> std::process::ExitCode {
     };
     let result = match &cli.cmd {
         Some(Sub::EchoServer { dir, socket, tcp }) => rt.block_on(echo_server(dir, socket, tcp)),
+        Some(Sub::Client {
+            duration,
+            repeat,
+            concurrency,
+            gib,
+        }) => rt.block_on(client_lib::client_bench(*duration, *repeat, concurrency, *gib)),
         None if cli.etcd => rt.block_on(etcd_suite(&cli)),
         None => rt.block_on(run(cli)),
     };
