@@ -13,7 +13,7 @@
 //! **Zeroized on eviction, by type**: the caches hold each data key as an
 //! `Arc<DataKey>`, and [`DataKey`] is a zeroizing `SecretBox` that is
 //! neither `Clone` nor `Copy`, so the key exists once; when an entry is
-//! evicted (age, limits, capacity, [`clear`](DataKeyCache::clear)) its
+//! evicted (age, limits, capacity, `Envelopes::clear_caches`) its
 //! `Arc` is dropped and, once the last seal or open using it finishes, the
 //! key is zeroized. The tests hold a `Weak` to an entry's key and check
 //! that eviction drops it.

@@ -2,7 +2,7 @@
 //! endpoints.
 //!
 //! - **Configuration**: a [`ClientBuilder`], or [`ClientBuilder::from_env`]
-//!   with the variables `kmsctl` reads ([`env`]); `KMSD_ADDR` may list
+//!   with the variables `kmsctl` reads ([`env`](mod@env)); `KMSD_ADDR` may list
 //!   several endpoints separated by commas.
 //! - **Failover**: calls go to the current endpoint; when it cannot be
 //!   reached or answers `UNAVAILABLE`, the client moves to the next one and
@@ -183,7 +183,7 @@ impl ClientBuilder {
         }
     }
 
-    /// From the environment ([`env`]), as `kmsctl` reads it.
+    /// From the environment ([`env`](mod@env)), as `kmsctl` reads it.
     pub fn from_env() -> Result<Self, Error> {
         let var = |name: &'static str| std::env::var_os(name).filter(|v| !v.is_empty());
         let need = |name: &'static str| var(name).ok_or(Error::NotSet { var: name });

@@ -21,11 +21,34 @@
 //!   entries), and the stream helpers.
 //! - [`envelope`] and [`stream`]: the client-side encryption formats of
 //!   `docs/formats.md` (`0xE1` one message, `0xE2` a segmented stream),
-//!   pure code with no I/O; [`format`] holds what they share (the
+//!   pure code with no I/O; [`format`](mod@format) holds what they share (the
 //!   zeroizing [`format::DataKey`], the [`format::FormatError`] kinds);
 //!   [`stream_io`] has the tokio `AsyncRead`/`AsyncWrite` adapters.
 //! - [`error`]: the one error enum. A connection failure names which
 //!   certificate, why, and what to do, in one line.
+//!
+//! # Defaults and choices
+//! - **Data-key cache** ([`CacheLimits`], the AWS Encryption SDK caching
+//!   manager's limits): max age 5 min, max messages 2^32 per data key (the
+//!   envelope format's bound: each message derives its own key from a
+//!   256-bit message id, so nonce reuse is not the limit), max bytes
+//!   2^63 − 1, 100 key names; a key is evicted as soon as it reaches a
+//!   limit; a message larger than `max_bytes` gets an uncached key.
+//!   `CacheLimits::disabled()` makes one `GenerateDataKey` per message.
+//! - **Unwrap cache** ([`UnwrapLimits`]): 5 min, 1,000 data keys.
+//! - **Zeroization**: data keys are [`format::DataKey`] (a zeroizing
+//!   `SecretBox`, not `Clone`), held by the caches as `Arc`s: eviction
+//!   drops the cache's reference and the key is zeroized when the last
+//!   seal or open using it ends. Not covered: the daemon's response
+//!   buffers inside tonic/hyper, and ring's expanded AES key schedules.
+//! - **Streams**: one fresh data key per stream (not cached), 64 KiB
+//!   segments.
+//! - **Retries** ([`RetryPolicy`]): 6 attempts, full-jitter backoff from
+//!   20 ms doubling to 1 s, within the call's deadline (30 s by default);
+//!   `UNAVAILABLE` is retried on the data path only; a failed connection
+//!   is retried on the next endpoint for every call.
+//! - Concurrent cache misses for one key may each call `GenerateDataKey`
+//!   (no single-flight): the count stays within one per concurrent caller.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
