@@ -9,24 +9,14 @@ use std::process::Command;
 
 #[test]
 fn python_grpcio_client_round_trip() {
-    let have = Command::new("python3")
-        .args(["-c", "import grpc, grpc_tools"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !have {
-        assert!(
-            std::env::var_os("KMSD_REQUIRE_PYTHON").is_none(),
-            "python3 grpcio/grpcio-tools are required"
-        );
-        eprintln!("SKIPPED: python3 grpcio/grpcio-tools not installed");
+    let Some(python) = python_with("grpc, grpc_tools") else {
         return;
-    }
+    };
     let root = env!("CARGO_MANIFEST_DIR");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("py");
     std::fs::create_dir_all(&out).unwrap();
-    let st = Command::new("python3")
+    let st = Command::new(&python)
         .args(["-m", "grpc_tools.protoc", "-I"])
         .arg(format!("{root}/proto"))
         .arg(format!("--python_out={}", out.display()))
@@ -46,7 +36,7 @@ fn python_grpcio_client_round_trip() {
         (format!("unix:{}", d.socket.display()), "py-unix"),
         (d.tcp.clone().unwrap(), "py-tcp"),
     ] {
-        let o = Command::new("python3")
+        let o = Command::new(&python)
             .arg(format!("{root}/tests/python/client.py"))
             .arg(key)
             .env("PYTHONPATH", &out)

@@ -16,20 +16,9 @@ use std::process::Command;
 
 #[test]
 fn python_package_tests_pass_against_the_daemon() {
-    let python = std::env::var("KMSD_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let have = Command::new(&python)
-        .args(["-c", "import grpc, grpc_tools, google.protobuf, cryptography"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !have {
-        assert!(
-            std::env::var_os("KMSD_REQUIRE_PYTHON").is_none(),
-            "python3 with grpcio, grpcio-tools, protobuf and cryptography is required"
-        );
-        eprintln!("SKIPPED: python3 grpcio/grpcio-tools/protobuf/cryptography not installed");
+    let Some(python) = python_with("grpc, grpc_tools, google.protobuf, cryptography") else {
         return;
-    }
+    };
     let root = env!("CARGO_MANIFEST_DIR");
     let dir = tempfile::tempdir().unwrap();
     Pki::new(dir.path());
@@ -67,20 +56,9 @@ fn python_package_tests_pass_against_the_daemon() {
 /// zero failed calls (clients/python/tests/cluster_failover.py).
 #[test]
 fn python_client_survives_a_node_killed_under_load() {
-    let python = std::env::var("KMSD_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let have = Command::new(&python)
-        .args(["-c", "import grpc, google.protobuf, cryptography"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !have {
-        assert!(
-            std::env::var_os("KMSD_REQUIRE_PYTHON").is_none(),
-            "python3 with grpcio, protobuf and cryptography is required"
-        );
-        eprintln!("SKIPPED: python3 grpcio/protobuf/cryptography not installed");
+    let Some(python) = python_with("grpc, google.protobuf, cryptography") else {
         return;
-    }
+    };
     let root = env!("CARGO_MANIFEST_DIR");
     let c = common::cluster::KmsCluster::start(1, 2, "");
     let shared = c.root.path().join("shared");
@@ -125,20 +103,9 @@ async fn python_and_rust_open_each_others_envelopes_and_streams() {
     use kmsd::client::{CacheLimits, ClientBuilder, Envelopes, UnwrapLimits};
     use kmsd::proto;
 
-    let python = std::env::var("KMSD_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let have = Command::new(&python)
-        .args(["-c", "import grpc, google.protobuf, cryptography"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !have {
-        assert!(
-            std::env::var_os("KMSD_REQUIRE_PYTHON").is_none(),
-            "python3 with grpcio, protobuf and cryptography is required"
-        );
-        eprintln!("SKIPPED: python3 grpcio/protobuf/cryptography not installed");
+    let Some(python) = python_with("grpc, google.protobuf, cryptography") else {
         return;
-    }
+    };
     let root = env!("CARGO_MANIFEST_DIR");
     let dir = tempfile::tempdir().unwrap();
     Pki::new(dir.path());

@@ -439,6 +439,28 @@ pub fn scrape(path: &Path) -> String {
 }
 
 /// Whether the tests run as root (mount namespaces, tmpfs).
+/// The Python interpreter for a cross-language test (`KMSD_PYTHON`, else
+/// `python3`) when it can import `modules` (comma-separated, as in an
+/// `import` line). Otherwise the test fails where CI requires Python
+/// (`KMSD_REQUIRE_PYTHON`) and is skipped, loudly, elsewhere: `None`.
+pub fn python_with(modules: &str) -> Option<String> {
+    let python = std::env::var("KMSD_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let have = Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if have {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("KMSD_REQUIRE_PYTHON").is_none(),
+        "{python} with {modules} is required"
+    );
+    eprintln!("SKIPPED: {python} cannot import {modules}");
+    None
+}
+
 pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
