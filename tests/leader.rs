@@ -122,10 +122,22 @@ async fn one_rotation_per_period_across_three_nodes() {
         times.len() - 1,
         "each rotation logged once ({logged:?})"
     );
-    assert_eq!(logged[leader], times.len() - 1, "the leader made them all ({logged:?})");
-    // the followers never attempted one (no conflict to retry, no refusal)
-    for (i, d) in c.nodes.iter().enumerate().filter(|(i, _)| *i != leader) {
-        let log = d.log_text();
+    // made by the leader alone, unless a term ended during the run (a lease
+    // renewal that comes late on a loaded machine ends it; the next leader
+    // carries on the cadence, which the gaps above check): then each
+    // rotation came from a node that held a term
+    let logs: Vec<String> = c.nodes.iter().map(|d| d.log_text()).collect();
+    let led = |log: &String| log.contains("this node is the scheduler leader");
+    if logs.iter().any(|l| l.contains("is no longer the scheduler leader")) {
+        eprintln!("a term ended during the run; rotations by node {logged:?}");
+        for (i, n) in logged.iter().enumerate().filter(|(_, n)| **n > 0) {
+            assert!(led(&logs[i]), "node {i} rotated {n} times without a term: {}", logs[i]);
+        }
+    } else {
+        assert_eq!(logged[leader], times.len() - 1, "the leader made them all ({logged:?})");
+    }
+    // nodes that never led never attempted one (no conflict to retry, no refusal)
+    for (i, log) in logs.iter().enumerate().filter(|(_, l)| !led(l)) {
         assert!(!log.contains("scheduled key maintenance failed"), "node {i}: {log}");
         assert!(!log.contains("refused by its fence"), "node {i}: {log}");
     }
