@@ -70,32 +70,13 @@ pub fn row_aad(id: i64) -> Vec<u8> {
     format!("cards/v1/row/{id}").into_bytes()
 }
 
-fn luhn(digits: &[u8]) -> bool {
-    let sum: u32 = digits
-        .iter()
-        .rev()
-        .enumerate()
-        .map(|(i, d)| {
-            let d = u32::from(*d - b'0');
-            if i % 2 == 1 {
-                let x = d * 2;
-                if x > 9 {
-                    x - 9
-                } else {
-                    x
-                }
-            } else {
-                d
-            }
-        })
-        .sum();
-    sum % 10 == 0
-}
-
 /// The PAN's digits, if it is one (spaces and dashes ignored).
 pub fn normalize_pan(pan: &str) -> Result<String, Error> {
     let digits: String = pan.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
-    if !(12..=19).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) || !luhn(digits.as_bytes()) {
+    if !(12..=19).contains(&digits.len())
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || !kmsd_masking::luhn::is_valid(digits.as_bytes())
+    {
         return Err(Error::NotAPan);
     }
     Ok(digits)
