@@ -110,11 +110,28 @@ class Calls(unittest.TestCase):
             time.sleep(0.05)
 
     def test_deadline(self):
+        # Deterministic on any machine: a 10-microsecond deadline is not
+        # (gRPC's timers tick in milliseconds, and an idle machine answers
+        # 100 KB over a Unix socket within one tick). So: a deadline already
+        # spent is refused before any call, and a daemon that never answers
+        # (a socket that accepts nothing) ends at the deadline, typed.
         with Client(settings(os.environ["KMSD_ADDR"])) as c:
             ensure_key(c, "py.deadline")
             with self.assertRaises(kmsd.DeadlineExceeded):
-                c.encrypt("py.deadline", b"x" * 100_000, timeout=0.00001)
+                c.encrypt("py.deadline", b"x", timeout=0)
             c.encrypt("py.deadline", b"x", timeout=10)
+        path = os.path.join(tempfile.mkdtemp(), "silent.sock")
+        silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            silent.bind(path)
+            silent.listen(16)
+            with Client(settings("unix:" + path)) as c:
+                started = time.monotonic()
+                with self.assertRaises(kmsd.DeadlineExceeded):
+                    c.encrypt("py.deadline", b"x", timeout=0.3)
+                self.assertLess(time.monotonic() - started, 5, "the deadline did not end the call")
+        finally:
+            silent.close()
 
     def test_failover_to_the_endpoint_that_answers(self):
         dead = "unix:" + os.path.join(tempfile.mkdtemp(), "gone.sock")
