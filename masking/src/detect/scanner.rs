@@ -134,22 +134,25 @@ impl Scanner<'_> {
 
     /// An operator rule's finding, masked in the rule's style.
     pub(super) fn push_styled(&mut self, start: usize, end: usize, kind: Kind, prio: u8, rule: Rule, style: MaskStyle) {
-        if self.on(kind) && start < end {
-            self.cands.push(Cand {
-                start,
-                end,
-                kind,
-                prio,
-                aux: 0,
-                merged: false,
-                rule,
-                style: Some(style),
-            });
-        }
+        self.push_cand(start, end, kind, prio, 0, rule, Some(style));
     }
 
     /// [`Self::push`] naming the detector (or operator rule) that fired.
     pub(super) fn push_rule(&mut self, start: usize, end: usize, kind: Kind, prio: u8, aux: usize, rule: Rule) {
+        self.push_cand(start, end, kind, prio, aux, rule, None);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push_cand(
+        &mut self,
+        start: usize,
+        end: usize,
+        kind: Kind,
+        prio: u8,
+        aux: usize,
+        rule: Rule,
+        style: Option<MaskStyle>,
+    ) {
         if self.on(kind) && start < end {
             self.cands.push(Cand {
                 start,
@@ -159,7 +162,7 @@ impl Scanner<'_> {
                 aux,
                 merged: false,
                 rule,
-                style: None,
+                style,
             });
         }
     }
