@@ -124,6 +124,7 @@ async fn policy_denies_everything_not_allowed_and_deny_wins() {
                 name: "new".into(),
                 algorithm: 0,
                 policy: None,
+                exportable: false,
             })
             .await
             .unwrap_err(),
@@ -470,6 +471,7 @@ allow = [{ ops = ["admin.reload", "key.read", "status"], keys = ["*"] }]
             name: "k".into(),
             algorithm: 0,
             policy: None,
+            exportable: false,
         })
         .await
         .unwrap_err();

@@ -302,6 +302,7 @@ async fn tokens_need_their_version_and_token_keys_do_not_rotate_by_themselves() 
                 rotation_period_seconds: Some(1),
                 ..Default::default()
             })),
+            exportable: false,
         })
         .await
         .unwrap_err();

@@ -224,6 +224,7 @@ async fn one_etcd_member_down_changes_nothing() {
             name: "after".into(),
             algorithm: 0,
             policy: None,
+            exportable: false,
         })
         .await
     {
@@ -275,6 +276,7 @@ async fn quorum_lost_fails_closed_then_recovers() {
             name: "during".into(),
             algorithm: 0,
             policy: None,
+            exportable: false,
         })
         .await
         .unwrap_err();
@@ -324,6 +326,7 @@ async fn quorum_lost_fails_closed_then_recovers() {
                 name: "after".into(),
                 algorithm: 0,
                 policy: None,
+                exportable: false,
             })
             .await
             .ok()

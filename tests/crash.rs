@@ -171,6 +171,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
                 name: k.into(),
                 algorithm: 0,
                 policy,
+                exportable: false,
             })
             .await
             .unwrap();

@@ -203,6 +203,7 @@ async fn bad_input_gets_precise_errors_and_the_daemon_keeps_serving() {
                 name: bad.into(),
                 algorithm: 0,
                 policy: None,
+                exportable: false,
             })
             .await
             .unwrap_err();
@@ -212,7 +213,8 @@ async fn bad_input_gets_precise_errors_and_the_daemon_keeps_serving() {
         keys.create_key(proto::CreateKeyRequest {
             name: "a".into(),
             algorithm: 0,
-            policy: None
+            policy: None,
+            exportable: false,
         })
         .await
         .unwrap_err()

@@ -199,6 +199,7 @@ async fn a_one_mebibyte_header_leaves_other_clients_served() {
         name: "by-abuser".into(),
         algorithm: 0,
         policy: None,
+        exportable: false,
     });
     req.metadata_mut()
         .insert("x-request-id", "r".repeat(1 << 20).parse().unwrap());

@@ -65,6 +65,7 @@ async fn socket_activation_with_systemd_socket_activate() {
                 name: "act".into(),
                 algorithm: 0,
                 policy: None,
+                exportable: false,
             })
             .await
         {

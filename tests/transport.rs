@@ -286,6 +286,7 @@ async fn invalid_client_certificates_and_tls_1_2_are_refused() {
                 name: "by-tls12".into(),
                 algorithm: 0,
                 policy: None,
+                exportable: false,
             })
             .await
             .is_err(),
@@ -315,6 +316,7 @@ async fn a_client_ca_replaced_on_sighup_refuses_old_clients_on_their_next_handsh
         name: name.into(),
         algorithm: 0,
         policy: None,
+        exportable: false,
     };
     before.create_key(create("k1")).await.unwrap();
 

@@ -75,6 +75,24 @@ impl proto::crypto_server::Crypto for Echo {
     ) -> R<proto::GenerateDataKeyResponse> {
         Err(tonic::Status::unimplemented("echo"))
     }
+    async fn mac(&self, _: tonic::Request<proto::MacRequest>) -> R<proto::MacResponse> {
+        Err(tonic::Status::unimplemented("echo"))
+    }
+    async fn mac_batch(&self, _: tonic::Request<proto::MacBatchRequest>) -> R<proto::MacBatchResponse> {
+        Err(tonic::Status::unimplemented("echo"))
+    }
+    async fn verify_mac(&self, _: tonic::Request<proto::VerifyMacRequest>) -> R<proto::VerifyMacResponse> {
+        Err(tonic::Status::unimplemented("echo"))
+    }
+    async fn sign(&self, _: tonic::Request<proto::SignRequest>) -> R<proto::SignResponse> {
+        Err(tonic::Status::unimplemented("echo"))
+    }
+    async fn verify(&self, _: tonic::Request<proto::VerifyRequest>) -> R<proto::VerifyResponse> {
+        Err(tonic::Status::unimplemented("echo"))
+    }
+    async fn get_public_key(&self, _: tonic::Request<proto::GetPublicKeyRequest>) -> R<proto::GetPublicKeyResponse> {
+        Err(tonic::Status::unimplemented("echo"))
+    }
 }
 
 #[tonic::async_trait]

@@ -49,6 +49,7 @@ pub(crate) async fn etcd_suite(cli: &Cli) -> Result<(), BoxError> {
                 name: "bench".into(),
                 algorithm: 0,
                 policy: None,
+                exportable: false,
             })
             .await?;
     }
@@ -131,6 +132,7 @@ pub(crate) async fn etcd_suite(cli: &Cli) -> Result<(), BoxError> {
                 name: format!("admin-{i}"),
                 algorithm: 0,
                 policy: None,
+                exportable: false,
             })
             .await?;
             create.push(s.elapsed());

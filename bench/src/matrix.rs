@@ -82,6 +82,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), BoxError> {
             name: "bench".into(),
             algorithm: 0,
             policy: None,
+            exportable: false,
         })
         .await
     {

@@ -58,6 +58,7 @@ pub(crate) async fn scale(cli: &Cli, dir: &Path, _single: &Target) -> Result<(),
         name: "one".into(),
         algorithm: 0,
         policy: None,
+        exportable: false,
     })
     .await?;
     let w = Work::Encrypt(vec![1; 64]);

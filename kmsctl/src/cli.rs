@@ -292,6 +292,7 @@ impl PolicyArgs {
                 _ => proto::KeyPurpose::EncryptDecrypt as i32,
             }),
             allow_token_rotation: self.allow_token_rotation,
+            allow_generated_rotation: None,
         }
     }
 }

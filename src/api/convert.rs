@@ -20,6 +20,7 @@ fn policy_to_proto(p: &KeyPolicy, purpose: KeyPurpose) -> proto::KeyPolicy {
         min_encryption_version: Some(p.min_encryption_version),
         deletion_allowed: Some(p.deletion_allowed),
         manual_rotation_resets_schedule: Some(p.manual_rotation_resets_schedule),
+        allow_generated_rotation: None,
     }
 }
 
@@ -48,7 +49,10 @@ pub fn purpose_from_proto(update: Option<&proto::KeyPolicy>) -> Result<KeyPurpos
             Ok(KeyPurpose::EncryptDecrypt)
         }
         Some(Ok(proto::KeyPurpose::Tokenize)) => Ok(KeyPurpose::Tokenize),
-        Some(Err(_)) => Err(Error::InvalidArgument(Invalid::UnknownPurpose)),
+        // Issue 17: MAC and signing keys are not implemented yet.
+        Some(Ok(proto::KeyPurpose::Mac | proto::KeyPurpose::SignVerify)) | Some(Err(_)) => {
+            Err(Error::InvalidArgument(Invalid::UnknownPurpose))
+        }
     }
 }
 
@@ -72,6 +76,7 @@ pub fn key_info(ring: &KeyRing, usage: &[Usage]) -> proto::KeyInfo {
                     encryptions: live.map_or(v.encryptions_reserved, |u| u.encryptions),
                     decryptions: live.map_or(0, |u| u.decryptions).max(v.decryptions),
                     last_used_at: live.map_or(0, |u| u.last_used_at).max(v.last_used_at.unwrap_or(0)),
+                    origin: proto::KeyOrigin::Generated as i32,
                 }
             })
             .collect(),
@@ -92,6 +97,7 @@ pub fn key_info(ring: &KeyRing, usage: &[Usage]) -> proto::KeyInfo {
             })
             .collect(),
         delete_at: ring.delete_at.unwrap_or(0),
+        exportable: false,
     }
 }
 

@@ -187,6 +187,41 @@ impl proto::crypto_server::Crypto for CryptoService {
     ) -> Result<Response<proto::GenerateDataKeyResponse>, Status> {
         self.data_key(req, false).await
     }
+
+    // Issue 17 (MACs and signatures): the API is fixed in proto/; these
+    // handlers answer UNIMPLEMENTED until the key types land.
+    async fn mac(&self, _req: Request<proto::MacRequest>) -> Result<Response<proto::MacResponse>, Status> {
+        Err(Status::unimplemented("Mac is not implemented yet"))
+    }
+
+    async fn mac_batch(
+        &self,
+        _req: Request<proto::MacBatchRequest>,
+    ) -> Result<Response<proto::MacBatchResponse>, Status> {
+        Err(Status::unimplemented("MacBatch is not implemented yet"))
+    }
+
+    async fn verify_mac(
+        &self,
+        _req: Request<proto::VerifyMacRequest>,
+    ) -> Result<Response<proto::VerifyMacResponse>, Status> {
+        Err(Status::unimplemented("VerifyMac is not implemented yet"))
+    }
+
+    async fn sign(&self, _req: Request<proto::SignRequest>) -> Result<Response<proto::SignResponse>, Status> {
+        Err(Status::unimplemented("Sign is not implemented yet"))
+    }
+
+    async fn verify(&self, _req: Request<proto::VerifyRequest>) -> Result<Response<proto::VerifyResponse>, Status> {
+        Err(Status::unimplemented("Verify is not implemented yet"))
+    }
+
+    async fn get_public_key(
+        &self,
+        _req: Request<proto::GetPublicKeyRequest>,
+    ) -> Result<Response<proto::GetPublicKeyResponse>, Status> {
+        Err(Status::unimplemented("GetPublicKey is not implemented yet"))
+    }
 }
 
 impl CryptoService {

@@ -379,4 +379,34 @@ impl proto::keys_server::Keys for KeysService {
         let (records, keys) = self.shared.finish(&call, result)?;
         Ok(Response::new(proto::RestoreResponse { records, keys }))
     }
+
+    // Issue 17 (import and export): the API is fixed in proto/; these
+    // handlers answer UNIMPLEMENTED until import jobs land.
+    async fn create_import_job(
+        &self,
+        _req: Request<proto::CreateImportJobRequest>,
+    ) -> Result<Response<proto::ImportJob>, Status> {
+        Err(Status::unimplemented("CreateImportJob is not implemented yet"))
+    }
+
+    async fn get_import_job(
+        &self,
+        _req: Request<proto::GetImportJobRequest>,
+    ) -> Result<Response<proto::ImportJob>, Status> {
+        Err(Status::unimplemented("GetImportJob is not implemented yet"))
+    }
+
+    async fn import_key_version(
+        &self,
+        _req: Request<proto::ImportKeyVersionRequest>,
+    ) -> Result<Response<proto::KeyInfo>, Status> {
+        Err(Status::unimplemented("ImportKeyVersion is not implemented yet"))
+    }
+
+    async fn export_key_version(
+        &self,
+        _req: Request<proto::ExportKeyVersionRequest>,
+    ) -> Result<Response<proto::ExportKeyVersionResponse>, Status> {
+        Err(Status::unimplemented("ExportKeyVersion is not implemented yet"))
+    }
 }

@@ -56,6 +56,7 @@ async fn create_key(keys: &mut Keys, name: &str, policy: Option<proto::KeyPolicy
         name: name.into(),
         algorithm: 0,
         policy,
+        exportable: false,
     })
     .await
     .unwrap()

@@ -27,6 +27,7 @@ pub async fn create(keys: &mut Keys, name: &str) -> Result<proto::KeyInfo, tonic
         name: name.into(),
         algorithm: 0,
         policy: None,
+        exportable: false,
     })
     .await
     .map(|r| r.into_inner())

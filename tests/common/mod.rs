@@ -501,6 +501,7 @@ pub async fn create_as(d: &Daemon, name: &str, key: &str) -> Result<(), String> 
             name: key.into(),
             algorithm: 0,
             policy: None,
+            exportable: false,
         })
         .await
         .map(|_| ())

@@ -15,6 +15,7 @@ pub async fn run(cmd: &KeyCmd, channel: Chan, out: Out) -> Result<(), Error> {
                 name: name.clone(),
                 algorithm: 0,
                 policy: Some(policy.to_proto()),
+                exportable: false,
             })
             .await?
             .into_inner(),

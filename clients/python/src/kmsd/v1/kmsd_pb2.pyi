@@ -9,16 +9,36 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SignatureEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SIGNATURE_ENCODING_UNSPECIFIED: _ClassVar[SignatureEncoding]
+    DER: _ClassVar[SignatureEncoding]
+    P1363: _ClassVar[SignatureEncoding]
+
 class KeyPurpose(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     KEY_PURPOSE_UNSPECIFIED: _ClassVar[KeyPurpose]
     ENCRYPT_DECRYPT: _ClassVar[KeyPurpose]
     TOKENIZE: _ClassVar[KeyPurpose]
+    MAC: _ClassVar[KeyPurpose]
+    SIGN_VERIFY: _ClassVar[KeyPurpose]
 
 class Algorithm(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ALGORITHM_UNSPECIFIED: _ClassVar[Algorithm]
     AES_256_GCM: _ClassVar[Algorithm]
+    HMAC_SHA256: _ClassVar[Algorithm]
+    HMAC_SHA512: _ClassVar[Algorithm]
+    ECDSA_P256_SHA256: _ClassVar[Algorithm]
+    RSA_PSS_3072_SHA256: _ClassVar[Algorithm]
+    RSA_PSS_4096_SHA256: _ClassVar[Algorithm]
+    ED25519: _ClassVar[Algorithm]
+
+class KeyOrigin(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KEY_ORIGIN_UNSPECIFIED: _ClassVar[KeyOrigin]
+    GENERATED: _ClassVar[KeyOrigin]
+    IMPORTED: _ClassVar[KeyOrigin]
 
 class VersionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -35,6 +55,7 @@ class RotationReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MANUAL: _ClassVar[RotationReason]
     SCHEDULED: _ClassVar[RotationReason]
     USAGE: _ClassVar[RotationReason]
+    IMPORT: _ClassVar[RotationReason]
 
 class DataKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -56,11 +77,25 @@ class DataKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DATE_OF_BIRTH: _ClassVar[DataKind]
     ADDRESS: _ClassVar[DataKind]
     CUSTOM: _ClassVar[DataKind]
+SIGNATURE_ENCODING_UNSPECIFIED: SignatureEncoding
+DER: SignatureEncoding
+P1363: SignatureEncoding
 KEY_PURPOSE_UNSPECIFIED: KeyPurpose
 ENCRYPT_DECRYPT: KeyPurpose
 TOKENIZE: KeyPurpose
+MAC: KeyPurpose
+SIGN_VERIFY: KeyPurpose
 ALGORITHM_UNSPECIFIED: Algorithm
 AES_256_GCM: Algorithm
+HMAC_SHA256: Algorithm
+HMAC_SHA512: Algorithm
+ECDSA_P256_SHA256: Algorithm
+RSA_PSS_3072_SHA256: Algorithm
+RSA_PSS_4096_SHA256: Algorithm
+ED25519: Algorithm
+KEY_ORIGIN_UNSPECIFIED: KeyOrigin
+GENERATED: KeyOrigin
+IMPORTED: KeyOrigin
 VERSION_STATE_UNSPECIFIED: VersionState
 ACTIVE: VersionState
 DECRYPT_ONLY: VersionState
@@ -71,6 +106,7 @@ ROTATION_REASON_UNSPECIFIED: RotationReason
 MANUAL: RotationReason
 SCHEDULED: RotationReason
 USAGE: RotationReason
+IMPORT: RotationReason
 DATA_KIND_UNSPECIFIED: DataKind
 PAN: DataKind
 IBAN: DataKind
@@ -89,6 +125,132 @@ NATIONAL_ID: DataKind
 DATE_OF_BIRTH: DataKind
 ADDRESS: DataKind
 CUSTOM: DataKind
+
+class MacRequest(_message.Message):
+    __slots__ = ("key", "data", "key_version")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    data: bytes
+    key_version: int
+    def __init__(self, key: _Optional[str] = ..., data: _Optional[bytes] = ..., key_version: _Optional[int] = ...) -> None: ...
+
+class MacResponse(_message.Message):
+    __slots__ = ("mac", "key_version")
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    mac: bytes
+    key_version: int
+    def __init__(self, mac: _Optional[bytes] = ..., key_version: _Optional[int] = ...) -> None: ...
+
+class MacBatchRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[MacRequest]
+    def __init__(self, items: _Optional[_Iterable[_Union[MacRequest, _Mapping]]] = ...) -> None: ...
+
+class MacBatchItem(_message.Message):
+    __slots__ = ("ok", "error")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ok: MacResponse
+    error: ItemError
+    def __init__(self, ok: _Optional[_Union[MacResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+
+class MacBatchResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[MacBatchItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[MacBatchItem, _Mapping]]] = ...) -> None: ...
+
+class VerifyMacRequest(_message.Message):
+    __slots__ = ("key", "data", "mac", "key_version")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    data: bytes
+    mac: bytes
+    key_version: int
+    def __init__(self, key: _Optional[str] = ..., data: _Optional[bytes] = ..., mac: _Optional[bytes] = ..., key_version: _Optional[int] = ...) -> None: ...
+
+class VerifyMacResponse(_message.Message):
+    __slots__ = ("valid", "key_version")
+    VALID_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    valid: bool
+    key_version: int
+    def __init__(self, valid: _Optional[bool] = ..., key_version: _Optional[int] = ...) -> None: ...
+
+class SignRequest(_message.Message):
+    __slots__ = ("key", "message", "digest", "encoding")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    message: bytes
+    digest: bytes
+    encoding: SignatureEncoding
+    def __init__(self, key: _Optional[str] = ..., message: _Optional[bytes] = ..., digest: _Optional[bytes] = ..., encoding: _Optional[_Union[SignatureEncoding, str]] = ...) -> None: ...
+
+class SignResponse(_message.Message):
+    __slots__ = ("signature", "key_version", "algorithm")
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    signature: bytes
+    key_version: int
+    algorithm: Algorithm
+    def __init__(self, signature: _Optional[bytes] = ..., key_version: _Optional[int] = ..., algorithm: _Optional[_Union[Algorithm, str]] = ...) -> None: ...
+
+class VerifyRequest(_message.Message):
+    __slots__ = ("key", "key_version", "message", "digest", "signature", "encoding")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    key_version: int
+    message: bytes
+    digest: bytes
+    signature: bytes
+    encoding: SignatureEncoding
+    def __init__(self, key: _Optional[str] = ..., key_version: _Optional[int] = ..., message: _Optional[bytes] = ..., digest: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., encoding: _Optional[_Union[SignatureEncoding, str]] = ...) -> None: ...
+
+class VerifyResponse(_message.Message):
+    __slots__ = ("valid", "key_version")
+    VALID_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    valid: bool
+    key_version: int
+    def __init__(self, valid: _Optional[bool] = ..., key_version: _Optional[int] = ...) -> None: ...
+
+class GetPublicKeyRequest(_message.Message):
+    __slots__ = ("key", "key_version")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    key_version: int
+    def __init__(self, key: _Optional[str] = ..., key_version: _Optional[int] = ...) -> None: ...
+
+class GetPublicKeyResponse(_message.Message):
+    __slots__ = ("pem", "jwk", "algorithm", "key_version", "kid")
+    PEM_FIELD_NUMBER: _ClassVar[int]
+    JWK_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    KID_FIELD_NUMBER: _ClassVar[int]
+    pem: str
+    jwk: str
+    algorithm: Algorithm
+    key_version: int
+    kid: str
+    def __init__(self, pem: _Optional[str] = ..., jwk: _Optional[str] = ..., algorithm: _Optional[_Union[Algorithm, str]] = ..., key_version: _Optional[int] = ..., kid: _Optional[str] = ...) -> None: ...
 
 class RewrapRequest(_message.Message):
     __slots__ = ("key", "ciphertext", "associated_data")
@@ -234,6 +396,72 @@ class DecryptResponse(_message.Message):
     key_version: int
     def __init__(self, plaintext: _Optional[bytes] = ..., key_version: _Optional[int] = ...) -> None: ...
 
+class CreateImportJobRequest(_message.Message):
+    __slots__ = ("key", "ttl_seconds")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    ttl_seconds: int
+    def __init__(self, key: _Optional[str] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class ImportJob(_message.Message):
+    __slots__ = ("id", "key", "public_key_pem", "wrapping_method", "created_at", "expires_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    WRAPPING_METHOD_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    key: str
+    public_key_pem: str
+    wrapping_method: str
+    created_at: int
+    expires_at: int
+    def __init__(self, id: _Optional[str] = ..., key: _Optional[str] = ..., public_key_pem: _Optional[str] = ..., wrapping_method: _Optional[str] = ..., created_at: _Optional[int] = ..., expires_at: _Optional[int] = ...) -> None: ...
+
+class GetImportJobRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ImportKeyVersionRequest(_message.Message):
+    __slots__ = ("key", "import_job", "wrapped_key", "algorithm", "policy", "exportable")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    IMPORT_JOB_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    EXPORTABLE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    import_job: str
+    wrapped_key: bytes
+    algorithm: Algorithm
+    policy: KeyPolicy
+    exportable: bool
+    def __init__(self, key: _Optional[str] = ..., import_job: _Optional[str] = ..., wrapped_key: _Optional[bytes] = ..., algorithm: _Optional[_Union[Algorithm, str]] = ..., policy: _Optional[_Union[KeyPolicy, _Mapping]] = ..., exportable: _Optional[bool] = ...) -> None: ...
+
+class ExportKeyVersionRequest(_message.Message):
+    __slots__ = ("key", "version", "wrapping_public_key_pem")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WRAPPING_PUBLIC_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    version: int
+    wrapping_public_key_pem: str
+    def __init__(self, key: _Optional[str] = ..., version: _Optional[int] = ..., wrapping_public_key_pem: _Optional[str] = ...) -> None: ...
+
+class ExportKeyVersionResponse(_message.Message):
+    __slots__ = ("wrapped_key", "algorithm", "version")
+    WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    wrapped_key: bytes
+    algorithm: Algorithm
+    version: int
+    def __init__(self, wrapped_key: _Optional[bytes] = ..., algorithm: _Optional[_Union[Algorithm, str]] = ..., version: _Optional[int] = ...) -> None: ...
+
 class RestoreChunk(_message.Message):
     __slots__ = ("data",)
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -249,7 +477,7 @@ class RestoreResponse(_message.Message):
     def __init__(self, records: _Optional[int] = ..., keys: _Optional[int] = ...) -> None: ...
 
 class KeyPolicy(_message.Message):
-    __slots__ = ("rotation_period_seconds", "max_encryptions_per_version", "min_decryption_version", "min_encryption_version", "deletion_allowed", "manual_rotation_resets_schedule", "purpose", "allow_token_rotation")
+    __slots__ = ("rotation_period_seconds", "max_encryptions_per_version", "min_decryption_version", "min_encryption_version", "deletion_allowed", "manual_rotation_resets_schedule", "purpose", "allow_token_rotation", "allow_generated_rotation")
     ROTATION_PERIOD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_ENCRYPTIONS_PER_VERSION_FIELD_NUMBER: _ClassVar[int]
     MIN_DECRYPTION_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -258,6 +486,7 @@ class KeyPolicy(_message.Message):
     MANUAL_ROTATION_RESETS_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     ALLOW_TOKEN_ROTATION_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_GENERATED_ROTATION_FIELD_NUMBER: _ClassVar[int]
     rotation_period_seconds: int
     max_encryptions_per_version: int
     min_decryption_version: int
@@ -266,7 +495,8 @@ class KeyPolicy(_message.Message):
     manual_rotation_resets_schedule: bool
     purpose: KeyPurpose
     allow_token_rotation: bool
-    def __init__(self, rotation_period_seconds: _Optional[int] = ..., max_encryptions_per_version: _Optional[int] = ..., min_decryption_version: _Optional[int] = ..., min_encryption_version: _Optional[int] = ..., deletion_allowed: _Optional[bool] = ..., manual_rotation_resets_schedule: _Optional[bool] = ..., purpose: _Optional[_Union[KeyPurpose, str]] = ..., allow_token_rotation: _Optional[bool] = ...) -> None: ...
+    allow_generated_rotation: bool
+    def __init__(self, rotation_period_seconds: _Optional[int] = ..., max_encryptions_per_version: _Optional[int] = ..., min_decryption_version: _Optional[int] = ..., min_encryption_version: _Optional[int] = ..., deletion_allowed: _Optional[bool] = ..., manual_rotation_resets_schedule: _Optional[bool] = ..., purpose: _Optional[_Union[KeyPurpose, str]] = ..., allow_token_rotation: _Optional[bool] = ..., allow_generated_rotation: _Optional[bool] = ...) -> None: ...
 
 class UpdateKeyPolicyRequest(_message.Message):
     __slots__ = ("name", "policy")
@@ -331,14 +561,16 @@ class BackupChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., total_records: _Optional[int] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("name", "algorithm", "policy")
+    __slots__ = ("name", "algorithm", "policy", "exportable")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    EXPORTABLE_FIELD_NUMBER: _ClassVar[int]
     name: str
     algorithm: Algorithm
     policy: KeyPolicy
-    def __init__(self, name: _Optional[str] = ..., algorithm: _Optional[_Union[Algorithm, str]] = ..., policy: _Optional[_Union[KeyPolicy, _Mapping]] = ...) -> None: ...
+    exportable: bool
+    def __init__(self, name: _Optional[str] = ..., algorithm: _Optional[_Union[Algorithm, str]] = ..., policy: _Optional[_Union[KeyPolicy, _Mapping]] = ..., exportable: _Optional[bool] = ...) -> None: ...
 
 class GetKeyRequest(_message.Message):
     __slots__ = ("name",)
@@ -383,7 +615,7 @@ class RotationEvent(_message.Message):
     def __init__(self, at: _Optional[int] = ..., from_version: _Optional[int] = ..., to_version: _Optional[int] = ..., reason: _Optional[_Union[RotationReason, str]] = ...) -> None: ...
 
 class KeyVersionInfo(_message.Message):
-    __slots__ = ("version", "state", "created_at", "destroy_at", "encryptions", "decryptions", "last_used_at")
+    __slots__ = ("version", "state", "created_at", "destroy_at", "encryptions", "decryptions", "last_used_at", "origin")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -391,6 +623,7 @@ class KeyVersionInfo(_message.Message):
     ENCRYPTIONS_FIELD_NUMBER: _ClassVar[int]
     DECRYPTIONS_FIELD_NUMBER: _ClassVar[int]
     LAST_USED_AT_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     version: int
     state: VersionState
     created_at: int
@@ -398,10 +631,11 @@ class KeyVersionInfo(_message.Message):
     encryptions: int
     decryptions: int
     last_used_at: int
-    def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[VersionState, str]] = ..., created_at: _Optional[int] = ..., destroy_at: _Optional[int] = ..., encryptions: _Optional[int] = ..., decryptions: _Optional[int] = ..., last_used_at: _Optional[int] = ...) -> None: ...
+    origin: KeyOrigin
+    def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[VersionState, str]] = ..., created_at: _Optional[int] = ..., destroy_at: _Optional[int] = ..., encryptions: _Optional[int] = ..., decryptions: _Optional[int] = ..., last_used_at: _Optional[int] = ..., origin: _Optional[_Union[KeyOrigin, str]] = ...) -> None: ...
 
 class KeyInfo(_message.Message):
-    __slots__ = ("name", "algorithm", "primary_version", "created_at", "versions", "policy", "next_rotation_at", "rotations", "delete_at")
+    __slots__ = ("name", "algorithm", "primary_version", "created_at", "versions", "policy", "next_rotation_at", "rotations", "delete_at", "exportable")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     PRIMARY_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -411,6 +645,7 @@ class KeyInfo(_message.Message):
     NEXT_ROTATION_AT_FIELD_NUMBER: _ClassVar[int]
     ROTATIONS_FIELD_NUMBER: _ClassVar[int]
     DELETE_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPORTABLE_FIELD_NUMBER: _ClassVar[int]
     name: str
     algorithm: Algorithm
     primary_version: int
@@ -420,7 +655,8 @@ class KeyInfo(_message.Message):
     next_rotation_at: int
     rotations: _containers.RepeatedCompositeFieldContainer[RotationEvent]
     delete_at: int
-    def __init__(self, name: _Optional[str] = ..., algorithm: _Optional[_Union[Algorithm, str]] = ..., primary_version: _Optional[int] = ..., created_at: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[KeyVersionInfo, _Mapping]]] = ..., policy: _Optional[_Union[KeyPolicy, _Mapping]] = ..., next_rotation_at: _Optional[int] = ..., rotations: _Optional[_Iterable[_Union[RotationEvent, _Mapping]]] = ..., delete_at: _Optional[int] = ...) -> None: ...
+    exportable: bool
+    def __init__(self, name: _Optional[str] = ..., algorithm: _Optional[_Union[Algorithm, str]] = ..., primary_version: _Optional[int] = ..., created_at: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[KeyVersionInfo, _Mapping]]] = ..., policy: _Optional[_Union[KeyPolicy, _Mapping]] = ..., next_rotation_at: _Optional[int] = ..., rotations: _Optional[_Iterable[_Union[RotationEvent, _Mapping]]] = ..., delete_at: _Optional[int] = ..., exportable: _Optional[bool] = ...) -> None: ...
 
 class ReloadPolicyRequest(_message.Message):
     __slots__ = ()
@@ -487,10 +723,12 @@ class ApproveRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class ApproveResponse(_message.Message):
-    __slots__ = ("result",)
+    __slots__ = ("result", "payload")
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     result: str
-    def __init__(self, result: _Optional[str] = ...) -> None: ...
+    payload: bytes
+    def __init__(self, result: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class RejectRequest(_message.Message):
     __slots__ = ("id",)

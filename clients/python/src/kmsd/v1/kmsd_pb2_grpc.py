@@ -51,6 +51,30 @@ class CryptoStub:
                 '/kmsd.v1.Crypto/GenerateDataKeyWithoutPlaintext',
                 request_serializer=kmsd_dot_v1_dot_kmsd__pb2.GenerateDataKeyRequest.SerializeToString,
                 response_deserializer=kmsd_dot_v1_dot_kmsd__pb2.GenerateDataKeyResponse.FromString)
+        self.Mac = channel.unary_unary(
+                '/kmsd.v1.Crypto/Mac',
+                request_serializer=kmsd_dot_v1_dot_kmsd__pb2.MacRequest.SerializeToString,
+                response_deserializer=kmsd_dot_v1_dot_kmsd__pb2.MacResponse.FromString)
+        self.MacBatch = channel.unary_unary(
+                '/kmsd.v1.Crypto/MacBatch',
+                request_serializer=kmsd_dot_v1_dot_kmsd__pb2.MacBatchRequest.SerializeToString,
+                response_deserializer=kmsd_dot_v1_dot_kmsd__pb2.MacBatchResponse.FromString)
+        self.VerifyMac = channel.unary_unary(
+                '/kmsd.v1.Crypto/VerifyMac',
+                request_serializer=kmsd_dot_v1_dot_kmsd__pb2.VerifyMacRequest.SerializeToString,
+                response_deserializer=kmsd_dot_v1_dot_kmsd__pb2.VerifyMacResponse.FromString)
+        self.Sign = channel.unary_unary(
+                '/kmsd.v1.Crypto/Sign',
+                request_serializer=kmsd_dot_v1_dot_kmsd__pb2.SignRequest.SerializeToString,
+                response_deserializer=kmsd_dot_v1_dot_kmsd__pb2.SignResponse.FromString)
+        self.Verify = channel.unary_unary(
+                '/kmsd.v1.Crypto/Verify',
+                request_serializer=kmsd_dot_v1_dot_kmsd__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=kmsd_dot_v1_dot_kmsd__pb2.VerifyResponse.FromString)
+        self.GetPublicKey = channel.unary_unary(
+                '/kmsd.v1.Crypto/GetPublicKey',
+                request_serializer=kmsd_dot_v1_dot_kmsd__pb2.GetPublicKeyRequest.SerializeToString,
+                response_deserializer=kmsd_dot_v1_dot_kmsd__pb2.GetPublicKeyResponse.FromString)
 
 
 class CryptoServicer:
@@ -111,6 +135,57 @@ class CryptoServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Mac(self, request, context):
+        """MACs (HMAC_SHA256 / HMAC_SHA512 keys; policy operation "mac"): webhook
+        signatures, blind indexes. The tag is the raw HMAC, interoperable with
+        any HMAC implementation holding the same key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MacBatch(self, request, context):
+        """Many MACs in one call (blind indexes are computed in bulk); each item
+        gets a tag or its own error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyMac(self, request, context):
+        """Recomputes the MAC and compares in constant time (policy "verify").
+        A wrong tag is OK with valid = false, not an error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Sign(self, request, context):
+        """Signs with a private key that never leaves kmsd (ECDSA_P256_SHA256,
+        RSA_PSS_*_SHA256, ED25519 keys; policy "sign"): over the message, or
+        over a SHA-256 digest the caller computed (not for ED25519, which signs
+        messages only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Verify(self, request, context):
+        """Verifies a signature with the key's public half (policy "verify").
+        A bad signature is OK with valid = false, not an error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPublicKey(self, request, context):
+        """The public half of a signing key version, as SPKI PEM and as a JWK
+        (policy "verify").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CryptoServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +228,36 @@ def add_CryptoServicer_to_server(servicer, server):
                     servicer.GenerateDataKeyWithoutPlaintext,
                     request_deserializer=kmsd_dot_v1_dot_kmsd__pb2.GenerateDataKeyRequest.FromString,
                     response_serializer=kmsd_dot_v1_dot_kmsd__pb2.GenerateDataKeyResponse.SerializeToString,
+            ),
+            'Mac': grpc.unary_unary_rpc_method_handler(
+                    servicer.Mac,
+                    request_deserializer=kmsd_dot_v1_dot_kmsd__pb2.MacRequest.FromString,
+                    response_serializer=kmsd_dot_v1_dot_kmsd__pb2.MacResponse.SerializeToString,
+            ),
+            'MacBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.MacBatch,
+                    request_deserializer=kmsd_dot_v1_dot_kmsd__pb2.MacBatchRequest.FromString,
+                    response_serializer=kmsd_dot_v1_dot_kmsd__pb2.MacBatchResponse.SerializeToString,
+            ),
+            'VerifyMac': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyMac,
+                    request_deserializer=kmsd_dot_v1_dot_kmsd__pb2.VerifyMacRequest.FromString,
+                    response_serializer=kmsd_dot_v1_dot_kmsd__pb2.VerifyMacResponse.SerializeToString,
+            ),
+            'Sign': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sign,
+                    request_deserializer=kmsd_dot_v1_dot_kmsd__pb2.SignRequest.FromString,
+                    response_serializer=kmsd_dot_v1_dot_kmsd__pb2.SignResponse.SerializeToString,
+            ),
+            'Verify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=kmsd_dot_v1_dot_kmsd__pb2.VerifyRequest.FromString,
+                    response_serializer=kmsd_dot_v1_dot_kmsd__pb2.VerifyResponse.SerializeToString,
+            ),
+            'GetPublicKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPublicKey,
+                    request_deserializer=kmsd_dot_v1_dot_kmsd__pb2.GetPublicKeyRequest.FromString,
+                    response_serializer=kmsd_dot_v1_dot_kmsd__pb2.GetPublicKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -373,6 +478,162 @@ class Crypto:
             timeout,
             metadata)
 
+    @staticmethod
+    def Mac(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kmsd.v1.Crypto/Mac',
+            kmsd_dot_v1_dot_kmsd__pb2.MacRequest.SerializeToString,
+            kmsd_dot_v1_dot_kmsd__pb2.MacResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata)
+
+    @staticmethod
+    def MacBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kmsd.v1.Crypto/MacBatch',
+            kmsd_dot_v1_dot_kmsd__pb2.MacBatchRequest.SerializeToString,
+            kmsd_dot_v1_dot_kmsd__pb2.MacBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata)
+
+    @staticmethod
+    def VerifyMac(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kmsd.v1.Crypto/VerifyMac',
+            kmsd_dot_v1_dot_kmsd__pb2.VerifyMacRequest.SerializeToString,
+            kmsd_dot_v1_dot_kmsd__pb2.VerifyMacResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata)
+
+    @staticmethod
+    def Sign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kmsd.v1.Crypto/Sign',
+            kmsd_dot_v1_dot_kmsd__pb2.SignRequest.SerializeToString,
+            kmsd_dot_v1_dot_kmsd__pb2.SignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata)
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kmsd.v1.Crypto/Verify',
+            kmsd_dot_v1_dot_kmsd__pb2.VerifyRequest.SerializeToString,
+            kmsd_dot_v1_dot_kmsd__pb2.VerifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata)
+
+    @staticmethod
+    def GetPublicKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kmsd.v1.Crypto/GetPublicKey',
+            kmsd_dot_v1_dot_kmsd__pb2.GetPublicKeyRequest.SerializeToString,
+            kmsd_dot_v1_dot_kmsd__pb2.GetPublicKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata)
+
 
 class KeysStub:
     """Key administration. Never returns key material.
@@ -432,6 +693,22 @@ class KeysStub:
                 '/kmsd.v1.Keys/Restore',
                 request_serializer=kmsd_dot_v1_dot_kmsd__pb2.RestoreChunk.SerializeToString,
                 response_deserializer=kmsd_dot_v1_dot_kmsd__pb2.RestoreResponse.FromString)
+        self.CreateImportJob = channel.unary_unary(
+                '/kmsd.v1.Keys/CreateImportJob',
+                request_serializer=kmsd_dot_v1_dot_kmsd__pb2.CreateImportJobRequest.SerializeToString,
+                response_deserializer=kmsd_dot_v1_dot_kmsd__pb2.ImportJob.FromString)
+        self.GetImportJob = channel.unary_unary(
+                '/kmsd.v1.Keys/GetImportJob',
+                request_serializer=kmsd_dot_v1_dot_kmsd__pb2.GetImportJobRequest.SerializeToString,
+                response_deserializer=kmsd_dot_v1_dot_kmsd__pb2.ImportJob.FromString)
+        self.ImportKeyVersion = channel.unary_unary(
+                '/kmsd.v1.Keys/ImportKeyVersion',
+                request_serializer=kmsd_dot_v1_dot_kmsd__pb2.ImportKeyVersionRequest.SerializeToString,
+                response_deserializer=kmsd_dot_v1_dot_kmsd__pb2.KeyInfo.FromString)
+        self.ExportKeyVersion = channel.unary_unary(
+                '/kmsd.v1.Keys/ExportKeyVersion',
+                request_serializer=kmsd_dot_v1_dot_kmsd__pb2.ExportKeyVersionRequest.SerializeToString,
+                response_deserializer=kmsd_dot_v1_dot_kmsd__pb2.ExportKeyVersionResponse.FromString)
 
 
 class KeysServicer:
@@ -519,6 +796,40 @@ class KeysServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateImportJob(self, request, context):
+        """Import (bring your own key; policy "import"): a job holds a fresh
+        RSA-3072 wrapping key for one key name until it expires; its private
+        half is sealed in the store and never leaves kmsd. Reusable until then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetImportJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportKeyVersion(self, request, context):
+        """Unwraps material wrapped for a job and adds it as a new primary version
+        (origin IMPORTED, rotation reason IMPORT), or, when the key does not
+        exist yet, creates the key with it as version 1 (needs key.create too).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportKeyVersion(self, request, context):
+        """Export (policy "export"): a version of a key created exportable,
+        wrapped for another kmsd's import job. Always under dual control: the
+        call answers FAILED_PRECONDITION with x-kmsd-approval-id, and the
+        second officer's Approve carries the wrapped key in ApproveResponse.payload.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeysServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -581,6 +892,26 @@ def add_KeysServicer_to_server(servicer, server):
                     servicer.Restore,
                     request_deserializer=kmsd_dot_v1_dot_kmsd__pb2.RestoreChunk.FromString,
                     response_serializer=kmsd_dot_v1_dot_kmsd__pb2.RestoreResponse.SerializeToString,
+            ),
+            'CreateImportJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateImportJob,
+                    request_deserializer=kmsd_dot_v1_dot_kmsd__pb2.CreateImportJobRequest.FromString,
+                    response_serializer=kmsd_dot_v1_dot_kmsd__pb2.ImportJob.SerializeToString,
+            ),
+            'GetImportJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetImportJob,
+                    request_deserializer=kmsd_dot_v1_dot_kmsd__pb2.GetImportJobRequest.FromString,
+                    response_serializer=kmsd_dot_v1_dot_kmsd__pb2.ImportJob.SerializeToString,
+            ),
+            'ImportKeyVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportKeyVersion,
+                    request_deserializer=kmsd_dot_v1_dot_kmsd__pb2.ImportKeyVersionRequest.FromString,
+                    response_serializer=kmsd_dot_v1_dot_kmsd__pb2.KeyInfo.SerializeToString,
+            ),
+            'ExportKeyVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportKeyVersion,
+                    request_deserializer=kmsd_dot_v1_dot_kmsd__pb2.ExportKeyVersionRequest.FromString,
+                    response_serializer=kmsd_dot_v1_dot_kmsd__pb2.ExportKeyVersionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -896,6 +1227,110 @@ class Keys:
             '/kmsd.v1.Keys/Restore',
             kmsd_dot_v1_dot_kmsd__pb2.RestoreChunk.SerializeToString,
             kmsd_dot_v1_dot_kmsd__pb2.RestoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata)
+
+    @staticmethod
+    def CreateImportJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kmsd.v1.Keys/CreateImportJob',
+            kmsd_dot_v1_dot_kmsd__pb2.CreateImportJobRequest.SerializeToString,
+            kmsd_dot_v1_dot_kmsd__pb2.ImportJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata)
+
+    @staticmethod
+    def GetImportJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kmsd.v1.Keys/GetImportJob',
+            kmsd_dot_v1_dot_kmsd__pb2.GetImportJobRequest.SerializeToString,
+            kmsd_dot_v1_dot_kmsd__pb2.ImportJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata)
+
+    @staticmethod
+    def ImportKeyVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kmsd.v1.Keys/ImportKeyVersion',
+            kmsd_dot_v1_dot_kmsd__pb2.ImportKeyVersionRequest.SerializeToString,
+            kmsd_dot_v1_dot_kmsd__pb2.KeyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata)
+
+    @staticmethod
+    def ExportKeyVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kmsd.v1.Keys/ExportKeyVersion',
+            kmsd_dot_v1_dot_kmsd__pb2.ExportKeyVersionRequest.SerializeToString,
+            kmsd_dot_v1_dot_kmsd__pb2.ExportKeyVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,
