@@ -20,6 +20,8 @@
 //!   builds only).
 //! - `conformance` (feature `conformance`, tests only): the `KeyStore`
 //!   contract as a suite every backend's tests run.
+//! - [`wrap`]: key material wrapped for transport (import jobs, exports):
+//!   RSA-OAEP-SHA256 of an ephemeral AES-256 key, then RFC 5649 key wrap.
 //! - [`rings`]: [`RingStore`], the typed API the daemon uses: key rings
 //!   sealed and stored through any [`KeyStore`].
 //!
@@ -41,6 +43,7 @@ pub mod rings;
 pub mod seal;
 pub mod secret;
 pub mod store;
+pub mod wrap;
 
 pub use error::Error;
 pub use keyring::{Algorithm, KeyRing, KeyVersion, VersionState};
