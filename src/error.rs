@@ -159,6 +159,10 @@ pub enum Error {
     /// connection lost): the caller gets the stream's own status.
     #[error("request stream failed: {0}")]
     RequestStream(tonic::Status),
+    /// Import jobs, imports and exports ([`crate::import`]): each case its
+    /// own code ([`Transfer::code`]).
+    #[error(transparent)]
+    Transfer(Transfer),
 }
 
 /// Which request field is malformed, and why ([`Error::InvalidArgument`]).
@@ -444,6 +448,119 @@ pub enum Cancel {
     RedactionStopped,
 }
 
+/// What went wrong with an import job, an import or an export
+/// ([`Error::Transfer`]). No variant carries key material or any byte of
+/// a wrapped key; unwrapping failures are one coarse case.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Transfer {
+    /// No import job with this id (never created, or removed after it
+    /// expired or was retired).
+    #[error("import job {id} not found")]
+    JobNotFound {
+        /// The id given.
+        id: String,
+    },
+    /// An import job id that cannot be one (32 hex digits).
+    #[error("import job id must be 32 lowercase hex digits")]
+    JobId,
+    /// The job has expired (and is removed).
+    #[error("import job {id} expired at {expired_at} (Unix time); create another (kmsctl import-job create)")]
+    JobExpired {
+        /// The job.
+        id: String,
+        /// When it expired.
+        expired_at: i64,
+    },
+    /// The job was retired after too many blobs failed to unwrap under it
+    /// (a bound on the RSA decryption oracle, see SECURITY.md).
+    #[error(
+        "import job {id} is retired: {failures} wrapped keys failed to unwrap under it; create another job \
+         (kmsctl import-job create)"
+    )]
+    JobRetired {
+        /// The job.
+        id: String,
+        /// Failed unwraps that retired it.
+        failures: u32,
+    },
+    /// The job imports into another key.
+    #[error("import job {id} is for key {job_key:?}, not {key:?}")]
+    JobForAnotherKey {
+        /// The job.
+        id: String,
+        /// The key the job was created for.
+        job_key: String,
+        /// The key the request named.
+        key: String,
+    },
+    /// `ttl_seconds` beyond the most allowed.
+    #[error("ttl_seconds must be at most {max} (0 = the default, {default})")]
+    JobTtl {
+        /// The most allowed.
+        max: u64,
+        /// The default.
+        default: u64,
+    },
+    /// `limits.max_import_jobs` jobs are live already.
+    #[error("{live} import jobs are live, the most allowed (limits.max_import_jobs); let some expire first")]
+    TooManyJobs {
+        /// Live jobs counted.
+        live: usize,
+    },
+    /// The wrapped key or the wrapping public key is malformed or does not
+    /// unwrap (the keystore's static reason; one answer for both halves of
+    /// a wrapped key).
+    #[error("{0}")]
+    Wrap(#[source] kmsd_keystore::wrap::WrapError),
+    /// The request's algorithm is not the key's.
+    #[error("key {key:?} is {key_algorithm}, not {requested}: material is imported only into a key of its algorithm")]
+    AlgorithmMismatch {
+        /// Key name.
+        key: String,
+        /// The key's algorithm.
+        key_algorithm: &'static str,
+        /// The request's.
+        requested: &'static str,
+    },
+    /// The unwrapped material is not a key of the algorithm (the
+    /// keystore's static reason: a length, a PKCS#8 that does not parse,
+    /// another curve or modulus size).
+    #[error("imported material is not a valid {algorithm} key: {reason}")]
+    Material {
+        /// The algorithm asked for.
+        algorithm: &'static str,
+        /// Why (static text).
+        reason: String,
+    },
+    /// Export of a key not created exportable.
+    #[error("key {key:?} is not exportable (exportable is fixed at creation, default false)")]
+    NotExportable {
+        /// Key name.
+        key: String,
+    },
+}
+
+impl Transfer {
+    /// The gRPC code of each case.
+    pub fn code(&self) -> tonic::Code {
+        use kmsd_keystore::wrap::WrapError;
+        use tonic::Code;
+        match self {
+            Transfer::JobNotFound { .. } => Code::NotFound,
+            Transfer::JobId | Transfer::JobTtl { .. } | Transfer::Material { .. } => Code::InvalidArgument,
+            Transfer::Wrap(WrapError::Key(_)) => Code::Internal,
+            Transfer::Wrap(_) => Code::InvalidArgument,
+            Transfer::JobExpired { .. }
+            | Transfer::JobRetired { .. }
+            | Transfer::JobForAnotherKey { .. }
+            | Transfer::AlgorithmMismatch { .. }
+            | Transfer::NotExportable { .. } => Code::FailedPrecondition,
+            Transfer::TooManyJobs { .. } => Code::ResourceExhausted,
+        }
+    }
+}
+
 impl Error {
     /// The gRPC code this error is answered with: the one table.
     pub fn code(&self) -> tonic::Code {
@@ -475,6 +592,7 @@ impl Error {
             Error::Cancelled(_) => Code::Cancelled,
             Error::NoClientCertificate | Error::SecondFactor(_) => Code::Unauthenticated,
             Error::RequestStream(s) => s.code(),
+            Error::Transfer(t) => t.code(),
         }
     }
 }

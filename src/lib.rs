@@ -29,7 +29,9 @@
 //!   ("keys" names only the gRPC service, [`api::keys`]; the store crate
 //!   is `kmsd_keystore`); [`crypto`]: the ciphertext envelope (format 1)
 //!   over the keystore's AES-256-GCM core; [`page_token`]: sealed
-//!   `ListKeys` page tokens.
+//!   `ListKeys` page tokens; [`import`]: import jobs (sealed RSA-3072
+//!   wrapping keys, bounded, expiring) for importing and exporting key
+//!   material wrapped for transport.
 //! - [`cluster`]: several nodes on one etcd store: each follows the
 //!   store's watch into its ring cache and bounds the cache's staleness.
 //!   [`leader`]: their election (an etcd lease) of the one node that runs
@@ -65,6 +67,7 @@ pub mod deadline;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod error;
+pub mod import;
 pub mod leader;
 pub mod offline;
 pub mod ops;

@@ -360,9 +360,12 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
             .max_encoding_message_size(max.saturating_add(crate::crypto::OVERHEAD + 64)),
         )
         .add_service(
-            proto::keys_server::KeysServer::new(KeysService { shared: shared.clone() })
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
+            proto::keys_server::KeysServer::new(KeysService {
+                shared: shared.clone(),
+                max_import_jobs: config.limits.max_import_jobs,
+            })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
         )
         .add_service(proto::admin_server::AdminServer::new(crate::api::AdminService {
             shared: shared.clone(),

@@ -24,7 +24,8 @@
 //! it.
 //!
 //! Pending dual-control requests (secret records named
-//! [`NOT_BACKED_UP`]`…`) are not in a snapshot: a request outlives its
+//! [`NOT_BACKED_UP`]`…`) and import jobs ([`IMPORT_JOBS`]`…`) are not in
+//! a snapshot: a request outlives its
 //! approval window by minutes at most, a restore brought back with it
 //! could revive a request since rejected, and a pending restore's own
 //! snapshot would double the backup.
@@ -52,6 +53,15 @@ const KINDS: [RecordKind; 3] = COVERED;
 /// Names of the secret records a snapshot leaves out (the daemon's pending
 /// dual-control requests and their bodies).
 pub const NOT_BACKED_UP: &str = "approval";
+/// Names of the import jobs' secret records (`import-job:<id>`, the
+/// daemon's): not in a snapshot either. A job lives hours at most, and a
+/// restore must not revive one.
+pub const IMPORT_JOBS: &str = "import-job:";
+
+/// Whether a record goes into a snapshot.
+fn backed_up(kind: RecordKind, name: &str) -> bool {
+    !(kind == RecordKind::Secret && (name.starts_with(NOT_BACKED_UP) || name.starts_with(IMPORT_JOBS)))
+}
 
 fn kind_from_tag(t: u8) -> Option<RecordKind> {
     KINDS.into_iter().find(|k| k.tag() == t)
@@ -73,7 +83,7 @@ pub fn write_snapshot(
     let mut records = Vec::new();
     for kind in KINDS {
         store.for_each(kind, &mut |name, entry| {
-            if !(kind == RecordKind::Secret && name.starts_with(NOT_BACKED_UP)) {
+            if backed_up(kind, name) {
                 records.push((kind, name.to_owned(), entry.value));
             }
             Ok(())

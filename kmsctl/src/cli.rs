@@ -202,6 +202,36 @@ pub enum Cmd {
         /// Snapshot file from `kmsctl backup`.
         file: PathBuf,
     },
+    /// Import jobs: RSA-3072 wrapping keys for bringing key material in
+    /// (`kmsctl key import`).
+    #[command(subcommand)]
+    ImportJob(ImportJobCmd),
+}
+
+#[derive(Subcommand)]
+pub enum ImportJobCmd {
+    /// Create a job for key KEY: prints its id and the public wrapping key
+    /// (PEM) to wrap material for (CKM_RSA_AES_KEY_WRAP:
+    /// RSA-OAEP-SHA256 of an AES-256 key, then RFC 5649 key wrap).
+    Create {
+        /// The key the job imports into (it need not exist yet).
+        #[arg(long)]
+        key: String,
+        /// Lifetime (default 24h, at most 7d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// Also write the public wrapping key (PEM) to this file.
+        #[arg(long, value_name = "FILE")]
+        public_key_out: Option<PathBuf>,
+    },
+    /// Show a job (its key, expiry and public wrapping key).
+    Show {
+        /// Job id.
+        id: String,
+        /// Also write the public wrapping key (PEM) to this file.
+        #[arg(long, value_name = "FILE")]
+        public_key_out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -230,6 +260,10 @@ pub enum ApprovalsCmd {
     Approve {
         /// Request id.
         id: String,
+        /// An approved export: write the wrapped key (the bytes
+        /// `kmsctl key import --wrapped` takes) to this file (mode 0600).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Reject a request.
     Reject {
@@ -372,5 +406,50 @@ pub enum KeyCmd {
     CancelDelete {
         /// Key name.
         name: String,
+    },
+    /// Import key material wrapped for an import job as a new primary
+    /// version (or as version 1 of a new key).
+    Import {
+        /// Key name (the job's).
+        name: String,
+        /// Import job id (`kmsctl import-job create`).
+        #[arg(long)]
+        job: String,
+        /// The wrapped key: RSA-OAEP part (384 bytes) then the RFC 5649 part.
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "material",
+            required_unless_present = "material"
+        )]
+        wrapped: Option<PathBuf>,
+        /// Convenience: raw material (32 bytes for AES_256_GCM, a PKCS#8
+        /// DER for signing keys), wrapped here with the job's public key.
+        /// The material then passes through this process: prefer wrapping
+        /// it where it lives (an HSM) and giving --wrapped.
+        #[arg(long, value_name = "FILE")]
+        material: Option<PathBuf>,
+        /// The material's algorithm (aes-256-gcm, hmac-sha256, ...).
+        #[arg(long, default_value = "aes-256-gcm")]
+        algorithm: String,
+        /// A new key only: whether its versions may be exported later.
+        #[arg(long)]
+        exportable: bool,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Export a version wrapped for another kmsd's import job. Always under
+    /// dual control: prints the approval id; a second officer's
+    /// `kmsctl approvals approve ID --out FILE` writes the wrapped key.
+    Export {
+        /// Key name.
+        name: String,
+        /// Version (default: the primary).
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+        /// The destination job's public wrapping key (PEM file, from
+        /// `kmsctl import-job create --public-key-out` on the destination).
+        #[arg(long, value_name = "FILE")]
+        wrapping_key: PathBuf,
     },
 }

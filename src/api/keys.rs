@@ -18,6 +18,8 @@ use tonic::{Request, Response, Status};
 pub struct KeysService {
     /// Shared state.
     pub shared: Arc<Shared>,
+    /// Import jobs live at once (`limits.max_import_jobs`).
+    pub max_import_jobs: usize,
 }
 
 /// Whether moving `ring`'s `min_decryption_version` to `new_min` changes
@@ -380,20 +382,19 @@ impl proto::keys_server::Keys for KeysService {
         Ok(Response::new(proto::RestoreResponse { records, keys }))
     }
 
-    // Issue 17 (import and export): the API is fixed in proto/; these
-    // handlers answer UNIMPLEMENTED until import jobs land.
+    // Import and export (issue 17): in api/import.rs.
     async fn create_import_job(
         &self,
-        _req: Request<proto::CreateImportJobRequest>,
+        req: Request<proto::CreateImportJobRequest>,
     ) -> Result<Response<proto::ImportJob>, Status> {
-        Err(Status::unimplemented("CreateImportJob is not implemented yet"))
+        self.create_import_job_call(req).await
     }
 
     async fn get_import_job(
         &self,
-        _req: Request<proto::GetImportJobRequest>,
+        req: Request<proto::GetImportJobRequest>,
     ) -> Result<Response<proto::ImportJob>, Status> {
-        Err(Status::unimplemented("GetImportJob is not implemented yet"))
+        self.get_import_job_call(req).await
     }
 
     async fn import_key_version(

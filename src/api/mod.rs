@@ -7,6 +7,8 @@
 //!   `call::blocking` for work that may touch the store.
 //! - [`crypto`]: `kmsd.v1.Crypto` (encrypt, decrypt, rewrap, data keys).
 //! - [`keys`]: `kmsd.v1.Keys` (key administration, backup, restore).
+//! - [`import`]: the import and export calls of `kmsd.v1.Keys` (import
+//!   jobs, `ImportKeyVersion`, `ExportKeyVersion`).
 //! - [`admin`]: `kmsd.v1.Admin` (status, policy reload, officers,
 //!   approvals, audit verification).
 //! - [`mask`]: `kmsd.v1.Mask` (masking, redaction, tokenization).
@@ -22,6 +24,7 @@ pub mod admin;
 pub mod call;
 pub mod convert;
 pub mod crypto;
+pub mod import;
 pub mod keys;
 pub mod mask;
 

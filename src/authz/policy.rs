@@ -58,11 +58,13 @@ pub enum Op {
     AdminReload,
     OfficerEnroll,
     Status,
+    Import,
+    Export,
 }
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Op; 22] = [
+    pub const ALL: [Op; 24] = [
         Op::Encrypt,
         Op::Decrypt,
         Op::Rewrap,
@@ -85,6 +87,8 @@ impl Op {
         Op::AdminReload,
         Op::OfficerEnroll,
         Op::Status,
+        Op::Import,
+        Op::Export,
     ];
 
     /// The name used in policies, logs, audit records and metrics.
@@ -112,12 +116,15 @@ impl Op {
             Op::AdminReload => "admin.reload",
             Op::OfficerEnroll => "officer.enroll",
             Op::Status => "status",
+            Op::Import => "import",
+            Op::Export => "export",
         }
     }
 
     /// Administrative operations: an officer must present a fresh TOTP
     /// code for these (`key.*` except `key.read`, `master.*`, `backup`,
-    /// `restore`, approving dual-control requests, enrolling officers).
+    /// `restore`, approving dual-control requests, enrolling officers,
+    /// `import` and `export` of key material).
     pub const fn is_admin(self) -> bool {
         matches!(
             self,
@@ -131,6 +138,8 @@ impl Op {
                 | Op::Restore
                 | Op::Approval
                 | Op::OfficerEnroll
+                | Op::Import
+                | Op::Export
         )
     }
 
@@ -471,7 +480,7 @@ allow = [{{ ops = ["*"], keys = ["*"] }}]
 
 [roles.officer]
 officer = true
-allow = [{{ ops = ["key.*", "backup", "restore", "approval", "audit.read", "officer.enroll", "status"], keys = ["*"] }}]
+allow = [{{ ops = ["key.*", "backup", "restore", "approval", "audit.read", "officer.enroll", "status", "import", "export"], keys = ["*"] }}]
 "#
     )
 }

@@ -294,6 +294,9 @@ pub struct Limits {
     /// Bytes pending dual-control requests may hold in memory together
     /// (restore snapshots; default 256 MiB); more get RESOURCE_EXHAUSTED.
     pub max_pending_bytes: usize,
+    /// Import jobs live at once, over the whole store (default 64); more
+    /// get RESOURCE_EXHAUSTED. Each holds a sealed RSA-3072 private key.
+    pub max_import_jobs: usize,
     /// Tokenize calls per second per identity (default 1000; 0 = no limit).
     pub tokenize_rate: u32,
     /// Tokenize calls an identity may make at once above the rate (default 1000).
@@ -317,6 +320,7 @@ impl Default for Limits {
             max_redaction_bytes_in_flight: 256 * 1024 * 1024,
             max_pending_approvals: 64,
             max_pending_bytes: 256 << 20,
+            max_import_jobs: crate::import::DEFAULT_MAX_JOBS,
             tokenize_rate: 1000,
             tokenize_burst: 1000,
         }
@@ -482,6 +486,9 @@ impl Config {
         }
         if self.limits.tokenize_rate > 0 && self.limits.tokenize_burst == 0 {
             out.push("limits.tokenize_burst must be positive when tokenize_rate is set".into());
+        }
+        if self.limits.max_import_jobs == 0 {
+            out.push("limits.max_import_jobs must be positive".into());
         }
         if self.limits.max_pending_approvals == 0 {
             out.push("limits.max_pending_approvals must be positive".into());

@@ -39,7 +39,7 @@ allow = [{ ops = ["audit.read"], keys = ["*"] }]
 
 [roles.officer]
 officer = true
-allow = [{ ops = ["key.*", "approval", "restore", "backup", "officer.enroll"], keys = ["*"] }]
+allow = [{ ops = ["key.*", "approval", "restore", "backup", "officer.enroll", "import", "export"], keys = ["*"] }]
 
 [roles.payments-officer]
 officer = true

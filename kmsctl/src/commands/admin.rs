@@ -169,11 +169,14 @@ pub async fn approvals(cmd: &ApprovalsCmd, channel: Chan, out: Out) -> Result<()
                 table(&["ID", "OPERATION", "REQUESTER", "EXPIRES_AT", "DESCRIPTION"], &rows)
             });
         }
-        ApprovalsCmd::Approve { id } => {
+        ApprovalsCmd::Approve { id, out: file } => {
             let r = admin
                 .approve(proto::ApproveRequest { id: id.clone() })
                 .await?
                 .into_inner();
+            if let Some(file) = file {
+                super::transfer::write_export_payload(&r.payload, file)?;
+            }
             out.message(
                 &json!({"id": id, "approved": true, "result": r.result}),
                 &format!("approved {id}: {}", r.result),

@@ -6,8 +6,9 @@ mod data;
 mod files;
 mod key;
 mod mask;
+mod transfer;
 
-use crate::cli::{AuditCmd, Cli, Cmd};
+use crate::cli::{AuditCmd, Cli, Cmd, KeyCmd};
 use crate::connection::{self, Otp};
 use crate::error::Error;
 use crate::output::Out;
@@ -42,7 +43,9 @@ pub async fn run(cli: &Cli, otp: Otp) -> Result<(), Error> {
     }
     let channel = connection::channel(&client, otp).await?;
     match &cli.cmd {
+        Cmd::Key(cmd @ (KeyCmd::Import { .. } | KeyCmd::Export { .. })) => transfer::key(cmd, channel, out).await,
         Cmd::Key(cmd) => key::run(cmd, channel, out).await,
+        Cmd::ImportJob(cmd) => transfer::import_job(cmd, channel, out).await,
         Cmd::Backup { file } => backup::backup(channel, file, out).await,
         Cmd::Restore { file } => backup::restore(channel, file, out).await,
         Cmd::Status => admin::status(channel, out).await,
