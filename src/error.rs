@@ -174,9 +174,22 @@ pub enum Invalid {
     /// A key name outside the keystore's rules.
     #[error("{0}")]
     KeyName(#[source] kmsd_keystore::Error),
-    /// `CreateKey.algorithm` other than AES-256-GCM.
-    #[error("unsupported algorithm; only AES_256_GCM")]
+    /// `CreateKey.algorithm` not a known algorithm.
+    #[error("unknown algorithm")]
     Algorithm,
+    /// A purpose the key's algorithm does not have (AES: ENCRYPT_DECRYPT or
+    /// TOKENIZE; HMAC: MAC; signing keys: SIGN_VERIFY).
+    #[error("a {algorithm} key cannot have purpose {purpose}")]
+    AlgorithmPurpose {
+        /// The algorithm's API name.
+        algorithm: &'static str,
+        /// The purpose's API name.
+        purpose: &'static str,
+    },
+    /// Key material or an input the key refuses (the keystore's text:
+    /// never the material).
+    #[error("{0}")]
+    KeyInput(#[source] kmsd_keystore::Error),
     /// `CreateKey.purpose` is not a known purpose.
     #[error("unknown key purpose")]
     UnknownPurpose,
@@ -333,6 +346,17 @@ pub enum Precondition {
     TokenKey {
         /// Key name.
         key: String,
+    },
+    /// An operation the key's algorithm does not do (Encrypt on an HMAC
+    /// key, Sign on an AES key, Mac on a signing key...).
+    #[error("key {key:?} is {algorithm}: it does not {action}")]
+    WrongKeyType {
+        /// Key name.
+        key: String,
+        /// The key's algorithm (API name).
+        algorithm: &'static str,
+        /// What was asked ("encrypt", "sign", "compute MACs", ...).
+        action: &'static str,
     },
     /// Tokenizing under a key that rotates by itself.
     #[error(
@@ -637,6 +661,7 @@ impl From<kmsd_keystore::Error> for Error {
             }
             e @ K::InvalidName(_) => Error::InvalidArgument(Invalid::KeyName(e)),
             e @ K::Precondition(_) => Error::FailedPrecondition(Precondition::Ring(e)),
+            e @ (K::InvalidMaterial(_) | K::InvalidInput(_)) => Error::InvalidArgument(Invalid::KeyInput(e)),
             K::Seal { kind, name } => {
                 tracing::error!(kind = %kind, name = %name, "a record could not be sealed");
                 Error::Internal("a record could not be sealed")

@@ -371,7 +371,7 @@ mod tests {
                     Algorithm::Aes256Gcm,
                     KeyPolicy::default(),
                     1,
-                ))
+                ).unwrap())
                 .unwrap();
         }
         let mut snap = Vec::new();
@@ -418,7 +418,7 @@ mod tests {
                 Algorithm::Aes256Gcm,
                 KeyPolicy::default(),
                 1,
-            ))
+            ).unwrap())
             .unwrap();
         let e = restore_snapshot(&other, &records, &mut |_, _| {}).unwrap_err();
         assert!(e.to_string().contains("empty store"), "{e}");

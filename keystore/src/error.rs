@@ -58,6 +58,14 @@ pub enum Error {
     /// The operation is not allowed in the ring's current state.
     #[error("{0}")]
     Precondition(String),
+    /// Key material (imported, or read from a record) is not a valid key
+    /// of the ring's algorithm. The reason never contains the material.
+    #[error("{0}")]
+    InvalidMaterial(String),
+    /// A request's input is malformed for the key (a digest of the wrong
+    /// length, a digest for Ed25519, a public key of another type).
+    #[error("{0}")]
+    InvalidInput(String),
     /// The master key could not be loaded or is malformed.
     #[error("master key: {0}")]
     MasterKey(String),

@@ -10,11 +10,16 @@
 //! `allow_token_rotation`): the byte `2`, the same postcard encoding of
 //! [`RingRecordV1`], then the postcard encoding of [`RingExtV2`]. A ring
 //! without those settings is still written in format 1, byte for byte as
-//! before. The plaintext is built in a zeroizing buffer and only ever
-//! leaves this module sealed.
+//! before. Format 3 (only for rings that need it: an algorithm other than
+//! AES-256-GCM, an imported version, `exportable`, or
+//! `allow_generated_rotation`): the byte `3`, then the postcard encoding of
+//! [`RingRecordV3`], which holds every field of formats 1 and 2 plus each
+//! version's origin and variable-length material. The plaintext is built
+//! in a zeroizing buffer and only ever leaves this module sealed.
 use crate::error::Error;
 use crate::name::KeyName;
-use crate::secret::{KeyMaterial, KEY_LEN};
+use crate::material::{Material, MAX_MATERIAL_LEN};
+use crate::secret::{KeyMaterial, SecretBytes, KEY_LEN};
 use crate::store::{RecordKind, Revision};
 use crate::UnixTime;
 use serde::{Deserialize, Serialize};
@@ -22,6 +27,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 const RECORD_V1: u8 = 1;
 const RECORD_V2: u8 = 2;
+const RECORD_V3: u8 = 3;
 
 /// What a key ring is for, fixed at creation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -34,6 +40,10 @@ pub enum KeyPurpose {
     /// (scheduled or usage) unless its policy sets `allow_token_rotation`,
     /// and it never encrypts or decrypts envelopes.
     Tokenize,
+    /// MACs (the purpose of HMAC keys).
+    Mac,
+    /// Signatures (the purpose of ECDSA, RSA-PSS and Ed25519 keys).
+    SignVerify,
 }
 
 impl KeyPurpose {
@@ -41,16 +51,165 @@ impl KeyPurpose {
         match self {
             KeyPurpose::EncryptDecrypt => 0,
             KeyPurpose::Tokenize => 1,
+            KeyPurpose::Mac => 2,
+            KeyPurpose::SignVerify => 3,
+        }
+    }
+
+    fn from_id(id: u8) -> Option<Self> {
+        Some(match id {
+            0 => KeyPurpose::EncryptDecrypt,
+            1 => KeyPurpose::Tokenize,
+            2 => KeyPurpose::Mac,
+            3 => KeyPurpose::SignVerify,
+            _ => return None,
+        })
+    }
+
+    /// Upper-case name as in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyPurpose::EncryptDecrypt => "ENCRYPT_DECRYPT",
+            KeyPurpose::Tokenize => "TOKENIZE",
+            KeyPurpose::Mac => "MAC",
+            KeyPurpose::SignVerify => "SIGN_VERIFY",
         }
     }
 }
 
-/// The algorithm of a key ring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The algorithm of a key ring, fixed at creation; it decides the ring's
+/// purpose ([`Algorithm::purposes`]). Stored as its serde variant index:
+/// new variants go at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Algorithm {
     /// AES-256-GCM with per-message derived keys.
     Aes256Gcm,
+    /// HMAC-SHA256, 256-bit key.
+    HmacSha256,
+    /// HMAC-SHA512, 512-bit key.
+    HmacSha512,
+    /// ECDSA on P-256 with SHA-256 (JWS ES256).
+    EcdsaP256Sha256,
+    /// RSASSA-PSS, 3072-bit modulus, SHA-256, MGF1-SHA-256, 32-byte salt.
+    RsaPss3072Sha256,
+    /// The same with a 4096-bit modulus.
+    RsaPss4096Sha256,
+    /// Ed25519 (RFC 8032).
+    Ed25519,
+}
+
+impl Algorithm {
+    /// Every algorithm, in API order.
+    pub const ALL: [Algorithm; 7] = [
+        Algorithm::Aes256Gcm,
+        Algorithm::HmacSha256,
+        Algorithm::HmacSha512,
+        Algorithm::EcdsaP256Sha256,
+        Algorithm::RsaPss3072Sha256,
+        Algorithm::RsaPss4096Sha256,
+        Algorithm::Ed25519,
+    ];
+
+    /// Upper-case name as in the API (`AES_256_GCM`, `HMAC_SHA256`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Aes256Gcm => "AES_256_GCM",
+            Algorithm::HmacSha256 => "HMAC_SHA256",
+            Algorithm::HmacSha512 => "HMAC_SHA512",
+            Algorithm::EcdsaP256Sha256 => "ECDSA_P256_SHA256",
+            Algorithm::RsaPss3072Sha256 => "RSA_PSS_3072_SHA256",
+            Algorithm::RsaPss4096Sha256 => "RSA_PSS_4096_SHA256",
+            Algorithm::Ed25519 => "ED25519",
+        }
+    }
+
+    /// The purpose a new ring of this algorithm gets.
+    pub fn default_purpose(self) -> KeyPurpose {
+        match self {
+            Algorithm::Aes256Gcm => KeyPurpose::EncryptDecrypt,
+            Algorithm::HmacSha256 | Algorithm::HmacSha512 => KeyPurpose::Mac,
+            _ => KeyPurpose::SignVerify,
+        }
+    }
+
+    /// Whether a ring of this algorithm may have `purpose` (AES: encrypt
+    /// or tokenize; HMAC: MAC; the others: sign and verify).
+    pub fn allows(self, purpose: KeyPurpose) -> bool {
+        match self {
+            Algorithm::Aes256Gcm => matches!(purpose, KeyPurpose::EncryptDecrypt | KeyPurpose::Tokenize),
+            _ => purpose == self.default_purpose(),
+        }
+    }
+
+    /// Whether it signs (ECDSA, RSA-PSS, Ed25519).
+    pub fn is_signing(self) -> bool {
+        self.default_purpose() == KeyPurpose::SignVerify
+    }
+
+    /// The key length of an HMAC algorithm.
+    pub fn hmac_key_len(self) -> Option<usize> {
+        match self {
+            Algorithm::HmacSha256 => Some(32),
+            Algorithm::HmacSha512 => Some(64),
+            _ => None,
+        }
+    }
+
+    /// The modulus size of an RSA algorithm.
+    pub fn rsa_bits(self) -> Option<usize> {
+        match self {
+            Algorithm::RsaPss3072Sha256 => Some(3072),
+            Algorithm::RsaPss4096Sha256 => Some(4096),
+            _ => None,
+        }
+    }
+
+    /// The JWS `alg` of a signing algorithm.
+    pub fn jws_alg(self) -> Option<&'static str> {
+        match self {
+            Algorithm::EcdsaP256Sha256 => Some("ES256"),
+            Algorithm::RsaPss3072Sha256 | Algorithm::RsaPss4096Sha256 => Some("PS256"),
+            Algorithm::Ed25519 => Some("EdDSA"),
+            _ => None,
+        }
+    }
+
+    fn id(self) -> u8 {
+        match self {
+            Algorithm::Aes256Gcm => 0,
+            Algorithm::HmacSha256 => 1,
+            Algorithm::HmacSha512 => 2,
+            Algorithm::EcdsaP256Sha256 => 3,
+            Algorithm::RsaPss3072Sha256 => 4,
+            Algorithm::RsaPss4096Sha256 => 5,
+            Algorithm::Ed25519 => 6,
+        }
+    }
+
+    fn from_id(id: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.id() == id)
+    }
+}
+
+/// Where a version's material came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KeyOrigin {
+    /// Drawn from kmsd's OS RNG.
+    #[default]
+    Generated,
+    /// Brought in from elsewhere ([`KeyRing::import_version`]).
+    Imported,
+}
+
+impl KeyOrigin {
+    /// Upper-case name as in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyOrigin::Generated => "GENERATED",
+            KeyOrigin::Imported => "IMPORTED",
+        }
+    }
 }
 
 /// State of one key version (NIST SP 800-57 life cycle).
@@ -103,10 +262,16 @@ pub struct KeyPolicy {
     /// format-2 extension, not in the format-1 policy encoding.
     #[serde(skip)]
     pub allow_token_rotation: bool,
+    /// Whether a ring whose primary version was imported may rotate
+    /// (scheduled, usage or manual) to material kmsd generates. Default
+    /// false: a new version of such a key comes only from an import.
+    /// Stored in format 3 only.
+    #[serde(skip)]
+    pub allow_generated_rotation: bool,
 }
 
-/// One version of a key ring.
-#[derive(Debug, Clone)]
+/// One version of a key ring (not `Clone`: it holds key material).
+#[derive(Debug)]
 pub struct KeyVersion {
     /// 1-based, dense: version `n` is `versions[n - 1]`.
     pub version: u32,
@@ -123,8 +288,10 @@ pub struct KeyVersion {
     pub decryptions: u64,
     /// Last use (encrypt or decrypt), persisted periodically.
     pub last_used_at: Option<UnixTime>,
-    /// The key material; `None` once destroyed.
-    pub material: Option<KeyMaterial>,
+    /// Generated here or imported.
+    pub origin: KeyOrigin,
+    /// The key material (of the ring's algorithm); `None` once destroyed.
+    pub material: Option<Material>,
 }
 
 /// Why a rotation happened.
@@ -136,6 +303,8 @@ pub enum RotationReason {
     Scheduled,
     /// The per-version encryption limit was reached.
     Usage,
+    /// A version was imported ([`KeyRing::import_version`]).
+    Import,
 }
 
 /// A rotation, kept in the ring's history.
@@ -151,8 +320,8 @@ pub struct RotationEvent {
     pub reason: RotationReason,
 }
 
-/// A versioned key ring.
-#[derive(Debug, Clone)]
+/// A versioned key ring (not `Clone`: it holds key material).
+#[derive(Debug)]
 pub struct KeyRing {
     /// Its name.
     pub name: KeyName,
@@ -174,6 +343,8 @@ pub struct KeyRing {
     pub rotations: Vec<RotationEvent>,
     /// What the ring is for (fixed at creation).
     pub purpose: KeyPurpose,
+    /// Whether versions may be exported (fixed at creation).
+    pub exportable: bool,
     /// The store revision this ring was read at (`None` if never stored).
     pub revision: Option<Revision>,
 }
@@ -182,36 +353,81 @@ pub struct KeyRing {
 pub const MAX_ROTATION_EVENTS: usize = 64;
 
 impl KeyRing {
-    /// A new ring with one fresh ACTIVE version.
-    pub fn new(name: KeyName, algorithm: Algorithm, policy: KeyPolicy, now: UnixTime) -> Self {
+    /// A new ring with one fresh ACTIVE version of generated material
+    /// (from the OS RNG; an RSA key takes a while), with the algorithm's
+    /// purpose ([`Algorithm::default_purpose`]).
+    pub fn new(name: KeyName, algorithm: Algorithm, policy: KeyPolicy, now: UnixTime) -> Result<Self, Error> {
+        let first = KeyVersion::fresh(1, now, Material::generate(algorithm)?, KeyOrigin::Generated);
+        Ok(Self::with_first(name, algorithm, policy, now, first))
+    }
+
+    /// A new ring whose version 1 is imported material, checked against
+    /// `algorithm` ([`Material::import`]): what `ImportKeyVersion` does for
+    /// a key that does not exist yet. `exportable` is fixed here as at any
+    /// creation; set `policy.allow_generated_rotation` to let it rotate to
+    /// generated material later.
+    pub fn new_imported(
+        name: KeyName,
+        algorithm: Algorithm,
+        policy: KeyPolicy,
+        material: &[u8],
+        exportable: bool,
+        now: UnixTime,
+    ) -> Result<Self, Error> {
+        let first = KeyVersion::fresh(1, now, Material::import(algorithm, material)?, KeyOrigin::Imported);
+        Ok(Self::with_first(name, algorithm, policy, now, first).exportable(exportable))
+    }
+
+    fn with_first(name: KeyName, algorithm: Algorithm, policy: KeyPolicy, now: UnixTime, first: KeyVersion) -> Self {
         let mut ring = KeyRing {
             name,
             algorithm,
             created_at: now,
             primary: 1,
-            versions: vec![KeyVersion::fresh(1, now)],
+            versions: vec![first],
             policy,
             next_rotation_at: None,
             delete_at: None,
             rotations: Vec::new(),
-            purpose: KeyPurpose::EncryptDecrypt,
+            purpose: algorithm.default_purpose(),
+            exportable: false,
             revision: None,
         };
         ring.next_rotation_at = ring.compute_next_rotation();
         ring
     }
 
-    /// The same new ring with another purpose (at creation only).
+    /// The same new ring with another purpose (at creation only; AES
+    /// rings only: the purpose of the other algorithms is fixed).
     pub fn with_purpose(mut self, purpose: KeyPurpose) -> Self {
-        self.purpose = purpose;
-        self.next_rotation_at = self.compute_next_rotation();
+        if self.algorithm.allows(purpose) {
+            self.purpose = purpose;
+            self.next_rotation_at = self.compute_next_rotation();
+        }
         self
     }
 
+    /// The same new ring, exportable or not (at creation only).
+    pub fn exportable(mut self, exportable: bool) -> Self {
+        self.exportable = exportable;
+        self
+    }
+
+    /// Whether the primary version was imported and the policy keeps such
+    /// a ring from rotating to generated material.
+    fn imported_primary_pinned(&self) -> bool {
+        !self.policy.allow_generated_rotation
+            && self
+                .primary_version()
+                .is_some_and(|v| v.origin == KeyOrigin::Imported)
+    }
+
     /// Whether the ring may rotate by itself (scheduled or usage): always,
-    /// except a token key whose policy does not set `allow_token_rotation`.
+    /// except a token key whose policy does not set `allow_token_rotation`,
+    /// and a ring whose primary was imported unless its policy sets
+    /// `allow_generated_rotation`.
     pub fn rotates_automatically(&self) -> bool {
-        self.purpose != KeyPurpose::Tokenize || self.policy.allow_token_rotation
+        (self.purpose != KeyPurpose::Tokenize || self.policy.allow_token_rotation) && !self.imported_primary_pinned()
     }
 
     /// Refuses an automatic-rotation policy on a token key that does not
@@ -262,12 +478,57 @@ impl KeyRing {
                 self.name.as_str()
             )));
         }
+        if self.imported_primary_pinned() {
+            return Err(Error::Precondition(format!(
+                "key {:?}: its primary version {} was imported and the policy does not allow rotating it to \
+                 generated material (allow_generated_rotation is off); import a new version instead",
+                self.name.as_str(),
+                self.primary
+            )));
+        }
         if reason != RotationReason::Manual && !self.rotates_automatically() {
             return Err(Error::Precondition(format!(
                 "token key {:?} does not rotate automatically (allow_token_rotation is off)",
                 self.name.as_str()
             )));
         }
+        let material = Material::generate(self.algorithm)?;
+        self.push_primary(now, reason, material, KeyOrigin::Generated)
+    }
+
+    /// Adds imported material as a new ACTIVE primary version (origin
+    /// IMPORTED, rotation reason IMPORT), demoting the old primary to
+    /// DECRYPT_ONLY: what `ImportKeyVersion` does for an existing key.
+    /// `algorithm` is the material's, as the importer declares it; it must
+    /// be the ring's (FAILED_PRECONDITION otherwise) and the material must
+    /// pass [`Material::import`] (`Error::InvalidMaterial`). Returns the
+    /// new version number.
+    pub fn import_version(&mut self, algorithm: Algorithm, material: &[u8], now: UnixTime) -> Result<u32, Error> {
+        if algorithm != self.algorithm {
+            return Err(Error::Precondition(format!(
+                "key {:?} is {}, the material is declared {}",
+                self.name.as_str(),
+                self.algorithm.as_str(),
+                algorithm.as_str()
+            )));
+        }
+        if self.delete_at.is_some() {
+            return Err(Error::Precondition(format!(
+                "key {:?} is scheduled for deletion",
+                self.name.as_str()
+            )));
+        }
+        let material = Material::import(algorithm, material)?;
+        self.push_primary(now, RotationReason::Import, material, KeyOrigin::Imported)
+    }
+
+    fn push_primary(
+        &mut self,
+        now: UnixTime,
+        reason: RotationReason,
+        material: Material,
+        origin: KeyOrigin,
+    ) -> Result<u32, Error> {
         let old = self.primary;
         let next = u32::try_from(self.versions.len())
             .ok()
@@ -278,7 +539,7 @@ impl KeyRing {
                 v.state = VersionState::DecryptOnly;
             }
         }
-        self.versions.push(KeyVersion::fresh(next, now));
+        self.versions.push(KeyVersion::fresh(next, now, material, origin));
         self.primary = next;
         let keep_schedule = reason == RotationReason::Manual
             && !self.policy.manual_rotation_resets_schedule
@@ -425,7 +686,7 @@ impl KeyRing {
         for ver in &mut self.versions {
             if ver.state == VersionState::ScheduledForDestruction && ver.destroy_at.is_some_and(|t| t <= now) {
                 ver.state = VersionState::Destroyed;
-                ver.material = None; // KeyMaterial zeroizes on drop
+                ver.material = None; // Material zeroizes on drop
                 done.push(ver.version);
             }
         }
@@ -462,7 +723,8 @@ impl KeyRing {
             ));
         }
         let period_changed = policy.rotation_period_secs != self.policy.rotation_period_secs
-            || policy.allow_token_rotation != self.policy.allow_token_rotation;
+            || policy.allow_token_rotation != self.policy.allow_token_rotation
+            || policy.allow_generated_rotation != self.policy.allow_generated_rotation;
         self.policy = policy;
         if period_changed {
             self.next_rotation_at = self.compute_next_rotation();
@@ -470,8 +732,24 @@ impl KeyRing {
         Ok(())
     }
 
-    /// Encodes the ring as record plaintext (zeroizing buffer).
+    /// Whether the ring needs format 3 (anything formats 1 and 2 cannot
+    /// hold: another algorithm, an imported version, an IMPORT rotation,
+    /// `exportable`, `allow_generated_rotation`).
+    fn needs_v3(&self) -> bool {
+        self.algorithm != Algorithm::Aes256Gcm
+            || self.exportable
+            || self.policy.allow_generated_rotation
+            || self.versions.iter().any(|v| v.origin != KeyOrigin::Generated)
+            || self.rotations.iter().any(|r| r.reason == RotationReason::Import)
+            || !matches!(self.purpose, KeyPurpose::EncryptDecrypt | KeyPurpose::Tokenize)
+    }
+
+    /// Encodes the ring as record plaintext (zeroizing buffer): format 1
+    /// or 2 exactly as before for the rings they can hold, else format 3.
     pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+        if self.needs_v3() {
+            return self.encode_v3();
+        }
         let rec = RingRecordV1 {
             algorithm: self.algorithm,
             created_at: self.created_at,
@@ -487,7 +765,7 @@ impl KeyRing {
                     encryptions_reserved: v.encryptions_reserved,
                     decryptions: v.decryptions,
                     last_used_at: v.last_used_at,
-                    material: v.material.as_ref().map(|m| *m.expose_secret()),
+                    material: v.material.as_ref().and_then(|m| m.aes()).map(|m| *m.expose_secret()),
                 })
                 .collect(),
             policy: self.policy.clone(),
@@ -504,37 +782,63 @@ impl KeyRing {
         } else {
             RECORD_V2
         };
-        // Size the buffer up front so postcard never reallocates (a
-        // reallocation would leave an unzeroized copy of key material).
-        let mut cap = 512 + self.versions.len() * 128 + self.rotations.len() * 40;
-        loop {
-            let mut buf = Zeroizing::new(vec![0u8; cap]);
-            if let Some(first) = buf.first_mut() {
-                *first = format;
+        let cap = 512 + self.versions.len() * 128 + self.rotations.len() * 40;
+        encode_into(format, cap, |tail| {
+            let n = postcard::to_slice(&rec, &mut *tail)?.len();
+            if format == RECORD_V1 {
+                return Ok(n);
             }
-            let used = match buf.get_mut(1..) {
-                Some(tail) => postcard::to_slice(&rec, tail).map(|s| s.len()).and_then(|n| {
-                    if format == RECORD_V1 {
-                        return Ok(n);
-                    }
-                    match tail.get_mut(n..) {
-                        Some(rest) => postcard::to_slice(&ext, rest).map(|s| n + s.len()),
-                        None => Err(postcard::Error::SerializeBufferFull),
-                    }
-                }),
+            match tail.get_mut(n..) {
+                Some(rest) => postcard::to_slice(&ext, rest).map(|s| n + s.len()),
                 None => Err(postcard::Error::SerializeBufferFull),
-            };
-            match used {
-                Ok(n) => {
-                    buf.truncate(1 + n);
-                    return buf;
-                }
-                Err(_) => cap *= 2,
             }
-        }
+        })
     }
 
-    /// Decodes record plaintext for the ring `name`.
+    fn encode_v3(&self) -> Zeroizing<Vec<u8>> {
+        let rec = RingRecordV3 {
+            algorithm: self.algorithm.id(),
+            created_at: self.created_at,
+            primary: self.primary,
+            versions: self
+                .versions
+                .iter()
+                .map(|v| VersionRecordV3 {
+                    version: v.version,
+                    state: v.state as u8,
+                    created_at: v.created_at,
+                    destroy_at: v.destroy_at,
+                    encryptions_reserved: v.encryptions_reserved,
+                    decryptions: v.decryptions,
+                    last_used_at: v.last_used_at,
+                    origin: match v.origin {
+                        KeyOrigin::Generated => 0,
+                        KeyOrigin::Imported => 1,
+                    },
+                    material: v.material.as_ref().map(|m| m.expose_secret().to_vec()),
+                })
+                .collect(),
+            policy: self.policy.clone(),
+            next_rotation_at: self.next_rotation_at,
+            delete_at: self.delete_at,
+            rotations: self.rotations.clone(),
+            purpose: self.purpose.id(),
+            allow_token_rotation: self.policy.allow_token_rotation,
+            allow_generated_rotation: self.policy.allow_generated_rotation,
+            exportable: self.exportable,
+        };
+        let material: usize = rec
+            .versions
+            .iter()
+            .map(|v| v.material.as_ref().map_or(0, Vec::len))
+            .sum();
+        let cap = 512 + self.versions.len() * 128 + material + self.rotations.len() * 40;
+        encode_into(RECORD_V3, cap, |tail| postcard::to_slice(&rec, tail).map(|s| s.len()))
+    }
+
+    /// Decodes record plaintext for the ring `name`. Bounded: every length
+    /// comes from the record and is checked against what remains; never
+    /// panics on truncated or corrupted input.
     pub fn decode(name: &KeyName, plain: &[u8], revision: Revision) -> Result<Self, Error> {
         let corrupt = |reason| Error::Corrupt {
             kind: RecordKind::KeyRing,
@@ -554,8 +858,12 @@ impl KeyRing {
                     postcard::from_bytes(rest).map_err(|_| corrupt("key ring record extension does not decode"))?;
                 (rec, ext)
             }
+            RECORD_V3 => return Self::decode_v3(name, body, revision),
             _ => return Err(corrupt("unknown key ring record format")),
         };
+        if rec.algorithm != Algorithm::Aes256Gcm {
+            return Err(corrupt("format 1 and 2 records hold AES-256-GCM rings only"));
+        }
         let purpose = match ext.purpose {
             0 => KeyPurpose::EncryptDecrypt,
             1 => KeyPurpose::Tokenize,
@@ -568,23 +876,16 @@ impl KeyRing {
             if v.version as usize != i + 1 {
                 return Err(corrupt("key ring versions are not dense"));
             }
-            let state = match v.state {
-                0 => VersionState::Active,
-                1 => VersionState::DecryptOnly,
-                2 => VersionState::Disabled,
-                3 => VersionState::ScheduledForDestruction,
-                4 => VersionState::Destroyed,
-                _ => return Err(corrupt("unknown version state")),
-            };
             versions.push(KeyVersion {
                 version: v.version,
-                state,
+                state: state_from(v.state).ok_or_else(|| corrupt("unknown version state"))?,
                 created_at: v.created_at,
                 destroy_at: v.destroy_at,
                 encryptions_reserved: v.encryptions_reserved,
                 decryptions: v.decryptions,
                 last_used_at: v.last_used_at,
-                material: v.material.as_ref().map(KeyMaterial::from_bytes),
+                origin: KeyOrigin::Generated,
+                material: v.material.as_ref().map(|m| Material::Aes(KeyMaterial::from_bytes(m))),
             });
         }
         if rec.primary == 0 || rec.primary as usize > versions.len() {
@@ -601,13 +902,126 @@ impl KeyRing {
             delete_at: rec.delete_at,
             rotations: rec.rotations.clone(),
             purpose,
+            exportable: false,
+            revision: Some(revision),
+        })
+    }
+
+    fn decode_v3(name: &KeyName, body: &[u8], revision: Revision) -> Result<Self, Error> {
+        let corrupt = |reason| Error::Corrupt {
+            kind: RecordKind::KeyRing,
+            name: name.to_string(),
+            reason,
+        };
+        let rec: RingRecordV3 = postcard::from_bytes(body).map_err(|_| corrupt("key ring record does not decode"))?;
+        let algorithm = Algorithm::from_id(rec.algorithm).ok_or_else(|| corrupt("unknown algorithm"))?;
+        let purpose = KeyPurpose::from_id(rec.purpose).ok_or_else(|| corrupt("unknown key purpose"))?;
+        if !algorithm.allows(purpose) {
+            return Err(corrupt("key purpose does not fit the algorithm"));
+        }
+        let mut policy = rec.policy.clone();
+        policy.allow_token_rotation = rec.allow_token_rotation;
+        policy.allow_generated_rotation = rec.allow_generated_rotation;
+        let mut versions = Vec::with_capacity(rec.versions.len());
+        for (i, v) in rec.versions.iter().enumerate() {
+            if v.version as usize != i + 1 {
+                return Err(corrupt("key ring versions are not dense"));
+            }
+            let material = match &v.material {
+                None => None,
+                Some(m) if m.len() > MAX_MATERIAL_LEN => return Err(corrupt("key material too long")),
+                Some(m) => Some(match algorithm {
+                    Algorithm::Aes256Gcm => {
+                        let arr: &[u8; KEY_LEN] = m
+                            .as_slice()
+                            .try_into()
+                            .map_err(|_| corrupt("AES key material of the wrong length"))?;
+                        Material::Aes(KeyMaterial::from_bytes(arr))
+                    }
+                    a if a.hmac_key_len().is_some_and(|n| n != m.len()) => {
+                        return Err(corrupt("HMAC key material of the wrong length"))
+                    }
+                    _ if m.is_empty() => return Err(corrupt("empty key material")),
+                    _ => Material::Bytes(SecretBytes::from_slice(m)),
+                }),
+            };
+            versions.push(KeyVersion {
+                version: v.version,
+                state: state_from(v.state).ok_or_else(|| corrupt("unknown version state"))?,
+                created_at: v.created_at,
+                destroy_at: v.destroy_at,
+                encryptions_reserved: v.encryptions_reserved,
+                decryptions: v.decryptions,
+                last_used_at: v.last_used_at,
+                origin: match v.origin {
+                    0 => KeyOrigin::Generated,
+                    1 => KeyOrigin::Imported,
+                    _ => return Err(corrupt("unknown key origin")),
+                },
+                material,
+            });
+        }
+        if rec.primary == 0 || rec.primary as usize > versions.len() {
+            return Err(corrupt("primary version does not exist"));
+        }
+        Ok(KeyRing {
+            name: name.clone(),
+            algorithm,
+            created_at: rec.created_at,
+            primary: rec.primary,
+            versions,
+            policy,
+            next_rotation_at: rec.next_rotation_at,
+            delete_at: rec.delete_at,
+            rotations: rec.rotations.clone(),
+            purpose,
+            exportable: rec.exportable,
             revision: Some(revision),
         })
     }
 }
 
+fn state_from(id: u8) -> Option<VersionState> {
+    Some(match id {
+        0 => VersionState::Active,
+        1 => VersionState::DecryptOnly,
+        2 => VersionState::Disabled,
+        3 => VersionState::ScheduledForDestruction,
+        4 => VersionState::Destroyed,
+        _ => return None,
+    })
+}
+
+/// Writes `format` then what `body` serializes into a zeroizing buffer
+/// sized up front (and doubled until it fits), so postcard never
+/// reallocates: a reallocation would leave an unzeroized copy of key
+/// material behind.
+fn encode_into(
+    format: u8,
+    mut cap: usize,
+    mut body: impl FnMut(&mut [u8]) -> Result<usize, postcard::Error>,
+) -> Zeroizing<Vec<u8>> {
+    loop {
+        let mut buf = Zeroizing::new(vec![0u8; cap]);
+        if let Some(first) = buf.first_mut() {
+            *first = format;
+        }
+        let used = match buf.get_mut(1..) {
+            Some(tail) => body(tail),
+            None => Err(postcard::Error::SerializeBufferFull),
+        };
+        match used {
+            Ok(n) => {
+                buf.truncate(1 + n);
+                return buf;
+            }
+            Err(_) => cap *= 2,
+        }
+    }
+}
+
 impl KeyVersion {
-    fn fresh(version: u32, now: UnixTime) -> Self {
+    fn fresh(version: u32, now: UnixTime, material: Material, origin: KeyOrigin) -> Self {
         KeyVersion {
             version,
             state: VersionState::Active,
@@ -616,7 +1030,8 @@ impl KeyVersion {
             encryptions_reserved: 0,
             decryptions: 0,
             last_used_at: None,
-            material: Some(KeyMaterial::generate()),
+            origin,
+            material: Some(material),
         }
     }
 }
@@ -659,6 +1074,44 @@ struct VersionRecordV1 {
     material: Option<[u8; KEY_LEN]>,
 }
 
+/// Stored form of a ring, format 3: every field of formats 1 and 2, the
+/// algorithm as a byte ([`Algorithm::ALL`] order from 0), `exportable`,
+/// `allow_generated_rotation`, and per version its origin and material
+/// of any length. Zeroized on drop (it holds copies of key material).
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+struct RingRecordV3 {
+    algorithm: u8,
+    created_at: i64,
+    primary: u32,
+    versions: Vec<VersionRecordV3>,
+    #[zeroize(skip)]
+    policy: KeyPolicy,
+    next_rotation_at: Option<i64>,
+    delete_at: Option<i64>,
+    #[zeroize(skip)]
+    rotations: Vec<RotationEvent>,
+    /// [`KeyPurpose`] id: 0 encrypt/decrypt, 1 tokenize, 2 MAC, 3 sign/verify.
+    purpose: u8,
+    allow_token_rotation: bool,
+    allow_generated_rotation: bool,
+    exportable: bool,
+}
+
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+struct VersionRecordV3 {
+    version: u32,
+    state: u8,
+    created_at: i64,
+    destroy_at: Option<i64>,
+    encryptions_reserved: u64,
+    decryptions: u64,
+    last_used_at: Option<i64>,
+    /// 0 generated, 1 imported.
+    origin: u8,
+    /// Raw AES or HMAC key, or PKCS#8 DER.
+    material: Option<Vec<u8>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -666,7 +1119,7 @@ mod tests {
     #[test]
     fn encode_decode_round_trip() {
         let name = KeyName::parse("k").unwrap();
-        let mut ring = KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 100);
+        let mut ring = KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 100).unwrap();
         ring.rotate(200, RotationReason::Manual).unwrap();
         let enc = ring.encode();
         let back = KeyRing::decode(&name, &enc, Revision(3)).unwrap();
@@ -687,9 +1140,9 @@ mod tests {
     #[test]
     fn token_keys_use_format_2_and_never_rotate_by_themselves() {
         let name = KeyName::parse("t").unwrap();
-        let plain = KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 100);
+        let plain = KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 100).unwrap();
         assert_eq!(plain.encode()[0], RECORD_V1, "ordinary rings keep format 1");
-        let mut tok = KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 100)
+        let mut tok = KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 100).unwrap()
             .with_purpose(KeyPurpose::Tokenize);
         let enc = tok.encode();
         assert_eq!(enc[0], RECORD_V2);
@@ -724,12 +1177,137 @@ mod tests {
     #[test]
     fn large_ring_encodes() {
         let name = KeyName::parse("big").unwrap();
-        let mut ring = KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 1);
+        let mut ring = KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 1).unwrap();
         for t in 0..1000 {
             ring.rotate(t, RotationReason::Scheduled).unwrap();
         }
         let back = KeyRing::decode(&name, &ring.encode(), Revision(1)).unwrap();
         assert_eq!(back.versions.len(), 1001);
         assert_eq!(back.rotations.len(), MAX_ROTATION_EVENTS);
+    }
+
+    #[test]
+    fn every_algorithm_round_trips_in_format_3_and_aes_stays_in_format_1() {
+        let name = KeyName::parse("k").unwrap();
+        for alg in Algorithm::ALL {
+            let mut ring = KeyRing::new(name.clone(), alg, KeyPolicy::default(), 100).unwrap();
+            assert_eq!(ring.purpose, alg.default_purpose());
+            ring.rotate(200, RotationReason::Manual).unwrap();
+            let enc = ring.encode();
+            let want = if alg == Algorithm::Aes256Gcm { RECORD_V1 } else { RECORD_V3 };
+            assert_eq!(enc[0], want, "{alg:?}");
+            let back = KeyRing::decode(&name, &enc, Revision(1)).unwrap();
+            assert_eq!((back.algorithm, back.purpose, back.primary), (alg, ring.purpose, 2));
+            for (a, b) in back.versions.iter().zip(&ring.versions) {
+                assert_eq!(a.origin, KeyOrigin::Generated);
+                assert_eq!(
+                    a.material.as_ref().unwrap().expose_secret(),
+                    b.material.as_ref().unwrap().expose_secret()
+                );
+                a.material.as_ref().unwrap().check(alg).unwrap();
+            }
+            assert_ne!(
+                back.versions[0].material.as_ref().unwrap().expose_secret(),
+                back.versions[1].material.as_ref().unwrap().expose_secret(),
+                "a rotation draws fresh material"
+            );
+            for n in 0..enc.len() {
+                let _ = KeyRing::decode(&name, &enc[..n], Revision(1)); // never panics
+            }
+        }
+    }
+
+    #[test]
+    fn imported_versions_and_the_generated_rotation_rule() {
+        let name = KeyName::parse("imp").unwrap();
+        let hmac = [9u8; 32];
+        // a ring created from imported material
+        let mut ring =
+            KeyRing::new_imported(name.clone(), Algorithm::HmacSha256, KeyPolicy::default(), &hmac, true, 10).unwrap();
+        assert_eq!(ring.versions[0].origin, KeyOrigin::Imported);
+        assert!(ring.exportable);
+        // a pinned imported primary rotates to generated material for no reason
+        for reason in [RotationReason::Manual, RotationReason::Scheduled, RotationReason::Usage] {
+            let e = ring.rotate(20, reason).unwrap_err();
+            assert!(e.to_string().contains("allow_generated_rotation"), "{e}");
+        }
+        ring.set_policy(KeyPolicy {
+            rotation_period_secs: Some(3600),
+            ..KeyPolicy::default()
+        })
+        .unwrap();
+        assert_eq!(ring.next_rotation_at, None, "no schedule that could only fail");
+        // an import adds a primary; wrong algorithm or material is refused
+        assert!(matches!(
+            ring.import_version(Algorithm::HmacSha512, &[1; 64], 30),
+            Err(Error::Precondition(_))
+        ));
+        assert!(matches!(
+            ring.import_version(Algorithm::HmacSha256, &[1; 31], 30),
+            Err(Error::InvalidMaterial(_))
+        ));
+        assert_eq!(ring.versions.len(), 1, "nothing added by a refused import");
+        assert_eq!(ring.import_version(Algorithm::HmacSha256, &[1; 32], 30).unwrap(), 2);
+        assert_eq!(ring.versions[0].state, VersionState::DecryptOnly);
+        assert_eq!(ring.rotations.last().unwrap().reason, RotationReason::Import);
+        // allowed: rotates to generated material, and the schedule returns
+        let mut p = ring.policy.clone();
+        p.allow_generated_rotation = true;
+        ring.set_policy(p).unwrap();
+        assert!(ring.next_rotation_at.is_some());
+        assert_eq!(ring.rotate(40, RotationReason::Scheduled).unwrap(), 3);
+        assert_eq!(ring.versions[2].origin, KeyOrigin::Generated);
+        let enc = ring.encode();
+        assert_eq!(enc[0], RECORD_V3);
+        let back = KeyRing::decode(&name, &enc, Revision(1)).unwrap();
+        assert!(back.exportable && back.policy.allow_generated_rotation);
+        let origins: Vec<_> = back.versions.iter().map(|v| v.origin).collect();
+        assert_eq!(
+            origins,
+            [KeyOrigin::Imported, KeyOrigin::Imported, KeyOrigin::Generated]
+        );
+        assert_eq!(back.versions[1].material.as_ref().unwrap().expose_secret(), &[1; 32]);
+        // an AES ring with an imported version needs format 3 too; a plain
+        // exportable AES ring as well
+        let mut aes = KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 1).unwrap();
+        assert_eq!(aes.encode()[0], RECORD_V1);
+        aes.import_version(Algorithm::Aes256Gcm, &[5; 32], 2).unwrap();
+        let enc = aes.encode();
+        assert_eq!(enc[0], RECORD_V3);
+        let back = KeyRing::decode(&name, &enc, Revision(1)).unwrap();
+        assert_eq!(back.versions[1].material.as_ref().unwrap().aes().unwrap().expose_secret(), &[5; 32]);
+        let exp = KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 1)
+            .unwrap()
+            .exportable(true);
+        assert_eq!(exp.encode()[0], RECORD_V3);
+        // destroyed material stays destroyed through format 3
+        let mut r = KeyRing::new(name.clone(), Algorithm::Ed25519, KeyPolicy::default(), 1).unwrap();
+        r.rotate(2, RotationReason::Manual).unwrap();
+        r.schedule_destruction(1, 5).unwrap();
+        assert_eq!(r.destroy_due(5), vec![1]);
+        let back = KeyRing::decode(&name, &r.encode(), Revision(1)).unwrap();
+        assert!(back.versions[0].material.is_none());
+        assert_eq!(back.versions[0].state, VersionState::Destroyed);
+    }
+
+    #[test]
+    fn format_3_records_that_do_not_fit_their_algorithm_are_corrupt() {
+        let name = KeyName::parse("k").unwrap();
+        let ring = KeyRing::new(name.clone(), Algorithm::HmacSha512, KeyPolicy::default(), 1).unwrap();
+        let enc = ring.encode();
+        // algorithm byte (first field after the format) changed to HMAC_SHA256: 64-byte key
+        let mut wrong = enc.to_vec();
+        wrong[1] = 1;
+        assert!(matches!(
+            KeyRing::decode(&name, &wrong, Revision(1)),
+            Err(Error::Corrupt { .. })
+        ));
+        wrong[1] = 200;
+        assert!(KeyRing::decode(&name, &wrong, Revision(1)).is_err());
+        // a format-1 record may not claim another algorithm
+        let aes = KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 1).unwrap();
+        let mut v1 = aes.encode().to_vec();
+        v1[1] = 3;
+        assert!(KeyRing::decode(&name, &v1, Revision(1)).is_err());
     }
 }

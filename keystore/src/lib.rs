@@ -14,6 +14,11 @@
 //! - [`store`]: the [`KeyStore`] trait (raw, conditional writes on a record
 //!   revision) with a sled backend and an in-memory reference backend.
 //! - [`keyring`]: versioned key rings and their record format.
+//! - [`material`]: key material of every algorithm (AES, HMAC, ECDSA
+//!   P-256, RSA-PSS, Ed25519): generation, and the checks imports pass.
+//! - [`sign`]: the MAC and signature primitives over that material
+//!   (`ring`; `p256` and `rsa` over pre-computed digests), public keys as
+//!   SPKI PEM and JWK.
 //! - [`backup`]: integrity-protected snapshots, and rekey under a new
 //!   master key.
 //! - [`failpoints`]: the names of every injected fault (live in test
@@ -38,19 +43,22 @@ pub mod error;
 pub mod failpoints;
 pub mod keyring;
 pub mod manifest;
+pub mod material;
 pub mod name;
 pub mod rings;
 pub mod seal;
+pub mod sign;
 pub mod secret;
 pub mod store;
 pub mod wrap;
 
 pub use error::Error;
-pub use keyring::{Algorithm, KeyRing, KeyVersion, VersionState};
+pub use keyring::{Algorithm, KeyOrigin, KeyRing, KeyVersion, VersionState};
+pub use material::Material;
 pub use name::KeyName;
 pub use rings::RingStore;
 pub use seal::Sealer;
-pub use secret::{KeyMaterial, MacKey, MasterKey, TotpSecret};
+pub use secret::{KeyMaterial, MacKey, MasterKey, SecretBytes, TotpSecret};
 pub use store::{memory::MemoryStore, sled_store::SledStore, Fence, KeyStore, RecordKind, Revision};
 
 /// Seconds since the Unix epoch, the one time unit of stored records.

@@ -50,6 +50,52 @@ impl fmt::Debug for KeyMaterial {
     }
 }
 
+/// Secret key material of variable length: an HMAC key (32 or 64 bytes)
+/// or a PKCS#8 DER private key (ECDSA P-256, RSA, Ed25519). Zeroized on
+/// drop, no `Debug` bytes, and not `Clone`: the one copy the daemon makes
+/// (into its in-memory ring cache) is the explicit
+/// [`duplicate`](Self::duplicate).
+pub struct SecretBytes(secrecy::SecretSlice<u8>);
+
+impl SecretBytes {
+    /// Takes ownership of `bytes` (moved, not copied: nothing to zeroize
+    /// behind).
+    pub fn from_vec(bytes: Vec<u8>) -> Self {
+        SecretBytes(secrecy::SecretSlice::from(bytes))
+    }
+
+    /// Copies `bytes` (the caller zeroizes its copy).
+    pub fn from_slice(bytes: &[u8]) -> Self {
+        Self::from_vec(bytes.to_vec())
+    }
+
+    /// The raw bytes, for keying a primitive.
+    pub fn expose_secret(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+
+    /// Length in bytes (not secret).
+    pub fn len(&self) -> usize {
+        self.expose_secret().len()
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A second zeroizing copy.
+    pub fn duplicate(&self) -> Self {
+        Self::from_slice(self.expose_secret())
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretBytes([REDACTED; {}])", self.len())
+    }
+}
+
 /// The master key that seals every stored record.
 pub struct MasterKey(SecretBox<[u8; KEY_LEN]>);
 

@@ -72,16 +72,16 @@ fn rings_are_sealed_and_tamper_is_data_loss() {
                 Algorithm::Aes256Gcm,
                 KeyPolicy::default(),
                 1,
-            ))
+            ).unwrap())
             .unwrap();
-        material = *ring.versions[0].material.as_ref().unwrap().expose_secret();
+        material = *ring.versions[0].material.as_ref().unwrap().aes().unwrap().expose_secret();
         rings
             .create(KeyRing::new(
                 KeyName::parse("other").unwrap(),
                 Algorithm::Aes256Gcm,
                 KeyPolicy::default(),
                 1,
-            ))
+            ).unwrap())
             .unwrap();
         let (ring, v) = rings.update(&name, |r| r.rotate(5, RotationReason::Manual)).unwrap();
         assert_eq!((v, ring.primary), (2, 2));
@@ -91,7 +91,7 @@ fn rings_are_sealed_and_tamper_is_data_loss() {
                 Algorithm::Aes256Gcm,
                 KeyPolicy::default(),
                 1
-            )),
+            ).unwrap()),
             Err(Error::Conflict { .. })
         ));
         // copy the sealed "payments" record over "other": detected as corrupt

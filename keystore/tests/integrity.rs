@@ -45,7 +45,7 @@ fn name(n: &str) -> KeyName {
 
 fn create(rings: &RingStore, n: &str) {
     rings
-        .create(KeyRing::new(name(n), Algorithm::Aes256Gcm, KeyPolicy::default(), 1))
+        .create(KeyRing::new(name(n), Algorithm::Aes256Gcm, KeyPolicy::default(), 1).unwrap())
         .unwrap();
 }
 
@@ -279,11 +279,12 @@ fn snapshot(rings: &RingStore) -> Vec<u8> {
 #[test]
 fn a_restore_never_brings_back_a_version_destroyed_after_the_backup() {
     let (raw, rings) = memory_with_two_versions();
-    let v1 = *rings.get(&name("k")).unwrap().unwrap().versions[0]
+    let v1 = rings.get(&name("k")).unwrap().unwrap().versions[0]
         .material
         .as_ref()
         .unwrap()
-        .expose_secret();
+        .expose_secret()
+        .to_vec();
     let backup = snapshot(&rings);
     rings.update(&name("k"), |r| r.schedule_destruction(1, 3)).unwrap();
     rings.update(&name("k"), |r| Ok(r.destroy_due(3))).unwrap();
@@ -300,7 +301,7 @@ fn a_restore_never_brings_back_a_version_destroyed_after_the_backup() {
     let failures = rings
         .load_all(|r| {
             for v in &r.versions {
-                assert_ne!(v.material.as_ref().map(|m| *m.expose_secret()), Some(v1));
+                assert_ne!(v.material.as_ref().map(|m| m.expose_secret().to_vec()), Some(v1.clone()));
             }
         })
         .unwrap();
@@ -325,7 +326,7 @@ fn a_restore_after_a_whole_key_deletion_keeps_it_destroyed() {
                 ..KeyPolicy::default()
             },
             1,
-        ))
+        ).unwrap())
         .unwrap();
     destroy_v1(&rings, "k");
     let backup = snapshot(&rings);
@@ -351,11 +352,12 @@ fn backups_made_under_the_previous_master_key_verify_and_restore_after_a_rekey()
     {
         let rings = RingStore::open(raw.clone(), Sealer::new(MasterKey::from_bytes(&old))).unwrap();
         create(&rings, "k");
-        material = *rings.get(&name("k")).unwrap().unwrap().versions[0]
+        material = rings.get(&name("k")).unwrap().unwrap().versions[0]
             .material
             .as_ref()
             .unwrap()
-            .expose_secret();
+            .expose_secret()
+        .to_vec();
         backup_before = snapshot(&rings);
     }
     // rekey

@@ -5,13 +5,42 @@ use crate::error::{Error, Invalid};
 use crate::proto;
 use crate::rings::{PolicyUpdate, Usage};
 use kmsd_keystore::keyring::{KeyPolicy, KeyPurpose, RotationReason};
-use kmsd_keystore::{KeyRing, VersionState};
+use kmsd_keystore::{Algorithm, KeyOrigin, KeyRing, VersionState};
+
+/// The keystore algorithm an API value names (unset = AES-256-GCM).
+pub fn algorithm_from_proto(a: i32) -> Result<Algorithm, Error> {
+    Ok(match proto::Algorithm::try_from(a) {
+        Ok(proto::Algorithm::Unspecified | proto::Algorithm::Aes256Gcm) => Algorithm::Aes256Gcm,
+        Ok(proto::Algorithm::HmacSha256) => Algorithm::HmacSha256,
+        Ok(proto::Algorithm::HmacSha512) => Algorithm::HmacSha512,
+        Ok(proto::Algorithm::EcdsaP256Sha256) => Algorithm::EcdsaP256Sha256,
+        Ok(proto::Algorithm::RsaPss3072Sha256) => Algorithm::RsaPss3072Sha256,
+        Ok(proto::Algorithm::RsaPss4096Sha256) => Algorithm::RsaPss4096Sha256,
+        Ok(proto::Algorithm::Ed25519) => Algorithm::Ed25519,
+        Err(_) => return Err(Error::InvalidArgument(Invalid::Algorithm)),
+    })
+}
+
+/// The API value of a keystore algorithm.
+pub fn algorithm_to_proto(a: Algorithm) -> proto::Algorithm {
+    match a {
+        Algorithm::HmacSha256 => proto::Algorithm::HmacSha256,
+        Algorithm::HmacSha512 => proto::Algorithm::HmacSha512,
+        Algorithm::EcdsaP256Sha256 => proto::Algorithm::EcdsaP256Sha256,
+        Algorithm::RsaPss3072Sha256 => proto::Algorithm::RsaPss3072Sha256,
+        Algorithm::RsaPss4096Sha256 => proto::Algorithm::RsaPss4096Sha256,
+        Algorithm::Ed25519 => proto::Algorithm::Ed25519,
+        _ => proto::Algorithm::Aes256Gcm,
+    }
+}
 
 fn policy_to_proto(p: &KeyPolicy, purpose: KeyPurpose) -> proto::KeyPolicy {
     proto::KeyPolicy {
         purpose: Some(match purpose {
             KeyPurpose::EncryptDecrypt => proto::KeyPurpose::EncryptDecrypt,
             KeyPurpose::Tokenize => proto::KeyPurpose::Tokenize,
+            KeyPurpose::Mac => proto::KeyPurpose::Mac,
+            KeyPurpose::SignVerify => proto::KeyPurpose::SignVerify,
         } as i32),
         allow_token_rotation: Some(p.allow_token_rotation),
         rotation_period_seconds: Some(p.rotation_period_secs.unwrap_or(0)),
@@ -20,7 +49,7 @@ fn policy_to_proto(p: &KeyPolicy, purpose: KeyPurpose) -> proto::KeyPolicy {
         min_encryption_version: Some(p.min_encryption_version),
         deletion_allowed: Some(p.deletion_allowed),
         manual_rotation_resets_schedule: Some(p.manual_rotation_resets_schedule),
-        allow_generated_rotation: None,
+        allow_generated_rotation: Some(p.allow_generated_rotation),
     }
 }
 
@@ -39,28 +68,36 @@ pub fn policy_update(update: Option<&proto::KeyPolicy>) -> PolicyUpdate {
         deletion_allowed: u.deletion_allowed,
         manual_rotation_resets_schedule: u.manual_rotation_resets_schedule,
         allow_token_rotation: u.allow_token_rotation,
+        allow_generated_rotation: u.allow_generated_rotation,
     }
 }
 
-/// The purpose named by a policy message (unset = encrypt/decrypt).
-pub fn purpose_from_proto(update: Option<&proto::KeyPolicy>) -> Result<KeyPurpose, Error> {
-    match update.and_then(|u| u.purpose).map(proto::KeyPurpose::try_from) {
-        None | Some(Ok(proto::KeyPurpose::Unspecified | proto::KeyPurpose::EncryptDecrypt)) => {
-            Ok(KeyPurpose::EncryptDecrypt)
-        }
-        Some(Ok(proto::KeyPurpose::Tokenize)) => Ok(KeyPurpose::Tokenize),
-        // Issue 17: MAC and signing keys are not implemented yet.
-        Some(Ok(proto::KeyPurpose::Mac | proto::KeyPurpose::SignVerify)) | Some(Err(_)) => {
-            Err(Error::InvalidArgument(Invalid::UnknownPurpose))
-        }
+/// The purpose named by a policy message for a key of `algorithm`
+/// (unset = the algorithm's own: encrypt/decrypt, MAC or sign/verify);
+/// one the algorithm does not have is INVALID_ARGUMENT.
+pub fn purpose_from_proto(update: Option<&proto::KeyPolicy>, algorithm: Algorithm) -> Result<KeyPurpose, Error> {
+    let purpose = match update.and_then(|u| u.purpose).map(proto::KeyPurpose::try_from) {
+        None | Some(Ok(proto::KeyPurpose::Unspecified)) => return Ok(algorithm.default_purpose()),
+        Some(Ok(proto::KeyPurpose::EncryptDecrypt)) => KeyPurpose::EncryptDecrypt,
+        Some(Ok(proto::KeyPurpose::Tokenize)) => KeyPurpose::Tokenize,
+        Some(Ok(proto::KeyPurpose::Mac)) => KeyPurpose::Mac,
+        Some(Ok(proto::KeyPurpose::SignVerify)) => KeyPurpose::SignVerify,
+        Some(Err(_)) => return Err(Error::InvalidArgument(Invalid::UnknownPurpose)),
+    };
+    if !algorithm.allows(purpose) {
+        return Err(Error::InvalidArgument(Invalid::AlgorithmPurpose {
+            algorithm: algorithm.as_str(),
+            purpose: purpose.as_str(),
+        }));
     }
+    Ok(purpose)
 }
 
 /// Key metadata for the API: never material.
 pub fn key_info(ring: &KeyRing, usage: &[Usage]) -> proto::KeyInfo {
     proto::KeyInfo {
         name: ring.name.to_string(),
-        algorithm: proto::Algorithm::Aes256Gcm as i32,
+        algorithm: algorithm_to_proto(ring.algorithm) as i32,
         primary_version: ring.primary,
         created_at: ring.created_at,
         versions: ring
@@ -76,7 +113,10 @@ pub fn key_info(ring: &KeyRing, usage: &[Usage]) -> proto::KeyInfo {
                     encryptions: live.map_or(v.encryptions_reserved, |u| u.encryptions),
                     decryptions: live.map_or(0, |u| u.decryptions).max(v.decryptions),
                     last_used_at: live.map_or(0, |u| u.last_used_at).max(v.last_used_at.unwrap_or(0)),
-                    origin: proto::KeyOrigin::Generated as i32,
+                    origin: match v.origin {
+                        KeyOrigin::Generated => proto::KeyOrigin::Generated,
+                        KeyOrigin::Imported => proto::KeyOrigin::Imported,
+                    } as i32,
                 }
             })
             .collect(),
@@ -93,11 +133,12 @@ pub fn key_info(ring: &KeyRing, usage: &[Usage]) -> proto::KeyInfo {
                     RotationReason::Manual => proto::RotationReason::Manual,
                     RotationReason::Scheduled => proto::RotationReason::Scheduled,
                     RotationReason::Usage => proto::RotationReason::Usage,
+                    RotationReason::Import => proto::RotationReason::Import,
                 } as i32,
             })
             .collect(),
         delete_at: ring.delete_at.unwrap_or(0),
-        exportable: false,
+        exportable: ring.exportable,
     }
 }
 

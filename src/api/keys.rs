@@ -3,7 +3,7 @@
 //! Destructive changes go through dual control ([`crate::authz::dual`]);
 //! the rings themselves are changed by [`crate::rings`].
 use super::call::{blocking, Shared};
-use super::convert::{key_info, policy_update, purpose_from_proto};
+use super::convert::{algorithm_from_proto, key_info, policy_update, purpose_from_proto};
 use crate::authz::{Call, Op, PendingOp};
 use crate::error::{Error, Invalid, Limit, Precondition};
 use crate::proto;
@@ -69,14 +69,15 @@ impl proto::keys_server::Keys for KeysService {
     async fn create_key(&self, req: Request<proto::CreateKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
         let call = self.shared.begin(&req, Op::KeyCreate, Some(&req.get_ref().name))?;
         let r = req.into_inner();
-        let algorithm = r.algorithm;
+        let algorithm = algorithm_from_proto(r.algorithm);
         let policy = policy_update(r.policy.as_ref()).apply(KeyPolicy::default());
-        let purpose = purpose_from_proto(r.policy.as_ref());
+        let policy_msg = r.policy;
+        let exportable = r.exportable;
         self.admin(call, move |rings, name| {
-            if algorithm != proto::Algorithm::Unspecified as i32 && algorithm != proto::Algorithm::Aes256Gcm as i32 {
-                return Err(Error::InvalidArgument(Invalid::Algorithm));
-            }
-            rings.create_for(name, policy, purpose?)
+            let algorithm = algorithm?;
+            let purpose = purpose_from_proto(policy_msg.as_ref(), algorithm)?;
+            // (an RSA key takes a while: this runs off the async workers)
+            rings.create_key(name, algorithm, policy, purpose, exportable)
         })
         .await
     }
@@ -185,7 +186,7 @@ impl proto::keys_server::Keys for KeysService {
             Err(e) => return Err(self.shared.fail(&call, e)),
         };
         if r.policy.as_ref().is_some_and(|p| p.purpose.is_some())
-            && purpose_from_proto(r.policy.as_ref()).ok() != Some(current.purpose)
+            && purpose_from_proto(r.policy.as_ref(), current.algorithm).ok() != Some(current.purpose)
         {
             let e = Error::InvalidArgument(Invalid::PurposeFixed);
             return Err(self.shared.fail(&call, e));

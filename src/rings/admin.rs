@@ -32,6 +32,10 @@ pub struct PolicyUpdate {
     pub manual_rotation_resets_schedule: Option<bool>,
     /// Whether a token key may rotate automatically.
     pub allow_token_rotation: Option<bool>,
+    /// Whether a key whose primary was imported may rotate to generated
+    /// material. (`default`: pending requests stored before it existed.)
+    #[serde(default)]
+    pub allow_generated_rotation: Option<bool>,
 }
 
 impl PolicyUpdate {
@@ -58,6 +62,9 @@ impl PolicyUpdate {
         if let Some(b) = self.allow_token_rotation {
             base.allow_token_rotation = b;
         }
+        if let Some(b) = self.allow_generated_rotation {
+            base.allow_generated_rotation = b;
+        }
         base
     }
 }
@@ -68,15 +75,38 @@ impl Rings {
         self.create_for(name, policy, KeyPurpose::EncryptDecrypt)
     }
 
-    /// Creates a ring for `purpose` with one version. Durable when it returns.
+    /// Creates an AES ring for `purpose` with one version. Durable when it returns.
     pub fn create_for(&self, name: &str, policy: KeyPolicy, purpose: KeyPurpose) -> Result<KeyRing, Error> {
+        self.create_key(name, Algorithm::Aes256Gcm, policy, purpose, false)
+    }
+
+    /// Creates a ring of `algorithm` for `purpose` (one the algorithm
+    /// allows) with one version of generated material; `exportable` is
+    /// fixed here. Durable when it returns. Generating an RSA key takes
+    /// a while: call it off the async workers.
+    pub fn create_key(
+        &self,
+        name: &str,
+        algorithm: Algorithm,
+        policy: KeyPolicy,
+        purpose: KeyPurpose,
+        exportable: bool,
+    ) -> Result<KeyRing, Error> {
         let key = KeyName::parse(name)?;
+        if !algorithm.allows(purpose) {
+            return Err(Error::InvalidArgument(Invalid::AlgorithmPurpose {
+                algorithm: algorithm.as_str(),
+                purpose: purpose.as_str(),
+            }));
+        }
         self.check_policy(&policy)?;
         KeyRing::check_purpose_policy(purpose, &policy).map_err(|e| match e {
             e @ kmsd_keystore::Error::Precondition(_) => Error::InvalidArgument(Invalid::PurposePolicy(e)),
             other => other.into(),
         })?;
-        let mut ring = KeyRing::new(key, Algorithm::Aes256Gcm, policy, self.clock.now()).with_purpose(purpose);
+        let mut ring = KeyRing::new(key, algorithm, policy, self.clock.now())?
+            .with_purpose(purpose)
+            .exportable(exportable);
         pre_reserve(&mut ring, self.block());
         let ring = self.store.create(ring).map_err(|e| match e {
             kmsd_keystore::Error::Conflict { name, .. } => Error::KeyExists(name),

@@ -2,7 +2,7 @@
 //! from the reserved block, lock-free), decryption, and tokenization keys.
 //! Reads only the in-memory cache; the one store read is a ring refresh
 //! when a ciphertext names a version the cache lacks.
-use super::{CachedRing, Rings};
+use super::{CachedRing, CachedVersion, Rings};
 use crate::crypto;
 use crate::error::{Error, Invalid, Limit, Precondition};
 use kmsd_keystore::keyring::KeyPurpose;
@@ -43,14 +43,62 @@ pub struct EncryptCall {
 /// Default of `limits.max_rotations_per_call`.
 pub const DEFAULT_MAX_ROTATIONS_PER_CALL: u32 = 16;
 
-/// Envelope operations refuse a token key (purpose separation).
-fn not_a_token_key(name: &str, ring: &CachedRing) -> Result<(), Error> {
-    if ring.purpose == KeyPurpose::Tokenize {
-        return Err(Error::FailedPrecondition(Precondition::TokenKey {
-            key: name.to_owned(),
-        }));
+/// The operations counted against a version's usage limit like
+/// encryptions (`max_encryptions_per_version`, reservation blocks, usage
+/// rotation): each needs the ring's primary, ACTIVE, and a key of the
+/// right type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    Encrypt,
+    Mac,
+    Sign,
+}
+
+impl Counted {
+    fn action(self) -> &'static str {
+        match self {
+            Counted::Encrypt => "encryption",
+            Counted::Mac => "MAC",
+            Counted::Sign => "signing",
+        }
+    }
+
+    fn check(self, name: &str, ring: &CachedRing) -> Result<(), Error> {
+        match self {
+            Counted::Encrypt => envelope_key(name, ring),
+            Counted::Mac => key_type(name, ring, KeyPurpose::Mac, "compute MACs"),
+            Counted::Sign => key_type(name, ring, KeyPurpose::SignVerify, "sign"),
+        }
+    }
+}
+
+/// FAILED_PRECONDITION naming the key's algorithm: the operation is not
+/// one of its type (purpose separation).
+fn wrong_type(name: &str, ring: &CachedRing, action: &'static str) -> Error {
+    Error::FailedPrecondition(Precondition::WrongKeyType {
+        key: name.to_owned(),
+        algorithm: ring.algorithm.as_str(),
+        action,
+    })
+}
+
+fn key_type(name: &str, ring: &CachedRing, purpose: KeyPurpose, action: &'static str) -> Result<(), Error> {
+    if ring.purpose != purpose {
+        return Err(wrong_type(name, ring, action));
     }
     Ok(())
+}
+
+/// Envelope operations refuse a token key and any key not for
+/// encryption (purpose separation).
+fn envelope_key(name: &str, ring: &CachedRing) -> Result<(), Error> {
+    match ring.purpose {
+        KeyPurpose::EncryptDecrypt => Ok(()),
+        KeyPurpose::Tokenize => Err(Error::FailedPrecondition(Precondition::TokenKey {
+            key: name.to_owned(),
+        })),
+        _ => Err(wrong_type(name, ring, "encrypt or decrypt")),
+    }
 }
 
 /// How long a negative version look-up is trusted without a store read
@@ -79,13 +127,32 @@ impl Rings {
         plaintext: &[u8],
         associated_data: &[u8],
     ) -> Result<Encrypted, Error> {
+        let EncryptCall { fresh, rotations_left } = call;
+        let (ciphertext, version) = self.counted(rotations_left, name, Counted::Encrypt, |v, version| {
+            let material = v.material.as_ref().and_then(|m| m.aes()).ok_or_else(|| Error::Corrupt(name.to_owned()))?;
+            crypto::encrypt_fresh(fresh, material, name, version, plaintext, associated_data)
+        })?;
+        Ok(Encrypted { ciphertext, version })
+    }
+
+    /// Runs `op` once with the ring's primary version after taking a
+    /// counted slot of its usage (reserving blocks and rotating for usage
+    /// as needed): encryptions, MACs and signatures alike.
+    fn counted<T>(
+        self: &Arc<Self>,
+        rotations_left: &mut u32,
+        name: &str,
+        kind: Counted,
+        op: impl FnOnce(&CachedVersion, u32) -> Result<T, Error>,
+    ) -> Result<(T, u32), Error> {
         self.check_fresh()?;
+        let mut op = Some(op);
         for _ in 0..8 {
-            match self.try_encrypt(call, name, plaintext, associated_data)? {
-                Ok(e) => return Ok(e),
+            match self.try_counted(rotations_left, name, kind, &mut op)? {
+                Ok(done) => return Ok(done),
                 Err(Slow::Reserve(v)) => self.reserve(name, v)?,
                 Err(Slow::Rotate(v)) => {
-                    if call.rotations_left == 0 {
+                    if *rotations_left == 0 {
                         return Err(Error::TooLarge(Limit::UsageRotations {
                             key: name.to_owned(),
                             version: v,
@@ -93,7 +160,7 @@ impl Rings {
                         }));
                     }
                     if self.rotate_for_usage(name, v)? {
-                        call.rotations_left -= 1;
+                        *rotations_left -= 1;
                     }
                 }
             }
@@ -101,29 +168,27 @@ impl Rings {
         Err(Error::Conflict(name.to_owned()))
     }
 
-    /// The lock-free path: takes a counted encryption slot and encrypts.
-    fn try_encrypt(
+    /// The lock-free path: takes a counted slot and runs the operation.
+    fn try_counted<T, F: FnOnce(&CachedVersion, u32) -> Result<T, Error>>(
         self: &Arc<Self>,
-        call: &mut EncryptCall,
+        rotations_left: &mut u32,
         name: &str,
-        plaintext: &[u8],
-        associated_data: &[u8],
-    ) -> Result<Result<Encrypted, Slow>, Error> {
+        kind: Counted,
+        op: &mut Option<F>,
+    ) -> Result<Result<(T, u32), Slow>, Error> {
         let ring = self.cached(name)?;
-        not_a_token_key(name, &ring)?;
+        kind.check(name, &ring)?;
         let version = ring.primary;
         let v = ring.version(version).ok_or_else(|| Error::Corrupt(name.to_owned()))?;
-        let material = match (v.state, &v.material) {
-            (VersionState::Active, Some(m)) => m,
-            (state, _) => {
-                return Err(Error::VersionUnusable {
-                    key: name.to_owned(),
-                    version,
-                    state,
-                    action: "encryption",
-                })
-            }
-        };
+        let has_key = v.material.is_some() || v.signer.is_some();
+        if v.state != VersionState::Active || !has_key {
+            return Err(Error::VersionUnusable {
+                key: name.to_owned(),
+                version,
+                state: v.state,
+                action: kind.action(),
+            });
+        }
         let c = &v.counters;
         let mut n = c.used.load(Ordering::Acquire);
         loop {
@@ -145,10 +210,10 @@ impl Rings {
         // rotation, and a half-used reservation triggers the next one, both in
         // the background so that callers rarely wait for a durable write.
         if ring.max_encryptions.is_some_and(|limit| n + 1 >= limit) {
-            // charged to this call; without budget the next encryption
+            // charged to this call; without budget the next operation
             // (of whichever call) rotates in the foreground, on its budget
-            if call.rotations_left > 0 {
-                call.rotations_left -= 1;
+            if *rotations_left > 0 {
+                *rotations_left -= 1;
                 self.in_background(name, version, true);
             }
         } else if n + self.block() / 2 >= c.reserved.load(Ordering::Acquire)
@@ -157,8 +222,8 @@ impl Rings {
             self.in_background(name, version, false);
         }
         c.last_used.store(self.clock.now(), Ordering::Relaxed);
-        let ciphertext = crypto::encrypt_fresh(&mut call.fresh, material, name, version, plaintext, associated_data)?;
-        Ok(Ok(Encrypted { ciphertext, version }))
+        let op = op.take().ok_or(Error::Internal("a counted operation ran twice"))?;
+        Ok(Ok((op(v, version)?, version)))
     }
 
     /// Decrypts an envelope; returns the plaintext and the version used.
@@ -166,7 +231,7 @@ impl Rings {
         let header = crypto::parse_header(ciphertext)?;
         self.check_fresh()?;
         let mut ring = self.cached(name)?;
-        not_a_token_key(name, &ring)?;
+        envelope_key(name, &ring)?;
         if ring.version(header.version).is_none() {
             let now = self.clock.now();
             let known_absent = self
@@ -200,7 +265,7 @@ impl Rings {
                 action: "decryption",
             });
         }
-        let material = match (v.state, &v.material) {
+        let material = match (v.state, v.material.as_ref().and_then(|m| m.aes())) {
             (VersionState::Active | VersionState::DecryptOnly, Some(m)) => m,
             (state, _) => {
                 return Err(Error::VersionUnusable {
@@ -233,6 +298,9 @@ impl Rings {
     ) -> Result<T, Error> {
         self.check_fresh()?;
         let ring = self.cached(name)?;
+        if !matches!(ring.purpose, KeyPurpose::EncryptDecrypt | KeyPurpose::Tokenize) {
+            return Err(wrong_type(name, &ring, "tokenize"));
+        }
         if version.is_none() && ring.purpose == KeyPurpose::EncryptDecrypt && ring.breaks_tokens {
             // A token made now would silently stop matching after the
             // next automatic rotation.
@@ -262,7 +330,7 @@ impl Rings {
             "encryption" => ver.state == VersionState::Active,
             _ => matches!(ver.state, VersionState::Active | VersionState::DecryptOnly),
         };
-        match (&ver.material, usable) {
+        match (ver.material.as_ref().and_then(|m| m.aes()), usable) {
             (Some(m), true) => {
                 ver.counters.last_used.store(self.clock.now(), Ordering::Relaxed);
                 f(&crypto::TokenPrf::new(m), v)

@@ -42,7 +42,8 @@
 use crate::error::Error;
 use dashmap::DashMap;
 use kmsd_keystore::keyring::{KeyPurpose, RotationReason};
-use kmsd_keystore::{Clock, KeyMaterial, KeyName, KeyRing, Revision, RingStore, UnixTime, VersionState};
+use kmsd_keystore::sign::SigningKey;
+use kmsd_keystore::{Algorithm, Clock, KeyName, KeyRing, Material, Revision, RingStore, UnixTime, VersionState};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -82,14 +83,24 @@ pub struct Counters {
 /// One version as the data path sees it.
 struct CachedVersion {
     state: VersionState,
-    /// `None` once destroyed.
-    material: Option<KeyMaterial>,
+    /// AES and HMAC versions: the material; `None` once destroyed (and
+    /// always for signing keys, which keep only `signer`).
+    material: Option<Material>,
+    /// Signing versions: the parsed private key, kept because parsing an
+    /// RSA key per call is slow; `None` once destroyed. Shared by every
+    /// snapshot of the ring (parsed once per version, not per change), and
+    /// dropped with the last snapshot that holds the version's material.
+    /// `ring`'s key pairs inside are not zeroized on drop (see
+    /// `kmsd_keystore::sign`).
+    signer: Option<Arc<SigningKey>>,
     counters: Arc<Counters>,
 }
 
 /// An immutable snapshot of a ring for the data path.
 struct CachedRing {
     revision: Option<Revision>,
+    /// The ring's algorithm (fixed at creation).
+    algorithm: Algorithm,
     primary: u32,
     min_decryption_version: u32,
     max_encryptions: Option<u64>,
@@ -319,15 +330,35 @@ impl Rings {
                 // An existing version's window is never widened here: the
                 // stored reservation may include blocks other nodes
                 // reserved (usage.rs); only `reserve` moves this node's.
+                let (material, signer) = match &v.material {
+                    None => (None, None),
+                    Some(m) if ring.algorithm.is_signing() => {
+                        let parsed = old
+                            .as_ref()
+                            .and_then(|o| o.version(v.version))
+                            .and_then(|cv| cv.signer.clone())
+                            .or_else(|| match SigningKey::parse(ring.algorithm, m) {
+                                Ok(k) => Some(Arc::new(k)),
+                                Err(e) => {
+                                    tracing::error!(key = %name, version = v.version, error = %e, "signing key does not parse");
+                                    None
+                                }
+                            });
+                        (None, parsed)
+                    }
+                    Some(m) => (Some(m.duplicate()), None),
+                };
                 CachedVersion {
                     state: v.state,
-                    material: v.material.clone(),
+                    material,
+                    signer,
                     counters,
                 }
             })
             .collect();
         let snap = Arc::new(CachedRing {
             revision: ring.revision,
+            algorithm: ring.algorithm,
             primary: ring.primary,
             min_decryption_version: ring.policy.min_decryption_version,
             max_encryptions: ring.policy.max_encryptions_per_version,
@@ -379,6 +410,8 @@ impl Rings {
             RotationReason::Manual => 0,
             RotationReason::Scheduled => 1,
             RotationReason::Usage => 2,
+            // (counted by the import path, not as a rotation)
+            RotationReason::Import => return,
         };
         if let Some(c) = self.rotations.get(i) {
             c.fetch_add(1, Ordering::Relaxed);

@@ -164,7 +164,7 @@ impl Rings {
                 kmsd_keystore::Algorithm::Aes256Gcm,
                 kmsd_keystore::keyring::KeyPolicy::default(),
                 self.clock.now(),
-            );
+            ).unwrap();
             self.reschedule(name, &none);
         }
     }
