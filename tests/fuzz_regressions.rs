@@ -114,7 +114,8 @@ fn write_seed_corpus() {
         kmsd_keystore::Algorithm::Aes256Gcm,
         Default::default(),
         1_700_000_000,
-    ).unwrap();
+    )
+    .unwrap();
     put(
         "sealed_record",
         "ring-sealed",

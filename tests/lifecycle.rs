@@ -172,7 +172,13 @@ async fn version_states_answer_as_specified_and_destruction_really_destroys() {
     d.stop();
     let material = {
         let ring = stored_ring(dir.path(), "st");
-        *ring.versions[0].material.as_ref().unwrap().aes().unwrap().expose_secret()
+        *ring.versions[0]
+            .material
+            .as_ref()
+            .unwrap()
+            .aes()
+            .unwrap()
+            .expose_secret()
     };
     d.restart_after_stop();
     let (mut crypto, mut keys) = d.clients().await;

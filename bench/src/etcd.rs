@@ -194,7 +194,7 @@ async fn seed_and_migrate(cli: &Cli, dir: &Path, etcd: &Cluster) -> Result<(), B
                 Algorithm::Aes256Gcm,
                 KeyPolicy::default(),
                 0,
-            ))?;
+            )?)?;
         }
         store.sync()?;
     }

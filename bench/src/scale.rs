@@ -19,14 +19,14 @@ pub(crate) async fn scale(cli: &Cli, dir: &Path, _single: &Target) -> Result<(),
                 Algorithm::Aes256Gcm,
                 KeyPolicy::default(),
                 0,
-            ))?;
+            )?)?;
         }
         let mut big = KeyRing::new(
             KeyName::parse("many-versions")?,
             Algorithm::Aes256Gcm,
             KeyPolicy::default(),
             0,
-        );
+        )?;
         for t in 0..cli.versions {
             big.rotate(i64::from(t), RotationReason::Manual)?;
         }

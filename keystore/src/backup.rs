@@ -366,12 +366,15 @@ mod tests {
         let source = rings(&src);
         for n in ["a", "b", "c"] {
             source
-                .create(KeyRing::new(
-                    KeyName::parse(n).unwrap(),
-                    Algorithm::Aes256Gcm,
-                    KeyPolicy::default(),
-                    1,
-                ).unwrap())
+                .create(
+                    KeyRing::new(
+                        KeyName::parse(n).unwrap(),
+                        Algorithm::Aes256Gcm,
+                        KeyPolicy::default(),
+                        1,
+                    )
+                    .unwrap(),
+                )
                 .unwrap();
         }
         let mut snap = Vec::new();
@@ -413,12 +416,15 @@ mod tests {
         let other_store = Arc::new(MemoryStore::new());
         let other = rings(&other_store);
         other
-            .create(KeyRing::new(
-                KeyName::parse("a").unwrap(),
-                Algorithm::Aes256Gcm,
-                KeyPolicy::default(),
-                1,
-            ).unwrap())
+            .create(
+                KeyRing::new(
+                    KeyName::parse("a").unwrap(),
+                    Algorithm::Aes256Gcm,
+                    KeyPolicy::default(),
+                    1,
+                )
+                .unwrap(),
+            )
             .unwrap();
         let e = restore_snapshot(&other, &records, &mut |_, _| {}).unwrap_err();
         assert!(e.to_string().contains("empty store"), "{e}");

@@ -17,8 +17,8 @@
 //! version's origin and variable-length material. The plaintext is built
 //! in a zeroizing buffer and only ever leaves this module sealed.
 use crate::error::Error;
-use crate::name::KeyName;
 use crate::material::{Material, MAX_MATERIAL_LEN};
+use crate::name::KeyName;
 use crate::secret::{KeyMaterial, SecretBytes, KEY_LEN};
 use crate::store::{RecordKind, Revision};
 use crate::UnixTime;
@@ -416,10 +416,7 @@ impl KeyRing {
     /// Whether the primary version was imported and the policy keeps such
     /// a ring from rotating to generated material.
     fn imported_primary_pinned(&self) -> bool {
-        !self.policy.allow_generated_rotation
-            && self
-                .primary_version()
-                .is_some_and(|v| v.origin == KeyOrigin::Imported)
+        !self.policy.allow_generated_rotation && self.primary_version().is_some_and(|v| v.origin == KeyOrigin::Imported)
     }
 
     /// Whether the ring may rotate by itself (scheduled or usage): always,
@@ -1142,7 +1139,8 @@ mod tests {
         let name = KeyName::parse("t").unwrap();
         let plain = KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 100).unwrap();
         assert_eq!(plain.encode()[0], RECORD_V1, "ordinary rings keep format 1");
-        let mut tok = KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 100).unwrap()
+        let mut tok = KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 100)
+            .unwrap()
             .with_purpose(KeyPurpose::Tokenize);
         let enc = tok.encode();
         assert_eq!(enc[0], RECORD_V2);
@@ -1194,7 +1192,11 @@ mod tests {
             assert_eq!(ring.purpose, alg.default_purpose());
             ring.rotate(200, RotationReason::Manual).unwrap();
             let enc = ring.encode();
-            let want = if alg == Algorithm::Aes256Gcm { RECORD_V1 } else { RECORD_V3 };
+            let want = if alg == Algorithm::Aes256Gcm {
+                RECORD_V1
+            } else {
+                RECORD_V3
+            };
             assert_eq!(enc[0], want, "{alg:?}");
             let back = KeyRing::decode(&name, &enc, Revision(1)).unwrap();
             assert_eq!((back.algorithm, back.purpose, back.primary), (alg, ring.purpose, 2));
@@ -1222,8 +1224,15 @@ mod tests {
         let name = KeyName::parse("imp").unwrap();
         let hmac = [9u8; 32];
         // a ring created from imported material
-        let mut ring =
-            KeyRing::new_imported(name.clone(), Algorithm::HmacSha256, KeyPolicy::default(), &hmac, true, 10).unwrap();
+        let mut ring = KeyRing::new_imported(
+            name.clone(),
+            Algorithm::HmacSha256,
+            KeyPolicy::default(),
+            &hmac,
+            true,
+            10,
+        )
+        .unwrap();
         assert_eq!(ring.versions[0].origin, KeyOrigin::Imported);
         assert!(ring.exportable);
         // a pinned imported primary rotates to generated material for no reason
@@ -1275,7 +1284,16 @@ mod tests {
         let enc = aes.encode();
         assert_eq!(enc[0], RECORD_V3);
         let back = KeyRing::decode(&name, &enc, Revision(1)).unwrap();
-        assert_eq!(back.versions[1].material.as_ref().unwrap().aes().unwrap().expose_secret(), &[5; 32]);
+        assert_eq!(
+            back.versions[1]
+                .material
+                .as_ref()
+                .unwrap()
+                .aes()
+                .unwrap()
+                .expose_secret(),
+            &[5; 32]
+        );
         let exp = KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 1)
             .unwrap()
             .exportable(true);

@@ -47,8 +47,8 @@ pub mod material;
 pub mod name;
 pub mod rings;
 pub mod seal;
-pub mod sign;
 pub mod secret;
+pub mod sign;
 pub mod store;
 pub mod wrap;
 

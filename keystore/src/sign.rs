@@ -111,7 +111,7 @@ enum Inner {
         /// `ring`, for messages.
         pair: sig::RsaKeyPair,
         /// The `rsa` crate with blinding, for digests.
-        prehash: rsa::pss::BlindedSigningKey<sha2::Sha256>,
+        prehash: Box<rsa::pss::BlindedSigningKey<sha2::Sha256>>,
     },
     Ed25519(sig::Ed25519KeyPair),
 }
@@ -157,7 +157,9 @@ impl SigningKey {
                     )));
                 }
                 let public = PublicKey::rsa(alg, key.to_public_key())?;
-                let prehash = rsa::pss::BlindedSigningKey::<sha2::Sha256>::new_with_salt_len(key, DIGEST_LEN);
+                let prehash = Box::new(rsa::pss::BlindedSigningKey::<sha2::Sha256>::new_with_salt_len(
+                    key, DIGEST_LEN,
+                ));
                 Ok(SigningKey {
                     alg,
                     inner: Inner::Rsa { pair, prehash },
@@ -220,7 +222,8 @@ impl SigningKey {
             }
             (Inner::Rsa { pair, .. }, SignInput::Message(m)) => {
                 let mut out = vec![0u8; pair.public().modulus_len()];
-                pair.sign(&sig::RSA_PSS_SHA256, &rng, m, &mut out).map_err(|_| failed())?;
+                pair.sign(&sig::RSA_PSS_SHA256, &rng, m, &mut out)
+                    .map_err(|_| failed())?;
                 Ok(out)
             }
             (Inner::Rsa { prehash, .. }, SignInput::Digest(d)) => {
@@ -257,7 +260,10 @@ enum PubInner {
     },
     /// PKCS#1 `RSAPublicKey` DER (what `ring` verifies with), and the
     /// `rsa` key for digests.
-    Rsa { pkcs1: Vec<u8>, key: rsa::RsaPublicKey },
+    Rsa {
+        pkcs1: Vec<u8>,
+        key: rsa::RsaPublicKey,
+    },
     Ed25519([u8; 32]),
 }
 
@@ -368,9 +374,9 @@ impl PublicKey {
                 let vk = rsa::pss::VerifyingKey::<sha2::Sha256>::new_with_salt_len(key.clone(), DIGEST_LEN);
                 rsa::pss::Signature::try_from(signature).is_ok_and(|s| vk.verify_prehash(d, &s).is_ok())
             }
-            (PubInner::Ed25519(k), SignInput::Message(m)) => {
-                sig::UnparsedPublicKey::new(&sig::ED25519, k).verify(m, signature).is_ok()
-            }
+            (PubInner::Ed25519(k), SignInput::Message(m)) => sig::UnparsedPublicKey::new(&sig::ED25519, k)
+                .verify(m, signature)
+                .is_ok(),
             (PubInner::Ed25519(_), SignInput::Digest(d)) => {
                 check_digest(self.alg, d)?;
                 false
@@ -384,7 +390,11 @@ impl PublicKey {
         match &self.inner {
             PubInner::Ec { key, .. } => {
                 use p256::pkcs8::EncodePublicKey;
-                Ok(p256::PublicKey::from(key).to_public_key_der().map_err(|_| enc())?.as_bytes().to_vec())
+                Ok(p256::PublicKey::from(key)
+                    .to_public_key_der()
+                    .map_err(|_| enc())?
+                    .as_bytes()
+                    .to_vec())
             }
             PubInner::Rsa { key, .. } => {
                 use rsa::pkcs8::EncodePublicKey;
@@ -471,7 +481,10 @@ mod tests {
             let m = b"the message";
             for enc in [SigEncoding::Der, SigEncoding::P1363] {
                 let s = key.sign(SignInput::Message(m), enc).unwrap();
-                assert!(public.verify(SignInput::Message(m), &s, enc).unwrap(), "{alg:?} {enc:?}");
+                assert!(
+                    public.verify(SignInput::Message(m), &s, enc).unwrap(),
+                    "{alg:?} {enc:?}"
+                );
                 assert!(!public.verify(SignInput::Message(b"other"), &s, enc).unwrap());
                 let mut bad = s.clone();
                 let last = bad.len() - 1;
@@ -485,7 +498,10 @@ mod tests {
                 // a digest signature verifies as a message signature and back
                 let d = sha256(m);
                 let s = key.sign(SignInput::Digest(&d), enc).unwrap();
-                assert!(public.verify(SignInput::Message(m), &s, enc).unwrap(), "{alg:?} {enc:?}");
+                assert!(
+                    public.verify(SignInput::Message(m), &s, enc).unwrap(),
+                    "{alg:?} {enc:?}"
+                );
                 assert!(public.verify(SignInput::Digest(&d), &s, enc).unwrap());
                 assert!(!public.verify(SignInput::Digest(&sha256(b"x")), &s, enc).unwrap());
                 assert!(key.sign(SignInput::Digest(&d[..31]), enc).is_err());
@@ -493,7 +509,10 @@ mod tests {
             let pem = key.public_key().pem().unwrap();
             assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{pem}");
             let jwk = key.public_key().jwk("k/1");
-            assert!(jwk.contains(r#""kid":"k/1""#) && jwk.contains(r#""use":"sig""#), "{jwk}");
+            assert!(
+                jwk.contains(r#""kid":"k/1""#) && jwk.contains(r#""use":"sig""#),
+                "{jwk}"
+            );
             assert!(jwk.contains(alg.jws_alg().unwrap()));
             assert!(format!("{key:?}").contains("REDACTED"));
         }

@@ -67,31 +67,30 @@ fn rings_are_sealed_and_tamper_is_data_loss() {
         let rings = ring_store(store.clone(), [9; 32]).unwrap();
         let name = KeyName::parse("payments").unwrap();
         let ring = rings
-            .create(KeyRing::new(
-                name.clone(),
-                Algorithm::Aes256Gcm,
-                KeyPolicy::default(),
-                1,
-            ).unwrap())
+            .create(KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 1).unwrap())
             .unwrap();
-        material = *ring.versions[0].material.as_ref().unwrap().aes().unwrap().expose_secret();
+        material = *ring.versions[0]
+            .material
+            .as_ref()
+            .unwrap()
+            .aes()
+            .unwrap()
+            .expose_secret();
         rings
-            .create(KeyRing::new(
-                KeyName::parse("other").unwrap(),
-                Algorithm::Aes256Gcm,
-                KeyPolicy::default(),
-                1,
-            ).unwrap())
+            .create(
+                KeyRing::new(
+                    KeyName::parse("other").unwrap(),
+                    Algorithm::Aes256Gcm,
+                    KeyPolicy::default(),
+                    1,
+                )
+                .unwrap(),
+            )
             .unwrap();
         let (ring, v) = rings.update(&name, |r| r.rotate(5, RotationReason::Manual)).unwrap();
         assert_eq!((v, ring.primary), (2, 2));
         assert!(matches!(
-            rings.create(KeyRing::new(
-                name.clone(),
-                Algorithm::Aes256Gcm,
-                KeyPolicy::default(),
-                1
-            ).unwrap()),
+            rings.create(KeyRing::new(name.clone(), Algorithm::Aes256Gcm, KeyPolicy::default(), 1).unwrap()),
             Err(Error::Conflict { .. })
         ));
         // copy the sealed "payments" record over "other": detected as corrupt

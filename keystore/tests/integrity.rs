@@ -301,7 +301,10 @@ fn a_restore_never_brings_back_a_version_destroyed_after_the_backup() {
     let failures = rings
         .load_all(|r| {
             for v in &r.versions {
-                assert_ne!(v.material.as_ref().map(|m| m.expose_secret().to_vec()), Some(v1.clone()));
+                assert_ne!(
+                    v.material.as_ref().map(|m| m.expose_secret().to_vec()),
+                    Some(v1.clone())
+                );
             }
         })
         .unwrap();
@@ -318,15 +321,18 @@ fn a_restore_after_a_whole_key_deletion_keeps_it_destroyed() {
     let raw: Arc<dyn KeyStore> = Arc::new(MemoryStore::new());
     let rings = open(&raw).unwrap();
     rings
-        .create(KeyRing::new(
-            name("k"),
-            Algorithm::Aes256Gcm,
-            KeyPolicy {
-                deletion_allowed: true,
-                ..KeyPolicy::default()
-            },
-            1,
-        ).unwrap())
+        .create(
+            KeyRing::new(
+                name("k"),
+                Algorithm::Aes256Gcm,
+                KeyPolicy {
+                    deletion_allowed: true,
+                    ..KeyPolicy::default()
+                },
+                1,
+            )
+            .unwrap(),
+        )
         .unwrap();
     destroy_v1(&rings, "k");
     let backup = snapshot(&rings);
@@ -357,7 +363,7 @@ fn backups_made_under_the_previous_master_key_verify_and_restore_after_a_rekey()
             .as_ref()
             .unwrap()
             .expose_secret()
-        .to_vec();
+            .to_vec();
         backup_before = snapshot(&rings);
     }
     // rekey

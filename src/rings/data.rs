@@ -37,7 +37,7 @@ pub struct EncryptCall {
     /// background). With a tiny `max_encryptions_per_version`, one batch
     /// would otherwise rotate once per item: thousands of store writes
     /// and versions from one request.
-    rotations_left: u32,
+    pub(super) rotations_left: u32,
 }
 
 /// Default of `limits.max_rotations_per_call`.
@@ -48,7 +48,7 @@ pub const DEFAULT_MAX_ROTATIONS_PER_CALL: u32 = 16;
 /// rotation): each needs the ring's primary, ACTIVE, and a key of the
 /// right type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Counted {
+pub(super) enum Counted {
     Encrypt,
     Mac,
     Sign,
@@ -82,7 +82,7 @@ fn wrong_type(name: &str, ring: &CachedRing, action: &'static str) -> Error {
     })
 }
 
-fn key_type(name: &str, ring: &CachedRing, purpose: KeyPurpose, action: &'static str) -> Result<(), Error> {
+pub(super) fn key_type(name: &str, ring: &CachedRing, purpose: KeyPurpose, action: &'static str) -> Result<(), Error> {
     if ring.purpose != purpose {
         return Err(wrong_type(name, ring, action));
     }
@@ -129,7 +129,11 @@ impl Rings {
     ) -> Result<Encrypted, Error> {
         let EncryptCall { fresh, rotations_left } = call;
         let (ciphertext, version) = self.counted(rotations_left, name, Counted::Encrypt, |v, version| {
-            let material = v.material.as_ref().and_then(|m| m.aes()).ok_or_else(|| Error::Corrupt(name.to_owned()))?;
+            let material = v
+                .material
+                .as_ref()
+                .and_then(|m| m.aes())
+                .ok_or_else(|| Error::Corrupt(name.to_owned()))?;
             crypto::encrypt_fresh(fresh, material, name, version, plaintext, associated_data)
         })?;
         Ok(Encrypted { ciphertext, version })
@@ -138,7 +142,7 @@ impl Rings {
     /// Runs `op` once with the ring's primary version after taking a
     /// counted slot of its usage (reserving blocks and rotating for usage
     /// as needed): encryptions, MACs and signatures alike.
-    fn counted<T>(
+    pub(super) fn counted<T>(
         self: &Arc<Self>,
         rotations_left: &mut u32,
         name: &str,

@@ -52,6 +52,7 @@ mod data;
 mod leadership;
 mod remote;
 mod schedule;
+mod signing;
 mod usage;
 
 pub use admin::{PolicyUpdate, MIN_ROTATION_PERIOD};
@@ -60,6 +61,7 @@ pub use leadership::{Leadership, Term, LEADER_RECORD};
 pub use remote::Freshness;
 use schedule::Schedule;
 pub use schedule::{DEFAULT_DESTRUCTION_WAIT, MIN_DESTRUCTION_WAIT};
+pub use signing::{Public, Signed};
 pub use usage::{Usage, RESERVATION_BLOCK};
 
 /// Live usage counters of one version; shared by every snapshot of its

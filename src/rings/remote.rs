@@ -158,13 +158,17 @@ impl Rings {
         self.absent.remove(name);
         self.corrupt.remove(name);
         // no deadline left for it: a ring without any clears its entry
-        if let Ok(key) = KeyName::parse(name) {
-            let none = kmsd_keystore::KeyRing::new(
+        // (an AES ring: its material is never used, and its generation
+        // cannot fail)
+        if let Some(none) = KeyName::parse(name).ok().and_then(|key| {
+            kmsd_keystore::KeyRing::new(
                 key,
                 kmsd_keystore::Algorithm::Aes256Gcm,
                 kmsd_keystore::keyring::KeyPolicy::default(),
                 self.clock.now(),
-            ).unwrap();
+            )
+            .ok()
+        }) {
             self.reschedule(name, &none);
         }
     }
