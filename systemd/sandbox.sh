@@ -1,14 +1,16 @@
 #!/bin/bash
 # sandbox.sh SCRIPT [TIMEOUT_S]
 #
-# Boots a real systemd as PID 1 in private mount and PID namespaces, over a
-# throwaway overlay of this machine's root file system (the upper layer on a
+# Boots a real systemd as PID 1 in private mount, PID and network namespaces,
+# over a throwaway overlay of this machine's root file system (the upper layer on a
 # tmpfs), runs SCRIPT inside it as root, prints its output, exits with its
 # status and tears everything down. SCRIPT sees the same paths as the host
 # (the repository and cargo's target directory included) and inherits this
 # environment; nothing it writes reaches the host: not /etc, not /var, not
-# /tmp, not the repository. Needs root (CI runs as root). Used by
-# tests/systemd_real.rs with systemd/operator-guide-test.sh.
+# /tmp, not the repository, not the host's network (the sandbox has only its
+# own loopback, up; SCRIPT may add addresses to it). Needs root (CI runs as
+# root). Used by tests/systemd_real.rs with systemd/operator-guide-test.sh and
+# systemd/etcd-dropin-test.sh.
 #
 # Why the overlay and pivot_root matter: systemd booted on the host's own
 # root runs systemd-tmpfiles, which empties /tmp and rewrites other host
@@ -20,7 +22,7 @@ SCRIPT=$(readlink -f "$1")
 LIMIT=${2:-300}
 [ -x "$SCRIPT" ] || { echo "sandbox.sh: $1 is not an executable file" >&2; exit 2; }
 SYSTEMD=/lib/systemd/systemd
-for tool in unshare nsenter pivot_root timeout "$SYSTEMD"; do
+for tool in unshare nsenter pivot_root timeout ip "$SYSTEMD"; do
   command -v "$tool" >/dev/null || { echo "sandbox.sh: $tool is missing" >&2; exit 2; }
 done
 case "$SCRIPT" in
@@ -33,6 +35,9 @@ W=$(mktemp -d /var/tmp/kmsd-sandbox.XXXXXX)
 cat >"$W/boot" <<BOOT
 #!/bin/bash
 set -eu
+# A network namespace of its own: units started inside never touch the
+# host's interfaces, and addresses a test adds stay inside.
+ip link set lo up
 mount --make-rprivate /
 mkdir -p $W/lower $W/t
 mount --bind / $W/lower
@@ -57,7 +62,7 @@ exec $SYSTEMD --system --log-target=console --log-level=warning
 BOOT
 chmod +x "$W/boot"
 
-timeout -s KILL "$LIMIT" unshare --mount --pid --fork --kill-child "$W/boot" >"$W/console.log" 2>&1 &
+timeout -s KILL "$LIMIT" unshare --mount --pid --net --fork --kill-child "$W/boot" >"$W/console.log" 2>&1 &
 OUTER=$!
 PID1=
 cleanup() {
@@ -97,5 +102,5 @@ fi
 [ "$booted" = running ] || echo "sandbox.sh: note: the sandbox booted $booted" >&2
 
 rc=0
-nsenter -t "$PID1" -m -p "$SCRIPT" || rc=$?
+nsenter -t "$PID1" -m -p -n "$SCRIPT" || rc=$?
 exit $rc

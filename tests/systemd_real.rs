@@ -6,6 +6,11 @@
 //! enrolment, `enable --now`, clients in `kmsd-clients`, reload, rotation,
 //! backup, restart, watchdog, stop, journal fields, no secrets, no SIGSYS).
 //!
+//! The second test runs `systemd/etcd-dropin-test.sh` there: the unit with
+//! the etcd drop-in as shipped, against a real etcd with client-certificate
+//! authentication (start, READY, a key written to etcd and read back sealed
+//! through etcdctl, reload, the IP filter, the exposure rating, stop).
+//!
 //! Needs root. Skips with a message otherwise; with
 //! `KMSD_REQUIRE_SYSTEMD_PID1=1` (set by `.ci/run`) it fails instead.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -15,7 +20,7 @@ use std::process::Command;
 use std::time::Instant;
 
 /// Why the test cannot run here, if it cannot.
-fn unavailable() -> Option<String> {
+fn unavailable(etcd: bool) -> Option<String> {
     // `id -u` rather than a libc call: tests stay free of unsafe.
     let uid = Command::new("id").arg("-u").output().ok()?;
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
@@ -27,10 +32,18 @@ fn unavailable() -> Option<String> {
         "/usr/bin/nsenter",
         "/usr/bin/systemd-creds",
         "/usr/sbin/runuser",
+        "/usr/sbin/ip",
         "/usr/bin/python3",
     ] {
         if !Path::new(tool).exists() {
             return Some(format!("{tool} is missing"));
+        }
+    }
+    if etcd {
+        for tool in ["/usr/bin/etcd", "/usr/bin/etcdctl"] {
+            if !Path::new(tool).exists() {
+                return Some(format!("{tool} is missing (apt-get install etcd-server etcd-client)"));
+            }
         }
     }
     None
@@ -55,6 +68,32 @@ fn write_pki(dir: &Path) {
     }
 }
 
+/// Adds etcd's PKI to `dir`: a CA, the member's server certificate (IP SAN
+/// 10.0.0.11, the address the shipped drop-in names), the administrator
+/// (CN `root`) and kmsd's etcd user (CN `kmsd-payments`).
+fn write_etcd_pki(dir: &Path) {
+    let ca = Ca::new("etcd systemd test CA").unwrap();
+    write_file(&dir.join("etcd-ca.pem"), ca.cert_pem().as_bytes(), false).unwrap();
+    // etcd's own gRPC gateway dials the member with this certificate, so
+    // under --client-cert-auth it must serve for clients too (etcd's docs).
+    let server = ca
+        .issue_custom("etcd-1", None, |p| {
+            p.subject_alt_names = vec![rcgen::SanType::IpAddress("10.0.0.11".parse().unwrap())];
+            p.extended_key_usages = vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+        })
+        .unwrap();
+    write_file(&dir.join("etcd-server.pem"), server.cert_pem.as_bytes(), false).unwrap();
+    write_file(&dir.join("etcd-server.key"), server.key_pem.as_bytes(), true).unwrap();
+    for (file, cn) in [("etcd-root", "root"), ("etcd-kmsd", "kmsd-payments")] {
+        let c = ca.issue_client(cn, None).unwrap();
+        write_file(&dir.join(format!("{file}.pem")), c.cert_pem.as_bytes(), false).unwrap();
+        write_file(&dir.join(format!("{file}.key")), c.key_pem.as_bytes(), true).unwrap();
+    }
+}
+
 /// Copies a directory tree, keeping file modes (the scripts are executable).
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -69,14 +108,15 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-#[test]
-fn operator_guide_works_under_systemd_as_pid1() {
-    if let Some(why) = unavailable() {
+/// Stages the binaries, units, example files and PKI under /var/tmp, runs
+/// `systemd/SCRIPT` in `systemd/sandbox.sh` and checks it printed `done`.
+fn run_in_sandbox(test: &str, script: &str, limit_s: u32, etcd: bool, done: &str) {
+    if let Some(why) = unavailable(etcd) {
         assert!(
             std::env::var("KMSD_REQUIRE_SYSTEMD_PID1").as_deref() != Ok("1"),
             "KMSD_REQUIRE_SYSTEMD_PID1=1 but the real-systemd test cannot run: {why}"
         );
-        eprintln!("SKIPPED operator_guide_works_under_systemd_as_pid1: {why}");
+        eprintln!("SKIPPED {test}: {why}");
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -90,6 +130,9 @@ fn operator_guide_works_under_systemd_as_pid1() {
     let st = stage.path();
     std::fs::create_dir_all(st.join("pki")).unwrap();
     write_pki(&st.join("pki"));
+    if etcd {
+        write_etcd_pki(&st.join("pki"));
+    }
     copy_tree(&root.join("systemd"), &st.join("systemd"));
     for f in ["kmsd.example.toml", "policy.example.toml"] {
         std::fs::copy(root.join(f), st.join(f)).unwrap();
@@ -104,8 +147,8 @@ fn operator_guide_works_under_systemd_as_pid1() {
 
     let started = Instant::now();
     let out = Command::new(st.join("systemd/sandbox.sh"))
-        .arg(st.join("systemd/operator-guide-test.sh"))
-        .arg("240")
+        .arg(st.join("systemd").join(script))
+        .arg(limit_s.to_string())
         .env("KMSD_BIN", st.join("bin"))
         .env("KMSD_TEST_PKI", st.join("pki"))
         .output()
@@ -116,14 +159,33 @@ fn operator_guide_works_under_systemd_as_pid1() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    eprintln!("{text}\n(operator guide under systemd: {elapsed:.1?})");
+    eprintln!("{text}\n({script} under systemd: {elapsed:.1?})");
     assert!(
         out.status.success(),
-        "the operator guide failed under systemd ({}):\n{text}",
+        "{script} failed under systemd ({}):\n{text}",
         out.status
     );
-    assert!(
-        text.contains("operator guide under systemd: all steps passed"),
-        "the script ended early:\n{text}"
+    assert!(text.contains(done), "{script} ended early:\n{text}");
+}
+
+#[test]
+fn operator_guide_works_under_systemd_as_pid1() {
+    run_in_sandbox(
+        "operator_guide_works_under_systemd_as_pid1",
+        "operator-guide-test.sh",
+        240,
+        false,
+        "operator guide under systemd: all steps passed",
+    );
+}
+
+#[test]
+fn the_etcd_drop_in_works_under_systemd_as_pid1() {
+    run_in_sandbox(
+        "the_etcd_drop_in_works_under_systemd_as_pid1",
+        "etcd-dropin-test.sh",
+        180,
+        true,
+        "etcd drop-in under systemd: all steps passed",
     );
 }
