@@ -222,6 +222,12 @@ pub enum Invalid {
         /// The version asked for.
         version: u32,
     },
+    /// `Sign`/`Verify` with neither a message nor a digest.
+    #[error("set the message or its SHA-256 digest")]
+    NoSignInput,
+    /// A `SignatureEncoding` value this version does not know.
+    #[error("unknown signature encoding")]
+    SignatureEncoding,
     /// `GenerateDataKey.bits` other than 128, 192 or 256.
     #[error("bits must be 128, 192 or 256")]
     DataKeyBits,

@@ -1,11 +1,13 @@
-//! `kmsd.v1.Crypto`: encrypt, decrypt, rewrap (single and batch) and data
-//! keys. Every handler goes through the call pipeline ([`super::call`]);
+//! `kmsd.v1.Crypto`: encrypt, decrypt, rewrap (single and batch), data
+//! keys, MACs (single and batch), signatures and public keys. Every handler goes through the call pipeline ([`super::call`]);
 //! the envelope and key material stay in [`crate::rings`].
 use super::call::{blocking, Batch, Shared};
+use super::convert::algorithm_to_proto;
 use crate::authz::{Call, Op};
 use crate::error::{Error, Invalid};
 use crate::proto;
 use crate::rings::{EncryptCall, Rings};
+use kmsd_keystore::sign::{SigEncoding, SignInput};
 use rand::RngCore;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -34,6 +36,12 @@ impl CryptoService {
             key_version: e.version,
             source_key_version: source,
         })
+    }
+
+    fn mac_one(rings: &Arc<Rings>, enc: &mut EncryptCall, r: &proto::MacRequest) -> Result<proto::MacResponse, Error> {
+        let version = (r.key_version != 0).then_some(r.key_version);
+        let (mac, key_version) = rings.mac_in(enc, &r.key, version, &r.data)?;
+        Ok(proto::MacResponse { mac, key_version })
     }
 
     async fn data_key(
@@ -188,39 +196,129 @@ impl proto::crypto_server::Crypto for CryptoService {
         self.data_key(req, false).await
     }
 
-    // Issue 17 (MACs and signatures): the API is fixed in proto/; these
-    // handlers answer UNIMPLEMENTED until the key types land.
-    async fn mac(&self, _req: Request<proto::MacRequest>) -> Result<Response<proto::MacResponse>, Status> {
-        Err(Status::unimplemented("Mac is not implemented yet"))
+    async fn mac(&self, req: Request<proto::MacRequest>) -> Result<Response<proto::MacResponse>, Status> {
+        let call = self.shared.begin(&req, Op::Mac, Some(&req.get_ref().key))?;
+        let r = req.into_inner();
+        let rings = self.shared.rings()?;
+        let result = Self::mac_one(rings, &mut rings.call(1), &r);
+        if let Ok(ok) = &result {
+            call.used_version(ok.key_version);
+        }
+        Ok(Response::new(self.shared.finish(&call, result)?))
     }
 
     async fn mac_batch(
         &self,
-        _req: Request<proto::MacBatchRequest>,
+        req: Request<proto::MacBatchRequest>,
     ) -> Result<Response<proto::MacBatchResponse>, Status> {
-        Err(Status::unimplemented("MacBatch is not implemented yet"))
+        use proto::mac_batch_item::Result as R;
+        let (call, rings, r) = self.batch_call(req, Op::Mac)?;
+        let mut enc = rings.call(r.items.len());
+        let items = self.batch(&call).run(
+            &r.items,
+            |it| &it.key,
+            |it| Self::mac_one(&rings, &mut enc, it),
+            |o| (o.key_version, None),
+            |res| proto::MacBatchItem {
+                result: Some(res.map_or_else(R::Error, R::Ok)),
+            },
+        )?;
+        Ok(Response::new(proto::MacBatchResponse { items }))
     }
 
     async fn verify_mac(
         &self,
-        _req: Request<proto::VerifyMacRequest>,
+        req: Request<proto::VerifyMacRequest>,
     ) -> Result<Response<proto::VerifyMacResponse>, Status> {
-        Err(Status::unimplemented("VerifyMac is not implemented yet"))
+        let call = self.shared.begin(&req, Op::Verify, Some(&req.get_ref().key))?;
+        let r = req.into_inner();
+        let result = self
+            .shared
+            .rings()?
+            .verify_mac(&r.key, r.key_version, &r.data, &r.mac)
+            .map(|(valid, key_version)| proto::VerifyMacResponse { valid, key_version });
+        if let Ok(ok) = &result {
+            call.used_version(ok.key_version);
+        }
+        Ok(Response::new(self.shared.finish(&call, result)?))
     }
 
-    async fn sign(&self, _req: Request<proto::SignRequest>) -> Result<Response<proto::SignResponse>, Status> {
-        Err(Status::unimplemented("Sign is not implemented yet"))
+    async fn sign(&self, req: Request<proto::SignRequest>) -> Result<Response<proto::SignResponse>, Status> {
+        let call = self.shared.begin(&req, Op::Sign, Some(&req.get_ref().key))?;
+        let r = req.into_inner();
+        let rings = self.shared.rings()?.clone();
+        // (RSA signing takes milliseconds: off the async workers)
+        let result = blocking(move || {
+            let encoding = encoding(r.encoding)?;
+            let input = match &r.input {
+                Some(proto::sign_request::Input::Message(m)) => SignInput::Message(m),
+                Some(proto::sign_request::Input::Digest(d)) => SignInput::Digest(d),
+                None => return Err(Error::InvalidArgument(Invalid::NoSignInput)),
+            };
+            let s = rings.sign_in(&mut rings.call(1), &r.key, input, encoding)?;
+            Ok(proto::SignResponse {
+                signature: s.signature,
+                key_version: s.version,
+                algorithm: algorithm_to_proto(s.algorithm) as i32,
+            })
+        })
+        .await;
+        if let Ok(ok) = &result {
+            call.used_version(ok.key_version);
+        }
+        Ok(Response::new(self.shared.finish(&call, result)?))
     }
 
-    async fn verify(&self, _req: Request<proto::VerifyRequest>) -> Result<Response<proto::VerifyResponse>, Status> {
-        Err(Status::unimplemented("Verify is not implemented yet"))
+    async fn verify(&self, req: Request<proto::VerifyRequest>) -> Result<Response<proto::VerifyResponse>, Status> {
+        let call = self.shared.begin(&req, Op::Verify, Some(&req.get_ref().key))?;
+        let r = req.into_inner();
+        let rings = self.shared.rings()?;
+        let result = (|| {
+            let encoding = encoding(r.encoding)?;
+            let input = match &r.input {
+                Some(proto::verify_request::Input::Message(m)) => SignInput::Message(m),
+                Some(proto::verify_request::Input::Digest(d)) => SignInput::Digest(d),
+                None => return Err(Error::InvalidArgument(Invalid::NoSignInput)),
+            };
+            let (valid, key_version, _) =
+                rings.verify_signature(&r.key, r.key_version, input, &r.signature, encoding)?;
+            Ok(proto::VerifyResponse { valid, key_version })
+        })();
+        if let Ok(ok) = &result {
+            call.used_version(ok.key_version);
+        }
+        Ok(Response::new(self.shared.finish(&call, result)?))
     }
 
     async fn get_public_key(
         &self,
-        _req: Request<proto::GetPublicKeyRequest>,
+        req: Request<proto::GetPublicKeyRequest>,
     ) -> Result<Response<proto::GetPublicKeyResponse>, Status> {
-        Err(Status::unimplemented("GetPublicKey is not implemented yet"))
+        let call = self.shared.begin(&req, Op::Verify, Some(&req.get_ref().key))?;
+        let r = req.into_inner();
+        let result = self.shared.rings()?.public_key(&r.key, r.key_version).and_then(|p| {
+            let kid = format!("{}/{}", r.key, p.version);
+            Ok(proto::GetPublicKeyResponse {
+                pem: p.key.pem()?,
+                jwk: p.key.jwk(&kid),
+                algorithm: algorithm_to_proto(p.algorithm) as i32,
+                key_version: p.version,
+                kid,
+            })
+        });
+        if let Ok(ok) = &result {
+            call.used_version(ok.key_version);
+        }
+        Ok(Response::new(self.shared.finish(&call, result)?))
+    }
+}
+
+/// The signature encoding a request names (unset = DER).
+fn encoding(e: i32) -> Result<SigEncoding, Error> {
+    match proto::SignatureEncoding::try_from(e) {
+        Ok(proto::SignatureEncoding::Unspecified | proto::SignatureEncoding::Der) => Ok(SigEncoding::Der),
+        Ok(proto::SignatureEncoding::P1363) => Ok(SigEncoding::P1363),
+        Err(_) => Err(Error::InvalidArgument(Invalid::SignatureEncoding)),
     }
 }
 

@@ -60,11 +60,14 @@ pub enum Op {
     Status,
     Import,
     Export,
+    Mac,
+    Sign,
+    Verify,
 }
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Op; 24] = [
+    pub const ALL: [Op; 27] = [
         Op::Encrypt,
         Op::Decrypt,
         Op::Rewrap,
@@ -89,6 +92,9 @@ impl Op {
         Op::Status,
         Op::Import,
         Op::Export,
+        Op::Mac,
+        Op::Sign,
+        Op::Verify,
     ];
 
     /// The name used in policies, logs, audit records and metrics.
@@ -118,6 +124,9 @@ impl Op {
             Op::Status => "status",
             Op::Import => "import",
             Op::Export => "export",
+            Op::Mac => "mac",
+            Op::Sign => "sign",
+            Op::Verify => "verify",
         }
     }
 

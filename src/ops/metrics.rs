@@ -56,6 +56,9 @@ pub const OPS: &[&str] = &[
     "audit.read",
     "approval",
     "admin.reload",
+    "mac",
+    "sign",
+    "verify",
     "other",
 ];
 
