@@ -710,3 +710,103 @@ async fn no_key_material_in_logs_or_store_files() {
     }
     assert_eq!(checked, 12);
 }
+
+/// kmsctl against the real daemon: create each type, MAC, sign, verify
+/// (a bad signature or MAC exits 1), public keys as PEM and JWK, and the
+/// key's algorithm, origin and exportable flag in `key show`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kmsctl_creates_signs_verifies_and_shows_key_types() {
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    let d = Daemon::start(dir.path());
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(kmsctl_bin())
+            .args(args)
+            .env("KMSD_ADDR", format!("unix:{}", d.socket.display()))
+            .env("KMSD_CA", dir.path().join("ca.pem"))
+            .env("KMSD_CERT", dir.path().join("client.pem"))
+            .env("KMSD_KEY", dir.path().join("client.key"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ok = |args: &[&str]| {
+        let (good, stdout, stderr) = run(args);
+        assert!(good, "{args:?}: {stderr}");
+        stdout
+    };
+    ok(&["key", "create", "hooks", "--algorithm", "hmac-sha256"]);
+    ok(&[
+        "key",
+        "create",
+        "ob",
+        "--algorithm",
+        "ecdsa-p256-sha256",
+        "--exportable",
+    ]);
+    let show: serde_json::Value = serde_json::from_str(&ok(&["-o", "json", "key", "show", "ob"])).unwrap();
+    assert_eq!(show["algorithm"], "ECDSA_P256_SHA256");
+    assert_eq!(show["exportable"], true);
+    assert_eq!(show["policy"]["purpose"], "SIGN_VERIFY");
+    assert_eq!(show["versions"][0]["origin"], "GENERATED");
+    let text = ok(&["key", "show", "hooks"]);
+    assert!(text.contains("HMAC_SHA256") && text.contains("GENERATED"), "{text}");
+
+    let tag = ok(&["mac", "--key", "hooks", "payload"]);
+    ok(&["verify-mac", "--key", "hooks", "--mac", &tag, "payload"]);
+    let (good, _, stderr) = run(&["verify-mac", "--key", "hooks", "--mac", &tag, "payloaD"]);
+    assert!(!good && stderr.contains("MAC is not valid"), "{stderr}");
+
+    let sig_file = dir.path().join("sig.der");
+    let sig = ok(&["sign", "--key", "ob", "--out", sig_file.to_str().unwrap(), "message"]);
+    assert!(!std::fs::read(&sig_file).unwrap().is_empty());
+    ok(&["verify", "--key", "ob", "--signature", &sig, "message"]);
+    ok(&[
+        "verify",
+        "--key",
+        "ob",
+        "--signature-file",
+        sig_file.to_str().unwrap(),
+        "message",
+    ]);
+    let (good, _, stderr) = run(&["verify", "--key", "ob", "--signature", &sig, "messagE"]);
+    assert!(!good && stderr.contains("signature is not valid"), "{stderr}");
+    // over a digest computed by kmsctl, in JWS encoding
+    let sig = ok(&["sign", "--key", "ob", "--digest", "--encoding", "p1363", "message"]);
+    ok(&[
+        "verify",
+        "--key",
+        "ob",
+        "--encoding",
+        "p1363",
+        "--signature",
+        &sig,
+        "message",
+    ]);
+    ok(&[
+        "verify",
+        "--key",
+        "ob",
+        "--encoding",
+        "p1363",
+        "--digest",
+        "--signature",
+        &sig,
+        "message",
+    ]);
+
+    let pem = ok(&["public-key", "--key", "ob"]);
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    let jwk: serde_json::Value = serde_json::from_str(&ok(&["public-key", "--key", "ob", "--format", "jwk"])).unwrap();
+    assert_eq!(
+        (jwk["kid"].as_str(), jwk["alg"].as_str()),
+        (Some("ob/1"), Some("ES256"))
+    );
+    // a wrong type answers with the key's algorithm
+    let (good, _, stderr) = run(&["sign", "--key", "hooks", "x"]);
+    assert!(!good && stderr.contains("HMAC_SHA256"), "{stderr}");
+}

@@ -202,6 +202,93 @@ pub enum Cmd {
         /// Snapshot file from `kmsctl backup`.
         file: PathBuf,
     },
+    /// The MAC (HMAC) of DATA (or stdin with -) under an HMAC key: prints
+    /// it in base64.
+    Mac {
+        /// HMAC key name.
+        #[arg(long)]
+        key: String,
+        /// A version other than the primary (one that may still verify).
+        #[arg(long, default_value_t = 0)]
+        key_version: u32,
+        /// The data, or - for stdin.
+        #[arg(default_value = "-")]
+        data: String,
+    },
+    /// Check a MAC (compared in constant time by kmsd); exits 1 if it is
+    /// not valid.
+    VerifyMac {
+        /// HMAC key name.
+        #[arg(long)]
+        key: String,
+        /// The MAC, base64.
+        #[arg(long)]
+        mac: String,
+        /// The version that made it (0 = primary).
+        #[arg(long, default_value_t = 0)]
+        key_version: u32,
+        /// The data, or - for stdin.
+        #[arg(default_value = "-")]
+        data: String,
+    },
+    /// Sign DATA (or stdin with -) with a signing key whose private key
+    /// never leaves kmsd: prints the signature in base64.
+    Sign {
+        /// Signing key name.
+        #[arg(long)]
+        key: String,
+        /// Hash the data here (SHA-256) and send kmsd only the digest
+        /// (ECDSA and RSA-PSS; Ed25519 signs messages only).
+        #[arg(long)]
+        digest: bool,
+        /// ECDSA signature encoding: der (default; OpenSSL, X.509) or
+        /// p1363 (r||s, as JWS ES256 uses).
+        #[arg(long, value_parser = ["der", "p1363"], default_value = "der")]
+        encoding: String,
+        /// Also write the raw signature bytes to FILE (for `openssl`).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// The data, or - for stdin.
+        #[arg(default_value = "-")]
+        data: String,
+    },
+    /// Verify a signature with a key's public half; exits 1 if it is not valid.
+    Verify {
+        /// Signing key name.
+        #[arg(long)]
+        key: String,
+        /// The signature, base64 (or --signature-file).
+        #[arg(long, required_unless_present = "signature_file")]
+        signature: Option<String>,
+        /// The raw signature bytes in FILE.
+        #[arg(long, value_name = "FILE", conflicts_with = "signature")]
+        signature_file: Option<PathBuf>,
+        /// The version that signed (0 = primary).
+        #[arg(long, default_value_t = 0)]
+        key_version: u32,
+        /// Hash the data here and send kmsd only the digest.
+        #[arg(long)]
+        digest: bool,
+        /// ECDSA signature encoding: der or p1363.
+        #[arg(long, value_parser = ["der", "p1363"], default_value = "der")]
+        encoding: String,
+        /// The data, or - for stdin.
+        #[arg(default_value = "-")]
+        data: String,
+    },
+    /// The public key of a signing key's version: SPKI PEM (default) or a
+    /// JWK with kid "<key>/<version>".
+    PublicKey {
+        /// Signing key name.
+        #[arg(long)]
+        key: String,
+        /// The version (0 = primary).
+        #[arg(long, default_value_t = 0)]
+        key_version: u32,
+        /// pem or jwk.
+        #[arg(long, value_parser = ["pem", "jwk"], default_value = "pem")]
+        format: String,
+    },
     /// Import jobs: RSA-3072 wrapping keys for bringing key material in
     /// (`kmsctl key import`).
     #[command(subcommand)]
@@ -310,6 +397,10 @@ pub struct PolicyArgs {
     /// Let a token key rotate automatically (every token then changes).
     #[arg(long)]
     pub allow_token_rotation: Option<bool>,
+    /// Let a key whose primary version was imported rotate (scheduled,
+    /// usage or manual) to material kmsd generates.
+    #[arg(long)]
+    pub allow_generated_rotation: Option<bool>,
 }
 
 impl PolicyArgs {
@@ -326,7 +417,7 @@ impl PolicyArgs {
                 _ => proto::KeyPurpose::EncryptDecrypt as i32,
             }),
             allow_token_rotation: self.allow_token_rotation,
-            allow_generated_rotation: None,
+            allow_generated_rotation: self.allow_generated_rotation,
         }
     }
 }
@@ -337,6 +428,19 @@ pub enum KeyCmd {
     Create {
         /// Key name.
         name: String,
+        /// The key's type, fixed at creation: aes-256-gcm (default;
+        /// encrypt or tokenize), hmac-sha256, hmac-sha512 (MACs),
+        /// ecdsa-p256-sha256, rsa-pss-3072-sha256, rsa-pss-4096-sha256,
+        /// ed25519 (signatures).
+        #[arg(long, default_value = "aes-256-gcm", value_parser = [
+            "aes-256-gcm", "hmac-sha256", "hmac-sha512", "ecdsa-p256-sha256",
+            "rsa-pss-3072-sha256", "rsa-pss-4096-sha256", "ed25519",
+        ])]
+        algorithm: String,
+        /// Versions of this key may be exported (wrapped, under dual
+        /// control); fixed at creation.
+        #[arg(long)]
+        exportable: bool,
         #[command(flatten)]
         policy: PolicyArgs,
     },

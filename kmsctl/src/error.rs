@@ -33,6 +33,9 @@ pub enum Error {
     /// The daemon answers but does not serve.
     #[error("kmsd is {0}")]
     NotServing(String),
+    /// `verify` / `verify-mac`: the signature or MAC does not verify.
+    #[error("the {0} is not valid")]
+    NotValid(&'static str),
     /// `audit verify` found a broken record.
     #[error("audit log broken at line {line}")]
     AuditBroken {

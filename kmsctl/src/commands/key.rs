@@ -10,12 +10,19 @@ pub async fn run(cmd: &KeyCmd, channel: Chan, out: Out) -> Result<(), Error> {
     let mut keys = KeysClient::new(channel);
     let secs = |d: &Option<std::time::Duration>| d.map_or(0, |d| d.as_secs());
     let info = match cmd {
-        KeyCmd::Create { name, policy } => keys
+        KeyCmd::Create {
+            name,
+            algorithm,
+            exportable,
+            policy,
+        } => keys
             .create_key(proto::CreateKeyRequest {
                 name: name.clone(),
-                algorithm: 0,
+                algorithm: proto::Algorithm::from_str_name(&algorithm.to_ascii_uppercase().replace('-', "_"))
+                    .ok_or_else(|| Error::Input(format!("unknown algorithm {algorithm}")))?
+                    as i32,
                 policy: Some(policy.to_proto()),
-                exportable: false,
+                exportable: *exportable,
             })
             .await?
             .into_inner(),
@@ -130,7 +137,24 @@ fn purpose_name(p: &proto::KeyPolicy) -> &'static str {
     // (unset means encrypt/decrypt, the default purpose)
     match p.purpose.and_then(|p| proto::KeyPurpose::try_from(p).ok()) {
         Some(proto::KeyPurpose::Tokenize) => "TOKENIZE",
+        Some(proto::KeyPurpose::Mac) => "MAC",
+        Some(proto::KeyPurpose::SignVerify) => "SIGN_VERIFY",
         _ => "ENCRYPT_DECRYPT",
+    }
+}
+
+fn algorithm_name(a: i32) -> &'static str {
+    match proto::Algorithm::try_from(a) {
+        Ok(proto::Algorithm::Unspecified) => "AES_256_GCM",
+        Ok(a) => a.as_str_name(),
+        Err(_) => "UNKNOWN",
+    }
+}
+
+fn origin_name(o: i32) -> &'static str {
+    match proto::KeyOrigin::try_from(o) {
+        Ok(proto::KeyOrigin::Imported) => "IMPORTED",
+        _ => "GENERATED",
     }
 }
 
@@ -142,6 +166,7 @@ fn version_json(v: &proto::KeyVersionInfo) -> Value {
     json!({
         "version": v.version,
         "state": state_name(v.state),
+        "origin": origin_name(v.origin),
         "encryptions": v.encryptions,
         "decryptions": v.decryptions,
         "last_used_at": time_json(v.last_used_at),
@@ -155,6 +180,8 @@ pub fn key_json(k: &proto::KeyInfo) -> Value {
     let p = k.policy.unwrap_or_default();
     json!({
         "name": k.name,
+        "algorithm": algorithm_name(k.algorithm),
+        "exportable": k.exportable,
         "primary_version": k.primary_version,
         "created_at": time_json(k.created_at),
         "next_rotation_at": time_json(k.next_rotation_at),
@@ -168,6 +195,7 @@ pub fn key_json(k: &proto::KeyInfo) -> Value {
             "deletion_allowed": p.deletion_allowed.unwrap_or(false),
             "manual_rotation_resets_schedule": p.manual_rotation_resets_schedule.unwrap_or(false),
             "allow_token_rotation": p.allow_token_rotation.unwrap_or(false),
+            "allow_generated_rotation": p.allow_generated_rotation.unwrap_or(false),
         },
         "versions": k.versions.iter().map(version_json).collect::<Vec<_>>(),
         "rotations": k.rotations.iter().map(|e| json!({
@@ -183,6 +211,8 @@ pub fn key_text(k: &proto::KeyInfo) -> String {
     let p = k.policy.unwrap_or_default();
     let mut rows = vec![
         ("name", k.name.clone()),
+        ("algorithm", algorithm_name(k.algorithm).to_owned()),
+        ("exportable", k.exportable.to_string()),
         ("primary_version", k.primary_version.to_string()),
         ("created_at", time(k.created_at)),
         ("next_rotation_at", time(k.next_rotation_at)),
@@ -243,6 +273,7 @@ fn versions_table(k: &proto::KeyInfo) -> String {
             vec![
                 v.version.to_string(),
                 state_name(v.state).to_owned(),
+                origin_name(v.origin).to_owned(),
                 v.encryptions.to_string(),
                 v.decryptions.to_string(),
                 time(v.last_used_at),
@@ -255,6 +286,7 @@ fn versions_table(k: &proto::KeyInfo) -> String {
         &[
             "VERSION",
             "STATE",
+            "ORIGIN",
             "ENCRYPTIONS",
             "DECRYPTIONS",
             "LAST_USED",

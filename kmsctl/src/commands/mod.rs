@@ -6,6 +6,7 @@ mod data;
 mod files;
 mod key;
 mod mask;
+mod sign;
 mod transfer;
 
 use crate::cli::{AuditCmd, Cli, Cmd, KeyCmd};
@@ -53,6 +54,11 @@ pub async fn run(cli: &Cli, otp: Otp) -> Result<(), Error> {
         Cmd::Officer(cmd) => admin::officer(cmd, channel, out).await,
         Cmd::Approvals(cmd) => admin::approvals(cmd, channel, out).await,
         Cmd::Audit(AuditCmd::Verify { files }) => audit::verify(channel, files, out).await,
+        cmd @ (Cmd::Mac { .. }
+        | Cmd::VerifyMac { .. }
+        | Cmd::Sign { .. }
+        | Cmd::Verify { .. }
+        | Cmd::PublicKey { .. }) => sign::run(cmd, channel, out).await,
         Cmd::Tokenize { key, kind, value } => mask::tokenize(channel, key, kind, value, out).await,
         Cmd::Detokenize {
             key,
