@@ -167,3 +167,458 @@ async fn import_jobs_are_bounded_sealed_and_left_out_of_backups() {
         );
     }
 }
+
+/// Runs `tests/python/byok.py ARGS` with `python`.
+fn byok(python: &str, args: &[&std::ffi::OsStr]) {
+    let o = std::process::Command::new(python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/byok.py"))
+        .args(args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "byok.py: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    std::ffi::OsStr::new(s)
+}
+
+fn import_req(key: &str, job: &str, wrapped: Vec<u8>, algorithm: proto::Algorithm) -> proto::ImportKeyVersionRequest {
+    proto::ImportKeyVersionRequest {
+        key: key.into(),
+        import_job: job.into(),
+        wrapped_key: wrapped,
+        algorithm: algorithm as i32,
+        policy: None,
+        exportable: false,
+    }
+}
+
+/// Wraps `material` for `job` with openssl's command line: `pkeyutl` for
+/// the RSA-OAEP half, `enc -id-aes256-wrap-pad` for the RFC 5649 half
+/// (the README's "Bringing keys from an HSM" recipe).
+fn openssl_wrap(dir: &std::path::Path, job: &proto::ImportJob, material: &[u8]) -> Vec<u8> {
+    let p = |n: &str| dir.join(n);
+    std::fs::write(p("job.pem"), &job.public_key_pem).unwrap();
+    std::fs::write(p("material.bin"), material).unwrap();
+    let ephemeral: [u8; 32] = rand::random();
+    std::fs::write(p("ephemeral.bin"), ephemeral).unwrap();
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run(&[
+        "pkeyutl",
+        "-encrypt",
+        "-pubin",
+        "-inkey",
+        "job.pem",
+        "-pkeyopt",
+        "rsa_padding_mode:oaep",
+        "-pkeyopt",
+        "rsa_oaep_md:sha256",
+        "-pkeyopt",
+        "rsa_mgf1_md:sha256",
+        "-in",
+        "ephemeral.bin",
+        "-out",
+        "rsa.bin",
+    ]);
+    run(&[
+        "enc",
+        "-id-aes256-wrap-pad",
+        "-K",
+        &hex::encode(ephemeral),
+        "-iv",
+        "A65959A6",
+        "-in",
+        "material.bin",
+        "-out",
+        "kwp.bin",
+    ]);
+    let mut wrapped = std::fs::read(p("rsa.bin")).unwrap();
+    wrapped.extend_from_slice(&std::fs::read(p("kwp.bin")).unwrap());
+    for f in ["material.bin", "ephemeral.bin", "rsa.bin", "kwp.bin"] {
+        std::fs::remove_file(p(f)).unwrap();
+    }
+    wrapped
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_imported_from_python_and_openssl_wrapped_blobs_decrypts_what_python_encrypted() {
+    let Some(python) = python_with("cryptography") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    let d = Daemon::start(dir.path());
+    let (mut crypto, mut keys) = d.clients().await;
+    let work = tempfile::tempdir().unwrap();
+    let w = |n: &str| work.path().join(n);
+
+    // the material, and a ciphertext made from it by Python alone
+    let material: [u8; 32] = rand::random();
+    std::fs::write(w("material"), material).unwrap();
+    std::fs::write(w("plaintext"), b"made in python").unwrap();
+    byok(
+        &python,
+        &[
+            os("encrypt"),
+            w("material").as_os_str(),
+            os("byok"),
+            os("1"),
+            os("ctx"),
+            w("plaintext").as_os_str(),
+            w("ct").as_os_str(),
+        ],
+    );
+
+    // wrapped by Python for a job, imported: a new key, version 1
+    let job = keys.create_import_job(job_req("byok", 0)).await.unwrap().into_inner();
+    std::fs::write(w("job.pem"), &job.public_key_pem).unwrap();
+    byok(
+        &python,
+        &[
+            os("wrap"),
+            w("job.pem").as_os_str(),
+            w("material").as_os_str(),
+            w("wrapped").as_os_str(),
+        ],
+    );
+    let wrapped = std::fs::read(w("wrapped")).unwrap();
+    let info = keys
+        .import_key_version(import_req(
+            "byok",
+            &job.id,
+            wrapped.clone(),
+            proto::Algorithm::Aes256Gcm,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.primary_version, 1);
+    assert_eq!(info.versions[0].origin, proto::KeyOrigin::Imported as i32);
+    assert!(!info.exportable, "exportable only if asked for");
+    let ct = std::fs::read(w("ct")).unwrap();
+    let pt = crypto
+        .decrypt(dec("byok", &ct, b"ctx"))
+        .await
+        .expect("kmsd decrypts what Python encrypted under the same material")
+        .into_inner();
+    assert_eq!(pt.plaintext, b"made in python");
+    // and the other way: Python decrypts what kmsd encrypts
+    std::fs::write(w("kmsd-ct"), encrypted(&mut crypto, "byok", b"made in kmsd").await).unwrap();
+    byok(
+        &python,
+        &[
+            os("decrypt"),
+            w("material").as_os_str(),
+            os("byok"),
+            os(""),
+            w("kmsd-ct").as_os_str(),
+            w("out").as_os_str(),
+        ],
+    );
+    assert_eq!(std::fs::read(w("out")).unwrap(), b"made in kmsd");
+
+    // the job is reusable until it expires: openssl wraps the next version
+    let material2: [u8; 32] = rand::random();
+    let wrapped2 = openssl_wrap(work.path(), &job, &material2);
+    let info = keys
+        .import_key_version(import_req("byok", &job.id, wrapped2, proto::Algorithm::Aes256Gcm))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.primary_version, 2);
+    assert_eq!(info.versions[0].state, proto::VersionState::DecryptOnly as i32);
+    assert_eq!(info.versions[1].origin, proto::KeyOrigin::Imported as i32);
+    let last = info.rotations.last().unwrap();
+    assert_eq!(
+        (last.from_version, last.to_version, last.reason),
+        (1, 2, proto::RotationReason::Import as i32)
+    );
+    std::fs::write(w("material2"), material2).unwrap();
+    std::fs::write(w("kmsd-ct2"), encrypted(&mut crypto, "byok", b"version 2").await).unwrap();
+    byok(
+        &python,
+        &[
+            os("decrypt"),
+            w("material2").as_os_str(),
+            os("byok"),
+            os(""),
+            w("kmsd-ct2").as_os_str(),
+            w("out2").as_os_str(),
+        ],
+    );
+    assert_eq!(std::fs::read(w("out2")).unwrap(), b"version 2");
+    let pt = crypto.decrypt(dec("byok", &ct, b"ctx")).await.unwrap().into_inner();
+    assert_eq!(pt.plaintext, b"made in python", "version 1 still decrypts");
+
+    // refusals, each with its own status
+    let refuse = |key: &str, job: &str, wrapped: Vec<u8>, alg| import_req(key, job, wrapped, alg);
+    let aes = proto::Algorithm::Aes256Gcm;
+    let mut tampered = wrapped.clone();
+    let last_byte = tampered.len() - 1;
+    tampered[last_byte] ^= 1;
+    let e = keys
+        .import_key_version(refuse("byok", &job.id, tampered, aes))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("does not unwrap"), "{}", e.message());
+    let mut tampered = wrapped.clone();
+    tampered[10] ^= 1;
+    let e2 = keys
+        .import_key_version(refuse("byok", &job.id, tampered, aes))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e2.code(), e2.message()),
+        (e.code(), e.message()),
+        "one answer whichever half was changed"
+    );
+    let e = keys
+        .import_key_version(refuse("byok", &job.id, wrapped[..100].to_vec(), aes))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("malformed"), "{}", e.message());
+    let e = keys
+        .import_key_version(refuse("byok", &job.id, wrapped.clone(), proto::Algorithm::HmacSha256))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains("AES_256_GCM") && e.message().contains("HMAC_SHA256"),
+        "{}",
+        e.message()
+    );
+    let other = keys.create_import_job(job_req("other", 0)).await.unwrap().into_inner();
+    let e = keys
+        .import_key_version(refuse("byok", &other.id, wrapped.clone(), aes))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("is for key \"other\""), "{}", e.message());
+    let e = keys
+        .import_key_version(refuse("byok", &"f".repeat(32), wrapped.clone(), aes))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    // material of the wrong length for AES-256
+    std::fs::write(w("short"), [7u8; 16]).unwrap();
+    byok(
+        &python,
+        &[
+            os("wrap"),
+            w("job.pem").as_os_str(),
+            w("short").as_os_str(),
+            w("wrapped-short").as_os_str(),
+        ],
+    );
+    let short = std::fs::read(w("wrapped-short")).unwrap();
+    let e = keys
+        .import_key_version(refuse("byok", &job.id, short, aes))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    let info = get(&mut keys, "byok").await;
+    assert_eq!(info.primary_version, 2, "nothing refused was imported");
+
+    // an imported key does not rotate to generated material unless its policy allows it
+    let e = keys
+        .rotate_key(proto::RotateKeyRequest { name: "byok".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    set_policy(&mut keys, "byok", |p| p.allow_generated_rotation = Some(true))
+        .await
+        .unwrap();
+    let info = keys
+        .rotate_key(proto::RotateKeyRequest { name: "byok".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.versions[2].origin, proto::KeyOrigin::Generated as i32);
+
+    // an HMAC key imported likewise (a new key of that algorithm)
+    let hjob = keys
+        .create_import_job(job_req("byok.hmac", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    std::fs::write(w("hjob.pem"), &hjob.public_key_pem).unwrap();
+    let hkey: [u8; 32] = rand::random();
+    std::fs::write(w("hkey"), hkey).unwrap();
+    byok(
+        &python,
+        &[
+            os("wrap"),
+            w("hjob.pem").as_os_str(),
+            w("hkey").as_os_str(),
+            w("hwrapped").as_os_str(),
+        ],
+    );
+    let info = keys
+        .import_key_version(import_req(
+            "byok.hmac",
+            &hjob.id,
+            std::fs::read(w("hwrapped")).unwrap(),
+            proto::Algorithm::HmacSha256,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.algorithm, proto::Algorithm::HmacSha256 as i32);
+    assert_eq!(info.versions[0].origin, proto::KeyOrigin::Imported as i32);
+
+    // nothing of the material in the daemon's files (store, audit, log)
+    for f in walk(dir.path()).into_iter().filter(|f| f.is_file()) {
+        let bytes = std::fs::read(&f).unwrap();
+        for (what, secret) in [
+            ("material", &material[..]),
+            ("material 2", &material2[..]),
+            ("HMAC key", &hkey[..]),
+        ] {
+            assert!(!contains(&bytes, secret), "{} holds the {what}", f.display());
+            assert!(
+                !contains(&bytes, hex::encode(secret).as_bytes()),
+                "{} holds the {what} in hex",
+                f.display()
+            );
+        }
+    }
+}
+
+fn approval_id(e: &tonic::Status) -> String {
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    e.metadata()
+        .get("x-kmsd-approval-id")
+        .unwrap_or_else(|| panic!("no approval id: {e:?}"))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn export_req(key: &str, pem: &str) -> proto::ExportKeyVersionRequest {
+    proto::ExportKeyVersionRequest {
+        key: key.into(),
+        version: 0,
+        wrapping_public_key_pem: pem.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_needs_two_officers_and_the_key_decrypts_in_the_other_daemon() {
+    let mut env = Env::new().await;
+    // the destination: another daemon, with its own master key and job
+    let dest_dir = tempfile::tempdir().unwrap();
+    Pki::new(dest_dir.path());
+    let dest = Daemon::start(dest_dir.path());
+    let (mut dest_crypto, mut dest_keys) = dest.clients().await;
+    let job = dest_keys
+        .create_import_job(job_req("payments.moved", 0))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // the source key: exportable, with data encrypted under it
+    let mut admin = env.keys("admin");
+    admin
+        .create_key(proto::CreateKeyRequest {
+            name: "payments.moved".into(),
+            exportable: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    create(&mut admin, "payments.kept").await;
+    let ct = encrypted(&mut env.crypto("admin"), "payments.moved", b"moved with its key").await;
+
+    // not exportable, no export right, no code: refused at once
+    let code = env.code("alice");
+    let e = env
+        .keys("alice")
+        .export_key_version(with_otp(export_req("payments.kept", &job.public_key_pem), Some(&code)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("not exportable"), "{}", e.message());
+    assert!(e.metadata().get("x-kmsd-approval-id").is_none());
+    let e = env
+        .keys("payments")
+        .export_key_version(export_req("payments.moved", &job.public_key_pem))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = env
+        .keys("alice")
+        .export_key_version(with_otp(export_req("payments.moved", &job.public_key_pem), None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+
+    // one officer alone gets a pending request, never the key
+    let code = env.code("alice");
+    let e = env
+        .keys("alice")
+        .export_key_version(with_otp(export_req("payments.moved", &job.public_key_pem), Some(&code)))
+        .await
+        .unwrap_err();
+    let id = approval_id(&e);
+    assert!(
+        e.message().contains("export version 1 of key \"payments.moved\""),
+        "{}",
+        e.message()
+    );
+    let e = env.approve("alice", &id).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "not her own request");
+    // a second officer approves: the wrapped key comes back to the approver
+    let r = env.approve("bob", &id).await.unwrap();
+    assert!(r.result.contains("exported"), "{}", r.result);
+    let exported = <proto::ExportKeyVersionResponse as prost::Message>::decode(r.payload.as_slice()).unwrap();
+    assert_eq!(
+        (exported.version, exported.algorithm),
+        (1, proto::Algorithm::Aes256Gcm as i32)
+    );
+
+    // imported at the destination, it decrypts the source's ciphertext
+    let info = dest_keys
+        .import_key_version(import_req(
+            "payments.moved",
+            &job.id,
+            exported.wrapped_key,
+            proto::Algorithm::Aes256Gcm,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.versions[0].origin, proto::KeyOrigin::Imported as i32);
+    assert_eq!(
+        decrypted(&mut dest_crypto, "payments.moved", &ct).await,
+        b"moved with its key"
+    );
+
+    // audited with both identities
+    wait_for("the approval's audit record", || {
+        audit_lines(&std::fs::read_to_string(env.d.dir.join("audit.log")).unwrap_or_default())
+            .iter()
+            .any(|r| {
+                let s = r.to_string();
+                r["op"] == "approval"
+                    && r["identity"] == "spiffe://bank/bob"
+                    && r["result"] == "OK"
+                    && s.contains(&id)
+                    && s.contains("spiffe://bank/alice")
+                    && s.contains("export")
+            })
+    });
+}

@@ -185,10 +185,10 @@ impl proto::admin_server::Admin for AdminService {
         let op = pending.op.clone();
         let result = blocking(move || crate::authz::dual::execute(&rings, &op)).await;
         tracing::info!(id = %pending.id, requester = %pending.requester, approver = call.peer.id(), ok = result.is_ok(), "dual-control request approved");
-        let result = self.shared.finish(&call, result)?;
+        let executed = self.shared.finish(&call, result)?;
         Ok(Response::new(proto::ApproveResponse {
-            result,
-            payload: Vec::new(),
+            result: executed.result,
+            payload: executed.payload,
         }))
     }
 

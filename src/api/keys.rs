@@ -56,7 +56,7 @@ impl KeysService {
 
     /// Dual control: creates the pending request (and answers with it), or
     /// lets DEV ONLY roles through.
-    fn dual(&self, call: &Call, op: PendingOp) -> Result<(), Status> {
+    pub(super) fn dual(&self, call: &Call, op: PendingOp) -> Result<(), Status> {
         self.shared
             .access()?
             .dual_control(call, op)
@@ -400,15 +400,15 @@ impl proto::keys_server::Keys for KeysService {
 
     async fn import_key_version(
         &self,
-        _req: Request<proto::ImportKeyVersionRequest>,
+        req: Request<proto::ImportKeyVersionRequest>,
     ) -> Result<Response<proto::KeyInfo>, Status> {
-        Err(Status::unimplemented("ImportKeyVersion is not implemented yet"))
+        self.import_key_version_call(req).await
     }
 
     async fn export_key_version(
         &self,
-        _req: Request<proto::ExportKeyVersionRequest>,
+        req: Request<proto::ExportKeyVersionRequest>,
     ) -> Result<Response<proto::ExportKeyVersionResponse>, Status> {
-        Err(Status::unimplemented("ExportKeyVersion is not implemented yet"))
+        self.export_key_version_call(req).await
     }
 }

@@ -1,7 +1,7 @@
 //! Dual control: destructive or far-reaching operations (destroying a
 //! version, deleting a key, restoring a snapshot, replacing another
 //! officer's second factor, moving `min_decryption_version` across live
-//! versions) wait, sealed in the key store and bounded
+//! versions, exporting key material) wait, sealed in the key store and bounded
 //! ([`super::pending`]), for a second officer who holds the same right;
 //! then [`execute`] runs them. On a cluster the store is shared: a request
 //! made on one node is listed, approved or rejected on any, and taken
@@ -67,6 +67,16 @@ pub enum PendingOp {
         /// meanwhile are kept.
         update: PolicyUpdate,
     },
+    /// Export a version's material wrapped for another kmsd's import job
+    /// (the wrapped key goes back in the approver's `ApproveResponse`).
+    Export {
+        /// Key.
+        name: String,
+        /// Version (resolved when requested: never 0).
+        version: u32,
+        /// The destination job's public wrapping key (SPKI PEM; public).
+        wrapping_public_key_pem: String,
+    },
 }
 
 impl PendingOp {
@@ -77,6 +87,7 @@ impl PendingOp {
             PendingOp::Restore { .. } => Op::Restore,
             PendingOp::SetPolicy { .. } => Op::KeyPolicy,
             PendingOp::ReplaceOfficer { .. } => Op::OfficerEnroll,
+            PendingOp::Export { .. } => Op::Export,
         }
     }
 
@@ -93,7 +104,8 @@ impl PendingOp {
         match self {
             PendingOp::DestroyVersion { name, .. }
             | PendingOp::DeleteKey { name, .. }
-            | PendingOp::SetPolicy { name, .. } => Some(name),
+            | PendingOp::SetPolicy { name, .. }
+            | PendingOp::Export { name, .. } => Some(name),
             PendingOp::Restore { .. } | PendingOp::ReplaceOfficer { .. } => None,
         }
     }
@@ -129,8 +141,25 @@ impl PendingOp {
                  decrypt again)",
                 describe_update(update)
             ),
+            PendingOp::Export {
+                name,
+                version,
+                wrapping_public_key_pem,
+            } => format!(
+                "export version {version} of key {name:?}: its material, wrapped for the import job whose public key \
+                 has SHA-256 fingerprint {}, is handed to the approving officer",
+                fingerprint(wrapping_public_key_pem)
+            ),
         }
     }
+}
+
+/// A short fingerprint of a PEM text, for people comparing the request
+/// with the destination job they expect (hex SHA-256 of the text, 16 digits).
+fn fingerprint(pem: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(pem.trim().as_bytes());
+    hex::encode(digest.get(..8).unwrap_or_default())
 }
 
 /// The fields a policy update sets, in words (`0` disables a limit).
@@ -307,9 +336,61 @@ impl Access {
     }
 }
 
+/// What an approved operation did: in words, and what it hands back
+/// (`ApproveResponse.payload`: an export's `ExportKeyVersionResponse`,
+/// encoded; empty for the others).
+#[derive(Default)]
+pub struct Executed {
+    /// In words.
+    pub result: String,
+    /// Handed back to the approver.
+    pub payload: Vec<u8>,
+}
+
+impl std::fmt::Debug for Executed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executed")
+            .field("result", &self.result)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}
+
 /// Executes an approved dual-control operation.
-pub fn execute(rings: &Rings, op: &PendingOp) -> Result<String, Error> {
+pub fn execute(rings: &Rings, op: &PendingOp) -> Result<Executed, Error> {
+    if let PendingOp::Export {
+        name,
+        version,
+        wrapping_public_key_pem,
+    } = op
+    {
+        use prost::Message as _;
+        let wrapping = kmsd_keystore::wrap::WrappingPublicKey::from_pem(wrapping_public_key_pem)
+            .map_err(|e| Error::Transfer(crate::error::Transfer::Wrap(e)))?;
+        let (wrapped_key, algorithm, version) = rings.export(name, *version, &wrapping)?;
+        let response = crate::proto::ExportKeyVersionResponse {
+            wrapped_key,
+            algorithm: crate::api::convert::algorithm_to_proto(algorithm) as i32,
+            version,
+        };
+        return Ok(Executed {
+            result: format!(
+                "version {version} of key {name:?} exported (wrapped for the destination's import job; in this \
+                 response's payload)"
+            ),
+            payload: response.encode_to_vec(),
+        });
+    }
+    execute_change(rings, op).map(|result| Executed {
+        result,
+        payload: Vec::new(),
+    })
+}
+
+/// Executes an approved operation that changes the store.
+fn execute_change(rings: &Rings, op: &PendingOp) -> Result<String, Error> {
     match op {
+        PendingOp::Export { .. } => Err(Error::Internal("an export changes nothing")),
         PendingOp::DestroyVersion { name, version, wait } => {
             let at = rings.destruction_time(*wait)?;
             let v = *version;

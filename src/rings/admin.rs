@@ -117,7 +117,7 @@ impl Rings {
         Ok(ring)
     }
 
-    fn check_policy(&self, p: &KeyPolicy) -> Result<(), Error> {
+    pub(super) fn check_policy(&self, p: &KeyPolicy) -> Result<(), Error> {
         let min = if self.dev_mode {
             MIN_ROTATION_PERIOD.1
         } else {

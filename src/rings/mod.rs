@@ -49,6 +49,7 @@ use std::sync::{Arc, Mutex};
 
 mod admin;
 mod data;
+mod import;
 mod leadership;
 mod remote;
 mod schedule;
@@ -57,6 +58,7 @@ mod usage;
 
 pub use admin::{PolicyUpdate, MIN_ROTATION_PERIOD};
 pub use data::{EncryptCall, Encrypted, DEFAULT_MAX_ROTATIONS_PER_CALL};
+pub use import::NewKey;
 pub use leadership::{Leadership, Term, LEADER_RECORD};
 pub use remote::Freshness;
 use schedule::Schedule;
