@@ -479,6 +479,27 @@ async fn a_key_imported_from_python_and_openssl_wrapped_blobs_decrypts_what_pyth
         .into_inner();
     assert_eq!(info.algorithm, proto::Algorithm::HmacSha256 as i32);
     assert_eq!(info.versions[0].origin, proto::KeyOrigin::Imported as i32);
+    // kmsd's MAC under the imported key is the MAC Python computes locally
+    std::fs::write(w("mac-data"), b"webhook body").unwrap();
+    byok(
+        &python,
+        &[
+            os("hmac"),
+            w("hkey").as_os_str(),
+            w("mac-data").as_os_str(),
+            w("mac").as_os_str(),
+        ],
+    );
+    let mac = crypto
+        .mac(proto::MacRequest {
+            key: "byok.hmac".into(),
+            data: b"webhook body".to_vec(),
+            key_version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(mac.mac, std::fs::read(w("mac")).unwrap());
 
     // nothing of the material in the daemon's files (store, audit, log)
     for f in walk(dir.path()).into_iter().filter(|f| f.is_file()) {
