@@ -180,6 +180,13 @@ impl WrappingPublicKey {
         Ok(WrappingPublicKey(key))
     }
 
+    /// Wraps a key version's material for this key (an export): the raw
+    /// key of AES and HMAC keys, the PKCS#8 DER of signing keys, exposed
+    /// only here.
+    pub fn wrap_material(&self, material: &crate::Material) -> Result<Vec<u8>, WrapError> {
+        self.wrap(material.expose_secret())
+    }
+
     /// Wraps `material` for this key under a fresh ephemeral AES-256 key.
     pub fn wrap(&self, material: &[u8]) -> Result<Vec<u8>, WrapError> {
         let mut ephemeral = Zeroizing::new([0u8; EPHEMERAL_LEN]);

@@ -105,7 +105,7 @@ impl Rings {
             )))
         })?;
         let wrapped = wrapping
-            .wrap(material.expose_secret())
+            .wrap_material(material)
             .map_err(|e| Error::Transfer(Transfer::Wrap(e)))?;
         Ok((wrapped, ring.algorithm, v))
     }
