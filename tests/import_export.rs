@@ -643,3 +643,215 @@ async fn an_export_needs_two_officers_and_the_key_decrypts_in_the_other_daemon()
             })
     });
 }
+
+/// Runs kmsctl (`-o json`) against `d` as client `who`, with a one-time
+/// code if given; its stdout as JSON, or the failure.
+fn kmsctl_json(d: &Daemon, who: &str, otp: Option<&str>, args: &[&str]) -> serde_json::Value {
+    let mut cmd = std::process::Command::new(kmsctl_bin());
+    cmd.args(["-o", "json"])
+        .args(args)
+        .env("KMSD_ADDR", format!("unix:{}", d.socket.display()))
+        .env("KMSD_CA", d.dir.join("ca.pem"))
+        .env("KMSD_CERT", d.dir.join(format!("{who}.pem")))
+        .env("KMSD_KEY", d.dir.join(format!("{who}.key")))
+        .stdin(std::process::Stdio::null());
+    if let Some(code) = otp {
+        cmd.env("KMSD_OTP", code);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "kmsctl {args:?}: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("kmsctl {args:?}: {e}: {out:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kmsctl_moves_a_key_between_daemons_with_two_officers() {
+    let mut env = Env::new().await;
+    let dest_dir = tempfile::tempdir().unwrap();
+    Pki::new(dest_dir.path());
+    let dest = Daemon::start(dest_dir.path());
+    let work = tempfile::tempdir().unwrap();
+    let w = |n: &str| work.path().join(n).to_str().unwrap().to_owned();
+
+    // the destination's job, its public key in a file
+    let job = kmsctl_json(
+        &dest,
+        "client",
+        None,
+        &[
+            "import-job",
+            "create",
+            "--key",
+            "payments.cli",
+            "--ttl",
+            "1h",
+            "--public-key-out",
+            &w("dest.pem"),
+        ],
+    );
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(job["key"], "payments.cli");
+    let shown = kmsctl_json(&dest, "client", None, &["import-job", "show", &job_id]);
+    assert_eq!(shown["public_key_pem"], job["public_key_pem"]);
+    assert_eq!(
+        std::fs::read_to_string(w("dest.pem")).unwrap(),
+        job["public_key_pem"].as_str().unwrap()
+    );
+
+    // the source key, exportable, and a ciphertext under it
+    kmsctl_json(
+        &env.d,
+        "admin",
+        None,
+        &["key", "create", "payments.cli", "--exportable"],
+    );
+    let ct = encrypted(&mut env.crypto("admin"), "payments.cli", b"moved by kmsctl").await;
+
+    // one officer asks (kmsctl prints the approval id), another approves into a file
+    let code = env.code("alice");
+    let pending = kmsctl_json(
+        &env.d,
+        "alice",
+        Some(&code),
+        &["key", "export", "payments.cli", "--wrapping-key", &w("dest.pem")],
+    );
+    let id = pending["pending_approval"].as_str().unwrap().to_owned();
+    let code = env.code("bob");
+    let approved = kmsctl_json(
+        &env.d,
+        "bob",
+        Some(&code),
+        &["approvals", "approve", &id, "--out", &w("wrapped.bin")],
+    );
+    assert_eq!(approved["approved"], true);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(w("wrapped.bin")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // imported at the destination with kmsctl, it decrypts there
+    let info = kmsctl_json(
+        &dest,
+        "client",
+        None,
+        &[
+            "key",
+            "import",
+            "payments.cli",
+            "--job",
+            &job_id,
+            "--wrapped",
+            &w("wrapped.bin"),
+        ],
+    );
+    assert_eq!(info["primary_version"], 1);
+    let (mut dest_crypto, _) = dest.clients().await;
+    assert_eq!(
+        decrypted(&mut dest_crypto, "payments.cli", &ct).await,
+        b"moved by kmsctl"
+    );
+
+    // --material: raw material in a file, wrapped by kmsctl with the job's key
+    let job2 = kmsctl_json(
+        &dest,
+        "client",
+        None,
+        &["import-job", "create", "--key", "cli.material"],
+    );
+    let material: [u8; 32] = rand::random();
+    std::fs::write(w("key.bin"), material).unwrap();
+    let info = kmsctl_json(
+        &dest,
+        "client",
+        None,
+        &[
+            "key",
+            "import",
+            "cli.material",
+            "--job",
+            job2["id"].as_str().unwrap(),
+            "--material",
+            &w("key.bin"),
+        ],
+    );
+    assert_eq!(info["name"], "cli.material");
+    let ct = encrypted(&mut dest_crypto, "cli.material", b"x").await;
+    assert_eq!(decrypted(&mut dest_crypto, "cli.material", &ct).await, b"x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ecdsa_key_imported_from_python_signs_what_python_verifies() {
+    let Some(python) = python_with("cryptography") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    let d = Daemon::start(dir.path());
+    let (mut crypto, mut keys) = d.clients().await;
+    let work = tempfile::tempdir().unwrap();
+    let w = |n: &str| work.path().join(n);
+
+    let job = keys.create_import_job(job_req("signer", 0)).await.unwrap().into_inner();
+    std::fs::write(w("job.pem"), &job.public_key_pem).unwrap();
+    // a P-384 key is not an ECDSA_P256_SHA256 key
+    byok(&python, &[os("ecgen"), os("P-384"), w("p384.der").as_os_str()]);
+    byok(
+        &python,
+        &[
+            os("wrap"),
+            w("job.pem").as_os_str(),
+            w("p384.der").as_os_str(),
+            w("p384.wrapped").as_os_str(),
+        ],
+    );
+    let e = keys
+        .import_key_version(import_req(
+            "signer",
+            &job.id,
+            std::fs::read(w("p384.wrapped")).unwrap(),
+            proto::Algorithm::EcdsaP256Sha256,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    // a P-256 PKCS#8 key is
+    byok(&python, &[os("ecgen"), os("P-256"), w("p256.der").as_os_str()]);
+    byok(
+        &python,
+        &[
+            os("wrap"),
+            w("job.pem").as_os_str(),
+            w("p256.der").as_os_str(),
+            w("p256.wrapped").as_os_str(),
+        ],
+    );
+    let info = keys
+        .import_key_version(import_req(
+            "signer",
+            &job.id,
+            std::fs::read(w("p256.wrapped")).unwrap(),
+            proto::Algorithm::EcdsaP256Sha256,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.algorithm, proto::Algorithm::EcdsaP256Sha256 as i32);
+    let sig = crypto
+        .sign(proto::SignRequest {
+            key: "signer".into(),
+            input: Some(proto::sign_request::Input::Message(b"statement".to_vec())),
+            encoding: proto::SignatureEncoding::Der as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    std::fs::write(w("data"), b"statement").unwrap();
+    std::fs::write(w("sig"), &sig.signature).unwrap();
+    byok(
+        &python,
+        &[
+            os("ecverify"),
+            w("p256.der").as_os_str(),
+            w("data").as_os_str(),
+            w("sig").as_os_str(),
+        ],
+    );
+}

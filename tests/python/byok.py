@@ -6,6 +6,8 @@ with Python `cryptography` (an implementation kmsd shares nothing with).
     byok.py encrypt KEY NAME VERSION AAD PLAINTEXT OUT   format 1 (docs/formats.md §1)
     byok.py decrypt KEY NAME AAD CIPHERTEXT OUT          format 1, the other way
     byok.py hmac KEY DATA OUT                            HMAC-SHA256
+    byok.py ecgen CURVE DER                              an EC private key (P-256, P-384), PKCS#8 DER
+    byok.py ecverify DER DATA SIG                        checks a DER ECDSA-SHA256 signature
 Arguments are file paths except NAME, VERSION and AAD (text).
 """
 import os
@@ -13,7 +15,7 @@ import struct
 import sys
 
 from cryptography.hazmat.primitives import hashes, hmac, serialization
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
@@ -72,6 +74,16 @@ def main(argv):
         h = hmac.HMAC(read(argv[2]), hashes.SHA256())
         h.update(read(argv[3]))
         write(argv[4], h.finalize())
+    elif what == "ecgen":
+        curve = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1()}[argv[2]]
+        key = ec.generate_private_key(curve)
+        der = key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        write(argv[3], der)
+    elif what == "ecverify":
+        key = serialization.load_der_private_key(read(argv[2]), password=None)
+        key.public_key().verify(read(argv[4]), read(argv[3]), ec.ECDSA(hashes.SHA256()))
     else:
         raise SystemExit(f"unknown command {what}")
 
