@@ -1,6 +1,7 @@
 //! The example card vault (`examples/cards`, issue 14) against the real
-//! daemon: cards added, found by their tokenized last four digits and read
-//! back; the SQLite file holds no card number in clear; a sealed number
+//! daemon: cards added, found by their tokenized last four digits and by
+//! their whole number through a blind index (issue 17; also across a
+//! rotation of the index key and after a re-index), and read back; the SQLite file holds no card number in clear; a sealed number
 //! moved to another row does not open (the row id is its associated data).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
@@ -32,6 +33,63 @@ async fn the_card_vault_seals_per_row_and_searches_by_last_four() {
     assert!(vault.find_by_last4("9999").await.unwrap().is_empty());
     assert_eq!(vault.pan(ada).await.unwrap(), "4111111111111111");
     assert_eq!(vault.pan(bob).await.unwrap(), "5555555555554444");
+
+    // search by the whole number: its blind index, any spacing
+    let ids = |v: Vec<kmsd_example_cards::CardRef>| v.into_iter().map(|c| c.id).collect::<Vec<_>>();
+    assert_eq!(ids(vault.find_by_pan("4111-1111-1111-1111").await.unwrap()), vec![ada]);
+    assert_eq!(ids(vault.find_by_pan("4000000000061111").await.unwrap()), vec![cy]);
+    assert!(vault.find_by_pan("4012 8888 8888 1881").await.unwrap().is_empty());
+    assert!(matches!(vault.find_by_pan("4111").await, Err(Error::NotAPan)));
+    // a second card with Ada's number: both found
+    let ada2 = vault.add("Ada (second card)", "4111111111111111").await.unwrap();
+    assert_eq!(
+        ids(vault.find_by_pan("4111111111111111").await.unwrap()),
+        vec![ada, ada2]
+    );
+    // the index key rotates: old rows keep version 1, new rows get 2, and a
+    // lookup finds both; a re-index moves every row to version 2
+    let c = client_for(&d).await;
+    c.rotate_key(kmsd::proto::RotateKeyRequest {
+        name: kmsd_example_cards::PAN_INDEX_KEY.into(),
+    })
+    .await
+    .unwrap();
+    let ada3 = vault.add("Ada (third card)", "4111 1111 1111 1111").await.unwrap();
+    assert_eq!(
+        ids(vault.find_by_pan("4111111111111111").await.unwrap()),
+        vec![ada, ada2, ada3]
+    );
+    let versions = |db: &std::path::Path| -> Vec<u32> {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        let mut st = conn.prepare("SELECT pan_index_version FROM cards ORDER BY id").unwrap();
+        let v = st
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<Vec<u32>, _>>()
+            .unwrap();
+        v
+    };
+    assert_eq!(versions(&db), vec![1, 1, 1, 1, 2]);
+    assert_eq!(vault.reindex().await.unwrap(), 5);
+    assert_eq!(versions(&db), vec![2; 5]);
+    assert_eq!(
+        ids(vault.find_by_pan("4111111111111111").await.unwrap()),
+        vec![ada, ada2, ada3]
+    );
+    assert_eq!(ids(vault.find_by_pan("5555 5555 5555 4444").await.unwrap()), vec![bob]);
+    // a forged index (a row made to look like Ada's card) is dropped by
+    // the final comparison of the decrypted numbers
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "UPDATE cards SET pan_index = (SELECT pan_index FROM cards WHERE id = ?1) WHERE id = ?2",
+            [ada, bob],
+        )
+        .unwrap();
+    assert_eq!(
+        ids(vault.find_by_pan("4111111111111111").await.unwrap()),
+        vec![ada, ada2, ada3]
+    );
     drop(vault);
 
     // no card number, nor its last four in clear, in the database file

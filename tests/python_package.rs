@@ -16,7 +16,8 @@ use std::process::Command;
 
 #[test]
 fn python_package_tests_pass_against_the_daemon() {
-    let Some(python) = python_with("grpc, grpc_tools, google.protobuf, cryptography") else {
+    // jwt (PyJWT) and jwcrypto: the foreign JWS verifiers of test_jws.py
+    let Some(python) = python_with("grpc, grpc_tools, google.protobuf, cryptography, jwt, jwcrypto") else {
         return;
     };
     let root = env!("CARGO_MANIFEST_DIR");

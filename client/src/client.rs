@@ -595,6 +595,19 @@ unary! {
     generate_data_key_without_plaintext: CryptoClient.generate_data_key_without_plaintext(
         proto::GenerateDataKeyRequest) -> proto::GenerateDataKeyResponse, Safe;
 
+    /// `Mac` (retried on `UNAVAILABLE`).
+    mac: CryptoClient.mac(proto::MacRequest) -> proto::MacResponse, Safe;
+    /// `MacBatch` (retried on `UNAVAILABLE`).
+    mac_batch: CryptoClient.mac_batch(proto::MacBatchRequest) -> proto::MacBatchResponse, Safe;
+    /// `VerifyMac` (retried on `UNAVAILABLE`).
+    verify_mac: CryptoClient.verify_mac(proto::VerifyMacRequest) -> proto::VerifyMacResponse, Safe;
+    /// `Sign` (retried on `UNAVAILABLE`).
+    sign: CryptoClient.sign(proto::SignRequest) -> proto::SignResponse, Safe;
+    /// `Verify` (retried on `UNAVAILABLE`).
+    verify: CryptoClient.verify(proto::VerifyRequest) -> proto::VerifyResponse, Safe;
+    /// `GetPublicKey` (retried on `UNAVAILABLE`).
+    get_public_key: CryptoClient.get_public_key(proto::GetPublicKeyRequest) -> proto::GetPublicKeyResponse, Safe;
+
     /// `CreateKey`.
     create_key: KeysClient.create_key(proto::CreateKeyRequest) -> proto::KeyInfo, ConnectOnly;
     /// `GetKey`.

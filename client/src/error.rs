@@ -173,6 +173,11 @@ pub enum Error {
     /// failed authentication) or a message cannot be sealed.
     #[error("{0}")]
     Format(#[from] crate::format::FormatError),
+    /// A JWS cannot be made (a header the helper must refuse, a key that
+    /// does not sign) or read (malformed, or not verifiable as given);
+    /// checked before or after the calls, never key material.
+    #[error("JWS: {0}")]
+    Jws(String),
 }
 
 impl Error {

@@ -24,6 +24,10 @@
 //!   pure code with no I/O; [`format`](mod@format) holds what they share (the
 //!   zeroizing [`format::DataKey`], the [`format::FormatError`] kinds);
 //!   [`stream_io`] has the tokio `AsyncRead`/`AsyncWrite` adapters.
+//! - [`jws`]: JWS (RFC 7515, compact and detached) signed and verified by
+//!   kmsd keys: [`Client::sign_jws`], [`Client::verify_jws`].
+//! - [`blind_index`]: blind indexes (a MAC per column over normalised
+//!   input, truncated), computed in bulk with `MacBatch`.
 //! - [`error`]: the one error enum. A connection failure names which
 //!   certificate, why, and what to do, in one line.
 //!
@@ -52,6 +56,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod blind_index;
 pub mod cache;
 pub mod certificate;
 pub mod client;
@@ -60,6 +65,7 @@ pub mod envelope;
 pub mod envelopes;
 pub mod error;
 pub mod format;
+pub mod jws;
 pub mod stream;
 pub mod stream_io;
 
@@ -67,6 +73,7 @@ pub use client::{env, CallOptions, Client, ClientBuilder, RetryPolicy};
 pub use connect::{connect, connect_with, tls_config, ClientSettings};
 pub use envelopes::{CacheLimits, Envelopes, UnwrapLimits};
 pub use error::{source_chain, Error};
+pub use jws::{JwsOptions, SignedJws, VerifiedJws};
 
 /// Names of the gRPC metadata the API uses beside its messages.
 pub mod metadata {

@@ -293,6 +293,9 @@ pub enum Cmd {
     /// (`kmsctl key import`).
     #[command(subcommand)]
     ImportJob(ImportJobCmd),
+    /// JWS (RFC 7515) signed by a kmsd signing key (ES256, PS256, EdDSA).
+    #[command(subcommand)]
+    Jws(JwsCmd),
 }
 
 #[derive(Subcommand)]
@@ -356,6 +359,47 @@ pub enum ApprovalsCmd {
     Reject {
         /// Request id.
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum JwsCmd {
+    /// Sign FILE (or - for stdin) and print the compact JWS: protected
+    /// header alg (from the key), kid "<key>/<version>", typ, and each
+    /// --header; --detached prints header..signature (RFC 7515 Appendix F,
+    /// Open Banking's x-jws-signature).
+    Sign {
+        /// The signing key.
+        #[arg(long)]
+        key: String,
+        /// Leave the payload out: header..signature.
+        #[arg(long)]
+        detached: bool,
+        /// The header's typ (for example JOSE or JWT).
+        #[arg(long)]
+        typ: Option<String>,
+        /// A protected header parameter, NAME=VALUE; VALUE is taken as JSON
+        /// when it parses (1700000000, ["a","b"], "quoted") and as a string
+        /// otherwise. Repeatable; kept in order.
+        #[arg(long = "header", value_name = "NAME=VALUE")]
+        header: Vec<String>,
+        /// The payload, or - for stdin.
+        #[arg(default_value = "-")]
+        file: PathBuf,
+    },
+    /// Verify a compact JWS (the argument, or - for stdin) made with a kmsd
+    /// key: the key and version come from its kid; alg must be the key's.
+    Verify {
+        /// The payload of a detached JWS (header..signature).
+        #[arg(long, value_name = "FILE")]
+        payload: Option<PathBuf>,
+        /// A crit header parameter this caller checks itself (repeatable);
+        /// a JWS whose crit names another is refused (RFC 7515 4.1.11).
+        #[arg(long = "accept-crit", value_name = "NAME")]
+        accept_crit: Vec<String>,
+        /// The JWS, or - for stdin.
+        #[arg(default_value = "-")]
+        jws: String,
     },
 }
 

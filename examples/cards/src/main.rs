@@ -5,6 +5,7 @@
 //! cards add "Ada Lovelace" 4111111111111111
 //! cards show 1
 //! cards find 1111
+//! cards find-pan "4111 1111 1111 1111"
 //! ```
 //! Connection: the `KMSD_*` environment (as kmsctl), or `--dev-dir DIR`
 //! for the files `kmsd dev` wrote. Database: `--db` (default `cards.sqlite`).
@@ -15,7 +16,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: cards [--db FILE] [--dev-dir DIR] (demo | add CUSTOMER PAN | show ID | find LAST4)");
+    eprintln!(
+        "usage: cards [--db FILE] [--dev-dir DIR] (demo | add CUSTOMER PAN | show ID | find LAST4 | find-pan PAN)"
+    );
     ExitCode::FAILURE
 }
 
@@ -61,6 +64,12 @@ fn main() -> ExitCode {
                     println!("ends in 1111: card {} of {}", card.id, card.customer);
                     println!("  number: {}", vault.pan(card.id).await?);
                 }
+                for card in vault.find_by_pan("4012-8888-8888-1881").await? {
+                    println!(
+                        "number 4012 8888 8888 1881 (blind index): card {} of {}",
+                        card.id, card.customer
+                    );
+                }
                 println!("database: {} (numbers sealed per row; grep finds none)", db.display());
             }
             ["add", who, pan] => println!("{}", vault.add(who, pan).await?),
@@ -70,6 +79,11 @@ fn main() -> ExitCode {
             }
             ["find", last4] => {
                 for c in vault.find_by_last4(last4).await? {
+                    println!("{}\t{}", c.id, c.customer);
+                }
+            }
+            ["find-pan", pan] => {
+                for c in vault.find_by_pan(pan).await? {
                     println!("{}\t{}", c.id, c.customer);
                 }
             }

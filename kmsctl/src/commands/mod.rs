@@ -4,6 +4,7 @@ mod audit;
 mod backup;
 mod data;
 mod files;
+mod jws;
 mod key;
 mod mask;
 mod sign;
@@ -40,6 +41,7 @@ pub async fn run(cli: &Cli, otp: Otp) -> Result<(), Error> {
             aad,
             expect_key,
         } => return files::decrypt(&client, infile, outfile, aad, expect_key).await,
+        Cmd::Jws(cmd) => return jws::run(cmd, &client, out).await,
         _ => {}
     }
     let channel = connection::channel(&client, otp).await?;
@@ -73,6 +75,7 @@ pub async fn run(cli: &Cli, otp: Otp) -> Result<(), Error> {
         | Cmd::Rewrap { .. }
         | Cmd::Datakey { .. }
         | Cmd::EncryptFile { .. }
-        | Cmd::DecryptFile { .. } => Ok(()),
+        | Cmd::DecryptFile { .. }
+        | Cmd::Jws(_) => Ok(()),
     }
 }

@@ -10,6 +10,8 @@
   ``docs/formats.md``, on data keys from kmsd, cached within
   :class:`CacheLimits`/:class:`UnwrapLimits`;
 - :mod:`kmsd.formats`: the formats themselves (pure, no I/O);
+- :mod:`kmsd.jws`: JWS signed and verified by kmsd keys
+  (``Client.sign_jws``, ``Client.verify_jws``); ``Client.blind_indexes``;
 - :mod:`kmsd.v1`: the generated stubs of ``proto/kmsd/v1/kmsd.proto``
   (``kmsd.v1.kmsd_pb2``, ``kmsd.v1.kmsd_pb2_grpc``).
 

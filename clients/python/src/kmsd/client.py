@@ -397,6 +397,40 @@ class Client:
         """``GetKey``: the key's ``KeyInfo``."""
         return self.call("Keys", "GetKey", kmsd_pb2.GetKeyRequest(name=name), **opts)
 
+    def sign_jws(self, key, payload, *, typ=None, headers=(), detached=False, **opts):
+        """A JWS of ``payload`` signed by ``key`` (:func:`kmsd.jws.sign_jws`)."""
+        from .jws import sign_jws
+
+        return sign_jws(self, key, payload, typ=typ, headers=headers, detached=detached, **opts)
+
+    def verify_jws(self, jws, detached_payload=None, understood_crit=(), **opts):
+        """Verifies a JWS made with a kmsd key (:func:`kmsd.jws.verify_jws`)."""
+        from .jws import verify_jws
+
+        return verify_jws(self, jws, detached_payload, understood_crit, **opts)
+
+    def blind_indexes(self, key, values, nbytes, **opts):
+        """Blind indexes of normalised ``values`` (bytes) under the MAC key
+        ``key``: ``(key_version, index)`` pairs, the MAC truncated to
+        ``nbytes``, through ``MacBatch`` in chunks of 1,000 (docs/blind-indexes.md)."""
+        if not 2 <= nbytes <= 64:
+            raise ValueError(f"a blind index keeps 2 to 64 bytes of the MAC, not {nbytes}")
+        values = list(values)
+        out = []
+        for start in range(0, len(values), 1000):
+            chunk = values[start : start + 1000]
+            req = kmsd_pb2.MacBatchRequest(items=[kmsd_pb2.MacRequest(key=key, data=v) for v in chunk])
+            resp = self.call("Crypto", "MacBatch", req, **opts)
+            for i, item in enumerate(resp.items):
+                if item.WhichOneof("result") != "ok":
+                    code = next((c for c in grpc.StatusCode if c.value[0] == item.error.code), grpc.StatusCode.UNKNOWN)
+                    cls = errors._BY_CODE.get(code, errors.RpcError)
+                    raise cls(f"blind index item {start + i}: {item.error.message}", code=code)
+                if len(item.ok.mac) < nbytes:
+                    raise ValueError(f"key {key} gives {len(item.ok.mac)}-byte MACs, shorter than {nbytes}")
+                out.append((item.ok.key_version, item.ok.mac[:nbytes]))
+        return out
+
     def envelope(self, cache=None, unwrap_cache=None, **kwargs):
         """An :class:`kmsd.Envelope` sealing and opening through this
         client (``cache``: :class:`kmsd.CacheLimits` or ``None`` for one

@@ -17,6 +17,7 @@ __all__ = [
     "TruncatedError",
     "AuthenticationError",
     "UnexpectedKeyError",
+    "JwsError",
     "RpcError",
     "Cancelled",
     "Unknown",
@@ -49,6 +50,12 @@ class KmsdError(Exception):
 class SettingsError(KmsdError):
     """The client cannot be configured: a variable is missing, an address or
     a certificate file is unusable. The message names which and what to do."""
+
+
+class JwsError(KmsdError):
+    """A JWS cannot be made (a header the helper refuses, a key that does not
+    sign) or is not valid (malformed, wrong ``alg``, unknown ``crit``, or a
+    signature that does not verify). :mod:`kmsd.jws`."""
 
 
 class FormatError(KmsdError):
