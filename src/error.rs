@@ -553,16 +553,6 @@ pub enum Transfer {
         /// The request's.
         requested: &'static str,
     },
-    /// The unwrapped material is not a key of the algorithm (the
-    /// keystore's static reason: a length, a PKCS#8 that does not parse,
-    /// another curve or modulus size).
-    #[error("imported material is not a valid {algorithm} key: {reason}")]
-    Material {
-        /// The algorithm asked for.
-        algorithm: &'static str,
-        /// Why (static text).
-        reason: String,
-    },
     /// Export of a key not created exportable.
     #[error("key {key:?} is not exportable (exportable is fixed at creation, default false)")]
     NotExportable {
@@ -578,7 +568,7 @@ impl Transfer {
         use tonic::Code;
         match self {
             Transfer::JobNotFound { .. } => Code::NotFound,
-            Transfer::JobId | Transfer::JobTtl { .. } | Transfer::Material { .. } => Code::InvalidArgument,
+            Transfer::JobId | Transfer::JobTtl { .. } => Code::InvalidArgument,
             Transfer::Wrap(WrapError::Key(_)) => Code::Internal,
             Transfer::Wrap(_) => Code::InvalidArgument,
             Transfer::JobExpired { .. }

@@ -208,14 +208,13 @@ impl Jobs<'_> {
             } else {
                 let mut info = current.info.clone();
                 info.failures = failures;
-                self.seal(&info, &current.private)
-                    .and_then(|sealed| {
-                        self.store
-                            .put(RecordKind::Secret, &name, Some(current.revision), &sealed)
-                            .map(|_| ())
-                            .map_err(Error::from)
-                    })
-                    .map_err(|_| kmsd_keystore::Error::Backend("job record".into()))
+                let sealed = match self.seal(&info, &current.private) {
+                    Ok(s) => s,
+                    Err(e) => return e,
+                };
+                self.store
+                    .put(RecordKind::Secret, &name, Some(current.revision), &sealed)
+                    .map(|_| ())
             };
             match r {
                 Ok(()) if failures >= MAX_UNWRAP_FAILURES => {
@@ -226,10 +225,14 @@ impl Jobs<'_> {
                     });
                 }
                 Ok(()) => return unwrap_error,
+                // another failure (on another node) counted first: count again on top
                 Err(kmsd_keystore::Error::Conflict { .. }) => match self.get(&current.info.id, now) {
                     Ok(j) => current = j,
                     Err(e) => return e,
                 },
+                Err(kmsd_keystore::Error::NotFound { .. }) => {
+                    return Error::Transfer(Transfer::JobNotFound { id: current.info.id })
+                }
                 Err(e) => {
                     // Fail closed: the unwrap failed either way, but an
                     // uncounted failure must not be free.
@@ -391,12 +394,18 @@ mod tests {
     fn too_many_failed_unwraps_retire_a_job() {
         let jobs = setup();
         let info = jobs.create("k", 100, "o", 1000, 4).unwrap();
-        for n in 1..MAX_UNWRAP_FAILURES {
+        for n in 1..MAX_UNWRAP_FAILURES - 1 {
             let e = jobs.record_failure(jobs.get(&info.id, 1001).unwrap(), 1001, Error::Internal("x"));
             assert!(matches!(e, Error::Internal(_)), "{e}");
             assert_eq!(jobs.get(&info.id, 1001).unwrap().info.failures, n);
         }
-        let e = jobs.record_failure(jobs.get(&info.id, 1001).unwrap(), 1001, Error::Internal("x"));
+        // two failures counted at once from the same read (two nodes): both count
+        let (a, b) = (jobs.get(&info.id, 1001).unwrap(), jobs.get(&info.id, 1001).unwrap());
+        assert!(matches!(
+            jobs.record_failure(a, 1001, Error::Internal("x")),
+            Error::Internal(_)
+        ));
+        let e = jobs.record_failure(b, 1001, Error::Internal("x"));
         assert!(matches!(e, Error::Transfer(Transfer::JobRetired { .. })), "{e}");
         assert!(matches!(
             jobs.get(&info.id, 1001),

@@ -208,4 +208,13 @@ fn write_seed_corpus() {
             &[&[id, 1, b't'][..], value.as_bytes()].concat(),
         );
     }
+    // wrapped_key: a blob wrapped for a job (of another key than the
+    // target's: it reaches the RSA and RFC 5649 parsing, and fails there),
+    // and a wrapping public key's PEM.
+    let job = kmsd_keystore::wrap::WrappingKey::generate().unwrap();
+    let pem = job.public_key_pem().unwrap();
+    let public = kmsd_keystore::wrap::WrappingPublicKey::from_pem(&pem).unwrap();
+    put("wrapped_key", "aes-256-material", &public.wrap(&[5; 32]).unwrap());
+    put("wrapped_key", "public-key-pem", pem.as_bytes());
+    put("wrapped_key", "small-material", b"0123456789");
 }

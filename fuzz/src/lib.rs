@@ -31,6 +31,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("detokenize", detokenize_target),
     ("redact", redact),
     ("backup_records", backup_records),
+    ("wrapped_key", wrapped_key),
 ];
 
 /// The ciphertext envelope: header parsing and decryption.
@@ -233,5 +234,26 @@ pub fn redact(data: &[u8]) {
     }
     if r.findings.is_empty() {
         assert_eq!(r.text, text, "text without findings changed");
+    }
+}
+
+/// Key material wrapped for an import job (`ImportKeyVersion`'s
+/// `wrapped_key`): any blob through a job's unwrap, any text as a
+/// destination's wrapping public key (`ExportKeyVersion`), never a panic;
+/// and what wraps, unwraps to the same bytes.
+pub fn wrapped_key(data: &[u8]) {
+    use kmsd_keystore::wrap::{WrappingKey, WrappingPublicKey};
+    // (one RSA-3072 key for the whole run: generating it is the slow part)
+    static KEY: std::sync::OnceLock<(WrappingKey, WrappingPublicKey)> = std::sync::OnceLock::new();
+    let (key, public) = KEY.get_or_init(|| {
+        let key = WrappingKey::generate().unwrap();
+        let public = WrappingPublicKey::from_pem(&key.public_key_pem().unwrap()).unwrap();
+        (key, public)
+    });
+    let _ = key.unwrap(data);
+    let _ = WrappingPublicKey::from_pem(&String::from_utf8_lossy(data));
+    if !data.is_empty() && data.len() <= 256 {
+        let wrapped = public.wrap(data).unwrap();
+        assert_eq!(key.unwrap(&wrapped).unwrap().as_slice(), data, "a wrap did not unwrap");
     }
 }

@@ -6,7 +6,7 @@ use super::call::blocking;
 use super::convert::{algorithm_from_proto, algorithm_to_proto, key_info, policy_update, purpose_from_proto};
 use super::keys::KeysService;
 use crate::authz::{Op, PendingOp};
-use crate::error::{Error, Invalid, Transfer};
+use crate::error::{Error, Invalid, Precondition, Transfer};
 use crate::import::{self, Jobs};
 use crate::proto;
 use crate::rings::{NewKey, Rings};
@@ -168,11 +168,23 @@ impl KeysService {
                     return Err(Error::Transfer(Transfer::NotExportable { key: r.key.clone() }));
                 }
                 let version = if r.version == 0 { ring.primary } else { r.version };
-                if ring.version(version).is_none_or(|v| v.material.is_none()) {
-                    return Err(Error::InvalidArgument(Invalid::NoSuchVersion {
-                        key: r.key.clone(),
-                        version,
-                    }));
+                match ring.version(version) {
+                    None => {
+                        return Err(Error::InvalidArgument(Invalid::NoSuchVersion {
+                            key: r.key.clone(),
+                            version,
+                        }))
+                    }
+                    Some(v) if v.material.is_none() => {
+                        return Err(Error::FailedPrecondition(Precondition::Ring(
+                            kmsd_keystore::Error::Precondition(format!(
+                                "key {:?} version {version} is {}: its material is gone",
+                                r.key,
+                                v.state.as_str()
+                            )),
+                        )))
+                    }
+                    Some(_) => {}
                 }
                 Ok((wrapping, version))
             }
