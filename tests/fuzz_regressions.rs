@@ -122,6 +122,17 @@ fn write_seed_corpus() {
         &sealer.seal(RecordKind::KeyRing, "k", &ring.encode()).unwrap(),
     );
     put("sealed_record", "ring-clear", &ring.encode());
+    // ... and format 3 (issue 17 key types): an Ed25519 ring and an
+    // exportable HMAC ring, in clear.
+    for (file, alg) in [
+        ("ring-v3-ed25519-clear", kmsd_keystore::Algorithm::Ed25519),
+        ("ring-v3-hmac-clear", kmsd_keystore::Algorithm::HmacSha256),
+    ] {
+        let r = KeyRing::new(KeyName::parse("k").unwrap(), alg, Default::default(), 1_700_000_000)
+            .unwrap()
+            .exportable(alg == kmsd_keystore::Algorithm::HmacSha256);
+        put("sealed_record", file, &r.encode());
+    }
     // backup / backup_records: a snapshot of a small store, and its body.
     let store = MemoryStore::new();
     store
