@@ -1328,4 +1328,47 @@ mod tests {
         v1[1] = 3;
         assert!(KeyRing::decode(&name, &v1, Revision(1)).is_err());
     }
+
+    /// Format-1 and format-2 records written by the code before format 3
+    /// existed (commit 9c23f72, the same construction as below): decoded,
+    /// and re-encoded byte for byte; the same ring built now encodes to
+    /// the same bytes.
+    #[test]
+    fn formats_1_and_2_are_written_byte_for_byte_as_before() {
+        const GOLDEN: [&str; 2] = [
+            "010080c49fd50c0303010380c49fd50c01c0deabd50c000301d8c89fd50c0101010101010101010101010101010101010101010101010101010101010101010201c8c59fd50c00110301d8c89fd50c010202020202020202020202020202020202020202020202020202020202020202030090c79fd50c00220301d8c89fd50c0103030303030303030303030303030303030303030303030303030303030303030180a30501e8070000010001908daad50c0002c8c59fd50c01020090c79fd50c020302",
+            "020080c49fd50c0303010380c49fd50c01c0deabd50c000301d8c89fd50c0111111111111111111111111111111111111111111111111111111111111111110201c8c59fd50c00110301d8c89fd50c011212121212121212121212121212121212121212121212121212121212121212030090c79fd50c00220301d8c89fd50c0113131313131313131313131313131313131313131313131313131313131313130180a30501e8070000010001908daad50c0002c8c59fd50c01020090c79fd50c0203020101",
+        ];
+        let name = KeyName::parse("golden").unwrap();
+        for (i, tok) in [false, true].into_iter().enumerate() {
+            let old = hex::decode(GOLDEN[i]).unwrap();
+            assert_eq!(old[0], [RECORD_V1, RECORD_V2][i]);
+            let back = KeyRing::decode(&name, &old, Revision(1)).unwrap();
+            assert_eq!(&back.encode()[..], &old[..], "format {} re-encoded", i + 1);
+            assert_eq!(back.versions[2].origin, KeyOrigin::Generated);
+            let policy = KeyPolicy {
+                rotation_period_secs: Some(86_400),
+                max_encryptions_per_version: Some(1000),
+                deletion_allowed: true,
+                allow_token_rotation: tok,
+                ..KeyPolicy::default()
+            };
+            let mut r = KeyRing::new(name.clone(), Algorithm::Aes256Gcm, policy, 1_700_000_000).unwrap();
+            if tok {
+                r = r.with_purpose(KeyPurpose::Tokenize);
+            }
+            r.rotate(1_700_000_100, RotationReason::Manual).unwrap();
+            r.rotate(1_700_000_200, RotationReason::Usage).unwrap();
+            for (n, v) in r.versions.iter_mut().enumerate() {
+                v.material = Some(Material::Aes(KeyMaterial::from_bytes(
+                    &[n as u8 + 1 + 16 * i as u8; 32],
+                )));
+                v.encryptions_reserved = 17 * n as u64;
+                v.decryptions = 3;
+                v.last_used_at = Some(1_700_000_300);
+            }
+            r.schedule_destruction(1, 1_700_100_000).unwrap();
+            assert_eq!(&r.encode()[..], &old[..], "format {} from the same ring", i + 1);
+        }
+    }
 }
