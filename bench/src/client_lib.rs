@@ -13,13 +13,13 @@ use kmsd::client::stream::SEGMENT_SIZE;
 use kmsd::client::{ClientBuilder, Envelopes};
 use tokio::io::AsyncWriteExt;
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Messages per second of `f` run by `conc` callers for `duration`.
-async fn rate<F, Fut>(conc: usize, duration: Duration, f: F) -> Result<f64, BoxError>
+pub(crate) async fn rate<F, Fut>(conc: usize, duration: Duration, f: F) -> Result<f64, BoxError>
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<(), kmsd::client::Error>> + Send,

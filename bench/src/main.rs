@@ -15,6 +15,7 @@ mod load;
 mod matrix;
 mod scale;
 mod setup;
+mod sign;
 
 use clap::{Parser, Subcommand};
 use kmsd::dev::{write_file, Ca};
@@ -109,6 +110,23 @@ enum Sub {
         #[arg(long, default_value_t = 1)]
         gib: u64,
     },
+    /// Signatures and MACs (issue 17): Sign and Verify op/s for ES256,
+    /// PS256-3072 and Ed25519 against `openssl speed` in the same run and
+    /// the keystore's primitive in-process; Mac against Encrypt at 64 B.
+    Sign {
+        /// Measuring time per case (openssl speed gets the same, at least 1 s).
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Runs per case; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Concurrent callers (comma-separated list).
+        #[arg(long, default_value = "1,16", value_delimiter = ',')]
+        concurrency: Vec<usize>,
+        /// Skip `openssl speed`.
+        #[arg(long)]
+        no_openssl: bool,
+    },
     /// (internal) The echo baseline server.
     EchoServer {
         /// Directory with the PKI.
@@ -140,6 +158,12 @@ fn main() -> std::process::ExitCode {
             concurrency,
             gib,
         }) => rt.block_on(client_lib::client_bench(*duration, *repeat, concurrency, *gib)),
+        Some(Sub::Sign {
+            duration,
+            repeat,
+            concurrency,
+            no_openssl,
+        }) => rt.block_on(sign::sign_bench(*duration, *repeat, concurrency, *no_openssl)),
         None if cli.etcd => rt.block_on(etcd_suite(&cli)),
         None => rt.block_on(run(cli)),
     };
