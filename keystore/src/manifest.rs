@@ -180,13 +180,7 @@ fn manifest_corrupt(reason: &'static str) -> Error {
 }
 
 /// Logs a record's failed check once it is final (not a race with another
-/// writer, see `CheckedStore::get`).
-fn report(r: &Result<Entry, Error>) {
-    if let Err(Error::Corrupt { kind, name, reason }) = r {
-        tracing::error!(kind = %kind, name, reason, "DATA LOSS: a stored record failed the integrity manifest");
-    }
-}
-
+/// writer, see `CheckedStore::get`, which every failed check ends in).
 fn report_opt(r: &Result<Option<Entry>, Error>) {
     if let Err(Error::Corrupt { kind, name, reason }) = r {
         tracing::error!(kind = %kind, name, reason, "DATA LOSS: a stored record failed the integrity manifest");
@@ -464,16 +458,34 @@ impl CheckedStore {
         // another writer may have moved the manifest since we last looked
         self.catch_up()?;
         let mut out = self.checked_records(kind)?;
-        for _ in 0..MAX_CATCH_UP {
-            // a record that failed may be another writer's, written while
-            // we read: if the head moved, catch up and read again
-            if out.values().all(Result::is_ok) || !self.catch_up()? {
-                break;
+        // A record that failed may be another writer's, written after the
+        // catch-up above: each is checked again alone, exactly as `get`
+        // checks (it catches up, and knows when another thread of this
+        // node already did: never "nothing moved, so it is tampering"
+        // after someone else's catch-up). Only what still fails then is
+        // reported; a record another writer deleted meanwhile is gone.
+        // One read per failing record, none when all pass.
+        let failed: Vec<String> = out
+            .iter()
+            .filter(|(_, r)| matches!(r, Err(Error::Corrupt { .. })))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in failed {
+            match self.get(kind, &n) {
+                Ok(Some(e)) => {
+                    out.insert(n, Ok(e));
+                }
+                Ok(None) => {
+                    out.remove(&n);
+                }
+                // `get` has logged it: keep its verdict, not ours
+                Err(e @ Error::Corrupt { .. }) => {
+                    out.insert(n, Err(e));
+                }
+                Err(e) => return Err(e),
             }
-            out = self.checked_records(kind)?;
         }
         for (n, r) in out {
-            report(&r);
             f(&n, r);
         }
         Ok(())
