@@ -23,7 +23,7 @@
 //! renewal. A leader paused past its TTL (SIGSTOP, a stalled VM) finds on
 //! waking that its term ended; a write it had already decided is refused
 //! by its fence (leadership.rs in `rings`).
-use crate::rings::{Leadership, LEADER_RECORD};
+use crate::rings::{Leadership, Observed, LEADER_RECORD};
 use kmsd_etcd::{Cmp, Compare, EtcdClient, EtcdStore, EventKind, Range, Txn, TxnOp, TxnOpResult, WatchEvent};
 use kmsd_keystore::{RecordKind, Revision};
 use std::sync::Arc;
@@ -32,6 +32,9 @@ use tokio::sync::watch;
 
 /// Shortest pause after a failed campaign (doubling up to one TTL).
 const RETRY: Duration = Duration::from_millis(100);
+
+/// The most of a leader record's value kept as the leader's name.
+const MAX_NAME_CHARS: usize = 256;
 
 /// This node's name in the leader record: host and process, what an
 /// operator needs to find the leader (`etcdctl get <prefix>lleader`).
@@ -77,9 +80,14 @@ pub async fn campaign(lead: Arc<Leadership>, store: Arc<EtcdStore>, ttl: Duratio
                 backoff = RETRY;
                 let until = granted_at + margin(Duration::from_secs(granted.unsigned_abs()));
                 lead.lead(revision, until);
+                lead.observe(Some(Observed {
+                    name: me.clone(),
+                    term: revision,
+                }));
                 tracing::info!(term = revision.0, node = %me, "this node is the scheduler leader");
                 let ended = hold(&lead, &client, &key, lease, revision, ttl, &mut stop).await;
                 lead.step_down();
+                lead.observe(None);
                 // Best effort: the record goes with the lease, so the next
                 // leader need not wait for the TTL.
                 let _ = tokio::time::timeout(ttl, client.lease_revoke(lease)).await;
@@ -93,8 +101,9 @@ pub async fn campaign(lead: Arc<Leadership>, store: Arc<EtcdStore>, ttl: Duratio
                     }
                 }
             }
-            Ok(Lost { lease, at }) => {
+            Ok(Lost { lease, at, holder }) => {
                 backoff = RETRY;
+                lead.observe(holder);
                 let _ = tokio::time::timeout(ttl, client.lease_revoke(lease)).await;
                 tokio::select! {
                     _ = vacancy(&client, &key, at, ttl) => {}
@@ -123,9 +132,13 @@ enum Campaign {
         granted_at: Instant,
         ttl: i64,
     },
-    /// Another node holds it (etcd was at revision `at`); `lease` is ours,
-    /// unused.
-    Lost { lease: i64, at: i64 },
+    /// Another node holds it (etcd was at revision `at`; `holder`: the
+    /// record as read then); `lease` is ours, unused.
+    Lost {
+        lease: i64,
+        at: i64,
+        holder: Option<Observed>,
+    },
 }
 use Campaign::{Lost, Won};
 
@@ -161,16 +174,18 @@ async fn try_lead(client: &EtcdClient, key: &[u8], me: &str, ttl: i64) -> Result
             TxnOpResult::Get(g) => g.kvs.into_iter().next(),
             _ => None,
         });
-        if let Some(h) = holder {
-            tracing::debug!(
-                holder = %String::from_utf8_lossy(&h.value),
-                term = h.mod_revision,
-                "another node is the scheduler leader"
-            );
+        // (shown by Status: bounded, whatever someone put in the record)
+        let holder = holder.map(|h| Observed {
+            name: String::from_utf8_lossy(&h.value).chars().take(MAX_NAME_CHARS).collect(),
+            term: Revision(u64::try_from(h.mod_revision).unwrap_or(0)),
+        });
+        if let Some(h) = &holder {
+            tracing::debug!(holder = %h.name, term = h.term.0, "another node is the scheduler leader");
         }
         return Ok(Lost {
             lease: lease.id,
             at: r.revision,
+            holder,
         });
     }
     Ok(Won {

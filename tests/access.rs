@@ -313,6 +313,12 @@ async fn listing_and_status_reveal_nothing_without_rights() {
         .unwrap()
         .into_inner();
     assert_eq!(s.keys, 8);
+    // alone on sled: the only writer always schedules, no election, no
+    // staleness bound
+    assert_eq!(s.backend, "sled");
+    assert!(s.scheduler_leader);
+    assert_eq!((s.leader.as_str(), s.leader_term, s.leader_terms_won), ("", 0, 0));
+    assert_eq!((s.cache_age_ms, s.max_staleness_ms), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

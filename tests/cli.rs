@@ -186,6 +186,8 @@ fn dev_mode_and_kmsctl_end_to_end() {
         assert_eq!(status["health"], "SERVING");
         assert_eq!(status["keys"], 1);
         assert_eq!(status["versions_by_state"]["DECRYPT_ONLY"], 1);
+        assert_eq!(status["backend"], "sled");
+        assert_eq!(status["scheduler_leader"], true);
         let ct_json: serde_json::Value = serde_json::from_str(&ok(
             &dev,
             &["encrypt", "--key", "cards", "-o", "json", "4111 1111 1111 1111"],

@@ -20,7 +20,7 @@
 mod common;
 use common::cluster::{KmsCluster, STORE_TIMERS};
 use common::*;
-use kmsd::proto;
+use kmsd::proto::{self, admin_client::AdminClient};
 use std::time::{Duration, Instant};
 
 /// The rotation period of the test key, seconds.
@@ -258,4 +258,71 @@ async fn a_paused_leader_cannot_rotate_after_another_took_over() {
         "version 2 is the new leader's (decided after the old one stopped at {stopped_at}): {times:?}"
     );
     assert_eq!(c.leader(), Some(new));
+}
+
+/// `Status` on each of three nodes names exactly one scheduler leader: the
+/// node holding the leader record says it leads, the others say they do
+/// not, and all three name it (the record's value) with the same term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_exactly_one_scheduler_leader() {
+    let c = KmsCluster::start_with(3, 3, &timers(), "");
+    wait_until("a scheduler leader", Duration::from_secs(10), || c.leader().is_some());
+    // followers learn the holder when they lose a campaign: poll until the
+    // three answers agree (a term may end on a loaded machine meanwhile)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let record = c.leader_record();
+        let mut st = Vec::new();
+        for i in 0..3 {
+            let mut admin = AdminClient::new(c.node(i).channel().await);
+            st.push(admin.status(proto::StatusRequest {}).await.unwrap().into_inner());
+        }
+        let leading: Vec<usize> = (0..3).filter(|i| st[*i].scheduler_leader).collect();
+        if let [a, b, ..] = leading[..] {
+            // answers taken one after the other may straddle a new term,
+            // never two nodes in one term
+            assert_ne!(st[a].leader_term, st[b].leader_term, "two leaders in one term: {st:?}");
+        }
+        let agreed = leading.len() == 1
+            && record.is_some()
+            && st.iter().all(|s| {
+                Some(&s.leader) == record.as_ref() && s.leader_term > 0 && s.leader_term == st[leading[0]].leader_term
+            });
+        if agreed && c.leader() == Some(leading[0]) {
+            for (i, s) in st.iter().enumerate() {
+                assert_eq!(s.backend, "etcd", "node {i}");
+                assert_eq!(s.max_staleness_ms, 5000, "node {i}");
+                assert!(s.cache_age_ms <= s.max_staleness_ms, "node {i}: {s:?}");
+                assert_eq!(s.fenced_writes, 0, "node {i}");
+            }
+            assert!(st[leading[0]].leader_terms_won >= 1);
+            // and kmsctl shows it
+            let d = c.node(leading[0]);
+            let o = std::process::Command::new(kmsctl_bin())
+                .arg("--addr")
+                .arg(format!("unix:{}", d.socket.display()))
+                .arg("--ca")
+                .arg(d.dir.join("ca.pem"))
+                .arg("--cert")
+                .arg(d.dir.join("client.pem"))
+                .arg("--tls-key")
+                .arg(d.dir.join("client.key"))
+                .arg("status")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&o.stdout);
+            assert!(o.status.success(), "{text} {}", String::from_utf8_lossy(&o.stderr));
+            let line = |k: &str| text.lines().find(|l| l.starts_with(k)).unwrap_or_default().to_owned();
+            assert!(line("backend:").ends_with(" etcd"), "{text}");
+            assert!(line("scheduler_leader:").ends_with(" yes"), "{text}");
+            assert!(line("leader:").contains(record.as_deref().unwrap()), "{text}");
+            assert!(line("cache_age:").contains("serves up to 5000 ms"), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the nodes did not agree on one leader (record {record:?}): {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -36,6 +36,21 @@ impl proto::admin_server::Admin for AdminService {
             resp.keys = s.keys;
             resp.versions_by_state = s.versions_by_state.to_vec();
             resp.next_scheduled_at = rings.next_deadline().unwrap_or(0);
+            resp.scheduler_leader = s.scheduler_leader;
+            resp.fenced_writes = s.fenced_writes;
+            // a shared store is etcd's: the only backend nodes share
+            resp.backend = if rings.freshness().is_some() { "etcd" } else { "sled" }.to_owned();
+            if let Some(f) = rings.freshness() {
+                resp.cache_age_ms = u64::try_from(f.age().as_millis()).unwrap_or(u64::MAX);
+                resp.max_staleness_ms = u64::try_from(f.max().as_millis()).unwrap_or(u64::MAX);
+            }
+            if let Some(l) = rings.leadership() {
+                resp.leader_terms_won = l.terms();
+                if let Some(o) = l.observed() {
+                    resp.leader = o.name;
+                    resp.leader_term = i64::try_from(o.term.0).unwrap_or(i64::MAX);
+                }
+            }
         }
         Ok(Response::new(self.shared.finish(&call, Ok(resp))?))
     }

@@ -20,6 +20,7 @@
 use kmsd_keystore::store::Fence;
 use kmsd_keystore::{RecordKind, Revision};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 use tokio::sync::watch;
 
@@ -50,6 +51,18 @@ pub struct Leadership {
     fenced: AtomicU64,
     /// Terms won since start.
     terms: AtomicU64,
+    /// The leader as this node last saw it, for operators (`Status`): its
+    /// own term, or the record it lost a campaign to. Never a fence.
+    observed: Mutex<Option<Observed>>,
+}
+
+/// A leader one node saw: the leader record's value and revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// The leader's name (`crate::leader::node_name`: host and pid).
+    pub name: String,
+    /// Its term: the leader record's revision.
+    pub term: Revision,
 }
 
 impl Default for Leadership {
@@ -58,6 +71,7 @@ impl Default for Leadership {
             term: watch::Sender::new(Term::Follower),
             fenced: AtomicU64::new(0),
             terms: AtomicU64::new(0),
+            observed: Mutex::new(None),
         }
     }
 }
@@ -129,6 +143,17 @@ impl Leadership {
     /// Terms won since start.
     pub fn terms(&self) -> u64 {
         self.terms.load(Ordering::Relaxed)
+    }
+
+    /// Records the leader this node saw (`None`: none known, such as after
+    /// its own term ended).
+    pub fn observe(&self, leader: Option<Observed>) {
+        *self.observed.lock().unwrap_or_else(|p| p.into_inner()) = leader;
+    }
+
+    /// The leader this node last saw (see [`Leadership::observe`]).
+    pub fn observed(&self) -> Option<Observed> {
+        self.observed.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Follows changes of the term (the scheduler waits on it).

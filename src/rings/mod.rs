@@ -59,7 +59,7 @@ mod usage;
 pub use admin::{PolicyUpdate, MIN_ROTATION_PERIOD};
 pub use data::{EncryptCall, Encrypted, DEFAULT_MAX_ROTATIONS_PER_CALL};
 pub use import::NewKey;
-pub use leadership::{Leadership, Term, LEADER_RECORD};
+pub use leadership::{Leadership, Observed, Term, LEADER_RECORD};
 pub use remote::Freshness;
 use schedule::Schedule;
 pub use schedule::{DEFAULT_DESTRUCTION_WAIT, MIN_DESTRUCTION_WAIT};

@@ -63,6 +63,12 @@ impl Rings {
         let _ = self.freshness.set(freshness);
     }
 
+    /// The staleness bound of a shared store (`None`: the only writer's
+    /// cache).
+    pub fn freshness(&self) -> Option<&std::sync::Arc<Freshness>> {
+        self.freshness.get()
+    }
+
     /// Shares the store with other nodes: scheduled work runs only while
     /// `leadership` says this node leads, each write fenced (schedule.rs).
     pub fn set_leadership(&self, leadership: std::sync::Arc<super::Leadership>) {

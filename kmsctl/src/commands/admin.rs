@@ -42,6 +42,14 @@ pub async fn status(channel: Chan, out: Out) -> Result<(), Error> {
         "keys": s.keys,
         "versions_by_state": by_state,
         "next_scheduled_at": time_json(s.next_scheduled_at),
+        "backend": s.backend,
+        "scheduler_leader": s.scheduler_leader,
+        "leader": s.leader,
+        "leader_term": s.leader_term,
+        "leader_terms_won": s.leader_terms_won,
+        "fenced_writes": s.fenced_writes,
+        "cache_age_ms": s.cache_age_ms,
+        "max_staleness_ms": s.max_staleness_ms,
     });
     out.emit(&value, || {
         let versions: Vec<String> = STATES
@@ -49,14 +57,38 @@ pub async fn status(channel: Chan, out: Out) -> Result<(), Error> {
             .zip(&s.versions_by_state)
             .map(|(n, c)| format!("{n}={c}"))
             .collect();
-        fields(&[
+        let mut rows = vec![
             ("health", health.to_owned()),
             ("version", s.version.clone()),
             ("uptime", duration(s.uptime_seconds)),
             ("keys", s.keys.to_string()),
             ("versions", versions.join(" ")),
             ("next_scheduled_at", time(s.next_scheduled_at)),
-        ])
+            ("backend", s.backend.clone()),
+            (
+                "scheduler_leader",
+                if s.scheduler_leader { "yes" } else { "no" }.to_owned(),
+            ),
+        ];
+        if s.backend == "etcd" {
+            rows.push((
+                "leader",
+                if s.leader.is_empty() {
+                    "unknown".to_owned()
+                } else {
+                    format!("{} (term {})", s.leader, s.leader_term)
+                },
+            ));
+            rows.push((
+                "terms",
+                format!("{} won here, {} fenced writes", s.leader_terms_won, s.fenced_writes),
+            ));
+            rows.push((
+                "cache_age",
+                format!("{} ms (serves up to {} ms)", s.cache_age_ms, s.max_staleness_ms),
+            ));
+        }
+        fields(&rows)
     });
     if health != "SERVING" {
         return Err(Error::NotServing(health.to_owned()));

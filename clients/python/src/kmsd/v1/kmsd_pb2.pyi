@@ -787,7 +787,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("version", "started_at", "uptime_seconds", "keys", "next_scheduled_at", "serving", "versions_by_state")
+    __slots__ = ("version", "started_at", "uptime_seconds", "keys", "next_scheduled_at", "serving", "versions_by_state", "backend", "scheduler_leader", "leader", "leader_term", "leader_terms_won", "fenced_writes", "cache_age_ms", "max_staleness_ms")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -795,6 +795,14 @@ class StatusResponse(_message.Message):
     NEXT_SCHEDULED_AT_FIELD_NUMBER: _ClassVar[int]
     SERVING_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_BY_STATE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_LEADER_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    LEADER_TERM_FIELD_NUMBER: _ClassVar[int]
+    LEADER_TERMS_WON_FIELD_NUMBER: _ClassVar[int]
+    FENCED_WRITES_FIELD_NUMBER: _ClassVar[int]
+    CACHE_AGE_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STALENESS_MS_FIELD_NUMBER: _ClassVar[int]
     version: str
     started_at: int
     uptime_seconds: int
@@ -802,7 +810,15 @@ class StatusResponse(_message.Message):
     next_scheduled_at: int
     serving: bool
     versions_by_state: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, version: _Optional[str] = ..., started_at: _Optional[int] = ..., uptime_seconds: _Optional[int] = ..., keys: _Optional[int] = ..., next_scheduled_at: _Optional[int] = ..., serving: _Optional[bool] = ..., versions_by_state: _Optional[_Iterable[int]] = ...) -> None: ...
+    backend: str
+    scheduler_leader: bool
+    leader: str
+    leader_term: int
+    leader_terms_won: int
+    fenced_writes: int
+    cache_age_ms: int
+    max_staleness_ms: int
+    def __init__(self, version: _Optional[str] = ..., started_at: _Optional[int] = ..., uptime_seconds: _Optional[int] = ..., keys: _Optional[int] = ..., next_scheduled_at: _Optional[int] = ..., serving: _Optional[bool] = ..., versions_by_state: _Optional[_Iterable[int]] = ..., backend: _Optional[str] = ..., scheduler_leader: _Optional[bool] = ..., leader: _Optional[str] = ..., leader_term: _Optional[int] = ..., leader_terms_won: _Optional[int] = ..., fenced_writes: _Optional[int] = ..., cache_age_ms: _Optional[int] = ..., max_staleness_ms: _Optional[int] = ...) -> None: ...
 
 class MaskRequest(_message.Message):
     __slots__ = ("value", "kind", "pan_keep_bin")
