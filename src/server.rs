@@ -110,9 +110,17 @@ pub fn load_rings(config: &Config) -> Result<Arc<Rings>, StartError> {
 
 /// [`load_rings`], plus the etcd store when that is the backend.
 fn load_rings_backend(config: &Config) -> Result<(Arc<Rings>, Option<EtcdHandle>), StartError> {
+    let t = std::time::Instant::now();
     let (raw, etcd) = open_backend(config)?;
     let store = RingStore::open(raw, sealer(config)?).map_err(|e| err("key store", e))?;
+    let opened = t.elapsed();
     let rings = Rings::load(store, Arc::new(SystemClock), config.dev_mode).map_err(|e| err("loading key rings", e))?;
+    tracing::info!(
+        keys = rings.len(),
+        open_ms = opened.as_millis() as u64,
+        load_ms = (t.elapsed() - opened).as_millis() as u64,
+        "key rings loaded (store and manifest opened, then every ring read into the cache)"
+    );
     rings.set_max_rotations_per_call(config.limits.max_rotations_per_call);
     rings.set_reservation_block(config.limits.usage_reservation_block);
     Ok((Arc::new(rings), etcd))
@@ -406,6 +414,7 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
     }
+    let loading = std::time::Instant::now();
     let (rings, etcd) = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || load_rings_backend(&config))
@@ -433,7 +442,12 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
             stop_rx.clone(),
         ));
     }
-    tracing::info!(keys = rings.len(), store = %config.store.describe(), "key store opened");
+    tracing::info!(
+        keys = rings.len(),
+        store = %config.store.describe(),
+        ms = loading.elapsed().as_millis() as u64,
+        "key store opened"
+    );
     let access = {
         let (rings, metrics, config) = (rings.clone(), metrics.clone(), config.clone());
         tokio::task::spawn_blocking(move || {
@@ -449,6 +463,10 @@ pub async fn run(config: Config, passed: Vec<PassedSocket>, signals: Signals) ->
         .map_err(|e| err("start-up", e))?
         .map_err(|e| StartError(format!("access control: {e}")))?
     };
+    tracing::info!(
+        ms = loading.elapsed().as_millis() as u64,
+        "access control ready (time since the store began loading)"
+    );
     access.set_pending_limits(crate::authz::PendingLimits {
         count: config.limits.max_pending_approvals,
         bytes: config.limits.max_pending_bytes,

@@ -7,13 +7,48 @@
 use super::*;
 use kmsd_etcd::testing::Cluster;
 
-/// Prefix of every node's records.
+/// Prefix of the nodes' records (a run on an external etcd adds its own
+/// suffix: an earlier run's records are still there).
 const PREFIX: &str = "/kmsd/bench/";
 
+/// The etcd a run uses: the harness's, started for the run, or one the
+/// operator keeps running (`--etcd-endpoints`: a store seeded once is
+/// measured again and again, see `--work-dir`).
+enum Etcd {
+    Harness(Box<Cluster>),
+    External(Vec<String>),
+}
+
+impl Etcd {
+    /// Client URLs (`http://host:port`).
+    fn urls(&self) -> Vec<String> {
+        match self {
+            Etcd::Harness(c) => c.endpoints().iter().map(|e| format!("http://{e}")).collect(),
+            Etcd::External(e) => e
+                .iter()
+                .map(|e| {
+                    if e.contains("://") {
+                        e.clone()
+                    } else {
+                        format!("http://{e}")
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    fn settings(&self) -> kmsd_etcd::Settings {
+        match self {
+            Etcd::Harness(c) => c.settings(),
+            Etcd::External(_) => kmsd_etcd::Settings::new(self.urls()),
+        }
+    }
+}
+
 /// The `[store]` lines of a node on `etcd` (loopback, plain: the test
-/// harness's members).
-fn etcd_store(etcd: &Cluster, prefix: &str) -> String {
-    let eps: Vec<String> = etcd.endpoints().iter().map(|e| format!("\"http://{e}\"")).collect();
+/// harness's members, or an external etcd on loopback).
+fn etcd_store(etcd: &Etcd, prefix: &str) -> String {
+    let eps: Vec<String> = etcd.urls().iter().map(|e| format!("\"{e}\"")).collect();
     format!(
         "backend = \"etcd\"\nmaster_key = \"master-key\"\n[store.etcd]\nendpoints = [{}]\nprefix = \"{prefix}\"\n\
          request_timeout = \"5s\"\nmax_staleness = \"30s\"\n",
@@ -23,23 +58,58 @@ fn etcd_store(etcd: &Cluster, prefix: &str) -> String {
 
 pub(crate) async fn etcd_suite(cli: &Cli) -> Result<(), BoxError> {
     let tmp = tempfile::tempdir()?;
-    let dir = tmp.path();
+    let dir = match &cli.work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => tmp.path().to_path_buf(),
+    };
+    let dir = dir.as_path();
     pki(dir)?;
-    let etcd = Cluster::start(cli.etcd_members)?;
+    let etcd = if cli.etcd_endpoints.is_empty() {
+        Etcd::Harness(Box::new(Cluster::start(cli.etcd_members)?))
+    } else {
+        Etcd::External(cli.etcd_endpoints.clone())
+    };
     println!(
-        "# etcd {} member(s) on loopback (test timers), kmsd {} build, audit on",
-        cli.etcd_members,
+        "# etcd: {}, kmsd {} build, audit on",
+        match &etcd {
+            Etcd::Harness(_) => format!("{} member(s) on loopback (test timers)", cli.etcd_members),
+            Etcd::External(_) => format!("running at {}", etcd.urls().join(", ")),
+        },
         if cfg!(debug_assertions) {
             "DEBUG (figures not comparable to release)"
         } else {
             "release"
         }
     );
+    if !cli.ready_only {
+        nodes(cli, dir, &etcd).await?;
+    }
+    // (c) time to ready with many keys loaded from etcd
+    if cli.keys > 0 {
+        seed_and_migrate(cli, dir, &etcd).await?;
+    }
+    Ok(())
+}
+
+/// (a), (b) and (d): the data path, admin writes, two nodes against one.
+async fn nodes(cli: &Cli, dir: &Path, etcd: &Etcd) -> Result<(), BoxError> {
+    let prefix = match etcd {
+        Etcd::Harness(_) => PREFIX.to_owned(),
+        Etcd::External(_) => format!(
+            "{PREFIX}{}/",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos()
+        ),
+    };
     let conc = cli.concurrency.iter().copied().max().unwrap_or(64);
 
     // (a) the data path: the same daemon on sled and on etcd, interleaved
     let (sled_p, _) = start_kmsd(dir, "sled", &format!("127.0.0.1:{}", free_port()?)).await?;
-    let etcd_section = etcd_store(&etcd, PREFIX);
+    let etcd_section = etcd_store(etcd, &prefix);
     let (a_p, _) = start_kmsd_store(dir, "node-a", &format!("127.0.0.1:{}", free_port()?), &etcd_section).await?;
     let sled_t = target(dir, "sled", &sled_p, cli.connections).await?;
     let a_t = target(dir, "node-a", &a_p, cli.connections).await?;
@@ -94,7 +164,7 @@ pub(crate) async fn etcd_suite(cli: &Cli) -> Result<(), BoxError> {
     let calls = cli.admin_calls.max(5);
     let client = kmsd_etcd::EtcdClient::connect(&etcd.settings())?;
     let mut raw = Vec::with_capacity(calls);
-    let key = b"/bench-raw/record".to_vec();
+    let key = format!("{prefix}raw-record").into_bytes();
     let value = vec![7u8; 200];
     let mut rev = 0i64;
     for _ in 0..calls {
@@ -170,22 +240,67 @@ pub(crate) async fn etcd_suite(cli: &Cli) -> Result<(), BoxError> {
         two / one.max(1e-9)
     );
     drop((a_t, b_t, sled_t, a_p, b_p, sled_p));
-
-    // (c) time to ready with many keys loaded from etcd
-    if cli.keys > 0 {
-        seed_and_migrate(cli, dir, &etcd).await?;
-    }
     Ok(())
 }
 
 /// Seeds `cli.keys` keys in a sled store offline, migrates them to a
 /// fresh etcd prefix with `kmsd migrate`'s code, then starts a node on it.
-async fn seed_and_migrate(cli: &Cli, dir: &Path, etcd: &Cluster) -> Result<(), BoxError> {
+/// On an external etcd with `--work-dir`, a store an earlier run seeded
+/// and copied (its mark file names the same etcd) is measured again
+/// instead.
+async fn seed_and_migrate(cli: &Cli, dir: &Path, etcd: &Etcd) -> Result<(), BoxError> {
+    let prefix = format!("/kmsd/bench-many-{}/", cli.keys);
+    let mark = dir.join(format!("many-{}.seeded", cli.keys));
+    let reuse = matches!(etcd, Etcd::External(_))
+        && cli.work_dir.is_some()
+        && std::fs::read_to_string(&mark).is_ok_and(|m| m == etcd.urls().join(","));
+    if reuse {
+        println!(
+            "# (c) {} keys seeded by an earlier run at {prefix} ({})",
+            cli.keys,
+            mark.display()
+        );
+    } else {
+        seed(cli, dir, etcd, &prefix).await?;
+        std::fs::write(&mark, etcd.urls().join(","))?;
+    }
+    let mut readies = Vec::new();
+    let mut rss = 0.0;
+    for _ in 0..cli.repeat.max(1) {
+        let (p, ready) = start_kmsd_store(
+            dir,
+            "many",
+            &format!("127.0.0.1:{}", free_port()?),
+            &etcd_store(etcd, &prefix),
+        )
+        .await?;
+        rss = rss_mib(p.child.id());
+        readies.push(ready);
+        drop(p);
+    }
+    let all: Vec<String> = readies.iter().map(|d| format!("{:.0}", ms(*d))).collect();
+    println!(
+        "# (c) {} keys from etcd: ready in {:.0} ms (median of {} starts: {} ms), RSS {rss:.0} MiB",
+        cli.keys,
+        ms(median_duration(readies.clone())),
+        readies.len(),
+        all.join(", ")
+    );
+    Ok(())
+}
+
+/// Seeds the keys in sled and copies them to `prefix` with `kmsd
+/// migrate`'s code.
+async fn seed(cli: &Cli, dir: &Path, etcd: &Etcd, prefix: &str) -> Result<(), BoxError> {
     use kmsd_keystore::keyring::KeyPolicy;
     use kmsd_keystore::{Algorithm, KeyName, KeyRing, KeyStore, MasterKey, RingStore, Sealer, SledStore};
     let started = Instant::now();
+    let seed_dir = dir.join("seed-store");
+    if seed_dir.exists() {
+        std::fs::remove_dir_all(&seed_dir)?; // an earlier run's, perhaps of another size
+    }
     {
-        let store = Arc::new(SledStore::open(&dir.join("seed-store"))?);
+        let store = Arc::new(SledStore::open(&seed_dir)?);
         store.danger_unsynced_writes(true);
         let rings = RingStore::open(store.clone(), Sealer::new(MasterKey::load(&dir.join("master-key"))?))?;
         for i in 0..cli.keys {
@@ -205,7 +320,6 @@ async fn seed_and_migrate(cli: &Cli, dir: &Path, etcd: &Cluster) -> Result<(), B
         "127.0.0.1:1",
         "path = \"seed-store\"\nmaster_key = \"master-key\"\n",
     )?;
-    let prefix = "/kmsd/bench-many/";
     let to = write_config_store(dir, "many", "127.0.0.1:1", &etcd_store(etcd, prefix))?;
     let (from, to) = (kmsd::config::Config::load(&from)?, kmsd::config::Config::load(&to)?);
     let started = Instant::now();
@@ -218,28 +332,6 @@ async fn seed_and_migrate(cli: &Cli, dir: &Path, etcd: &Cluster) -> Result<(), B
         cli.keys,
         seeded.as_secs_f64(),
         copied.as_secs_f64()
-    );
-    let mut readies = Vec::new();
-    let mut rss = 0.0;
-    for _ in 0..cli.repeat.max(1) {
-        let (p, ready) = start_kmsd_store(
-            dir,
-            "many",
-            &format!("127.0.0.1:{}", free_port()?),
-            &etcd_store(etcd, prefix),
-        )
-        .await?;
-        rss = rss_mib(p.child.id());
-        readies.push(ready);
-        drop(p);
-    }
-    let all: Vec<String> = readies.iter().map(|d| format!("{:.0}", ms(*d))).collect();
-    println!(
-        "# (c) {} keys from etcd: ready in {:.0} ms (median of {} starts: {} ms), RSS {rss:.0} MiB",
-        cli.keys,
-        ms(median_duration(readies.clone())),
-        readies.len(),
-        all.join(", ")
     );
     Ok(())
 }

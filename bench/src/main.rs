@@ -74,6 +74,18 @@ struct Cli {
     /// etcd members (with --etcd).
     #[arg(long, default_value_t = 1)]
     etcd_members: usize,
+    /// Use this running etcd (comma-separated client URLs) instead of
+    /// starting the harness's (with --etcd): with --work-dir, a store of
+    /// --keys keys seeded by an earlier run is reused, not seeded again.
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// Keep the PKI, master key and seeded stores here (with --etcd;
+    /// default: a fresh temporary directory).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Only (c), the time to ready with --keys keys (with --etcd).
+    #[arg(long)]
+    ready_only: bool,
     /// Sequential admin calls of each kind timed (with --etcd).
     #[arg(long, default_value_t = 200)]
     admin_calls: usize,

@@ -30,7 +30,10 @@ pub(crate) fn pki(dir: &Path) -> Result<(), BoxError> {
         dir.join("policy.toml"),
         "[identities]\n\"spiffe://bench/client\" = [\"bench\"]\n[roles.bench]\nallow = [{ ops = [\"*\"], keys = [\"*\"] }]\ndev_no_second_factor = true\n",
     )?;
-    kmsd_keystore::MasterKey::create_file(&dir.join("master-key"))?;
+    // kept when present: stores seeded by an earlier run (--work-dir) stay readable
+    if !dir.join("master-key").exists() {
+        kmsd_keystore::MasterKey::create_file(&dir.join("master-key"))?;
+    }
     Ok(())
 }
 

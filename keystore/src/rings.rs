@@ -103,7 +103,9 @@ impl RingStore {
                 )
             })?;
         }
+        let t = std::time::Instant::now();
         let checked = Arc::new(CheckedStore::open(store, sealer.clone())?);
+        tracing::info!(ms = t.elapsed().as_millis() as u64, "integrity manifest opened");
         crate::failpoints::kill_point(crate::failpoints::MANIFEST_OPEN);
         if checked.get(RecordKind::Meta, STORE_MARKER)?.is_none() {
             let sealed = sealer.seal(RecordKind::Meta, STORE_MARKER, b"kmsd store v1")?;
@@ -117,7 +119,9 @@ impl RingStore {
             checked,
             sealer,
         };
+        let t = std::time::Instant::now();
         rings.migrate()?;
+        tracing::info!(ms = t.elapsed().as_millis() as u64, "format-1 migration checked");
         Ok(rings)
     }
 
