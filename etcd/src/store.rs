@@ -29,7 +29,9 @@
 //! Linearizable (etcd's default range): a read sees every write
 //! acknowledged before it started, on any node. `list` pages by key range
 //! with etcd's limit; `for_each` pages through a kind at one revision (a
-//! consistent snapshot) and remembers it ([`EtcdStore::snapshot_revision`]),
+//! consistent snapshot; pages of a few MiB, since etcd's cost per page grows
+//! with what is left of the range: [`PAGE_BYTES`]) and remembers it
+//! ([`EtcdStore::snapshot_revision`]),
 //! the point a cache that loaded from it watches from
 //! ([`EtcdStore::watch`]).
 //!
@@ -66,9 +68,30 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Records per page when reading a whole kind (halved while a page is
-/// too large for one answer).
-const PAGE: i64 = 1000;
+/// Records in the first page when reading a whole kind; the next pages
+/// are sized by bytes ([`PAGE_BYTES`]).
+const FIRST_PAGE: i64 = 1000;
+
+/// What a page of a whole-kind read aims at, in bytes. etcd 3.4 walks
+/// its in-memory index from a page's first key to the *end of the range*
+/// on every page and applies the limit afterwards, so reading N records
+/// in pages of L costs about N²/2L index steps: pages of 1,000 records
+/// made 100,000 rings take seconds in etcd alone (BENCHMARKS.md, issue
+/// 13). Pages of a few MiB (about 20,000 rings) cut that twentyfold,
+/// and each answer stays far below the client's
+/// [`crate::client::MAX_RESPONSE_BYTES`] (a page refused as too large
+/// is halved and read again).
+const PAGE_BYTES: usize = 4 << 20;
+
+/// Most records in one page, whatever their size.
+const MAX_PAGE: i64 = 50_000;
+
+/// The next page's size: [`PAGE_BYTES`] over the mean size of the
+/// records just read, within `1..=MAX_PAGE`.
+fn next_page(records: usize, bytes: usize) -> i64 {
+    let mean = (bytes / records.max(1)).max(1);
+    i64::try_from(PAGE_BYTES / mean).unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE)
+}
 
 /// The kinds a stored key can name (for [`EtcdStore::decode_key`]).
 const KINDS: [RecordKind; 5] = [
@@ -374,7 +397,7 @@ impl KeyStore for EtcdStore {
 
     fn for_each(&self, kind: RecordKind, f: &mut dyn FnMut(&str, Entry) -> Result<(), Error>) -> Result<(), Error> {
         let (mut start, end) = self.kind_range(kind);
-        let mut page = PAGE;
+        let mut page = FIRST_PAGE;
         let mut at = 0i64; // the snapshot's revision, fixed by the first page
         loop {
             let c = self.client.clone();
@@ -400,6 +423,8 @@ impl KeyStore for EtcdStore {
                 break;
             };
             let more = r.more;
+            let bytes: usize = r.kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
+            page = next_page(r.kvs.len(), bytes);
             for kv in r.kvs {
                 let Some((_, name)) = self.decode_key(&kv.key) else {
                     continue;
@@ -529,6 +554,16 @@ impl KeyStore for EtcdStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_are_sized_by_bytes() {
+        // rings of ~190 bytes: ~22,000 a page; manifest entries of ~70
+        // bytes: the record cap; one huge record: one at a time
+        assert_eq!(next_page(1000, 190_000), 22_075);
+        assert_eq!(next_page(1000, 70_000), MAX_PAGE);
+        assert_eq!(next_page(1, 8 << 20), 1);
+        assert_eq!(next_page(0, 0), MAX_PAGE);
+    }
 
     #[test]
     fn prefixes_are_absolute_directories() {

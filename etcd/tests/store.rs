@@ -253,3 +253,46 @@ fn a_watch_breaks_instead_of_going_silent() {
     assert!(matches!(r, Err(ref e) if e.is_unavailable()), "{r:?}");
     cluster.cont(0).unwrap();
 }
+
+/// A whole-kind read over many pages (the first of 1,000 records, the
+/// next sized by bytes): every record once, in name order, with its
+/// value, other kinds left out, and a write made during the read not
+/// seen (one snapshot).
+#[test]
+fn for_each_reads_many_pages_at_one_revision() {
+    use kmsd_keystore::store::{Cond, Op};
+    let cluster = Cluster::start(1).expect("etcd");
+    let s = store(cluster.settings(), "/kmsd/pages/");
+    let n = 3_000usize;
+    // small values, and every 500th a large one (pages by bytes shrink)
+    let value = |i: usize| vec![(i % 251) as u8; if i % 500 == 0 { 200_000 } else { 40 }];
+    let names: Vec<String> = (0..n).map(|i| format!("r{i:05}")).collect();
+    let values: Vec<Vec<u8>> = (0..n).map(value).collect();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let ops: Vec<Op<'_>> = chunk
+            .iter()
+            .map(|&i| Op {
+                kind: RecordKind::KeyRing,
+                name: &names[i],
+                cond: Cond::Absent,
+                value: Some(&values[i]),
+            })
+            .collect();
+        s.apply(&ops).unwrap();
+    }
+    s.put(RecordKind::Meta, "other-kind", None, b"x").unwrap();
+    let mut seen = Vec::new();
+    s.for_each(RecordKind::KeyRing, &mut |name, e| {
+        if seen.len() == 1500 {
+            // written during the read: after its snapshot
+            s.put(RecordKind::KeyRing, "r99999-late", None, b"late").unwrap();
+        }
+        let i: usize = name[1..].parse().unwrap();
+        assert_eq!(e.value, values[i], "{name}");
+        seen.push(name.to_owned());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen, names);
+    assert!(s.get(RecordKind::KeyRing, "r99999-late").unwrap().is_some());
+}
