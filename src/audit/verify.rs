@@ -219,6 +219,14 @@ impl Verifier {
                     ));
                 }
                 self.anchor_seen = true;
+            } else if h == a.hash {
+                // The head names this very record (its hash covers the
+                // sequence number) under another sequence number: the head
+                // and the log disagree, whichever of them was changed.
+                return Err(broken(
+                    Some(body.seq),
+                    &format!("the audit head records this record as seq {}", a.seq),
+                ));
             }
         }
         self.report.records += 1;
