@@ -243,10 +243,12 @@ pub fn redact(data: &[u8]) {
 /// and what wraps, unwraps to the same bytes.
 pub fn wrapped_key(data: &[u8]) {
     use kmsd_keystore::wrap::{WrappingKey, WrappingPublicKey};
-    // (one RSA-3072 key for the whole run: generating it is the slow part)
+    // One fixed RSA-3072 key for the whole run, made once with `openssl
+    // genpkey` and used by nothing but fuzzing: generating one here took
+    // longer than libFuzzer's per-input timeout in an instrumented build.
     static KEY: std::sync::OnceLock<(WrappingKey, WrappingPublicKey)> = std::sync::OnceLock::new();
     let (key, public) = KEY.get_or_init(|| {
-        let key = WrappingKey::generate().unwrap();
+        let key = WrappingKey::from_pkcs8_der(include_bytes!("../wrapping-key-fuzz-only.der")).unwrap();
         let public = WrappingPublicKey::from_pem(&key.public_key_pem().unwrap()).unwrap();
         (key, public)
     });
