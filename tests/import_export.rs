@@ -179,6 +179,15 @@ fn byok(python: &str, args: &[&std::ffi::OsStr]) {
     assert!(o.status.success(), "byok.py: {}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// Wraps the material in file `material` for the job whose public key is
+/// in `job_pem`, with Python `cryptography` (tests/python/byok.py), into `out`.
+fn python_wrap(python: &str, job_pem: &std::path::Path, material: &std::path::Path, out: &std::path::Path) {
+    byok(
+        python,
+        &[os("wrap"), job_pem.as_os_str(), material.as_os_str(), out.as_os_str()],
+    );
+}
+
 fn os(s: &str) -> &std::ffi::OsStr {
     std::ffi::OsStr::new(s)
 }
@@ -284,15 +293,7 @@ async fn a_key_imported_from_python_and_openssl_wrapped_blobs_decrypts_what_pyth
     // wrapped by Python for a job, imported: a new key, version 1
     let job = keys.create_import_job(job_req("byok", 0)).await.unwrap().into_inner();
     std::fs::write(w("job.pem"), &job.public_key_pem).unwrap();
-    byok(
-        &python,
-        &[
-            os("wrap"),
-            w("job.pem").as_os_str(),
-            w("material").as_os_str(),
-            w("wrapped").as_os_str(),
-        ],
-    );
+    python_wrap(&python, &w("job.pem"), &w("material"), &w("wrapped"));
     let wrapped = std::fs::read(w("wrapped")).unwrap();
     let info = keys
         .import_key_version(import_req(
@@ -415,15 +416,7 @@ async fn a_key_imported_from_python_and_openssl_wrapped_blobs_decrypts_what_pyth
     assert_eq!(e.code(), Code::NotFound);
     // material of the wrong length for AES-256
     std::fs::write(w("short"), [7u8; 16]).unwrap();
-    byok(
-        &python,
-        &[
-            os("wrap"),
-            w("job.pem").as_os_str(),
-            w("short").as_os_str(),
-            w("wrapped-short").as_os_str(),
-        ],
-    );
+    python_wrap(&python, &w("job.pem"), &w("short"), &w("wrapped-short"));
     let short = std::fs::read(w("wrapped-short")).unwrap();
     let e = keys
         .import_key_version(refuse("byok", &job.id, short, aes))
@@ -458,15 +451,7 @@ async fn a_key_imported_from_python_and_openssl_wrapped_blobs_decrypts_what_pyth
     std::fs::write(w("hjob.pem"), &hjob.public_key_pem).unwrap();
     let hkey: [u8; 32] = rand::random();
     std::fs::write(w("hkey"), hkey).unwrap();
-    byok(
-        &python,
-        &[
-            os("wrap"),
-            w("hjob.pem").as_os_str(),
-            w("hkey").as_os_str(),
-            w("hwrapped").as_os_str(),
-        ],
-    );
+    python_wrap(&python, &w("hjob.pem"), &w("hkey"), &w("hwrapped"));
     let info = keys
         .import_key_version(import_req(
             "byok.hmac",
@@ -793,15 +778,7 @@ async fn an_ecdsa_key_imported_from_python_signs_what_python_verifies() {
     std::fs::write(w("job.pem"), &job.public_key_pem).unwrap();
     // a P-384 key is not an ECDSA_P256_SHA256 key
     byok(&python, &[os("ecgen"), os("P-384"), w("p384.der").as_os_str()]);
-    byok(
-        &python,
-        &[
-            os("wrap"),
-            w("job.pem").as_os_str(),
-            w("p384.der").as_os_str(),
-            w("p384.wrapped").as_os_str(),
-        ],
-    );
+    python_wrap(&python, &w("job.pem"), &w("p384.der"), &w("p384.wrapped"));
     let e = keys
         .import_key_version(import_req(
             "signer",
@@ -814,15 +791,7 @@ async fn an_ecdsa_key_imported_from_python_signs_what_python_verifies() {
     assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
     // a P-256 PKCS#8 key is
     byok(&python, &[os("ecgen"), os("P-256"), w("p256.der").as_os_str()]);
-    byok(
-        &python,
-        &[
-            os("wrap"),
-            w("job.pem").as_os_str(),
-            w("p256.der").as_os_str(),
-            w("p256.wrapped").as_os_str(),
-        ],
-    );
+    python_wrap(&python, &w("job.pem"), &w("p256.der"), &w("p256.wrapped"));
     let info = keys
         .import_key_version(import_req(
             "signer",

@@ -87,7 +87,7 @@ pub async fn run(cmd: &Cmd, crypto: &Client, out: Out) -> Result<(), Error> {
 }
 
 /// DATA as given, or stdin for `-`.
-fn read_input(data: &str) -> Result<Vec<u8>, Error> {
+pub(crate) fn read_input(data: &str) -> Result<Vec<u8>, Error> {
     if data == "-" {
         let mut buf = Vec::new();
         std::io::stdin()
@@ -99,7 +99,7 @@ fn read_input(data: &str) -> Result<Vec<u8>, Error> {
     }
 }
 
-fn b64(data: &[u8]) -> String {
+pub(crate) fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
 }
 

@@ -1,5 +1,6 @@
 //! `kmsctl mac | verify-mac | sign | verify | public-key`: MACs and
 //! signatures with keys that never leave kmsd.
+use super::data::{b64, read_input};
 use crate::cli::Cmd;
 use crate::connection::Chan;
 use crate::error::Error;
@@ -7,7 +8,6 @@ use crate::output::{fields, Out};
 use base64::Engine as _;
 use kmsd_client::proto::{self, crypto_client::CryptoClient};
 use serde_json::json;
-use std::io::Read;
 
 pub async fn run(cmd: &Cmd, channel: Chan, out: Out) -> Result<(), Error> {
     let mut c = CryptoClient::new(channel);
@@ -153,22 +153,6 @@ fn encoding_of(e: &str) -> proto::SignatureEncoding {
 fn sha256(data: &[u8]) -> Vec<u8> {
     use sha2::Digest;
     sha2::Sha256::digest(data).to_vec()
-}
-
-fn read_input(data: &str) -> Result<Vec<u8>, Error> {
-    if data == "-" {
-        let mut buf = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut buf)
-            .map_err(Error::io("reading", "stdin"))?;
-        Ok(buf)
-    } else {
-        Ok(data.as_bytes().to_vec())
-    }
-}
-
-fn b64(data: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 fn unb64(text: &str, what: &str) -> Result<Vec<u8>, Error> {
