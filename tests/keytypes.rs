@@ -356,25 +356,8 @@ async fn every_type_works_rotates_and_survives_backup_restore_and_rekey() {
 
     // rekey under a new master key: everything still verifies
     d.stop();
-    let kmsd = env!("CARGO_BIN_EXE_kmsd");
-    let new_key = dir.path().join("master-key.new");
-    assert!(std::process::Command::new(kmsd)
-        .args(["init", "--master-key", new_key.to_str().unwrap()])
-        .status()
-        .unwrap()
-        .success());
-    let out = std::process::Command::new(kmsd)
-        .args([
-            "rekey",
-            "--config",
-            dir.path().join("kmsd.toml").to_str().unwrap(),
-            "--new-master-key",
-            new_key.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::rename(&new_key, dir.path().join("master-key")).unwrap();
+    common::rekey_to_new_master_key(dir.path());
+    std::fs::rename(dir.path().join("master-key.new"), dir.path().join("master-key")).unwrap();
     d.restart_after_stop();
     let (mut c, _) = d.clients().await;
     check_made(&mut c, &made).await;

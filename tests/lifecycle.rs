@@ -463,24 +463,9 @@ async fn rekey_reseals_everything_under_a_new_master_key() {
     let (mut crypto, mut keys) = d.clients().await;
     let cts = fill(&mut crypto, &mut keys, 6).await;
     d.stop();
-    let kmsd = env!("CARGO_BIN_EXE_kmsd");
     let new_key = dir.path().join("master-key.new");
-    assert!(std::process::Command::new(kmsd)
-        .args(["init", "--master-key", new_key.to_str().unwrap()])
-        .status()
-        .unwrap()
-        .success());
-    let out = std::process::Command::new(kmsd)
-        .args([
-            "rekey",
-            "--config",
-            dir.path().join("kmsd.toml").to_str().unwrap(),
-            "--new-master-key",
-            new_key.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = common::rekey_to_new_master_key(dir.path());
+    let kmsd = env!("CARGO_BIN_EXE_kmsd");
     assert!(String::from_utf8_lossy(&out.stdout).contains("rekey complete"));
     // the new key alone opens the store; the old one no longer does
     std::fs::rename(dir.path().join("master-key"), dir.path().join("master-key.old")).unwrap();

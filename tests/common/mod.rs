@@ -403,6 +403,31 @@ pub fn walk(p: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Offline `kmsd rekey` of the stopped daemon in `dir` to a fresh master
+/// key made with `kmsd init` at `<dir>/master-key.new`; asserts it
+/// succeeded and returns its output (the new key stays at that path).
+pub fn rekey_to_new_master_key(dir: &Path) -> std::process::Output {
+    let kmsd = env!("CARGO_BIN_EXE_kmsd");
+    let new_key = dir.join("master-key.new");
+    assert!(std::process::Command::new(kmsd)
+        .args(["init", "--master-key", new_key.to_str().unwrap()])
+        .status()
+        .unwrap()
+        .success());
+    let out = std::process::Command::new(kmsd)
+        .args([
+            "rekey",
+            "--config",
+            dir.join("kmsd.toml").to_str().unwrap(),
+            "--new-master-key",
+            new_key.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
