@@ -21,42 +21,15 @@ set -euo pipefail
 # KMSD_TRACE=1 traces every command (to debug a failure)
 [ -n "${KMSD_TRACE:-}" ] && set -x
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-: "${KMSD_BIN:?KMSD_BIN must name the directory with kmsd and kmsctl}"
-: "${KMSD_TEST_PKI:?KMSD_TEST_PKI must name the directory with the test certificates}"
-KMSD_BIN=$(readlink -f "$KMSD_BIN")
-PKI=$(readlink -f "$KMSD_TEST_PKI")
-
-if [ "$(cat /proc/1/comm)" != systemd ] || [ "$(findmnt -n -o FSTYPE /)" != overlay ]; then
-  echo "etcd-dropin-test.sh: refusing to run outside systemd/sandbox.sh" >&2
-  exit 2
-fi
+DIAG_UNITS=etcd-test.service
+# shellcheck source=systemd/test-lib.sh
+. "$REPO/systemd/test-lib.sh"
 # ... and in the sandbox's network namespace (systemd's), never the host's:
 # the test adds addresses to loopback.
 if [ "$(readlink /proc/self/ns/net)" != "$(readlink /proc/1/ns/net)" ]; then
   echo "etcd-dropin-test.sh: not in the sandbox's network namespace" >&2
   exit 2
 fi
-
-STEP=""
-step() {
-  STEP=$*
-  echo "== $STEP"
-}
-diagnose() {
-  echo "---- FAILED at: $STEP"
-  systemctl status --no-pager kmsd.service kmsd.socket etcd-test.service 2>&1 | head -60 || true
-  systemctl show -p Result -p NRestarts -p ExecMainCode -p ExecMainStatus kmsd.service || true
-  journalctl --no-pager -n 60 -u kmsd.service -u kmsd.socket -u etcd-test.service 2>&1 || true
-}
-trap 'rc=$?; [ $rc = 0 ] || diagnose; exit $rc' EXIT
-fail() {
-  echo "FAIL: $*"
-  exit 1
-}
-expect_eq() { # what got want
-  [ "$2" = "$3" ] || fail "$1: got '$2', want '$3'"
-}
-show() { systemctl show -P "$1" kmsd.service; }
 
 cd "$REPO"
 PLAINTEXT="5500 0000 0000 0004 etcd-marker-$RANDOM$RANDOM"
@@ -152,25 +125,10 @@ kmsd init --master-key /run/kmsd-master-key.plain
 MK_HEX=$(od -An -v -tx1 /run/kmsd-master-key.plain | tr -d ' \n')
 systemd-creds encrypt --name=master-key --with-key=host /run/kmsd-master-key.plain /etc/kmsd/master-key.cred
 shred -u /run/kmsd-master-key.plain
-kmsd_offline() {
-  systemd-run --quiet --pipe --wait --collect -p User=kmsd -p UMask=0077 \
-    -p LoadCredentialEncrypted=master-key:/etc/kmsd/master-key.cred \
-    -p StateDirectory=kmsd -p StateDirectoryMode=0700 -p LogsDirectory=kmsd -p LogsDirectoryMode=0700 \
-    /usr/bin/kmsd "$@"
-}
 kmsd_offline check-config /etc/kmsd/kmsd.toml
 enrol=$(kmsd_offline officer-enroll --config /etc/kmsd/kmsd.toml spiffe://bank.internal/officer/alice)
 TOTP_SECRET=$(printf '%s\n' "$enrol" | sed -n 's/.*[?&]secret=\([A-Z2-7]*\).*/\1/p')
 [ -n "$TOTP_SECRET" ] || fail "no otpauth secret in: $enrol"
-totp() {
-  python3 - "$TOTP_SECRET" "$1" <<'PY'
-import base64, hashlib, hmac, struct, sys
-secret = base64.b32decode(sys.argv[1] + "=" * (-len(sys.argv[1]) % 8))
-mac = hmac.new(secret, struct.pack(">Q", int(sys.argv[2])), hashlib.sha1).digest()
-off = mac[-1] & 15
-print("%06d" % ((struct.unpack(">I", mac[off:off + 4])[0] & 0x7FFFFFFF) % 1000000))
-PY
-}
 
 # ---------------------------------------------------------------------------
 step "systemctl enable --now: the hardened unit with the drop-in starts and reaches READY"
