@@ -188,6 +188,22 @@ fn python_wrap(python: &str, job_pem: &std::path::Path, material: &std::path::Pa
     );
 }
 
+/// Decrypts the kmsd ciphertext in `ciphertext` (key "byok", no associated
+/// data) with the raw AES material in `material`, in Python, into `out`.
+fn python_decrypt(python: &str, material: &std::path::Path, ciphertext: &std::path::Path, out: &std::path::Path) {
+    byok(
+        python,
+        &[
+            os("decrypt"),
+            material.as_os_str(),
+            os("byok"),
+            os(""),
+            ciphertext.as_os_str(),
+            out.as_os_str(),
+        ],
+    );
+}
+
 fn os(s: &str) -> &std::ffi::OsStr {
     std::ffi::OsStr::new(s)
 }
@@ -317,17 +333,7 @@ async fn a_key_imported_from_python_and_openssl_wrapped_blobs_decrypts_what_pyth
     assert_eq!(pt.plaintext, b"made in python");
     // and the other way: Python decrypts what kmsd encrypts
     std::fs::write(w("kmsd-ct"), encrypted(&mut crypto, "byok", b"made in kmsd").await).unwrap();
-    byok(
-        &python,
-        &[
-            os("decrypt"),
-            w("material").as_os_str(),
-            os("byok"),
-            os(""),
-            w("kmsd-ct").as_os_str(),
-            w("out").as_os_str(),
-        ],
-    );
+    python_decrypt(&python, &w("material"), &w("kmsd-ct"), &w("out"));
     assert_eq!(std::fs::read(w("out")).unwrap(), b"made in kmsd");
 
     // the job is reusable until it expires: openssl wraps the next version
@@ -348,17 +354,7 @@ async fn a_key_imported_from_python_and_openssl_wrapped_blobs_decrypts_what_pyth
     );
     std::fs::write(w("material2"), material2).unwrap();
     std::fs::write(w("kmsd-ct2"), encrypted(&mut crypto, "byok", b"version 2").await).unwrap();
-    byok(
-        &python,
-        &[
-            os("decrypt"),
-            w("material2").as_os_str(),
-            os("byok"),
-            os(""),
-            w("kmsd-ct2").as_os_str(),
-            w("out2").as_os_str(),
-        ],
-    );
+    python_decrypt(&python, &w("material2"), &w("kmsd-ct2"), &w("out2"));
     assert_eq!(std::fs::read(w("out2")).unwrap(), b"version 2");
     let pt = crypto.decrypt(dec("byok", &ct, b"ctx")).await.unwrap().into_inner();
     assert_eq!(pt.plaintext, b"made in python", "version 1 still decrypts");
